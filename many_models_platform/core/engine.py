@@ -1,0 +1,110 @@
+"""Run one function over many keys, in parallel, with per-key failure isolation.
+
+Work goes to a process pool in chunks of keys (one task per key costs more in IPC than a
+small fit). Each worker runs one BLAS/OpenMP thread, since the parallelism is across keys.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, wait
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Status = Literal["ok", "failed", "skipped"]
+
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "POLARS_MAX_THREADS")
+
+
+@dataclass
+class KeyOutcome:
+    """One key's result at one stage: ``info`` is small and JSON-able (it becomes metadata)."""
+
+    key: str
+    status: Status
+    reason: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class SkipKey(Exception):
+    """Raised by a stage function when an upstream stage failed for the key."""
+
+
+def _run_one(fn: Callable[..., dict[str, Any] | None], key: str, args: tuple) -> KeyOutcome:
+    try:
+        return KeyOutcome(key, "ok", info=fn(key, *args) or {})
+    except SkipKey as exc:
+        return KeyOutcome(key, "skipped", reason=str(exc))
+    except Exception as exc:
+        # The reason is what a data engineer reads in the UI: exception type and message,
+        # plus the innermost frame for errors that are not our own data checks.
+        reason = f"{type(exc).__name__}: {exc}"
+        if type(exc).__name__ != "KeyDataError":
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            reason += f" (at {os.path.basename(frame.filename)}:{frame.lineno})"
+        return KeyOutcome(key, "failed", reason=reason[:2000])
+
+
+def _run_chunk(fn: Callable, keys: Sequence[str], args: tuple) -> list[KeyOutcome]:
+    return [_run_one(fn, key, args) for key in keys]
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _executor(workers: int):
+    """loky's reusable pool (shipped with joblib): workers start once per process and are
+    reused by every stage, they never re-import the caller's ``__main__`` (so neither Dagster
+    nor MLflow), and each one runs a single BLAS/OpenMP/polars thread."""
+    from joblib.externals.loky import get_reusable_executor
+
+    return get_reusable_executor(max_workers=workers, timeout=600, env={k: "1" for k in THREAD_ENV})
+
+
+def map_keys(
+    fn: Callable[..., dict[str, Any] | None],
+    keys: Iterable[str],
+    args: tuple = (),
+    *,
+    workers: int | None = None,
+    min_keys_per_worker: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> list[KeyOutcome]:
+    """Apply ``fn(key, *args)`` to every key; results come back in the order of ``keys``.
+
+    ``fn`` and ``args`` must be picklable (module-level function, plain data). Small batches
+    run in this process, where a pool would cost more than it saves.
+    """
+    keys = list(keys)
+    workers = min(workers or default_workers(), max(1, len(keys) // min_keys_per_worker))
+    if workers <= 1:
+        outcomes = []
+        for key in keys:
+            outcomes.append(_run_one(fn, key, args))
+            if progress:
+                progress(1)
+        return outcomes
+    chunk = max(1, min(64, math.ceil(len(keys) / (workers * 4))))
+    chunks = [keys[i : i + chunk] for i in range(0, len(keys), chunk)]
+    results: dict[int, list[KeyOutcome]] = {}
+    pool = _executor(workers)
+    pending = {pool.submit(_run_chunk, fn, c, args): i for i, c in enumerate(chunks)}
+    while pending:
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for fut in done:
+            i = pending.pop(fut)
+            try:
+                results[i] = fut.result()
+            except Exception as exc:  # a crashed worker fails its chunk, not the run
+                results[i] = [KeyOutcome(k, "failed", f"worker crashed: {exc!r}") for k in chunks[i]]
+            if progress:
+                progress(len(chunks[i]))
+    return [o for i in range(len(chunks)) for o in results[i]]

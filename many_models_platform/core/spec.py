@@ -1,0 +1,269 @@
+"""The declarative use-case spec: one YAML file, validated with pydantic.
+
+Adding a use case is configuration only: estimators are named by import path and checked
+at load time, so a typo fails when the file is read, not halfway through a 10k-key run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Task = Literal["forecast", "regression", "classification", "anomaly"]
+MetricName = Literal["mape", "rmse", "mae", "r2", "accuracy", "f1", "precision", "recall"]
+
+LOWER_IS_BETTER: frozenset[str] = frozenset({"mape", "rmse", "mae"})
+TASK_METRICS: dict[str, frozenset[str]] = {
+    "forecast": frozenset({"mape", "rmse", "mae", "r2"}),
+    "regression": frozenset({"mape", "rmse", "mae", "r2"}),
+    "classification": frozenset({"accuracy", "f1", "precision", "recall"}),
+    "anomaly": frozenset({"f1", "precision", "recall", "accuracy"}),
+}
+
+
+class ConfigError(ValueError):
+    """A use-case file is invalid; the message names the file, the use case and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceSpec(_Strict):
+    """A CSV or Parquet glob, relative to the lake root (usually under ``landing/``)."""
+
+    path: str
+    format: Literal["csv", "parquet"] | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, v: str) -> str:
+        if not v or v.startswith("/") or "://" in v or ".." in Path(v).parts:
+            raise ValueError("must be a glob relative to the lake root, without '..'")
+        return v
+
+    @property
+    def file_format(self) -> str:
+        if self.format:
+            return self.format
+        if self.path.endswith((".parquet", ".pq")):
+            return "parquet"
+        if self.path.endswith((".csv", ".csv.gz")):
+            return "csv"
+        raise ValueError(f"cannot infer the format of {self.path!r}: set 'format'")
+
+
+class HoldoutSpec(_Strict):
+    """Last ``periods`` time steps per key, or a ``fraction`` of rows when there is no time column."""
+
+    periods: int | None = Field(default=None, gt=0)
+    fraction: float | None = Field(default=None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> HoldoutSpec:
+        if (self.periods is None) == (self.fraction is None):
+            raise ValueError("set exactly one of 'periods' or 'fraction'")
+        return self
+
+
+class CandidateSpec(_Strict):
+    """Any scikit-learn-compatible estimator, by import path, with constructor parameters."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    estimator: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("estimator")
+    @classmethod
+    def _importable(cls, v: str) -> str:
+        resolve_estimator(v)
+        return v
+
+    @model_validator(mode="after")
+    def _params_accepted(self) -> CandidateSpec:
+        est_cls = resolve_estimator(self.estimator)
+        accepted = set(inspect.signature(est_cls.__init__).parameters) - {"self"}
+        has_kwargs = any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(est_cls.__init__).parameters.values()
+        )
+        unknown = sorted(set(self.params) - accepted)
+        if unknown and not has_kwargs:
+            raise ValueError(f"{self.estimator} does not accept parameter(s) {unknown}")
+        return self
+
+    def build(self) -> Any:
+        """A fresh, unfitted estimator; one thread, since parallelism is across keys."""
+        est_cls = resolve_estimator(self.estimator)
+        params = dict(self.params)
+        accepted = set(inspect.signature(est_cls.__init__).parameters)
+        if "n_jobs" in accepted and "n_jobs" not in params:
+            params["n_jobs"] = 1
+        if est_cls.__module__.startswith("lightgbm"):
+            params.setdefault("verbose", -1)
+        return est_cls(**params)
+
+
+def resolve_estimator(path: str) -> type:
+    module_name, _, attr = path.rpartition(".")
+    if not module_name:
+        raise ValueError(f"{path!r} is not an import path like 'sklearn.linear_model.Ridge'")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot import estimator {path!r}: {exc}") from None
+    if not (inspect.isclass(obj) and hasattr(obj, "fit") and hasattr(obj, "predict")):
+        raise ValueError(f"{path!r} is not an estimator class with fit() and predict()")
+    return obj
+
+
+class PromotionSpec(_Strict):
+    """The business rule a candidate must pass to reach the production registry."""
+
+    threshold: float | None = None
+    min_improvement: float = Field(default=0.0, ge=0)
+    min_rows: int | None = Field(default=None, gt=0)
+
+
+class UseCaseSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: str = ""
+    task: Task
+    source: SourceSpec
+    scoring_source: SourceSpec | None = None
+    keys: list[str] = Field(min_length=1)
+    time_column: str | None = None
+    target: str | None = None
+    features: list[str] = Field(default_factory=list)
+    lags: list[int] = Field(default_factory=list)
+    calendar_features: bool = True
+    holdout: HoldoutSpec
+    candidates: list[CandidateSpec] = Field(min_length=1)
+    metric: MetricName
+    min_rows: int = Field(default=20, gt=1)
+    horizon: int = Field(default=1, gt=0)
+    promotion: PromotionSpec = Field(default_factory=PromotionSpec)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UseCaseSpec:
+        if self.metric not in TASK_METRICS[self.task]:
+            raise ValueError(
+                f"metric {self.metric!r} does not fit task {self.task!r}; use one of {sorted(TASK_METRICS[self.task])}"
+            )
+        if self.target is None and self.task != "anomaly":
+            raise ValueError(f"task {self.task!r} needs a 'target' column")
+        if self.task == "anomaly" and self.target is None and self.metric:
+            raise ValueError("anomaly metrics need a labelled 'target' column (1 = anomaly)")
+        if self.task == "forecast":
+            if self.time_column is None:
+                raise ValueError("task 'forecast' needs a 'time_column'")
+            if self.holdout.periods is None:
+                raise ValueError("task 'forecast' needs 'holdout.periods'")
+            if any(lag < self.horizon for lag in self.lags):
+                raise ValueError(
+                    f"every lag must be >= horizon ({self.horizon}) so future rows never need "
+                    f"unknown values; got {self.lags}"
+                )
+            if self.lags and min(self.lags) < self.holdout.periods:
+                raise ValueError(
+                    f"every lag must be >= holdout.periods ({self.holdout.periods}) so the holdout "
+                    "never sees its own actuals"
+                )
+        elif self.lags:
+            raise ValueError("'lags' only apply to task 'forecast'")
+        if self.holdout.periods is not None and self.time_column is None:
+            raise ValueError("'holdout.periods' needs a 'time_column'; use 'holdout.fraction'")
+        if not self.features and not self.lags and not (self.calendar_features and self.time_column):
+            raise ValueError("declare at least one feature (or lags / calendar features)")
+        used = [*self.keys, self.time_column, self.target]
+        overlap = sorted({f for f in self.features if f in used})
+        if overlap:
+            raise ValueError(f"features {overlap} are also key, time or target columns")
+        names = [c.name for c in self.candidates]
+        if len(names) != len(set(names)):
+            raise ValueError(f"candidate names must be unique, got {names}")
+        return self
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.metric in LOWER_IS_BETTER
+
+    @cached_property
+    def input_columns(self) -> list[str]:
+        """Columns a landing file must provide."""
+        cols = [*self.keys]
+        if self.time_column:
+            cols.append(self.time_column)
+        cols += self.features
+        if self.target:
+            cols.append(self.target)
+        return list(dict.fromkeys(cols))
+
+
+class RunSettings(_Strict):
+    """How work is cut: keys per Dagster run and worker processes per run."""
+
+    max_keys_per_run: int = Field(default=2000, gt=0)
+    workers: int | None = Field(default=None, gt=0)
+
+
+class PlatformConfig(_Strict):
+    use_cases: dict[str, UseCaseSpec]
+    run: RunSettings = Field(default_factory=RunSettings)
+    source_file: str | None = None
+
+    def use_case(self, name: str) -> UseCaseSpec:
+        try:
+            return self.use_cases[name]
+        except KeyError:
+            raise ConfigError(f"unknown use case {name!r}; known: {', '.join(sorted(self.use_cases))}") from None
+
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "use_cases.yaml"
+
+
+def load_config(path: str | Path | None = None) -> PlatformConfig:
+    """Read and validate a use-case file; errors name the file, the use case and the field."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read use-case file: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: Any, source: str = "<config>") -> PlatformConfig:
+    if not isinstance(raw, dict) or not isinstance(raw.get("use_cases"), dict) or not raw["use_cases"]:
+        raise ConfigError(f"{source}: expected a mapping with a non-empty 'use_cases' mapping")
+    use_cases = {}
+    for name, body in raw["use_cases"].items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: use case {name!r}: expected a mapping")
+        try:
+            use_cases[name] = UseCaseSpec.model_validate({"name": name, **body})
+        except ValidationError as exc:
+            raise ConfigError(_describe(source, f"use case {name!r}", exc)) from None
+    try:
+        run = RunSettings.model_validate(raw.get("run") or {})
+    except ValidationError as exc:
+        raise ConfigError(_describe(source, "section 'run'", exc)) from None
+    extra = sorted(set(raw) - {"use_cases", "run"})
+    if extra:
+        raise ConfigError(f"{source}: unknown top-level section(s) {extra}")
+    return PlatformConfig(use_cases=use_cases, run=run, source_file=source)
+
+
+def _describe(source: str, where: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(whole entry)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{source}: {where}, field '{loc}': {msg}")
+    return "\n".join(lines)

@@ -1,0 +1,679 @@
+"""The seven pipeline stages as plain functions over a batch of keys. No Dagster here.
+
+Each stage reads its inputs from the lake, does its per-key work through
+:func:`core.engine.map_keys` (so one bad key never sinks the others), writes its outputs
+back, and records a small per-key state file ``state/<use case>/<stage>/<key>.json``
+holding the status, the reason and a few facts. Downstream stages read that state to skip
+keys whose upstream failed, and the ``published`` stage turns it into the status table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from .core import features as F
+from .core.engine import KeyOutcome, SkipKey, map_keys
+from .core.keys import encode_key, key_label
+from .core.metrics import is_better
+from .core.modeling import anomaly_score, evaluate, fit_key, predict
+from .core.spec import UseCaseSpec
+from .storage.lake import Lake
+from .storage.registry import (
+    ModelRegistry,
+    load_model_from_source,
+    local_path,
+    model_template_dir,
+    registered_model_name,
+    write_model_dir,
+)
+from .storage.settings import PlatformSettings
+from .storage.warehouse import Warehouse
+
+STAGES = ("raw", "training_set", "model", "evaluation", "promoted_model", "predictions", "published")
+UPSTREAM = dict(zip(STAGES[1:], STAGES[:-1], strict=True))
+
+
+@dataclass
+class StageRun:
+    """What a stage needs besides its keys: the use case, the stores, and who is running."""
+
+    spec: UseCaseSpec
+    settings: PlatformSettings
+    run_id: str
+    run_date: dt.date = field(default_factory=lambda: dt.datetime.now(dt.UTC).date())
+    workers: int | None = None
+    progress: Callable[[int], None] | None = None
+
+    @property
+    def lake(self) -> Lake:
+        return Lake(self.settings.lake_url, self.settings.lake_storage_options)
+
+    def candidates(self) -> ModelRegistry:
+        return ModelRegistry(self.settings.candidate_registry_uri, self.settings.artifact_root, "candidate")
+
+    def production(self) -> ModelRegistry:
+        return ModelRegistry(self.settings.production_registry_uri, self.settings.artifact_root, "production")
+
+
+@dataclass
+class StageReport:
+    stage: str
+    outcomes: list[KeyOutcome]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[KeyOutcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+
+# --- state ------------------------------------------------------------------------------
+def state_path(lake: Lake, use_case: str, stage: str, key: str):
+    return lake.key_path("state", use_case, key, ".json", subdir=stage)
+
+
+def write_state(lake: Lake, use_case: str, stage: str, outcome: KeyOutcome, run_id: str) -> None:
+    lake.write_json(
+        state_path(lake, use_case, stage, outcome.key),
+        {
+            "status": outcome.status,
+            "reason": outcome.reason,
+            "info": outcome.info,
+            "dagster_run_id": run_id,
+            "updated_at": dt.datetime.now(dt.UTC).isoformat(),
+        },
+    )
+
+
+def read_state(lake: Lake, use_case: str, stage: str, key: str) -> dict[str, Any] | None:
+    path = state_path(lake, use_case, stage, key)
+    return lake.read_json(path) if path.exists() else None
+
+
+def require_upstream(lake: Lake, use_case: str, stage: str, key: str) -> dict[str, Any]:
+    """The upstream stage's info for this key, or SkipKey naming why it is missing."""
+    up = UPSTREAM[stage]
+    state = read_state(lake, use_case, up, key)
+    if state is None:
+        raise SkipKey(f"{up} has not run for this key")
+    if state["status"] != "ok":
+        raise SkipKey(f"{up} {state['status']}: {state['reason']}")
+    return state["info"]
+
+
+def _finish(run: StageRun, stage: str, outcomes: list[KeyOutcome], summary: dict | None = None) -> StageReport:
+    for o in outcomes:
+        write_state(run.lake, run.spec.name, stage, o, run.run_id)
+    return StageReport(stage, outcomes, summary or {})
+
+
+# --- 1. raw: landing -> per-key bronze -------------------------------------------------------
+def read_landing(spec: UseCaseSpec, lake: Lake, scoring: bool = False) -> tuple[pl.DataFrame, list[dict]]:
+    """Read every landing file of a source; malformed files are moved to quarantine, not dropped."""
+    source = spec.scoring_source if scoring else spec.source
+    required = [c for c in spec.input_columns if not (scoring and c == spec.target)]
+    frames, quarantined = [], []
+    for i, path in enumerate(lake.glob(source.path)):
+        try:
+            frame = lake.read_table(path, source.file_format)
+            missing = [c for c in required if c not in frame.columns]
+            if missing:
+                raise ValueError(f"missing required column(s) {missing}")
+            frame = frame.select(required).with_columns(
+                [pl.col(k).cast(pl.Utf8) for k in spec.keys] + [pl.lit(i).alias("__file")]
+            )
+            if spec.time_column and not frame.schema[spec.time_column].is_temporal():
+                raise ValueError(f"time column {spec.time_column!r} is not a date or datetime")
+        except Exception as exc:
+            quarantined.append(quarantine_file(lake, spec.name, path, f"{type(exc).__name__}: {exc}"))
+            continue
+        frames.append(frame)
+    if not frames:
+        return pl.DataFrame(), quarantined
+    data = pl.concat(frames, how="diagonal_relaxed")
+    null_keys = data.filter(pl.any_horizontal([pl.col(k).is_null() for k in spec.keys]))
+    if null_keys.height:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
+        lake.write_parquet(
+            lake.path("quarantine", spec.name, f"rows_null_key_{stamp}.parquet"),
+            null_keys.with_columns(pl.lit("null key value").alias("quarantine_reason")),
+        )
+        quarantined.append(
+            {"file": f"rows_null_key_{stamp}.parquet", "reason": f"{null_keys.height} rows with a null key"}
+        )
+        data = data.filter(~pl.any_horizontal([pl.col(k).is_null() for k in spec.keys]))
+    # The newest file wins for a repeated (key, period): corrections replace, never duplicate.
+    if spec.time_column:
+        data = data.sort("__file").unique(subset=[*spec.keys, spec.time_column], keep="last", maintain_order=True)
+    return data.drop("__file"), quarantined
+
+
+def quarantine_file(lake: Lake, use_case: str, path, reason: str) -> dict:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    name = f"{stamp}_{path.name}"
+    lake.move(path, lake.path("quarantine", use_case, name))
+    lake.write_json(lake.path("quarantine", use_case, f"{name}.reason.json"), {"source": str(path), "reason": reason})
+    return {"file": name, "reason": reason}
+
+
+def partition_by_key(spec: UseCaseSpec, data: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    if data.is_empty():
+        return {}
+    parts = data.partition_by(spec.keys, as_dict=True, maintain_order=True)
+    return {encode_key(k): frame for k, frame in parts.items()}
+
+
+def discover_keys(spec: UseCaseSpec, lake: Lake) -> list[str]:
+    """Every key present in the landing zone, in a stable order (reads key columns only)."""
+    keys: set[str] = set()
+    for path in lake.glob(spec.source.path):
+        try:
+            frame = lake.read_table(path, spec.source.file_format)
+            values = frame.select([pl.col(k).cast(pl.Utf8) for k in spec.keys]).unique().drop_nulls()
+        except Exception:
+            continue  # the raw stage quarantines it with a reason
+        keys.update(encode_key(row) for row in values.iter_rows())
+    return sorted(keys)
+
+
+def ingest(run: StageRun, keys: Sequence[str]) -> StageReport:
+    spec, lake = run.spec, run.lake
+    data, quarantined = read_landing(spec, lake)
+    by_key = partition_by_key(spec, data)
+    future = {}
+    if spec.scoring_source:
+        future_data, q = read_landing(spec, lake, scoring=True)
+        quarantined += q
+        future = partition_by_key(spec, future_data)
+    outcomes = []
+    for key in keys:
+        frame = by_key.get(key)
+        if frame is None:
+            outcomes.append(KeyOutcome(key, "failed", "no rows for this key in the landing zone"))
+        else:
+            lake.write_parquet(lake.key_path("bronze", spec.name, key, ".parquet"), frame)
+            fut = future.get(key)
+            if fut is not None:
+                lake.write_parquet(lake.key_path("bronze_scoring", spec.name, key, ".parquet"), fut)
+            info = {"rows": frame.height, "scoring_rows": 0 if fut is None else fut.height}
+            outcomes.append(KeyOutcome(key, "ok", info=info))
+        if run.progress:
+            run.progress(1)
+    return _finish(run, "raw", outcomes, {"landing_rows": data.height, "quarantined": quarantined})
+
+
+# --- 2. training sets ------------------------------------------------------------------------
+def _training_set_one(key: str, spec: UseCaseSpec, lake: Lake) -> dict:
+    require_upstream(lake, spec.name, "training_set", key)
+    bronze = lake.read_parquet(lake.key_path("bronze", spec.name, key, ".parquet"))
+    ts = F.build_training_set(spec, bronze)
+    lake.write_parquet(lake.key_path("training", spec.name, key, ".parquet"), ts)
+    n_holdout = int((ts[F.SPLIT] == F.HOLDOUT).sum())
+    return {
+        "rows": ts.height,
+        "rows_train": ts.height - n_holdout,
+        "rows_holdout": n_holdout,
+        "features": [c for c in ts.columns if c not in (spec.time_column, spec.target, F.SPLIT)],
+        "data_fingerprint": F.fingerprint(bronze),
+    }
+
+
+def build_training_sets(run: StageRun, keys: Sequence[str]) -> StageReport:
+    outcomes = map_keys(_training_set_one, keys, (run.spec, run.lake), workers=run.workers, progress=run.progress)
+    return _finish(run, "training_set", outcomes)
+
+
+# --- 3. models --------------------------------------------------------------------------------
+def _train_one(key: str, spec: UseCaseSpec, lake: Lake, models_dir: str, template: str) -> dict:
+    upstream = require_upstream(lake, spec.name, "model", key)
+    ts = lake.read_parquet(lake.key_path("training", spec.name, key, ".parquet"))
+    fitted = fit_key(spec, ts, upstream["features"])
+    write_model_dir(fitted.model, f"{models_dir}/{key}", template)
+    return {
+        "estimator": fitted.candidate,
+        "metric": spec.metric,
+        "value": fitted.metrics[spec.metric],
+        "metrics": fitted.metrics,
+        "candidate_scores": fitted.candidate_scores,
+        "rows_train": fitted.rows_train,
+        "rows_holdout": fitted.rows_holdout,
+        "features": fitted.feature_columns,
+        "data_fingerprint": upstream["data_fingerprint"],
+    }
+
+
+def train(run: StageRun, keys: Sequence[str]) -> StageReport:
+    """Fit every candidate per key in a process pool; register each winner as a candidate."""
+    spec = run.spec
+    registry = run.candidates()
+    mlflow_run_id, artifact_uri = registry.start_run(
+        spec.name, f"train-{run.run_id[:8]}", {"use_case": spec.name, "dagster_run_id": run.run_id}
+    )
+    target = local_path(artifact_uri)
+    staging = None if target else tempfile.mkdtemp(prefix="mmp-models-")
+    models_dir = f"{target or staging}/models"
+    outcomes = map_keys(
+        _train_one,
+        keys,
+        (spec, run.lake, models_dir, model_template_dir()),
+        workers=run.workers,
+        progress=run.progress,
+    )
+    if staging:
+        registry.client.log_artifacts(mlflow_run_id, models_dir, "models")
+    existing = registry.existing_names(spec.name)
+    for o in outcomes:
+        if not o.ok:
+            continue
+        try:
+            tags = {
+                "use_case": spec.name,
+                "key": o.key,
+                "key_label": key_label(spec.keys, o.key)[:5000],
+                "data_fingerprint": o.info["data_fingerprint"],
+                "estimator": o.info["estimator"],
+                "dagster_run_id": run.run_id,
+                "metric": spec.metric,
+                **{f"metric.{k}": repr(v) for k, v in o.info["metrics"].items()},
+            }
+            o.info["version"] = registry.register(
+                spec.name, o.key, f"{artifact_uri}/models/{o.key}", mlflow_run_id, tags, existing
+            )
+            o.info["model_name"] = registered_model_name(spec.name, o.key)
+            o.info["source"] = f"{artifact_uri}/models/{o.key}"
+        except Exception as exc:
+            o.status, o.reason = "failed", f"registration failed: {type(exc).__name__}: {exc}"
+    values = [o.info["value"] for o in outcomes if o.ok]
+    registry.finish_run(
+        mlflow_run_id,
+        {"keys_trained": len(values), "keys_failed": len(outcomes) - len(values), **_quantiles(spec.metric, values)},
+    )
+    return _finish(run, "model", outcomes, {"mlflow_run_id": mlflow_run_id})
+
+
+# --- 4. evaluation ----------------------------------------------------------------------------
+def _evaluate_one(key: str, spec: UseCaseSpec, lake: Lake, champions: dict[str, dict]) -> dict:
+    cand = require_upstream(lake, spec.name, "evaluation", key)
+    ts = lake.read_parquet(lake.key_path("training", spec.name, key, ".parquet"))
+    holdout = F.split(ts)[F.HOLDOUT]
+    model = load_model_from_source(cand["source"])
+    report = {
+        "candidate_version": cand["version"],
+        "estimator": cand["estimator"],
+        "metric": spec.metric,
+        "metrics": evaluate(spec, model, cand["features"], holdout),
+        "rows_holdout": holdout.height,
+        "rows_train": cand["rows_train"],
+        "champion_version": None,
+        "champion_metrics": None,
+    }
+    champ = champions.get(key)
+    if champ:
+        report["champion_version"] = champ["version"]
+        report["champion_source_version"] = champ.get("source_version")
+        features = champ["features"]
+        if all(c in holdout.columns for c in features):
+            champ_model = load_model_from_source(champ["source"])
+            report["champion_metrics"] = evaluate(spec, champ_model, features, holdout)
+        else:
+            report["champion_note"] = "champion features differ from this training set; not compared"
+    return report
+
+
+def evaluate_models(run: StageRun, keys: Sequence[str]) -> StageReport:
+    spec = run.spec
+    champions = {
+        key: {
+            "version": ref.version,
+            "source": ref.source,
+            "features": ref.tags.get("features", "").split(",") if ref.tags.get("features") else [],
+            "source_version": ref.tags.get("source_candidate_version"),
+        }
+        for key, ref in run.production().aliased_versions(spec.name).items()
+        if key in set(keys)
+    }
+    outcomes = map_keys(_evaluate_one, keys, (spec, run.lake, champions), workers=run.workers, progress=run.progress)
+    values = [o.info["metrics"][spec.metric] for o in outcomes if o.ok]
+    summary = {"metric": spec.metric, **_quantiles(spec.metric, values)}
+    summary["worst"] = _worst(spec, outcomes)
+    return _finish(run, "evaluation", outcomes, summary)
+
+
+def _worst(spec: UseCaseSpec, outcomes: list[KeyOutcome], n: int = 10) -> list[dict]:
+    ok = [o for o in outcomes if o.ok and not math.isnan(o.info["metrics"][spec.metric])]
+    ok.sort(key=lambda o: o.info["metrics"][spec.metric], reverse=spec.lower_is_better)
+    return [{"key": key_label(spec.keys, o.key), "value": o.info["metrics"][spec.metric]} for o in ok[:n]]
+
+
+def _quantiles(metric: str, values: list[float]) -> dict[str, float]:
+    vals = np.array([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if not len(vals):
+        return {}
+    p10, p50, p90 = np.quantile(vals, [0.1, 0.5, 0.9])
+    return {f"{metric}_p10": float(p10), f"{metric}_p50": float(p50), f"{metric}_p90": float(p90)}
+
+
+# --- 5. promotion -----------------------------------------------------------------------------
+def decide(spec: UseCaseSpec, report: dict) -> tuple[str, str]:
+    """The business rule: (decision, reason). Decisions: promoted, kept_champion, rejected."""
+    metric = spec.metric
+    value = report["metrics"][metric]
+    rule = spec.promotion
+    if value is None or math.isnan(value):
+        return "rejected", f"{metric} is undefined on the holdout"
+    if rule.min_rows and report["rows_train"] < rule.min_rows:
+        return "rejected", f"below min_rows: {report['rows_train']} training rows < {rule.min_rows}"
+    if rule.threshold is not None:
+        passes = value <= rule.threshold if spec.lower_is_better else value >= rule.threshold
+        if not passes:
+            op = "<=" if spec.lower_is_better else ">="
+            return "rejected", f"below threshold: {metric} {value:.4g} does not satisfy {op} {rule.threshold}"
+    champ = report.get("champion_metrics")
+    if champ is None:
+        if report.get("champion_version") is not None:
+            return "promoted", "champion could not be compared on this holdout; candidate passes the threshold"
+        return "promoted", "first model for this key"
+    champ_value = champ[metric]
+    margin = abs(champ_value) * rule.min_improvement if champ_value == champ_value else 0.0
+    target = champ_value - margin if spec.lower_is_better else champ_value + margin
+    if is_better(value, target, metric):
+        return "promoted", f"beats champion v{report['champion_version']}: {metric} {value:.4g} vs {champ_value:.4g}"
+    return "kept_champion", (
+        f"champion v{report['champion_version']} stays: {metric} {value:.4g} vs {champ_value:.4g}"
+        + (f" (needs {rule.min_improvement:.0%} improvement)" if rule.min_improvement else "")
+    )
+
+
+def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
+    """Apply the rule per key; copy passing candidates into the production registry."""
+    spec, lake = run.spec, run.lake
+    prod = run.production()
+    current = prod.aliased_versions(spec.name)
+    existing = None
+    outcomes = []
+    for key in keys:
+        try:
+            report = require_upstream(lake, spec.name, "promoted_model", key)
+            model_state = read_state(lake, spec.name, "model", key)["info"]
+            decision, reason = decide(spec, report)
+            info = {
+                "decision": decision,
+                "reason": reason,
+                "metric": spec.metric,
+                "candidate_version": report["candidate_version"],
+                "candidate_value": report["metrics"][spec.metric],
+                "champion_version": report.get("champion_version"),
+                "champion_value": (report.get("champion_metrics") or {}).get(spec.metric),
+                "decided_at": dt.datetime.now(dt.UTC).isoformat(),
+            }
+            champ = current.get(key)
+            if decision == "promoted":
+                if (
+                    champ
+                    and champ.tags.get("source_candidate_version") == str(report["candidate_version"])
+                    and champ.tags.get("source_candidate_run") == model_state["source"]
+                ):
+                    info["decision"], info["reason"] = "kept_champion", "this candidate is already in production"
+                    info["production_version"] = champ.version
+                else:
+                    if existing is None:
+                        existing = prod.existing_names(spec.name)
+                    tags = {
+                        "use_case": spec.name,
+                        "key": key,
+                        "source_candidate_version": str(report["candidate_version"]),
+                        "source_candidate_run": model_state["source"],
+                        "data_fingerprint": model_state["data_fingerprint"],
+                        "estimator": model_state["estimator"],
+                        "features": ",".join(model_state["features"]),
+                        "metric": spec.metric,
+                        **{f"metric.{k}": repr(v) for k, v in report["metrics"].items()},
+                        "promoted_at": info["decided_at"],
+                        "promoted_by": f"dagster run {run.run_id}",
+                    }
+                    version = prod.register(spec.name, key, model_state["source"], None, tags, existing)
+                    prod.set_alias(spec.name, key, version)
+                    info["production_version"] = version
+            else:
+                info["production_version"] = champ.version if champ else None
+            outcomes.append(KeyOutcome(key, "ok", info=info))
+        except SkipKey as exc:
+            outcomes.append(KeyOutcome(key, "skipped", str(exc)))
+        except Exception as exc:
+            outcomes.append(KeyOutcome(key, "failed", f"{type(exc).__name__}: {exc}"))
+        if run.progress:
+            run.progress(1)
+    decisions = {}
+    for o in outcomes:
+        d = o.info.get("decision", o.status)
+        decisions[d] = decisions.get(d, 0) + 1
+    return _finish(run, "promoted_model", outcomes, {"decisions": decisions})
+
+
+# --- 6. batch predictions ---------------------------------------------------------------------
+def _score_one(key: str, spec: UseCaseSpec, lake: Lake, production: dict[str, dict]) -> dict:
+    promo = read_state(lake, spec.name, "promoted_model", key)
+    prod = production.get(key)
+    if prod is None:
+        why = promo["info"].get("reason") if promo and promo["status"] == "ok" else (promo or {}).get("reason")
+        raise SkipKey(f"no production model for this key ({why or 'never promoted'})")
+    model = load_model_from_source(prod["source"])
+    features = prod["features"]
+    t = spec.time_column
+    if spec.task == "forecast":
+        bronze = lake.read_parquet(lake.key_path("bronze", spec.name, key, ".parquet"))
+        scoring_path = lake.key_path("bronze_scoring", spec.name, key, ".parquet")
+        exog = lake.read_parquet(scoring_path) if scoring_path.exists() else None
+        rows = F.future_frame(spec, bronze, exog, origin=bronze[t].min())
+        kind, actual = "forecast", None
+    else:
+        scoring_path = lake.key_path("bronze_scoring", spec.name, key, ".parquet")
+        if spec.scoring_source and scoring_path.exists():
+            rows, kind = F.make_features(spec, lake.read_parquet(scoring_path)), "scoring"
+        else:
+            ts = lake.read_parquet(lake.key_path("training", spec.name, key, ".parquet"))
+            rows, kind = F.split(ts)[F.HOLDOUT], "holdout"
+        actual = rows[spec.target] if spec.target and spec.target in rows.columns else None
+    x = F.to_matrix(rows, features)
+    pred = predict(spec.task, model, x)
+    out = pl.DataFrame({"row_index": np.arange(rows.height, dtype=np.int32)})
+    out = out.with_columns(
+        (rows[t].cast(pl.Datetime("us")) if t else pl.lit(None, dtype=pl.Datetime("us"))).alias("period"),
+        pl.lit(kind).alias("kind"),
+    )
+    if spec.task in ("forecast", "regression"):
+        out = out.with_columns(
+            pl.Series("prediction", pred, dtype=pl.Float64), pl.lit(None, dtype=pl.Utf8).alias("predicted_label")
+        )
+    elif spec.task == "anomaly":
+        out = out.with_columns(
+            pl.Series("prediction", anomaly_score(model, x), dtype=pl.Float64),
+            pl.Series("predicted_label", pred.astype(str)),
+        )
+    else:
+        out = out.with_columns(
+            pl.lit(None, dtype=pl.Float64).alias("prediction"), pl.Series("predicted_label", pred.astype(str))
+        )
+    out = out.with_columns(
+        (actual.cast(pl.Float64, strict=False) if actual is not None else pl.lit(None, dtype=pl.Float64)).alias(
+            "actual"
+        ),
+        pl.lit(prod["name"]).alias("model_name"),
+        pl.lit(prod["version"], dtype=pl.Int32).alias("model_version"),
+    )
+    lake.write_parquet(lake.key_path("predictions", spec.name, key, ".parquet"), out)
+    return {"rows": out.height, "kind": kind, "model_version": prod["version"]}
+
+
+def score(run: StageRun, keys: Sequence[str]) -> StageReport:
+    spec = run.spec
+    wanted = set(keys)
+    production = {
+        key: {
+            "name": ref.name,
+            "version": ref.version,
+            "source": ref.source,
+            "features": ref.tags["features"].split(",") if ref.tags.get("features") else [],
+        }
+        for key, ref in run.production().aliased_versions(spec.name).items()
+        if key in wanted
+    }
+    outcomes = map_keys(_score_one, keys, (spec, run.lake, production), workers=run.workers, progress=run.progress)
+    return _finish(run, "predictions", outcomes)
+
+
+# --- 7. published tables ----------------------------------------------------------------------
+def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = None) -> StageReport:
+    """Write predictions, metrics, statuses, decisions and a run summary to the warehouse."""
+    spec, lake = run.spec, run.lake
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    preds, metrics, statuses, decisions = [], [], [], []
+    outcomes = []
+    for key in keys:
+        label = key_label(spec.keys, key)
+        states = {stage: read_state(lake, spec.name, stage, key) for stage in STAGES[:-1]}
+        for stage, st in states.items():
+            statuses.append(
+                {
+                    "stage": stage,
+                    "key": key,
+                    "key_label": label,
+                    "status": st["status"] if st else "missing",
+                    "reason": (st or {}).get("reason") or None,
+                    "dagster_run_id": (st or {}).get("dagster_run_id"),
+                    "updated_at": _ts((st or {}).get("updated_at")),
+                }
+            )
+        failed = next(((s, st) for s, st in states.items() if st and st["status"] != "ok"), None)
+        ev = states["evaluation"]
+        if ev and ev["status"] == "ok":
+            info, model = ev["info"], states["model"]["info"]
+            for m, v in info["metrics"].items():
+                metrics.append(
+                    _metric_row(
+                        key, "candidate", m, v, model["model_name"], info["candidate_version"], info["estimator"]
+                    )
+                )
+            for m, v in (info.get("champion_metrics") or {}).items():
+                name = registered_model_name(spec.name, key)
+                metrics.append(_metric_row(key, "champion", m, v, name, info["champion_version"], None))
+        pm = states["promoted_model"]
+        if pm and pm["status"] == "ok":
+            i = pm["info"]
+            decisions.append(
+                {
+                    "key": key,
+                    "decided_at": _ts(i["decided_at"]),
+                    **{
+                        k: i.get(k)
+                        for k in (
+                            "decision",
+                            "reason",
+                            "metric",
+                            "candidate_version",
+                            "candidate_value",
+                            "champion_version",
+                            "champion_value",
+                            "production_version",
+                        )
+                    },
+                    "dagster_run_id": pm["dagster_run_id"],
+                }
+            )
+        path = lake.key_path("predictions", spec.name, key, ".parquet")
+        pr = states["predictions"]
+        if pr and pr["status"] == "ok" and path.exists():
+            preds.append(
+                lake.read_parquet(path).with_columns(pl.lit(key).alias("key"), pl.lit(label).alias("key_label"))
+            )
+        if failed:
+            stage, st = failed
+            outcomes.append(KeyOutcome(key, "ok", info={"key_status": f"{st['status']} at {stage}: {st['reason']}"}))
+        else:
+            outcomes.append(
+                KeyOutcome(
+                    key, "ok", info={"key_status": "ok", "prediction_rows": preds[-1].height if preds and pr else 0}
+                )
+            )
+        if run.progress:
+            run.progress(1)
+
+    common = {"use_case": spec.name, "run_date": run.run_date}
+    frames = {
+        "predictions": _frame(preds, common, {"dagster_run_id": run.run_id, "published_at": now}),
+        "key_metrics": _frame([pl.DataFrame(metrics)] if metrics else [], common, {"dagster_run_id": run.run_id}),
+        "key_status": _frame([pl.DataFrame(statuses)], common, {}),
+    }
+    values = [r["value"] for r in metrics if r["model_role"] == "candidate" and r["metric"] == spec.metric]
+    q = _quantiles(spec.metric, values)
+    n_failed = sum(1 for o in outcomes if o.info["key_status"] != "ok")
+    summary_row = pl.DataFrame(
+        [
+            {
+                "use_case": spec.name,
+                "run_date": run.run_date,
+                "dagster_run_id": run.run_id,
+                "keys_total": len(keys),
+                "keys_published": len(keys) - n_failed,
+                "keys_failed": n_failed,
+                "keys_promoted": sum(1 for d in decisions if d["decision"] == "promoted"),
+                "metric": spec.metric,
+                "metric_p10": q.get(f"{spec.metric}_p10"),
+                "metric_p50": q.get(f"{spec.metric}_p50"),
+                "metric_p90": q.get(f"{spec.metric}_p90"),
+                "published_at": now,
+            }
+        ]
+    )
+    append = {"run_summary": summary_row}
+    if decisions:
+        append["promotion_history"] = _frame([pl.DataFrame(decisions)], common, {})
+    wh = warehouse or Warehouse(run.settings.warehouse_url)
+    try:
+        wh.ensure_schema()
+        wh.replace_keys(spec.name, run.run_date, list(keys), frames, append)
+    finally:
+        if warehouse is None:
+            wh.dispose()
+    return _finish(run, "published", outcomes, {"keys_failed": n_failed, **q})
+
+
+def _metric_row(key, role, metric, value, name, version, estimator) -> dict:
+    return {
+        "key": key,
+        "model_role": role,
+        "metric": metric,
+        "value": None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value),
+        "model_name": name,
+        "model_version": int(version),
+        "estimator": estimator,
+    }
+
+
+def _frame(parts: list[pl.DataFrame], common: dict, extra: dict) -> pl.DataFrame:
+    if not parts:
+        return pl.DataFrame()
+    frame = pl.concat(parts, how="diagonal_relaxed")
+    return frame.with_columns([pl.lit(v).alias(k) for k, v in {**common, **extra}.items()])
+
+
+def _ts(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value).replace(tzinfo=None) if value else None
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[StageRun, Sequence[str]], StageReport]] = {
+    "raw": ingest,
+    "training_set": build_training_sets,
+    "model": train,
+    "evaluation": evaluate_models,
+    "promoted_model": promote,
+    "predictions": score,
+    "published": publish,
+}

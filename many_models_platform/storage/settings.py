@@ -1,0 +1,65 @@
+"""Where everything lives. One data directory holds all embedded defaults; every store can
+be pointed elsewhere by an environment variable (documented in docs/configuration.md)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("MMP_HOME") or Path.home() / ".mmp").expanduser().resolve()
+
+
+class PlatformSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    home: str
+    config_path: str | None = None
+    lake_url: str
+    lake_storage_options: dict[str, Any] = {}
+    candidate_registry_uri: str
+    production_registry_uri: str
+    artifact_root: str
+    warehouse_url: str
+
+    @classmethod
+    def from_env(cls, home: str | os.PathLike | None = None) -> PlatformSettings:
+        home_path = Path(home).expanduser().resolve() if home else default_home()
+        env = os.environ.get
+        options = {}
+        if env("MMP_LAKE_URL", "").startswith(("abfs://", "az://", "abfss://")):
+            # adlfs reads these; in production prefer a managed identity (anon=False, no key)
+            for var, opt in (
+                ("AZURE_STORAGE_ACCOUNT_NAME", "account_name"),
+                ("AZURE_STORAGE_ACCOUNT_KEY", "account_key"),
+                ("AZURE_STORAGE_CONNECTION_STRING", "connection_string"),
+            ):
+                if env(var):
+                    options[opt] = env(var)
+        return cls(
+            home=str(home_path),
+            config_path=env("MMP_CONFIG"),
+            lake_url=env("MMP_LAKE_URL") or str(home_path / "lake"),
+            lake_storage_options=options,
+            candidate_registry_uri=env("MMP_CANDIDATE_REGISTRY_URI")
+            or f"sqlite:///{home_path / 'mlflow' / 'candidate.db'}",
+            production_registry_uri=env("MMP_PRODUCTION_REGISTRY_URI")
+            or f"sqlite:///{home_path / 'mlflow' / 'production.db'}",
+            artifact_root=env("MMP_ARTIFACT_ROOT") or str(home_path / "mlflow" / "artifacts"),
+            warehouse_url=env("MMP_WAREHOUSE_URL") or f"duckdb:///{home_path / 'warehouse' / 'warehouse.duckdb'}",
+        )
+
+    def ensure_local_dirs(self) -> None:
+        """Create the folders the embedded stores need (SQLite and DuckDB will not)."""
+        for uri in (self.candidate_registry_uri, self.production_registry_uri, self.warehouse_url):
+            for prefix in ("sqlite:///", "duckdb:///"):
+                if uri.startswith(prefix):
+                    Path(uri.removeprefix(prefix)).parent.mkdir(parents=True, exist_ok=True)
+        if "://" not in self.lake_url:
+            Path(self.lake_url).mkdir(parents=True, exist_ok=True)
+        if "://" not in self.artifact_root:
+            Path(self.artifact_root).mkdir(parents=True, exist_ok=True)
