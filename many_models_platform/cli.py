@@ -1,0 +1,297 @@
+"""`mmp`: generate sample data, run use cases end to end through Dagster, inspect status."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .core.spec import ConfigError, load_config
+from .storage.settings import PlatformSettings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="Use-case YAML (default: shipped file or $MMP_CONFIG)")
+]
+HomeOpt = Annotated[Path | None, typer.Option("--home", help="Data directory (default: $MMP_HOME or ~/.mmp)")]
+
+DEMO_SIZES = {"retail_demand": (40, 156), "sensor_anomaly": (24, 336), "group_regression": (30, 200)}
+
+
+def _quiet() -> None:
+    warnings.filterwarnings("ignore")
+    for name in ("mlflow", "alembic", "dagster", "urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _setup(config: Path | None, home: Path | None):
+    _quiet()
+    if home:
+        os.environ["MMP_HOME"] = str(home.expanduser().resolve())
+    if config:
+        os.environ["MMP_CONFIG"] = str(config.expanduser().resolve())
+    settings = PlatformSettings.from_env()
+    settings.ensure_local_dirs()
+    try:
+        cfg = load_config(settings.config_path)
+    except ConfigError as exc:
+        console.print(f"[red]config error[/red]\n{exc}")
+        raise typer.Exit(2) from None
+    return settings, cfg
+
+
+@app.command()
+def generate(
+    use_case: Annotated[str, typer.Argument(help="Use case whose landing zone receives the data")],
+    keys: Annotated[int, typer.Option(help="Number of keys")] = 20,
+    rows: Annotated[int, typer.Option(help="Rows per key")] = 120,
+    seed: int = 0,
+    generator: Annotated[str | None, typer.Option(help="Generator (default: the use case's name)")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
+    config: ConfigOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Write sample data for a use case into the lake's landing zone."""
+    settings, cfg = _setup(config, home)
+    files = _generate(settings, cfg, use_case, keys, rows, seed, generator, fmt)
+    console.print(f"wrote {len(files)} file(s) for {use_case}: {keys} keys x {rows} rows under {settings.lake_url}")
+
+
+def _generate(settings, cfg, use_case, keys, rows, seed=0, generator=None, fmt="csv") -> list[str]:
+    from .core.generators import GENERATORS, write_landing
+
+    spec = cfg.use_case(use_case)
+    gen = GENERATORS.get(generator or use_case)
+    if gen is None:
+        console.print(f"[red]no generator named {generator or use_case!r}[/red]; choose one of {sorted(GENERATORS)}")
+        raise typer.Exit(2)
+    landing = Path(spec.source.path).parent
+    if "*" in str(landing) or "://" in settings.lake_url:
+        console.print("[red]generate needs a local lake and a source glob like 'landing/<dir>/*.csv'[/red]")
+        raise typer.Exit(2)
+    return write_landing(gen(keys=keys, rows=rows, seed=seed), Path(settings.lake_url) / landing, use_case, fmt=fmt)
+
+
+@app.command()
+def run(
+    use_case: Annotated[list[str] | None, typer.Option("--use-case", "-u", help="Use case(s); default all")] = None,
+    keys: Annotated[list[str] | None, typer.Option("--keys", "-k", help="Partition keys to run; default all")] = None,
+    run_date: Annotated[str | None, typer.Option(help="Run date (YYYY-MM-DD); reruns replace its rows")] = None,
+    config: ConfigOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Materialize every stage through Dagster for the keys found in the landing zone."""
+    settings, cfg = _setup(config, home)
+    names = use_case or list(cfg.use_cases)
+    for name in names:
+        cfg.use_case(name)
+    date = dt.date.fromisoformat(run_date) if run_date else None
+    ok = _run(settings, cfg, names, keys, date)
+    raise typer.Exit(0 if ok else 1)
+
+
+def _run(settings, cfg, names, keys=None, run_date=None) -> bool:
+    from . import progress
+    from .definitions import build_definitions
+    from .defs.runner import prepare_instance, run_use_case
+    from .pipeline import STAGES
+
+    console.print(f"data directory: {settings.home}")
+    t0 = time.time()
+    instance = prepare_instance(settings)
+    defs = build_definitions(settings.config_path)
+    results = []
+    for name in names:
+        spec = cfg.use_case(name)
+        with Progress(
+            TextColumn("{task.description:<34}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar:
+            tasks = {}
+
+            def report(uc: str, stage: str, n: int, bar=bar, tasks=tasks) -> None:
+                bar.advance(tasks[stage], n)
+
+            total = None
+            try:
+                from .defs.discovery import register_new_keys
+                from .storage.lake import Lake
+
+                register_new_keys(instance, spec, Lake(settings.lake_url, settings.lake_storage_options))
+                total = len(keys) if keys else len(instance.get_dynamic_partitions(f"{name}_keys"))
+                for stage in STAGES:
+                    tasks[stage] = bar.add_task(f"{name} / {stage}", total=total)
+                progress.set_reporter(report)
+                result = run_use_case(defs, instance, cfg, spec, settings, keys, run_date)
+            except ValueError as exc:
+                console.print(f"[red]{exc}[/red]")
+                return False
+            finally:
+                progress.set_reporter(None)
+        results.append(result)
+        _print_summary(settings, spec, result, run_date)
+    console.print(f"\ntotal wall time {time.time() - t0:.1f}s")
+    _print_locations(settings)
+    return all(r.success for r in results)
+
+
+def _print_summary(settings, spec, result, run_date) -> None:
+    from .storage.warehouse import Warehouse
+
+    date = run_date or dt.datetime.now(dt.UTC).date()
+    wh = Warehouse(settings.warehouse_url)
+    try:
+        status = wh.query(
+            "SELECT key, stage, status, reason FROM key_status WHERE use_case = :uc AND run_date = :d",
+            uc=spec.name,
+            d=date,
+        )
+        metrics = wh.query(
+            "SELECT value FROM key_metrics WHERE use_case = :uc AND run_date = :d AND model_role = 'candidate' "
+            "AND metric = :m",
+            uc=spec.name,
+            d=date,
+            m=spec.metric,
+        )
+        promo = wh.query(
+            "SELECT decision, count(*) AS n FROM promotion_history WHERE use_case = :uc AND run_date = :d "
+            "GROUP BY decision",
+            uc=spec.name,
+            d=date,
+        )
+    finally:
+        wh.dispose()
+    run_keys = set(result.keys)
+    status = status.filter(status["key"].is_in(list(run_keys))) if status.height else status
+    failing = status.filter(status["status"] != "ok") if status.height else status
+    failed_keys = failing["key"].unique().to_list() if failing.height else []
+    t = Table(title=f"{spec.name}: {len(result.keys)} keys ({len(result.new_keys)} new), {len(result.run_ids)} run(s)")
+    t.add_column("")
+    t.add_column("value", overflow="fold")
+    t.add_row("keys published ok", str(len(run_keys) - len(failed_keys)))
+    t.add_row("keys failed", str(len(failed_keys)))
+    if metrics.height:
+        q = metrics["value"].drop_nulls().quantile
+        t.add_row(f"{spec.metric} p10 / p50 / p90", " / ".join(f"{q(p):.4g}" for p in (0.1, 0.5, 0.9)))
+    if promo.height:
+        t.add_row("promotion", ", ".join(f"{r['decision']}: {r['n']}" for r in promo.iter_rows(named=True)))
+    t.add_row("time per stage", ", ".join(f"{s} {sec:.1f}s" for s, sec in result.stage_seconds.items()))
+    console.print(t)
+    if failed_keys:
+        first = failing.group_by("key", maintain_order=True).first().head(10)
+        for row in first.iter_rows(named=True):
+            console.print(f"  [yellow]{row['key']}[/yellow] {row['status']} at {row['stage']}: {row['reason']}")
+        if len(failed_keys) > 10:
+            console.print(f"  ... and {len(failed_keys) - 10} more (table key_status)")
+    for err in result.errors:
+        console.print(f"[red]step failed[/red] {err}")
+
+
+def _print_locations(settings) -> None:
+    console.print(
+        "\n[bold]where to look[/bold]\n"
+        f"  Dagster UI:   uv run mmp dev            (instance {os.environ.get('DAGSTER_HOME')})\n"
+        f"  MLflow UI:    uv run mmp mlflow-ui      (candidate {settings.candidate_registry_uri})\n"
+        f"  warehouse:    {settings.warehouse_url}\n"
+        f"  lake:         {settings.lake_url}"
+    )
+
+
+@app.command()
+def demo(
+    scale: Annotated[float, typer.Option(help="Multiply the demo's key counts")] = 1.0,
+    home: HomeOpt = None,
+) -> None:
+    """Generate sample data for the three shipped use cases and run them end to end."""
+    settings, cfg = _setup(None, home)
+    for name, (keys, rows) in DEMO_SIZES.items():
+        n = max(1, int(keys * scale))
+        _generate(settings, cfg, name, n, rows)
+        console.print(f"generated {name}: {n} keys x {rows} rows")
+    ok = _run(settings, cfg, list(DEMO_SIZES))
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def status(
+    use_case: Annotated[str | None, typer.Option("--use-case", "-u")] = None,
+    config: ConfigOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Keys per use case and their latest status per stage (from the warehouse)."""
+    settings, cfg = _setup(config, home)
+    from .defs.runner import prepare_instance
+    from .storage.warehouse import Warehouse
+
+    instance = prepare_instance(settings)
+    wh = Warehouse(settings.warehouse_url)
+    try:
+        tables = set(wh.table_names())
+        for name in [use_case] if use_case else list(cfg.use_cases):
+            cfg.use_case(name)
+            n_keys = len(instance.get_dynamic_partitions(f"{name}_keys"))
+            t = Table(title=f"{name}: {n_keys} keys registered")
+            for col in ("run date", "stage", "ok", "failed", "skipped"):
+                t.add_column(col)
+            if "key_status" in tables:
+                rows = wh.query(
+                    "SELECT run_date, stage, "
+                    "sum(CASE WHEN status = 'ok' THEN 1 ELSE 0 END) AS ok, "
+                    "sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failed, "
+                    "sum(CASE WHEN status NOT IN ('ok', 'failed') THEN 1 ELSE 0 END) AS skipped "
+                    "FROM key_status WHERE use_case = :uc AND run_date = "
+                    "(SELECT max(run_date) FROM key_status WHERE use_case = :uc) GROUP BY run_date, stage",
+                    uc=name,
+                )
+                from .pipeline import STAGES
+
+                order = {s: i for i, s in enumerate(STAGES)}
+                for r in sorted(rows.iter_rows(named=True), key=lambda r: order.get(r["stage"], 99)):
+                    t.add_row(str(r["run_date"]), r["stage"], str(r["ok"]), str(r["failed"]), str(r["skipped"]))
+            console.print(t)
+    finally:
+        wh.dispose()
+
+
+@app.command()
+def dev(home: HomeOpt = None, port: int = 3000) -> None:
+    """Start the Dagster UI on this code location and the same instance `mmp run` uses."""
+    settings, _ = _setup(None, home)
+    from .defs.runner import REPO_ROOT, prepare_instance
+
+    prepare_instance(settings)
+    cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-p", str(port)]
+    raise typer.Exit(subprocess.call(cmd, cwd=REPO_ROOT))
+
+
+@app.command("mlflow-ui")
+def mlflow_ui(
+    home: HomeOpt = None,
+    port: int = 5000,
+    production: Annotated[bool, typer.Option(help="Show the production registry")] = False,
+) -> None:
+    """Start the MLflow UI on the candidate (or production) registry."""
+    settings, _ = _setup(None, home)
+    uri = settings.production_registry_uri if production else settings.candidate_registry_uri
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(port)]
+    raise typer.Exit(subprocess.call(cmd))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,24 @@
+"""The Dagster code location: one asset group per use case, from one factory."""
+
+from __future__ import annotations
+
+import os
+
+from dagster import Definitions
+
+from .core.spec import load_config
+from .defs.discovery import build_discovery_job
+from .defs.factory import build_pipeline_job, build_use_case_assets
+from .defs.resources import PlatformResource
+
+
+def build_definitions(config_path: str | None = None) -> Definitions:
+    config = load_config(config_path or os.environ.get("MMP_CONFIG"))
+    assets, jobs = [], []
+    for spec in config.use_cases.values():
+        assets += build_use_case_assets(spec, config)
+        jobs += [build_pipeline_job(spec), build_discovery_job(spec)]
+    return Definitions(assets=assets, jobs=jobs, resources={"platform": PlatformResource()})
+
+
+defs = build_definitions()

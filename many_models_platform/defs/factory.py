@@ -1,0 +1,204 @@
+"""One asset factory for every use case: seven per-key assets on one dynamic partitions
+definition, wired to the pure pipeline stages.
+
+Assets are thin. They resolve the run's partition keys (a whole key range per run, never a
+run per key), call the stage, and report one materialization per key with that key's own
+metadata. Per-key failures are recorded in that metadata and in the lake's state files
+(which the ``published`` stage turns into the ``key_status`` table), because a run over
+thousands of keys must never fail as a whole for one bad key.
+"""
+
+import base64
+import datetime as dt
+import io
+import math
+from typing import Any
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetObservation,
+    AssetsDefinition,
+    AssetSelection,
+    BackfillPolicy,
+    DynamicPartitionsDefinition,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    define_asset_job,
+)
+
+from .. import progress
+from ..core.engine import KeyOutcome
+from ..core.keys import key_label
+from ..core.spec import PlatformConfig, UseCaseSpec
+from ..pipeline import STAGE_FUNCTIONS, STAGES, StageReport, StageRun
+from .resources import PlatformResource
+
+RUN_DATE_TAG = "mmp/run_date"
+
+DESCRIPTIONS = {
+    "raw": "Landing-zone files of this key, deduplicated, as bronze Parquet in the lake. "
+    "Malformed files go to quarantine/ with a reason.",
+    "training_set": "Features (lags, calendar) and the time-aware holdout split for this key.",
+    "model": "Every candidate estimator fitted; the best on the holdout is registered in the "
+    "candidate MLflow registry with use case, key and data-fingerprint tags.",
+    "evaluation": "Holdout metrics of the new candidate, side by side with the current production "
+    "model on the same holdout.",
+    "promoted_model": "The promotion rule's decision; passing models are copied to the production "
+    "registry under the alias 'production'.",
+    "predictions": "Batch predictions from this key's production model (the next horizon periods for forecasts).",
+    "published": "Predictions, metrics, per-key status and promotion history in the SQL warehouse.",
+}
+KINDS = {
+    "raw": {"parquet"},
+    "training_set": {"polars", "parquet"},
+    "model": {"mlflow", "scikitlearn"},
+    "evaluation": {"python"},
+    "promoted_model": {"mlflow"},
+    "predictions": {"parquet"},
+    "published": {"sql"},
+}
+
+
+def partitions_name(use_case: str) -> str:
+    return f"{use_case}_keys"
+
+
+def key_metadata(spec: UseCaseSpec, outcome: KeyOutcome) -> dict[str, Any]:
+    """Small, flat metadata per key: it is stored once per key per run in the event log."""
+    md: dict[str, Any] = {"status": outcome.status, "key": key_label(spec.keys, outcome.key)}
+    if outcome.reason:
+        md["reason"] = outcome.reason
+    for name, value in outcome.info.items():
+        if name == "metrics":
+            md.update({f"metric_{m}": _num(v) for m, v in value.items()})
+        elif name == "champion_metrics" and value:
+            md[f"champion_{spec.metric}"] = _num(value.get(spec.metric))
+        elif isinstance(value, bool | int | float | str) or value is None:
+            md[name] = _num(value) if isinstance(value, float) else value
+    return md
+
+
+def _num(v: Any) -> Any:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def build_use_case_assets(spec: UseCaseSpec, config: PlatformConfig) -> list[AssetsDefinition]:
+    partitions = DynamicPartitionsDefinition(name=partitions_name(spec.name))
+    multi_run = BackfillPolicy.multi_run(max_partitions_per_run=config.run.max_keys_per_run)
+    assets = []
+    for i, stage in enumerate(STAGES):
+        assets.append(
+            _stage_asset(
+                spec,
+                stage,
+                partitions,
+                upstream=AssetKey([spec.name, STAGES[i - 1]]) if i else None,
+                # raw reads the whole landing zone once, so it is cheapest as one run
+                backfill_policy=BackfillPolicy.single_run() if stage == "raw" else multi_run,
+            )
+        )
+    return assets
+
+
+def _stage_asset(spec, stage, partitions, upstream, backfill_policy) -> AssetsDefinition:
+    @asset(
+        name=stage,
+        key_prefix=[spec.name],
+        group_name=spec.name,
+        partitions_def=partitions,
+        deps=[upstream] if upstream else None,
+        backfill_policy=backfill_policy,
+        description=f"{DESCRIPTIONS[stage]} Use case: {spec.description or spec.name}",
+        kinds=KINDS[stage],
+        metadata={"use_case": spec.name, "key_columns": ", ".join(spec.keys), "task": spec.task},
+    )
+    def _materialize(context: AssetExecutionContext, platform: PlatformResource) -> MaterializeResult:
+        keys = list(context.partition_keys)
+        run_date = context.run.tags.get(RUN_DATE_TAG) or dt.datetime.now(dt.UTC).date().isoformat()
+        run = StageRun(
+            spec,
+            platform.settings(),
+            run_id=context.run_id,
+            run_date=dt.date.fromisoformat(run_date),
+            progress=progress.for_stage(spec.name, stage),
+        )
+        report = STAGE_FUNCTIONS[stage](run, keys)
+        for outcome in report.outcomes:
+            context.add_asset_metadata(key_metadata(spec, outcome), partition_key=outcome.key)
+        _log_run_report(context, spec, report, run)
+        return MaterializeResult()
+
+    return _materialize
+
+
+def _log_run_report(context: AssetExecutionContext, spec: UseCaseSpec, report: StageReport, run: StageRun) -> None:
+    """One aggregate report per run, as an observation: attaching it to the materialization
+    would copy it onto every key's event."""
+    failed = report.failed
+    md: dict[str, Any] = {
+        "keys_in_run": len(report.outcomes),
+        "keys_ok": len(report.outcomes) - len(failed),
+        "keys_failed": sum(1 for o in failed if o.status == "failed"),
+        "keys_skipped": sum(1 for o in failed if o.status == "skipped"),
+    }
+    if failed:
+        rows = "\n".join(
+            f"| {key_label(spec.keys, o.key)} | {o.status} | {o.reason[:200]} |".replace("\n", " ") for o in failed[:25]
+        )
+        md["failed_keys"] = MetadataValue.md(f"| key | status | reason |\n|---|---|---|\n{rows}")
+        context.log.warning(f"{len(failed)} of {len(report.outcomes)} keys not ok at {report.stage}")
+    for name, value in report.summary.items():
+        if isinstance(value, int | float | str):
+            md[name] = _num(value)
+    if report.stage == "evaluation":
+        values = [o.info["metrics"][spec.metric] for o in report.outcomes if o.ok]
+        if values:
+            png = metric_histogram(spec.metric, values)
+            md["metric_distribution"] = MetadataValue.md(
+                f"![{spec.metric} distribution](data:image/png;base64,{base64.b64encode(png).decode()})"
+            )
+            path = run.lake.path("reports", spec.name, f"evaluation_{context.run_id}.png")
+            run.lake._write_bytes(path, png)
+            md["report_path"] = MetadataValue.path(str(path))
+        worst = report.summary.get("worst") or []
+        if worst:
+            rows = "\n".join(f"| {w['key']} | {w['value']:.4g} |" for w in worst)
+            md["worst_keys"] = MetadataValue.md(f"| key | {spec.metric} |\n|---|---|\n{rows}")
+    if report.summary.get("quarantined"):
+        md["quarantined"] = MetadataValue.json(report.summary["quarantined"])
+    context.log_event(AssetObservation(asset_key=context.asset_key, metadata=md))
+
+
+def metric_histogram(metric: str, values: list[float]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vals = [v for v in values if v == v]
+    fig, ax = plt.subplots(figsize=(5, 2.6), dpi=80)
+    ax.hist(vals, bins=min(30, max(5, len(vals) // 5)), color="#4f46e5")
+    ax.set_xlabel(metric)
+    ax.set_ylabel("keys")
+    ax.set_title(f"{metric} over {len(vals)} keys")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def pipeline_job_name(use_case: str) -> str:
+    return f"{use_case}_pipeline"
+
+
+def build_pipeline_job(spec: UseCaseSpec):
+    """All seven stages of one use case for a key range: what `mmp run` executes."""
+    return define_asset_job(
+        pipeline_job_name(spec.name),
+        selection=AssetSelection.groups(spec.name),
+        partitions_def=DynamicPartitionsDefinition(name=partitions_name(spec.name)),
+        description=f"Every stage of {spec.name} for the selected keys.",
+    )
