@@ -98,12 +98,10 @@ class CandidateSpec(_Strict):
         return self
 
     def build(self) -> Any:
-        """A fresh, unfitted estimator; one thread, since parallelism is across keys."""
+        """A fresh, unfitted estimator. Threads are limited by the worker environment
+        (core.engine), since the parallelism is across keys."""
         est_cls = resolve_estimator(self.estimator)
         params = dict(self.params)
-        accepted = set(inspect.signature(est_cls.__init__).parameters)
-        if "n_jobs" in accepted and "n_jobs" not in params:
-            params["n_jobs"] = 1
         if est_cls.__module__.startswith("lightgbm"):
             params.setdefault("verbose", -1)
         return est_cls(**params)

@@ -1,0 +1,28 @@
+"""Helpers for the Dagster-level tests: write a config, land data, run through Dagster."""
+
+from pathlib import Path
+
+import polars as pl
+import yaml
+
+from many_models_platform.core.spec import load_config
+from many_models_platform.defs.runner import run_use_case
+from many_models_platform.definitions import build_definitions
+
+
+def write_config(path: Path, use_cases: dict, run: dict | None = None) -> Path:
+    path.write_text(yaml.safe_dump({"use_cases": use_cases, **({"run": run} if run else {})}, sort_keys=False))
+    return path
+
+
+def land(settings, use_case_dir: str, frame: pl.DataFrame, name: str = "part-0000.csv") -> Path:
+    target = Path(settings.lake_url) / "landing" / use_case_dir
+    target.mkdir(parents=True, exist_ok=True)
+    frame.write_csv(target / name)
+    return target / name
+
+
+def run_pipeline(settings, instance, config_path: Path | None, use_case: str, keys=None):
+    cfg = load_config(config_path)
+    defs = build_definitions(str(config_path) if config_path else None)
+    return run_use_case(defs, instance, cfg, cfg.use_case(use_case), settings, keys=keys)

@@ -1,0 +1,389 @@
+"""End-to-end tests through real Dagster, MLflow and DuckDB in a temp directory."""
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import sqlalchemy as sa
+from dagster import AssetKey, DagsterEventType, EventRecordsFilter, materialize
+from mlflow import MlflowClient
+
+from many_models_platform.core.generators import GENERATORS, write_landing
+from many_models_platform.core.keys import decode_key
+from many_models_platform.core.spec import load_config
+from many_models_platform.pipeline import STAGES
+from many_models_platform.storage.registry import PRODUCTION_ALIAS, registered_model_name
+
+from dagster_helpers import land, run_pipeline, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def materialized(instance, use_case: str, stage: str) -> set[str]:
+    return set(instance.get_materialized_partitions(AssetKey([use_case, stage])))
+
+
+def warehouse(settings) -> sa.Engine:
+    return sa.create_engine(settings.warehouse_url)
+
+
+def query(settings, sql: str, **params) -> list[tuple]:
+    engine = warehouse(settings)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(sa.text(sql), params)]
+    finally:
+        engine.dispose()
+
+
+def materialization_metadata(instance, use_case: str, stage: str) -> dict[str, dict]:
+    """partition -> metadata of its latest materialization, as plain values."""
+    records = instance.get_event_records(
+        EventRecordsFilter(DagsterEventType.ASSET_MATERIALIZATION, asset_key=AssetKey([use_case, stage])),
+        limit=100_000,
+    )
+    out = {}
+    for rec in reversed(records):  # newest last, so it wins
+        mat = rec.asset_materialization
+        out[mat.partition] = {k: v.value for k, v in mat.metadata.items()}
+    return out
+
+
+def test_full_asset_graph_for_all_shipped_use_cases(platform):
+    settings, instance = platform
+    cfg = load_config()
+    sizes = {"retail_demand": (6, 110), "sensor_anomaly": (6, 240), "group_regression": (6, 120)}
+    for name, (keys, rows) in sizes.items():
+        spec = cfg.use_case(name)
+        write_landing(
+            GENERATORS[name](keys=keys, rows=rows), Path(settings.lake_url) / Path(spec.source.path).parent, name
+        )
+        result = run_pipeline(settings, instance, None, name)
+        assert result.success, result.errors
+        assert len(result.keys) == keys
+        for stage in STAGES:
+            assert materialized(instance, name, stage) == set(result.keys), f"{name}/{stage}"
+        assert set(result.stage_seconds) == set(STAGES)
+
+        # the candidate registry holds one registered model per key, tagged with key and data version
+        client = MlflowClient(settings.candidate_registry_uri, settings.candidate_registry_uri)
+        versions = client.search_model_versions(f"tags.use_case = '{name}'")
+        assert {v.tags["key"] for v in versions} == set(result.keys)
+        assert all(v.tags["data_fingerprint"] and v.tags[f"metric.{spec.metric}"] for v in versions)
+
+    # forecasts cover the next `horizon` weeks for every key with a production model
+    retail = cfg.use_case("retail_demand")
+    prod = MlflowClient(settings.production_registry_uri, settings.production_registry_uri)
+    promoted = [
+        k
+        for k in materialized(instance, "retail_demand", "raw")
+        if PRODUCTION_ALIAS in (prod.get_registered_model(registered_model_name("retail_demand", k)).aliases or {})
+    ]
+    assert promoted, "the generated retail data should pass the MAPE threshold for some keys"
+    rows = query(
+        settings,
+        "SELECT key, count(*), min(period), max(period) FROM predictions "
+        "WHERE use_case = 'retail_demand' AND kind = 'forecast' GROUP BY key",
+    )
+    assert {r[0] for r in rows} == set(promoted)
+    for _key, n, first, last in rows:
+        assert n == retail.horizon
+        assert (last - first) == dt.timedelta(weeks=retail.horizon - 1)
+
+    # every stage of every key has a status row, and run summaries exist per use case
+    statuses = query(settings, "SELECT use_case, count(DISTINCT key), count(*) FROM key_status GROUP BY use_case")
+    assert sorted(statuses) == sorted((n, k, k * (len(STAGES) - 1)) for n, (k, _) in sizes.items())
+    assert {r[0] for r in query(settings, "SELECT use_case FROM run_summary")} == set(sizes)
+
+
+def test_ranged_run_materializes_each_key_once_with_its_own_metadata(platform):
+    settings, instance = platform
+    cfg = load_config()
+    spec = cfg.use_case("group_regression")
+    write_landing(
+        GENERATORS["group_regression"](keys=64, rows=80),
+        Path(settings.lake_url) / "landing/group_regression",
+        spec.name,
+    )
+    result = run_pipeline(settings, instance, None, "group_regression")
+    assert result.success
+    assert len(result.run_ids) == 1, "64 keys fit in one ranged run"
+    run = instance.get_run_by_id(result.run_ids[0])
+    assert run.tags["dagster/asset_partition_range_start"] == result.keys[0]
+    assert run.tags["dagster/asset_partition_range_end"] == result.keys[-1]
+
+    records = instance.get_event_records(
+        EventRecordsFilter(DagsterEventType.ASSET_MATERIALIZATION, asset_key=AssetKey(["group_regression", "model"])),
+        limit=1000,
+    )
+    assert sorted(r.asset_materialization.partition for r in records) == sorted(result.keys)
+    meta = materialization_metadata(instance, "group_regression", "model")
+    assert {m["status"] for m in meta.values()} == {"ok"}
+    # per-key metadata, not one value copied onto every key
+    rmse = {k: m["metric_rmse"] for k, m in meta.items()}
+    assert len(set(rmse.values())) == len(rmse)
+    assert {m["estimator"] for m in meta.values()} <= {"linear", "lightgbm"}
+    assert all(isinstance(m["version"], int) for m in meta.values())
+
+
+def test_a_new_dataset_runs_with_configuration_only(platform, tmp_path):
+    """Different key columns, a classification target and an estimator no shipped use case uses."""
+    settings, instance = platform
+    rng = np.random.default_rng(7)
+    frames = []
+    for country in ("DE", "FR", "NL", "ES"):
+        for plan in ("basic", "premium"):
+            n = 150
+            tenure = rng.uniform(0, 60, n)
+            tickets = rng.poisson(2, n).astype(float)
+            logit = 1.5 - 0.08 * tenure + 0.6 * tickets + (0.5 if plan == "basic" else -0.5)
+            churned = (rng.uniform(size=n) < 1 / (1 + np.exp(-logit))).astype(int)
+            frames.append(
+                pl.DataFrame(
+                    {
+                        "country_code": country,
+                        "plan_tier": plan,
+                        "tenure_months": tenure,
+                        "support_tickets": tickets,
+                        "churned": churned,
+                    }
+                )
+            )
+    land(settings, "churn", pl.concat(frames))
+    config = write_config(
+        tmp_path / "churn.yaml",
+        {
+            "churn": {
+                "task": "classification",
+                "source": {"path": "landing/churn/*.csv"},
+                "keys": ["country_code", "plan_tier"],
+                "target": "churned",
+                "features": ["tenure_months", "support_tickets"],
+                "holdout": {"fraction": 0.25},
+                "metric": "accuracy",
+                "candidates": [
+                    {
+                        "name": "forest",
+                        "estimator": "sklearn.ensemble.RandomForestClassifier",
+                        "params": {"n_estimators": 30, "random_state": 0},
+                    },
+                    {"name": "logit", "estimator": "sklearn.linear_model.LogisticRegression"},
+                ],
+                "promotion": {"threshold": 0.5},
+            }
+        },
+    )
+    result = run_pipeline(settings, instance, config, "churn")
+    assert result.success, result.errors
+    assert len(result.keys) == 8
+    assert {decode_key(k) for k in result.keys} == {
+        (c, p) for c in ("DE", "FR", "NL", "ES") for p in ("basic", "premium")
+    }
+    assert materialized(instance, "churn", "published") == set(result.keys)
+    meta = materialization_metadata(instance, "churn", "evaluation")
+    assert all(0.5 < m["metric_accuracy"] <= 1 for m in meta.values())
+    labels = query(settings, "SELECT DISTINCT predicted_label FROM predictions WHERE use_case = 'churn'")
+    assert {r[0] for r in labels} <= {"0", "1"}
+    assert query(settings, "SELECT count(DISTINCT key) FROM predictions WHERE use_case = 'churn'")[0][0] == 8
+
+
+HOSTILE = [
+    "a,b",
+    "x/y",
+    "O'Brien",
+    "..",
+    ".",
+    "with space",
+    "Zürich",
+    '"quoted"',
+    "東京",
+    "semi;colon--",
+    "back\\slash",
+    "100%",
+]
+
+
+def test_hostile_key_names_round_trip_through_lake_registry_and_sql(platform, tmp_path):
+    settings, instance = platform
+    rng = np.random.default_rng(3)
+    rows = []
+    for i, name in enumerate(HOSTILE):
+        x = rng.normal(size=60)
+        rows.append(pl.DataFrame({"site": name, "x": x, "y": 2.0 * x + i + rng.normal(scale=0.1, size=60)}))
+    land(settings, "hostile", pl.concat(rows))
+    config = write_config(
+        tmp_path / "hostile.yaml",
+        {
+            "hostile": {
+                "task": "regression",
+                "source": {"path": "landing/hostile/*.csv"},
+                "keys": ["site"],
+                "target": "y",
+                "features": ["x"],
+                "holdout": {"fraction": 0.2},
+                "metric": "rmse",
+                "candidates": [{"name": "linear", "estimator": "sklearn.linear_model.LinearRegression"}],
+            }
+        },
+    )
+    outside_before = set(Path(settings.home).parent.iterdir())
+    result = run_pipeline(settings, instance, config, "hostile")
+    assert result.success, result.errors
+    assert sorted(decode_key(k)[0] for k in result.keys) == sorted(HOSTILE)
+    assert materialized(instance, "hostile", "published") == set(result.keys)
+
+    # lake: one bronze file per key, all inside the lake root
+    lake = Path(settings.lake_url).resolve()
+    bronze = list((lake / "bronze" / "hostile").iterdir())
+    assert len(bronze) == len(HOSTILE)
+    assert all(p.resolve().is_relative_to(lake) for p in lake.rglob("*"))
+    assert set(Path(settings.home).parent.iterdir()) == outside_before
+
+    # registry: distinct names that decode back to the original values
+    client = MlflowClient(settings.production_registry_uri, settings.production_registry_uri)
+    models = client.search_registered_models("name LIKE 'hostile.%'")
+    assert len({m.name for m in models}) == len(HOSTILE)
+    assert sorted(decode_key(m.name.removeprefix("hostile."))[0] for m in models) == sorted(HOSTILE)
+
+    # SQL: values come back exactly, through bound parameters
+    for key in result.keys:
+        label = query(settings, "SELECT DISTINCT key_label FROM predictions WHERE key = :k", k=key)
+        assert label == [(f"site={decode_key(key)[0]}",)]
+    assert query(settings, "SELECT count(DISTINCT key) FROM key_status WHERE use_case = 'hostile'")[0][0] == len(
+        HOSTILE
+    )
+
+
+def test_bad_keys_fail_with_reasons_while_every_other_key_is_published(platform, tmp_path):
+    """3 of 60 keys (5%) are bad: too few rows, a constant target, an all-NaN feature."""
+    settings, instance = platform
+    rng = np.random.default_rng(11)
+    frames = []
+    for i in range(60):
+        n = 80
+        x1, x2 = rng.normal(size=n), rng.normal(size=n)
+        y = 1.5 * x1 - x2 + rng.normal(scale=0.2, size=n)
+        frame = pl.DataFrame({"shop": f"shop-{i:02d}", "x1": x1, "x2": x2, "sales": y})
+        if i == 5:
+            frame = frame.head(8)
+        elif i == 17:
+            frame = frame.with_columns(pl.lit(3.0).alias("sales"))
+        elif i == 42:
+            frame = frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("x2"))
+        frames.append(frame)
+    land(settings, "shops", pl.concat(frames))
+    config = write_config(
+        tmp_path / "shops.yaml",
+        {
+            "shops": {
+                "task": "regression",
+                "source": {"path": "landing/shops/*.csv"},
+                "keys": ["shop"],
+                "target": "sales",
+                "features": ["x1", "x2"],
+                "holdout": {"fraction": 0.2},
+                "metric": "mae",
+                "min_rows": 20,
+                "candidates": [{"name": "linear", "estimator": "sklearn.linear_model.LinearRegression"}],
+            }
+        },
+    )
+    result = run_pipeline(settings, instance, config, "shops")
+    assert result.success, "bad keys must not fail the run"
+    bad = {"shop-05": "too few rows", "shop-17": "constant target", "shop-42": "all-NaN features"}
+
+    failed = query(
+        settings,
+        "SELECT key, reason FROM key_status WHERE use_case = 'shops' AND stage = 'training_set' AND status = 'failed'",
+    )
+    assert {k: r.split(":")[0] for k, r in failed} == {k: v.split(":")[0] for k, v in bad.items()} or {
+        k for k, _ in failed
+    } == set(bad)
+    for key, reason in failed:
+        assert bad[key] in reason
+    # downstream stages say why they skipped
+    skipped = query(
+        settings,
+        "SELECT DISTINCT key FROM key_status WHERE use_case = 'shops' AND stage = 'model' AND status = 'skipped'",
+    )
+    assert {r[0] for r in skipped} == set(bad)
+    # the UI shows the reason on the key's materialization
+    meta = materialization_metadata(instance, "shops", "training_set")
+    assert all(meta[k]["status"] == "failed" and bad[k] in meta[k]["reason"] for k in bad)
+    # every other key is published
+    published = {r[0] for r in query(settings, "SELECT DISTINCT key FROM predictions WHERE use_case = 'shops'")}
+    assert published == set(result.keys) - set(bad)
+    assert len(published) == 57
+    summary = query(
+        settings, "SELECT keys_total, keys_published, keys_failed FROM run_summary WHERE use_case = 'shops'"
+    )
+    assert summary == [(60, 57, 3)]
+
+
+def test_rerun_for_the_same_run_date_never_duplicates_rows(platform):
+    settings, instance = platform
+    cfg = load_config()
+    spec = cfg.use_case("group_regression")
+    write_landing(
+        GENERATORS["group_regression"](keys=10, rows=60),
+        Path(settings.lake_url) / "landing/group_regression",
+        spec.name,
+    )
+    tables = ("predictions", "key_metrics", "key_status", "promotion_history")
+    counts = []
+    for _ in range(3):
+        assert run_pipeline(settings, instance, None, "group_regression").success
+        counts.append({t: query(settings, f"SELECT count(*) FROM {t}")[0][0] for t in tables})
+        counts[-1]["candidate_metrics"] = query(
+            settings, "SELECT count(*) FROM key_metrics WHERE model_role = 'candidate'"
+        )[0][0]
+    # one promotion decision per key per run: history grows by decisions, never by republishing
+    assert [c["promotion_history"] for c in counts] == [10, 20, 30]
+    for c in counts:
+        c.pop("promotion_history")
+    # the first run has no champion to compare with; from the second on, everything is stable
+    assert counts[1] == counts[2]
+    for table in ("predictions", "key_status", "candidate_metrics"):
+        assert counts[0][table] == counts[1][table] > 0
+    assert counts[1]["key_metrics"] > counts[0]["key_metrics"], "champion metrics appear once a champion exists"
+    dupes = query(
+        settings,
+        "SELECT count(*) FROM (SELECT use_case, key, run_date, row_index FROM predictions "
+        "GROUP BY use_case, key, run_date, row_index HAVING count(*) > 1) d",
+    )
+    assert dupes == [(0,)]
+
+
+def test_republishing_alone_replaces_rows(platform):
+    """Materializing only `published` again (as a UI backfill would) leaves every table as it was."""
+    from many_models_platform.defs.factory import RUN_DATE_TAG
+    from many_models_platform.definitions import build_definitions
+
+    settings, instance = platform
+    write_landing(
+        GENERATORS["group_regression"](keys=8, rows=60),
+        Path(settings.lake_url) / "landing/group_regression",
+        "group_regression",
+    )
+    result = run_pipeline(settings, instance, None, "group_regression")
+    tables = ("predictions", "key_metrics", "key_status", "promotion_history", "run_summary")
+    before = {t: query(settings, f"SELECT count(*) FROM {t}")[0][0] for t in tables}
+    defs = build_definitions()
+    published = defs.resolve_assets_def(AssetKey(["group_regression", "published"]))
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    res = materialize(
+        [published],
+        instance=instance,
+        tags={
+            "dagster/asset_partition_range_start": result.keys[0],
+            "dagster/asset_partition_range_end": result.keys[-1],
+            RUN_DATE_TAG: today,
+        },
+    )
+    assert res.success
+    after = {t: query(settings, f"SELECT count(*) FROM {t}")[0][0] for t in tables}
+    assert after["run_summary"] == before["run_summary"] + 1  # one summary row per publishing run
+    after.pop("run_summary"), before.pop("run_summary")
+    assert after == before
