@@ -6,8 +6,8 @@ import polars as pl
 import yaml
 
 from many_models_platform.core.spec import load_config
-from many_models_platform.defs.runner import run_use_case
 from many_models_platform.definitions import build_definitions
+from many_models_platform.defs.runner import run_use_case
 
 
 def write_config(path: Path, use_cases: dict, run: dict | None = None) -> Path:

@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 from dagster import AssetKey, DagsterEventType, EventRecordsFilter, materialize
+from dagster_helpers import land, run_pipeline, write_config
 from mlflow import MlflowClient
 
 from many_models_platform.core.generators import GENERATORS, write_landing
@@ -15,8 +16,6 @@ from many_models_platform.core.keys import decode_key
 from many_models_platform.core.spec import load_config
 from many_models_platform.pipeline import STAGES
 from many_models_platform.storage.registry import PRODUCTION_ALIAS, registered_model_name
-
-from dagster_helpers import land, run_pipeline, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -358,8 +357,8 @@ def test_rerun_for_the_same_run_date_never_duplicates_rows(platform):
 
 def test_republishing_alone_replaces_rows(platform):
     """Materializing only `published` again (as a UI backfill would) leaves every table as it was."""
-    from many_models_platform.defs.factory import RUN_DATE_TAG
     from many_models_platform.definitions import build_definitions
+    from many_models_platform.defs.factory import RUN_DATE_TAG
 
     settings, instance = platform
     write_landing(
