@@ -79,6 +79,12 @@ def _generate(settings, cfg, use_case, keys, rows, seed=0, generator=None, fmt="
         console.print(f"[red]no generator named {generator or use_case!r}[/red]; choose one of {sorted(GENERATORS)}")
         raise typer.Exit(2)
     landing = Path(spec.source.path).parent
+    if spec.source.file_format != fmt:
+        console.print(
+            f"[red]{use_case} reads {spec.source.file_format} files ({spec.source.path}); use --format "
+            f"{spec.source.file_format}[/red]"
+        )
+        raise typer.Exit(2)
     if "*" in str(landing) or "://" in settings.lake_url:
         console.print("[red]generate needs a local lake and a source glob like 'landing/<dir>/*.csv'[/red]")
         raise typer.Exit(2)
@@ -133,12 +139,13 @@ def _run(settings, cfg, names, keys=None, run_date=None) -> bool:
                 from .defs.discovery import register_new_keys
                 from .storage.lake import Lake
 
-                register_new_keys(instance, spec, Lake(settings.lake_url, settings.lake_storage_options))
+                _, new_keys = register_new_keys(instance, spec, Lake(settings.lake_url, settings.lake_storage_options))
                 total = len(keys) if keys else len(instance.get_dynamic_partitions(f"{name}_keys"))
                 for stage in STAGES:
                     tasks[stage] = bar.add_task(f"{name} / {stage}", total=total)
                 progress.set_reporter(report)
                 result = run_use_case(defs, instance, cfg, spec, settings, keys, run_date)
+                result.new_keys = new_keys
             except ValueError as exc:
                 console.print(f"[red]{exc}[/red]")
                 return False
@@ -155,7 +162,7 @@ def _print_summary(settings, spec, result, run_date) -> None:
     from .storage.warehouse import Warehouse
 
     date = run_date or dt.datetime.now(dt.UTC).date()
-    wh = Warehouse(settings.warehouse_url)
+    wh = Warehouse(settings.warehouse_url, read_only=True)
     try:
         status = wh.query(
             "SELECT key, stage, status, reason FROM key_status WHERE use_case = :uc AND run_date = :d",
@@ -163,22 +170,25 @@ def _print_summary(settings, spec, result, run_date) -> None:
             d=date,
         )
         metrics = wh.query(
-            "SELECT value FROM key_metrics WHERE use_case = :uc AND run_date = :d AND model_role = 'candidate' "
+            "SELECT key, value FROM key_metrics WHERE use_case = :uc AND run_date = :d AND model_role = 'candidate' "
             "AND metric = :m",
             uc=spec.name,
             d=date,
             m=spec.metric,
         )
         promo = wh.query(
-            "SELECT decision, count(*) AS n FROM promotion_history WHERE use_case = :uc AND run_date = :d "
-            "GROUP BY decision",
+            "SELECT key, decision, dagster_run_id FROM promotion_history WHERE use_case = :uc AND run_date = :d",
             uc=spec.name,
             d=date,
         )
     finally:
         wh.dispose()
     run_keys = set(result.keys)
+    # only this run's keys and decisions: other keys may have run earlier the same day
     status = status.filter(status["key"].is_in(list(run_keys))) if status.height else status
+    metrics = metrics.filter(metrics["key"].is_in(list(run_keys))) if metrics.height else metrics
+    if promo.height:
+        promo = promo.filter(promo["dagster_run_id"].is_in(result.run_ids)).group_by("decision").len("n")
     failing = status.filter(status["status"] != "ok") if status.height else status
     failed_keys = failing["key"].unique().to_list() if failing.height else []
     t = Table(title=f"{spec.name}: {len(result.keys)} keys ({len(result.new_keys)} new), {len(result.run_ids)} run(s)")
@@ -240,14 +250,19 @@ def status(
     from .storage.warehouse import Warehouse
 
     instance = prepare_instance(settings)
-    wh = Warehouse(settings.warehouse_url)
+    wh = Warehouse(settings.warehouse_url, read_only=True)
     try:
-        tables = set(wh.table_names())
+        tables = (
+            set(wh.table_names())
+            if Path(settings.warehouse_url.removeprefix("duckdb:///")).exists()
+            or not settings.warehouse_url.startswith("duckdb")
+            else set()
+        )
         for name in [use_case] if use_case else list(cfg.use_cases):
             cfg.use_case(name)
             n_keys = len(instance.get_dynamic_partitions(f"{name}_keys"))
             t = Table(title=f"{name}: {n_keys} keys registered")
-            for col in ("run date", "stage", "ok", "failed", "skipped"):
+            for col in ("run date", "stage", "ok", "failed", "skipped / not run"):
                 t.add_column(col)
             if "key_status" in tables:
                 rows = wh.query(

@@ -329,6 +329,7 @@ def _evaluate_one(key: str, spec: UseCaseSpec, lake: Lake, champions: dict[str, 
 
 def evaluate_models(run: StageRun, keys: Sequence[str]) -> StageReport:
     spec = run.spec
+    wanted = set(keys)
     champions = {
         key: {
             "version": ref.version,
@@ -337,7 +338,7 @@ def evaluate_models(run: StageRun, keys: Sequence[str]) -> StageReport:
             "source_version": ref.tags.get("source_candidate_version"),
         }
         for key, ref in run.production().aliased_versions(spec.name).items()
-        if key in set(keys)
+        if key in wanted
     }
     outcomes = map_keys(_evaluate_one, keys, (spec, run.lake, champions), workers=run.workers, progress=run.progress)
     values = [o.info["metrics"][spec.metric] for o in outcomes if o.ok]
@@ -471,7 +472,8 @@ def _score_one(key: str, spec: UseCaseSpec, lake: Lake, production: dict[str, di
         bronze = lake.read_parquet(lake.key_path("bronze", spec.name, key, ".parquet"))
         scoring_path = lake.key_path("bronze_scoring", spec.name, key, ".parquet")
         exog = lake.read_parquet(scoring_path) if scoring_path.exists() else None
-        rows = F.future_frame(spec, bronze, exog, origin=bronze[t].min())
+        origin = bronze.filter(pl.col(spec.target).is_not_null())[t].min()  # as in training
+        rows = F.future_frame(spec, bronze, exog, origin=origin)
         kind, actual = "forecast", None
     else:
         scoring_path = lake.key_path("bronze_scoring", spec.name, key, ".parquet")
@@ -593,6 +595,18 @@ def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = No
             preds.append(
                 lake.read_parquet(path).with_columns(pl.lit(key).alias("key"), pl.lit(label).alias("key_label"))
             )
+        # the published row itself: written in the same transaction, so present means published
+        statuses.append(
+            {
+                "stage": "published",
+                "key": key,
+                "key_label": label,
+                "status": "skipped" if failed else "ok",
+                "reason": f"{failed[0]} {failed[1]['status']}: {failed[1]['reason']}" if failed else None,
+                "dagster_run_id": run.run_id,
+                "updated_at": now,
+            }
+        )
         if failed:
             stage, st = failed
             outcomes.append(KeyOutcome(key, "ok", info={"key_status": f"{st['status']} at {stage}: {st['reason']}"}))

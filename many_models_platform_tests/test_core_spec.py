@@ -131,7 +131,8 @@ ERROR_CASES = {
 @pytest.mark.parametrize("case", sorted(ERROR_CASES))
 def test_invalid_use_case_error_names_file_use_case_and_field(tmp_path: Path, case):
     body, dotted, value, expected = ERROR_CASES[case]
-    path = write_config(tmp_path, {"good_one": regression_body(), "bad_one": _mutate(copy.deepcopy(body), dotted, value)})
+    bad = _mutate(copy.deepcopy(body), dotted, value)
+    path = write_config(tmp_path, {"good_one": regression_body(), "bad_one": bad})
     with pytest.raises(ConfigError) as err:
         load_config(path)
     message = str(err.value)
@@ -221,21 +222,20 @@ def test_source_format_inference():
         _ = make_spec(regression_body(source={"path": "landing/x/*"})).source.file_format
 
 
-def test_candidate_build_gives_fresh_single_threaded_estimators():
+def test_candidate_build_gives_fresh_configured_estimators():
     spec = make_spec(
         regression_body(
             candidates=[
                 {"name": "ridge", "estimator": "sklearn.linear_model.Ridge", "params": {"alpha": 3.0}},
-                {"name": "linear", "estimator": "sklearn.linear_model.LinearRegression"},
                 {"name": "linear4", "estimator": "sklearn.linear_model.LinearRegression", "params": {"n_jobs": 4}},
                 {"name": "gbm", "estimator": "lightgbm.LGBMRegressor", "params": {"n_estimators": 5}},
             ]
         )
     )
-    ridge, linear, linear4, gbm = (c.build() for c in spec.candidates)
+    ridge, linear4, gbm = (c.build() for c in spec.candidates)
     assert isinstance(ridge, Ridge) and ridge.alpha == 3.0
-    assert isinstance(linear, LinearRegression) and linear.n_jobs == 1  # parallelism is across keys
-    assert linear4.n_jobs == 4  # an explicit choice is kept
-    assert isinstance(gbm, LGBMRegressor) and gbm.n_jobs == 1 and gbm.n_estimators == 5
-    assert gbm.get_params()["verbose"] == -1
+    assert isinstance(linear4, LinearRegression) and linear4.n_jobs == 4  # an explicit choice is kept
+    assert isinstance(gbm, LGBMRegressor) and gbm.n_estimators == 5
+    assert gbm.get_params()["verbose"] == -1  # LightGBM is kept quiet unless asked otherwise
     assert spec.candidates[0].build() is not ridge
+    assert spec.candidates[0].build().get_params() == ridge.get_params()

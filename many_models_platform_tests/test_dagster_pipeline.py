@@ -93,7 +93,7 @@ def test_full_asset_graph_for_all_shipped_use_cases(platform):
 
     # every stage of every key has a status row, and run summaries exist per use case
     statuses = query(settings, "SELECT use_case, count(DISTINCT key), count(*) FROM key_status GROUP BY use_case")
-    assert sorted(statuses) == sorted((n, k, k * (len(STAGES) - 1)) for n, (k, _) in sizes.items())
+    assert sorted(statuses) == sorted((n, k, k * len(STAGES)) for n, (k, _) in sizes.items())
     assert {r[0] for r in query(settings, "SELECT use_case FROM run_summary")} == set(sizes)
 
 

@@ -43,12 +43,13 @@ def _run_one(fn: Callable[..., dict[str, Any] | None], key: str, args: tuple) ->
     except SkipKey as exc:
         return KeyOutcome(key, "skipped", reason=str(exc))
     except Exception as exc:
-        # The reason is what a data engineer reads in the UI: exception type and message,
-        # plus the innermost frame for errors that are not our own data checks.
-        reason = f"{type(exc).__name__}: {exc}"
-        if type(exc).__name__ != "KeyDataError":
+        # The reason is what a data engineer reads in the UI: a data check's own message, or
+        # for anything else the exception type, message and innermost frame.
+        if type(exc).__name__ == "KeyDataError":
+            reason = str(exc)
+        else:
             frame = traceback.extract_tb(exc.__traceback__)[-1]
-            reason += f" (at {os.path.basename(frame.filename)}:{frame.lineno})"
+            reason = f"{type(exc).__name__}: {exc} (at {os.path.basename(frame.filename)}:{frame.lineno})"
         return KeyOutcome(key, "failed", reason=reason[:2000])
 
 
@@ -95,6 +96,7 @@ def map_keys(
     chunk = max(1, min(64, math.ceil(len(keys) / (workers * 4))))
     chunks = [keys[i : i + chunk] for i in range(0, len(keys), chunk)]
     results: dict[int, list[KeyOutcome]] = {}
+    crashed: list[int] = []
     pool = _executor(workers)
     pending = {pool.submit(_run_chunk, fn, c, args): i for i, c in enumerate(chunks)}
     while pending:
@@ -103,8 +105,20 @@ def map_keys(
             i = pending.pop(fut)
             try:
                 results[i] = fut.result()
-            except Exception as exc:  # a crashed worker fails its chunk, not the run
-                results[i] = [KeyOutcome(k, "failed", f"worker crashed: {exc!r}") for k in chunks[i]]
+            except Exception:
+                crashed.append(i)  # a dead worker breaks the whole pool: retried below
+                continue
             if progress:
                 progress(len(chunks[i]))
+    # A worker died (native crash, OOM kill) and took its pool down. Retry the lost chunks one
+    # key at a time, so only the key that kills its worker fails.
+    for i in sorted(crashed):
+        results[i] = []
+        for key in chunks[i]:
+            try:
+                results[i] += _executor(workers).submit(_run_chunk, fn, [key], args).result()
+            except Exception as exc:
+                results[i].append(KeyOutcome(key, "failed", f"worker crashed on this key: {exc!r}"[:2000]))
+        if progress:
+            progress(len(chunks[i]))
     return [o for i in range(len(chunks)) for o in results[i]]

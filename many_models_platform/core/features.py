@@ -6,9 +6,11 @@ get exactly the columns the model was fitted on.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -36,41 +38,73 @@ def feature_columns(spec: UseCaseSpec, time_dtype: pl.DataType | None) -> list[s
     return cols
 
 
+@dataclass(frozen=True)
+class Period:
+    """A series' period: whole calendar months (monthly, quarterly, yearly data) or a fixed
+    step (hourly, daily, weekly). Lags and future periods move by periods, not by rows, so a
+    missing week never shifts a lag."""
+
+    months: int = 0
+    step: dt.timedelta | None = None
+
+    def offset(self, k: int) -> str:
+        if self.months:
+            return f"{k * self.months}mo"
+        us = round(self.step.total_seconds() * 1_000_000) * k
+        return f"{us // 86_400_000_000}d" if us % 86_400_000_000 == 0 else f"{us}us"
+
+    def index(self, t: pl.Expr, origin: object) -> pl.Expr:
+        """Periods since ``origin``: the trend feature."""
+        if self.months:
+            months = (t.dt.year() * 12 + t.dt.month()) - (origin.year * 12 + origin.month)
+            return (months / self.months).round(0)
+        return ((t - pl.lit(origin)).dt.total_microseconds() / (self.step.total_seconds() * 1e6)).round(0)
+
+
+def infer_period(times: pl.Series) -> Period | None:
+    """The most common gap between consecutive periods; 28-31 days is a calendar month."""
+    diffs = times.unique().sort().diff().drop_nulls()
+    if diffs.is_empty():
+        return None
+    step: dt.timedelta = diffs.mode().sort()[0]
+    days = step.total_seconds() / 86_400
+    for months, (lo, hi) in {1: (28, 31), 3: (89, 92), 12: (365, 366)}.items():
+        if lo <= days <= hi:
+            return Period(months=months)
+    return Period(step=step)
+
+
 def make_features(spec: UseCaseSpec, frame: pl.DataFrame, origin: object | None = None) -> pl.DataFrame:
     """Add lag and calendar features to one key's rows, sorted by time.
 
     ``origin`` anchors the trend index, so scoring rows continue the training numbering.
     """
-    if spec.time_column:
-        frame = frame.sort(spec.time_column)
+    t = spec.time_column
+    if t:
+        frame = frame.sort(t)
     exprs: list[pl.Expr] = [pl.col(c).cast(pl.Float64, strict=False) for c in spec.features]
-    exprs += [pl.col(spec.target).cast(pl.Float64).shift(lag).alias(f"lag_{lag}") for lag in spec.lags]
-    if spec.time_column and spec.calendar_features:
-        t = pl.col(spec.time_column)
-        exprs += [t.dt.month().cast(pl.Float64).alias("cal_month"), t.dt.week().cast(pl.Float64).alias("cal_week")]
-        if isinstance(frame.schema[spec.time_column], pl.Datetime):
+    period = infer_period(frame[t]) if t and spec.task == "forecast" else None
+    if spec.lags and period is not None:
+        for lag in spec.lags:
+            shifted = frame.select(
+                pl.col(t).dt.offset_by(period.offset(lag)), pl.col(spec.target).cast(pl.Float64).alias(f"lag_{lag}")
+            )
+            frame = frame.join(shifted, on=t, how="left", maintain_order="left")
+    elif spec.lags:
+        exprs += [pl.lit(None, dtype=pl.Float64).alias(f"lag_{lag}") for lag in spec.lags]
+    if t and spec.calendar_features:
+        col = pl.col(t)
+        exprs += [col.dt.month().cast(pl.Float64).alias("cal_month"), col.dt.week().cast(pl.Float64).alias("cal_week")]
+        if isinstance(frame.schema[t], pl.Datetime):
             exprs += [
-                t.dt.weekday().cast(pl.Float64).alias("cal_dayofweek"),
-                t.dt.hour().cast(pl.Float64).alias("cal_hour"),
+                col.dt.weekday().cast(pl.Float64).alias("cal_dayofweek"),
+                col.dt.hour().cast(pl.Float64).alias("cal_hour"),
             ]
         if spec.task == "forecast":
-            first = frame[spec.time_column].min() if origin is None else origin
-            step = infer_step(frame[spec.time_column]) if frame.height > 1 else None
-            if step:
-                idx = ((t - pl.lit(first)).dt.total_seconds() / step.total_seconds()).round(0)
-            else:
-                idx = pl.int_range(0, pl.len())
+            first = frame[t].min() if origin is None else origin
+            idx = period.index(col, first) if period is not None else pl.int_range(0, pl.len())
             exprs.append(idx.cast(pl.Float64).alias(T_INDEX))
     return frame.with_columns(exprs)
-
-
-def infer_step(times: pl.Series):
-    """The most common gap between consecutive periods (weekly, hourly, ...)."""
-    diffs = times.sort().diff().drop_nulls()
-    diffs = diffs.filter(diffs.cast(pl.Int64) > 0)
-    if diffs.is_empty():
-        return None
-    return diffs.mode().sort()[0]
 
 
 def build_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> pl.DataFrame:
@@ -81,7 +115,9 @@ def build_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> pl.DataFrame:
         raise KeyDataError(f"too few rows: {bronze.height} < min_rows {spec.min_rows}")
     if spec.target and spec.task in ("forecast", "regression") and bronze[spec.target].n_unique() < 2:
         raise KeyDataError(f"constant target: every {spec.target!r} value is {bronze[spec.target][0]!r}")
-    null_features = [c for c in spec.features if bronze[c].cast(pl.Float64, strict=False).is_null().all()]
+    null_features = [
+        c for c in spec.features if bronze[c].cast(pl.Float64, strict=False).fill_nan(None).is_null().all()
+    ]
     if null_features:
         raise KeyDataError(f"all-NaN features: {null_features}")
     frame = make_features(spec, bronze)
@@ -130,12 +166,17 @@ def future_frame(
     value is carried forward (documented in docs/use-cases.md).
     """
     t = spec.time_column
-    history = history.sort(t)
-    step = infer_step(history[t])
-    if step is None:
+    history = history.filter(pl.col(spec.target).is_not_null()).sort(t)
+    period = infer_period(history[t])
+    if period is None:
         raise KeyDataError("cannot infer the period length from a single time value")
     last = history[t].max()
-    future_times = pl.Series(t, [last + step * (i + 1) for i in range(spec.horizon)], dtype=history.schema[t])
+    future_times = pl.DataFrame(
+        {
+            t: pl.Series([last] * spec.horizon, dtype=history.schema[t]),
+            "o": [period.offset(i + 1) for i in range(spec.horizon)],
+        }
+    ).select(pl.col(t).dt.offset_by(pl.col("o")))[t]
     future = pl.DataFrame(future_times)
     if future_exog is not None and future_exog.height:
         exog_cols = [c for c in spec.features if c in future_exog.columns]

@@ -25,7 +25,9 @@ _SAFE = re.compile(r"[A-Za-z0-9_\-%~.]+")
 
 
 def _encode_value(value: object) -> str:
-    text = "" if value is None else str(value)
+    if value is None:
+        raise ValueError("a key value cannot be null")
+    text = str(value)
     if text == "":
         return EMPTY
     # quote() keeps "_.-~" unescaped; we escape "." and "~" too so they can act as markers.

@@ -29,10 +29,13 @@ def regression_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, f
 
 
 def label_metrics(actual: np.ndarray, predicted: np.ndarray, positive: object = 1) -> dict[str, float]:
-    """Accuracy plus precision/recall/F1 of the positive class (macro over classes when not binary)."""
+    """Accuracy plus precision/recall/F1 of the positive class (``positive``, else the larger of
+    two labels); macro-averaged over classes when there are more than two."""
     a = np.asarray(actual)
     p = np.asarray(predicted)
     classes = np.unique(np.concatenate([a, p]))
+    if len(classes) == 2 and positive not in classes:
+        positive = classes[-1]  # e.g. "yes" of {"no", "yes"}, 2 of {0, 2}
     accuracy = float(np.mean(a == p)) if len(a) else math.nan
     targets = [positive] if len(classes) <= 2 else list(classes)
     precisions, recalls, f1s = [], [], []

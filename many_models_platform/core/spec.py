@@ -155,8 +155,11 @@ class UseCaseSpec(_Strict):
             )
         if self.target is None and self.task != "anomaly":
             raise ValueError(f"task {self.task!r} needs a 'target' column")
-        if self.task == "anomaly" and self.target is None and self.metric:
-            raise ValueError("anomaly metrics need a labelled 'target' column (1 = anomaly)")
+        for src in (self.source, self.scoring_source):
+            if src is not None:
+                src.file_format  # noqa: B018 - raises when the format cannot be inferred
+        if self.task == "anomaly" and self.target is None:
+            raise ValueError("task 'anomaly' needs a labelled 'target' column (1 = anomaly) to evaluate on")
         if self.task == "forecast":
             if self.time_column is None:
                 raise ValueError("task 'forecast' needs a 'time_column'")

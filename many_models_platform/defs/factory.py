@@ -97,12 +97,13 @@ def build_use_case_assets(spec: UseCaseSpec, config: PlatformConfig) -> list[Ass
                 upstream=AssetKey([spec.name, STAGES[i - 1]]) if i else None,
                 # raw reads the whole landing zone once, so it is cheapest as one run
                 backfill_policy=BackfillPolicy.single_run() if stage == "raw" else multi_run,
+                workers=config.run.workers,
             )
         )
     return assets
 
 
-def _stage_asset(spec, stage, partitions, upstream, backfill_policy) -> AssetsDefinition:
+def _stage_asset(spec, stage, partitions, upstream, backfill_policy, workers) -> AssetsDefinition:
     @asset(
         name=stage,
         key_prefix=[spec.name],
@@ -122,6 +123,7 @@ def _stage_asset(spec, stage, partitions, upstream, backfill_policy) -> AssetsDe
             platform.settings(),
             run_id=context.run_id,
             run_date=dt.date.fromisoformat(run_date),
+            workers=workers,
             progress=progress.for_stage(spec.name, stage),
         )
         report = STAGE_FUNCTIONS[stage](run, keys)
@@ -152,6 +154,8 @@ def _log_run_report(context: AssetExecutionContext, spec: UseCaseSpec, report: S
     for name, value in report.summary.items():
         if isinstance(value, int | float | str):
             md[name] = _num(value)
+        elif isinstance(value, dict) and name != "worst":
+            md[name] = MetadataValue.json(value)
     if report.stage == "evaluation":
         values = [o.info["metrics"][spec.metric] for o in report.outcomes if o.ok]
         if values:

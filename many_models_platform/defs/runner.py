@@ -80,7 +80,8 @@ def run_use_case(
         if unknown:
             raise ValueError(f"unknown key(s) for {spec.name}: {unknown[:5]} (see `mmp status`)")
     selected = list(keys) if keys else ordered
-    result = UseCaseRun(spec.name, [k for k in ordered if k in set(selected)], new)
+    chosen = set(selected)
+    result = UseCaseRun(spec.name, [k for k in ordered if k in chosen], new)
     job = defs.resolve_job_def(pipeline_job_name(spec.name))
     run_date = run_date or dt.datetime.now(dt.UTC).date()
     for start, end in key_ranges(ordered, selected, config.run.max_keys_per_run):

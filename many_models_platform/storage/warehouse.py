@@ -7,6 +7,7 @@ value goes through bound parameters; key values never reach SQL text.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -29,9 +30,9 @@ predictions = sa.Table(
     sa.Column("key_label", sa.String(1024), nullable=False),
     sa.Column("period", sa.DateTime, nullable=True),
     sa.Column("kind", sa.String(16), nullable=False),  # forecast | holdout | scoring
-    sa.Column("prediction", sa.Float, nullable=True),
+    sa.Column("prediction", sa.Double, nullable=True),
     sa.Column("predicted_label", sa.String(256), nullable=True),
-    sa.Column("actual", sa.Float, nullable=True),
+    sa.Column("actual", sa.Double, nullable=True),
     sa.Column("model_name", sa.String(600), nullable=False),
     sa.Column("model_version", sa.Integer, nullable=False),
     sa.Column("dagster_run_id", sa.String(64), nullable=False),
@@ -45,7 +46,7 @@ key_metrics = sa.Table(
     *_key_cols(),
     sa.Column("model_role", sa.String(16), nullable=False),  # candidate | champion
     sa.Column("metric", sa.String(32), nullable=False),
-    sa.Column("value", sa.Float, nullable=True),
+    sa.Column("value", sa.Double, nullable=True),
     sa.Column("model_name", sa.String(600), nullable=False),
     sa.Column("model_version", sa.Integer, nullable=False),
     sa.Column("estimator", sa.String(128), nullable=True),
@@ -75,9 +76,9 @@ promotion_history = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("metric", sa.String(32), nullable=False),
     sa.Column("candidate_version", sa.Integer, nullable=True),
-    sa.Column("candidate_value", sa.Float, nullable=True),
+    sa.Column("candidate_value", sa.Double, nullable=True),
     sa.Column("champion_version", sa.Integer, nullable=True),
-    sa.Column("champion_value", sa.Float, nullable=True),
+    sa.Column("champion_value", sa.Double, nullable=True),
     sa.Column("production_version", sa.Integer, nullable=True),
     sa.Column("dagster_run_id", sa.String(64), nullable=False),
     sa.PrimaryKeyConstraint("use_case", "key", "run_date", "dagster_run_id"),
@@ -94,9 +95,9 @@ run_summary = sa.Table(
     sa.Column("keys_failed", sa.Integer, nullable=False),
     sa.Column("keys_promoted", sa.Integer, nullable=False),
     sa.Column("metric", sa.String(32), nullable=False),
-    sa.Column("metric_p10", sa.Float, nullable=True),
-    sa.Column("metric_p50", sa.Float, nullable=True),
-    sa.Column("metric_p90", sa.Float, nullable=True),
+    sa.Column("metric_p10", sa.Double, nullable=True),
+    sa.Column("metric_p50", sa.Double, nullable=True),
+    sa.Column("metric_p90", sa.Double, nullable=True),
     sa.Column("published_at", sa.DateTime, nullable=False),
     sa.PrimaryKeyConstraint("use_case", "run_date", "dagster_run_id"),
 )
@@ -106,14 +107,16 @@ _DELETE_CHUNK = 500
 
 
 class Warehouse:
-    def __init__(self, url: str):
+    def __init__(self, url: str, read_only: bool = False):
         self.url = url
+        self.read_only = read_only
         self._engine: sa.Engine | None = None
 
     @property
     def engine(self) -> sa.Engine:
         if self._engine is None:
-            self._engine = sa.create_engine(self.url, future=True)
+            args = {"read_only": True} if self.read_only and self.url.startswith("duckdb") else {}
+            self._engine = sa.create_engine(self.url, connect_args=args)
         return self._engine
 
     def dispose(self) -> None:
@@ -138,7 +141,7 @@ class Warehouse:
         ``append`` rows (promotion history, run summary) are inserted in the same transaction,
         after deleting any row with the same primary key, so reruns stay idempotent.
         """
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             for table in PER_KEY_TABLES:
                 for i in range(0, len(keys), _DELETE_CHUNK):
                     conn.execute(
@@ -158,6 +161,18 @@ class Warehouse:
                     for row in frame.select(pk).unique().iter_rows(named=True):
                         conn.execute(table.delete().where(*[table.c[c] == v for c, v in row.items()]))
                     self._insert(conn, table, frame)
+
+    def _begin(self, wait_seconds: float = 120.0):
+        """A transaction; on DuckDB, wait for another process's writer lock instead of failing."""
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                return self.engine.begin()
+            except sa.exc.OperationalError as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                self.dispose()
+                time.sleep(0.5)
 
     def _insert(self, conn: sa.Connection, table: sa.Table, frame: pl.DataFrame) -> None:
         frame = frame.select([c.name for c in table.columns])

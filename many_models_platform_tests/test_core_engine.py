@@ -1,0 +1,104 @@
+"""map_keys: per-key failure isolation, order and progress, in-process and through the process pool."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from many_models_platform.core.engine import KeyOutcome, SkipKey, map_keys
+from many_models_platform.core.features import KeyDataError
+
+
+# Module-level, so the pool can pickle them.
+def work(key: str, fail: frozenset, skip: frozenset, data_error: frozenset) -> dict:
+    if key in fail:
+        raise ValueError(f"boom for {key}")
+    if key in skip:
+        raise SkipKey("upstream failed")
+    if key in data_error:
+        raise KeyDataError("too few rows: 3 < min_rows 20")
+    return {"double": key * 2, "pid": os.getpid()}
+
+
+def crash_on(key: str, victim: str) -> dict:
+    if key == victim:
+        os._exit(3)  # a native crash or an OOM kill: the worker process disappears
+    time.sleep(0.02)
+    return {"pid": os.getpid()}
+
+
+def long_failure(key: str) -> None:
+    raise RuntimeError("x" * 10_000)
+
+
+def _check(outcomes: list[KeyOutcome], keys, fail, skip, data_error) -> None:
+    assert [o.key for o in outcomes] == keys
+    for o in outcomes:
+        if o.key in fail:
+            assert o.status == "failed"
+            assert o.reason.startswith(f"ValueError: boom for {o.key} (at test_core_engine.py:")
+            assert not o.ok
+        elif o.key in skip:
+            assert (o.status, o.reason) == ("skipped", "upstream failed")
+        elif o.key in data_error:
+            # our own data checks read cleanly, without a code location
+            assert (o.status, o.reason) == ("failed", "too few rows: 3 < min_rows 20")
+        else:
+            assert o.ok and o.reason == ""
+            assert o.info["double"] == o.key * 2
+
+
+def test_in_process_isolates_failures_and_keeps_order():
+    keys = ["k3", "k1", "k2", "k0", "k4"]
+    fail, skip, data_error = frozenset({"k1"}), frozenset({"k2"}), frozenset({"k4"})
+    calls: list[int] = []
+    outcomes = map_keys(work, keys, (fail, skip, data_error), workers=4, progress=calls.append)
+    _check(outcomes, keys, fail, skip, data_error)
+    assert sum(calls) == len(keys)
+    # a handful of keys is not worth a pool: the work ran here
+    assert {o.info["pid"] for o in outcomes if o.ok} == {os.getpid()}
+
+
+def test_process_pool_isolates_failures_and_keeps_order():
+    keys = [f"key-{i:02d}" for i in range(64)][::-1]  # not sorted, so order is really checked
+    fail = frozenset(keys[i] for i in (0, 9, 33, 63))
+    skip = frozenset(keys[i] for i in (5, 40))
+    data_error = frozenset(keys[i] for i in (17,))
+    calls: list[int] = []
+    outcomes = map_keys(work, keys, (fail, skip, data_error), workers=2, progress=calls.append)
+    _check(outcomes, keys, fail, skip, data_error)
+    assert sum(calls) == len(keys)
+    assert len(calls) > 1  # progress arrives chunk by chunk
+    pids = {o.info["pid"] for o in outcomes if o.ok}
+    assert os.getpid() not in pids
+    assert 1 <= len(pids) <= 2
+
+
+def test_empty_key_list():
+    calls: list[int] = []
+    assert map_keys(work, [], (frozenset(), frozenset(), frozenset()), progress=calls.append) == []
+    assert sum(calls) == 0
+
+
+def test_reasons_are_bounded():
+    [outcome] = map_keys(long_failure, ["k"])
+    assert outcome.status == "failed"
+    assert len(outcome.reason) <= 2000
+    assert outcome.reason.startswith("RuntimeError: xxx")
+
+
+def test_keyoutcome_ok_only_for_status_ok():
+    assert KeyOutcome("k", "ok").ok
+    assert not KeyOutcome("k", "failed", "why").ok
+    assert not KeyOutcome("k", "skipped", "why").ok
+
+
+def test_a_crashed_worker_fails_only_its_own_chunk():
+    keys = [f"k{i:02d}" for i in range(64)]
+    outcomes = map_keys(crash_on, keys, ("k03",), workers=2)
+    assert [o.key for o in outcomes] == keys
+    crashed = [o.key for o in outcomes if not o.ok]
+    assert "k03" in crashed
+    assert all("worker crashed" in o.reason for o in outcomes if not o.ok)
+    # 64 keys on 2 workers go in chunks of 8: at most the victim's chunk may be lost
+    assert len(crashed) <= 8

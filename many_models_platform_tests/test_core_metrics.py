@@ -1,0 +1,110 @@
+"""Holdout metrics against small hand-computed examples, and which direction is better."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from many_models_platform.core.metrics import is_better, label_metrics, regression_metrics, task_metrics
+
+
+def test_regression_metrics_hand_computed():
+    # actual [1, 2, 4], predicted [2, 2, 2]: errors +1, 0, -2
+    m = regression_metrics(np.array([1.0, 2.0, 4.0]), np.array([2.0, 2.0, 2.0]))
+    assert m["mape"] == pytest.approx((1 / 1 + 0 / 2 + 2 / 4) / 3)  # 0.5
+    assert m["rmse"] == pytest.approx(math.sqrt((1 + 0 + 4) / 3))
+    assert m["mae"] == pytest.approx((1 + 0 + 2) / 3)
+    # mean actual 7/3; SS_tot = (16 + 1 + 25) / 9 = 42/9; SS_res = 5
+    assert m["r2"] == pytest.approx(1 - 5 / (42 / 9))  # -1/14: worse than predicting the mean
+
+
+def test_regression_metrics_perfect_fit():
+    a = np.array([3.0, -1.0, 10.0, 7.5])
+    m = regression_metrics(a, a.copy())
+    assert m == {"mape": 0.0, "rmse": 0.0, "mae": 0.0, "r2": 1.0}
+
+
+def test_mape_skips_zero_actuals_and_is_nan_without_any():
+    # only the second point counts: |3 - 2| / 2
+    assert regression_metrics(np.array([0.0, 2.0]), np.array([1.0, 3.0]))["mape"] == pytest.approx(0.5)
+    assert math.isnan(regression_metrics(np.array([0.0, 0.0]), np.array([1.0, 3.0]))["mape"])
+
+
+def test_r2_undefined_for_constant_actuals():
+    m = regression_metrics(np.array([5.0, 5.0, 5.0]), np.array([4.0, 5.0, 6.0]))
+    assert math.isnan(m["r2"])
+    assert m["rmse"] == pytest.approx(math.sqrt(2 / 3))
+
+
+def test_binary_label_metrics_hand_computed():
+    # TP at 0 and 3, FP at 1, FN at 2, TN at 4
+    m = label_metrics(np.array([1, 0, 1, 1, 0]), np.array([1, 1, 0, 1, 0]))
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["precision"] == pytest.approx(2 / 3)
+    assert m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3)
+
+
+def test_binary_label_metrics_asymmetric():
+    # one TP, no FP, two FN: precision 1, recall 1/3, F1 = 2 * 1 * 1/3 / (4/3) = 0.5
+    m = label_metrics(np.array([1, 1, 1, 0]), np.array([1, 0, 0, 0]))
+    assert m == pytest.approx({"accuracy": 0.5, "precision": 1.0, "recall": 1 / 3, "f1": 0.5})
+
+
+def test_no_positive_predictions_gives_zero_not_nan():
+    m = label_metrics(np.array([1, 0, 0]), np.array([0, 0, 0]))
+    assert m["precision"] == 0.0
+    assert m["recall"] == 0.0
+    assert m["f1"] == 0.0
+    assert m["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_multiclass_metrics_are_macro_averaged():
+    # class 0: P=1 R=1 F1=1; class 1: P=0 R=0 F1=0; class 2: P=1/2 R=1/2 F1=1/2
+    m = label_metrics(np.array([0, 1, 2, 2]), np.array([0, 2, 2, 1]))
+    assert m["accuracy"] == pytest.approx(0.5)
+    assert m["precision"] == pytest.approx(0.5)
+    assert m["recall"] == pytest.approx(0.5)
+    assert m["f1"] == pytest.approx(0.5)
+
+
+def test_perfect_predictions_score_perfect_f1_whatever_the_labels():
+    perfect = np.array([0, 2, 2, 0, 2])
+    m = label_metrics(perfect, perfect.copy())
+    assert m["accuracy"] == 1.0
+    assert m["f1"] == 1.0
+
+
+def test_task_metrics_routes_by_task():
+    reg = task_metrics("forecast", np.array([1.0, 2.0]), np.array([1.0, 2.0]))
+    assert set(reg) == {"mape", "rmse", "mae", "r2"}
+    assert task_metrics("regression", np.array([1.0, 3.0]), np.array([2.0, 2.0]))["mae"] == pytest.approx(1.0)
+    for task in ("classification", "anomaly"):
+        lab = task_metrics(task, np.array([0, 1, 1]), np.array([0, 1, 0]))
+        assert set(lab) == {"accuracy", "precision", "recall", "f1"}
+        assert lab["recall"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("metric", ["mape", "rmse", "mae"])
+def test_lower_is_better_metrics(metric):
+    assert is_better(0.1, 0.2, metric)
+    assert not is_better(0.2, 0.1, metric)
+    assert not is_better(0.2, 0.2, metric)  # strictly better only
+
+
+@pytest.mark.parametrize("metric", ["r2", "accuracy", "f1", "precision", "recall"])
+def test_higher_is_better_metrics(metric):
+    assert is_better(0.9, 0.5, metric)
+    assert not is_better(0.5, 0.9, metric)
+    assert not is_better(0.5, 0.5, metric)
+
+
+@pytest.mark.parametrize("metric", ["rmse", "r2"])
+def test_nan_is_never_better_and_always_beaten(metric):
+    nan = float("nan")
+    assert not is_better(nan, 1.0, metric)
+    assert not is_better(nan, nan, metric)
+    assert is_better(1e9, nan, metric)
+    assert is_better(-1e9, nan, metric)
