@@ -159,6 +159,7 @@ def _run(settings, cfg, names, keys=None, run_date=None) -> bool:
 
 
 def _print_summary(settings, spec, result, run_date) -> None:
+    from .pipeline import STAGES
     from .storage.warehouse import Warehouse
 
     date = run_date or dt.datetime.now(dt.UTC).date()
@@ -204,6 +205,8 @@ def _print_summary(settings, spec, result, run_date) -> None:
     t.add_row("time per stage", ", ".join(f"{s} {sec:.1f}s" for s, sec in result.stage_seconds.items()))
     console.print(t)
     if failed_keys:
+        order = {s: i for i, s in enumerate(STAGES)}
+        failing = failing.with_columns(failing["stage"].replace_strict(order, default=99).alias("_o")).sort("key", "_o")
         first = failing.group_by("key", maintain_order=True).first().head(10)
         for row in first.iter_rows(named=True):
             console.print(f"  [yellow]{row['key']}[/yellow] {row['status']} at {row['stage']}: {row['reason']}")

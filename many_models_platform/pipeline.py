@@ -553,7 +553,8 @@ def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = No
                     "updated_at": _ts((st or {}).get("updated_at")),
                 }
             )
-        failed = next(((s, st) for s, st in states.items() if st and st["status"] != "ok"), None)
+        missing = {"status": "missing", "reason": "has not run for this key"}
+        failed = next(((s, st or missing) for s, st in states.items() if not st or st["status"] != "ok"), None)
         ev = states["evaluation"]
         if ev and ev["status"] == "ok":
             info, model = ev["info"], states["model"]["info"]
@@ -591,31 +592,29 @@ def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = No
             )
         path = lake.key_path("predictions", spec.name, key, ".parquet")
         pr = states["predictions"]
-        if pr and pr["status"] == "ok" and path.exists():
-            preds.append(
-                lake.read_parquet(path).with_columns(pl.lit(key).alias("key"), pl.lit(label).alias("key_label"))
-            )
-        # the published row itself: written in the same transaction, so present means published
+        served = bool(pr and pr["status"] == "ok" and path.exists())
+        n_rows = 0
+        if served:
+            frame = lake.read_parquet(path)
+            n_rows = frame.height
+            preds.append(frame.with_columns(pl.lit(key).alias("key"), pl.lit(label).alias("key_label")))
+        issue = f"{failed[0]} {failed[1]['status']}: {failed[1]['reason']}" if failed else None
+        # The published row itself, written in the same transaction: ok when this key's
+        # predictions are published (maybe by the champion while today's candidate failed).
         statuses.append(
             {
                 "stage": "published",
                 "key": key,
                 "key_label": label,
-                "status": "skipped" if failed else "ok",
-                "reason": f"{failed[0]} {failed[1]['status']}: {failed[1]['reason']}" if failed else None,
+                "status": "ok" if served else "skipped",
+                "reason": issue,
                 "dagster_run_id": run.run_id,
                 "updated_at": now,
             }
         )
-        if failed:
-            stage, st = failed
-            outcomes.append(KeyOutcome(key, "ok", info={"key_status": f"{st['status']} at {stage}: {st['reason']}"}))
-        else:
-            outcomes.append(
-                KeyOutcome(
-                    key, "ok", info={"key_status": "ok", "prediction_rows": preds[-1].height if preds and pr else 0}
-                )
-            )
+        outcomes.append(
+            KeyOutcome(key, "ok", info={"key_status": issue or "ok", "published": served, "prediction_rows": n_rows})
+        )
         if run.progress:
             run.progress(1)
 
@@ -627,7 +626,7 @@ def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = No
     }
     values = [r["value"] for r in metrics if r["model_role"] == "candidate" and r["metric"] == spec.metric]
     q = _quantiles(spec.metric, values)
-    n_failed = sum(1 for o in outcomes if o.info["key_status"] != "ok")
+    n_failed = sum(1 for o in outcomes if not o.info["published"])
     summary_row = pl.DataFrame(
         [
             {

@@ -123,7 +123,7 @@ def test_too_few_periods_for_the_holdout():
             "price": [1.0] * 6,
         }
     )
-    with pytest.raises(F.KeyDataError, match="only 2 periods, holdout needs 4"):
+    with pytest.raises(F.KeyDataError, match="no training data before the 4-period holdout"):
         F.build_training_set(spec, bronze)
 
 
@@ -300,3 +300,24 @@ def test_fingerprint_tracks_content():
     assert F.fingerprint(a) == F.fingerprint(a.clone())
     assert F.fingerprint(a) != F.fingerprint(pl.DataFrame({"x": [1, 2, 4]}))
     assert len(F.fingerprint(a)) == 16
+
+
+def test_a_missing_week_inside_the_holdout_never_leaks_actuals_into_lags():
+    """The holdout is the last N periods of calendar time, so lags >= N stay in train."""
+    spec = make_spec(forecast_body(features=[], lags=[4], holdout={"periods": 4}, calendar_features=False, min_rows=5))
+    weeks = [w for w in range(30) if w != 27]  # a gap inside the last four weeks
+    frame = pl.DataFrame(
+        {
+            "store": "1",
+            "brand": "b",
+            "week_start": [date(2024, 1, 1) + timedelta(weeks=w) for w in weeks],
+            "quantity": [float(100 + w) for w in weeks],
+        }
+    )
+    ts = F.build_training_set(spec, frame)
+    holdout = ts.filter(pl.col(F.SPLIT) == F.HOLDOUT)
+    first_holdout = holdout["week_start"].min()
+    assert first_holdout == date(2024, 1, 1) + timedelta(weeks=26)  # weeks 26..29, of which 27 is missing
+    assert holdout.height == 3
+    holdout_actuals = set(holdout["quantity"].to_list())
+    assert not holdout_actuals & set(holdout["lag_4"].drop_nulls().to_list())

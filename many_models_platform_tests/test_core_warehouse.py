@@ -119,3 +119,48 @@ def test_published_values_keep_double_precision(wh):
     got = rows(wh, "predictions")
     assert got["prediction"].to_list() == values
     assert got["actual"].to_list() == values
+
+
+def test_a_writer_waits_for_another_processes_duckdb_lock(tmp_path):
+    """DuckDB allows one writer process: publishing must wait for the lock, not fail."""
+    import subprocess
+    import sys
+    import time
+
+    import polars as pl
+
+    from many_models_platform.storage.warehouse import Warehouse
+
+    db = tmp_path / "wh.duckdb"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, time; c = duckdb.connect({str(db)!r}); print('locked', flush=True); "
+            "time.sleep(3); c.close()",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    wh = Warehouse(f"duckdb:///{db}")
+    start = time.monotonic()
+    wh.ensure_schema()
+    status = pl.DataFrame(
+        {
+            "key": ["k"],
+            "stage": ["raw"],
+            "key_label": ["id=k"],
+            "status": ["ok"],
+            "reason": [None],
+            "dagster_run_id": ["r"],
+            "updated_at": [None],
+        },
+        schema_overrides={"reason": pl.Utf8, "updated_at": pl.Datetime("us")},
+    ).with_columns(pl.lit("uc").alias("use_case"), pl.lit(DAY).alias("run_date"))
+    wh.replace_keys("uc", DAY, ["k"], {"key_status": status})
+    waited = time.monotonic() - start
+    holder.wait(timeout=10)
+    assert waited > 1.0, "the lock was held, so the write must have waited"
+    assert wh.query("SELECT count(*) AS n FROM key_status")["n"][0] == 1
+    wh.dispose()

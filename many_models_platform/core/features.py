@@ -139,11 +139,17 @@ def build_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> pl.DataFrame:
 
 def _split_expr(spec: UseCaseSpec, frame: pl.DataFrame) -> pl.Expr:
     if spec.holdout.periods is not None:
-        periods = frame[spec.time_column].unique().sort()
-        if periods.len() <= spec.holdout.periods:
-            raise KeyDataError(f"only {periods.len()} periods, holdout needs {spec.holdout.periods} plus training data")
-        cutoff = periods[-spec.holdout.periods]
-        is_holdout = pl.col(spec.time_column) >= cutoff
+        # The last N periods of calendar time, not the last N rows: with a missing week, a lag
+        # of at least N periods still never reaches a holdout actual.
+        t = spec.time_column
+        period = infer_period(frame[t])
+        if period is None:
+            raise KeyDataError("cannot infer the period length from a single time value")
+        last = frame[t].max()
+        cutoff = pl.select(pl.lit(last).dt.offset_by(f"-{period.offset(spec.holdout.periods - 1)}")).item()
+        if frame.filter(pl.col(t) < cutoff).is_empty():
+            raise KeyDataError(f"no training data before the {spec.holdout.periods}-period holdout")
+        is_holdout = pl.col(t) >= cutoff
     elif spec.time_column:
         n_holdout = max(1, round(frame.height * spec.holdout.fraction))
         is_holdout = pl.int_range(0, pl.len()) >= frame.height - n_holdout

@@ -126,7 +126,8 @@ class Warehouse:
             self._engine = None
 
     def ensure_schema(self) -> None:
-        metadata.create_all(self.engine)
+        with self._connect() as conn, conn.begin():
+            metadata.create_all(conn)
 
     def replace_keys(
         self,
@@ -141,7 +142,7 @@ class Warehouse:
         ``append`` rows (promotion history, run summary) are inserted in the same transaction,
         after deleting any row with the same primary key, so reruns stay idempotent.
         """
-        with self._begin() as conn:
+        with self._connect() as conn, conn.begin():
             for table in PER_KEY_TABLES:
                 for i in range(0, len(keys), _DELETE_CHUNK):
                     conn.execute(
@@ -162,13 +163,13 @@ class Warehouse:
                         conn.execute(table.delete().where(*[table.c[c] == v for c, v in row.items()]))
                     self._insert(conn, table, frame)
 
-    def _begin(self, wait_seconds: float = 120.0):
-        """A transaction; on DuckDB, wait for another process's writer lock instead of failing."""
+    def _connect(self, wait_seconds: float = 120.0) -> sa.Connection:
+        """A connection; on DuckDB, wait for another process's file lock instead of failing."""
         deadline = time.monotonic() + wait_seconds
         while True:
             try:
-                return self.engine.begin()
-            except sa.exc.OperationalError as exc:
+                return self.engine.connect()
+            except sa.exc.DBAPIError as exc:
                 if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                     raise
                 self.dispose()
@@ -189,7 +190,7 @@ class Warehouse:
             conn.execute(table.insert(), frame.to_dicts())
 
     def query(self, sql: str, **params: Any) -> pl.DataFrame:
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             result = conn.execute(sa.text(sql), params)
             rows = result.fetchall()
             return pl.DataFrame([tuple(r) for r in rows], schema=list(result.keys()), orient="row")

@@ -1,0 +1,181 @@
+"""Pipeline benchmark (DESIGN.md targets). Not a test: run it by hand and put the numbers in
+your note.
+
+    uv run python benchmarks/pipeline_bench.py --keys 200 --rows 4000 --naive-keys 5
+
+It measures, on the retail use case (about 12 features, Ridge + LightGBM with 50 trees,
+an 8-week holdout):
+1. the whole pipeline, landing -> published tables, through Dagster and MLflow (`mmp run`);
+2. the bare compute for the same keys: features, fitting both candidates and predicting the
+   holdout, over the same number of processes, with no Dagster, MLflow, lake or warehouse;
+3. the naive way for a few keys: one Dagster run per key with a default `mlflow.log_model`.
+It prints the overhead ratio (1 / 2, target <= 1.3x) and the per-key cost ratio (3 / 1,
+target >= 50x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore")
+
+
+def bench_config(path: Path, workers: int) -> Path:
+    import yaml
+
+    from many_models_platform.core.spec import DEFAULT_CONFIG
+
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    retail = raw["use_cases"]["retail_demand"]
+    retail["candidates"] = [
+        {"name": "ridge", "estimator": "sklearn.linear_model.Ridge", "params": {"alpha": 1.0}},
+        {"name": "lightgbm", "estimator": "lightgbm.LGBMRegressor", "params": {"n_estimators": 50, "n_jobs": 1}},
+    ]
+    retail["promotion"] = {"threshold": 10.0}  # everything promotes: the benchmark measures work, not quality
+    run = {"max_keys_per_run": 100_000, "workers": workers}
+    path.write_text(yaml.safe_dump({"run": run, "use_cases": {"retail_demand": retail}}))
+    return path
+
+
+def _bare_one(key: str, spec, frames: dict) -> dict:
+    from many_models_platform.core import features as F
+    from many_models_platform.core.modeling import build_pipeline, predict
+
+    ts = F.build_training_set(spec, frames[key])
+    cols = [c for c in ts.columns if c not in (spec.time_column, spec.target, F.SPLIT)]
+    parts = F.split(ts)
+    x, y = F.to_matrix(parts[F.TRAIN], cols), parts[F.TRAIN][spec.target].to_numpy()
+    xh = F.to_matrix(parts[F.HOLDOUT], cols)
+    for cand in spec.candidates:
+        model = build_pipeline(spec, cand.name).fit(x, y)
+        predict(spec.task, model, xh)
+    return {}
+
+
+def bare_compute(spec, frames: dict, workers: int) -> float:
+    """Features + fit + predict for every key, over `workers` processes, data already in memory."""
+    from many_models_platform.core.engine import map_keys
+
+    keys = sorted(frames)
+    # warm the pool first: worker start-up is not compute
+    map_keys(_bare_one, keys[: workers * 8], (spec, {k: frames[k] for k in keys[: workers * 8]}), workers=workers)
+    t = time.perf_counter()
+    # ship each chunk its own data, as a real compute engine would have it local
+    outcomes = map_keys(_bare_one, keys, (spec, frames), workers=workers)
+    assert all(o.ok for o in outcomes), [o.reason for o in outcomes if not o.ok][:3]
+    return time.perf_counter() - t
+
+
+def naive_per_key(home: Path, spec, frames: dict, n: int) -> float:
+    """One Dagster run per key, fitting and logging with mlflow.sklearn.log_model defaults."""
+    import mlflow
+    import mlflow.sklearn
+    from dagster import DagsterInstance, DynamicPartitionsDefinition, asset, materialize
+
+    from many_models_platform.core import features as F
+    from many_models_platform.core.modeling import fit_key
+
+    os.environ["DAGSTER_HOME"] = str(home / "naive_dagster")
+    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    instance = DagsterInstance.get()
+    parts = DynamicPartitionsDefinition(name="naive_keys")
+    uri = f"sqlite:///{home / 'naive_mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+    @asset(partitions_def=parts)
+    def naive_model(context) -> None:
+        ts = F.build_training_set(spec, frames[context.partition_key])
+        cols = [c for c in ts.columns if c not in (spec.time_column, spec.target, F.SPLIT)]
+        fitted = fit_key(spec, ts, cols)
+        with mlflow.start_run():
+            mlflow.log_metric(spec.metric, fitted.metrics[spec.metric])
+            mlflow.sklearn.log_model(fitted.model, name="model", registered_model_name=f"naive.{context.partition_key}")
+
+    keys = sorted(frames)[:n]
+    instance.add_dynamic_partitions("naive_keys", keys)
+    materialize([naive_model], instance=instance, partition_key=keys[0])  # warm imports
+    t = time.perf_counter()
+    for key in keys[1:]:
+        assert materialize([naive_model], instance=instance, partition_key=key).success
+    return (time.perf_counter() - t) / max(1, len(keys) - 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--keys", type=int, default=200)
+    ap.add_argument("--rows", type=int, default=4000)
+    ap.add_argument("--naive-keys", type=int, default=4, help="keys for the naive baseline (0 to skip)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--home", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args()
+
+    home = args.home or Path(tempfile.mkdtemp(prefix="mmp-bench-"))
+    os.environ["MMP_HOME"] = str(home)
+    os.environ.pop("DAGSTER_HOME", None)
+    config = bench_config(Path(tempfile.mkdtemp()) / "bench.yaml", args.workers)
+    os.environ["MMP_CONFIG"] = str(config)
+
+    import polars as pl
+
+    from many_models_platform.core.generators import generate_retail_demand, write_landing
+    from many_models_platform.core.keys import encode_key
+    from many_models_platform.core.spec import load_config
+    from many_models_platform.definitions import build_definitions
+    from many_models_platform.defs.runner import prepare_instance, run_use_case
+    from many_models_platform.storage.settings import PlatformSettings
+
+    cfg = load_config(config)
+    spec = cfg.use_case("retail_demand")
+    settings = PlatformSettings.from_env()
+    settings.ensure_local_dirs()
+    t = time.perf_counter()
+    data = generate_retail_demand(keys=args.keys, rows=args.rows)
+    write_landing(data, Path(settings.lake_url) / "landing/retail_demand", "retail_demand", files=4, fmt="csv")
+    print(f"generated {args.keys} keys x {args.rows} rows in {time.perf_counter() - t:.1f}s  (home {home})")
+
+    # 1. the pipeline through Dagster, as `mmp run` does it (imports and instance set-up excluded)
+    instance = prepare_instance(settings)
+    defs = build_definitions(str(config))
+    import mlflow  # noqa: F401 - import cost is start-up, not per-key work
+
+    t = time.perf_counter()
+    result = run_use_case(defs, instance, cfg, spec, settings)
+    pipeline_s = time.perf_counter() - t
+    assert result.success, result.errors
+
+    # 2. bare compute on the same keys
+    hist = data.history.with_columns(pl.col("store").cast(pl.Utf8))
+    frames = {encode_key(k): f for k, f in hist.partition_by(spec.keys, as_dict=True).items()}
+    bare_s = bare_compute(spec, frames, args.workers)
+
+    out = {
+        "keys": args.keys,
+        "rows_per_key": args.rows,
+        "workers": args.workers,
+        "pipeline_s": round(pipeline_s, 2),
+        "stage_s": {k: round(v, 2) for k, v in result.stage_seconds.items()},
+        "bare_compute_s": round(bare_s, 2),
+        "overhead_ratio": round(pipeline_s / bare_s, 2),
+        "pipeline_per_key_ms": round(1000 * pipeline_s / args.keys, 1),
+        "dagster_storage": type(instance.event_log_storage).__name__,
+    }
+    if args.naive_keys > 1:
+        naive = naive_per_key(home, spec, frames, args.naive_keys)
+        out["naive_per_key_ms"] = round(1000 * naive, 1)
+        out["naive_vs_ours"] = round(naive / (pipeline_s / args.keys), 1)
+    print(json.dumps(out, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
