@@ -1,7 +1,7 @@
 """Per-key model fitting, candidate selection, prediction and evaluation.
 
-Every candidate is wrapped in a median imputer, so sparse features never crash a key and
-the fitted object stays a plain scikit-learn Pipeline that any MLflow tool can load.
+Every candidate is wrapped in a median imputer and a scaler, so sparse features never crash
+a key and the fitted object stays a plain scikit-learn Pipeline that any MLflow tool can load.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 import polars as pl
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
 from .features import HOLDOUT, TRAIN, KeyDataError, labels, split, to_matrix
 from .metrics import is_better, task_metrics
@@ -35,7 +36,13 @@ class FittedKey:
 
 def build_pipeline(spec: UseCaseSpec, candidate_name: str) -> Pipeline:
     cand = next(c for c in spec.candidates if c.name == candidate_name)
-    return Pipeline([("impute", SimpleImputer(strategy="median", keep_empty_features=True)), ("model", cand.build())])
+    return Pipeline(
+        [
+            ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+            ("scale", StandardScaler()),  # conditions linear and kernel models; trees ignore it
+            ("model", cand.build()),
+        ]
+    )
 
 
 def predict(task: str, model: Any, x: np.ndarray) -> np.ndarray:

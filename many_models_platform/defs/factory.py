@@ -12,6 +12,7 @@ import base64
 import datetime as dt
 import io
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from dagster import (
@@ -127,12 +128,40 @@ def _stage_asset(spec, stage, partitions, upstream, backfill_policy, workers) ->
             progress=progress.for_stage(spec.name, stage),
         )
         report = STAGE_FUNCTIONS[stage](run, keys)
-        for outcome in report.outcomes:
-            context.add_asset_metadata(key_metadata(spec, outcome), partition_key=outcome.key)
+        add_metadata_per_key(context, {o.key: key_metadata(spec, o) for o in report.outcomes}, set(keys))
         _log_run_report(context, spec, report, run)
         return MaterializeResult()
 
     return _materialize
+
+
+def add_metadata_per_key(context: AssetExecutionContext, per_key: dict[str, dict], targeted: set[str]) -> None:
+    """Give each key's materialization its own metadata, in one step.
+
+    The public ``context.add_asset_metadata(md, partition_key=k)`` re-checks ``k`` against
+    every dynamic partition (two instance queries, and a copy of all metadata so far) on each
+    call: O(keys^2), 31 of 43 s of a 200-key run on PostgreSQL. Our keys are the run's own
+    range, checked once here, so we add them to the step's metadata in one go. Should Dagster's
+    internals change, we fall back to the public call: slower, never wrong.
+    """
+    unknown = set(per_key) - targeted
+    if unknown:
+        raise ValueError(f"metadata for keys outside this run: {sorted(unknown)[:5]}")
+    step = getattr(context, "_step_execution_context", None)
+    acc = getattr(step, "_metadata_accumulator", None)
+    try:
+        from dagster._core.execution.context.metadata_logging import AssetMetadataHandle, OutputMetadataAccumulator
+    except ImportError:
+        acc = None
+    if acc is None or not isinstance(getattr(acc, "per_output_metadata", None), Mapping):
+        for key, md in per_key.items():
+            context.add_asset_metadata(md, partition_key=key)
+        return
+    merged = dict(acc.per_output_metadata)
+    for key, md in per_key.items():
+        handle = AssetMetadataHandle(asset_key=context.asset_key, partition_key=key)
+        merged[handle] = {**merged.get(handle, {}), **md}
+    step._metadata_accumulator = OutputMetadataAccumulator(per_output_metadata=merged)
 
 
 def _log_run_report(context: AssetExecutionContext, spec: UseCaseSpec, report: StageReport, run: StageRun) -> None:
