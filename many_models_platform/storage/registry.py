@@ -10,6 +10,7 @@ resolved with a constant number of paginated searches, never one search per key.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import pickle
 import shutil
@@ -89,7 +90,17 @@ def model_template_dir() -> str:
 
     path = Path(tempfile.mkdtemp(prefix="mmp-model-template-")) / "model"
     reqs = [f"{p}=={pkg_version(p)}" for p in _PINNED]
-    mlflow.sklearn.save_model(DummyRegressor(), str(path), serialization_format="pickle", pip_requirements=reqs)
+    # MLflow warns that pickle is unsafe (skops arrives with the registry issue) and that it
+    # cannot find pip in a uv environment; neither says anything new on every run.
+    quiet = [logging.getLogger(n) for n in ("mlflow.sklearn", "mlflow.utils.environment")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.ERROR)
+    try:
+        mlflow.sklearn.save_model(DummyRegressor(), str(path), serialization_format="pickle", pip_requirements=reqs)
+    finally:
+        for lg, level in zip(quiet, levels, strict=True):
+            lg.setLevel(level)
     return str(path)
 
 
