@@ -327,19 +327,26 @@ def _evaluate_one(key: str, spec: UseCaseSpec, lake: Lake, champions: dict[str, 
     return report
 
 
-def evaluate_models(run: StageRun, keys: Sequence[str]) -> StageReport:
-    spec = run.spec
+def production_models(run: StageRun, keys: Sequence[str]) -> dict[str, dict]:
+    """key -> its production model (name, version, artifact source, feature columns), for these
+    keys, from one registry lookup for the whole use case; plain data, so workers get it."""
     wanted = set(keys)
-    champions = {
+    return {
         key: {
+            "name": ref.name,
             "version": ref.version,
             "source": ref.source,
-            "features": ref.tags.get("features", "").split(",") if ref.tags.get("features") else [],
+            "features": ref.tags["features"].split(",") if ref.tags.get("features") else [],
             "source_version": ref.tags.get("source_candidate_version"),
         }
-        for key, ref in run.production().aliased_versions(spec.name).items()
+        for key, ref in run.production().aliased_versions(run.spec.name).items()
         if key in wanted
     }
+
+
+def evaluate_models(run: StageRun, keys: Sequence[str]) -> StageReport:
+    spec = run.spec
+    champions = production_models(run, keys)
     outcomes = map_keys(_evaluate_one, keys, (spec, run.lake, champions), workers=run.workers, progress=run.progress)
     values = [o.info["metrics"][spec.metric] for o in outcomes if o.ok]
     summary = {"metric": spec.metric, **_quantiles(spec.metric, values)}
@@ -516,17 +523,7 @@ def _score_one(key: str, spec: UseCaseSpec, lake: Lake, production: dict[str, di
 
 def score(run: StageRun, keys: Sequence[str]) -> StageReport:
     spec = run.spec
-    wanted = set(keys)
-    production = {
-        key: {
-            "name": ref.name,
-            "version": ref.version,
-            "source": ref.source,
-            "features": ref.tags["features"].split(",") if ref.tags.get("features") else [],
-        }
-        for key, ref in run.production().aliased_versions(spec.name).items()
-        if key in wanted
-    }
+    production = production_models(run, keys)
     outcomes = map_keys(_score_one, keys, (spec, run.lake, production), workers=run.workers, progress=run.progress)
     return _finish(run, "predictions", outcomes)
 

@@ -110,7 +110,7 @@ def test_build_pipeline_is_fresh_and_imputes():
     spec = make_spec(regression_body(candidates=[DUMMY, LINEAR]))
     a, b = build_pipeline(spec, "linear"), build_pipeline(spec, "linear")
     assert a is not b
-    assert [name for name, _ in a.steps] == ["impute", "model"]
+    assert [name for name, _ in a.steps] == ["impute", "scale", "model"]
     assert type(a.named_steps["model"]).__name__ == "LinearRegression"
 
 
