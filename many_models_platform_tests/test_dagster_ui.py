@@ -1,8 +1,10 @@
 """The Dagster UI loads this code location through workspace.yaml, on the instance `mmp run`
 writes to, and shows every key's materialization."""
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -47,7 +49,47 @@ def graphql(port: int, query: str, variables: dict) -> dict:
         return json.loads(resp.read())["data"]
 
 
-def test_webserver_shows_each_key_of_the_pipeline(platform):
+def chromium_path() -> str | None:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is missing: scripts/install-test-services.sh installs it")
+        pytest.skip("chromium not installed (run scripts/install-test-services.sh)")
+    return path
+
+
+def check_key_page_in_browser(port: int, settings, tmp_path: Path) -> None:
+    """A data engineer opens one key of the model asset and reads its own metadata."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import sync_playwright
+
+    key = sorted(p.stem for p in (Path(settings.lake_url) / "bronze" / "group_regression").iterdir())[0]
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=flags)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1100})
+            page.goto(f"http://127.0.0.1:{port}/assets/group_regression/model?view=partitions&partition={key}")
+            skip = page.get_by_role("button", name="Skip")  # Dagster's one-time community dialog
+            with contextlib.suppress(PlaywrightTimeout):  # absent once dismissed
+                skip.click(timeout=10_000)
+            page.get_by_text("segment_id=seg-001").wait_for(timeout=60_000)
+            body = page.inner_text("body")
+            page.screenshot(path=str(tmp_path / "model_key.png"))
+        finally:
+            browser.close()
+    for expected in (
+        "Materialized",
+        "status",
+        "estimator",
+        "metric_rmse",
+        "data_fingerprint",
+        "group_regression.seg-001",
+    ):
+        assert expected in body, f"{expected!r} not on the key's page"
+
+
+def test_webserver_shows_each_key_of_the_pipeline(platform, tmp_path):
     settings, instance = platform
     write_landing(
         GENERATORS["group_regression"](keys=6, rows=60),
@@ -97,6 +139,7 @@ def test_webserver_shows_each_key_of_the_pipeline(platform):
         assert node["groupName"] == "group_regression"
         assert node["partitionStats"] == {"numMaterialized": 6, "numPartitions": 6, "numFailed": 0}
         assert node["dependencyKeys"] == [{"path": ["group_regression", "predictions"]}]
+        check_key_page_in_browser(port, settings, tmp_path)
     finally:
         server.terminate()
         server.wait(timeout=30)
