@@ -2,7 +2,6 @@
 # What the test suite needs beyond Python packages (part of the README's test command).
 # - Chromium from Debian's packages, for the Dagster UI check in a real browser
 #   (Playwright drives it; its own browser download is not used).
-# PostgreSQL is expected on 127.0.0.1:5432 (it is on the development machines and CI).
 set -euo pipefail
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
