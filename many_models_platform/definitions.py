@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from dagster import Definitions
+from dagster import Definitions, in_process_executor
 
 from .core.spec import load_config
 from .defs.discovery import build_discovery_job
@@ -18,7 +18,11 @@ def build_definitions(config_path: str | None = None) -> Definitions:
     for spec in config.use_cases.values():
         assets += build_use_case_assets(spec, config)
         jobs += [build_pipeline_job(spec), build_discovery_job(spec)]
-    return Definitions(assets=assets, jobs=jobs, resources={"platform": PlatformResource()})
+    # In process: each use case's assets are a chain, so step processes would add start-up
+    # (about 8 s a step) and no parallelism. The parallelism is the per-key worker pool.
+    return Definitions(
+        assets=assets, jobs=jobs, resources={"platform": PlatformResource()}, executor=in_process_executor
+    )
 
 
 defs = build_definitions()
