@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -149,7 +150,8 @@ def read_landing(spec: UseCaseSpec, lake: Lake, scoring: bool = False) -> tuple[
             {"file": f"rows_null_key_{stamp}.parquet", "reason": f"{null_keys.height} rows with a null key"}
         )
         data = data.filter(~pl.any_horizontal([pl.col(k).is_null() for k in spec.keys]))
-    # The newest file wins for a repeated (key, period): corrections replace, never duplicate.
+    # For a repeated (key, period) the last file in name order wins, so a correction landed
+    # later (with a later-sorting name) replaces a row instead of duplicating it.
     if spec.time_column:
         data = data.sort("__file").unique(subset=[*spec.keys, spec.time_column], keep="last", maintain_order=True)
     return data.drop("__file"), quarantined
@@ -175,7 +177,7 @@ def discover_keys(spec: UseCaseSpec, lake: Lake) -> list[str]:
     keys: set[str] = set()
     for path in lake.glob(spec.source.path):
         try:
-            frame = lake.read_table(path, spec.source.file_format)
+            frame = lake.read_table(path, spec.source.file_format, columns=spec.keys)
             values = frame.select([pl.col(k).cast(pl.Utf8) for k in spec.keys]).unique().drop_nulls()
         except Exception:
             continue  # the raw stage quarantines it with a reason
@@ -266,8 +268,11 @@ def train(run: StageRun, keys: Sequence[str]) -> StageReport:
         workers=run.workers,
         progress=run.progress,
     )
-    if staging:
-        registry.client.log_artifacts(mlflow_run_id, models_dir, "models")
+    if staging:  # a remote artifact store: upload every key's model in one call
+        try:
+            registry.client.log_artifacts(mlflow_run_id, models_dir, "models")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     existing = registry.existing_names(spec.name)
     for o in outcomes:
         if not o.ok:

@@ -80,12 +80,12 @@ class Lake:
     def read_json(self, path: UPath) -> Any:
         return json.loads(path.read_bytes())
 
-    def read_table(self, path: UPath, fmt: str) -> pl.DataFrame:
+    def read_table(self, path: UPath, fmt: str, columns: list[str] | None = None) -> pl.DataFrame:
         """A landing file; CSV dates and times are parsed, so time columns keep their type."""
         data = path.read_bytes()
         if fmt == "parquet":
-            return pl.read_parquet(io.BytesIO(data))
-        return pl.read_csv(io.BytesIO(data), try_parse_dates=True, infer_schema_length=10_000)
+            return pl.read_parquet(io.BytesIO(data), columns=columns)
+        return pl.read_csv(io.BytesIO(data), try_parse_dates=True, infer_schema_length=10_000, columns=columns)
 
     def move(self, src: UPath, dst: UPath) -> None:
         if self.is_local:
