@@ -261,20 +261,26 @@ def train(run: StageRun, keys: Sequence[str]) -> StageReport:
     target = local_path(artifact_uri)
     staging = None if target else tempfile.mkdtemp(prefix="mmp-models-")
     models_dir = f"{target or staging}/models"
-    outcomes = map_keys(
+    reused = reusable_candidates(run, registry, keys)
+    to_fit = [k for k in keys if k not in reused]
+    if run.progress and reused:
+        run.progress(len(reused))
+    fitted = map_keys(
         _train_one,
-        keys,
+        to_fit,
         (spec, run.lake, models_dir, model_template_dir()),
         workers=run.workers,
         progress=run.progress,
     )
+    by_key = {o.key: o for o in fitted} | reused
+    outcomes = [by_key[k] for k in keys]
     if staging:  # a remote artifact store: upload every key's model in one call
         try:
             registry.client.log_artifacts(mlflow_run_id, models_dir, "models")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     existing = registry.existing_names(spec.name)
-    for o in outcomes:
+    for o in fitted:
         if not o.ok:
             continue
         try:
@@ -287,6 +293,10 @@ def train(run: StageRun, keys: Sequence[str]) -> StageReport:
                 "dagster_run_id": run.run_id,
                 "metric": spec.metric,
                 **{f"metric.{k}": repr(v) for k, v in o.info["metrics"].items()},
+                "model_hash": spec.model_hash,
+                "features": ",".join(o.info["features"]),
+                "rows_train": str(o.info["rows_train"]),
+                "rows_holdout": str(o.info["rows_holdout"]),
             }
             o.info["version"] = registry.register(
                 spec.name, o.key, f"{artifact_uri}/models/{o.key}", mlflow_run_id, tags, existing
@@ -296,11 +306,60 @@ def train(run: StageRun, keys: Sequence[str]) -> StageReport:
         except Exception as exc:
             o.status, o.reason = "failed", f"registration failed: {type(exc).__name__}: {exc}"
     values = [o.info["value"] for o in outcomes if o.ok]
+    n_fitted = sum(1 for o in fitted if o.ok)
     registry.finish_run(
         mlflow_run_id,
-        {"keys_trained": len(values), "keys_failed": len(outcomes) - len(values), **_quantiles(spec.metric, values)},
+        {
+            "keys_trained": n_fitted,
+            "keys_reused": len(reused),
+            "keys_failed": len(outcomes) - len(values),
+            **_quantiles(spec.metric, values),
+        },
     )
-    return _finish(run, "model", outcomes, {"mlflow_run_id": mlflow_run_id})
+    return _finish(run, "model", outcomes, {"mlflow_run_id": mlflow_run_id, "keys_reused": len(reused)})
+
+
+def reusable_candidates(run: StageRun, registry: ModelRegistry, keys: Sequence[str]) -> dict[str, KeyOutcome]:
+    """Keys whose newest candidate was fitted on the same data with the same model config.
+
+    A daily run over unchanged data then fits and registers nothing new for them: one
+    registry query for the whole use case, plus the key's training-set state file.
+    """
+    spec, lake = run.spec, run.lake
+    latest = {
+        k: ref
+        for k, ref in registry.latest_versions(spec.name).items()
+        if ref.tags.get("model_hash") == spec.model_hash
+    }
+    out = {}
+    for key in keys:
+        ref = latest.get(key)
+        if ref is None:
+            continue
+        state = read_state(lake, spec.name, "training_set", key)
+        if (
+            not state
+            or state["status"] != "ok"
+            or state["info"]["data_fingerprint"] != ref.tags.get("data_fingerprint")
+        ):
+            continue
+        metrics = {k.removeprefix("metric."): float(v) for k, v in ref.tags.items() if k.startswith("metric.")}
+        info = {
+            "estimator": ref.tags["estimator"],
+            "metric": spec.metric,
+            "value": metrics[spec.metric],
+            "metrics": metrics,
+            "rows_train": int(ref.tags["rows_train"]),
+            "rows_holdout": int(ref.tags["rows_holdout"]),
+            "features": ref.tags["features"].split(","),
+            "data_fingerprint": ref.tags["data_fingerprint"],
+            "version": ref.version,
+            "model_name": ref.name,
+            "source": ref.source,
+            "reused": True,
+        }
+        out[key] = KeyOutcome(key, "ok", info=info)
+    return out
 
 
 # --- 4. evaluation ----------------------------------------------------------------------------

@@ -386,3 +386,38 @@ def test_republishing_alone_replaces_rows(platform):
     assert after["run_summary"] == before["run_summary"] + 1  # one summary row per publishing run
     after.pop("run_summary"), before.pop("run_summary")
     assert after == before
+
+
+def test_unchanged_keys_reuse_their_candidate_and_changed_keys_retrain(platform):
+    """A rerun on the same data fits and registers nothing new; new data for one key
+    retrains that key only."""
+    settings, instance = platform
+    data = GENERATORS["group_regression"](keys=6, rows=60)
+    landing = Path(settings.lake_url) / "landing/group_regression"
+    write_landing(data, landing, "group_regression", files=1)
+    first = run_pipeline(settings, instance, None, "group_regression")
+    second = run_pipeline(settings, instance, None, "group_regression")
+    assert first.success and second.success
+    client = MlflowClient(settings.candidate_registry_uri, settings.candidate_registry_uri)
+
+    def versions() -> dict[str, int]:
+        out: dict[str, int] = {}
+        for v in client.search_model_versions("tags.use_case = 'group_regression'"):
+            out[v.tags["key"]] = out.get(v.tags["key"], 0) + 1
+        return out
+
+    assert versions() == dict.fromkeys(first.keys, 1)
+    meta = materialization_metadata(instance, "group_regression", "model")
+    assert all(m.get("reused") is True for m in meta.values())
+
+    # more rows for one key, in a later file: only that key is fitted again
+    changed = first.keys[2]
+    segment = decode_key(changed)[0]
+    extra = data.history.filter(pl.col("segment_id") == segment).head(10).with_columns(pl.col("y") * 1.5)
+    extra.write_csv(landing / "group_regression_part-0001.csv")
+    third = run_pipeline(settings, instance, None, "group_regression")
+    assert third.success
+    assert versions() == {k: (2 if k == changed else 1) for k in first.keys}
+    meta = materialization_metadata(instance, "group_regression", "model")
+    assert meta[changed].get("reused") is None and meta[changed]["version"] == 2
+    assert all(meta[k]["reused"] is True for k in first.keys if k != changed)

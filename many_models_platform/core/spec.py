@@ -190,6 +190,33 @@ class UseCaseSpec(_Strict):
             raise ValueError(f"candidate names must be unique, got {names}")
         return self
 
+    @cached_property
+    def model_hash(self) -> str:
+        """Everything that shapes a fitted model besides the data: the modelling fields and
+        the versions of the libraries that fit it. Equal hash + equal data = same model."""
+        import hashlib
+        import json
+        from importlib.metadata import version
+
+        fields = self.model_dump(
+            include={
+                "task",
+                "time_column",
+                "target",
+                "features",
+                "lags",
+                "calendar_features",
+                "holdout",
+                "candidates",
+                "metric",
+                "min_rows",
+                "horizon",
+            }
+        )
+        libs = {p: version(p) for p in ("scikit-learn", "lightgbm", "numpy")}
+        blob = json.dumps({"spec": fields, "libs": libs}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
     @property
     def lower_is_better(self) -> bool:
         return self.metric in LOWER_IS_BETTER
