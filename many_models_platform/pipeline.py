@@ -474,7 +474,11 @@ def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
         try:
             report = require_upstream(lake, spec.name, "promoted_model", key)
             model_state = read_state(lake, spec.name, "model", key)["info"]
-            decision, reason = decide(spec, report)
+            champ = current.get(key)
+            if champ and champ.tags.get("source_candidate_run") == model_state["source"]:
+                decision, reason = "kept_champion", "this candidate is already in production"
+            else:
+                decision, reason = decide(spec, report)
             info = {
                 "decision": decision,
                 "reason": reason,
@@ -485,34 +489,25 @@ def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
                 "champion_value": (report.get("champion_metrics") or {}).get(spec.metric),
                 "decided_at": dt.datetime.now(dt.UTC).isoformat(),
             }
-            champ = current.get(key)
             if decision == "promoted":
-                if (
-                    champ
-                    and champ.tags.get("source_candidate_version") == str(report["candidate_version"])
-                    and champ.tags.get("source_candidate_run") == model_state["source"]
-                ):
-                    info["decision"], info["reason"] = "kept_champion", "this candidate is already in production"
-                    info["production_version"] = champ.version
-                else:
-                    if existing is None:
-                        existing = prod.existing_names(spec.name)
-                    tags = {
-                        "use_case": spec.name,
-                        "key": key,
-                        "source_candidate_version": str(report["candidate_version"]),
-                        "source_candidate_run": model_state["source"],
-                        "data_fingerprint": model_state["data_fingerprint"],
-                        "estimator": model_state["estimator"],
-                        "features": ",".join(model_state["features"]),
-                        "metric": spec.metric,
-                        **{f"metric.{k}": repr(v) for k, v in report["metrics"].items()},
-                        "promoted_at": info["decided_at"],
-                        "promoted_by": f"dagster run {run.run_id}",
-                    }
-                    version = prod.register(spec.name, key, model_state["source"], None, tags, existing)
-                    prod.set_alias(spec.name, key, version)
-                    info["production_version"] = version
+                if existing is None:
+                    existing = prod.existing_names(spec.name)
+                tags = {
+                    "use_case": spec.name,
+                    "key": key,
+                    "source_candidate_version": str(report["candidate_version"]),
+                    "source_candidate_run": model_state["source"],
+                    "data_fingerprint": model_state["data_fingerprint"],
+                    "estimator": model_state["estimator"],
+                    "features": ",".join(model_state["features"]),
+                    "metric": spec.metric,
+                    **{f"metric.{k}": repr(v) for k, v in report["metrics"].items()},
+                    "promoted_at": info["decided_at"],
+                    "promoted_by": f"dagster run {run.run_id}",
+                }
+                version = prod.register(spec.name, key, model_state["source"], None, tags, existing)
+                prod.set_alias(spec.name, key, version)
+                info["production_version"] = version
             else:
                 info["production_version"] = champ.version if champ else None
             outcomes.append(KeyOutcome(key, "ok", info=info))

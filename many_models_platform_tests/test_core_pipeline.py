@@ -232,10 +232,13 @@ def test_second_day_keeps_the_identical_champion(world):
     promo = by_key(world.day2["promoted_model"])
     for key in world.good:
         info = promo[key].info
-        # same data and deterministic estimators: the refit ties the champion, and a tie is not better
+        # same data and model config: day one's candidate is reused, and it is already in production
         assert info["decision"] == "kept_champion", info
-        assert (info["candidate_version"], info["champion_version"], info["production_version"]) == (2, 1, 1)
+        assert info["reason"] == "this candidate is already in production"
+        assert (info["candidate_version"], info["champion_version"], info["production_version"]) == (1, 1, 1)
         assert info["candidate_value"] == pytest.approx(info["champion_value"])
+    models = by_key(world.day2["model"])
+    assert all(models[k].info["reused"] is True for k in world.good)
     g, n = len(world.good), len(world.keys)
     assert world.counts(DAY2) == {
         "predictions": g * round(ROWS * 0.2),
