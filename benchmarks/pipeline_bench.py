@@ -104,6 +104,7 @@ def naive_per_key(home: Path, keys: list[str]) -> float:
                 key,
             ],
             env=env,
+            cwd=home,  # MLflow's default artifact folder (./mlruns) lands in the benchmark's home
             check=True,
             capture_output=True,
         )

@@ -190,13 +190,21 @@ def _print_summary(settings, spec, result, run_date) -> None:
     metrics = metrics.filter(metrics["key"].is_in(list(run_keys))) if metrics.height else metrics
     if promo.height:
         promo = promo.filter(promo["dagster_run_id"].is_in(result.run_ids)).group_by("decision").len("n")
-    failing = status.filter(status["status"] != "ok") if status.height else status
+    # published = the key's predictions are in the warehouse (as run_summary counts it), even
+    # when today's candidate failed and the champion served; failing = any stage not ok
+    served = (
+        set(status.filter((status["stage"] == "published") & (status["status"] == "ok"))["key"])
+        if status.height
+        else set()
+    )
+    failing = status.filter((status["status"] != "ok") & (status["stage"] != "published")) if status.height else status
     failed_keys = failing["key"].unique().to_list() if failing.height else []
     t = Table(title=f"{spec.name}: {len(result.keys)} keys ({len(result.new_keys)} new), {len(result.run_ids)} run(s)")
     t.add_column("")
     t.add_column("value", overflow="fold")
-    t.add_row("keys published ok", str(len(run_keys) - len(failed_keys)))
-    t.add_row("keys failed", str(len(failed_keys)))
+    t.add_row("keys published", str(len(served & run_keys)))
+    t.add_row("keys not published", str(len(run_keys - served)))
+    t.add_row("keys with a stage not ok", str(len(failed_keys)))
     if metrics.height:
         q = metrics["value"].drop_nulls().quantile
         t.add_row(f"{spec.metric} p10 / p50 / p90", " / ".join(f"{q(p):.4g}" for p in (0.1, 0.5, 0.9)))

@@ -153,7 +153,9 @@ def read_landing(spec: UseCaseSpec, lake: Lake, scoring: bool = False) -> tuple[
     # For a repeated (key, period) the last file in name order wins, so a correction landed
     # later (with a later-sorting name) replaces a row instead of duplicating it.
     if spec.time_column:
-        data = data.sort("__file").unique(subset=[*spec.keys, spec.time_column], keep="last", maintain_order=True)
+        data = data.sort("__file", maintain_order=True).unique(
+            subset=[*spec.keys, spec.time_column], keep="last", maintain_order=True
+        )
     return data.drop("__file"), quarantined
 
 
@@ -546,6 +548,11 @@ def _score_one(key: str, spec: UseCaseSpec, lake: Lake, production: dict[str, di
         if spec.scoring_source and scoring_path.exists():
             rows, kind = F.make_features(spec, lake.read_parquet(scoring_path)), "scoring"
         else:
+            # score today's holdout, never one left over from an earlier run
+            ts_state = read_state(lake, spec.name, "training_set", key)
+            if not ts_state or ts_state["status"] != "ok":
+                why = f"{ts_state['status']}: {ts_state['reason']}" if ts_state else "has not run"
+                raise SkipKey(f"nothing to score: no scoring_source rows and training_set {why}")
             ts = lake.read_parquet(lake.key_path("training", spec.name, key, ".parquet"))
             rows, kind = F.split(ts)[F.HOLDOUT], "holdout"
         actual = rows[spec.target] if spec.target and spec.target in rows.columns else None

@@ -1,6 +1,7 @@
 """The `mmp` command line, through its real entry point in a subprocess."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,9 @@ def test_generate_run_and_status(tmp_path):
     assert "12 keys x 60 rows" in out
     run = mmp("run", "--use-case", "group_regression", home=home).stdout
     assert "group_regression: 12 keys (12 new), 1 run(s)" in run
-    assert "keys published ok" in run and "rmse p10 / p50 / p90" in run
+    assert "keys published" in run and "rmse p10 / p50 / p90" in run
+    assert re.search(r"keys published\s+│\s+12\s", run), run
+    assert re.search(r"keys not published\s+│\s+0\s", run), run
     assert "Dagster UI" in run and "warehouse.duckdb" in run
     # nothing lands in the source tree; everything is under the data directory
     con = duckdb.connect(str(home / "warehouse" / "warehouse.duckdb"), read_only=True)

@@ -181,7 +181,7 @@ class ModelRegistry:
         return set(self._names(use_case))
 
     def latest_versions(self, use_case: str) -> dict[str, ModelRef]:
-        """The newest version of every key: two paginated queries for the whole use case."""
+        """The newest version of every key: one paginated search for the whole use case."""
         latest: dict[str, ModelRef] = {}
         for mv in self._versions(use_case):
             key = mv.tags.get("key")

@@ -1,0 +1,42 @@
+"""A key whose training set fails today is never scored from an earlier day's holdout."""
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+
+from many_models_platform import pipeline as P
+from many_models_platform.core.generators import GENERATORS, write_landing
+from many_models_platform.core.keys import encode_key
+from many_models_platform.core.spec import load_config
+from many_models_platform.storage.settings import PlatformSettings
+
+
+def run_all(spec, settings, run_id, day, keys):
+    run = P.StageRun(spec, settings, run_id=run_id, run_date=day, workers=1)
+    return {stage: {o.key: o for o in P.STAGE_FUNCTIONS[stage](run, keys).outcomes} for stage in P.STAGES}
+
+
+def test_failed_training_set_today_means_no_stale_holdout_predictions(tmp_path):
+    settings = PlatformSettings.from_env(tmp_path)
+    settings.ensure_local_dirs()
+    spec = load_config().use_case("group_regression")
+    landing = Path(settings.lake_url) / "landing/group_regression"
+    data = GENERATORS["group_regression"](keys=4, rows=60)
+    write_landing(data, landing, spec.name, files=1)
+    keys = P.discover_keys(spec, P.Lake(settings.lake_url))
+    day1 = run_all(spec, settings, "run-1", dt.date(2025, 1, 1), keys)
+    assert all(o.ok for o in day1["predictions"].values())
+
+    # day two: one key now has too few rows, but it keeps its day-one production model
+    bad = encode_key(["seg-002"])
+    history = data.history.filter((pl.col("segment_id") != "seg-002") | (pl.int_range(pl.len()).over("segment_id") < 5))
+    for f in landing.iterdir():
+        f.unlink()
+    history.write_csv(landing / "group_regression_part-0000.csv")
+    day2 = run_all(spec, settings, "run-2", dt.date(2025, 1, 2), keys)
+    assert day2["training_set"][bad].status == "failed"
+    assert day2["predictions"][bad].status == "skipped"
+    assert "nothing to score" in day2["predictions"][bad].reason
+    assert "training_set failed: too few rows" in day2["predictions"][bad].reason
+    assert all(day2["predictions"][k].ok for k in keys if k != bad)
