@@ -163,7 +163,8 @@ def test_fraction_split_without_time_column_is_deterministic_and_sized():
 
 def test_fraction_split_with_time_column_holds_out_the_latest_rows():
     bronze = generate_sensor_anomaly(keys=1, rows=80, seed=2).history
-    ts = F.build_training_set(SENSOR, bronze.reverse())
+    spec = SENSOR.model_copy(update={"calendar_features": True})  # the shipped one turns them off
+    ts = F.build_training_set(spec, bronze.reverse())
     holdout = ts.filter(pl.col(F.SPLIT) == F.HOLDOUT)
     train = ts.filter(pl.col(F.SPLIT) == F.TRAIN)
     assert holdout.height == round(80 * SENSOR.holdout.fraction)
