@@ -22,6 +22,16 @@ def land(settings, use_case_dir: str, frame: pl.DataFrame, name: str = "part-000
     return target / name
 
 
+def land_generated(settings, use_case: str, keys: int, rows: int, **kwargs):
+    """Sample data from the use case's own generator, written where its source glob looks."""
+    from many_models_platform.core.generators import GENERATORS, write_landing
+
+    spec = load_config().use_case(use_case)
+    data = GENERATORS[use_case](keys=keys, rows=rows)
+    write_landing(data, Path(settings.lake_url) / Path(spec.source.path).parent, use_case, **kwargs)
+    return data
+
+
 def run_pipeline(settings, instance, config_path: Path | None, use_case: str, keys=None):
     cfg = load_config(config_path)
     defs = build_definitions(str(config_path) if config_path else None)

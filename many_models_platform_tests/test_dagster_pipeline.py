@@ -8,10 +8,9 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 from dagster import AssetKey, DagsterEventType, EventRecordsFilter, materialize
-from dagster_helpers import land, run_pipeline, write_config
+from dagster_helpers import land, land_generated, run_pipeline, write_config
 from mlflow import MlflowClient
 
-from many_models_platform.core.generators import GENERATORS, write_landing
 from many_models_platform.core.keys import decode_key
 from many_models_platform.core.spec import load_config
 from many_models_platform.pipeline import STAGES
@@ -56,9 +55,7 @@ def test_full_asset_graph_for_all_shipped_use_cases(platform):
     sizes = {"retail_demand": (6, 110), "sensor_anomaly": (6, 240), "group_regression": (6, 120)}
     for name, (keys, rows) in sizes.items():
         spec = cfg.use_case(name)
-        write_landing(
-            GENERATORS[name](keys=keys, rows=rows), Path(settings.lake_url) / Path(spec.source.path).parent, name
-        )
+        land_generated(settings, name, keys=keys, rows=rows)
         result = run_pipeline(settings, instance, None, name)
         assert result.success, result.errors
         assert len(result.keys) == keys
@@ -99,13 +96,7 @@ def test_full_asset_graph_for_all_shipped_use_cases(platform):
 
 def test_ranged_run_materializes_each_key_once_with_its_own_metadata(platform):
     settings, instance = platform
-    cfg = load_config()
-    spec = cfg.use_case("group_regression")
-    write_landing(
-        GENERATORS["group_regression"](keys=64, rows=80),
-        Path(settings.lake_url) / "landing/group_regression",
-        spec.name,
-    )
+    land_generated(settings, "group_regression", keys=64, rows=80)
     result = run_pipeline(settings, instance, None, "group_regression")
     assert result.success
     assert len(result.run_ids) == 1, "64 keys fit in one ranged run"
@@ -323,13 +314,7 @@ def test_bad_keys_fail_with_reasons_while_every_other_key_is_published(platform,
 
 def test_rerun_for_the_same_run_date_never_duplicates_rows(platform):
     settings, instance = platform
-    cfg = load_config()
-    spec = cfg.use_case("group_regression")
-    write_landing(
-        GENERATORS["group_regression"](keys=10, rows=60),
-        Path(settings.lake_url) / "landing/group_regression",
-        spec.name,
-    )
+    land_generated(settings, "group_regression", keys=10, rows=60)
     tables = ("predictions", "key_metrics", "key_status", "promotion_history")
     counts = []
     for _ in range(3):
@@ -361,11 +346,7 @@ def test_republishing_alone_replaces_rows(platform):
     from many_models_platform.defs.factory import RUN_DATE_TAG
 
     settings, instance = platform
-    write_landing(
-        GENERATORS["group_regression"](keys=8, rows=60),
-        Path(settings.lake_url) / "landing/group_regression",
-        "group_regression",
-    )
+    land_generated(settings, "group_regression", keys=8, rows=60)
     result = run_pipeline(settings, instance, None, "group_regression")
     tables = ("predictions", "key_metrics", "key_status", "promotion_history", "run_summary")
     before = {t: query(settings, f"SELECT count(*) FROM {t}")[0][0] for t in tables}
@@ -392,9 +373,8 @@ def test_unchanged_keys_reuse_their_candidate_and_changed_keys_retrain(platform)
     """A rerun on the same data fits and registers nothing new; new data for one key
     retrains that key only."""
     settings, instance = platform
-    data = GENERATORS["group_regression"](keys=6, rows=60)
+    data = land_generated(settings, "group_regression", keys=6, rows=60, files=1)
     landing = Path(settings.lake_url) / "landing/group_regression"
-    write_landing(data, landing, "group_regression", files=1)
     first = run_pipeline(settings, instance, None, "group_regression")
     second = run_pipeline(settings, instance, None, "group_regression")
     assert first.success and second.success

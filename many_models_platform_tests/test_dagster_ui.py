@@ -15,9 +15,7 @@ from pathlib import Path
 
 import pytest
 from dagster import AssetKey
-from dagster_helpers import run_pipeline
-
-from many_models_platform.core.generators import GENERATORS, write_landing
+from dagster_helpers import land_generated, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -133,11 +131,7 @@ def check_key_page_in_browser(port: int, settings, tmp_path: Path) -> None:
 
 def test_webserver_shows_each_key_of_the_pipeline(platform, tmp_path):
     settings, instance = platform
-    write_landing(
-        GENERATORS["group_regression"](keys=6, rows=60),
-        Path(settings.lake_url) / "landing/group_regression",
-        "group_regression",
-    )
+    land_generated(settings, "group_regression", keys=6, rows=60)
     assert run_pipeline(settings, instance, None, "group_regression").success
 
     port = free_port()
@@ -188,11 +182,7 @@ def test_a_ui_backfill_of_some_keys_runs_every_stage_through_the_daemon(platform
     from many_models_platform.storage.lake import Lake
 
     settings, instance = platform
-    write_landing(
-        GENERATORS["group_regression"](keys=5, rows=60),
-        Path(settings.lake_url) / "landing/group_regression",
-        "group_regression",
-    )
+    land_generated(settings, "group_regression", keys=5, rows=60)
     keys, _ = register_new_keys(instance, load_config().use_case("group_regression"), Lake(settings.lake_url))
     chosen = keys[1:4]
     port = free_port()

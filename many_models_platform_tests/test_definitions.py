@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 from dagster import AssetKey, DagsterEventType, EventRecordsFilter
+from dagster_helpers import land_generated
 
-from many_models_platform.core.generators import GENERATORS, write_landing
 from many_models_platform.core.keys import decode_key
 from many_models_platform.definitions import build_definitions
 
@@ -57,11 +57,7 @@ def test_each_use_case_is_one_group_of_seven_assets_on_one_partitions_definition
 
 def test_the_discovery_job_adds_landing_keys_as_partitions(platform):
     settings, instance = platform
-    write_landing(
-        GENERATORS["group_regression"](keys=5, rows=30),
-        Path(settings.lake_url) / "landing/group_regression",
-        "group_regression",
-    )
+    land_generated(settings, "group_regression", keys=5, rows=30)
     job = build_definitions().resolve_job_def("group_regression_discover_keys")
     assert job.execute_in_process(instance=instance).success
     keys = instance.get_dynamic_partitions("group_regression_keys")
@@ -75,11 +71,7 @@ def test_evaluation_reports_the_metric_distribution_and_worst_keys(platform):
     from dagster_helpers import run_pipeline
 
     settings, instance = platform
-    write_landing(
-        GENERATORS["group_regression"](keys=12, rows=60),
-        Path(settings.lake_url) / "landing/group_regression",
-        "group_regression",
-    )
+    land_generated(settings, "group_regression", keys=12, rows=60)
     assert run_pipeline(settings, instance, None, "group_regression").success
     records = instance.get_event_records(
         EventRecordsFilter(DagsterEventType.ASSET_OBSERVATION, asset_key=AssetKey(["group_regression", "evaluation"]))
