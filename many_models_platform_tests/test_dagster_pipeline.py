@@ -7,6 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 import sqlalchemy as sa
+from conftest_core import regression_body
 from dagster import AssetKey, DagsterEventType, EventRecordsFilter, materialize
 from dagster_helpers import land, land_generated, run_pipeline, write_config
 from mlflow import MlflowClient
@@ -179,6 +180,7 @@ def test_a_new_dataset_runs_with_configuration_only(platform, tmp_path):
     assert query(settings, "SELECT count(DISTINCT key) FROM predictions WHERE use_case = 'churn'")[0][0] == 8
 
 
+LINEAR_ONLY = [{"name": "linear", "estimator": "sklearn.linear_model.LinearRegression"}]
 HOSTILE = [
     "a,b",
     "x/y",
@@ -206,16 +208,14 @@ def test_hostile_key_names_round_trip_through_lake_registry_and_sql(platform, tm
     config = write_config(
         tmp_path / "hostile.yaml",
         {
-            "hostile": {
-                "task": "regression",
-                "source": {"path": "landing/hostile/*.csv"},
-                "keys": ["site"],
-                "target": "y",
-                "features": ["x"],
-                "holdout": {"fraction": 0.2},
-                "metric": "rmse",
-                "candidates": [{"name": "linear", "estimator": "sklearn.linear_model.LinearRegression"}],
-            }
+            "hostile": regression_body(
+                source={"path": "landing/hostile/*.csv"},
+                keys=["site"],
+                features=["x"],
+                holdout={"fraction": 0.2},
+                min_rows=20,
+                candidates=LINEAR_ONLY,
+            )
         },
     )
     outside_before = set(Path(settings.home).parent.iterdir())
@@ -267,17 +267,15 @@ def test_bad_keys_fail_with_reasons_while_every_other_key_is_published(platform,
     config = write_config(
         tmp_path / "shops.yaml",
         {
-            "shops": {
-                "task": "regression",
-                "source": {"path": "landing/shops/*.csv"},
-                "keys": ["shop"],
-                "target": "sales",
-                "features": ["x1", "x2"],
-                "holdout": {"fraction": 0.2},
-                "metric": "mae",
-                "min_rows": 20,
-                "candidates": [{"name": "linear", "estimator": "sklearn.linear_model.LinearRegression"}],
-            }
+            "shops": regression_body(
+                source={"path": "landing/shops/*.csv"},
+                keys=["shop"],
+                target="sales",
+                holdout={"fraction": 0.2},
+                metric="mae",
+                min_rows=20,
+                candidates=LINEAR_ONLY,
+            )
         },
     )
     result = run_pipeline(settings, instance, config, "shops")
