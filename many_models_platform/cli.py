@@ -144,8 +144,7 @@ def _run(settings, cfg, names, keys=None, run_date=None) -> bool:
                 for stage in STAGES:
                     tasks[stage] = bar.add_task(f"{name} / {stage}", total=total)
                 progress.set_reporter(report)
-                result = run_use_case(defs, instance, cfg, spec, settings, keys, run_date)
-                result.new_keys = new_keys
+                result = run_use_case(defs, instance, cfg, spec, settings, keys, run_date, new_keys=new_keys)
             except ValueError as exc:
                 console.print(f"[red]{exc}[/red]")
                 return False

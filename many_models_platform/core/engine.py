@@ -14,6 +14,8 @@ from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .features import KeyDataError
+
 Status = Literal["ok", "failed", "skipped"]
 
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "POLARS_MAX_THREADS")
@@ -45,7 +47,7 @@ def _run_one(fn: Callable[..., dict[str, Any] | None], key: str, args: tuple) ->
     except Exception as exc:
         # The reason is what a data engineer reads in the UI: a data check's own message, or
         # for anything else the exception type, message and innermost frame.
-        if type(exc).__name__ == "KeyDataError":
+        if isinstance(exc, KeyDataError):
             reason = str(exc)
         else:
             frame = traceback.extract_tb(exc.__traceback__)[-1]

@@ -193,7 +193,7 @@ def _log_run_report(context: AssetExecutionContext, spec: UseCaseSpec, report: S
                 f"![{spec.metric} distribution](data:image/png;base64,{base64.b64encode(png).decode()})"
             )
             path = run.lake.path("reports", spec.name, f"evaluation_{context.run_id}.png")
-            run.lake._write_bytes(path, png)
+            run.lake.write_bytes(path, png)
             md["report_path"] = MetadataValue.path(str(path))
         worst = report.summary.get("worst") or []
         if worst:

@@ -72,8 +72,11 @@ def run_use_case(
     settings: PlatformSettings,
     keys: Sequence[str] | None = None,
     run_date: dt.date | None = None,
+    new_keys: list[str] | None = None,
 ) -> UseCaseRun:
-    _, new = register_new_keys(instance, spec, Lake(settings.lake_url, settings.lake_storage_options))
+    """Register landing keys (unless the caller just did and passes ``new_keys``), then run."""
+    if new_keys is None:
+        _, new_keys = register_new_keys(instance, spec, Lake(settings.lake_url, settings.lake_storage_options))
     ordered = list(instance.get_dynamic_partitions(partitions_name(spec.name)))
     if keys:
         unknown = sorted(set(keys) - set(ordered))
@@ -81,7 +84,7 @@ def run_use_case(
             raise ValueError(f"unknown key(s) for {spec.name}: {unknown[:5]} (see `mmp status`)")
     selected = list(keys) if keys else ordered
     chosen = set(selected)
-    result = UseCaseRun(spec.name, [k for k in ordered if k in chosen], new)
+    result = UseCaseRun(spec.name, [k for k in ordered if k in chosen], new_keys)
     job = defs.resolve_job_def(pipeline_job_name(spec.name))
     run_date = run_date or dt.datetime.now(dt.UTC).date()
     for start, end in key_ranges(ordered, selected, config.run.max_keys_per_run):

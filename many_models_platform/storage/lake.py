@@ -51,7 +51,7 @@ class Lake:
         return sorted(p for p in self.root.glob(pattern) if p.is_file())
 
     # --- reading and writing -------------------------------------------------------------
-    def _write_bytes(self, path: UPath, data: bytes) -> None:
+    def write_bytes(self, path: UPath, data: bytes) -> None:
         if self.is_local:
             # write-then-rename, so a crash never leaves half a file behind
             os.makedirs(path.parent.path, exist_ok=True)
@@ -66,7 +66,7 @@ class Lake:
     def write_parquet(self, path: UPath, frame: pl.DataFrame) -> None:
         buf = io.BytesIO()
         frame.write_parquet(buf, compression="zstd", statistics=False)
-        self._write_bytes(path, buf.getvalue())
+        self.write_bytes(path, buf.getvalue())
 
     def read_parquet(self, path: UPath) -> pl.DataFrame:
         if self.is_local:
@@ -75,7 +75,7 @@ class Lake:
             return pl.read_parquet(f)
 
     def write_json(self, path: UPath, obj: Any) -> None:
-        self._write_bytes(path, json.dumps(obj, default=str, allow_nan=True).encode())
+        self.write_bytes(path, json.dumps(obj, default=str, allow_nan=True).encode())
 
     def read_json(self, path: UPath) -> Any:
         return json.loads(path.read_bytes())
