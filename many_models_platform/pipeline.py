@@ -490,6 +490,7 @@ def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
                 "champion_version": report.get("champion_version"),
                 "champion_value": (report.get("champion_metrics") or {}).get(spec.metric),
                 "decided_at": dt.datetime.now(dt.UTC).isoformat(),
+                "decided_by": f"dagster run {run.run_id}",
             }
             if decision == "promoted":
                 if existing is None:
@@ -648,6 +649,7 @@ def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = No
                             "champion_version",
                             "champion_value",
                             "production_version",
+                            "decided_by",
                         )
                     },
                     "dagster_run_id": pm["dagster_run_id"],

@@ -2,10 +2,20 @@
 # What the test suite needs beyond Python packages (part of the README's test command).
 # - Chromium from Debian's packages, for the Dagster UI check in a real browser
 #   (Playwright drives it; its own browser download is not used).
+# - unixODBC from Debian's packages, so that `import pyodbc` works and the SQL Server /
+#   Synapse dialect (mssql+pyodbc) can compile the publisher's statements.
+# - PostgreSQL is expected on 127.0.0.1:5432 (trust auth); started here if it is stopped.
 set -euo pipefail
-if ! command -v chromium >/dev/null 2>&1; then
-  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
-  echo "installing chromium (Debian package) for the UI tests"
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+ldconfig -p 2>/dev/null | grep -q 'libodbc.so.2' || missing+=(unixodbc)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -p 5432 -q; then
+  echo "starting PostgreSQL"
+  $SUDO pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
 fi

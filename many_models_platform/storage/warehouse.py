@@ -80,8 +80,26 @@ promotion_history = sa.Table(
     sa.Column("champion_version", sa.Integer, nullable=True),
     sa.Column("champion_value", sa.Double, nullable=True),
     sa.Column("production_version", sa.Integer, nullable=True),
-    sa.Column("dagster_run_id", sa.String(64), nullable=False),
+    sa.Column("decided_by", sa.String(256), nullable=True),
+    sa.Column("dagster_run_id", sa.String(64), nullable=False),  # or "rollback-<id>" for a manual rollback
     sa.PrimaryKeyConstraint("use_case", "key", "run_date", "dagster_run_id"),
+)
+
+model_family = sa.Table(
+    "model_family",
+    metadata,
+    sa.Column("use_case", sa.String(64), nullable=False),
+    sa.Column("key", sa.String(512), nullable=False),
+    sa.Column("key_label", sa.String(1024), nullable=False),
+    sa.Column("metric", sa.String(32), nullable=False),
+    sa.Column("candidate_version", sa.Integer, nullable=True),
+    sa.Column("candidate_value", sa.Double, nullable=True),
+    sa.Column("production_version", sa.Integer, nullable=True),
+    sa.Column("production_source_version", sa.Integer, nullable=True),
+    sa.Column("production_value", sa.Double, nullable=True),
+    sa.Column("status", sa.String(32), nullable=False),  # current | behind | unpromoted | production_only
+    sa.Column("snapshot_at", sa.DateTime, nullable=False),
+    sa.PrimaryKeyConstraint("use_case", "key"),
 )
 
 run_summary = sa.Table(
@@ -162,6 +180,14 @@ class Warehouse:
                     for row in frame.select(pk).unique().iter_rows(named=True):
                         conn.execute(table.delete().where(*[table.c[c] == v for c, v in row.items()]))
                     self._insert(conn, table, frame)
+
+    def replace_use_case(self, table_name: str, use_case: str, frame: pl.DataFrame) -> None:
+        """Replace every row of a per-use-case snapshot table (``model_family``) in one transaction."""
+        table = metadata.tables[table_name]
+        with self._connect() as conn, conn.begin():
+            conn.execute(table.delete().where(table.c.use_case == use_case))
+            if frame.height:
+                self._insert(conn, table, frame)
 
     def _connect(self, wait_seconds: float = 120.0) -> sa.Connection:
         """A connection; on DuckDB, wait for another process's file lock instead of failing."""
