@@ -295,6 +295,94 @@ def status(
 
 
 @app.command()
+def models(
+    use_case: Annotated[str, typer.Argument(help="Use case whose model family to list")],
+    status: Annotated[
+        str | None, typer.Option(help="Only keys with this status: current, behind, unpromoted, production_only")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Rows to print (0 = all)")] = 50,
+    publish: Annotated[bool, typer.Option(help="Also write the view to the warehouse's model_family table")] = True,
+    config: ConfigOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Every key's candidate and production model side by side (three registry searches in all)."""
+    settings, cfg = _setup(config, home)
+    from .lifecycle import FAMILY_STATUSES, model_family, registries
+    from .storage.warehouse import Warehouse
+
+    spec = _use_case(cfg, use_case)
+    if status and status not in FAMILY_STATUSES:
+        console.print(f"[red]unknown status {status!r}[/red]; use one of {', '.join(FAMILY_STATUSES)}")
+        raise typer.Exit(2)
+    family = model_family(spec, *registries(settings))
+    if publish:
+        wh = Warehouse(settings.warehouse_url)
+        try:
+            wh.ensure_schema()
+            wh.replace_use_case("model_family", spec.name, family)
+        finally:
+            wh.dispose()
+    counts = family.group_by("status").len().sort("status")
+    summary = ", ".join(f"{r['status']} {r['len']}" for r in counts.iter_rows(named=True)) or "no models yet"
+    shown = family.filter(family["status"] == status) if status else family
+    t = Table(title=f"{spec.name}: {family.height} keys ({summary}); metric {spec.metric}")
+    for col in ("key", "candidate", spec.metric, "production", f"champion {spec.metric}", "status"):
+        t.add_column(col)
+    fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+    for r in shown.head(limit or shown.height).iter_rows(named=True):
+        prod = f"v{r['production_version']}" if r["production_version"] else "-"
+        if r["production_source_version"]:
+            prod += f" (from candidate v{r['production_source_version']})"
+        cand = f"v{r['candidate_version']}" if r["candidate_version"] else "-"
+        t.add_row(r["key_label"], cand, fmt(r["candidate_value"]), prod, fmt(r["production_value"]), r["status"])
+    console.print(t)
+    if limit and shown.height > limit:
+        console.print(f"… {shown.height - limit} more (use --limit 0 for all, or --status)")
+
+
+@app.command()
+def promote(
+    use_case: Annotated[str, typer.Argument(help="Use case")],
+    key: Annotated[str, typer.Argument(help="Key: encoded partition key, 'col=value, col=value', or a plain value")],
+    rollback: Annotated[bool, typer.Option("--rollback", help="Move production back to the previous version")] = False,
+    to_version: Annotated[int | None, typer.Option(help="With --rollback: this production version instead")] = None,
+    config: ConfigOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Manual promotion actions on one key's production model (today: --rollback)."""
+    settings, cfg = _setup(config, home)
+    from .lifecycle import record_rollback, registries, resolve_key
+    from .lifecycle import rollback as do_rollback
+    from .storage.registry import RegistryError
+
+    spec = _use_case(cfg, use_case)
+    if not rollback:
+        console.print("[red]nothing to do[/red]: say --rollback (promotion itself runs in the pipeline)")
+        raise typer.Exit(2)
+    try:
+        _, prod = registries(settings, write_production=True)
+        snap = prod.snapshot(spec.name)
+        resolved = resolve_key(spec, key, list(snap.versions))
+        done = do_rollback(spec, prod, resolved, to_version=to_version, snapshot=snap)
+    except RegistryError as exc:
+        console.print(f"[red]rollback refused[/red]: {exc}")
+        raise typer.Exit(1) from None
+    record_rollback(settings, spec, done)
+    console.print(
+        f"{spec.name} / {done.history_row['key']}: production v{done.from_version} -> v{done.to_version} "
+        "(recorded in promotion_history)"
+    )
+
+
+def _use_case(cfg, name: str):
+    try:
+        return cfg.use_case(name)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+@app.command()
 def dev(home: HomeOpt = None, port: int = 3000) -> None:
     """Start the Dagster UI on this code location and the same instance `mmp run` uses."""
     settings, _ = _setup(None, home)

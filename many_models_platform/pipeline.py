@@ -14,7 +14,7 @@ import math
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -26,9 +26,14 @@ from .core.keys import encode_key, key_label
 from .core.metrics import is_better
 from .core.modeling import anomaly_score, evaluate, fit_key, predict
 from .core.spec import UseCaseSpec
+from .lifecycle import publish_model_family
 from .storage.lake import Lake
 from .storage.registry import (
+    HASH_TAG,
+    TRUSTED_MODULES,
     ModelRegistry,
+    ReadOnlyRegistryError,
+    copy_model_dir,
     load_model_from_source,
     local_path,
     model_template_dir,
@@ -61,7 +66,24 @@ class StageRun:
         return ModelRegistry(self.settings.candidate_registry_uri, self.settings.artifact_root, "candidate")
 
     def production(self) -> ModelRegistry:
-        return ModelRegistry(self.settings.production_registry_uri, self.settings.artifact_root, "production")
+        """The production registry, read-only: evaluation and scoring only look things up."""
+        s = self.settings
+        return ModelRegistry(s.production_registry_uri, s.production_artifact_root, "production", writable=False)
+
+    def production_writer(self) -> ModelRegistry:
+        """The production registry with write access; only promotion's settings carry it."""
+        s = self.settings
+        if not s.production_registry_write_uri:
+            raise ReadOnlyRegistryError(
+                "this stage was not given the production registry's write credentials: only the promotion "
+                "stage (promoted_model) and `mmp promote` may write production"
+            )
+        return ModelRegistry(s.production_registry_write_uri, s.production_artifact_root, "production")
+
+    @property
+    def trusted(self) -> list[str]:
+        """Type-name prefixes this use case's saved models may hold."""
+        return [*TRUSTED_MODULES, *self.spec.trusted_types]
 
 
 @dataclass
@@ -235,12 +257,13 @@ def build_training_sets(run: StageRun, keys: Sequence[str]) -> StageReport:
 
 
 # --- 3. models --------------------------------------------------------------------------------
-def _train_one(key: str, spec: UseCaseSpec, lake: Lake, models_dir: str, template: str) -> dict:
+def _train_one(key: str, spec: UseCaseSpec, lake: Lake, models_dir: str, template: str, trusted: list) -> dict:
     upstream = require_upstream(lake, spec.name, "model", key)
     ts = lake.read_parquet(lake.key_path("training", spec.name, key, ".parquet"))
     fitted = fit_key(spec, ts, upstream["features"])
-    write_model_dir(fitted.model, f"{models_dir}/{key}", template)
+    sha256 = write_model_dir(fitted.model, f"{models_dir}/{key}", template, trusted)
     return {
+        "artifact_sha256": sha256,
         "estimator": fitted.candidate,
         "metric": spec.metric,
         "value": fitted.metrics[spec.metric],
@@ -270,7 +293,7 @@ def train(run: StageRun, keys: Sequence[str]) -> StageReport:
     fitted = map_keys(
         _train_one,
         to_fit,
-        (spec, run.lake, models_dir, model_template_dir()),
+        (spec, run.lake, models_dir, model_template_dir(), run.trusted),
         workers=run.workers,
         progress=run.progress,
     )
@@ -281,16 +304,15 @@ def train(run: StageRun, keys: Sequence[str]) -> StageReport:
             registry.client.log_artifacts(mlflow_run_id, models_dir, "models")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    existing = registry.existing_names(spec.name)
+    items = []
     for o in fitted:
-        if not o.ok:
-            continue
-        try:
+        if o.ok:
             tags = {
                 "use_case": spec.name,
                 "key": o.key,
                 "key_label": key_label(spec.keys, o.key)[:5000],
                 "data_fingerprint": o.info["data_fingerprint"],
+                HASH_TAG: o.info["artifact_sha256"],
                 "estimator": o.info["estimator"],
                 "dagster_run_id": run.run_id,
                 "metric": spec.metric,
@@ -300,13 +322,16 @@ def train(run: StageRun, keys: Sequence[str]) -> StageReport:
                 "rows_train": str(o.info["rows_train"]),
                 "rows_holdout": str(o.info["rows_holdout"]),
             }
-            o.info["version"] = registry.register(
-                spec.name, o.key, f"{artifact_uri}/models/{o.key}", mlflow_run_id, tags, existing
-            )
+            items.append((o.key, f"{artifact_uri}/models/{o.key}", tags))
+    registered = registry.register_many(spec.name, items, mlflow_run_id)
+    for o in fitted:
+        result = registered.get(o.key)
+        if isinstance(result, Exception):
+            o.status, o.reason = "failed", f"registration failed: {type(result).__name__}: {result}"
+        elif result is not None:
+            o.info["version"] = result
             o.info["model_name"] = registered_model_name(spec.name, o.key)
             o.info["source"] = f"{artifact_uri}/models/{o.key}"
-        except Exception as exc:
-            o.status, o.reason = "failed", f"registration failed: {type(exc).__name__}: {exc}"
     values = [o.info["value"] for o in outcomes if o.ok]
     n_fitted = sum(1 for o in fitted if o.ok)
     registry.finish_run(
@@ -336,7 +361,7 @@ def reusable_candidates(run: StageRun, registry: ModelRegistry, keys: Sequence[s
     out = {}
     for key in keys:
         ref = latest.get(key)
-        if ref is None:
+        if ref is None or not ref.tags.get(HASH_TAG):
             continue
         state = read_state(lake, spec.name, "training_set", key)
         if (
@@ -355,6 +380,7 @@ def reusable_candidates(run: StageRun, registry: ModelRegistry, keys: Sequence[s
             "rows_holdout": int(ref.tags["rows_holdout"]),
             "features": ref.tags["features"].split(","),
             "data_fingerprint": ref.tags["data_fingerprint"],
+            "artifact_sha256": ref.tags[HASH_TAG],
             "version": ref.version,
             "model_name": ref.name,
             "source": ref.source,
@@ -365,11 +391,11 @@ def reusable_candidates(run: StageRun, registry: ModelRegistry, keys: Sequence[s
 
 
 # --- 4. evaluation ----------------------------------------------------------------------------
-def _evaluate_one(key: str, spec: UseCaseSpec, lake: Lake, champions: dict[str, dict]) -> dict:
+def _evaluate_one(key: str, spec: UseCaseSpec, lake: Lake, champions: dict[str, dict], trusted: list) -> dict:
     cand = require_upstream(lake, spec.name, "evaluation", key)
     ts = lake.read_parquet(lake.key_path("training", spec.name, key, ".parquet"))
     holdout = F.split(ts)[F.HOLDOUT]
-    model = load_model_from_source(cand["source"])
+    model = load_model_from_source(cand["source"], cand.get("artifact_sha256"), trusted)
     report = {
         "candidate_version": cand["version"],
         "estimator": cand["estimator"],
@@ -386,7 +412,7 @@ def _evaluate_one(key: str, spec: UseCaseSpec, lake: Lake, champions: dict[str, 
         report["champion_source_version"] = champ.get("source_version")
         features = champ["features"]
         if all(c in holdout.columns for c in features):
-            champ_model = load_model_from_source(champ["source"])
+            champ_model = load_model_from_source(champ["source"], champ["artifact_sha256"], trusted)
             report["champion_metrics"] = evaluate(spec, champ_model, features, holdout)
         else:
             report["champion_note"] = "champion features differ from this training set; not compared"
@@ -404,6 +430,7 @@ def production_models(run: StageRun, keys: Sequence[str]) -> dict[str, dict]:
             "source": ref.source,
             "features": ref.tags["features"].split(",") if ref.tags.get("features") else [],
             "source_version": ref.tags.get("source_candidate_version"),
+            "artifact_sha256": ref.tags.get(HASH_TAG),
         }
         for key, ref in run.production().aliased_versions(run.spec.name).items()
         if key in wanted
@@ -413,7 +440,9 @@ def production_models(run: StageRun, keys: Sequence[str]) -> dict[str, dict]:
 def evaluate_models(run: StageRun, keys: Sequence[str]) -> StageReport:
     spec = run.spec
     champions = production_models(run, keys)
-    outcomes = map_keys(_evaluate_one, keys, (spec, run.lake, champions), workers=run.workers, progress=run.progress)
+    outcomes = map_keys(
+        _evaluate_one, keys, (spec, run.lake, champions, run.trusted), workers=run.workers, progress=run.progress
+    )
     values = [o.info["metrics"][spec.metric] for o in outcomes if o.ok]
     summary = {"metric": spec.metric, **_quantiles(spec.metric, values)}
     summary["worst"] = _worst(spec, outcomes)
@@ -435,8 +464,16 @@ def _quantiles(metric: str, values: list[float]) -> dict[str, float]:
 
 
 # --- 5. promotion -----------------------------------------------------------------------------
+DECISIONS = ("promoted", "kept_champion", "rejected", "rolled_back")
+
+
 def decide(spec: UseCaseSpec, report: dict) -> tuple[str, str]:
-    """The business rule: (decision, reason). Decisions: promoted, kept_champion, rejected."""
+    """The business rule: (decision, reason). Decisions: promoted, kept_champion, rejected.
+
+    Order: the metric must be defined, the extra conditions (rows, metric bounds) and the
+    absolute threshold must hold, and then the candidate must beat the champion by
+    ``min_improvement`` on the same holdout.
+    """
     metric = spec.metric
     value = report["metrics"][metric]
     rule = spec.promotion
@@ -444,6 +481,16 @@ def decide(spec: UseCaseSpec, report: dict) -> tuple[str, str]:
         return "rejected", f"{metric} is undefined on the holdout"
     if rule.min_rows and report["rows_train"] < rule.min_rows:
         return "rejected", f"below min_rows: {report['rows_train']} training rows < {rule.min_rows}"
+    if rule.min_holdout_rows and report["rows_holdout"] < rule.min_holdout_rows:
+        return "rejected", f"below min_holdout_rows: {report['rows_holdout']} holdout rows < {rule.min_holdout_rows}"
+    for name, bound in rule.bounds.items():
+        v = report["metrics"].get(name)
+        if v is None or math.isnan(v):
+            return "rejected", f"bound on {name}: {name} is undefined on the holdout"
+        if bound.min is not None and v < bound.min:
+            return "rejected", f"bound on {name}: {v:.4g} < min {bound.min}"
+        if bound.max is not None and v > bound.max:
+            return "rejected", f"bound on {name}: {v:.4g} > max {bound.max}"
     if rule.threshold is not None:
         passes = value <= rule.threshold if spec.lower_is_better else value >= rule.threshold
         if not passes:
@@ -455,7 +502,9 @@ def decide(spec: UseCaseSpec, report: dict) -> tuple[str, str]:
             return "promoted", "champion could not be compared on this holdout; candidate passes the threshold"
         return "promoted", "first model for this key"
     champ_value = champ[metric]
-    margin = abs(champ_value) * rule.min_improvement if champ_value == champ_value else 0.0
+    if champ_value is None or math.isnan(champ_value):
+        return "promoted", f"champion v{report['champion_version']} has no {metric} on this holdout"
+    margin = abs(champ_value) * rule.min_improvement
     target = champ_value - margin if spec.lower_is_better else champ_value + margin
     if is_better(value, target, metric):
         return "promoted", f"beats champion v{report['champion_version']}: {metric} {value:.4g} vs {champ_value:.4g}"
@@ -466,19 +515,32 @@ def decide(spec: UseCaseSpec, report: dict) -> tuple[str, str]:
 
 
 def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
-    """Apply the rule per key; copy passing candidates into the production registry."""
+    """Apply the rule per key; copy passing candidates into the production registry.
+
+    The production registry is resolved once (two paginated searches); the passing models'
+    artifacts are copied under the production artifact root, so production never points into
+    the candidate store; registrations go out in one batch (parallel on a server store).
+    """
     spec, lake = run.spec, run.lake
-    prod = run.production()
-    current = prod.aliased_versions(spec.name)
-    existing = None
-    outcomes = []
+    prod = run.production_writer()
+    snap = prod.snapshot(spec.name)
+    outcomes, to_register = [], []
     for key in keys:
         try:
             report = require_upstream(lake, spec.name, "promoted_model", key)
             model_state = read_state(lake, spec.name, "model", key)["info"]
-            champ = current.get(key)
+            champ = snap.current.get(key)
+            rolled_back = snap.rolled_back_sources(key).get(model_state["source"])
             if champ and champ.tags.get("source_candidate_run") == model_state["source"]:
                 decision, reason = "kept_champion", "this candidate is already in production"
+            elif rolled_back is not None:
+                decision, reason = (
+                    "rejected",
+                    (
+                        f"this candidate was rolled back from production v{rolled_back.version} "
+                        f"({rolled_back.tags.get('rolled_back_by', '?')}); it is not promoted again automatically"
+                    ),
+                )
             else:
                 decision, reason = decide(spec, report)
             info = {
@@ -491,50 +553,71 @@ def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
                 "champion_value": (report.get("champion_metrics") or {}).get(spec.metric),
                 "decided_at": dt.datetime.now(dt.UTC).isoformat(),
                 "decided_by": f"dagster run {run.run_id}",
+                "production_version": champ.version if champ else None,
             }
+            outcome = KeyOutcome(key, "ok", info=info)
             if decision == "promoted":
-                if existing is None:
-                    existing = prod.existing_names(spec.name)
+                sha = model_state["artifact_sha256"]
+                target = production_artifact_path(run.settings, spec.name, key, report["candidate_version"], sha)
+                copy_model_dir(model_state["source"], target)
                 tags = {
                     "use_case": spec.name,
                     "key": key,
+                    "key_label": key_label(spec.keys, key)[:5000],
                     "source_candidate_version": str(report["candidate_version"]),
                     "source_candidate_run": model_state["source"],
+                    "source_candidate_registry": run.settings.candidate_registry_uri.rsplit("@", 1)[-1][:500],
                     "data_fingerprint": model_state["data_fingerprint"],
+                    HASH_TAG: sha,
                     "estimator": model_state["estimator"],
                     "features": ",".join(model_state["features"]),
                     "metric": spec.metric,
                     **{f"metric.{k}": repr(v) for k, v in report["metrics"].items()},
+                    "rows_train": str(report["rows_train"]),
+                    "rows_holdout": str(report["rows_holdout"]),
                     "promoted_at": info["decided_at"],
-                    "promoted_by": f"dagster run {run.run_id}",
+                    "promoted_by": info["decided_by"],
+                    "promotion_reason": reason[:5000],
                 }
-                version = prod.register(spec.name, key, model_state["source"], None, tags, existing)
-                prod.set_alias(spec.name, key, version)
-                info["production_version"] = version
-            else:
-                info["production_version"] = champ.version if champ else None
-            outcomes.append(KeyOutcome(key, "ok", info=info))
+                to_register.append((outcome, (key, target, tags)))
+            outcomes.append(outcome)
         except SkipKey as exc:
             outcomes.append(KeyOutcome(key, "skipped", str(exc)))
         except Exception as exc:
             outcomes.append(KeyOutcome(key, "failed", f"{type(exc).__name__}: {exc}"))
         if run.progress:
             run.progress(1)
+    if to_register:
+        versions = prod.register_many(
+            spec.name, [item for _, item in to_register], None, after=lambda key, v: prod.set_alias(spec.name, key, v)
+        )
+        for outcome, (key, _, _) in to_register:
+            result = versions[key]
+            if isinstance(result, Exception):
+                outcome.status, outcome.reason = "failed", f"promotion failed: {type(result).__name__}: {result}"
+            else:
+                outcome.info["production_version"] = result
     decisions = {}
     for o in outcomes:
-        d = o.info.get("decision", o.status)
+        d = o.info.get("decision", o.status) if o.ok else o.status
         decisions[d] = decisions.get(d, 0) + 1
     return _finish(run, "promoted_model", outcomes, {"decisions": decisions})
 
 
+def production_artifact_path(settings: PlatformSettings, use_case: str, key: str, version: int, sha: str) -> str:
+    """Where a promoted model's files live: under the production artifact root, one folder per
+    (candidate version, content hash), so promoting the same model twice reuses the folder."""
+    return f"{settings.production_artifact_root.rstrip('/')}/{use_case}/{key}/candidate-v{version}-{sha[:12]}"
+
+
 # --- 6. batch predictions ---------------------------------------------------------------------
-def _score_one(key: str, spec: UseCaseSpec, lake: Lake, production: dict[str, dict]) -> dict:
+def _score_one(key: str, spec: UseCaseSpec, lake: Lake, production: dict[str, dict], trusted: list) -> dict:
     promo = read_state(lake, spec.name, "promoted_model", key)
     prod = production.get(key)
     if prod is None:
         why = promo["info"].get("reason") if promo and promo["status"] == "ok" else (promo or {}).get("reason")
         raise SkipKey(f"no production model for this key ({why or 'never promoted'})")
-    model = load_model_from_source(prod["source"])
+    model = load_model_from_source(prod["source"], prod["artifact_sha256"], trusted)
     features = prod["features"]
     t = spec.time_column
     if spec.task == "forecast":
@@ -591,7 +674,9 @@ def _score_one(key: str, spec: UseCaseSpec, lake: Lake, production: dict[str, di
 def score(run: StageRun, keys: Sequence[str]) -> StageReport:
     spec = run.spec
     production = production_models(run, keys)
-    outcomes = map_keys(_score_one, keys, (spec, run.lake, production), workers=run.workers, progress=run.progress)
+    outcomes = map_keys(
+        _score_one, keys, (spec, run.lake, production, run.trusted), workers=run.workers, progress=run.progress
+    )
     return _finish(run, "predictions", outcomes)
 
 
@@ -717,6 +802,10 @@ def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = No
     try:
         wh.ensure_schema()
         wh.replace_keys(spec.name, run.run_date, list(keys), frames, append)
+        try:  # the family view is a convenience for BI; it never fails the publish
+            q["model_family_rows"] = publish_model_family(run.settings, spec, warehouse=wh)
+        except Exception as exc:
+            q["model_family_error"] = f"{type(exc).__name__}: {exc}"
     finally:
         if warehouse is None:
             wh.dispose()
@@ -744,6 +833,11 @@ def _frame(parts: list[pl.DataFrame], common: dict, extra: dict) -> pl.DataFrame
 
 def _ts(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value).replace(tzinfo=None) if value else None
+
+
+def run_stage(stage: str, run: StageRun, keys: Sequence[str]) -> StageReport:
+    """Run one stage with the credentials that stage may hold (settings.for_stage)."""
+    return STAGE_FUNCTIONS[stage](replace(run, settings=run.settings.for_stage(stage)), keys)
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[StageRun, Sequence[str]], StageReport]] = {

@@ -65,7 +65,7 @@ def counts(settings: PlatformSettings, day: dt.date) -> dict[str, int]:
 
 def run_all(spec, settings, run_id: str, day: dt.date, keys: list[str]) -> dict[str, P.StageReport]:
     run = P.StageRun(spec, settings, run_id=run_id, run_date=day)
-    return {stage: P.STAGE_FUNCTIONS[stage](run, keys) for stage in P.STAGES}
+    return {stage: P.run_stage(stage, run, keys) for stage in P.STAGES}
 
 
 @pytest.fixture(scope="module")

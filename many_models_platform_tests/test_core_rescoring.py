@@ -14,7 +14,7 @@ from many_models_platform.storage.settings import PlatformSettings
 
 def run_all(spec, settings, run_id, day, keys):
     run = P.StageRun(spec, settings, run_id=run_id, run_date=day, workers=1)
-    return {stage: {o.key: o for o in P.STAGE_FUNCTIONS[stage](run, keys).outcomes} for stage in P.STAGES}
+    return {stage: {o.key: o for o in P.run_stage(stage, run, keys).outcomes} for stage in P.STAGES}
 
 
 def test_failed_training_set_today_means_no_stale_holdout_predictions(tmp_path):

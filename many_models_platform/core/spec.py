@@ -120,12 +120,54 @@ def resolve_estimator(path: str) -> type:
     return obj
 
 
+class MetricBound(_Strict):
+    """An extra condition on one holdout metric: ``min`` and/or ``max`` (inclusive)."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> MetricBound:
+        if self.min is None and self.max is None:
+            raise ValueError("set 'min', 'max' or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
 class PromotionSpec(_Strict):
-    """The business rule a candidate must pass to reach the production registry."""
+    """The business rule a candidate must pass to reach the production registry.
+
+    ``threshold`` is an absolute bar on the use case's metric (its direction follows the
+    metric: at most for errors, at least for scores). ``min_improvement`` is the relative
+    margin by which a candidate must beat the current production model on the *same*
+    holdout (0.05 = 5 % better). The rest are extra conditions.
+    """
 
     threshold: float | None = None
-    min_improvement: float = Field(default=0.0, ge=0)
+    min_improvement: float = Field(default=0.0, ge=0, lt=1)
     min_rows: int | None = Field(default=None, gt=0)
+    min_holdout_rows: int | None = Field(default=None, gt=0)
+    bounds: dict[MetricName, MetricBound] = Field(default_factory=dict)
+
+
+METRIC_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "mape": (0.0, None),
+    "rmse": (0.0, None),
+    "mae": (0.0, None),
+    "r2": (None, 1.0),
+    "accuracy": (0.0, 1.0),
+    "f1": (0.0, 1.0),
+    "precision": (0.0, 1.0),
+    "recall": (0.0, 1.0),
+}
+
+
+def _check_in_range(metric: str, value: float, what: str) -> None:
+    lo, hi = METRIC_RANGES[metric]
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        span = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+        raise ValueError(f"{what} {value} is outside the range of {metric} {span}")
 
 
 class UseCaseSpec(_Strict):
@@ -146,6 +188,9 @@ class UseCaseSpec(_Strict):
     min_rows: int = Field(default=20, gt=1)
     horizon: int = Field(default=1, gt=0)
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
+    # Packages (or exact type names) besides scikit-learn, LightGBM, NumPy and SciPy whose types
+    # a saved model may contain; a model holding anything else is refused at save and at load.
+    trusted_modules: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> UseCaseSpec:
@@ -188,7 +233,25 @@ class UseCaseSpec(_Strict):
         names = [c.name for c in self.candidates]
         if len(names) != len(set(names)):
             raise ValueError(f"candidate names must be unique, got {names}")
+        rule = self.promotion
+        if rule.threshold is not None:
+            _check_in_range(self.metric, rule.threshold, "promotion.threshold")
+        for metric, bound in rule.bounds.items():
+            if metric not in TASK_METRICS[self.task]:
+                raise ValueError(
+                    f"promotion.bounds: metric {metric!r} is not computed for task {self.task!r}; "
+                    f"use one of {sorted(TASK_METRICS[self.task])}"
+                )
+            for value, side in ((bound.min, "min"), (bound.max, "max")):
+                if value is not None:
+                    _check_in_range(metric, value, f"promotion.bounds.{metric}.{side}")
         return self
+
+    @property
+    def trusted_types(self) -> list[str]:
+        """Type-name prefixes a saved model of this use case may hold beyond the platform's
+        defaults: the configured estimator classes and ``trusted_modules``."""
+        return [*(c.estimator for c in self.candidates), *self.trusted_modules]
 
     @cached_property
     def model_hash(self) -> str:

@@ -33,7 +33,7 @@ from .. import progress
 from ..core.engine import KeyOutcome
 from ..core.keys import key_label
 from ..core.spec import PlatformConfig, UseCaseSpec
-from ..pipeline import STAGE_FUNCTIONS, STAGES, StageReport, StageRun
+from ..pipeline import STAGES, StageReport, StageRun, run_stage
 from .resources import PlatformResource
 
 RUN_DATE_TAG = "mmp/run_date"
@@ -127,7 +127,7 @@ def _stage_asset(spec, stage, partitions, upstream, backfill_policy, workers) ->
             workers=workers,
             progress=progress.for_stage(spec.name, stage),
         )
-        report = STAGE_FUNCTIONS[stage](run, keys)
+        report = run_stage(stage, run, keys)
         add_metadata_per_key(context, {o.key: key_metadata(spec, o) for o in report.outcomes}, set(keys))
         _log_run_report(context, spec, report, run)
         return MaterializeResult()

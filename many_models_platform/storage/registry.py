@@ -3,20 +3,27 @@ only promotion writes.
 
 Costs shape this module (see DESIGN.md): ``log_model`` with defaults takes seconds per
 model, so workers write the MLflow model directory themselves from a template saved once
-per process; registration goes through ``MlflowClient``; and the key -> version map is
-resolved with a constant number of paginated searches, never one search per key.
+per process; registration goes through ``MlflowClient`` (in parallel threads where the
+store allows); and the key -> version map is resolved with a constant number of paginated
+searches, never one search per key.
+
+Models are stored with skops, not pickle. Loading accepts only types from trusted packages
+and first checks the artifact's SHA-256 against the hash recorded at registration, so a
+tampered or swapped file is refused before any of it is deserialised.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import os
-import pickle
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import version as pkg_version
 from pathlib import Path
@@ -25,13 +32,30 @@ from typing import Any
 import yaml
 
 PRODUCTION_ALIAS = "production"
-MODEL_FILE = "model.pkl"
-_PINNED = ("scikit-learn", "lightgbm", "numpy", "scipy", "cloudpickle")
+MODEL_FILE = "model.skops"
+HASH_TAG = "artifact_sha256"
+_PINNED = ("scikit-learn", "lightgbm", "numpy", "scipy", "skops")
+# Packages whose types a model may contain and still be loaded. A use case's own estimator
+# packages are added to these (UseCaseSpec.trusted_modules).
+TRUSTED_MODULES = ("sklearn", "lightgbm", "numpy", "scipy", "collections.OrderedDict")
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot go ahead, with the reason."""
+
+
+class ReadOnlyRegistryError(RegistryError, PermissionError):
+    """A write to a registry this code only has read access to (production, outside promotion)."""
+
+
+class ModelIntegrityError(RegistryError):
+    """A model artifact that must not be loaded: hash mismatch, missing hash or untrusted types."""
 
 
 def registered_model_name(use_case: str, key: str) -> str:
-    """``<use case>.<encoded key>``: use-case names are ``[a-z0-9_]`` and keys are encoded
-    (``core.keys``), so distinct (use case, key) pairs never share a name."""
+    """``<use case>.<encoded key>``: use-case names are ``[a-z][a-z0-9_]*`` and encoded keys
+    use only ``[A-Za-z0-9_.%~-]`` (``core.keys``), so distinct (use case, key) pairs never share
+    a name and every name is valid in MLflow, in a URL path and in a filter string."""
     return f"{use_case}.{key}"
 
 
@@ -43,34 +67,77 @@ class ModelRef:
     source: str
     tags: dict[str, str]
 
+    def metric(self, name: str) -> float | None:
+        raw = self.tags.get(f"metric.{name}")
+        return float(raw) if raw is not None else None
+
 
 # --- worker side: no MLflow import --------------------------------------------------------
-def write_model_dir(model: Any, dst: str, template_dir: str) -> None:
-    """Write an MLflow sklearn-flavour model directory without importing MLflow."""
+def is_trusted(type_name: str, trusted: Iterable[str]) -> bool:
+    return any(type_name == t or type_name.startswith(f"{t}.") for t in trusted)
+
+
+def write_model_dir(model: Any, dst: str, template_dir: str, trusted: Sequence[str] = TRUSTED_MODULES) -> str:
+    """Write an MLflow sklearn-flavour model directory (skops format) without importing MLflow.
+
+    Returns the SHA-256 of the model file, to be recorded at registration. Refuses a model
+    holding a type outside ``trusted``: it could not be loaded later anyway.
+    """
+    import skops.io as sio
+
+    data = sio.dumps(model)
+    types = sio.get_untrusted_types(data=data)
+    untrusted = [t for t in types if not is_trusted(t, trusted)]
+    if untrusted:
+        raise ModelIntegrityError(
+            f"the fitted model contains types outside the trusted packages {list(trusted)}: {untrusted}; "
+            "add their package to the use case's 'trusted_modules' if you trust it"
+        )
     os.makedirs(dst, exist_ok=True)
     for name in os.listdir(template_dir):
         if name not in ("MLmodel", MODEL_FILE):
             shutil.copyfile(os.path.join(template_dir, name), os.path.join(dst, name))
     with open(os.path.join(dst, MODEL_FILE), "wb") as f:
-        pickle.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL)
+        f.write(data)
     with open(os.path.join(template_dir, "MLmodel")) as f:
         mlmodel = yaml.safe_load(f)
+    mlmodel["flavors"]["sklearn"]["skops_trusted_types"] = types  # so mlflow.sklearn.load_model works too
     mlmodel["model_uuid"] = uuid.uuid4().hex
     mlmodel["utc_time_created"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    mlmodel["model_size_bytes"] = os.path.getsize(os.path.join(dst, MODEL_FILE))
+    mlmodel["model_size_bytes"] = len(data)
     with open(os.path.join(dst, "MLmodel"), "w") as f:
         yaml.safe_dump(mlmodel, f, sort_keys=False)
+    return hashlib.sha256(data).hexdigest()
 
 
-def load_model_from_source(source: str) -> Any:
-    """Load a registered model's estimator from its artifact location."""
+def load_model_from_source(source: str, sha256: str | None, trusted: Sequence[str] = TRUSTED_MODULES) -> Any:
+    """Load a registered model after checking its hash and the types it contains."""
+    import skops.io as sio
+
     path = local_path(source)
-    if path is not None:
-        with open(os.path.join(path, MODEL_FILE), "rb") as f:
-            return pickle.load(f)
-    import mlflow.sklearn  # remote artifact store: let MLflow download it
+    if path is None:  # remote artifact store: let MLflow download the folder
+        import mlflow.artifacts
 
-    return mlflow.sklearn.load_model(source)
+        path = mlflow.artifacts.download_artifacts(source, dst_path=tempfile.mkdtemp(prefix="mmp-model-"))
+    file = os.path.join(path, MODEL_FILE)
+    try:
+        with open(file, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ModelIntegrityError(f"no {MODEL_FILE} in {source}: not a model this platform registered") from None
+    if not sha256:
+        raise ModelIntegrityError(f"{source} has no {HASH_TAG} recorded at registration; refusing to load it")
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise ModelIntegrityError(
+            f"model artifact {file} was modified after registration: SHA-256 {actual[:16]}… "
+            f"does not match the registered {sha256[:16]}…; refusing to load it"
+        )
+    types = sio.get_untrusted_types(data=data)
+    untrusted = [t for t in types if not is_trusted(t, trusted)]
+    if untrusted:
+        raise ModelIntegrityError(f"model artifact {file} holds untrusted types {untrusted}; refusing to load it")
+    return sio.loads(data, trusted=types)
 
 
 def local_path(uri: str) -> str | None:
@@ -81,36 +148,80 @@ def local_path(uri: str) -> str | None:
     return None
 
 
+def copy_model_dir(source: str, destination: str) -> None:
+    """Copy a model folder between artifact stores (local copy, or MLflow's artifact repos)."""
+    src, dst = local_path(source), local_path(destination)
+    if src is not None and dst is not None:
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+        return
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    with tempfile.TemporaryDirectory(prefix="mmp-promote-") as tmp:
+        if src is None:
+            get_artifact_repository(source).download_artifacts("", dst_path=tmp)
+            src = tmp
+        get_artifact_repository(destination).log_artifacts(src)
+
+
 # --- main process -------------------------------------------------------------------------
 @cache
 def model_template_dir() -> str:
     """Save one tiny model with explicit requirements; workers copy its metadata files."""
     import mlflow.sklearn
+    import numpy as np
     from sklearn.dummy import DummyRegressor
 
     path = Path(tempfile.mkdtemp(prefix="mmp-model-template-")) / "model"
-    reqs = [f"{p}=={pkg_version(p)}" for p in _PINNED]
-    # MLflow warns that pickle is unsafe (skops arrives with the registry issue) and that it
-    # cannot find pip in a uv environment; neither says anything new on every run.
-    quiet = [logging.getLogger(n) for n in ("mlflow.sklearn", "mlflow.utils.environment")]
-    levels = [lg.level for lg in quiet]
-    for lg in quiet:
-        lg.setLevel(logging.ERROR)
+    # MLflow cannot find pip's version in a uv environment and says so on every save.
+    quiet = logging.getLogger("mlflow.utils.environment")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
-        mlflow.sklearn.save_model(DummyRegressor(), str(path), serialization_format="pickle", pip_requirements=reqs)
+        model = DummyRegressor().fit(np.zeros((2, 1)), [0.0, 1.0])
+        mlflow.sklearn.save_model(
+            model,
+            str(path),
+            serialization_format="skops",
+            skops_trusted_types=["numpy.dtype"],
+            pip_requirements=requirements_pins(),
+        )
     finally:
-        for lg, level in zip(quiet, levels, strict=True):
-            lg.setLevel(level)
+        quiet.setLevel(level)
     return str(path)
 
 
-class ModelRegistry:
-    """One MLflow registry (tracking + registry URI) with the few calls the platform needs."""
+def requirements_pins() -> list[str]:
+    return [f"{p}=={pkg_version(p)}" for p in _PINNED]
 
-    def __init__(self, tracking_uri: str, artifact_root: str, role: str):
+
+@dataclass
+class ProductionSnapshot:
+    """The production registry of one use case, from one paginated pass over it."""
+
+    current: dict[str, ModelRef] = field(default_factory=dict)  # key -> version holding the alias
+    versions: dict[str, list[ModelRef]] = field(default_factory=dict)  # key -> all versions, oldest first
+
+    def rolled_back_sources(self, key: str) -> dict[str, ModelRef]:
+        """Candidate artifact sources this key was rolled back from: never re-promoted by the pipeline."""
+        return {
+            r.tags["source_candidate_run"]: r
+            for r in self.versions.get(key, [])
+            if r.tags.get("rolled_back_at") and r.tags.get("source_candidate_run")
+        }
+
+
+class ModelRegistry:
+    """One MLflow registry (tracking + registry URI) with the few calls the platform needs.
+
+    ``writable=False`` makes every write raise :class:`ReadOnlyRegistryError` before it
+    reaches MLflow: that is how stages other than promotion hold the production registry.
+    """
+
+    def __init__(self, tracking_uri: str, artifact_root: str, role: str, writable: bool = True):
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
         self.role = role
+        self.writable = writable
         self._client = None
 
     @property
@@ -121,29 +232,40 @@ class ModelRegistry:
             self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         return self._client
 
+    def _require_writable(self, action: str) -> None:
+        if not self.writable:
+            raise ReadOnlyRegistryError(
+                f"cannot {action}: this code holds the {self.role} registry read-only. Only the promotion "
+                f"stage (promoted_model) and `mmp promote` receive the {self.role} registry's write credentials "
+                "(MMP_PRODUCTION_REGISTRY_WRITE_URI)."
+            )
+
     # experiments and runs: one MLflow run per stage run, holding every key's artifacts
     def experiment_id(self, use_case: str) -> str:
         name = f"mmp/{use_case}"
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
+        self._require_writable("create an experiment")
         location = f"{self.artifact_root.rstrip('/')}/{self.role}/{use_case}"
         return self.client.create_experiment(name, artifact_location=location)
 
     def start_run(self, use_case: str, run_name: str, tags: dict[str, str]) -> tuple[str, str]:
+        self._require_writable("start a run")
         run = self.client.create_run(self.experiment_id(use_case), run_name=run_name, tags=tags)
         return run.info.run_id, run.info.artifact_uri
 
     def finish_run(self, run_id: str, metrics: dict[str, float], status: str = "FINISHED") -> None:
         from mlflow.entities import Metric
 
+        self._require_writable("finish a run")
         now = int(dt.datetime.now().timestamp() * 1000)
         items = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v == v]
         if items:
             self.client.log_batch(run_id, metrics=items)
         self.client.set_terminated(run_id, status=status)
 
-    # registry
+    # registry reads: a constant number of paginated searches per use case
     def _names(self, use_case: str) -> dict[str, Any]:
         prefix = f"{use_case}."
         found, token = {}, None
@@ -156,26 +278,20 @@ class ModelRegistry:
             if not token:
                 return found
 
-    def _versions(self, use_case: str) -> list[Any]:
+    def _versions(self, use_case: str) -> list[ModelRef]:
         out, token = [], None
         while True:
             page = self.client.search_model_versions(
                 filter_string=f"tags.use_case = '{use_case}'", max_results=200_000, page_token=token
             )
-            out.extend(page)
+            out.extend(
+                ModelRef(mv.tags["key"], mv.name, int(mv.version), mv.source, dict(mv.tags))
+                for mv in page
+                if mv.tags.get("key")
+            )
             token = page.token
             if not token:
                 return out
-
-    def register(
-        self, use_case: str, key: str, source: str, run_id: str | None, tags: dict[str, str], existing: set[str]
-    ) -> int:
-        name = registered_model_name(use_case, key)
-        if name not in existing:
-            self.client.create_registered_model(name, tags={"use_case": use_case, "key": key})
-            existing.add(name)
-        mv = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags)
-        return int(mv.version)
 
     def existing_names(self, use_case: str) -> set[str]:
         return set(self._names(use_case))
@@ -183,27 +299,88 @@ class ModelRegistry:
     def latest_versions(self, use_case: str) -> dict[str, ModelRef]:
         """The newest version of every key: one paginated search for the whole use case."""
         latest: dict[str, ModelRef] = {}
-        for mv in self._versions(use_case):
-            key = mv.tags.get("key")
-            if key and (key not in latest or int(mv.version) > latest[key].version):
-                latest[key] = ModelRef(key, mv.name, int(mv.version), mv.source, dict(mv.tags))
+        for ref in self._versions(use_case):
+            if ref.key not in latest or ref.version > latest[ref.key].version:
+                latest[ref.key] = ref
         return latest
 
-    def aliased_versions(self, use_case: str, alias: str = PRODUCTION_ALIAS) -> dict[str, ModelRef]:
-        """key -> the version holding ``alias``, resolved once per run."""
+    def snapshot(self, use_case: str, alias: str = PRODUCTION_ALIAS) -> ProductionSnapshot:
+        """Every key's aliased version and version history: two paginated searches in all."""
         aliased = {
             name: int(m.aliases[alias]) for name, m in self._names(use_case).items() if alias in (m.aliases or {})
         }
-        out: dict[str, ModelRef] = {}
-        for mv in self._versions(use_case):
-            if aliased.get(mv.name) == int(mv.version):
-                key = mv.tags["key"]
-                out[key] = ModelRef(key, mv.name, int(mv.version), mv.source, dict(mv.tags))
-        return out
+        snap = ProductionSnapshot()
+        for ref in sorted(self._versions(use_case), key=lambda r: (r.key, r.version)):
+            snap.versions.setdefault(ref.key, []).append(ref)
+            if aliased.get(ref.name) == ref.version:
+                snap.current[ref.key] = ref
+        return snap
+
+    def aliased_versions(self, use_case: str, alias: str = PRODUCTION_ALIAS) -> dict[str, ModelRef]:
+        """key -> the version holding ``alias``, resolved once per run."""
+        return self.snapshot(use_case, alias).current
+
+    # registry writes
+    def register(
+        self, use_case: str, key: str, source: str, run_id: str | None, tags: dict[str, str], existing: set[str]
+    ) -> int:
+        self._require_writable("register a model version")
+        name = registered_model_name(use_case, key)
+        if name not in existing:
+            try:
+                self.client.create_registered_model(name, tags={"use_case": use_case, "key": key})
+            except Exception as exc:  # another run created it in the meantime
+                if "RESOURCE_ALREADY_EXISTS" not in str(getattr(exc, "error_code", "")) + str(exc):
+                    raise
+            existing.add(name)
+        mv = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+        return int(mv.version)
+
+    def register_many(
+        self,
+        use_case: str,
+        items: Sequence[tuple[str, str, dict[str, str]]],
+        run_id: str | None,
+        after: Callable[[str, int], None] | None = None,
+    ) -> dict[str, int | Exception]:
+        """Register (key, source, tags) items, in parallel threads where the store allows.
+
+        Returns key -> version, or the exception that key's registration raised; ``after`` is
+        called with (key, version) right after each registration (for example to set an alias).
+        """
+        self._require_writable("register model versions")
+        existing = self.existing_names(use_case)
+
+        def one(item: tuple[str, str, dict[str, str]]) -> int | Exception:
+            key, source, tags = item
+            try:
+                version = self.register(use_case, key, source, run_id, tags, existing)
+                if after:
+                    after(key, version)
+                return version
+            except Exception as exc:
+                return exc
+
+        threads = self.parallelism()
+        if threads == 1 or len(items) < 8:
+            results = [one(item) for item in items]
+        else:
+            with ThreadPoolExecutor(threads, thread_name_prefix="mmp-register") as pool:
+                results = list(pool.map(one, items))
+        return {item[0]: result for item, result in zip(items, results, strict=True)}
+
+    def parallelism(self) -> int:
+        """Threads for registry writes: SQLite takes one writer at a time, a server takes several."""
+        if self.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.tracking_uri:
+            return 1
+        return int(os.environ.get("MMP_REGISTRY_THREADS", "4"))
 
     def set_alias(self, use_case: str, key: str, version: int, alias: str = PRODUCTION_ALIAS) -> None:
+        self._require_writable(f"set the {alias!r} alias")
         self.client.set_registered_model_alias(registered_model_name(use_case, key), alias, str(version))
 
-
-def requirements_pins() -> list[str]:
-    return [f"{p}=={pkg_version(p)}" for p in _PINNED]
+    def set_version_tags(self, use_case: str, key: str, version: int, tags: dict[str, str]) -> None:
+        self._require_writable("tag a model version")
+        name = registered_model_name(use_case, key)
+        for k, v in tags.items():
+            self.client.set_model_version_tag(name, str(version), k, v)

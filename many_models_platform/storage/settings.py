@@ -23,7 +23,11 @@ class PlatformSettings(BaseModel):
     lake_storage_options: dict[str, Any] = {}
     candidate_registry_uri: str
     production_registry_uri: str
+    # Write access to production is a separate credential: only the promotion stage and
+    # ``mmp promote`` receive it (see for_stage); everything else reads production.
+    production_registry_write_uri: str | None = None
     artifact_root: str
+    production_artifact_root: str
     warehouse_url: str
 
     @classmethod
@@ -40,6 +44,7 @@ class PlatformSettings(BaseModel):
             ):
                 if env(var):
                     options[opt] = env(var)
+        production = env("MMP_PRODUCTION_REGISTRY_URI") or f"sqlite:///{home_path / 'mlflow' / 'production.db'}"
         return cls(
             home=str(home_path),
             config_path=env("MMP_CONFIG"),
@@ -47,9 +52,11 @@ class PlatformSettings(BaseModel):
             lake_storage_options=options,
             candidate_registry_uri=env("MMP_CANDIDATE_REGISTRY_URI")
             or f"sqlite:///{home_path / 'mlflow' / 'candidate.db'}",
-            production_registry_uri=env("MMP_PRODUCTION_REGISTRY_URI")
-            or f"sqlite:///{home_path / 'mlflow' / 'production.db'}",
+            production_registry_uri=production,
+            production_registry_write_uri=env("MMP_PRODUCTION_REGISTRY_WRITE_URI") or production,
             artifact_root=env("MMP_ARTIFACT_ROOT") or str(home_path / "mlflow" / "artifacts"),
+            production_artifact_root=env("MMP_PRODUCTION_ARTIFACT_ROOT")
+            or str(home_path / "mlflow" / "production-artifacts"),
             warehouse_url=env("MMP_WAREHOUSE_URL") or f"duckdb:///{home_path / 'warehouse' / 'warehouse.duckdb'}",
         )
 
@@ -61,5 +68,16 @@ class PlatformSettings(BaseModel):
                     Path(uri.removeprefix(prefix)).parent.mkdir(parents=True, exist_ok=True)
         if "://" not in self.lake_url:
             Path(self.lake_url).mkdir(parents=True, exist_ok=True)
-        if "://" not in self.artifact_root:
-            Path(self.artifact_root).mkdir(parents=True, exist_ok=True)
+        for root in (self.artifact_root, self.production_artifact_root):
+            if "://" not in root:
+                Path(root).mkdir(parents=True, exist_ok=True)
+
+    def for_stage(self, stage: str) -> PlatformSettings:
+        """These settings as a pipeline stage should see them: only ``promoted_model`` keeps
+        the production registry's write credentials; training, evaluation and scoring read it."""
+        if stage in WRITES_PRODUCTION:
+            return self
+        return self.model_copy(update={"production_registry_write_uri": None})
+
+
+WRITES_PRODUCTION = frozenset({"promoted_model"})

@@ -1,0 +1,366 @@
+"""Registries and promotion against real MLflow stores: SQLite (embedded) and PostgreSQL.
+
+One module fixture per backend runs the pipeline stages (no Dagster) over three days of
+hand-made data whose outcomes are known in advance:
+
+* ``better``: day 2's relationship flips, so the champion fails on the new holdout and the
+  new candidate is promoted;
+* ``worse``: day 2's training rows are noisy while its holdout is clean, so the new candidate
+  is worse than the champion on the *same* holdout and the champion stays;
+* ``noise``: pure noise, below the r2 threshold every day;
+* a hostile key value, unchanged, so its candidate is reused and stays in production.
+
+After day 2 ``better`` is rolled back; day 3 must not promote the rolled-back candidate again.
+On PostgreSQL the production registry is read through a role that may only SELECT, and only
+promotion holds the write URI: the same split a deployment uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from conftest_core import ExplodingRegressor, clear_platform_env, make_spec, regression_body
+from pg_helpers import postgres_database, read_only_role, sqlalchemy_url
+
+from many_models_platform import pipeline as P
+from many_models_platform.core.keys import encode_key, is_encoded_key
+from many_models_platform.lifecycle import model_family, record_rollback, registries, resolve_key, rollback
+from many_models_platform.storage.registry import (
+    HASH_TAG,
+    MODEL_FILE,
+    ModelIntegrityError,
+    ModelRegistry,
+    ReadOnlyRegistryError,
+    RegistryError,
+    load_model_from_source,
+    model_template_dir,
+    registered_model_name,
+    write_model_dir,
+)
+from many_models_platform.storage.settings import PlatformSettings
+from many_models_platform.storage.warehouse import Warehouse
+
+ROWS = 80
+HOSTILE = 'seg/001, "Zürich".. ~%20東京'
+BETTER, WORSE, NOISE = encode_key(["better"]), encode_key(["worse"]), encode_key(["noise"])
+HOSTILE_KEY = encode_key([HOSTILE])
+KEYS = [BETTER, WORSE, NOISE, HOSTILE_KEY]
+DAYS = [dt.date(2025, 6, d) for d in (1, 2, 3)]
+
+
+def use_case():
+    body = regression_body(
+        keys=["segment"],
+        time_column="day",
+        calendar_features=False,
+        metric="r2",
+        candidates=[{"name": "linear", "estimator": "sklearn.linear_model.LinearRegression"}],
+        promotion={"threshold": 0.5, "min_improvement": 0.0},
+        source={"path": "landing/reg/*.csv"},
+    )
+    return make_spec(body, name="reg")
+
+
+def frame(segment: str, y: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> pl.DataFrame:
+    days = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(len(y))]
+    return pl.DataFrame({"segment": segment, "day": days, "x1": x1, "x2": x2, "y": y})
+
+
+def landing_data(day: int) -> pl.DataFrame:
+    rng = np.random.default_rng(7)
+    x1, x2 = rng.normal(size=ROWS), rng.normal(size=ROWS)
+    clean = 2 * x1 + 0.5 * x2
+    n_train = ROWS - round(ROWS * 0.25)
+    better = clean if day == 1 else -2 * x1 + x2
+    worse = clean.copy()
+    if day >= 2:  # noisy training rows, clean holdout rows
+        worse[:n_train] += rng.normal(scale=1.5, size=n_train)
+    noise = rng.normal(size=ROWS)
+    return pl.concat(
+        [
+            frame("better", better, x1, x2),
+            frame("worse", worse, x1, x2),
+            frame("noise", noise, x1, x2),
+            frame(HOSTILE, clean, x1, x2),
+        ]
+    )
+
+
+@dataclass
+class World:
+    backend: str
+    spec: object
+    settings: PlatformSettings
+    days: list[dict[str, dict[str, P.KeyOutcome]]]
+    rollback_done: object
+    scored_after_rollback: dict[str, P.KeyOutcome]
+    read_only_url: str | None = None
+
+    def decisions(self, day: int) -> dict[str, str]:
+        return {k: o.info.get("decision", o.status) for k, o in self.days[day]["promoted_model"].items()}
+
+    def run(self, run_id: str, day: dt.date = DAYS[-1]) -> P.StageRun:
+        return P.StageRun(self.spec, self.settings, run_id=run_id, run_date=day)
+
+
+def run_day(spec, settings, day: dt.date) -> dict[str, dict[str, P.KeyOutcome]]:
+    run = P.StageRun(spec, settings, run_id=f"run-{day.isoformat()}", run_date=day)
+    return {stage: {o.key: o for o in P.run_stage(stage, run, KEYS).outcomes} for stage in P.STAGES}
+
+
+def build_world(backend: str, home: Path, env: dict[str, str]) -> World:
+    with pytest.MonkeyPatch.context() as mp:
+        clear_platform_env(mp)
+        for k, v in env.items():
+            mp.setenv(k, v)
+        settings = PlatformSettings.from_env(home)
+    settings.ensure_local_dirs()
+    spec = use_case()
+    landing = Path(settings.lake_url) / "landing" / "reg"
+    landing.mkdir(parents=True)
+    days = []
+    world = World(backend, spec, settings, days, None, {})
+    for i, day in enumerate(DAYS[:2], start=1):
+        landing_data(i).write_csv(landing / "data.csv")
+        days.append(run_day(spec, settings, day))
+    _, prod = registries(settings, write_production=True)
+    world.rollback_done = rollback(spec, prod, BETTER, by="test")
+    record_rollback(settings, spec, world.rollback_done)
+    run = P.StageRun(spec, settings.for_stage("predictions"), run_id="run-after-rollback", run_date=DAYS[1])
+    world.scored_after_rollback = {o.key: o for o in P.score(run, KEYS).outcomes}
+    days.append(run_day(spec, settings, DAYS[2]))  # same data as day 2
+    return world
+
+
+@contextlib.contextmanager
+def postgres_registries():
+    with postgres_database("mmp_reg_cand") as cand, postgres_database("mmp_reg_prod") as prod:
+        write_url = sqlalchemy_url(prod)
+        ModelRegistry(write_url, "/tmp", "production").client.search_registered_models()  # creates MLflow's schema
+        with read_only_role(prod) as role:
+            yield {
+                "MMP_CANDIDATE_REGISTRY_URI": sqlalchemy_url(cand),
+                "MMP_PRODUCTION_REGISTRY_URI": sqlalchemy_url(prod, user=role),
+                "MMP_PRODUCTION_REGISTRY_WRITE_URI": write_url,
+            }
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def world(request, tmp_path_factory) -> World:
+    home = tmp_path_factory.mktemp(f"mmp_{request.param}")
+    if request.param == "sqlite":
+        yield build_world("sqlite", home, {})
+        return
+    with postgres_registries() as env:
+        w = build_world("postgresql", home, env)
+        w.read_only_url = env["MMP_PRODUCTION_REGISTRY_URI"]
+        yield w
+
+
+def test_day1_first_models_promoted_and_noise_rejected_below_threshold(world):
+    assert world.decisions(0) == {
+        BETTER: "promoted",
+        WORSE: "promoted",
+        NOISE: "rejected",
+        HOSTILE_KEY: "promoted",
+    }
+    noise = world.days[0]["promoted_model"][NOISE]
+    assert noise.info["reason"].startswith("below threshold: r2")
+    assert noise.info["production_version"] is None
+
+
+def test_day2_better_candidate_promoted_and_worse_keeps_champion(world):
+    decisions = world.decisions(1)
+    assert decisions[BETTER] == "promoted"
+    assert decisions[WORSE] == "kept_champion"
+    assert decisions[NOISE] == "rejected"
+    assert decisions[HOSTILE_KEY] == "kept_champion"
+    better = world.days[1]["promoted_model"][BETTER].info
+    assert better["reason"].startswith("beats champion v1")
+    assert better["champion_value"] < better["candidate_value"]
+    assert better["production_version"] == 2
+    worse = world.days[1]["promoted_model"][WORSE].info
+    # measured on the same holdout: the champion scores better than the new candidate
+    assert worse["champion_value"] > worse["candidate_value"] > 0.5
+    assert worse["production_version"] == 1 and "stays" in worse["reason"]
+    hostile = world.days[1]["promoted_model"][HOSTILE_KEY].info
+    assert hostile["reason"] == "this candidate is already in production"
+    assert world.days[1]["model"][HOSTILE_KEY].info.get("reused") is True
+
+
+def test_production_entries_carry_alias_tags_and_their_own_artifacts(world):
+    _, prod = registries(world.settings)
+    snap = prod.snapshot("reg")
+    assert set(snap.current) == {WORSE, HOSTILE_KEY, BETTER}
+    ref = snap.current[WORSE]
+    for tag in ("use_case", "key", "source_candidate_version", "data_fingerprint", HASH_TAG, "promoted_at"):
+        assert ref.tags.get(tag), tag
+    assert ref.tags["metric.r2"] and ref.tags["promoted_by"] == "dagster run run-2025-06-01"
+    # production's copy lives under the production artifact root, not in the candidate store
+    assert ref.source.startswith(world.settings.production_artifact_root)
+    assert ref.tags["source_candidate_run"].startswith(world.settings.artifact_root)
+    mv = prod.client.get_model_version_by_alias(registered_model_name("reg", WORSE), "production")
+    assert int(mv.version) == ref.version == 1
+
+
+def test_rollback_restores_previous_version_and_is_recorded(world):
+    done = world.rollback_done
+    assert (done.from_version, done.to_version) == (2, 1)
+    _, prod = registries(world.settings)
+    snap = prod.snapshot("reg")
+    assert snap.current[BETTER].version == 1
+    v2 = next(r for r in snap.versions[BETTER] if r.version == 2)
+    assert v2.tags["rolled_back_to"] == "1" and v2.tags["rolled_back_by"] == "test"
+    # scoring right after the rollback used v1
+    scored = world.scored_after_rollback[BETTER]
+    assert scored.ok and scored.info["model_version"] == 1
+    wh = Warehouse(world.settings.warehouse_url, read_only=True)
+    try:
+        rows = wh.query(
+            "SELECT decision, champion_version, production_version, decided_by, dagster_run_id "
+            "FROM promotion_history WHERE use_case = 'reg' AND key = :k AND decision = 'rolled_back'",
+            k=BETTER,
+        )
+    finally:
+        wh.dispose()
+    assert rows.height == 1
+    row = rows.row(0, named=True)
+    assert (row["champion_version"], row["production_version"], row["decided_by"]) == (2, 1, "test")
+    assert row["dagster_run_id"].startswith("rollback-")
+
+
+def test_rolled_back_candidate_is_not_promoted_again(world):
+    day3 = world.days[2]["promoted_model"][BETTER].info
+    assert day3["decision"] == "rejected"
+    assert "rolled back" in day3["reason"]
+    _, prod = registries(world.settings)
+    assert prod.snapshot("reg").current[BETTER].version == 1
+
+
+def test_rollback_without_an_earlier_version_is_refused(world):
+    _, prod = registries(world.settings, write_production=True)
+    with pytest.raises(RegistryError, match="first production version"):
+        rollback(world.spec, prod, WORSE)
+    with pytest.raises(RegistryError, match="no production model"):
+        rollback(world.spec, prod, NOISE)
+
+
+def test_model_family_view_uses_a_constant_number_of_registry_calls(world):
+    cand, prod = registries(world.settings)
+    calls = {"n": 0}
+    for reg in (cand, prod):
+        client = reg.client
+        for name in ("search_registered_models", "search_model_versions"):
+            original = getattr(client, name)
+
+            def counted(*a, _original=original, **kw):
+                calls["n"] += 1
+                return _original(*a, **kw)
+
+            setattr(client, name, counted)
+    family = model_family(world.spec, cand, prod)
+    assert calls["n"] == 3
+    status = dict(zip(family["key"], family["status"], strict=True))
+    assert status == {BETTER: "behind", WORSE: "behind", NOISE: "unpromoted", HOSTILE_KEY: "current"}
+    row = family.filter(pl.col("key") == BETTER).row(0, named=True)
+    assert row["candidate_version"] == 2 and row["production_version"] == 1
+    assert row["production_source_version"] == 1
+    assert row["production_value"] > 0.99  # v1 was fit on day 1's clean data
+
+
+def test_training_stages_cannot_write_production(world):
+    for stage in ("model", "evaluation", "predictions", "published"):
+        run = P.StageRun(world.spec, world.settings.for_stage(stage), run_id="x")
+        with pytest.raises(ReadOnlyRegistryError, match="only the promotion stage"):
+            run.production_writer()
+        with pytest.raises(ReadOnlyRegistryError, match="read-only"):
+            run.production().set_alias("reg", WORSE, 1)
+    promotion = P.StageRun(world.spec, world.settings.for_stage("promoted_model"), run_id="x")
+    assert promotion.production_writer().writable
+
+
+@pytest.mark.parametrize("world", ["postgresql"], indirect=True)
+def test_read_only_credentials_are_refused_by_the_store_itself(world):
+    """SQLite has no users: there the read-only registry object above is the guard."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=world.read_only_url, registry_uri=world.read_only_url)
+    assert client.get_registered_model(registered_model_name("reg", WORSE)).aliases["production"] == 1
+    with pytest.raises(Exception, match=r"(?i)permission denied"):
+        client.set_registered_model_alias(registered_model_name("reg", WORSE), "intruder", "1")
+    with pytest.raises(Exception, match=r"(?i)permission denied"):
+        client.create_registered_model("reg.intruder")
+
+
+def test_tampered_artifact_fails_to_load_with_a_clear_error(world):
+    _, prod = registries(world.settings)
+    ref = prod.snapshot("reg").current[HOSTILE_KEY]
+    path = Path(ref.source) / MODEL_FILE
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        with pytest.raises(ModelIntegrityError, match="modified after registration"):
+            load_model_from_source(ref.source, ref.tags[HASH_TAG])
+        outcomes = {o.key: o for o in P.score(world.run("tamper"), KEYS).outcomes}
+        assert outcomes[HOSTILE_KEY].status == "failed"
+        assert "modified after registration" in outcomes[HOSTILE_KEY].reason
+        assert outcomes[WORSE].ok  # one bad artifact never sinks the other keys
+    finally:
+        path.write_bytes(original)
+    assert load_model_from_source(ref.source, ref.tags[HASH_TAG]) is not None
+
+
+def test_hostile_keys_map_to_valid_distinct_registry_names(world):
+    cand, _ = registries(world.settings)
+    names = cand.existing_names("reg")
+    assert registered_model_name("reg", HOSTILE_KEY) in names
+    assert resolve_key(world.spec, HOSTILE, list(names)) == HOSTILE_KEY
+    assert resolve_key(world.spec, f"segment={HOSTILE}") == HOSTILE_KEY
+
+
+def test_models_load_with_mlflow_itself(world):
+    """The directories we write are real MLflow skops models: MLflow loads them with the
+    trusted types recorded in MLmodel."""
+    import mlflow.sklearn
+
+    _, prod = registries(world.settings)
+    ref = prod.snapshot("reg").current[WORSE]
+    model = mlflow.sklearn.load_model(ref.source)
+    assert model.predict(np.zeros((1, 2))).shape == (1,)
+
+
+# --- without a registry ---------------------------------------------------------------
+
+
+def test_distinct_hostile_values_give_distinct_valid_names():
+    values = ["a.b", "a%2Eb", "a/b", "a b", "a_b", "", "~", "..", "Zürich", "東京", "x'y", 'x"y', "a,b"]
+    names = {registered_model_name("uc", encode_key([v])) for v in values}
+    assert len(names) == len(values)
+    for name in names:
+        use_case, _, key = name.partition(".")
+        assert use_case == "uc" and is_encoded_key(key)
+        assert "/" not in name and "'" not in name and " " not in name
+
+
+def test_untrusted_types_are_refused_at_save_time(tmp_path):
+    with pytest.raises(ModelIntegrityError, match="ExplodingRegressor"):
+        write_model_dir(ExplodingRegressor(), str(tmp_path / "m"), model_template_dir())
+    trusted = ["conftest_core.ExplodingRegressor"]
+    sha = write_model_dir(ExplodingRegressor(), str(tmp_path / "ok"), model_template_dir(), [*trusted, "numpy"])
+    with pytest.raises(ModelIntegrityError, match="untrusted types"):
+        load_model_from_source(str(tmp_path / "ok"), sha)  # the default trust list does not include it
+    assert load_model_from_source(str(tmp_path / "ok"), sha, trusted).message == "boom"
+
+
+def test_a_model_without_a_recorded_hash_is_refused(tmp_path):
+    from sklearn.linear_model import Ridge
+
+    write_model_dir(Ridge(), str(tmp_path / "m"), model_template_dir())
+    with pytest.raises(ModelIntegrityError, match="no artifact_sha256"):
+        load_model_from_source(str(tmp_path / "m"), None)
