@@ -223,6 +223,8 @@ class ModelRegistry:
         self.role = role
         self.writable = writable
         self._client = None
+        self._writer = None
+        self._reader: Any = None  # SQLAlchemy engine on MLflow's tables; False when unavailable
 
     @property
     def client(self):
@@ -231,6 +233,20 @@ class ModelRegistry:
 
             self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         return self._client
+
+    @property
+    def writer(self):
+        """MLflow's registry client without ``MlflowClient``'s per-call checks: each alias or
+        version write there first fetches the whole registered model to rule out a prompt
+        (4.5 of 6.8 ms per alias on PostgreSQL). Our names are never prompts."""
+        if self._writer is None:
+            try:
+                from mlflow.tracking._model_registry.client import ModelRegistryClient
+
+                self._writer = ModelRegistryClient(self.tracking_uri, self.tracking_uri)
+            except Exception:  # MLflow moved it: the public client does the same, slower
+                self._writer = self.client
+        return self._writer
 
     def _require_writable(self, action: str) -> None:
         if not self.writable:
@@ -265,20 +281,35 @@ class ModelRegistry:
             self.client.log_batch(run_id, metrics=items)
         self.client.set_terminated(run_id, status=status)
 
-    # registry reads: a constant number of paginated searches per use case
-    def _names(self, use_case: str) -> dict[str, Any]:
-        prefix = f"{use_case}."
-        found, token = {}, None
-        while True:
-            page = self.client.search_registered_models(
-                filter_string=f"name LIKE '{use_case}.%'", max_results=1000, page_token=token
-            )
-            found.update({m.name: m for m in page if m.name.startswith(prefix)})
-            token = page.token
-            if not token:
-                return found
+    # registry reads: a constant number of queries per use case, whatever the number of keys
+    def _sql(self):
+        """An engine on the registry's own database when it is one (SQLite, PostgreSQL, MySQL,
+        SQL Server), else None. MLflow's searches build an ORM entity per version with eager
+        tag loading (0.6 ms each) and compute every model's latest versions (0.7 ms each);
+        reading the four tables ourselves is one query. Writes always go through MLflow."""
+        if self._reader is None:
+            self._reader = False
+            scheme = self.tracking_uri.split(":", 1)[0].split("+", 1)[0]
+            if scheme in ("sqlite", "postgresql", "mysql", "mssql"):
+                import sqlalchemy as sa
 
-    def _versions(self, use_case: str) -> list[ModelRef]:
+                self.client  # noqa: B018 - MLflow creates or upgrades its schema on first use
+                self._reader = sa.create_engine(self.tracking_uri)
+        return self._reader or None
+
+    def _sql_fallback(self, exc: Exception) -> None:
+        logging.getLogger(__name__).warning(
+            "reading MLflow's tables directly failed (%s: %s); using MLflow's search API", type(exc).__name__, exc
+        )
+        self._reader = False
+
+    def _versions(self, use_case: str, latest_only: bool = False) -> list[ModelRef]:
+        engine = self._sql()
+        if engine is not None:
+            try:
+                return _sql_versions(engine, use_case, latest_only)
+            except Exception as exc:
+                self._sql_fallback(exc)
         out, token = [], None
         while True:
             page = self.client.search_model_versions(
@@ -293,22 +324,48 @@ class ModelRegistry:
             if not token:
                 return out
 
+    def _aliases(self, use_case: str, alias: str) -> dict[str, int]:
+        """Registered model name -> version holding ``alias``, for this use case's models."""
+        engine = self._sql()
+        if engine is not None:
+            try:
+                return _sql_aliases(engine, use_case, alias)
+            except Exception as exc:
+                self._sql_fallback(exc)
+        return {name: int(m.aliases[alias]) for name, m in self._names(use_case).items() if alias in (m.aliases or {})}
+
+    def _names(self, use_case: str) -> dict[str, Any]:
+        prefix = f"{use_case}."
+        found, token = {}, None
+        while True:
+            page = self.client.search_registered_models(
+                filter_string=f"name LIKE '{use_case}.%'", max_results=1000, page_token=token
+            )
+            found.update({m.name: m for m in page if m.name.startswith(prefix)})
+            token = page.token
+            if not token:
+                return found
+
     def existing_names(self, use_case: str) -> set[str]:
+        engine = self._sql()
+        if engine is not None:
+            try:
+                return _sql_names(engine, use_case)
+            except Exception as exc:
+                self._sql_fallback(exc)
         return set(self._names(use_case))
 
     def latest_versions(self, use_case: str) -> dict[str, ModelRef]:
         """The newest version of every key: one paginated search for the whole use case."""
         latest: dict[str, ModelRef] = {}
-        for ref in self._versions(use_case):
+        for ref in self._versions(use_case, latest_only=True):
             if ref.key not in latest or ref.version > latest[ref.key].version:
                 latest[ref.key] = ref
         return latest
 
     def snapshot(self, use_case: str, alias: str = PRODUCTION_ALIAS) -> ProductionSnapshot:
         """Every key's aliased version and version history: two paginated searches in all."""
-        aliased = {
-            name: int(m.aliases[alias]) for name, m in self._names(use_case).items() if alias in (m.aliases or {})
-        }
+        aliased = self._aliases(use_case, alias)
         snap = ProductionSnapshot()
         for ref in sorted(self._versions(use_case), key=lambda r: (r.key, r.version)):
             snap.versions.setdefault(ref.key, []).append(ref)
@@ -328,12 +385,12 @@ class ModelRegistry:
         name = registered_model_name(use_case, key)
         if name not in existing:
             try:
-                self.client.create_registered_model(name, tags={"use_case": use_case, "key": key})
+                self.writer.create_registered_model(name, tags={"use_case": use_case, "key": key})
             except Exception as exc:  # another run created it in the meantime
                 if "RESOURCE_ALREADY_EXISTS" not in str(getattr(exc, "error_code", "")) + str(exc):
                     raise
             existing.add(name)
-        mv = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+        mv = self.writer.create_model_version(name, source=source, run_id=run_id, tags=tags)
         return int(mv.version)
 
     def register_many(
@@ -377,10 +434,80 @@ class ModelRegistry:
 
     def set_alias(self, use_case: str, key: str, version: int, alias: str = PRODUCTION_ALIAS) -> None:
         self._require_writable(f"set the {alias!r} alias")
-        self.client.set_registered_model_alias(registered_model_name(use_case, key), alias, str(version))
+        self.writer.set_registered_model_alias(registered_model_name(use_case, key), alias, str(version))
 
     def set_version_tags(self, use_case: str, key: str, version: int, tags: dict[str, str]) -> None:
         self._require_writable("tag a model version")
         name = registered_model_name(use_case, key)
         for k, v in tags.items():
-            self.client.set_model_version_tag(name, str(version), k, v)
+            self.writer.set_model_version_tag(name, str(version), k, v)
+
+
+# --- reading MLflow's registry tables (model_versions, model_version_tags, registered_models,
+# registered_model_aliases; unchanged since MLflow 2.3). Any error falls back to the search API.
+_DELETED = "Deleted_Internal"
+
+
+def _tables():
+    import sqlalchemy as sa
+
+    c = sa.column
+    return (
+        sa.table("model_versions", c("name"), c("version"), c("source"), c("current_stage")),
+        sa.table("model_version_tags", c("name"), c("version"), c("key"), c("value")),
+        sa.table("registered_models", c("name")),
+        sa.table("registered_model_aliases", c("name"), c("alias"), c("version")),
+    )
+
+
+def _sql_versions(engine, use_case: str, latest_only: bool) -> list[ModelRef]:
+    import sqlalchemy as sa
+
+    mv, tags, _, _ = _tables()
+    uc, t = tags.alias("uc"), tags.alias("t")
+    wanted = (
+        sa.select(mv.c.name, mv.c.version)
+        .select_from(mv.join(uc, sa.and_(uc.c.name == mv.c.name, uc.c.version == mv.c.version)))
+        .where(uc.c.key == "use_case", uc.c.value == use_case, mv.c.current_stage != _DELETED)
+    )
+    if latest_only:
+        wanted = wanted.with_only_columns(mv.c.name, sa.func.max(mv.c.version).label("version")).group_by(mv.c.name)
+    w = wanted.subquery("w")
+    query = (
+        sa.select(mv.c.name, mv.c.version, mv.c.source, t.c.key, t.c.value)
+        .select_from(
+            w.join(mv, sa.and_(mv.c.name == w.c.name, mv.c.version == w.c.version)).join(
+                t, sa.and_(t.c.name == mv.c.name, t.c.version == mv.c.version)
+            )
+        )
+        .order_by(mv.c.name, mv.c.version)
+    )
+    refs: dict[tuple[str, int], tuple[str, dict[str, str]]] = {}
+    with engine.connect() as conn:
+        for name, version, source, key, value in conn.execute(query):
+            refs.setdefault((name, int(version)), (source, {}))[1][key] = value
+    return [
+        ModelRef(tag_map["key"], name, version, source, tag_map)
+        for (name, version), (source, tag_map) in refs.items()
+        if tag_map.get("key")
+    ]
+
+
+def _sql_aliases(engine, use_case: str, alias: str) -> dict[str, int]:
+    import sqlalchemy as sa
+
+    *_, aliases = _tables()
+    query = sa.select(aliases.c.name, aliases.c.version).where(
+        aliases.c.alias == alias, aliases.c.name.startswith(f"{use_case}.", autoescape=True)
+    )
+    with engine.connect() as conn:
+        return {name: int(version) for name, version in conn.execute(query)}
+
+
+def _sql_names(engine, use_case: str) -> set[str]:
+    import sqlalchemy as sa
+
+    _, _, models, _ = _tables()
+    query = sa.select(models.c.name).where(models.c.name.startswith(f"{use_case}.", autoescape=True))
+    with engine.connect() as conn:
+        return {name for (name,) in conn.execute(query)}
