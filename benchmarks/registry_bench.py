@@ -3,6 +3,9 @@ Not a test: run it by hand and put the numbers in your note.
 
     uv run python benchmarks/registry_bench.py --keys 1000 --backend postgres
 
+With ``--analyze`` the PostgreSQL planner statistics are refreshed between the two days, as
+autovacuum does between daily runs; without it day 2 runs on statistics from an empty database.
+
 It measures the registry work the pipeline does for N keys, with real MLflow stores and real
 skops model folders, and without the model fitting around it:
 1. candidate registration, as the ``model`` stage does it (``ModelRegistry.register_many``);
@@ -32,7 +35,7 @@ warnings.filterwarnings("ignore")
 
 
 @contextlib.contextmanager
-def stores(backend: str, server: str):
+def stores(backend: str, server: str, keep: bool = False):
     if backend == "sqlite":
         yield {}
         return
@@ -52,7 +55,7 @@ def stores(backend: str, server: str):
         }
     finally:
         with admin.cursor() as cur:
-            for n in names:
+            for n in [] if keep else names:
                 cur.execute(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
 
 
@@ -62,6 +65,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--backend", choices=["sqlite", "postgres"], default="postgres")
     ap.add_argument("--pg", default=os.environ.get("MMP_TEST_PG", "postgresql://postgres@127.0.0.1:5432"))
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the PostgreSQL databases (for EXPLAIN)")
+    ap.add_argument(
+        "--analyze",
+        action="store_true",
+        help="ANALYZE both PostgreSQL databases between the two days, as autovacuum would between daily runs",
+    )
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -81,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = Ridge().fit(np.random.default_rng(0).normal(size=(50, 5)), np.arange(50.0))
     timings: dict[str, float] = {}
 
-    with stores(args.backend, args.pg) as env:
+    with stores(args.backend, args.pg, args.keep) as env:
         os.environ.update(env)
         settings = PlatformSettings.from_env(home)
         settings.ensure_local_dirs()
@@ -130,12 +139,19 @@ def main(argv: list[str] | None = None) -> dict:
             assert family["status"].to_list() == ["current"] * len(keys)
 
         day(1)
+        if args.analyze and env:
+            import sqlalchemy as sa
+
+            for uri in env.values():
+                with sa.create_engine(uri, isolation_level="AUTOCOMMIT").connect() as conn:
+                    conn.exec_driver_sql("ANALYZE")
         day(2)
 
     per_key = {k: v / args.keys * 1000 for k, v in timings.items()}
     registry_total = sum(v for k, v in per_key.items() if k.startswith("day2"))
     result = {
         "backend": args.backend,
+        "analyzed_between_days": bool(args.analyze),
         "keys": args.keys,
         "threads": prod.parallelism(),
         "cpus": os.cpu_count(),
@@ -144,6 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
         "ms_per_key": {k: round(v, 2) for k, v in per_key.items()},
         "registry_ms_per_key_day2": round(registry_total, 2),
     }
+    if args.keep:
+        result["stores"] = env
     if args.json:
         print(json.dumps(result, indent=2))
     else:
