@@ -41,6 +41,23 @@ def test_generate_run_and_status(tmp_path):
     assert "12 keys registered" in status
     assert "published" in status and "training_set" in status
 
+    # the model family: every key's candidate next to its production model, also in the warehouse
+    models = mmp("models", "group_regression", "--limit", "3", home=home).stdout
+    assert "group_regression: 12 keys (current 12); metric rmse" in models
+    assert "… 9 more" in models and "from candidate v1" in models
+    con = duckdb.connect(str(home / "warehouse" / "warehouse.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*), min(status), max(production_version) FROM model_family").fetchone() == (
+        12,
+        "current",
+        1,
+    )
+    con.close()
+    first = sorted(p.stem for p in (home / "lake" / "bronze" / "group_regression").iterdir())[0]
+    proc = mmp("promote", "group_regression", first, "--rollback", home=home, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "rollback refused" in proc.stdout and "first production version" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+
     # a subset of keys reruns only those keys
     keys = sorted(p.stem for p in (home / "lake" / "bronze" / "group_regression").iterdir())[:2]
     rerun = mmp("run", "-u", "group_regression", "--keys", keys[0], "--keys", keys[1], home=home).stdout

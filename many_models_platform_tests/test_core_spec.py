@@ -125,6 +125,32 @@ ERROR_CASES = {
     "source escaping the lake": (regression_body(), "source.path", "../secrets/*.csv", ["source.path"]),
     "no keys": (regression_body(), "keys", [], ["keys"]),
     "min_rows too small": (regression_body(), "min_rows", 1, ["min_rows"]),
+    "promotion threshold outside the metric's range": (
+        regression_body(),
+        "promotion",
+        {"threshold": -0.1},
+        ["promotion.threshold", "-0.1", "rmse"],
+    ),
+    "promotion improvement of 100%": (regression_body(), "promotion", {"min_improvement": 1.0}, ["min_improvement"]),
+    "promotion bound on a metric the task lacks": (
+        regression_body(),
+        "promotion",
+        {"bounds": {"f1": {"min": 0.5}}},
+        ["promotion.bounds", "'f1'", "regression"],
+    ),
+    "promotion bound without min or max": (
+        regression_body(),
+        "promotion",
+        {"bounds": {"r2": {}}},
+        ["promotion.bounds.r2", "set 'min', 'max' or both"],
+    ),
+    "promotion bound with min above max": (
+        regression_body(),
+        "promotion",
+        {"bounds": {"mae": {"min": 3, "max": 1}}},
+        ["promotion.bounds.mae", "greater than max"],
+    ),
+    "promotion unknown rule": (regression_body(), "promotion", {"accuracy_above": 0.8}, ["accuracy_above"]),
 }
 
 

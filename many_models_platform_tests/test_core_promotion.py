@@ -1,0 +1,57 @@
+"""The promotion rule (pipeline.decide) on hand-made evaluation reports: no stores needed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest_core import make_spec, regression_body
+
+from many_models_platform.pipeline import decide
+
+
+def spec(**promotion):
+    return make_spec(regression_body(metric="rmse", promotion=promotion))
+
+
+def report(rmse=1.0, champion=None, r2=0.8, rows_train=100, rows_holdout=25, champion_version=3):
+    return {
+        "metrics": {"rmse": rmse, "r2": r2, "mae": rmse, "mape": 0.1},
+        "rows_train": rows_train,
+        "rows_holdout": rows_holdout,
+        "champion_version": champion_version if champion is not None else None,
+        "champion_metrics": {"rmse": champion} if champion is not None else None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("rule", "rep", "decision", "reason"),
+    [
+        ({}, report(), "promoted", "first model for this key"),
+        ({"threshold": 0.5}, report(rmse=0.7), "rejected", "below threshold: rmse 0.7 does not satisfy <= 0.5"),
+        ({"threshold": 0.5}, report(rmse=0.4), "promoted", "first model"),
+        ({}, report(rmse=0.9, champion=1.0), "promoted", "beats champion v3: rmse 0.9 vs 1"),
+        ({}, report(rmse=1.1, champion=1.0), "kept_champion", "champion v3 stays: rmse 1.1 vs 1"),
+        ({}, report(rmse=1.0, champion=1.0), "kept_champion", "champion v3 stays"),  # a tie keeps the champion
+        ({"min_improvement": 0.05}, report(rmse=0.97, champion=1.0), "kept_champion", "needs 5% improvement"),
+        ({"min_improvement": 0.05}, report(rmse=0.94, champion=1.0), "promoted", "beats champion"),
+        ({"min_rows": 200}, report(rows_train=150), "rejected", "below min_rows: 150 training rows < 200"),
+        ({"min_holdout_rows": 30}, report(), "rejected", "below min_holdout_rows: 25 holdout rows < 30"),
+        ({"bounds": {"r2": {"min": 0.9}}}, report(r2=0.8), "rejected", "bound on r2: 0.8 < min 0.9"),
+        ({"bounds": {"mae": {"max": 0.5}}}, report(rmse=0.7), "rejected", "bound on mae: 0.7 > max 0.5"),
+        ({"bounds": {"r2": {"min": 0.5, "max": 1}}}, report(r2=0.8), "promoted", "first model"),
+        ({}, report(rmse=math.nan), "rejected", "rmse is undefined on the holdout"),
+        ({}, report(champion=math.nan), "promoted", "champion v3 has no rmse on this holdout"),
+    ],
+)
+def test_rule(rule, rep, decision, reason):
+    got_decision, got_reason = decide(spec(**rule), rep)
+    assert (got_decision, reason in got_reason) == (decision, True), got_reason
+
+
+def test_higher_is_better_metric_thresholds_are_minimums():
+    s = make_spec(regression_body(metric="r2", promotion={"threshold": 0.8}))
+    assert decide(s, {**report(r2=0.79), "champion_metrics": None})[0] == "rejected"
+    assert decide(s, {**report(r2=0.81), "champion_metrics": None})[0] == "promoted"
+    better = {**report(r2=0.9), "champion_version": 1, "champion_metrics": {"r2": 0.85}}
+    assert decide(s, better) == ("promoted", "beats champion v1: r2 0.9 vs 0.85")
