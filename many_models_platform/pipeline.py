@@ -31,6 +31,7 @@ from .storage.lake import Lake
 from .storage.registry import (
     HASH_TAG,
     TRUSTED_MODULES,
+    ModelIntegrityError,
     ModelRegistry,
     ReadOnlyRegistryError,
     copy_model_dir,
@@ -412,8 +413,12 @@ def _evaluate_one(key: str, spec: UseCaseSpec, lake: Lake, champions: dict[str, 
         report["champion_source_version"] = champ.get("source_version")
         features = champ["features"]
         if all(c in holdout.columns for c in features):
-            champ_model = load_model_from_source(champ["source"], champ["artifact_sha256"], trusted)
-            report["champion_metrics"] = evaluate(spec, champ_model, features, holdout)
+            try:
+                champ_model = load_model_from_source(champ["source"], champ["artifact_sha256"], trusted)
+            except ModelIntegrityError as exc:  # a tampered or pre-skops champion: let a candidate replace it
+                report["champion_note"] = f"champion cannot be loaded, not compared: {exc}"
+            else:
+                report["champion_metrics"] = evaluate(spec, champ_model, features, holdout)
         else:
             report["champion_note"] = "champion features differ from this training set; not compared"
     return report

@@ -305,6 +305,10 @@ def test_tampered_artifact_fails_to_load_with_a_clear_error(world):
         assert outcomes[HOSTILE_KEY].status == "failed"
         assert "modified after registration" in outcomes[HOSTILE_KEY].reason
         assert outcomes[WORSE].ok  # one bad artifact never sinks the other keys
+        # evaluation does not fail the key: the unloadable champion is just not compared
+        evaluated = P.evaluate_models(world.run("tamper"), [HOSTILE_KEY]).outcomes[0]
+        assert evaluated.ok and evaluated.info["champion_metrics"] is None
+        assert "champion cannot be loaded" in evaluated.info["champion_note"]
     finally:
         path.write_bytes(original)
     assert load_model_from_source(ref.source, ref.tags[HASH_TAG]) is not None

@@ -5,6 +5,8 @@ set the environment variables, or the fields in a deployment's run config, to po
 ADLS, a PostgreSQL-backed MLflow or Synapse.
 """
 
+import os
+
 from dagster import ConfigurableResource
 
 from ..storage.settings import PlatformSettings
@@ -17,7 +19,9 @@ class PlatformResource(ConfigurableResource):
     lake_url: str | None = None
     candidate_registry_uri: str | None = None
     production_registry_uri: str | None = None
+    production_registry_write_uri: str | None = None
     artifact_root: str | None = None
+    production_artifact_root: str | None = None
     warehouse_url: str | None = None
 
     def settings(self) -> PlatformSettings:
@@ -28,11 +32,18 @@ class PlatformResource(ConfigurableResource):
                 "lake_url": self.lake_url,
                 "candidate_registry_uri": self.candidate_registry_uri,
                 "production_registry_uri": self.production_registry_uri,
+                "production_registry_write_uri": self.production_registry_write_uri,
                 "artifact_root": self.artifact_root,
+                "production_artifact_root": self.production_artifact_root,
                 "warehouse_url": self.warehouse_url,
             }.items()
             if v
         }
+        if self.production_registry_uri and not self.production_registry_write_uri:
+            # like from_env: without separate write credentials, promotion writes where it reads
+            overrides["production_registry_write_uri"] = (
+                os.environ.get("MMP_PRODUCTION_REGISTRY_WRITE_URI") or self.production_registry_uri
+            )
         settings = base.model_copy(update=overrides)
         settings.ensure_local_dirs()
         return settings
