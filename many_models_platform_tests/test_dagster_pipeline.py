@@ -323,6 +323,11 @@ def test_rerun_for_the_same_run_date_never_duplicates_rows(platform):
         )[0][0]
     # one promotion decision per key per run: history grows by decisions, never by republishing
     assert [c["promotion_history"] for c in counts] == [10, 20, 30]
+    # each key's promoted_model materialization carries its decision and reason for the UI
+    meta = materialization_metadata(instance, "group_regression", "promoted_model")
+    assert len(meta) == 10
+    assert {m["decision"] for m in meta.values()} == {"kept_champion"}
+    assert {m["reason"] for m in meta.values()} == {"this candidate is already in production"}
     for c in counts:
         c.pop("promotion_history")
     # the first run has no champion to compare with; from the second on, everything is stable
