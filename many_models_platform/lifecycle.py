@@ -1,7 +1,7 @@
 """A use case's models across the two registries: the family view and rollback. No Dagster.
 
-Both work on whole use cases with a constant number of registry calls (three paginated
-searches), however many keys there are, and both feed the warehouse for BI.
+Both read whole use cases with a constant number of registry queries (three), however many
+keys there are, and both feed the warehouse for BI.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .storage.registry import ModelRef, ModelRegistry, ProductionSnapshot, Regis
 from .storage.settings import PlatformSettings
 from .storage.warehouse import Warehouse
 
+ROLLBACK_TAGS = ("rolled_back_at", "rolled_back_by", "rolled_back_to")
 FAMILY_STATUSES = ("current", "behind", "unpromoted", "production_only")
 FAMILY_SCHEMA = {
     "use_case": pl.Utf8,
@@ -159,14 +160,18 @@ def rollback(
         target = older[-1]
     now = dt.datetime.now(dt.UTC)
     production.set_alias(spec.name, key, target.version)
-    production.set_version_tags(
-        spec.name,
-        key,
-        current.version,
-        {"rolled_back_at": now.isoformat(), "rolled_back_by": by, "rolled_back_to": str(target.version)},
-    )
+    if target.version < current.version:  # going back: the version left is marked as rolled back
+        production.set_version_tags(
+            spec.name,
+            key,
+            current.version,
+            {"rolled_back_at": now.isoformat(), "rolled_back_by": by, "rolled_back_to": str(target.version)},
+        )
+    # the restored version is trusted again, even if it had been rolled back from before
+    production.delete_version_tags(spec.name, key, target.version, [t for t in ROLLBACK_TAGS if t in target.tags])
     production.set_version_tags(spec.name, key, target.version, {"restored_at": now.isoformat(), "restored_by": by})
-    reason = f"rolled back from v{current.version} to v{target.version}"
+    direction = "rolled back" if target.version < current.version else "rolled forward"
+    reason = f"{direction} from v{current.version} to v{target.version}"
     row = {
         "use_case": spec.name,
         "key": key,

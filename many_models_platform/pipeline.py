@@ -522,7 +522,7 @@ def decide(spec: UseCaseSpec, report: dict) -> tuple[str, str]:
 def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
     """Apply the rule per key; copy passing candidates into the production registry.
 
-    The production registry is resolved once (two paginated searches); the passing models'
+    The production registry is read once (two queries); the passing models'
     artifacts are copied under the production artifact root, so production never points into
     the candidate store; registrations go out in one batch (parallel on a server store).
     """

@@ -265,3 +265,13 @@ def test_candidate_build_gives_fresh_configured_estimators():
     assert gbm.get_params()["verbose"] == -1  # LightGBM is kept quiet unless asked otherwise
     assert spec.candidates[0].build() is not ridge
     assert spec.candidates[0].build().get_params() == ridge.get_params()
+
+
+def test_trusted_types_name_estimators_where_they_are_defined():
+    """skops names a type by its defining module, not by the path the config imports it from."""
+    spec = make_spec(regression_body(trusted_modules=["xgboost"]))
+    assert spec.trusted_types == [
+        "sklearn.dummy.DummyRegressor",
+        "sklearn.linear_model._base.LinearRegression",
+        "xgboost",
+    ]

@@ -374,3 +374,18 @@ def test_direct_table_reads_match_mlflows_search_api(world):
         assert fast[0] == slow[0]
         assert fast[1].current == slow[1].current and fast[1].versions == slow[1].versions
         assert fast[2] == slow[2] and len(fast[2]) == (4 if reg.role == "candidate" else 3)
+
+
+def test_roll_forward_then_back_again(world):
+    """Undoing a rollback with --to-version trusts the restored version again, so the next
+    plain rollback goes back one step instead of skipping it (runs last: it ends where it began)."""
+    _, prod = registries(world.settings, write_production=True)
+    forward = rollback(world.spec, prod, BETTER, by="test", to_version=2)
+    assert (forward.from_version, forward.to_version) == (1, 2)
+    assert forward.history_row["reason"] == "rolled forward from v1 to v2"
+    snap = prod.snapshot("reg")
+    assert snap.current[BETTER].version == 2 and "rolled_back_at" not in snap.current[BETTER].tags
+    assert not any(r.tags.get("rolled_back_at") for r in snap.versions[BETTER])
+    back = rollback(world.spec, prod, BETTER, by="test")
+    assert (back.from_version, back.to_version) == (2, 1)
+    assert prod.snapshot("reg").current[BETTER].version == 1

@@ -251,7 +251,10 @@ class UseCaseSpec(_Strict):
     def trusted_types(self) -> list[str]:
         """Type-name prefixes a saved model of this use case may hold beyond the platform's
         defaults: the configured estimator classes and ``trusted_modules``."""
-        return [*(c.estimator for c in self.candidates), *self.trusted_modules]
+        # skops names types by where they are defined (xgboost.sklearn.XGBRegressor), which
+        # is not always the import path in the config (xgboost.XGBRegressor)
+        defined = [f"{(cls := resolve_estimator(c.estimator)).__module__}.{cls.__qualname__}" for c in self.candidates]
+        return [*defined, *self.trusted_modules]
 
     @cached_property
     def model_hash(self) -> str:

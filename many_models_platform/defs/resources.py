@@ -5,8 +5,6 @@ set the environment variables, or the fields in a deployment's run config, to po
 ADLS, a PostgreSQL-backed MLflow or Synapse.
 """
 
-import os
-
 from dagster import ConfigurableResource
 
 from ..storage.settings import PlatformSettings
@@ -40,10 +38,9 @@ class PlatformResource(ConfigurableResource):
             if v
         }
         if self.production_registry_uri and not self.production_registry_write_uri:
-            # like from_env: without separate write credentials, promotion writes where it reads
-            overrides["production_registry_write_uri"] = (
-                os.environ.get("MMP_PRODUCTION_REGISTRY_WRITE_URI") or self.production_registry_uri
-            )
+            # never read one store and write another: without its own write URI, promotion writes
+            # where this resource says production is
+            overrides["production_registry_write_uri"] = self.production_registry_uri
         settings = base.model_copy(update=overrides)
         settings.ensure_local_dirs()
         return settings

@@ -1,11 +1,12 @@
 """MLflow registries: a *candidate* store that training writes, a *production* store that
 only promotion writes.
 
-Costs shape this module (see DESIGN.md): ``log_model`` with defaults takes seconds per
-model, so workers write the MLflow model directory themselves from a template saved once
-per process; registration goes through ``MlflowClient`` (in parallel threads where the
-store allows); and the key -> version map is resolved with a constant number of paginated
-searches, never one search per key.
+Costs shape this module (see DESIGN.md and docs/registry.md): ``log_model`` with defaults
+takes seconds per model, so workers write the MLflow model directory themselves from a
+template saved once per process; registration goes through MLflow's registry client (in
+parallel threads where the store allows); and the key -> version maps are read with one
+query each from MLflow's tables (MLflow's search API as the fallback), never one search
+per key.
 
 Models are stored with skops, not pickle. Loading accepts only types from trusted packages
 and first checks the artifact's SHA-256 against the hash recorded at registration, so a
@@ -435,6 +436,11 @@ class ModelRegistry:
     def set_alias(self, use_case: str, key: str, version: int, alias: str = PRODUCTION_ALIAS) -> None:
         self._require_writable(f"set the {alias!r} alias")
         self.writer.set_registered_model_alias(registered_model_name(use_case, key), alias, str(version))
+
+    def delete_version_tags(self, use_case: str, key: str, version: int, names: Sequence[str]) -> None:
+        self._require_writable("untag a model version")
+        for name in names:
+            self.writer.delete_model_version_tag(registered_model_name(use_case, key), str(version), name)
 
     def set_version_tags(self, use_case: str, key: str, version: int, tags: dict[str, str]) -> None:
         self._require_writable("tag a model version")
