@@ -305,7 +305,7 @@ def models(
     config: ConfigOpt = None,
     home: HomeOpt = None,
 ) -> None:
-    """Every key's candidate and production model side by side (three registry searches in all)."""
+    """Every key's candidate and production model side by side (three registry queries in all)."""
     settings, cfg = _setup(config, home)
     from .lifecycle import FAMILY_STATUSES, model_family, registries
     from .storage.warehouse import Warehouse
@@ -367,11 +367,19 @@ def promote(
     except RegistryError as exc:
         console.print(f"[red]rollback refused[/red]: {exc}")
         raise typer.Exit(1) from None
-    record_rollback(settings, spec, done)
-    console.print(
-        f"{spec.name} / {done.history_row['key']}: production v{done.from_version} -> v{done.to_version} "
-        "(recorded in promotion_history)"
-    )
+    from .core.keys import key_label
+
+    label = key_label(spec.keys, done.key)
+    console.print(f"{spec.name} / {label}: production v{done.from_version} -> v{done.to_version}")
+    try:
+        record_rollback(settings, spec, done)
+    except Exception as exc:  # the registry has moved; say so plainly rather than with a traceback
+        console.print(
+            f"[red]the rollback is done in the registry, but recording it in the warehouse failed[/red]: "
+            f"{type(exc).__name__}: {exc}\nrow for promotion_history: {done.history_row}"
+        )
+        raise typer.Exit(1) from None
+    console.print("recorded in promotion_history; model_family refreshed")
 
 
 def _use_case(cfg, name: str):
@@ -391,6 +399,40 @@ def dev(home: HomeOpt = None, port: int = 3000) -> None:
     prepare_instance(settings)
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-p", str(port)]
     raise typer.Exit(subprocess.call(cmd, cwd=REPO_ROOT))
+
+
+@app.command()
+def bi(
+    home: HomeOpt = None,
+    select: Annotated[list[str] | None, typer.Option("--select", "-s", help="dbt selection; default all")] = None,
+    all_tests: Annotated[bool, typer.Option("--all-tests", help="List passing tests too")] = False,
+) -> None:
+    """Build the dbt BI marts on the warehouse (`dbt build`: models, then their tests) and show each node's result."""
+    settings, _ = _setup(None, home)
+    from .defs.dbt import build_bi_marts
+
+    try:
+        result = build_bi_marts(settings, select=select)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    t = Table(title=f"dbt build on target {result.target}: {len(result.nodes)} nodes in {result.seconds:.1f}s")
+    for col in ("node", "type", "status", "seconds", "failures"):
+        t.add_column(col, overflow="fold")
+    for n in result.nodes:
+        if n.resource_type == "test" and n.status == "pass" and not all_tests:
+            continue
+        color = {"error": "red", "fail": "red", "warn": "yellow", "skipped": "yellow"}.get(n.status)
+        status = f"[{color}]{n.status}[/{color}]" if color else n.status
+        t.add_row(n.name, n.resource_type, status, f"{n.seconds:.2f}", "" if n.failures is None else str(n.failures))
+    console.print(t)
+    console.print("results: " + ", ".join(f"{k} {v}" for k, v in sorted(result.counts().items())))
+    for n in result.failed:
+        console.print(f"[red]{n.status}[/red] {n.name}: {n.message}")
+    if not result.nodes:
+        console.print(result.output[-4000:])
+    console.print(f"dbt artifacts and log: {result.target_path}")
+    raise typer.Exit(0 if result.success else 1)
 
 
 @app.command("mlflow-ui")

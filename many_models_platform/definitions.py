@@ -1,4 +1,5 @@
-"""The Dagster code location: one asset group per use case, from one factory."""
+"""The Dagster code location: one asset group per use case, from one factory, and above them
+the warehouse tables and the dbt BI models (group ``bi``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 from dagster import Definitions, in_process_executor
 
 from .core.spec import load_config
+from .defs.dbt import build_bi_assets
 from .defs.discovery import build_discovery_job
 from .defs.factory import build_pipeline_job, build_use_case_assets
 from .defs.resources import PlatformResource
@@ -18,6 +20,9 @@ def build_definitions(config_path: str | None = None) -> Definitions:
     for spec in config.use_cases.values():
         assets += build_use_case_assets(spec, config)
         jobs += [build_pipeline_job(spec), build_discovery_job(spec)]
+    bi_assets, bi_jobs = build_bi_assets(config.use_cases)
+    assets += bi_assets
+    jobs += bi_jobs
     # In process: each use case's assets are a chain, so step processes would add start-up
     # (about 8 s a step) and no parallelism. The parallelism is the per-key worker pool.
     return Definitions(

@@ -88,6 +88,17 @@ def test_full_asset_graph_for_all_shipped_use_cases(platform):
     for _key, n, first, last in rows:
         assert n == retail.horizon
         assert (last - first) == dt.timedelta(weeks=retail.horizon - 1)
+    # forecasts also score today's holdout, with actuals, so BI can measure forecast accuracy
+    holdout = query(
+        settings,
+        "SELECT key, count(*), count(actual), max(period) FROM predictions "
+        "WHERE use_case = 'retail_demand' AND kind = 'holdout' GROUP BY key",
+    )
+    first_forecast = {r[0]: r[2] for r in rows}
+    assert {r[0] for r in holdout} == set(promoted)
+    for key, n, n_actual, last in holdout:
+        assert n == n_actual == retail.holdout.periods
+        assert last == first_forecast[key] - dt.timedelta(weeks=1)
 
     # every stage of every key has a status row, and run summaries exist per use case
     statuses = query(settings, "SELECT use_case, count(DISTINCT key), count(*) FROM key_status GROUP BY use_case")

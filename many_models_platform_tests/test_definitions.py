@@ -48,8 +48,9 @@ def test_each_use_case_is_one_group_of_seven_assets_on_one_partitions_definition
     groups: dict[str, set] = {}
     for node in snap.values():
         groups.setdefault(node["group"], set()).add(node["partitions"])
-    assert set(groups) == {"retail_demand", "sensor_anomaly", "group_regression"}
-    assert all(len(parts) == 1 for parts in groups.values())
+    # plus the warehouse tables and the dbt models over them (not partitioned)
+    assert set(groups) == {"retail_demand", "sensor_anomaly", "group_regression", "warehouse", "bi"}
+    assert all(len(parts) == 1 for parts in groups.values()) and groups["bi"] == {None}
     assert sum(1 for n in snap.values() if n["group"] == "retail_demand") == 7
     assert snap["retail_demand/raw"]["backfill"] == ["SINGLE_RUN", None]
     assert snap["retail_demand/model"]["backfill"][0] == "MULTI_RUN"
