@@ -245,7 +245,22 @@ def demo(
         _generate(settings, cfg, name, n, rows)
         console.print(f"generated {name}: {n} keys x {rows} rows")
     ok = _run(settings, cfg, list(DEMO_SIZES))
-    raise typer.Exit(0 if ok else 1)
+    from .bi import build_bi_marts
+
+    console.print("\n[bold]BI marts[/bold] (dbt build on the warehouse; `uv run mmp bi` shows every node)")
+    result = build_bi_marts(settings)
+    counts = result.counts()
+    models = sum(1 for n in result.nodes if n.resource_type == "model")
+    tests = sum(1 for n in result.nodes if n.resource_type == "test")
+    console.print(
+        f"  {models} models and {tests} tests in {result.seconds:.1f}s: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    )
+    for n in result.failed:
+        console.print(f"  [red]{n.status}[/red] {n.name}: {n.message}")
+    if not result.nodes:
+        console.print(result.output[-4000:])
+    raise typer.Exit(0 if ok and result.success else 1)
 
 
 @app.command()
@@ -409,7 +424,7 @@ def bi(
 ) -> None:
     """Build the dbt BI marts on the warehouse (`dbt build`: models, then their tests) and show each node's result."""
     settings, _ = _setup(None, home)
-    from .defs.dbt import build_bi_marts
+    from .bi import build_bi_marts
 
     try:
         result = build_bi_marts(settings, select=select)

@@ -1,4 +1,4 @@
-"""The dbt BI layer (dbt_project/, defs/dbt.py): real dbt on real DuckDB and PostgreSQL warehouses.
+"""The dbt BI layer (dbt_project/, bi.py, defs/dbt.py): real dbt on real DuckDB and PostgreSQL warehouses.
 
 - hand-made warehouse rows pin down each mart's definitions (later actuals, degradation,
   rollbacks, percentiles), and a bad row makes a dbt test fail;
@@ -27,8 +27,7 @@ import sqlalchemy as sa
 from dagster import AssetKey
 from dagster_helpers import land, land_generated, run_pipeline, write_config
 
-from many_models_platform.definitions import build_definitions
-from many_models_platform.defs.dbt import (
+from many_models_platform.bi import (
     BI_JOB,
     DBT_PROJECT_DIR,
     WAREHOUSE_TABLES,
@@ -41,6 +40,7 @@ from many_models_platform.defs.dbt import (
     prepare_manifest,
     run_dbt,
 )
+from many_models_platform.definitions import build_definitions
 from many_models_platform.storage.settings import PlatformSettings
 from many_models_platform.storage.warehouse import Warehouse, metadata
 
@@ -541,8 +541,8 @@ FORECAST, BACKTEST = "demand_forecast", "demand_backtest"
 
 def run_small_pipeline(settings, instance, home: Path, use_cases=(FORECAST, BACKTEST)) -> tuple[Path, set[str]]:
     """Use cases on one landing zone of 3 good keys and a bad one (12 rows, min_rows 30):
-    a weekly forecast (forecast rows, no actuals yet) and a regression over the same weeks
-    (holdout rows with actuals)."""
+    a weekly forecast (forecast rows without actuals yet, and today's holdout with them) and a
+    regression over the same weeks (holdout rows with actuals)."""
     common = {
         "source": {"path": "landing/retail_demand/*.csv"},
         "keys": ["store", "brand"],
@@ -578,19 +578,21 @@ def run_small_pipeline(settings, instance, home: Path, use_cases=(FORECAST, BACK
 
 def assert_marts_are_sensible(url: str, good: set[str], use_cases=(FORECAST, BACKTEST)) -> None:
     fva = rows(url, "SELECT use_case, key_label, kind, has_actual, week_start, error FROM bi.fct_forecast_vs_actual")
-    expected = {FORECAST: ("forecast", 0), BACKTEST: ("holdout", 1)}
-    assert {(r["use_case"], r["kind"]) for r in fva} == {(uc, expected[uc][0]) for uc in use_cases}
+    # kind -> whether its rows have actuals: a forecast also scores today's holdout
+    expected = {FORECAST: {"forecast": 0, "holdout": 1}, BACKTEST: {"holdout": 1}}
+    assert {(r["use_case"], r["kind"]) for r in fva} == {(uc, k) for uc in use_cases for k in expected[uc]}
     for use_case in use_cases:
-        kind, with_actual = expected[use_case]
-        mine = [r for r in fva if r["use_case"] == use_case]
-        assert {r["key_label"] for r in mine} == good  # the bad key has no predictions
-        assert len(mine) == 8 * len(good) and {r["kind"] for r in mine} == {kind}
-        assert {r["has_actual"] for r in mine} == {with_actual}
-        assert all(r["week_start"].weekday() == 0 for r in mine)  # the generator's weeks start on Monday
+        for kind, with_actual in expected[use_case].items():
+            mine = [r for r in fva if r["use_case"] == use_case and r["kind"] == kind]
+            assert {r["key_label"] for r in mine} == good  # the bad key has no predictions
+            assert len(mine) == 8 * len(good)
+            assert {r["has_actual"] for r in mine} == {with_actual}
+            assert all(r["week_start"].weekday() == 0 for r in mine)  # the generator's weeks start on Monday
     weekly = rows(
         url, "SELECT key_label, n_periods, wape FROM bi.mart_forecast_vs_actual_weekly WHERE kind = 'holdout'"
     )
-    assert len(weekly) == 8 * len(good) and all(r["n_periods"] == 1 and r["wape"] >= 0 for r in weekly)
+    assert len(weekly) == 8 * len(good) * len(use_cases)
+    assert all(r["n_periods"] == 1 and r["wape"] >= 0 for r in weekly)
 
     acc = rows(url, "SELECT * FROM bi.mart_accuracy_distribution")
     summary = {r["use_case"]: r for r in rows(url, "SELECT use_case, metric_p50 FROM run_summary")}
