@@ -241,8 +241,11 @@ def build_bi_marts(
     if select:
         args += ["--select", *select]
     t0 = time.perf_counter()
-    wait_for_warehouse(target)
-    proc = run_dbt(args, project_dir, env=target.env)
+    from filelock import FileLock  # a dependency of dagster
+
+    # one build at a time per data directory: they share target/ (run_results.json, partial parse)
+    with FileLock(str(target_path.parent / ".build.lock"), timeout=_LOCK_WAIT_SECONDS * 5):
+        proc = _build_when_free(target, args, project_dir)
     result = BiBuildResult(
         target.name, proc.returncode, time.perf_counter() - t0, target_path, output=proc.stdout + proc.stderr
     )
@@ -292,6 +295,20 @@ def wait_for_warehouse(target: DbtTarget, timeout: float = _LOCK_WAIT_SECONDS) -
             if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def _build_when_free(target: DbtTarget, args: list[str], project_dir: Path):
+    """Run dbt once the warehouse is free; on DuckDB, a publisher can take the file between the
+    check and dbt's own connection, so a build that failed on the lock is retried until the deadline."""
+    deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+    while True:
+        wait_for_warehouse(target, timeout=max(1.0, deadline - time.monotonic()))
+        proc = run_dbt(args, project_dir, env=target.env)
+        output = proc.stdout + proc.stderr
+        locked = target.duckdb_path and proc.returncode != 0 and "Could not set lock on file" in output
+        if not locked or time.monotonic() > deadline:
+            return proc
+        time.sleep(1.0)
 
 
 def _dbt_command() -> list[str]:

@@ -431,6 +431,9 @@ def bi(
     except (FileNotFoundError, ValueError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    except Exception as exc:  # e.g. the DuckDB file stayed locked by another writer for too long
+        console.print(f"[red]dbt build could not start[/red]: {type(exc).__name__}: {exc}")
+        raise typer.Exit(1) from None
     t = Table(title=f"dbt build on target {result.target}: {len(result.nodes)} nodes in {result.seconds:.1f}s")
     for col in ("node", "type", "status", "seconds", "failures"):
         t.add_column(col, overflow="fold")

@@ -653,7 +653,12 @@ def _score_one(key: str, spec: UseCaseSpec, lake: Lake, production: dict[str, di
     )
     lake.write_parquet(lake.key_path("predictions", spec.name, key, ".parquet"), out)
     kinds = {kind: rows.height for rows, kind in segments}
-    return {"rows": out.height, "kind": segments[-1][1], "rows_by_kind": kinds, "model_version": prod["version"]}
+    return {
+        "rows": out.height,
+        "kind": ", ".join(kinds),  # e.g. "holdout, forecast"
+        **{f"rows_{kind}": n for kind, n in kinds.items()},
+        "model_version": prod["version"],
+    }
 
 
 def _todays_holdout(spec: UseCaseSpec, lake: Lake, key: str) -> pl.DataFrame | None:

@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import polars as pl
@@ -26,6 +25,7 @@ import pytest
 import sqlalchemy as sa
 from dagster import AssetKey
 from dagster_helpers import land, land_generated, run_pipeline, write_config
+from pg_helpers import postgres_database, sqlalchemy_url
 
 from many_models_platform.bi import (
     BI_JOB,
@@ -62,8 +62,6 @@ MODELS = {
     "mart_model_family_current",
 }
 STAGES = ("raw", "training_set", "model", "evaluation", "promoted_model", "predictions", "published")
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-PG_SERVER = os.environ.get("MMP_TEST_PG", "postgresql://postgres@127.0.0.1:5432")  # trust auth
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -261,27 +259,10 @@ def test_the_sqlserver_target_compiles_offline(tmp_path):
 def pg_warehouse(mmp_home, monkeypatch) -> str:
     """A throwaway PostgreSQL database as MMP_WAREHOUSE_URL; dropped afterwards. Without a server
     the test skips, or fails when CI=true."""
-    import psycopg2
-
-    try:
-        admin = psycopg2.connect(f"{PG_SERVER}/postgres", connect_timeout=5)
-    except psycopg2.OperationalError as exc:
-        message = f"PostgreSQL is not reachable at {PG_SERVER}: {exc}"
-        if IN_CI:
-            pytest.fail(f"{message} (CI=true: this test fails instead of skipping)")
-        pytest.skip(message)
-    admin.autocommit = True
-    name = f"mmp_dbt_{uuid.uuid4().hex}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    url = f"{PG_SERVER.replace('postgresql://', 'postgresql+psycopg2://', 1)}/{name}"
-    monkeypatch.setenv("MMP_WAREHOUSE_URL", url)
-    try:
+    with postgres_database("mmp_dbt") as name:
+        url = sqlalchemy_url(name)
+        monkeypatch.setenv("MMP_WAREHOUSE_URL", url)
         yield url
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import argparse
 import datetime as dt
 import io
 import math
-import os
 import re
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import sqlalchemy as sa
+from pg_helpers import postgres_database, sqlalchemy_url
 from sqlalchemy.schema import CreateTable
 
 from many_models_platform.storage import warehouse as W
@@ -32,8 +32,6 @@ from many_models_platform.storage.warehouse import Warehouse
 
 DAY = dt.date(2025, 3, 1)
 NOW = dt.datetime(2025, 3, 1, 12, 0, 0, 123456)
-PG_SERVER = os.environ.get("MMP_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 HOSTILE = [
     "plain",
     'it\'s "quoted"',
@@ -160,27 +158,8 @@ def counts(wh: Warehouse) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def pg_database():
     """A throwaway database on the PostgreSQL server, dropped at the end of the module."""
-    import psycopg2
-
-    server = sa.make_url(PG_SERVER)
-    try:
-        admin = psycopg2.connect(
-            host=server.host, port=server.port or 5432, user=server.username, dbname="postgres", connect_timeout=5
-        )
-    except psycopg2.OperationalError as exc:
-        if IN_CI:
-            pytest.fail(f"PostgreSQL at {PG_SERVER} is unreachable and CI is set: {exc}")
-        pytest.skip(f"PostgreSQL at {PG_SERVER} is unreachable: {exc}")
-    admin.autocommit = True
-    name = f"mmp_test_{uuid.uuid4().hex}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield server.set(drivername="postgresql+psycopg2", database=name)
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with postgres_database("mmp_test") as name:
+        yield sa.make_url(sqlalchemy_url(name))
 
 
 @pytest.fixture
