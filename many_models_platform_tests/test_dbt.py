@@ -266,16 +266,11 @@ def pg_warehouse(mmp_home, monkeypatch) -> str:
 
 
 @pytest.fixture
-def pg_platform(pg_warehouse):
-    """(settings, instance) like `platform`, with the warehouse in a throwaway PostgreSQL database."""
-    from many_models_platform.defs.runner import prepare_instance
-
-    settings = PlatformSettings.from_env()
-    settings.ensure_local_dirs()
-    instance = prepare_instance(settings)
-    yield settings, instance
-    instance.dispose()
-    os.environ.pop("DAGSTER_HOME", None)
+def pg_platform(pg_warehouse, platform):
+    """(settings, instance) like `platform`, with the warehouse in a throwaway PostgreSQL database
+    (pg_warehouse sets MMP_WAREHOUSE_URL before `platform` reads the environment)."""
+    assert platform[0].warehouse_url == pg_warehouse
+    return platform
 
 
 # --- the marts' definitions on hand-made rows, and a failing test ------------------------------
