@@ -11,7 +11,9 @@ an 8-week holdout):
 3. the naive way for a few keys: one Dagster run per key, each in its own process as a run
    launcher starts it, with a default `mlflow.log_model` (benchmarks/naive_defs.py).
 It prints the overhead ratio (1 / 2, target <= 1.3x) and the per-key cost ratio (3 / 1,
-target >= 50x).
+target >= 50x). `--dagster-storage postgres` and `--store-backend postgres` put the Dagster
+instance, and the MLflow registries and warehouse, in fresh PostgreSQL databases (the scale
+setup); the databases are left for inspection.
 """
 
 from __future__ import annotations
@@ -111,26 +113,33 @@ def naive_per_key(home: Path, keys: list[str]) -> float:
     return (time.perf_counter() - t) / len(keys)
 
 
-def postgres_instance_yaml(dagster_home: Path) -> None:
-    """A fresh database and a dagster.yaml that stores runs, events and schedules in it."""
+def fresh_postgres_database(prefix: str = "mmp_bench") -> str:
+    """A new database on $MMP_BENCH_PG; returns its psycopg2 SQLAlchemy URL."""
     import uuid
 
     import sqlalchemy as sa
-    import yaml
 
     server = os.environ.get("MMP_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
     url = sa.engine.make_url(server)
-    db = f"mmp_bench_{uuid.uuid4().hex[:8]}"
+    db = f"{prefix}_{uuid.uuid4().hex[:8]}"
     engine = sa.create_engine(
         url.set(drivername="postgresql+psycopg2", database="postgres"), isolation_level="AUTOCOMMIT"
     )
     with engine.connect() as conn:
         conn.exec_driver_sql(f"CREATE DATABASE {db}")
     engine.dispose()
-    dagster_home.mkdir(parents=True, exist_ok=True)
     # an explicit psycopg2 URL: SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3, whose
     # NOTIFY statement fails inside dagster-postgres (DESIGN.md)
-    pg_url = url.set(drivername="postgresql+psycopg2", database=db).render_as_string(hide_password=False)
+    return url.set(drivername="postgresql+psycopg2", database=db).render_as_string(hide_password=False)
+
+
+def postgres_instance_yaml(dagster_home: Path) -> None:
+    """A fresh database and a dagster.yaml that stores runs, events and schedules in it."""
+    import yaml
+
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    pg_url = fresh_postgres_database()
+    db = pg_url.rsplit("/", 1)[-1]
     storage = {"postgres": {"postgres_url": pg_url}}
     (dagster_home / "dagster.yaml").write_text(yaml.safe_dump({"storage": storage, "telemetry": {"enabled": False}}))
     print(f"dagster storage: postgres database {db}")
@@ -150,10 +159,20 @@ def main() -> None:
         default="sqlite",
         help="Dagster instance storage; postgres uses $MMP_BENCH_PG (default postgresql://postgres@127.0.0.1:5432)",
     )
+    ap.add_argument(
+        "--store-backend",
+        choices=["embedded", "postgres"],
+        default="embedded",
+        help="MLflow registries and warehouse: embedded SQLite + DuckDB, or fresh PostgreSQL databases",
+    )
     args = ap.parse_args()
 
     home = args.home or Path(tempfile.mkdtemp(prefix="mmp-bench-"))
     os.environ["MMP_HOME"] = str(home)
+    if args.store_backend == "postgres":
+        os.environ["MMP_CANDIDATE_REGISTRY_URI"] = fresh_postgres_database("mmp_bench_cand")
+        os.environ["MMP_PRODUCTION_REGISTRY_URI"] = fresh_postgres_database("mmp_bench_prod")
+        os.environ["MMP_WAREHOUSE_URL"] = fresh_postgres_database("mmp_bench_wh")
     os.environ.pop("DAGSTER_HOME", None)
     config = bench_config(Path(tempfile.mkdtemp()) / "bench.yaml", args.workers)
     os.environ["MMP_CONFIG"] = str(config)
@@ -203,6 +222,7 @@ def main() -> None:
         "overhead_ratio": round(pipeline_s / bare_s, 2),
         "pipeline_per_key_ms": round(1000 * pipeline_s / args.keys, 1),
         "dagster_storage": type(instance.event_log_storage).__name__,
+        "store_backend": args.store_backend,
     }
     print(json.dumps(out, indent=2), flush=True)
     if args.naive_keys > 1:
