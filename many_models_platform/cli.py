@@ -94,7 +94,10 @@ def _generate(settings, cfg, use_case, keys, rows, seed=0, generator=None, fmt="
 @app.command()
 def run(
     use_case: Annotated[list[str] | None, typer.Option("--use-case", "-u", help="Use case(s); default all")] = None,
-    keys: Annotated[list[str] | None, typer.Option("--keys", "-k", help="Partition keys to run; default all")] = None,
+    keys: Annotated[
+        list[str] | None,
+        typer.Option("--keys", "-k", help="Keys to run: partition key, 'col=value, col=value' or a plain value"),
+    ] = None,
     run_date: Annotated[str | None, typer.Option(help="Run date (YYYY-MM-DD); reruns replace its rows")] = None,
     config: ConfigOpt = None,
     home: HomeOpt = None,
@@ -113,7 +116,9 @@ def _run(settings, cfg, names, keys=None, run_date=None) -> bool:
     from . import progress
     from .definitions import build_definitions
     from .defs.runner import prepare_instance, run_use_case
+    from .lifecycle import resolve_key
     from .pipeline import STAGES
+    from .storage.registry import RegistryError
 
     console.print(f"data directory: {settings.home}")
     t0 = time.time()
@@ -140,12 +145,15 @@ def _run(settings, cfg, names, keys=None, run_date=None) -> bool:
                 from .storage.lake import Lake
 
                 _, new_keys = register_new_keys(instance, spec, Lake(settings.lake_url, settings.lake_storage_options))
-                total = len(keys) if keys else len(instance.get_dynamic_partitions(f"{name}_keys"))
+                known = instance.get_dynamic_partitions(f"{name}_keys")
+                # keys as partition keys, as 'col=value, col=value' labels, or plain single-column values
+                run_keys = [resolve_key(spec, k, known) for k in keys] if keys else None
+                total = len(run_keys) if run_keys else len(known)
                 for stage in STAGES:
                     tasks[stage] = bar.add_task(f"{name} / {stage}", total=total)
                 progress.set_reporter(report)
-                result = run_use_case(defs, instance, cfg, spec, settings, keys, run_date, new_keys=new_keys)
-            except ValueError as exc:
+                result = run_use_case(defs, instance, cfg, spec, settings, run_keys, run_date, new_keys=new_keys)
+            except (ValueError, RegistryError) as exc:
                 console.print(f"[red]{exc}[/red]")
                 return False
             finally:

@@ -9,6 +9,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from many_models_platform.core.keys import key_label
+
 pytestmark = pytest.mark.slow
 
 
@@ -60,7 +62,8 @@ def test_generate_run_and_status(tmp_path):
 
     # a subset of keys reruns only those keys
     keys = sorted(p.stem for p in (home / "lake" / "bronze" / "group_regression").iterdir())[:2]
-    rerun = mmp("run", "-u", "group_regression", "--keys", keys[0], "--keys", keys[1], home=home).stdout
+    label = key_label(["segment_id"], keys[1])  # a readable label works as well as the partition key
+    rerun = mmp("run", "-u", "group_regression", "--keys", keys[0], "--keys", label, home=home).stdout
     assert "group_regression: 2 keys (0 new)" in rerun
 
 
