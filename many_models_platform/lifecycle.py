@@ -18,7 +18,14 @@ import polars as pl
 
 from .core.keys import decode_key, encode_key, is_encoded_key, key_label
 from .core.spec import UseCaseSpec
-from .storage.registry import ModelRef, ModelRegistry, ProductionSnapshot, RegistryError
+from .storage.registry import (
+    ModelRef,
+    ModelRegistry,
+    ProductionSnapshot,
+    RegistryError,
+    candidate_registry,
+    production_registry,
+)
 from .storage.settings import PlatformSettings
 from .storage.warehouse import Warehouse
 
@@ -41,14 +48,7 @@ FAMILY_SCHEMA = {
 
 def registries(settings: PlatformSettings, write_production: bool = False) -> tuple[ModelRegistry, ModelRegistry]:
     """(candidate read access, production) from settings; production is writable only on request."""
-    cand = ModelRegistry(settings.candidate_registry_uri, settings.artifact_root, "candidate", writable=False)
-    uri = settings.production_registry_uri
-    if write_production:
-        if not settings.production_registry_write_uri:
-            raise RegistryError("no write credentials for the production registry (MMP_PRODUCTION_REGISTRY_WRITE_URI)")
-        uri = settings.production_registry_write_uri
-    prod = ModelRegistry(uri, settings.production_artifact_root, "production", writable=write_production)
-    return cand, prod
+    return candidate_registry(settings, writable=False), production_registry(settings, write=write_production)
 
 
 def family_status(candidate: ModelRef | None, production: ModelRef | None) -> str:

@@ -33,11 +33,12 @@ from .storage.registry import (
     TRUSTED_MODULES,
     ModelIntegrityError,
     ModelRegistry,
-    ReadOnlyRegistryError,
+    candidate_registry,
     copy_model_dir,
     load_model_from_source,
     local_path,
     model_template_dir,
+    production_registry,
     registered_model_name,
     write_model_dir,
 )
@@ -64,22 +65,15 @@ class StageRun:
         return Lake(self.settings.lake_url, self.settings.lake_storage_options)
 
     def candidates(self) -> ModelRegistry:
-        return ModelRegistry(self.settings.candidate_registry_uri, self.settings.artifact_root, "candidate")
+        return candidate_registry(self.settings)
 
     def production(self) -> ModelRegistry:
         """The production registry, read-only: evaluation and scoring only look things up."""
-        s = self.settings
-        return ModelRegistry(s.production_registry_uri, s.production_artifact_root, "production", writable=False)
+        return production_registry(self.settings)
 
     def production_writer(self) -> ModelRegistry:
         """The production registry with write access; only promotion's settings carry it."""
-        s = self.settings
-        if not s.production_registry_write_uri:
-            raise ReadOnlyRegistryError(
-                "this stage was not given the production registry's write credentials: only the promotion "
-                "stage (promoted_model) and `mmp promote` may write production"
-            )
-        return ModelRegistry(s.production_registry_write_uri, s.production_artifact_root, "production")
+        return production_registry(self.settings, write=True)
 
     @property
     def trusted(self) -> list[str]:
@@ -469,9 +463,6 @@ def _quantiles(metric: str, values: list[float]) -> dict[str, float]:
 
 
 # --- 5. promotion -----------------------------------------------------------------------------
-DECISIONS = ("promoted", "kept_champion", "rejected", "rolled_back")
-
-
 def decide(spec: UseCaseSpec, report: dict) -> tuple[str, str]:
     """The business rule: (decision, reason). Decisions: promoted, kept_champion, rejected.
 

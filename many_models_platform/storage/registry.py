@@ -28,9 +28,12 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import version as pkg_version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from .settings import PlatformSettings
 
 PRODUCTION_ALIAS = "production"
 MODEL_FILE = "model.skops"
@@ -211,6 +214,25 @@ class ProductionSnapshot:
         }
 
 
+def candidate_registry(settings: PlatformSettings, writable: bool = True) -> ModelRegistry:
+    return ModelRegistry(settings.candidate_registry_uri, settings.artifact_root, "candidate", writable=writable)
+
+
+def production_registry(settings: PlatformSettings, write: bool = False) -> ModelRegistry:
+    """The production registry: read-only through its read URI, or writable through the write
+    URI, which only promotion's settings carry (``PlatformSettings.for_stage``)."""
+    if not write:
+        return ModelRegistry(
+            settings.production_registry_uri, settings.production_artifact_root, "production", writable=False
+        )
+    if not settings.production_registry_write_uri:
+        raise ReadOnlyRegistryError(
+            "this stage was not given the production registry's write credentials: only the promotion "
+            "stage (promoted_model) and `mmp promote` may write production"
+        )
+    return ModelRegistry(settings.production_registry_write_uri, settings.production_artifact_root, "production")
+
+
 class ModelRegistry:
     """One MLflow registry (tracking + registry URI) with the few calls the platform needs.
 
@@ -300,19 +322,26 @@ class ModelRegistry:
                 self._reader = sa.create_engine(self.tracking_uri)
         return self._reader or None
 
-    def _sql_fallback(self, exc: Exception) -> None:
-        logging.getLogger(__name__).warning(
-            "reading MLflow's tables directly failed (%s: %s); using MLflow's search API", type(exc).__name__, exc
-        )
-        self._reader = False
-
-    def _versions(self, use_case: str, latest_only: bool = False) -> list[ModelRef]:
+    def _read(self, direct: Callable[[Any], Any], search_api: Callable[[], Any]) -> Any:
+        """``direct(engine)`` on MLflow's tables when possible; MLflow's search API otherwise,
+        and for good once a direct read has failed."""
         engine = self._sql()
         if engine is not None:
             try:
-                return _sql_versions(engine, use_case, latest_only)
+                return direct(engine)
             except Exception as exc:
-                self._sql_fallback(exc)
+                logging.getLogger(__name__).warning(
+                    "reading MLflow's tables directly failed (%s: %s); using MLflow's search API",
+                    type(exc).__name__,
+                    exc,
+                )
+                self._reader = False
+        return search_api()
+
+    def _versions(self, use_case: str, latest_only: bool = False) -> list[ModelRef]:
+        return self._read(lambda e: _sql_versions(e, use_case, latest_only), lambda: self._search_versions(use_case))
+
+    def _search_versions(self, use_case: str) -> list[ModelRef]:
         out, token = [], None
         while True:
             page = self.client.search_model_versions(
@@ -329,13 +358,10 @@ class ModelRegistry:
 
     def _aliases(self, use_case: str, alias: str) -> dict[str, int]:
         """Registered model name -> version holding ``alias``, for this use case's models."""
-        engine = self._sql()
-        if engine is not None:
-            try:
-                return _sql_aliases(engine, use_case, alias)
-            except Exception as exc:
-                self._sql_fallback(exc)
-        return {name: int(m.aliases[alias]) for name, m in self._names(use_case).items() if alias in (m.aliases or {})}
+        return self._read(
+            lambda e: _sql_aliases(e, use_case, alias),
+            lambda: {n: int(m.aliases[alias]) for n, m in self._names(use_case).items() if alias in (m.aliases or {})},
+        )
 
     def _names(self, use_case: str) -> dict[str, Any]:
         prefix = f"{use_case}."
@@ -350,16 +376,11 @@ class ModelRegistry:
                 return found
 
     def existing_names(self, use_case: str) -> set[str]:
-        engine = self._sql()
-        if engine is not None:
-            try:
-                return _sql_names(engine, use_case)
-            except Exception as exc:
-                self._sql_fallback(exc)
-        return set(self._names(use_case))
+        return self._read(lambda e: _sql_names(e, use_case), lambda: set(self._names(use_case)))
 
     def latest_versions(self, use_case: str) -> dict[str, ModelRef]:
-        """The newest version of every key: one paginated search for the whole use case."""
+        """The newest version of every key: one query for the whole use case (the search API
+        fallback returns every version, hence the max here)."""
         latest: dict[str, ModelRef] = {}
         for ref in self._versions(use_case, latest_only=True):
             if ref.key not in latest or ref.version > latest[ref.key].version:
@@ -367,7 +388,7 @@ class ModelRegistry:
         return latest
 
     def snapshot(self, use_case: str, alias: str = PRODUCTION_ALIAS) -> ProductionSnapshot:
-        """Every key's aliased version and version history: two paginated searches in all."""
+        """Every key's aliased version and version history: two queries in all."""
         aliased = self._aliases(use_case, alias)
         snap = ProductionSnapshot()
         for ref in sorted(self._versions(use_case), key=lambda r: (r.key, r.version)):
