@@ -330,21 +330,13 @@ def models(
 ) -> None:
     """Every key's candidate and production model side by side (three registry queries in all)."""
     settings, cfg = _setup(config, home)
-    from .lifecycle import FAMILY_STATUSES, model_family, registries
-    from .storage.warehouse import Warehouse
+    from .lifecycle import FAMILY_STATUSES, model_family, publish_model_family, registries
 
     spec = _use_case(cfg, use_case)
     if status and status not in FAMILY_STATUSES:
         console.print(f"[red]unknown status {status!r}[/red]; use one of {', '.join(FAMILY_STATUSES)}")
         raise typer.Exit(2)
-    family = model_family(spec, *registries(settings))
-    if publish:
-        wh = Warehouse(settings.warehouse_url)
-        try:
-            wh.ensure_schema()
-            wh.replace_use_case("model_family", spec.name, family)
-        finally:
-            wh.dispose()
+    family = publish_model_family(settings, spec) if publish else model_family(spec, *registries(settings))
     counts = family.group_by("status").len().sort("status")
     summary = ", ".join(f"{r['status']} {r['len']}" for r in counts.iter_rows(named=True)) or "no models yet"
     shown = family.filter(family["status"] == status) if status else family

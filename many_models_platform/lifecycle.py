@@ -88,10 +88,11 @@ def model_family(spec: UseCaseSpec, candidates: ModelRegistry, production: Model
     return pl.DataFrame(rows, schema=FAMILY_SCHEMA)
 
 
-def publish_model_family(settings: PlatformSettings, spec: UseCaseSpec, warehouse: Warehouse | None = None) -> int:
-    """Write the family view to the warehouse's ``model_family`` table; returns its row count."""
-    cand, prod = registries(settings)
-    frame = model_family(spec, cand, prod)
+def publish_model_family(
+    settings: PlatformSettings, spec: UseCaseSpec, warehouse: Warehouse | None = None
+) -> pl.DataFrame:
+    """Write the family view to the warehouse's ``model_family`` table, and return it."""
+    frame = model_family(spec, *registries(settings))
     wh = warehouse or Warehouse(settings.warehouse_url)
     try:
         wh.ensure_schema()
@@ -99,7 +100,7 @@ def publish_model_family(settings: PlatformSettings, spec: UseCaseSpec, warehous
     finally:
         if warehouse is None:
             wh.dispose()
-    return frame.height
+    return frame
 
 
 def resolve_key(spec: UseCaseSpec, text: str, known: Sequence[str] = ()) -> str:

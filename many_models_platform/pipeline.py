@@ -817,7 +817,7 @@ def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = No
         wh.ensure_schema()
         wh.replace_keys(spec.name, run.run_date, list(keys), frames, append)
         try:  # the family view is a convenience for BI; it never fails the publish
-            q["model_family_rows"] = publish_model_family(run.settings, spec, warehouse=wh)
+            q["model_family_rows"] = publish_model_family(run.settings, spec, warehouse=wh).height
         except Exception as exc:
             q["model_family_error"] = f"{type(exc).__name__}: {exc}"
     finally:
