@@ -284,17 +284,13 @@ def wait_for_warehouse(target: DbtTarget, timeout: float = _LOCK_WAIT_SECONDS) -
         return
     if not Path(path).exists():
         raise FileNotFoundError(f"no warehouse at {path}: publish a use case first (mmp run)")
-    import duckdb
+    from .storage.warehouse import Warehouse
 
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            duckdb.connect(path).close()
-            return
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    wh = Warehouse(f"duckdb:///{path}")  # the publisher's own wait for DuckDB's writer lock
+    try:
+        wh.connect(wait_seconds=timeout).close()
+    finally:
+        wh.dispose()
 
 
 def _build_when_free(target: DbtTarget, args: list[str], project_dir: Path):

@@ -248,13 +248,13 @@ class Warehouse:
             )
         if self.read_only:
             raise RuntimeError(f"warehouse {self.url} is not at schema revision {head} and was opened read-only")
-        with _UPGRADE_LOCK, self._connect() as conn, conn.begin():
+        with _UPGRADE_LOCK, self.connect() as conn, conn.begin():
             upgrade(conn)
         self._schema_ready = True
 
     def current_revision(self) -> str | None:
         """The Alembic revision the database is at; ``None`` before the first migration."""
-        with self._connect() as conn:
+        with self.connect() as conn:
             try:
                 versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all()
             except sa.exc.DBAPIError:  # no alembic_version table: a new or pre-migrations warehouse
@@ -285,7 +285,7 @@ class Warehouse:
         self._write(plan_replace_use_case(table_name, use_case, frame))
 
     def _write(self, steps: Sequence[WriteStep]) -> None:
-        with self._connect() as conn, conn.begin():
+        with self.connect() as conn, conn.begin():
             for step in steps:
                 for statement in step.deletes:
                     conn.execute(statement)
@@ -347,7 +347,7 @@ class Warehouse:
 
     # -- reads ----------------------------------------------------------------------------
 
-    def _connect(self, wait_seconds: float = 120.0) -> sa.Connection:
+    def connect(self, wait_seconds: float = 120.0) -> sa.Connection:
         """A connection; on DuckDB, wait for another process's file lock instead of failing."""
         deadline = time.monotonic() + wait_seconds
         while True:
@@ -360,7 +360,7 @@ class Warehouse:
                 time.sleep(0.5)
 
     def query(self, sql: str, **params: Any) -> pl.DataFrame:
-        with self._connect() as conn:
+        with self.connect() as conn:
             result = conn.execute(sa.text(sql), params)
             rows = result.fetchall()
             return pl.DataFrame([tuple(r) for r in rows], schema=list(result.keys()), orient="row")
