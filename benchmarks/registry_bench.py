@@ -11,7 +11,7 @@ skops model folders, and without the model fitting around it:
 1. candidate registration, as the ``model`` stage does it (``ModelRegistry.register_many``);
 2. resolving the key -> newest candidate map (``latest_versions``) and the production map
    (``snapshot``): a constant number of paginated searches, whatever N is;
-3. the real ``promoted_model`` stage (``pipeline.promote``) over lake state files that say
+3. the real ``promoted_model`` stage (``stages.promoted_model.promote``) over lake state files that say
    every key passed evaluation: artifact copy into the production root, registration, alias;
 4. the model family view (``lifecycle.model_family``);
 5. a second day: new candidate versions for existing names, then promotion over a champion.
@@ -76,11 +76,13 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
     from sklearn.linear_model import Ridge
 
-    from many_models_platform import pipeline as P
     from many_models_platform.core.engine import KeyOutcome
     from many_models_platform.core.keys import encode_key
     from many_models_platform.core.spec import load_config
     from many_models_platform.lifecycle import model_family, registries
+    from many_models_platform.stages import StageRun
+    from many_models_platform.stages.base import production_models, write_state
+    from many_models_platform.stages.promoted_model import promote
     from many_models_platform.storage.registry import HASH_TAG, model_template_dir, write_model_dir
     from many_models_platform.storage.settings import PlatformSettings
 
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
         template = model_template_dir()
 
         def day(n: int) -> None:
-            run = P.StageRun(spec, settings.for_stage("promoted_model"), run_id=f"bench-{n}")
+            run = StageRun(spec, settings.for_stage("promoted_model"), run_id=f"bench-{n}")
             run_id, artifact_uri = cand.start_run(spec.name, f"bench-{n}", {"use_case": spec.name})
             items = []
             for k in keys:  # the workers' part of the model stage: not registry time
@@ -117,20 +119,20 @@ def main(argv: list[str] | None = None) -> dict:
             assert not failed, versions[failed[0]]
             t = time.perf_counter()
             latest = cand.latest_versions(spec.name)
-            champions = P.production_models(run, keys)
+            champions = production_models(run, keys)
             timings[f"day{n}_resolve_maps"] = time.perf_counter() - t
             assert len(latest) == len(keys)
             for k, src, tags in items:  # what model and evaluation leave in the lake for promotion
                 info = {"source": src, "data_fingerprint": tags["data_fingerprint"], "estimator": "ridge"}
                 info |= {"features": tags["features"].split(","), "artifact_sha256": tags[HASH_TAG]}
-                P.write_state(run.lake, spec.name, "model", KeyOutcome(k, "ok", info=info), run.run_id)
+                write_state(run.lake, spec.name, "model", KeyOutcome(k, "ok", info=info), run.run_id)
                 champ = champions.get(k)
                 report = {"candidate_version": versions[k], "metrics": {"rmse": 1.0 / n}, "rows_train": 100}
                 report |= {"rows_holdout": 30, "champion_version": champ["version"] if champ else None}
                 report["champion_metrics"] = {"rmse": 1.0} if champ else None
-                P.write_state(run.lake, spec.name, "evaluation", KeyOutcome(k, "ok", info=report), run.run_id)
+                write_state(run.lake, spec.name, "evaluation", KeyOutcome(k, "ok", info=report), run.run_id)
             t = time.perf_counter()
-            report = P.promote(run, keys)
+            report = promote(run, keys)
             timings[f"day{n}_promote_stage"] = time.perf_counter() - t
             assert report.summary["decisions"] == {"promoted": len(keys)}, report.summary
             t = time.perf_counter()

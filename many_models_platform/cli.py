@@ -117,7 +117,7 @@ def _run(settings, cfg, names, keys=None, run_date=None) -> bool:
     from .definitions import build_definitions
     from .defs.runner import prepare_instance, run_use_case
     from .lifecycle import resolve_key
-    from .pipeline import STAGES
+    from .stages import STAGES
     from .storage.registry import RegistryError
 
     console.print(f"data directory: {settings.home}")
@@ -166,7 +166,7 @@ def _run(settings, cfg, names, keys=None, run_date=None) -> bool:
 
 
 def _print_summary(settings, spec, result, run_date) -> None:
-    from .pipeline import STAGES
+    from .stages import STAGES
     from .storage.warehouse import Warehouse
 
     date = run_date or dt.datetime.now(dt.UTC).date()
@@ -307,7 +307,7 @@ def status(
                     "(SELECT max(run_date) FROM key_status WHERE use_case = :uc) GROUP BY run_date, stage",
                     uc=name,
                 )
-                from .pipeline import STAGES
+                from .stages import STAGES
 
                 order = {s: i for i, s in enumerate(STAGES)}
                 for r in sorted(rows.iter_rows(named=True), key=lambda r: order.get(r["stage"], 99)):

@@ -17,10 +17,14 @@ import polars as pl
 import pytest
 from conftest_core import clear_platform_env
 
-from many_models_platform import pipeline as P
+from many_models_platform.core.engine import KeyOutcome
 from many_models_platform.core.generators import GeneratedData, generate_group_regression, write_landing
 from many_models_platform.core.keys import encode_key
 from many_models_platform.core.spec import load_config
+from many_models_platform.stages import STAGES, StageReport, StageRun, run_stage
+from many_models_platform.stages.published import publish
+from many_models_platform.stages.raw import discover_keys
+from many_models_platform.storage.lake import Lake
 from many_models_platform.storage.settings import PlatformSettings
 from many_models_platform.storage.warehouse import Warehouse
 
@@ -39,8 +43,8 @@ class World:
     landing: Path
     keys: list[str]
     good: list[str]
-    day1: dict[str, P.StageReport]
-    day2: dict[str, P.StageReport]
+    day1: dict[str, StageReport]
+    day2: dict[str, StageReport]
     counts_first_publish: dict[str, int]
     counts_republish: dict[str, int]
 
@@ -63,9 +67,9 @@ def counts(settings: PlatformSettings, day: dt.date) -> dict[str, int]:
         wh.dispose()
 
 
-def run_all(spec, settings, run_id: str, day: dt.date, keys: list[str]) -> dict[str, P.StageReport]:
-    run = P.StageRun(spec, settings, run_id=run_id, run_date=day)
-    return {stage: P.run_stage(stage, run, keys) for stage in P.STAGES}
+def run_all(spec, settings, run_id: str, day: dt.date, keys: list[str]) -> dict[str, StageReport]:
+    run = StageRun(spec, settings, run_id=run_id, run_date=day)
+    return {stage: run_stage(stage, run, keys) for stage in STAGES}
 
 
 @pytest.fixture(scope="module")
@@ -85,18 +89,18 @@ def world(tmp_path_factory) -> World:
     (landing / "bad_columns.csv").write_text(f"segment_id,x1,x2,x4,x5,y\n{ORPHAN},1,2,3,4,5\n{ORPHAN},2,3,4,5,6\n")
     (landing / "garbage.csv").write_bytes(bytes(range(256)) * 8)
 
-    keys = P.discover_keys(spec, P.Lake(settings.lake_url))
+    keys = discover_keys(spec, Lake(settings.lake_url))
     good = sorted(encode_key([s]) for s in history["segment_id"].unique() if s not in SHORT)
 
     day1 = run_all(spec, settings, "run-day1", DAY1, keys)
     first = counts(settings, DAY1)
-    P.publish(P.StageRun(spec, settings, run_id="run-day1", run_date=DAY1), keys)
+    publish(StageRun(spec, settings, run_id="run-day1", run_date=DAY1), keys)
     again = counts(settings, DAY1)
     day2 = run_all(spec, settings, "run-day2", DAY2, keys)
     return World(settings, landing, keys, good, day1, day2, first, again)
 
 
-def by_key(report: P.StageReport) -> dict[str, P.KeyOutcome]:
+def by_key(report: StageReport) -> dict[str, KeyOutcome]:
     return {o.key: o for o in report.outcomes}
 
 
@@ -141,7 +145,7 @@ def test_short_keys_fail_at_training_set_and_downstream_skips(world):
     for key in SHORT:
         assert ts[key].status == "failed"
         assert ts[key].reason == f"too few rows: {SHORT_ROWS} < min_rows 30"
-    for stage in P.STAGES[2:6]:
+    for stage in STAGES[2:6]:
         outcomes = by_key(world.day1[stage])
         for key in [*SHORT, encode_key([ORPHAN])]:
             assert outcomes[key].status == "skipped", (stage, key)

@@ -7,7 +7,7 @@ import math
 import pytest
 from conftest_core import make_spec, regression_body
 
-from many_models_platform.pipeline import decide
+from many_models_platform.stages.promoted_model import decide
 
 
 def spec(**promotion):

@@ -5,16 +5,18 @@ from pathlib import Path
 
 import polars as pl
 
-from many_models_platform import pipeline as P
 from many_models_platform.core.generators import GENERATORS, write_landing
 from many_models_platform.core.keys import encode_key
 from many_models_platform.core.spec import load_config
+from many_models_platform.stages import STAGES, StageRun, run_stage
+from many_models_platform.stages.raw import discover_keys
+from many_models_platform.storage.lake import Lake
 from many_models_platform.storage.settings import PlatformSettings
 
 
 def run_all(spec, settings, run_id, day, keys):
-    run = P.StageRun(spec, settings, run_id=run_id, run_date=day, workers=1)
-    return {stage: {o.key: o for o in P.run_stage(stage, run, keys).outcomes} for stage in P.STAGES}
+    run = StageRun(spec, settings, run_id=run_id, run_date=day, workers=1)
+    return {stage: {o.key: o for o in run_stage(stage, run, keys).outcomes} for stage in STAGES}
 
 
 def test_failed_training_set_today_means_no_stale_holdout_predictions(tmp_path):
@@ -24,7 +26,7 @@ def test_failed_training_set_today_means_no_stale_holdout_predictions(tmp_path):
     landing = Path(settings.lake_url) / "landing/group_regression"
     data = GENERATORS["group_regression"](keys=4, rows=60)
     write_landing(data, landing, spec.name, files=1)
-    keys = P.discover_keys(spec, P.Lake(settings.lake_url))
+    keys = discover_keys(spec, Lake(settings.lake_url))
     day1 = run_all(spec, settings, "run-1", dt.date(2025, 1, 1), keys)
     assert all(o.ok for o in day1["predictions"].values())
 

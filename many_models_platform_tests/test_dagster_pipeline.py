@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from many_models_platform.core.keys import decode_key
 from many_models_platform.core.spec import load_config
-from many_models_platform.pipeline import STAGES
+from many_models_platform.stages import STAGES
 from many_models_platform.storage.registry import PRODUCTION_ALIAS, registered_model_name
 
 pytestmark = pytest.mark.slow

@@ -178,7 +178,7 @@ def test_a_ui_backfill_of_some_keys_runs_every_stage_through_the_daemon(platform
     through the daemon, the run coordinator and the run launcher of `dagster dev`."""
     from many_models_platform.core.spec import load_config
     from many_models_platform.defs.discovery import register_new_keys
-    from many_models_platform.pipeline import STAGES
+    from many_models_platform.stages import STAGES
     from many_models_platform.storage.lake import Lake
 
     settings, instance = platform

@@ -28,9 +28,12 @@ import pytest
 from conftest_core import ExplodingRegressor, clear_platform_env, make_spec, regression_body
 from pg_helpers import postgres_database, read_only_role, sqlalchemy_url
 
-from many_models_platform import pipeline as P
+from many_models_platform.core.engine import KeyOutcome
 from many_models_platform.core.keys import encode_key, is_encoded_key
 from many_models_platform.lifecycle import model_family, record_rollback, registries, resolve_key, rollback
+from many_models_platform.stages import STAGES, StageRun, run_stage
+from many_models_platform.stages.evaluation import evaluate_models
+from many_models_platform.stages.predictions import score
 from many_models_platform.storage.registry import (
     HASH_TAG,
     MODEL_FILE,
@@ -97,21 +100,21 @@ class World:
     backend: str
     spec: object
     settings: PlatformSettings
-    days: list[dict[str, dict[str, P.KeyOutcome]]]
+    days: list[dict[str, dict[str, KeyOutcome]]]
     rollback_done: object
-    scored_after_rollback: dict[str, P.KeyOutcome]
+    scored_after_rollback: dict[str, KeyOutcome]
     read_only_url: str | None = None
 
     def decisions(self, day: int) -> dict[str, str]:
         return {k: o.info.get("decision", o.status) for k, o in self.days[day]["promoted_model"].items()}
 
-    def run(self, run_id: str, day: dt.date = DAYS[-1]) -> P.StageRun:
-        return P.StageRun(self.spec, self.settings, run_id=run_id, run_date=day)
+    def run(self, run_id: str, day: dt.date = DAYS[-1]) -> StageRun:
+        return StageRun(self.spec, self.settings, run_id=run_id, run_date=day)
 
 
-def run_day(spec, settings, day: dt.date) -> dict[str, dict[str, P.KeyOutcome]]:
-    run = P.StageRun(spec, settings, run_id=f"run-{day.isoformat()}", run_date=day)
-    return {stage: {o.key: o for o in P.run_stage(stage, run, KEYS).outcomes} for stage in P.STAGES}
+def run_day(spec, settings, day: dt.date) -> dict[str, dict[str, KeyOutcome]]:
+    run = StageRun(spec, settings, run_id=f"run-{day.isoformat()}", run_date=day)
+    return {stage: {o.key: o for o in run_stage(stage, run, KEYS).outcomes} for stage in STAGES}
 
 
 def build_world(backend: str, home: Path, env: dict[str, str]) -> World:
@@ -132,8 +135,8 @@ def build_world(backend: str, home: Path, env: dict[str, str]) -> World:
     _, prod = registries(settings, write_production=True)
     world.rollback_done = rollback(spec, prod, BETTER, by="test")
     record_rollback(settings, spec, world.rollback_done)
-    run = P.StageRun(spec, settings.for_stage("predictions"), run_id="run-after-rollback", run_date=DAYS[1])
-    world.scored_after_rollback = {o.key: o for o in P.score(run, KEYS).outcomes}
+    run = StageRun(spec, settings.for_stage("predictions"), run_id="run-after-rollback", run_date=DAYS[1])
+    world.scored_after_rollback = {o.key: o for o in score(run, KEYS).outcomes}
     days.append(run_day(spec, settings, DAYS[2]))  # same data as day 2
     return world
 
@@ -270,12 +273,12 @@ def test_model_family_view_uses_a_constant_number_of_registry_queries(world):
 
 def test_training_stages_cannot_write_production(world):
     for stage in ("model", "evaluation", "predictions", "published"):
-        run = P.StageRun(world.spec, world.settings.for_stage(stage), run_id="x")
+        run = StageRun(world.spec, world.settings.for_stage(stage), run_id="x")
         with pytest.raises(ReadOnlyRegistryError, match="only the promotion stage"):
             run.production_writer()
         with pytest.raises(ReadOnlyRegistryError, match="read-only"):
             run.production().set_alias("reg", WORSE, 1)
-    promotion = P.StageRun(world.spec, world.settings.for_stage("promoted_model"), run_id="x")
+    promotion = StageRun(world.spec, world.settings.for_stage("promoted_model"), run_id="x")
     assert promotion.production_writer().writable
 
 
@@ -301,12 +304,12 @@ def test_tampered_artifact_fails_to_load_with_a_clear_error(world):
         path.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
         with pytest.raises(ModelIntegrityError, match="modified after registration"):
             load_model_from_source(ref.source, ref.tags[HASH_TAG])
-        outcomes = {o.key: o for o in P.score(world.run("tamper"), KEYS).outcomes}
+        outcomes = {o.key: o for o in score(world.run("tamper"), KEYS).outcomes}
         assert outcomes[HOSTILE_KEY].status == "failed"
         assert "modified after registration" in outcomes[HOSTILE_KEY].reason
         assert outcomes[WORSE].ok  # one bad artifact never sinks the other keys
         # evaluation does not fail the key: the unloadable champion is just not compared
-        evaluated = P.evaluate_models(world.run("tamper"), [HOSTILE_KEY]).outcomes[0]
+        evaluated = evaluate_models(world.run("tamper"), [HOSTILE_KEY]).outcomes[0]
         assert evaluated.ok and evaluated.info["champion_metrics"] is None
         assert "champion cannot be loaded" in evaluated.info["champion_note"]
     finally:

@@ -3,7 +3,7 @@
 from dagster import DagsterInstance, OpExecutionContext, job, op
 
 from ..core.spec import UseCaseSpec
-from ..pipeline import discover_keys
+from ..stages.raw import discover_keys
 from ..storage.lake import Lake
 from .factory import partitions_name
 from .resources import PlatformResource

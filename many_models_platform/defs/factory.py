@@ -33,7 +33,7 @@ from .. import progress
 from ..core.engine import KeyOutcome
 from ..core.keys import key_label
 from ..core.spec import PlatformConfig, UseCaseSpec
-from ..pipeline import STAGES, StageReport, StageRun, run_stage
+from ..stages import STAGES, StageReport, StageRun, run_stage
 from .resources import PlatformResource
 
 RUN_DATE_TAG = "mmp/run_date"

@@ -1,0 +1,140 @@
+"""What every stage shares: the run context, the report, per-key state files, and lookups.
+
+Each stage records a small per-key state file ``state/<use case>/<stage>/<key>.json``
+holding the status, the reason and a few facts. Downstream stages read that state to skip
+keys whose upstream failed, and the ``published`` stage turns it into the status table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..core.engine import KeyOutcome, SkipKey
+from ..core.spec import UseCaseSpec
+from ..storage.lake import Lake
+from ..storage.registry import (
+    HASH_TAG,
+    TRUSTED_MODULES,
+    ModelRegistry,
+    candidate_registry,
+    production_registry,
+)
+from ..storage.settings import PlatformSettings
+
+STAGES = ("raw", "training_set", "model", "evaluation", "promoted_model", "predictions", "published")
+UPSTREAM = dict(zip(STAGES[1:], STAGES[:-1], strict=True))
+
+
+@dataclass
+class StageRun:
+    """What a stage needs besides its keys: the use case, the stores, and who is running."""
+
+    spec: UseCaseSpec
+    settings: PlatformSettings
+    run_id: str
+    run_date: dt.date = field(default_factory=lambda: dt.datetime.now(dt.UTC).date())
+    workers: int | None = None
+    progress: Callable[[int], None] | None = None
+
+    @property
+    def lake(self) -> Lake:
+        return Lake(self.settings.lake_url, self.settings.lake_storage_options)
+
+    def candidates(self) -> ModelRegistry:
+        return candidate_registry(self.settings)
+
+    def production(self) -> ModelRegistry:
+        """The production registry, read-only: evaluation and scoring only look things up."""
+        return production_registry(self.settings)
+
+    def production_writer(self) -> ModelRegistry:
+        """The production registry with write access; only promotion's settings carry it."""
+        return production_registry(self.settings, write=True)
+
+    @property
+    def trusted(self) -> list[str]:
+        """Type-name prefixes this use case's saved models may hold."""
+        return [*TRUSTED_MODULES, *self.spec.trusted_types]
+
+
+@dataclass
+class StageReport:
+    stage: str
+    outcomes: list[KeyOutcome]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[KeyOutcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+
+# --- state ------------------------------------------------------------------------------
+def state_path(lake: Lake, use_case: str, stage: str, key: str):
+    return lake.key_path("state", use_case, key, ".json", subdir=stage)
+
+
+def write_state(lake: Lake, use_case: str, stage: str, outcome: KeyOutcome, run_id: str) -> None:
+    lake.write_json(
+        state_path(lake, use_case, stage, outcome.key),
+        {
+            "status": outcome.status,
+            "reason": outcome.reason,
+            "info": outcome.info,
+            "dagster_run_id": run_id,
+            "updated_at": dt.datetime.now(dt.UTC).isoformat(),
+        },
+    )
+
+
+def read_state(lake: Lake, use_case: str, stage: str, key: str) -> dict[str, Any] | None:
+    path = state_path(lake, use_case, stage, key)
+    return lake.read_json(path) if path.exists() else None
+
+
+def require_upstream(lake: Lake, use_case: str, stage: str, key: str) -> dict[str, Any]:
+    """The upstream stage's info for this key, or SkipKey naming why it is missing."""
+    up = UPSTREAM[stage]
+    state = read_state(lake, use_case, up, key)
+    if state is None:
+        raise SkipKey(f"{up} has not run for this key")
+    if state["status"] != "ok":
+        raise SkipKey(f"{up} {state['status']}: {state['reason']}")
+    return state["info"]
+
+
+def finish(run: StageRun, stage: str, outcomes: list[KeyOutcome], summary: dict | None = None) -> StageReport:
+    for o in outcomes:
+        write_state(run.lake, run.spec.name, stage, o, run.run_id)
+    return StageReport(stage, outcomes, summary or {})
+
+
+def production_models(run: StageRun, keys: Sequence[str]) -> dict[str, dict]:
+    """key -> its production model (name, version, artifact source, feature columns), for these
+    keys, from one registry lookup for the whole use case; plain data, so workers get it."""
+    wanted = set(keys)
+    return {
+        key: {
+            "name": ref.name,
+            "version": ref.version,
+            "source": ref.source,
+            "features": ref.tags["features"].split(",") if ref.tags.get("features") else [],
+            "source_version": ref.tags.get("source_candidate_version"),
+            "artifact_sha256": ref.tags.get(HASH_TAG),
+        }
+        for key, ref in run.production().aliased_versions(run.spec.name).items()
+        if key in wanted
+    }
+
+
+def quantiles(metric: str, values: list[float]) -> dict[str, float]:
+    vals = np.array([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if not len(vals):
+        return {}
+    p10, p50, p90 = np.quantile(vals, [0.1, 0.5, 0.9])
+    return {f"{metric}_p10": float(p10), f"{metric}_p50": float(p50), f"{metric}_p90": float(p90)}

@@ -1,0 +1,162 @@
+"""Stage 3, ``model``: fit every candidate per key; register the winner as a candidate."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+
+from ..core.engine import KeyOutcome, map_keys
+from ..core.keys import key_label
+from ..core.modeling import fit_key
+from ..core.spec import UseCaseSpec
+from ..storage.lake import Lake
+from ..storage.registry import (
+    HASH_TAG,
+    ModelRegistry,
+    local_path,
+    model_template_dir,
+    registered_model_name,
+    write_model_dir,
+)
+from .base import (
+    StageReport,
+    StageRun,
+    finish,
+    quantiles,
+    read_state,
+    require_upstream,
+)
+
+
+def _train_one(key: str, spec: UseCaseSpec, lake: Lake, models_dir: str, template: str, trusted: list) -> dict:
+    upstream = require_upstream(lake, spec.name, "model", key)
+    ts = lake.read_parquet(lake.key_path("training", spec.name, key, ".parquet"))
+    fitted = fit_key(spec, ts, upstream["features"])
+    sha256 = write_model_dir(fitted.model, f"{models_dir}/{key}", template, trusted)
+    return {
+        "artifact_sha256": sha256,
+        "estimator": fitted.candidate,
+        "metric": spec.metric,
+        "value": fitted.metrics[spec.metric],
+        "metrics": fitted.metrics,
+        "candidate_scores": fitted.candidate_scores,
+        "rows_train": fitted.rows_train,
+        "rows_holdout": fitted.rows_holdout,
+        "features": fitted.feature_columns,
+        "data_fingerprint": upstream["data_fingerprint"],
+    }
+
+
+def train(run: StageRun, keys: Sequence[str]) -> StageReport:
+    """Fit every candidate per key in a process pool; register each winner as a candidate."""
+    spec = run.spec
+    registry = run.candidates()
+    mlflow_run_id, artifact_uri = registry.start_run(
+        spec.name, f"train-{run.run_id[:8]}", {"use_case": spec.name, "dagster_run_id": run.run_id}
+    )
+    target = local_path(artifact_uri)
+    staging = None if target else tempfile.mkdtemp(prefix="mmp-models-")
+    models_dir = f"{target or staging}/models"
+    reused = reusable_candidates(run, registry, keys)
+    to_fit = [k for k in keys if k not in reused]
+    if run.progress and reused:
+        run.progress(len(reused))
+    fitted = map_keys(
+        _train_one,
+        to_fit,
+        (spec, run.lake, models_dir, model_template_dir(), run.trusted),
+        workers=run.workers,
+        progress=run.progress,
+    )
+    by_key = {o.key: o for o in fitted} | reused
+    outcomes = [by_key[k] for k in keys]
+    if staging:  # a remote artifact store: upload every key's model in one call
+        try:
+            registry.client.log_artifacts(mlflow_run_id, models_dir, "models")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    items = []
+    for o in fitted:
+        if o.ok:
+            tags = {
+                "use_case": spec.name,
+                "key": o.key,
+                "key_label": key_label(spec.keys, o.key)[:5000],
+                "data_fingerprint": o.info["data_fingerprint"],
+                HASH_TAG: o.info["artifact_sha256"],
+                "estimator": o.info["estimator"],
+                "dagster_run_id": run.run_id,
+                "metric": spec.metric,
+                **{f"metric.{k}": repr(v) for k, v in o.info["metrics"].items()},
+                "model_hash": spec.model_hash,
+                "features": ",".join(o.info["features"]),
+                "rows_train": str(o.info["rows_train"]),
+                "rows_holdout": str(o.info["rows_holdout"]),
+            }
+            items.append((o.key, f"{artifact_uri}/models/{o.key}", tags))
+    registered = registry.register_many(spec.name, items, mlflow_run_id)
+    for o in fitted:
+        result = registered.get(o.key)
+        if isinstance(result, Exception):
+            o.status, o.reason = "failed", f"registration failed: {type(result).__name__}: {result}"
+        elif result is not None:
+            o.info["version"] = result
+            o.info["model_name"] = registered_model_name(spec.name, o.key)
+            o.info["source"] = f"{artifact_uri}/models/{o.key}"
+    values = [o.info["value"] for o in outcomes if o.ok]
+    n_fitted = sum(1 for o in fitted if o.ok)
+    registry.finish_run(
+        mlflow_run_id,
+        {
+            "keys_trained": n_fitted,
+            "keys_reused": len(reused),
+            "keys_failed": len(outcomes) - len(values),
+            **quantiles(spec.metric, values),
+        },
+    )
+    return finish(run, "model", outcomes, {"mlflow_run_id": mlflow_run_id, "keys_reused": len(reused)})
+
+
+def reusable_candidates(run: StageRun, registry: ModelRegistry, keys: Sequence[str]) -> dict[str, KeyOutcome]:
+    """Keys whose newest candidate was fitted on the same data with the same model config.
+
+    A daily run over unchanged data then fits and registers nothing new for them: one
+    registry query for the whole use case, plus the key's training-set state file.
+    """
+    spec, lake = run.spec, run.lake
+    latest = {
+        k: ref
+        for k, ref in registry.latest_versions(spec.name).items()
+        if ref.tags.get("model_hash") == spec.model_hash
+    }
+    out = {}
+    for key in keys:
+        ref = latest.get(key)
+        if ref is None or not ref.tags.get(HASH_TAG):
+            continue
+        state = read_state(lake, spec.name, "training_set", key)
+        if (
+            not state
+            or state["status"] != "ok"
+            or state["info"]["data_fingerprint"] != ref.tags.get("data_fingerprint")
+        ):
+            continue
+        metrics = {k.removeprefix("metric."): float(v) for k, v in ref.tags.items() if k.startswith("metric.")}
+        info = {
+            "estimator": ref.tags["estimator"],
+            "metric": spec.metric,
+            "value": metrics[spec.metric],
+            "metrics": metrics,
+            "rows_train": int(ref.tags["rows_train"]),
+            "rows_holdout": int(ref.tags["rows_holdout"]),
+            "features": ref.tags["features"].split(","),
+            "data_fingerprint": ref.tags["data_fingerprint"],
+            "artifact_sha256": ref.tags[HASH_TAG],
+            "version": ref.version,
+            "model_name": ref.name,
+            "source": ref.source,
+            "reused": True,
+        }
+        out[key] = KeyOutcome(key, "ok", info=info)
+    return out

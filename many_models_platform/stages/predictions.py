@@ -1,0 +1,110 @@
+"""Stage 6, ``predictions``: batch predictions from each key's production model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import polars as pl
+
+from ..core import features as F
+from ..core.engine import SkipKey, map_keys
+from ..core.modeling import anomaly_score, predict
+from ..core.spec import UseCaseSpec
+from ..storage.lake import Lake
+from ..storage.registry import (
+    load_model_from_source,
+)
+from .base import (
+    StageReport,
+    StageRun,
+    finish,
+    production_models,
+    read_state,
+)
+
+
+def _score_one(key: str, spec: UseCaseSpec, lake: Lake, production: dict[str, dict], trusted: list) -> dict:
+    promo = read_state(lake, spec.name, "promoted_model", key)
+    prod = production.get(key)
+    if prod is None:
+        why = promo["info"].get("reason") if promo and promo["status"] == "ok" else (promo or {}).get("reason")
+        raise SkipKey(f"no production model for this key ({why or 'never promoted'})")
+    model = load_model_from_source(prod["source"], prod["artifact_sha256"], trusted)
+    features = prod["features"]
+    segments = []  # (feature rows, kind)
+    if spec.task == "forecast":
+        t = spec.time_column
+        bronze = lake.read_parquet(lake.key_path("bronze", spec.name, key, ".parquet"))
+        scoring_path = lake.key_path("bronze_scoring", spec.name, key, ".parquet")
+        exog = lake.read_parquet(scoring_path) if scoring_path.exists() else None
+        origin = bronze.filter(pl.col(spec.target).is_not_null())[t].min()  # as in training
+        holdout = _todays_holdout(spec, lake, key)
+        if holdout is not None and all(c in holdout.columns for c in features):
+            # the production model on today's holdout: forecast accuracy for BI, with actuals
+            segments.append((holdout, "holdout"))
+        segments.append((F.future_frame(spec, bronze, exog, origin=origin), "forecast"))
+    else:
+        scoring_path = lake.key_path("bronze_scoring", spec.name, key, ".parquet")
+        if spec.scoring_source and scoring_path.exists():
+            segments.append((F.make_features(spec, lake.read_parquet(scoring_path)), "scoring"))
+        else:
+            holdout = _todays_holdout(spec, lake, key)
+            if holdout is None:
+                ts_state = read_state(lake, spec.name, "training_set", key)
+                why = f"{ts_state['status']}: {ts_state['reason']}" if ts_state else "has not run"
+                raise SkipKey(f"nothing to score: no scoring_source rows and training_set {why}")
+            segments.append((holdout, "holdout"))
+    out = pl.concat([_prediction_rows(spec, model, features, rows, kind, prod) for rows, kind in segments])
+    out = out.with_columns(pl.int_range(0, pl.len(), dtype=pl.Int32).alias("row_index")).select(
+        "row_index", pl.exclude("row_index")
+    )
+    lake.write_parquet(lake.key_path("predictions", spec.name, key, ".parquet"), out)
+    kinds = {kind: rows.height for rows, kind in segments}
+    return {
+        "rows": out.height,
+        "kind": ", ".join(kinds),  # e.g. "holdout, forecast"
+        **{f"rows_{kind}": n for kind, n in kinds.items()},
+        "model_version": prod["version"],
+    }
+
+
+def _todays_holdout(spec: UseCaseSpec, lake: Lake, key: str) -> pl.DataFrame | None:
+    """The key's holdout from today's training set; None when training_set is not ok (never a
+    holdout left over from an earlier run)."""
+    state = read_state(lake, spec.name, "training_set", key)
+    if not state or state["status"] != "ok":
+        return None
+    return F.split(lake.read_parquet(lake.key_path("training", spec.name, key, ".parquet")))[F.HOLDOUT]
+
+
+def _prediction_rows(spec: UseCaseSpec, model, features: list[str], rows: pl.DataFrame, kind: str, prod: dict):
+    t = spec.time_column
+    x = F.to_matrix(rows, features)
+    pred = predict(spec.task, model, x)
+    period = rows[t] if t else pl.Series([None] * rows.height)
+    kinds = pl.Series([kind] * rows.height, dtype=pl.Utf8)
+    out = pl.DataFrame({"period": period.cast(pl.Datetime("us")), "kind": kinds})
+    if spec.task in ("forecast", "regression"):
+        prediction, label = pl.Series(pred, dtype=pl.Float64), pl.Series([None] * rows.height, dtype=pl.Utf8)
+    elif spec.task == "anomaly":
+        prediction, label = pl.Series(anomaly_score(model, x), dtype=pl.Float64), pl.Series(pred.astype(str))
+    else:
+        prediction, label = pl.Series([None] * rows.height, dtype=pl.Float64), pl.Series(pred.astype(str))
+    has_actual = kind != "forecast" and spec.target and spec.target in rows.columns
+    actual = rows[spec.target].cast(pl.Float64, strict=False) if has_actual else pl.Series([None] * rows.height)
+    return out.with_columns(
+        prediction.alias("prediction"),
+        label.cast(pl.Utf8).alias("predicted_label"),
+        actual.cast(pl.Float64).alias("actual"),
+        pl.lit(prod["name"]).alias("model_name"),
+        pl.lit(prod["version"], dtype=pl.Int32).alias("model_version"),
+    )
+
+
+def score(run: StageRun, keys: Sequence[str]) -> StageReport:
+    spec = run.spec
+    production = production_models(run, keys)
+    outcomes = map_keys(
+        _score_one, keys, (spec, run.lake, production, run.trusted), workers=run.workers, progress=run.progress
+    )
+    return finish(run, "predictions", outcomes)

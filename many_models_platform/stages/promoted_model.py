@@ -1,0 +1,167 @@
+"""Stage 5, ``promoted_model``: the promotion rule, and copies into the production registry."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+
+from ..core.engine import KeyOutcome, SkipKey
+from ..core.keys import key_label
+from ..core.metrics import is_better
+from ..core.spec import UseCaseSpec
+from ..storage.registry import (
+    HASH_TAG,
+    copy_model_dir,
+)
+from ..storage.settings import PlatformSettings
+from .base import (
+    StageReport,
+    StageRun,
+    finish,
+    read_state,
+    require_upstream,
+)
+
+
+def decide(spec: UseCaseSpec, report: dict) -> tuple[str, str]:
+    """The business rule: (decision, reason). Decisions: promoted, kept_champion, rejected.
+
+    Order: the metric must be defined, the extra conditions (rows, metric bounds) and the
+    absolute threshold must hold, and then the candidate must beat the champion by
+    ``min_improvement`` on the same holdout.
+    """
+    metric = spec.metric
+    value = report["metrics"][metric]
+    rule = spec.promotion
+    if value is None or math.isnan(value):
+        return "rejected", f"{metric} is undefined on the holdout"
+    if rule.min_rows and report["rows_train"] < rule.min_rows:
+        return "rejected", f"below min_rows: {report['rows_train']} training rows < {rule.min_rows}"
+    if rule.min_holdout_rows and report["rows_holdout"] < rule.min_holdout_rows:
+        return "rejected", f"below min_holdout_rows: {report['rows_holdout']} holdout rows < {rule.min_holdout_rows}"
+    for name, bound in rule.bounds.items():
+        v = report["metrics"].get(name)
+        if v is None or math.isnan(v):
+            return "rejected", f"bound on {name}: {name} is undefined on the holdout"
+        if bound.min is not None and v < bound.min:
+            return "rejected", f"bound on {name}: {v:.4g} < min {bound.min}"
+        if bound.max is not None and v > bound.max:
+            return "rejected", f"bound on {name}: {v:.4g} > max {bound.max}"
+    if rule.threshold is not None:
+        passes = value <= rule.threshold if spec.lower_is_better else value >= rule.threshold
+        if not passes:
+            op = "<=" if spec.lower_is_better else ">="
+            return "rejected", f"below threshold: {metric} {value:.4g} does not satisfy {op} {rule.threshold}"
+    champ = report.get("champion_metrics")
+    if champ is None:
+        if report.get("champion_version") is not None:
+            return "promoted", "champion could not be compared on this holdout; candidate passes the threshold"
+        return "promoted", "first model for this key"
+    champ_value = champ[metric]
+    if champ_value is None or math.isnan(champ_value):
+        return "promoted", f"champion v{report['champion_version']} has no {metric} on this holdout"
+    margin = abs(champ_value) * rule.min_improvement
+    target = champ_value - margin if spec.lower_is_better else champ_value + margin
+    if is_better(value, target, metric):
+        return "promoted", f"beats champion v{report['champion_version']}: {metric} {value:.4g} vs {champ_value:.4g}"
+    return "kept_champion", (
+        f"champion v{report['champion_version']} stays: {metric} {value:.4g} vs {champ_value:.4g}"
+        + (f" (needs {rule.min_improvement:.0%} improvement)" if rule.min_improvement else "")
+    )
+
+
+def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
+    """Apply the rule per key; copy passing candidates into the production registry.
+
+    The production registry is read once (two queries); the passing models'
+    artifacts are copied under the production artifact root, so production never points into
+    the candidate store; registrations go out in one batch (parallel on a server store).
+    """
+    spec, lake = run.spec, run.lake
+    prod = run.production_writer()
+    snap = prod.snapshot(spec.name)
+    outcomes, to_register = [], []
+    for key in keys:
+        try:
+            report = require_upstream(lake, spec.name, "promoted_model", key)
+            model_state = read_state(lake, spec.name, "model", key)["info"]
+            champ = snap.current.get(key)
+            rolled_back = snap.rolled_back_sources(key).get(model_state["source"])
+            if champ and champ.tags.get("source_candidate_run") == model_state["source"]:
+                decision, reason = "kept_champion", "this candidate is already in production"
+            elif rolled_back is not None:
+                decision, reason = (
+                    "rejected",
+                    (
+                        f"this candidate was rolled back from production v{rolled_back.version} "
+                        f"({rolled_back.tags.get('rolled_back_by', '?')}); it is not promoted again automatically"
+                    ),
+                )
+            else:
+                decision, reason = decide(spec, report)
+            info = {
+                "decision": decision,
+                "reason": reason,
+                "metric": spec.metric,
+                "candidate_version": report["candidate_version"],
+                "candidate_value": report["metrics"][spec.metric],
+                "champion_version": report.get("champion_version"),
+                "champion_value": (report.get("champion_metrics") or {}).get(spec.metric),
+                "decided_at": dt.datetime.now(dt.UTC).isoformat(),
+                "decided_by": f"dagster run {run.run_id}",
+                "production_version": champ.version if champ else None,
+            }
+            outcome = KeyOutcome(key, "ok", info=info)
+            if decision == "promoted":
+                sha = model_state["artifact_sha256"]
+                target = production_artifact_path(run.settings, spec.name, key, report["candidate_version"], sha)
+                copy_model_dir(model_state["source"], target)
+                tags = {
+                    "use_case": spec.name,
+                    "key": key,
+                    "key_label": key_label(spec.keys, key)[:5000],
+                    "source_candidate_version": str(report["candidate_version"]),
+                    "source_candidate_run": model_state["source"],
+                    "source_candidate_registry": run.settings.candidate_registry_uri.rsplit("@", 1)[-1][:500],
+                    "data_fingerprint": model_state["data_fingerprint"],
+                    HASH_TAG: sha,
+                    "estimator": model_state["estimator"],
+                    "features": ",".join(model_state["features"]),
+                    "metric": spec.metric,
+                    **{f"metric.{k}": repr(v) for k, v in report["metrics"].items()},
+                    "rows_train": str(report["rows_train"]),
+                    "rows_holdout": str(report["rows_holdout"]),
+                    "promoted_at": info["decided_at"],
+                    "promoted_by": info["decided_by"],
+                    "promotion_reason": reason[:5000],
+                }
+                to_register.append((outcome, (key, target, tags)))
+            outcomes.append(outcome)
+        except SkipKey as exc:
+            outcomes.append(KeyOutcome(key, "skipped", str(exc)))
+        except Exception as exc:
+            outcomes.append(KeyOutcome(key, "failed", f"{type(exc).__name__}: {exc}"))
+        if run.progress:
+            run.progress(1)
+    if to_register:
+        versions = prod.register_many(
+            spec.name, [item for _, item in to_register], None, after=lambda key, v: prod.set_alias(spec.name, key, v)
+        )
+        for outcome, (key, _, _) in to_register:
+            result = versions[key]
+            if isinstance(result, Exception):
+                outcome.status, outcome.reason = "failed", f"promotion failed: {type(result).__name__}: {result}"
+            else:
+                outcome.info["production_version"] = result
+    decisions = {}
+    for o in outcomes:
+        d = o.info.get("decision", o.status) if o.ok else o.status
+        decisions[d] = decisions.get(d, 0) + 1
+    return finish(run, "promoted_model", outcomes, {"decisions": decisions})
+
+
+def production_artifact_path(settings: PlatformSettings, use_case: str, key: str, version: int, sha: str) -> str:
+    """Where a promoted model's files live: under the production artifact root, one folder per
+    (candidate version, content hash), so promoting the same model twice reuses the folder."""
+    return f"{settings.production_artifact_root.rstrip('/')}/{use_case}/{key}/candidate-v{version}-{sha[:12]}"
