@@ -16,14 +16,31 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Task = Literal["forecast", "regression", "classification", "anomaly"]
-MetricName = Literal["mape", "rmse", "mae", "r2", "accuracy", "f1", "precision", "recall"]
+MetricName = Literal[
+    "mape", "rmse", "mae", "r2", "accuracy", "f1", "precision", "recall", "flag_rate", "score_stability"
+]
+Frequency = Literal["hourly", "daily", "weekly", "monthly", "quarterly", "yearly", "period"]
+DuplicatePolicy = Literal["keep", "last", "first", "sum", "mean", "error"]
+CalendarFeature = Literal["hour", "dayofweek", "dayofyear", "month", "quarter"]
 
 LOWER_IS_BETTER: frozenset[str] = frozenset({"mape", "rmse", "mae"})
+# Metrics of an anomaly use case without labels: they describe a detector, they do not rank it.
+UNLABELLED_METRICS: frozenset[str] = frozenset({"flag_rate", "score_stability"})
 TASK_METRICS: dict[str, frozenset[str]] = {
     "forecast": frozenset({"mape", "rmse", "mae", "r2"}),
     "regression": frozenset({"mape", "rmse", "mae", "r2"}),
     "classification": frozenset({"accuracy", "f1", "precision", "recall"}),
-    "anomaly": frozenset({"f1", "precision", "recall", "accuracy"}),
+    "anomaly": frozenset({"f1", "precision", "recall", "accuracy", *UNLABELLED_METRICS}),
+}
+# Calendar features per frequency when `calendar_features: true` (docs/use-cases.md#calendar-features).
+CALENDAR_DEFAULTS: dict[str, tuple[str, ...]] = {
+    "hourly": ("hour", "dayofweek"),
+    "daily": ("dayofweek", "dayofyear"),
+    "weekly": ("month",),
+    "monthly": ("month",),
+    "quarterly": ("quarter",),
+    "yearly": (),
+    "period": (),
 }
 
 
@@ -160,6 +177,8 @@ METRIC_RANGES: dict[str, tuple[float | None, float | None]] = {
     "f1": (0.0, 1.0),
     "precision": (0.0, 1.0),
     "recall": (0.0, 1.0),
+    "flag_rate": (0.0, 1.0),
+    "score_stability": (-1.0, 1.0),
 }
 
 
@@ -178,10 +197,23 @@ class UseCaseSpec(_Strict):
     scoring_source: SourceSpec | None = None
     keys: list[str] = Field(min_length=1)
     time_column: str | None = None
+    # strftime format of a text (or integer) time column, e.g. "%y" for two-digit years;
+    # without it ISO-8601 text, dates, datetimes and integer years are recognised.
+    time_format: str | None = None
+    # Spacing of the time column; inferred per key when absent (docs/use-cases.md#time-columns).
+    frequency: Frequency | None = None
     target: str | None = None
+    # Keep predictions at or above zero (counts, demand); targets below zero are refused.
+    non_negative_target: bool = False
     features: list[str] = Field(default_factory=list)
+    # Text (or code) columns: one-hot encoded for linear models, native categoricals for LightGBM.
+    categorical_features: list[str] = Field(default_factory=list)
     lags: list[int] = Field(default_factory=list)
-    calendar_features: bool = True
+    # true: the defaults of the frequency; false: none; a list: exactly these.
+    calendar_features: bool | list[CalendarFeature] = True
+    # Rows sharing (key, time) inside one landing file; default: keep for events (regression,
+    # classification, anomaly), error for forecasts, which need one row per key and period.
+    duplicates: DuplicatePolicy | None = None
     holdout: HoldoutSpec
     candidates: list[CandidateSpec] = Field(min_length=1)
     metric: MetricName
@@ -203,8 +235,21 @@ class UseCaseSpec(_Strict):
         for src in (self.source, self.scoring_source):
             if src is not None:
                 src.file_format  # noqa: B018 - raises when the format cannot be inferred
-        if self.task == "anomaly" and self.target is None:
-            raise ValueError("task 'anomaly' needs a labelled 'target' column (1 = anomaly) to evaluate on")
+        if self.task == "anomaly" and self.target is None and self.metric not in UNLABELLED_METRICS:
+            raise ValueError(
+                f"an anomaly use case without a 'target' (labels) cannot compute {self.metric!r}; "
+                f"use one of {sorted(UNLABELLED_METRICS)}"
+            )
+        if self.metric in UNLABELLED_METRICS and self.task != "anomaly":
+            raise ValueError(f"metric {self.metric!r} only applies to task 'anomaly'")
+        if self.time_format and not self.time_column:
+            raise ValueError("'time_format' needs a 'time_column'")
+        if self.frequency and not self.time_column:
+            raise ValueError("'frequency' needs a 'time_column'")
+        if self.duplicates in ("sum", "mean") and self.task in ("classification", "anomaly") and self.target:
+            raise ValueError(f"duplicates: {self.duplicates!r} cannot aggregate the labels of task {self.task!r}")
+        if self.non_negative_target and self.task not in ("forecast", "regression"):
+            raise ValueError("'non_negative_target' applies to tasks 'forecast' and 'regression'")
         if self.task == "forecast":
             if self.time_column is None:
                 raise ValueError("task 'forecast' needs a 'time_column'")
@@ -224,12 +269,15 @@ class UseCaseSpec(_Strict):
             raise ValueError("'lags' only apply to task 'forecast'")
         if self.holdout.periods is not None and self.time_column is None:
             raise ValueError("'holdout.periods' needs a 'time_column'; use 'holdout.fraction'")
-        if not self.features and not self.lags and not (self.calendar_features and self.time_column):
-            raise ValueError("declare at least one feature (or lags / calendar features)")
+        if not self.features and not self.categorical_features and not self.lags and not self.wants_calendar:
+            raise ValueError("declare at least one feature (or categorical features, lags, calendar features)")
         used = [*self.keys, self.time_column, self.target]
-        overlap = sorted({f for f in self.features if f in used})
+        overlap = sorted({f for f in [*self.features, *self.categorical_features] if f in used})
         if overlap:
             raise ValueError(f"features {overlap} are also key, time or target columns")
+        both = sorted(set(self.features) & set(self.categorical_features))
+        if both:
+            raise ValueError(f"{both} listed in both 'features' and 'categorical_features'; keep one")
         names = [c.name for c in self.candidates]
         if len(names) != len(set(names)):
             raise ValueError(f"candidate names must be unique, got {names}")
@@ -269,9 +317,14 @@ class UseCaseSpec(_Strict):
                 "task",
                 "time_column",
                 "target",
+                "time_format",
+                "frequency",
+                "non_negative_target",
                 "features",
+                "categorical_features",
                 "lags",
                 "calendar_features",
+                "duplicates",
                 "holdout",
                 "candidates",
                 "metric",
@@ -284,6 +337,36 @@ class UseCaseSpec(_Strict):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @property
+    def duplicate_policy(self) -> str:
+        """The declared policy, else the task's default (see ``duplicates``)."""
+        if self.duplicates:
+            return self.duplicates
+        return "error" if self.task == "forecast" else "keep"
+
+    @property
+    def wants_calendar(self) -> bool:
+        """True when some calendar feature may be derived (the frequency decides which)."""
+        return bool(self.time_column and self.calendar_features)
+
+    def calendar_for(self, frequency: str | None) -> tuple[str, ...]:
+        """The calendar features of a key whose time column has this frequency."""
+        if not self.time_column or self.calendar_features is False or frequency is None:
+            return ()
+        if self.calendar_features is True:
+            return CALENDAR_DEFAULTS[frequency]
+        return tuple(self.calendar_features)
+
+    @property
+    def all_features(self) -> list[str]:
+        """Declared input feature columns: numeric, then categorical."""
+        return [*self.features, *self.categorical_features]
+
+    @property
+    def labelled(self) -> bool:
+        """True when the use case's rows carry the target it is evaluated on."""
+        return self.target is not None
+
+    @property
     def lower_is_better(self) -> bool:
         return self.metric in LOWER_IS_BETTER
 
@@ -293,7 +376,7 @@ class UseCaseSpec(_Strict):
         cols = [*self.keys]
         if self.time_column:
             cols.append(self.time_column)
-        cols += self.features
+        cols += self.all_features
         if self.target:
             cols.append(self.target)
         return list(dict.fromkeys(cols))
