@@ -248,6 +248,12 @@ class UseCaseSpec(_Strict):
             raise ValueError("'frequency' needs a 'time_column'")
         if self.duplicates in ("sum", "mean") and self.task in ("classification", "anomaly") and self.target:
             raise ValueError(f"duplicates: {self.duplicates!r} cannot aggregate the labels of task {self.task!r}")
+        if self.task == "forecast" and self.duplicates == "keep":
+            raise ValueError(
+                "a forecast needs one row per key and period: duplicates must be sum, mean, last, first or error"
+            )
+        if self.duplicates not in (None, "keep") and not self.time_column:
+            raise ValueError(f"duplicates: {self.duplicates!r} needs a 'time_column' to tell duplicates apart")
         if self.non_negative_target and self.task not in ("forecast", "regression"):
             raise ValueError("'non_negative_target' applies to tasks 'forecast' and 'regression'")
         if self.task == "forecast":
