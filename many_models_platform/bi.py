@@ -120,8 +120,41 @@ def dbt_target_for(warehouse_url: str) -> DbtTarget:
 
 
 def _odbc_pairs(conn_str: str) -> dict[str, str]:
-    pairs = (part.partition("=") for part in conn_str.split(";") if "=" in part)
-    return {k.strip().lower(): v.strip().strip("{}") for k, _, v in pairs}
+    """``Key=value;`` pairs of an ODBC connection string, keys lower-cased. A value in braces
+    may hold ``;`` and ``=``, and ``}}`` inside braces is a literal ``}`` (the ODBC rules), so a
+    password like ``{x;y}`` stays whole."""
+    pairs: dict[str, str] = {}
+    i, n = 0, len(conn_str)
+    while i < n:
+        eq = conn_str.find("=", i)
+        if eq < 0:
+            break
+        key = conn_str[i:eq].strip().lower()
+        i = eq + 1
+        while i < n and conn_str[i] == " ":
+            i += 1
+        if i < n and conn_str[i] == "{":
+            value, i = [], i + 1
+            while i < n:
+                if conn_str[i] == "}":
+                    if conn_str[i + 1 : i + 2] == "}":
+                        value.append("}")
+                        i += 2
+                        continue
+                    i += 1
+                    break
+                value.append(conn_str[i])
+                i += 1
+            text = "".join(value)
+            end = conn_str.find(";", i)
+            i = n if end < 0 else end + 1
+        else:
+            end = conn_str.find(";", i)
+            text, i = (conn_str[i:], n) if end < 0 else (conn_str[i:end], end + 1)
+            text = text.strip()
+        if key:
+            pairs[key] = text
+    return pairs
 
 
 # --- the manifest ----------------------------------------------------------------------------

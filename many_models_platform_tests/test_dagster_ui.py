@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey
 from dagster_helpers import land_generated, run_pipeline
+from pg_helpers import IN_CI
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -92,7 +93,7 @@ def wait_for_code_location(port: int, timeout: float = 120) -> dict:
 def chromium_path() -> str | None:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        if os.environ.get("CI") == "true":
+        if IN_CI:
             pytest.fail("chromium is missing: scripts/install-test-services.sh installs it")
         pytest.skip("chromium not installed (run scripts/install-test-services.sh)")
     return path

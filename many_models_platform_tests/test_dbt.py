@@ -144,6 +144,11 @@ def test_dbt_target_for_maps_every_warehouse_url(tmp_path, monkeypatch):
     assert (syn.name, syn.adapter) == ("synapse", "sqlserver")
     assert syn.env["MMP_DBT_MSSQL_SERVER"] == "ws.sql.azuresynapse.net"
     assert (syn.env["MMP_DBT_MSSQL_DATABASE"], syn.env["MMP_DBT_MSSQL_USER"]) == ("pool", "bi")
+    # a braced value keeps its ';' (the ODBC rule); '}}' inside braces is a literal '}'
+    assert syn.env["MMP_DBT_MSSQL_PASSWORD"] == "x;y"
+    tricky = "Server=h;Database=d;Uid=u;Pwd={a}}b;c=d}"
+    odd = dbt_target_for(f"mssql+pyodbc:///?odbc_connect={tricky.replace(';', '%3B').replace('=', '%3D')}")
+    assert odd.env["MMP_DBT_MSSQL_PASSWORD"] == "a}b;c=d"
     with pytest.raises(ValueError, match="no dbt target"):
         dbt_target_for("sqlite:///x.db")
 
