@@ -135,15 +135,19 @@ def read_source(spec: UseCaseSpec, lake: Lake, *, scoring: bool = False, prefer:
             continue
         try:
             raw = read_with_retry(lake, path, source.file_format, spec.input_columns, text_columns)
-            frame, file_kind = core_ingest.normalise_file(raw, spec, scoring=scoring, prefer=kind)
         except RetryLater as exc:
             entry |= {"status": "retry_later", "reason": str(exc)}
             continue
+        except Exception as exc:  # the file's content is the user's: say why it cannot be read
+            reject(lake, spec.name, entry, signature, settings, f"cannot read as {source.file_format}: {exc}"[:500])
+            continue
+        try:
+            frame, file_kind = core_ingest.normalise_file(raw, spec, scoring=scoring, prefer=kind)
         except core_ingest.FileRejected as exc:
             reject(lake, spec.name, entry, signature, settings, str(exc))
             continue
-        except Exception as exc:  # the file's content is the user's: say why it failed
-            reject(lake, spec.name, entry, signature, settings, f"cannot read as {source.file_format}: {exc}"[:500])
+        except pl.exceptions.PolarsError as exc:  # e.g. a key column of nested values that has no text form
+            reject(lake, spec.name, entry, signature, settings, f"{type(exc).__name__}: {exc}"[:500])
             continue
         if file_id(name) in records:
             lake.delete(records[file_id(name)])  # it was fixed
