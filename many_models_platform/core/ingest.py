@@ -297,10 +297,14 @@ def resolve(
     policy = policy or spec.duplicate_policy
     null_key = pl.any_horizontal([pl.col(k).is_null() for k in keys])
     null_rows = data.filter(null_key)
-    data = data.filter(~null_key)
+    if not null_rows.is_empty():  # filters copy the frame: only when something is removed
+        data = data.filter(~null_key)
     rows_in = data.group_by(keys).agg(pl.len().cast(pl.Int64).alias("rows_in"))
-    counts = [_count(data.filter(pl.col(DROP).is_not_null()), keys, pl.col(DROP), "dropped")]
-    data = data.filter(pl.col(DROP).is_null()).drop(DROP)
+    dropped = data.filter(pl.col(DROP).is_not_null())
+    counts = [_count(dropped, keys, pl.col(DROP), "dropped")]
+    if not dropped.is_empty():
+        data = data.filter(pl.col(DROP).is_null())
+    data = data.drop(DROP)
     failures: dict[tuple, str] = {}
     if time and not data.is_empty() and _has_duplicates(data, [*keys, time]):
         group = [*keys, time]

@@ -158,6 +158,7 @@ def read_source(spec: UseCaseSpec, lake: Lake, *, scoring: bool = False, prefer:
     if not frames:
         return SourceRead(None, files, kind)
     data = pl.concat(frames, how="diagonal_relaxed")
+    frames.clear()  # the concatenated copy is all that is needed from here on
     resolved = core_ingest.resolve(data, spec, file_names=[e["file"] for e in names])
     _file_totals(spec, lake, resolved, names)
     return SourceRead(resolved, files, kind)
@@ -233,7 +234,8 @@ def _per_key(spec: UseCaseSpec, read: SourceRead, wanted: pl.DataFrame) -> tuple
     if read.resolved is None:
         return {}, {}, {}
     keys, res = spec.keys, read.resolved
-    data = res.data.join(wanted, on=keys, how="semi")
+    unwanted = res.rows_in.join(wanted, on=keys, how="anti").height
+    data = res.data.join(wanted, on=keys, how="semi") if unwanted else res.data
     parts = {}
     if not data.is_empty():
         columns = [c for c in spec.input_columns if c in data.columns]
