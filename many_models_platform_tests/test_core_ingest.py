@@ -239,3 +239,18 @@ def test_null_key_rows_are_set_aside_not_counted_against_a_key():
     assert res.null_key_rows.height == 1 and res.data.height == 2
     assert res.rows_in.to_dicts() == [{"segment": "a", "rows_in": 2}]
     assert res.counts.is_empty()
+
+
+def test_an_unlabelled_anomaly_use_case_reads_no_target_and_keeps_simultaneous_events():
+    body = regression_body(
+        task="anomaly", target=None, metric="flag_rate", time_column="ts", holdout={"fraction": 0.25}
+    )
+    spec = make_spec(body)
+    assert spec.duplicate_policy == "keep"
+    frame = pl.DataFrame(
+        {"segment": ["a", "a"], "ts": ["2024-01-01 10:00", "2024-01-01 10:00"], "x1": [1, 2], "x2": [3, 4]}
+    )
+    out, kind = normalise_file(frame, spec)
+    assert kind == "datetime" and out[ingest.DROP].to_list() == [None, None]
+    res = resolve(out.with_columns(pl.lit(0, dtype=pl.Int32).alias(FILE)), spec)
+    assert res.data.height == 2 and res.counts.is_empty()

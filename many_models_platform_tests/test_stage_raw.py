@@ -191,6 +191,25 @@ def test_a_transient_read_error_is_retried_and_never_recorded_as_rejected(settin
     assert "could not be read now and will be tried again: landing/panel/a.csv" in out["no"].reason
 
 
+def test_a_file_still_being_written_is_read_again_once_it_stops_changing(settings, monkeypatch):
+    path = land(settings, "panel/a.csv", "country,year,x1,x2,y\nis,2020,1,2,3\n")
+    original = Lake.read_table
+    appended = []
+
+    def writer_still_busy(self, p, *args, **kw):
+        frame = original(self, p, *args, **kw)
+        if not appended:  # the upstream writer adds a row while we read
+            appended.append(True)
+            with open(path, "a") as f:
+                f.write("is,2021,1,2,4\n")
+            os.utime(path, ns=(2, 2))
+        return frame
+
+    monkeypatch.setattr(Lake, "read_table", writer_still_busy)
+    report, out = run_raw(settings, yearly(), keys=["is"])
+    assert report.summary["files"][0]["status"] == "ingested" and out["is"].info["rows"] == 2
+
+
 # --- keys, targets, duplicates, counts ------------------------------------------------------
 def test_leading_zero_keys_stay_distinct_in_discovery_and_ingest(settings):
     land(settings, "panel/a.csv", "country,year,x1,x2,y\n0012,2020,1,2,3\n12,2020,1,2,4\n012,2021,1,2,5\n")
