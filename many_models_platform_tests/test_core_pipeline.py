@@ -8,7 +8,6 @@ what it left in the lake, the registries and the DuckDB warehouse.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,33 +110,28 @@ def test_keys_are_discovered_from_readable_files_only(world):
     assert len(world.good) == 10
 
 
-def test_malformed_landing_files_are_quarantined_with_reasons(world):
-    quarantine = Path(world.settings.lake_url) / "quarantine" / USE_CASE
-    names = sorted(p.name for p in quarantine.iterdir())
-    data_files = [n for n in names if not n.endswith(".reason.json")]
-    assert len(data_files) == 2
-    assert any(n.endswith("_bad_columns.csv") for n in data_files)
-    assert any(n.endswith("_garbage.csv") for n in data_files)
-    for name in data_files:
-        reason = json.loads((quarantine / f"{name}.reason.json").read_text())
-        assert reason["source"].endswith(name.split("_", 1)[1])
-        assert reason["reason"]
-        if name.endswith("_bad_columns.csv"):
-            assert "missing required column" in reason["reason"] and "x3" in reason["reason"]
-    assert (quarantine / next(n for n in data_files if n.endswith("_garbage.csv"))).read_bytes() == (
-        bytes(range(256)) * 8
-    )
-    # moved, not copied; the good part files stay in landing and were ingested
-    remaining = sorted(p.name for p in world.landing.iterdir())
-    assert remaining == [f"{USE_CASE}_part-000{i}.csv" for i in range(3)]
+def test_malformed_landing_files_are_rejected_with_reasons_and_left_in_place(world):
     raw = world.day1["raw"]
-    assert len(raw.summary["quarantined"]) == 2
+    rejected = {Path(r["file"]).name: r["reason"] for r in raw.summary["rejected"]}
+    assert sorted(rejected) == ["bad_columns.csv", "garbage.csv"]
+    assert "missing required column" in rejected["bad_columns.csv"] and "x3" in rejected["bad_columns.csv"]
+    assert rejected["garbage.csv"]
+    # never moved: every landing file is still there, byte for byte
+    remaining = sorted(p.name for p in world.landing.iterdir())
+    assert remaining == sorted(["bad_columns.csv", "garbage.csv", *(f"{USE_CASE}_part-000{i}.csv" for i in range(3))])
+    assert (world.landing / "garbage.csv").read_bytes() == bytes(range(256)) * 8
+    records = Path(world.settings.lake_url) / "rejected" / USE_CASE
+    assert len(list(records.glob("*.json"))) == 2
+    # the second day does not read them again: they have not changed
+    statuses = {Path(f["file"]).name: f["status"] for f in world.day2["raw"].summary["files"]}
+    assert statuses["bad_columns.csv"] == statuses["garbage.csv"] == "unchanged_rejected"
     assert raw.summary["landing_rows"] == 10 * ROWS + 2 * SHORT_ROWS
     outcomes = by_key(raw)
     for key in world.good:
         assert outcomes[key].ok and outcomes[key].info["rows"] == ROWS
     orphan = outcomes[encode_key([ORPHAN])]
     assert orphan.status == "failed" and "no rows" in orphan.reason
+    assert "2 file(s) rejected for this use case" in orphan.reason and "bad_columns.csv" in orphan.reason
 
 
 def test_short_keys_fail_at_training_set_and_downstream_skips(world):

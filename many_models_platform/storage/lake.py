@@ -6,10 +6,12 @@ Everything goes through fsspec/UPath, and every per-key path is built from an en
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,20 +82,44 @@ class Lake:
     def read_json(self, path: UPath) -> Any:
         return json.loads(path.read_bytes())
 
-    def read_table(self, path: UPath, fmt: str, columns: list[str] | None = None) -> pl.DataFrame:
-        """A landing file; CSV dates and times are parsed, so time columns keep their type."""
+    def read_table(
+        self, path: UPath, fmt: str, columns: list[str] | None = None, text_columns: Sequence[str] = ()
+    ) -> pl.DataFrame:
+        """A landing file, with only those of ``columns`` it holds (the caller names what is missing).
+
+        CSV columns in ``text_columns`` are read as text without type inference, so ``0012``
+        stays ``0012`` and the time column is parsed by ingest, the same way as in Parquet.
+        """
         data = path.read_bytes()
         if fmt == "parquet":
+            if columns is not None:
+                present = set(pl.read_parquet_schema(io.BytesIO(data)))
+                columns = [c for c in columns if c in present]
             return pl.read_parquet(io.BytesIO(data), columns=columns)
-        return pl.read_csv(io.BytesIO(data), try_parse_dates=True, infer_schema_length=10_000, columns=columns)
+        if columns is not None:
+            present = set(pl.read_csv(io.BytesIO(data), n_rows=0).columns)
+            columns = [c for c in columns if c in present]
+        text = {c: pl.Utf8 for c in text_columns if columns is None or c in columns}
+        return pl.read_csv(io.BytesIO(data), columns=columns, schema_overrides=text, infer_schema_length=10_000)
 
-    def move(self, src: UPath, dst: UPath) -> None:
+    def signature(self, path: UPath) -> dict[str, Any]:
+        """Size and modification stamp (ETag where the store has one): tells whether a file changed."""
         if self.is_local:
-            os.makedirs(dst.parent.path, exist_ok=True)
-            os.replace(src.path, dst.path)
-        else:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            src.fs.mv(src.path, dst.path)
+            st = os.stat(path.path)
+            return {"size": st.st_size, "modified": str(st.st_mtime_ns)}
+        info = path.fs.info(path.path)
+        stamp = next((info[k] for k in ("etag", "ETag", "last_modified", "LastModified", "mtime") if info.get(k)), "")
+        return {"size": info.get("size"), "modified": str(stamp)}
+
+    def relative(self, path: UPath) -> str:
+        """A path as the user wrote it in a glob: relative to the lake root."""
+        root = self.root.path.rstrip("/")
+        return path.path[len(root) + 1 :] if path.path.startswith(root + "/") else path.path
+
+    def delete(self, path: UPath) -> None:
+        """Remove a file the platform wrote (never a landing file); missing is fine."""
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
     def exists(self, path: UPath) -> bool:
         return path.exists()

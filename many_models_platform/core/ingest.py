@@ -1,0 +1,381 @@
+"""Landing rows -> clean rows per key: time parsing, target cleaning, duplicates, and counts.
+
+Pure polars, no Dagster and no lake: ``stages/raw.py`` reads the files and writes bronze,
+this module decides what every row becomes and counts each row it removes, so a user can
+see where rows went (docs/use-cases.md#how-landing-files-are-read).
+
+The time column is read the same way whatever the file format (ISO-8601 text is parsed in
+Parquet too), and whole-file problems raise :class:`FileRejected` with a message for the user.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from .spec import UseCaseSpec
+
+FILE = "__file"  # index of the landing file, in name order
+DROP = "__drop"  # why a row is removed (null: the row is kept)
+POLICIES = ("keep", "last", "first", "sum", "mean")
+
+# Row drop reasons, as they appear in ``drops`` (docs/use-cases.md#row-counts).
+NULL_KEY = "null key value"
+MISSING_TIME = "missing time value"
+UNPARSEABLE_TIME = "unparseable time value"
+TARGET_NULL = "target is null"
+TARGET_NAN = "target is NaN"
+TARGET_INF = "target is inf"
+TARGET_TEXT = "target is not a number"
+LATER_FILE = "replaced by a later file"
+
+YEARS = (1000, 9999)  # integers in this range are calendar years (unless frequency says otherwise)
+# Text time values without a time_format: ISO-8601 dates, then datetimes (a "T" or a space
+# between date and time, optional fractional seconds, optional offset or "Z").
+_ISO_NAIVE = ("%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M")
+_ISO_AWARE = ("%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M%#z")
+_TIME_DIRECTIVES = re.compile(r"%[-#]?[HIMSfpTRrcXsz]|%\.[0-9]?f|%:z")
+_NUMERIC_WIDTH = {"Y": 4, "y": 2, "m": 2, "d": 2, "H": 2, "M": 2, "S": 2, "j": 3}
+
+COUNT_SCHEMA = {FILE: pl.Int32, "reason": pl.Utf8, "kind": pl.Utf8, "n": pl.Int64}
+
+
+class FileRejected(ValueError):
+    """A landing file this use case cannot use; the message is the reason shown to the user."""
+
+
+@dataclass(frozen=True)
+class ParsedTime:
+    """A time column normalised to ``pl.Date``, ``pl.Datetime("us")`` (UTC, naive) or ``pl.Int64``
+    (a period index), with the reason each unusable row is dropped (null when usable)."""
+
+    values: pl.Series
+    kind: str  # "date" | "datetime" | "period"
+    bad: pl.Series
+
+
+def _kind_of(dtype: pl.DataType) -> str:
+    if dtype == pl.Date:
+        return "date"
+    return "datetime" if isinstance(dtype, pl.Datetime) else "period"
+
+
+def _to_naive_utc(values: pl.Series) -> pl.Series:
+    if isinstance(values.dtype, pl.Datetime) and values.dtype.time_zone is not None:
+        values = values.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+    return values.dt.cast_time_unit("us")
+
+
+def _examples(source: pl.Series, failed: pl.Series) -> str:
+    shown = source.filter(failed).cast(pl.Utf8).unique(maintain_order=True).head(2).to_list()
+    return ", ".join(repr(v) for v in shown)
+
+
+def _numeric_width(fmt: str) -> int | None:
+    """Text width of a format made only of numeric directives and literals (``%Y%m`` -> 6), so
+    integers can be zero-padded before parsing (5 with ``%y`` reads as ``05``)."""
+    width, i = 0, 0
+    while i < len(fmt):
+        if fmt[i] == "%":
+            if i + 1 >= len(fmt) or fmt[i + 1] not in _NUMERIC_WIDTH:
+                return None
+            width += _NUMERIC_WIDTH[fmt[i + 1]]
+            i += 2
+        else:
+            width += 1
+            i += 1
+    return width
+
+
+def _with_format(text: pl.Series, fmt: str) -> tuple[pl.Series, str, str]:
+    expected = f"in time_format {fmt!r}"
+    if _TIME_DIRECTIVES.search(fmt):
+        return _to_naive_utc(text.str.to_datetime(fmt, strict=False, time_unit="us")), "datetime", expected
+    return text.str.to_date(fmt, strict=False), "date", expected
+
+
+def _from_integers(
+    ints: pl.Series, column: str, frequency: str | None, prefer: str | None
+) -> tuple[pl.Series, str, str]:
+    """Integers are a period index (``frequency: period``, or not all 4-digit) or calendar years."""
+    if frequency == "period" or (frequency is None and prefer == "period"):
+        return ints, "period", "integers"
+    in_range = ints.is_between(*YEARS)
+    as_years = frequency == "yearly" or prefer in ("date", "datetime")
+    if frequency is None and not as_years:
+        as_years = bool(in_range.filter(ints.is_not_null()).all())
+        if not as_years:
+            return ints, "period", "integers"
+    if not as_years:
+        raise FileRejected(
+            f"time column {column!r} holds integers, which cannot be read as {frequency} times; set "
+            "'time_format' (e.g. '%Y%m%d' for 20190131, '%Y%m' for 201901) or 'frequency: period'"
+        )
+    years = pl.select(pl.when(in_range).then(pl.date(ints, 1, 1))).to_series()
+    return years, "date", f"years ({YEARS[0]}-{YEARS[1]})"
+
+
+def _from_text(text: pl.Series, column: str, frequency: str | None, prefer: str | None) -> tuple[pl.Series, str, str]:
+    expected = "ISO-8601 dates, datetimes or integers"
+    present = text.is_not_null().sum()
+    dates = text.str.to_date("%Y-%m-%d", strict=False)
+    if dates.is_not_null().sum() == present:
+        return dates, "date", expected
+    ints = text.cast(pl.Int64, strict=False)
+    if ints.is_not_null().sum() * 2 > present:
+        return _from_integers(ints, column, frequency, prefer)
+    spaced = text.str.replace("T", " ", literal=True)
+    parsed = pl.repeat(None, len(text), dtype=pl.Datetime("us"), eager=True)
+    for fmt in (*_ISO_NAIVE, *_ISO_AWARE):
+        missing = parsed.is_null() & text.is_not_null() & dates.is_null()
+        if not missing.any():
+            break
+        parsed = parsed.fill_null(_to_naive_utc(spaced.str.to_datetime(fmt, strict=False, time_unit="us")))
+    if parsed.is_null().all():
+        return dates, "date", expected
+    return parsed.fill_null(dates.cast(pl.Datetime("us"))), "datetime", expected
+
+
+def parse_time(
+    values: pl.Series,
+    *,
+    column: str,
+    time_format: str | None = None,
+    frequency: str | None = None,
+    prefer: str | None = None,
+) -> ParsedTime:
+    """Normalise one file's time column (rules: docs/use-cases.md#time-columns).
+
+    ``prefer`` is the kind an earlier landing file of the use case gave: it settles integers
+    that could be years or periods, and a file of another kind is rejected. Raises
+    :class:`FileRejected` when more than half of the non-null values do not parse.
+    """
+    if len(values) and values.null_count() == len(values):
+        raise FileRejected(f"time column {column!r} holds no values")
+    if isinstance(values.dtype, pl.Categorical | pl.Enum):
+        values = values.cast(pl.Utf8)
+    source = values
+    if values.dtype.is_float():
+        finite = values.filter(values.is_finite())
+        fractional = finite != finite.round(0)
+        if fractional.any():
+            raise FileRejected(
+                f"time column {column!r} holds non-integer numbers (e.g. {_examples(finite, fractional)})"
+            )
+        values = values.fill_nan(None).cast(pl.Int64, strict=False)
+        source = values
+    if values.dtype == pl.Date or isinstance(values.dtype, pl.Datetime):
+        parsed = values if values.dtype == pl.Date else _to_naive_utc(values)
+        kind, expected = _kind_of(values.dtype), "dates"
+    elif values.dtype.is_integer() or values.dtype == pl.Utf8:
+        if values.dtype.is_integer():
+            ints = values.cast(pl.Int64)
+            text = ints.cast(pl.Utf8)
+        else:
+            text = values.str.strip_chars()
+            ints = None
+        if time_format:
+            width = _numeric_width(time_format) if ints is not None else None
+            parsed, kind, expected = _with_format(text.str.zfill(width) if width else text, time_format)
+        elif ints is not None:
+            parsed, kind, expected = _from_integers(ints, column, frequency, prefer)
+        else:
+            parsed, kind, expected = _from_text(text, column, frequency, prefer)
+    else:
+        raise FileRejected(f"time column {column!r} has type {values.dtype}, not a date, datetime, text or integer")
+
+    present = source.is_not_null()
+    failed = present & parsed.is_null()
+    n_present, n_failed = int(present.sum()), int(failed.sum())
+    if n_present == 0 and len(values):
+        raise FileRejected(f"time column {column!r} holds no values")
+    if n_failed * 2 > n_present:
+        hint = "set 'time_format' (strftime, e.g. '%d/%m/%Y') to read this layout"
+        if expected.startswith("years"):
+            hint = "set 'frequency: period' to read them as a period index, or 'time_format'"
+        raise FileRejected(
+            f"time column {column!r}: {n_failed} of {n_present} values are not {expected} "
+            f"(e.g. {_examples(source, failed)}); {hint}"
+        )
+    if prefer is not None and (prefer == "period") != (kind == "period"):
+        seen = {"period": "integer periods", "date": "dates", "datetime": "datetimes"}
+        raise FileRejected(
+            f"time column {column!r} holds {seen[kind]} here but {seen[prefer]} in an earlier landing file; "
+            "set 'frequency' ('period' or 'yearly') or 'time_format' so every file reads the same way"
+        )
+    bad = pl.select(
+        pl.when(~present).then(pl.lit(MISSING_TIME)).when(failed).then(pl.lit(UNPARSEABLE_TIME))
+    ).to_series()
+    return ParsedTime(parsed.alias(column), kind, bad.alias(DROP))
+
+
+def required_columns(spec: UseCaseSpec, scoring: bool) -> list[str]:
+    """Columns a landing file must hold: all inputs, except the target in a scoring source."""
+    return [c for c in spec.input_columns if not (scoring and c == spec.target)]
+
+
+def normalise_file(
+    frame: pl.DataFrame, spec: UseCaseSpec, *, scoring: bool = False, prefer: str | None = None
+) -> tuple[pl.DataFrame, str | None]:
+    """One landing file's columns in bronze types, plus ``__drop``, the reason a row is removed.
+
+    Key and categorical columns become text as they are; the target becomes Float64 for
+    forecasts and regressions. Returns the frame and its time kind; raises FileRejected.
+    """
+    missing = [c for c in required_columns(spec, scoring) if c not in frame.columns]
+    if missing:
+        raise FileRejected(f"missing required column(s) {missing}")
+    frame = frame.select([c for c in spec.input_columns if c in frame.columns])
+    frame = frame.with_columns([pl.col(c).cast(pl.Utf8) for c in [*spec.keys, *spec.categorical_features]])
+    reasons = pl.when(pl.any_horizontal([pl.col(k).is_null() for k in spec.keys])).then(pl.lit(NULL_KEY))
+    kind = None
+    if spec.time_column:
+        parsed = parse_time(
+            frame[spec.time_column],
+            column=spec.time_column,
+            time_format=spec.time_format,
+            frequency=spec.frequency,
+            prefer=prefer,
+        )
+        frame = frame.with_columns(parsed.values, parsed.bad)
+        kind = parsed.kind
+        reasons = reasons.when(pl.col(DROP).is_not_null()).then(pl.col(DROP))
+    target = spec.target if spec.target in frame.columns else None
+    if target:
+        source = pl.col(target)
+        if spec.task in ("forecast", "regression") and frame.schema[target] != pl.Float64:
+            frame = frame.with_columns(source.cast(pl.Float64, strict=False), source.is_not_null().alias("__t_present"))
+            text = pl.col("__t_present") & pl.col(target).is_null()
+        else:
+            text = pl.lit(False)
+        if not scoring:
+            reasons = reasons.when(text).then(pl.lit(TARGET_TEXT)).when(source.is_null()).then(pl.lit(TARGET_NULL))
+            if frame.schema[target].is_float():
+                reasons = reasons.when(source.is_nan()).then(pl.lit(TARGET_NAN))
+                reasons = reasons.when(source.is_infinite()).then(pl.lit(TARGET_INF))
+    frame = frame.with_columns(reasons.otherwise(pl.lit(None, dtype=pl.Utf8)).alias(DROP))
+    return frame.drop("__t_present", strict=False), kind
+
+
+def _empty_counts(keys: Sequence[str]) -> pl.DataFrame:
+    return pl.DataFrame(schema={**{k: pl.Utf8 for k in keys}, **COUNT_SCHEMA})
+
+
+def _count(rows: pl.DataFrame, keys: Sequence[str], reason: str | pl.Expr, kind: str) -> pl.DataFrame:
+    """Rows removed, counted per key, file and reason."""
+    if rows.is_empty():
+        return _empty_counts(keys)
+    expr = pl.lit(reason) if isinstance(reason, str) else reason
+    return (
+        rows.group_by([*keys, FILE, expr.alias("reason")], maintain_order=True)
+        .agg(pl.len().cast(pl.Int64).alias("n"))
+        .with_columns(pl.lit(kind).alias("kind"), pl.col(FILE).cast(pl.Int32))
+        .select([*keys, *COUNT_SCHEMA])
+    )
+
+
+@dataclass
+class Resolved:
+    """The rows kept, and where the others went."""
+
+    data: pl.DataFrame  # kept rows (with ``__file``)
+    null_key_rows: pl.DataFrame  # rows without a full key: not a key's rows, counted per file
+    rows_in: pl.DataFrame  # keys + ``rows_in``: rows received per key
+    counts: pl.DataFrame  # keys, __file, reason, kind ("dropped" | "merged"), n
+    failures: dict[tuple, str] = field(default_factory=dict)  # key values -> why the key fails
+
+
+def resolve(
+    data: pl.DataFrame, spec: UseCaseSpec, *, policy: str | None = None, file_names: Sequence[str] = ()
+) -> Resolved:
+    """Drop the rows marked in ``__drop``, let a later file replace earlier rows of the same
+    (key, time), then apply the duplicate policy inside each file; count everything."""
+    keys, time = list(spec.keys), spec.time_column
+    policy = policy or spec.duplicate_policy
+    null_key = pl.any_horizontal([pl.col(k).is_null() for k in keys])
+    null_rows = data.filter(null_key)
+    if not null_rows.is_empty():  # filters copy the frame: only when something is removed
+        data = data.filter(~null_key)
+    rows_in = data.group_by(keys).agg(pl.len().cast(pl.Int64).alias("rows_in"))
+    dropped = data.filter(pl.col(DROP).is_not_null())
+    counts = [_count(dropped, keys, pl.col(DROP), "dropped")]
+    if not dropped.is_empty():
+        data = data.filter(pl.col(DROP).is_null())
+    data = data.drop(DROP)
+    failures: dict[tuple, str] = {}
+    if time and not data.is_empty() and _has_duplicates(data, [*keys, time]):
+        group = [*keys, time]
+        if data[FILE].n_unique() > 1:
+            latest = pl.col(FILE) == pl.col(FILE).max().over(group)
+            counts.append(_count(data.filter(~latest), keys, LATER_FILE, "merged"))
+            data = data.filter(latest)
+        data, more, failures = _apply_policy(data, spec, policy, file_names)
+        counts += more
+    return Resolved(data, null_rows, rows_in, pl.concat(counts), failures)
+
+
+def _has_duplicates(data: pl.DataFrame, group: list[str]) -> bool:
+    """A cheap first look (most landing zones hold one row per (key, time)): equal rows hash
+    alike, so no repeated hash means no duplicate; a hash collision only takes the exact path."""
+    return data.select(pl.struct(group).hash().n_unique()).item() < data.height
+
+
+def _apply_policy(
+    data: pl.DataFrame, spec: UseCaseSpec, policy: str, file_names: Sequence[str]
+) -> tuple[pl.DataFrame, list[pl.DataFrame], dict[tuple, str]]:
+    keys, time = list(spec.keys), spec.time_column
+    group = [*keys, time]
+    if policy == "keep":
+        return data, [], {}
+    position = pl.int_range(pl.len()).over(group)
+    if policy in ("first", "last"):
+        kept = position == 0 if policy == "first" else position == pl.len().over(group) - 1
+        reason = f"duplicate (key, time) removed by policy {policy!r}"
+        return data.filter(kept), [_count(data.filter(~kept), keys, reason, "dropped")], {}
+    if policy in ("sum", "mean"):
+        dup = pl.len().over(group) > 1
+        single, multi = data.filter(~dup), data.filter(dup)
+        merged = _count(
+            multi.filter(position > 0), keys, f"duplicate (key, time) merged by policy {policy!r}", "merged"
+        )
+        aggs = []
+        for col in data.columns:
+            if col in (*group, FILE):
+                continue
+            if col == spec.target and data.schema[col].is_numeric():
+                aggs.append(pl.col(col).sum() if policy == "sum" else pl.col(col).mean())
+            elif data.schema[col].is_numeric():
+                aggs.append(pl.col(col).mean())
+            else:
+                aggs.append(pl.col(col).last())
+        folded = multi.group_by([*group, FILE], maintain_order=True).agg(aggs).select(data.columns)
+        return pl.concat([single, folded], how="vertical_relaxed"), [merged], {}
+    # policy "error": every key with a duplicate fails, the others carry on
+    extra = data.filter(position > 0)
+    per_key = extra.group_by(keys, maintain_order=True).agg(
+        pl.len().alias("n"), pl.col(time).first().alias("example"), pl.col(FILE).first().alias("file")
+    )
+    failures = {}
+    for row in per_key.iter_rows(named=True):
+        where = file_names[row["file"]] if row["file"] < len(file_names) else f"file #{row['file']}"
+        failures[tuple(row[k] for k in keys)] = (
+            f"{row['n']} row(s) repeat a ({', '.join(keys)}, {time}) of an earlier row in the same landing file "
+            f"({where}), e.g. {time}={row['example']}; the duplicates policy is 'error': set 'duplicates' to one "
+            f"of {', '.join(POLICIES)}"
+        )
+    failing = per_key.select(keys)
+    dropped = _count(data.join(failing, on=keys, how="semi"), keys, "key failed: duplicate (key, time)", "dropped")
+    return data.join(failing, on=keys, how="anti"), [dropped], failures
+
+
+def per_key_counts(counts: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
+    """keys, reason, kind, n: counts summed over files."""
+    return counts.group_by([*keys, "reason", "kind"], maintain_order=True).agg(pl.col("n").sum())
+
+
+def per_file_counts(counts: pl.DataFrame) -> pl.DataFrame:
+    """__file, reason, kind, n: counts summed over keys."""
+    return counts.group_by([FILE, "reason", "kind"], maintain_order=True).agg(pl.col("n").sum())

@@ -1,0 +1,256 @@
+"""Ingest rules as pure functions over polars frames: time columns, targets, duplicates, counts."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+import pytest
+from conftest_core import forecast_body, make_spec, regression_body
+
+from many_models_platform.core import ingest
+from many_models_platform.core.ingest import FILE, FileRejected, normalise_file, parse_time, resolve
+
+D = dt.date
+
+
+def parsed(values, **kw):
+    return parse_time(pl.Series("t", values), column="t", **kw)
+
+
+# --- time columns ---------------------------------------------------------------------------
+def test_integer_years_become_january_first_dates():
+    for values in ([1980, 1981, None], ["1980", " 1981 ", None]):  # Parquet ints, CSV text
+        p = parsed(values)
+        assert p.kind == "date" and p.values.dtype == pl.Date
+        assert p.values.to_list() == [D(1980, 1, 1), D(1981, 1, 1), None]
+        assert p.bad.to_list() == [None, None, ingest.MISSING_TIME]
+
+
+def test_integers_that_are_not_all_years_are_a_period_index_unless_frequency_says_otherwise():
+    p = parsed([1, 2, 1990])
+    assert p.kind == "period" and p.values.dtype == pl.Int64 and p.values.to_list() == [1, 2, 1990]
+    assert parsed([1980, 1981], frequency="period").values.to_list() == [1980, 1981]
+    # yearly forces years: the stray 0 is one unparseable value, the rest are dates
+    p = parsed([1980, 1981, 0], frequency="yearly")
+    assert p.values.to_list() == [D(1980, 1, 1), D(1981, 1, 1), None]
+    assert p.bad.to_list() == [None, None, ingest.UNPARSEABLE_TIME]
+    with pytest.raises(FileRejected, match="cannot be read as monthly times; set 'time_format'"):
+        parsed([1, 2], frequency="monthly")
+
+
+def test_whole_float_years_from_a_pandas_export_are_years():
+    p = parsed([1980.0, float("nan"), 1982.0])
+    assert p.values.to_list() == [D(1980, 1, 1), None, D(1982, 1, 1)]
+    assert p.bad.to_list() == [None, ingest.MISSING_TIME, None]
+    with pytest.raises(FileRejected, match="non-integer numbers"):
+        parsed([1980.5, 1981.0])
+
+
+def test_two_digit_years_follow_strftime_y_pivot():
+    # polars' (chrono's) %y: 70-99 -> 1970-1999, 00-69 -> 2000-2069 (documented); ints are zero-padded
+    p = parsed([63, 92, 5, 69, 70], time_format="%y")
+    assert p.values.to_list() == [D(2063, 1, 1), D(1992, 1, 1), D(2005, 1, 1), D(2069, 1, 1), D(1970, 1, 1)]
+    assert parsed(["201901", "201912"], time_format="%Y%m").values.to_list() == [D(2019, 1, 1), D(2019, 12, 1)]
+    assert parsed([201901], time_format="%Y%m").values.to_list() == [D(2019, 1, 1)]
+
+
+def test_time_format_with_a_time_of_day_gives_datetimes():
+    p = parsed(["31/01/2020 13:45"], time_format="%d/%m/%Y %H:%M")
+    assert p.kind == "datetime" and p.values.to_list() == [dt.datetime(2020, 1, 31, 13, 45)]
+
+
+def test_iso_text_dates_and_datetimes_with_offsets_become_naive_utc():
+    assert parsed(["2020-01-01", "2020-01-08"]).kind == "date"
+    p = parsed(
+        ["2020-01-01T03:00:00Z", "2020-01-01T05:00:00+02:00", "2020-01-02 04:00", "2020-01-03", "2020-01-03T01:02:03.5"]
+    )
+    assert p.kind == "datetime" and p.values.dtype == pl.Datetime("us")
+    assert p.values.to_list() == [
+        dt.datetime(2020, 1, 1, 3),
+        dt.datetime(2020, 1, 1, 3),
+        dt.datetime(2020, 1, 2, 4),
+        dt.datetime(2020, 1, 3),
+        dt.datetime(2020, 1, 3, 1, 2, 3, 500000),
+    ]
+
+
+def test_tz_aware_datetimes_are_converted_to_utc_and_made_naive():
+    s = pl.Series("t", [dt.datetime(2020, 7, 1, 12)]).dt.replace_time_zone("Europe/Paris")
+    p = parse_time(s, column="t")
+    assert p.kind == "datetime" and p.values.dtype == pl.Datetime("us", None)
+    assert p.values.to_list() == [dt.datetime(2020, 7, 1, 10)]
+
+
+def test_a_few_impossible_dates_are_dropped_rows_but_a_mostly_unparseable_column_rejects_the_file():
+    p = parsed(["1969-02-28", "1969-02-30", "1969-03-01"])
+    assert p.values.to_list() == [D(1969, 2, 28), None, D(1969, 3, 1)]
+    assert p.bad.to_list() == [None, ingest.UNPARSEABLE_TIME, None]
+    with pytest.raises(FileRejected) as err:
+        parsed(["soon", "later", "2020-01-01"])
+    assert "time column 't'" in str(err.value) and "'soon', 'later'" in str(err.value)
+    assert "2 of 3 values" in str(err.value)
+    with pytest.raises(FileRejected, match="holds no values"):
+        parsed([None, None], time_format="%Y")
+
+
+def test_a_file_of_another_time_kind_than_earlier_files_is_rejected():
+    with pytest.raises(FileRejected, match="holds dates here but integer periods in an earlier landing file"):
+        parsed(["2020-01-01"], prefer="period")
+    # an earlier file of years settles ambiguous integers as years
+    assert parsed([1990, 1991], prefer="date").kind == "date"
+    assert parsed([1990, 1991], prefer="period").kind == "period"
+
+
+# --- one file's columns and row reasons -----------------------------------------------------
+def test_keys_and_categoricals_become_text_and_bad_targets_are_marked():
+    spec = make_spec(regression_body(categorical_features=["day"]))
+    frame = pl.DataFrame(
+        {
+            "segment": [12, 12, 7, 7, None, 7],
+            "x1": [1.0] * 6,
+            "x2": [2] * 6,
+            "day": pl.Series([1, 2, 3, 4, 5, 6], dtype=pl.Int8),
+            "y": [1.0, None, float("nan"), float("inf"), 1.0, -float("inf")],
+        }
+    )
+    out, kind = normalise_file(frame, spec)
+    assert kind is None
+    assert out.schema["segment"] == pl.Utf8 and out["segment"].to_list()[:3] == ["12", "12", "7"]
+    assert out.schema["day"] == pl.Utf8
+    assert out[ingest.DROP].to_list() == [
+        None,
+        ingest.TARGET_NULL,
+        ingest.TARGET_NAN,
+        ingest.TARGET_INF,
+        ingest.NULL_KEY,
+        ingest.TARGET_INF,
+    ]
+
+
+def test_text_in_a_numeric_target_is_counted_not_a_number_and_scoring_keeps_every_row():
+    spec = make_spec(regression_body())
+    frame = pl.DataFrame({"segment": ["a", "a", "a"], "x1": [1, 2, 3], "x2": [1, 2, 3], "y": ["1.5", "n/a", None]})
+    out, _ = normalise_file(frame, spec)
+    assert out.schema["y"] == pl.Float64 and out["y"].to_list() == [1.5, None, None]
+    assert out[ingest.DROP].to_list() == [None, ingest.TARGET_TEXT, ingest.TARGET_NULL]
+    scoring, _ = normalise_file(frame.drop("y"), spec, scoring=True)
+    assert scoring[ingest.DROP].to_list() == [None, None, None]
+    with pytest.raises(FileRejected, match=r"missing required column\(s\) \['y'\]"):
+        normalise_file(frame.drop("y"), spec)
+
+
+# --- duplicates -----------------------------------------------------------------------------
+def weekly(**overrides):
+    return make_spec(forecast_body(lags=[], **overrides))
+
+
+def landed(files: list[list[tuple]]) -> pl.DataFrame:
+    """Rows (store, week, quantity, price) per file, normalised and indexed like the stage does."""
+    spec = weekly()
+    frames = []
+    for i, rows in enumerate(files):
+        frame = pl.DataFrame(
+            rows,
+            schema={"store": pl.Utf8, "week_start": pl.Utf8, "quantity": pl.Float64, "price": pl.Float64},
+            orient="row",
+        ).with_columns(pl.lit("b").alias("brand"))
+        out, _ = normalise_file(frame, spec)
+        frames.append(out.with_columns(pl.lit(i, dtype=pl.Int32).alias(FILE)))
+    return pl.concat(frames)
+
+
+W1, W2 = "2024-01-01", "2024-01-08"
+ONE_FILE = [[("s1", W1, 1.0, 10.0), ("s1", W1, 3.0, 20.0), ("s1", W1, 5.0, 30.0), ("s1", W2, 7.0, 1.0)]]
+
+
+def counts_of(res: ingest.Resolved) -> dict:
+    return {
+        (r["store"], r["reason"], r["kind"]): r["n"]
+        for r in ingest.per_key_counts(res.counts, ["store", "brand"]).iter_rows(named=True)
+    }
+
+
+def quantities(res: ingest.Resolved) -> list[tuple]:
+    return sorted(res.data.select("week_start", "quantity", "price").iter_rows())
+
+
+@pytest.mark.parametrize(
+    ("policy", "rows", "reason", "kind"),
+    [
+        ("keep", [(D(2024, 1, 1), 1.0, 10.0), (D(2024, 1, 1), 3.0, 20.0), (D(2024, 1, 1), 5.0, 30.0)], None, None),
+        ("first", [(D(2024, 1, 1), 1.0, 10.0)], "duplicate (key, time) removed by policy 'first'", "dropped"),
+        ("last", [(D(2024, 1, 1), 5.0, 30.0)], "duplicate (key, time) removed by policy 'last'", "dropped"),
+        ("sum", [(D(2024, 1, 1), 9.0, 20.0)], "duplicate (key, time) merged by policy 'sum'", "merged"),
+        ("mean", [(D(2024, 1, 1), 3.0, 20.0)], "duplicate (key, time) merged by policy 'mean'", "merged"),
+    ],
+)
+def test_duplicate_policies_inside_one_file(policy, rows, reason, kind):
+    res = resolve(landed(ONE_FILE), weekly(duplicates=policy))
+    assert quantities(res) == sorted([*rows, (D(2024, 1, 8), 7.0, 1.0)])
+    assert res.rows_in["rows_in"].to_list() == [4]
+    assert counts_of(res) == ({} if reason is None else {("s1", reason, kind): 2})
+    assert res.data.height + res.counts["n"].sum() == 4
+
+
+def test_error_policy_fails_only_the_key_with_duplicates():
+    files = [[("s1", W1, 1.0, 1.0), ("s1", W1, 2.0, 1.0), ("s1", W2, 3.0, 1.0), ("s2", W1, 4.0, 1.0)]]
+    res = resolve(landed(files), weekly(), file_names=["landing/x/a.csv"])
+    assert weekly().duplicate_policy == "error"
+    assert res.data["store"].to_list() == ["s2"]
+    (reason,) = res.failures.values()
+    assert list(res.failures) == [("s1", "b")]
+    assert "1 row(s) repeat a (store, brand, week_start)" in reason and "landing/x/a.csv" in reason
+    assert "week_start=2024-01-01" in reason and "keep, last, first, sum, mean" in reason
+    assert counts_of(res) == {("s1", "key failed: duplicate (key, time)", "dropped"): 3}
+
+
+def test_a_later_file_replaces_earlier_rows_of_the_same_key_and_time_for_every_policy():
+    files = [
+        [("s1", W1, 1.0, 1.0), ("s1", W2, 2.0, 1.0)],
+        [("s1", W1, 10.0, 1.0), ("s1", W1, 20.0, 1.0)],  # a re-landed week, itself repeated
+    ]
+    for policy, kept in [("keep", [10.0, 20.0]), ("last", [20.0]), ("sum", [30.0])]:
+        res = resolve(landed(files), weekly(duplicates=policy))
+        week1 = res.data.filter(pl.col("week_start") == D(2024, 1, 1))["quantity"].to_list()
+        assert sorted(week1) == kept, policy
+        assert res.data.filter(pl.col("week_start") == D(2024, 1, 8))["quantity"].to_list() == [2.0]
+        c = counts_of(res)
+        assert c[("s1", ingest.LATER_FILE, "merged")] == 1
+        assert sum(c.values()) + res.data.height == 4
+
+
+def test_dropped_rows_are_counted_per_key_and_file_and_never_reach_the_policy():
+    files = [
+        [("s1", W1, None, 1.0), ("s1", "2024-02-30", 1.0, 1.0), ("s1", W2, float("nan"), 1.0)],
+        [("s1", W2, 5.0, 1.0)],
+    ]
+    res = resolve(landed(files), weekly(duplicates="error"))
+    assert res.failures == {} and res.data["quantity"].to_list() == [5.0]
+    by_file = {(r[FILE], r["reason"]): r["n"] for r in ingest.per_file_counts(res.counts).iter_rows(named=True)}
+    assert by_file == {(0, ingest.TARGET_NULL): 1, (0, ingest.UNPARSEABLE_TIME): 1, (0, ingest.TARGET_NAN): 1}
+
+
+def test_null_key_rows_are_set_aside_not_counted_against_a_key():
+    spec = make_spec(regression_body())
+    frame = pl.DataFrame({"segment": ["a", None, "a"], "x1": [1, 2, 3], "x2": [1, 2, 3], "y": [1.0, 2.0, 3.0]})
+    out, _ = normalise_file(frame, spec)
+    res = resolve(out.with_columns(pl.lit(0, dtype=pl.Int32).alias(FILE)), spec)
+    assert res.null_key_rows.height == 1 and res.data.height == 2
+    assert res.rows_in.to_dicts() == [{"segment": "a", "rows_in": 2}]
+    assert res.counts.is_empty()
+
+
+def test_an_unlabelled_anomaly_use_case_reads_no_target_and_keeps_simultaneous_events():
+    body = regression_body(
+        task="anomaly", target=None, metric="flag_rate", time_column="ts", holdout={"fraction": 0.25}
+    )
+    spec = make_spec(body)
+    assert spec.duplicate_policy == "keep"
+    frame = pl.DataFrame(
+        {"segment": ["a", "a"], "ts": ["2024-01-01 10:00", "2024-01-01 10:00"], "x1": [1, 2], "x2": [3, 4]}
+    )
+    out, kind = normalise_file(frame, spec)
+    assert kind == "datetime" and out[ingest.DROP].to_list() == [None, None]
+    res = resolve(out.with_columns(pl.lit(0, dtype=pl.Int32).alias(FILE)), spec)
+    assert res.data.height == 2 and res.counts.is_empty()

@@ -1,0 +1,340 @@
+"""The ``raw`` stage over a temporary lake: real files, rejections recorded per use case and never
+moved, retries of transient read errors, key discovery, and exact row counts per key and file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest_core import clear_platform_env, forecast_body, make_spec, regression_body
+
+from many_models_platform.core.keys import encode_key
+from many_models_platform.stages import raw
+from many_models_platform.stages.base import StageRun, read_state
+from many_models_platform.stages.raw import discover_keys, ingest
+from many_models_platform.storage.lake import Lake
+from many_models_platform.storage.settings import PlatformSettings
+
+D = dt.date
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch) -> PlatformSettings:
+    clear_platform_env(monkeypatch)
+    monkeypatch.setattr(raw, "RETRY_DELAYS", (0.01, 0.01))
+    s = PlatformSettings.from_env(tmp_path / "home")
+    s.ensure_local_dirs()
+    return s
+
+
+def land(settings: PlatformSettings, name: str, frame: pl.DataFrame | str) -> Path:
+    path = Path(settings.lake_url) / "landing" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(frame, str):
+        path.write_text(frame)
+    elif name.endswith(".parquet"):
+        frame.write_parquet(path)
+    else:
+        frame.write_csv(path)
+    return path
+
+
+def run_raw(settings, spec, keys=None):
+    keys = discover_keys(spec, Lake(settings.lake_url)) if keys is None else keys
+    report = ingest(StageRun(spec, settings, run_id="r1"), keys)
+    return report, {o.key: o for o in report.outcomes}
+
+
+def bronze(settings, spec, key: str, area: str = "bronze") -> pl.DataFrame:
+    return pl.read_parquet(Path(settings.lake_url) / area / spec.name / f"{key}.parquet")
+
+
+def yearly(path: str = "landing/panel/*.csv", name: str = "panel", **kw):
+    """A small regression use case over a yearly panel keyed by country."""
+    body = regression_body(source={"path": path}, keys=["country"], time_column="year", holdout={"fraction": 0.25})
+    return make_spec({**body, **kw}, name=name)
+
+
+def assert_balanced(info: dict) -> None:
+    assert info["rows_in"] == info["rows_out"] + info["rows_dropped"] + info["rows_merged"]
+    assert sum(info["drops"].values()) == info["rows_dropped"] + info["rows_merged"]
+
+
+# --- time columns, end to end ---------------------------------------------------------------
+def test_integer_years_in_csv_and_iso_text_in_parquet_reach_bronze_normalised(settings):
+    land(settings, "panel/a.csv", "country,year,x1,x2,y\n0012,1980,1,2,3.5\n0012,1981,1,2,4.5\n")
+    spec = yearly()
+    _, out = run_raw(settings, spec)
+    assert out["0012"].ok
+    b = bronze(settings, spec, "0012")
+    assert b.schema["country"] == pl.Utf8 and b.schema["year"] == pl.Date
+    assert b["year"].to_list() == [D(1980, 1, 1), D(1981, 1, 1)]
+
+    events = pl.DataFrame(
+        {"country": ["fr", "fr"], "year": ["2020-03-01T10:00:00+01:00", "2020-03-01T11:30:00Z"], "x1": [1, 2]}
+    ).with_columns(x2=pl.lit(0.0), y=pl.lit(1.0))
+    land(settings, "events/e.parquet", events)
+    spec = yearly("landing/events/*.parquet", name="events")
+    _, out = run_raw(settings, spec)
+    b = bronze(settings, spec, "fr")
+    assert b.schema["year"] == pl.Datetime("us") and b["year"].to_list() == [
+        dt.datetime(2020, 3, 1, 9),
+        dt.datetime(2020, 3, 1, 11, 30),
+    ]
+
+
+def test_two_digit_years_with_time_format_and_tz_aware_parquet(settings):
+    land(settings, "panel/a.csv", "country,year,x1,x2,y\nit,63,1,2,3\nit,92,1,2,4\n")
+    spec = yearly(time_format="%y")
+    run_raw(settings, spec)
+    assert bronze(settings, spec, "it")["year"].to_list() == [D(2063, 1, 1), D(1992, 1, 1)]
+
+    aware = pl.DataFrame({"country": ["de"], "year": [dt.datetime(2021, 6, 1, 12)], "x1": [1], "x2": [2], "y": [3.0]})
+    land(settings, "tz/a.parquet", aware.with_columns(pl.col("year").dt.replace_time_zone("Europe/Berlin")))
+    spec = yearly("landing/tz/*.parquet", name="tz")
+    run_raw(settings, spec)
+    b = bronze(settings, spec, "de")
+    assert b.schema["year"] == pl.Datetime("us", None) and b["year"].to_list() == [dt.datetime(2021, 6, 1, 10)]
+
+
+def test_partly_unparseable_times_are_counted_per_key_and_a_wholly_unparseable_file_is_rejected(settings):
+    land(
+        settings, "panel/a.csv", "country,year,x1,x2,y\nus,1969-02-28,1,2,3\nus,1969-02-30,1,2,4\nus,1969-03-01,1,2,5\n"
+    )
+    land(settings, "panel/b.csv", "country,year,x1,x2,y\nca,soon,1,2,3\nca,later,1,2,4\nca,1970-01-01,1,2,5\n")
+    spec = yearly()
+    report, out = run_raw(settings, spec)
+    assert out["us"].ok and out["us"].info["rows"] == 2
+    assert out["us"].info["drops"] == {"unparseable time value": 1}
+    assert_balanced(out["us"].info)
+    ca = out["ca"]  # discovered from b.csv before raw rejected it
+    assert ca.status == "failed"
+    assert ca.reason.startswith("no rows for this key in the landing zone; 1 file(s) rejected for this use case: ")
+    assert "landing/panel/b.csv" in ca.reason and "time column 'year'" in ca.reason and "'soon', 'later'" in ca.reason
+    assert report.summary["rejected"] == [
+        {"file": "landing/panel/b.csv", "reason": report.summary["rejected"][0]["reason"]}
+    ]
+    statuses = {f["file"]: f["status"] for f in report.summary["files"]}
+    assert statuses == {"landing/panel/a.csv": "ingested", "landing/panel/b.csv": "rejected"}
+
+
+# --- landing files are never moved ----------------------------------------------------------
+def test_a_file_rejected_for_one_use_case_stays_in_place_for_another(settings):
+    text = "country,year,x1,y\nnl,2001,1,3\nnl,2002,2,4\n"  # no x2: unusable for 'panel'
+    path = land(settings, "shared/a.csv", text)
+    strict = yearly("landing/shared/*.csv", name="strict")
+    lenient = yearly("landing/shared/*.csv", name="lenient", features=["x1"])
+    _, out = run_raw(settings, strict)
+    assert out["nl"].status == "failed" and "missing required column(s) ['x2']" in out["nl"].reason
+    assert path.read_text() == text
+    records = list((Path(settings.lake_url) / "rejected" / "strict").glob("*.json"))
+    assert len(records) == 1 and '"file": "landing/shared/a.csv"' in records[0].read_text()
+    assert not (Path(settings.lake_url) / "rejected" / "lenient").exists()
+    _, out = run_raw(settings, lenient)
+    assert out["nl"].ok and out["nl"].info["rows"] == 2
+
+
+def test_a_rejected_file_is_not_read_again_until_it_changes(settings, monkeypatch):
+    path = land(settings, "panel/a.csv", "country,year,x1,x2,y\nse,never,1,2,3\n")
+    spec = yearly()
+    reads: list[str] = []
+    original = Lake.read_table
+
+    def counting(self, p, *args, **kw):
+        reads.append(p.name)
+        return original(self, p, *args, **kw)
+
+    monkeypatch.setattr(Lake, "read_table", counting)
+    first, _ = run_raw(settings, spec, keys=["se"])
+    assert [f["status"] for f in first.summary["files"]] == ["rejected"] and reads == ["a.csv"]
+    second, out = run_raw(settings, spec, keys=["se"])
+    assert reads == ["a.csv"]  # not read again
+    assert second.summary["files"][0]["status"] == "unchanged_rejected"
+    assert second.summary["rejected"][0]["reason"] == first.summary["rejected"][0]["reason"]
+    assert "time column 'year'" in out["se"].reason
+    assert discover_keys(spec, Lake(settings.lake_url)) == [] and reads == ["a.csv"]
+
+    path.write_text("country,year,x1,x2,y\nse,2020,1,2,3\n")  # fixed: a new size and mtime
+    os.utime(path, ns=(1, 1))
+    third, out = run_raw(settings, spec, keys=["se"])
+    assert out["se"].ok and third.summary["files"][0]["status"] == "ingested"
+    assert not list((Path(settings.lake_url) / "rejected" / spec.name).glob("*.json"))
+
+
+def test_a_transient_read_error_is_retried_and_never_recorded_as_rejected(settings, monkeypatch):
+    land(settings, "panel/a.csv", "country,year,x1,x2,y\nno,2020,1,2,3\n")
+    spec = yearly()
+    original = Lake.read_table
+    failures = {"left": 2}
+
+    def flaky(self, *args, **kw):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError("connection reset by peer")
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(Lake, "read_table", flaky)
+    report, out = run_raw(settings, spec, keys=["no"])
+    assert failures["left"] == 0 and out["no"].ok
+    assert report.summary["files"][0]["status"] == "ingested" and report.summary["rejected"] == []
+
+    failures["left"] = 99  # still failing after every retry: left for the next run
+    report, out = run_raw(settings, spec, keys=["no"])
+    (entry,) = report.summary["files"]
+    assert entry["status"] == "retry_later" and "connection reset by peer" in entry["reason"]
+    assert failures["left"] == 99 - len(raw.RETRY_DELAYS) - 1
+    assert report.summary["rejected"] == []
+    assert not (Path(settings.lake_url) / "rejected").exists()
+    assert "could not be read now and will be tried again: landing/panel/a.csv" in out["no"].reason
+
+
+def test_a_file_still_being_written_is_read_again_once_it_stops_changing(settings, monkeypatch):
+    path = land(settings, "panel/a.csv", "country,year,x1,x2,y\nis,2020,1,2,3\n")
+    original = Lake.read_table
+    appended = []
+
+    def writer_still_busy(self, p, *args, **kw):
+        frame = original(self, p, *args, **kw)
+        if not appended:  # the upstream writer adds a row while we read
+            appended.append(True)
+            with open(path, "a") as f:
+                f.write("is,2021,1,2,4\n")
+            os.utime(path, ns=(2, 2))
+        return frame
+
+    monkeypatch.setattr(Lake, "read_table", writer_still_busy)
+    report, out = run_raw(settings, yearly(), keys=["is"])
+    assert report.summary["files"][0]["status"] == "ingested" and out["is"].info["rows"] == 2
+
+
+# --- keys, targets, duplicates, counts ------------------------------------------------------
+def test_leading_zero_keys_stay_distinct_in_discovery_and_ingest(settings):
+    land(settings, "panel/a.csv", "country,year,x1,x2,y\n0012,2020,1,2,3\n12,2020,1,2,4\n012,2021,1,2,5\n")
+    spec = yearly()
+    keys = discover_keys(spec, Lake(settings.lake_url))
+    assert keys == ["0012", "012", "12"]
+    run_raw(settings, spec, keys)
+    assert [bronze(settings, spec, k)["y"].to_list() for k in keys] == [[3.0], [5.0], [4.0]]
+    assert bronze(settings, spec, "0012")["country"].to_list() == ["0012"]
+    # a Parquet key column of integers is cast to its text
+    land(settings, "ints/a.parquet", pl.DataFrame({"country": [7], "year": [2020], "x1": [1], "x2": [2], "y": [1.0]}))
+    assert discover_keys(yearly("landing/ints/*.parquet", name="ints"), Lake(settings.lake_url)) == ["7"]
+
+
+def test_discovery_survives_an_unreadable_file(settings):
+    land(settings, "panel/a.csv", "country,year,x1,x2,y\nfi,2020,1,2,3\n")
+    path = Path(settings.lake_url) / "landing/panel/b.csv"
+    path.write_bytes(b"\xff\x00" * 50)
+    assert discover_keys(yearly(), Lake(settings.lake_url)) == ["fi"]
+
+
+def test_null_nan_and_inf_targets_are_dropped_and_counted_per_key_and_file(settings):
+    land(
+        settings,
+        "panel/a.csv",
+        "country,year,x1,x2,y\npt,2001,1,2,1\npt,2002,1,2,\npt,2003,1,2,NaN\npt,2004,1,2,inf\n,2005,1,2,3\n",
+    )
+    land(settings, "panel/b.csv", "country,year,x1,x2,y\npt,2006,1,2,-inf\npt,2007,1,2,2\n")
+    spec = yearly()
+    report, out = run_raw(settings, spec, keys=["pt"])
+    info = out["pt"].info
+    assert info["drops"] == {"target is null": 1, "target is NaN": 1, "target is inf": 2}
+    assert (info["rows_in"], info["rows_out"], info["rows_dropped"], info["rows_merged"]) == (6, 2, 4, 0)
+    assert info["rows"] == 2 and bronze(settings, spec, "pt")["y"].to_list() == [1.0, 2.0]
+    assert_balanced(info)
+    a, b = report.summary["files"]
+    assert (a["rows"], a["rows_dropped"], b["rows"], b["rows_dropped"]) == (5, 4, 2, 1)
+    assert a["drops"] == {"target is null": 1, "target is NaN": 1, "target is inf": 1, "null key value": 1}
+    assert "1 row(s) with a null key value copied to quarantine/panel/rows_null_key_" in a["reason"]
+    copies = list((Path(settings.lake_url) / "quarantine" / "panel").glob("rows_null_key_*.parquet"))
+    assert len(copies) == 1 and pl.read_parquet(copies[0])["year"].to_list() == [D(2005, 1, 1)]
+    assert report.summary["rows_dropped"] == 5 and report.summary["landing_rows"] == 7
+    run_raw(settings, spec, keys=["pt"])  # a rerun overwrites the copy instead of adding one
+    assert len(list(copies[0].parent.glob("rows_null_key_*.parquet"))) == 1
+
+
+def test_a_key_whose_rows_are_all_dropped_fails_with_the_reasons(settings):
+    land(settings, "panel/a.csv", "country,year,x1,x2,y\nbe,2001,1,2,\nbe,2002,1,2,NaN\n")
+    _, out = run_raw(settings, yearly(), keys=["be"])
+    assert out["be"].status == "failed"
+    assert out["be"].reason == "all 2 rows of this key were removed at ingest (target is null: 1; target is NaN: 1)"
+
+
+def weekly_csv(rows: list[tuple]) -> str:
+    return "store,brand,week_start,price,quantity\n" + "".join(f"{s},b,{w},1.0,{q}\n" for s, w, q in rows)
+
+
+def test_duplicate_policies_in_the_stage_with_exact_counts_within_and_across_files(settings):
+    w1, w2 = "2024-01-01", "2024-01-08"
+    land(settings, "w/a.csv", weekly_csv([("s1", w1, 1), ("s1", w2, 2), ("s2", w1, 3), ("s2", w1, 4)]))
+    land(settings, "w/b.csv", weekly_csv([("s1", w2, 20), ("s1", w2, 30)]))  # a later correction of week 2
+    keys = [encode_key(["s1", "b"]), encode_key(["s2", "b"])]
+
+    def run(policy):
+        spec = make_spec(forecast_body(source={"path": "landing/w/*.csv"}, lags=[], duplicates=policy), name="w")
+        report, out = run_raw(settings, spec, keys)
+        return spec, report, out
+
+    spec, report, out = run("last")
+    s1, s2 = (out[k].info for k in keys)
+    assert bronze(settings, spec, keys[0])["quantity"].to_list() == [1.0, 30.0]
+    assert s1["drops"] == {"replaced by a later file": 1, "duplicate (key, time) removed by policy 'last'": 1}
+    assert (s1["rows_in"], s1["rows_out"], s1["rows_dropped"], s1["rows_merged"]) == (4, 2, 1, 1)
+    assert s2["drops"] == {"duplicate (key, time) removed by policy 'last'": 1} and s2["rows_out"] == 1
+    a, b = report.summary["files"]
+    assert (a["rows_dropped"], a["rows_merged"], b["rows_dropped"], b["rows_merged"]) == (1, 1, 1, 0)
+    assert (report.summary["rows_dropped"], report.summary["rows_merged"]) == (2, 1)
+    for info in (s1, s2):
+        assert_balanced(info)
+
+    spec, _, out = run("mean")
+    assert bronze(settings, spec, keys[1])["quantity"].to_list() == [3.5]
+    assert out[keys[1]].info["drops"] == {"duplicate (key, time) merged by policy 'mean'": 1}
+
+    spec, _, out = run("keep")
+    assert sorted(bronze(settings, spec, keys[0])["quantity"].to_list()) == [1.0, 20.0, 30.0]
+    assert out[keys[0]].info["drops"] == {"replaced by a later file": 1}
+
+    # the forecast default is 'error': only the key with a repeated week inside one file fails
+    spec, report, out = run(None)
+    assert out[keys[1]].status == "failed" and "landing/w/a.csv" in out[keys[1]].reason
+    assert "week_start=2024-01-01" in out[keys[1]].reason
+    assert out[keys[0]].status == "failed"  # b.csv repeats week 2 of s1
+    land(settings, "w/b.csv", weekly_csv([("s1", w2, 20)]))
+    spec, report, out = run(None)
+    assert out[keys[0]].ok and out[keys[1]].status == "failed"
+    assert bronze(settings, spec, keys[0])["quantity"].to_list() == [1.0, 20.0]
+    assert read_state(Lake(settings.lake_url), "w", "raw", keys[1])["info"]["rows_dropped"] == 2
+
+
+def test_a_policy_other_than_keep_without_a_time_column_fails_every_key_with_a_reason(settings):
+    land(settings, "g/a.csv", "segment,x1,x2,y\na,1,2,3\n")
+    spec = make_spec(regression_body(source={"path": "landing/g/*.csv"}, duplicates="last"), name="g")
+    _, out = run_raw(settings, spec, keys=["a"])
+    assert out["a"].status == "failed" and "duplicates: 'last' needs a 'time_column'" in out["a"].reason
+
+
+def test_scoring_source_goes_through_the_same_reading_without_a_target(settings):
+    land(settings, "w/a.csv", weekly_csv([("s1", f"2024-01-{d:02d}", d) for d in (1, 8, 15)]))
+    land(
+        settings,
+        "w_future/a.csv",
+        "store,brand,week_start,price\ns1,b,2024-01-22,2.0\ns1,b,2024-02-30,2.0\ns1,b,2024-01-29,2.5\n",
+    )
+    spec = make_spec(
+        forecast_body(source={"path": "landing/w/*.csv"}, scoring_source={"path": "landing/w_future/*.csv"}, lags=[]),
+        name="w",
+    )
+    key = encode_key(["s1", "b"])
+    report, out = run_raw(settings, spec, [key])
+    info = out[key].info
+    assert info["scoring_rows"] == 2 and info["scoring_drops"] == {"unparseable time value": 1}
+    future = bronze(settings, spec, key, "bronze_scoring")
+    assert future.schema["week_start"] == pl.Date and future["week_start"].to_list() == [D(2024, 1, 22), D(2024, 1, 29)]
+    assert {f["source"] for f in report.summary["files"]} == {"source", "scoring_source"}
+    (Path(settings.lake_url) / "landing/w_future/a.csv").unlink()
+    run_raw(settings, spec, [key])  # no future rows any more: yesterday's are not scored
+    assert not (Path(settings.lake_url) / "bronze_scoring/w" / f"{key}.parquet").exists()
