@@ -10,6 +10,7 @@ Parquet too), and whole-file problems raise :class:`FileRejected` with a message
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -93,8 +94,23 @@ def _numeric_width(fmt: str) -> int | None:
 def _with_format(text: pl.Series, fmt: str) -> tuple[pl.Series, str, str]:
     expected = f"in time_format {fmt!r}"
     if _TIME_DIRECTIVES.search(fmt):
-        return _to_naive_utc(text.str.to_datetime(fmt, strict=False, time_unit="us")), "datetime", expected
-    return text.str.to_date(fmt, strict=False), "date", expected
+        parsed, kind = _to_naive_utc(text.str.to_datetime(fmt, strict=False, time_unit="us")), "datetime"
+    else:
+        parsed, kind = text.str.to_date(fmt, strict=False), "date"
+    if "%y" in fmt:
+        parsed = _past_century(parsed)
+    return parsed, kind, expected
+
+
+def _past_century(parsed: pl.Series) -> pl.Series:
+    """Two-digit years never land in the future: polars reads ``63`` as 2063, while a panel of
+    ``63``..``92`` means 1963..1992. A year after the current one moves back a century."""
+    this_year = dt.date.today().year
+    return (
+        pl.select(pl.when(parsed.dt.year() > this_year).then(parsed.dt.offset_by("-100y")).otherwise(parsed))
+        .to_series()
+        .alias(parsed.name)
+    )
 
 
 def _from_integers(
