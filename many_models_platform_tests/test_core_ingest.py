@@ -142,6 +142,8 @@ def test_text_in_a_numeric_target_is_counted_not_a_number_and_scoring_keeps_ever
 
 # --- duplicates -----------------------------------------------------------------------------
 def weekly(**overrides):
+    if overrides.get("duplicates") == "keep":  # forecasts refuse 'keep': the same rows as timed events
+        overrides.update(task="regression", holdout={"fraction": 0.25})
     return make_spec(forecast_body(lags=[], **overrides))
 
 

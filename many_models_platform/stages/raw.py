@@ -280,14 +280,6 @@ def _failure_reasons(spec: UseCaseSpec, read: SourceRead | None, prefix: str = "
 def ingest(run: StageRun, keys: Sequence[str]) -> StageReport:
     """Read the landing zone once, clean and count its rows, and write each run key's bronze."""
     spec, lake = run.spec, run.lake
-    policy = spec.duplicate_policy
-    if policy != "keep" and not spec.time_column:
-        reason = (
-            f"duplicates: {policy!r} needs a 'time_column': rows are duplicates when they share (key, time); "
-            "remove 'duplicates' or set it to 'keep'"
-        )
-        outcomes = [KeyOutcome(k, "failed", reason) for k in keys]
-        return finish(run, "raw", outcomes, {"landing_rows": 0, "files": [], "rejected": [], "config_error": reason})
     train = read_source(spec, lake)
     future = read_source(spec, lake, scoring=True, prefer=train.kind) if spec.scoring_source else None
     wanted = _wanted(spec, keys)
