@@ -65,11 +65,11 @@ def test_lag_features_equal_earlier_targets_and_never_reveal_holdout_actuals(ret
 def test_training_set_columns_and_trend_index(retail):
     bronze = _keys(retail.history)[0]
     ts = F.build_training_set(RETAIL, bronze)
-    expected_features = F.feature_columns(RETAIL, pl.Date)
+    expected_features = F.feature_columns(RETAIL, pl.Date, "weekly")
     assert ts.columns == ["week_start", "quantity", *expected_features, F.SPLIT]
-    # weekly dates: calendar month/week and a trend index, but no hour/day-of-week
-    assert {"cal_month", "cal_week", F.T_INDEX} <= set(expected_features)
-    assert "cal_hour" not in expected_features
+    # weekly dates: calendar month and a trend index; no week number, hour or day of week
+    assert expected_features[-2:] == ["cal_month", F.T_INDEX]
+    assert not {"cal_week", "cal_hour", "cal_dayofweek"} & set(expected_features)
     first_week = bronze["week_start"].min()
     weeks_since_start = [(w - first_week).days / 7 for w in ts["week_start"]]
     assert ts[F.T_INDEX].to_list() == weeks_since_start
