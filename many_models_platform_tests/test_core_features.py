@@ -322,3 +322,20 @@ def test_a_missing_week_inside_the_holdout_never_leaks_actuals_into_lags():
     assert holdout.height == 3
     holdout_actuals = set(holdout["quantity"].to_list())
     assert not holdout_actuals & set(holdout["lag_4"].drop_nulls().to_list())
+
+
+def test_a_champion_fitted_before_frequency_calendars_still_scores(retail):
+    """Yesterday's production model: a float-matrix pipeline over cal_month and cal_week."""
+    from many_models_platform.core.modeling import build_pipeline, model_input, predict
+
+    bronze = _keys(retail.history)[0]
+    ts = F.build_training_set(RETAIL, bronze)
+    old_features = [*RETAIL.features, *(f"lag_{lag}" for lag in RETAIL.lags), "cal_month", "cal_week", F.T_INDEX]
+    train = F.add_calendar(F.split(ts)[F.TRAIN], "week_start", old_features)
+    model = build_pipeline(RETAIL, "ridge").fit(F.to_matrix(train, old_features), train["quantity"].to_numpy())
+    calendar = F.calendar_of(old_features)
+    future = F.future_frame(RETAIL, bronze, None, origin=bronze["week_start"].min(), calendar=calendar)
+    assert future["cal_week"].to_list() == [float(w.isocalendar()[1]) for w in future["week_start"]]
+    x = model_input(model, future, old_features)
+    assert isinstance(x, np.ndarray) and x.shape == (RETAIL.horizon, len(old_features))
+    assert np.isfinite(predict("forecast", model, x)).all()

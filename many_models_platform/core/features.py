@@ -97,18 +97,13 @@ class Period:
 
     def irregular_gaps(self, times: pl.Series) -> int:
         """Gaps between consecutive distinct time values that are not a whole number of periods."""
-        values = times.drop_nulls().unique().sort()
-        if values.len() < 2:
-            return 0
-        if self.int_step:
-            gaps = values.diff().drop_nulls()
-            return int((gaps % self.int_step != 0).sum())
-        if self.months:
-            gaps = pl.select(self.lag_key(pl.lit(values)).diff().drop_nulls()).to_series()
-            return int(((gaps % self.months != 0) | (gaps == 0)).sum())
-        step_us = round(self.step.total_seconds() * 1_000_000)
-        gaps = values.diff().drop_nulls().dt.total_microseconds()
-        return int((gaps % step_us != 0).sum())
+        if self.months:  # by month number; two distinct dates in one month are a gap of 0
+            distinct = times.drop_nulls().unique().sort()
+            gaps = np.diff(pl.select(self.lag_key(pl.lit(distinct))).to_series().to_numpy())
+            return int(np.count_nonzero(gaps % self.months) + np.count_nonzero(gaps == 0))
+        gaps = _gaps(times)
+        step = self.int_step or round(self.step.total_seconds() * 1_000_000)
+        return int(np.count_nonzero(gaps % step))
 
     def describe(self) -> str:
         if self.int_step:
@@ -137,20 +132,31 @@ def _duration_text(step: dt.timedelta) -> str:
     return f"{seconds:g} seconds"
 
 
+def _gaps(times: pl.Series) -> np.ndarray:
+    """Gaps between consecutive distinct time values, as integers: in an integer column's own
+    unit, else in microseconds (numpy: a few polars calls per key cost more than the work)."""
+    values = times.drop_nulls()
+    if not values.dtype.is_integer():
+        values = values.dt.epoch("us")
+    gaps = np.diff(np.sort(values.to_numpy()))
+    return gaps[gaps != 0]
+
+
 def infer_period(times: pl.Series) -> Period | None:
     """The most common gap between consecutive distinct time values (the smallest on a tie);
     28-31 days is a calendar month, 89-92 a quarter, 365-366 a year. None for a single value."""
-    diffs = times.drop_nulls().unique().sort().diff().drop_nulls()
-    if diffs.is_empty():
+    gaps = _gaps(times)
+    if not len(gaps):
         return None
-    step = diffs.mode().sort()[0]
+    values, counts = np.unique(gaps, return_counts=True)
+    step = int(values[counts.argmax()])  # argmax: the first, so the smallest of the most common
     if times.dtype.is_integer():
-        return Period(int_step=int(step))
-    days = step.total_seconds() / 86_400
+        return Period(int_step=step)
+    days = step / 86_400_000_000
     for months, (lo, hi) in {1: (28, 31), 3: (89, 92), 12: (365, 366)}.items():
         if lo <= days <= hi:
             return Period(months=months)
-    return Period(step=step)
+    return Period(step=dt.timedelta(microseconds=step))
 
 
 def _is_temporal(dtype: pl.DataType | None) -> bool:
@@ -329,11 +335,24 @@ class TrainingSet:
         return info
 
 
-def _drop(frame: pl.DataFrame, bad: pl.Expr, reason: str, drops: dict[str, int]) -> pl.DataFrame:
-    kept = frame.filter(~bad)
-    if kept.height < frame.height:
-        drops[reason] = drops.get(reason, 0) + frame.height - kept.height
-    return kept
+def _drop(frame: pl.DataFrame, reasons: list[tuple[str, pl.Expr]], drops: dict[str, int]) -> pl.DataFrame:
+    """Remove the rows matching any reason, counted under the first reason each row matches;
+    one pass to count and, only when something goes, one filter."""
+    if not reasons:
+        return frame
+    seen = pl.lit(False)
+    exclusive = []
+    for reason, expr in reasons:
+        expr = expr.fill_null(False)
+        exclusive.append((expr & ~seen).sum().alias(reason))
+        seen = seen | expr
+    counts = frame.select(exclusive).row(0, named=True)
+    if not any(counts.values()):
+        return frame
+    for reason, n in counts.items():
+        if n:
+            drops[reason] = drops.get(reason, 0) + n
+    return frame.filter(~seen)
 
 
 def prepare_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> TrainingSet:
@@ -341,14 +360,12 @@ def prepare_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> TrainingSet
     Raises KeyDataError with the reason a key cannot be modelled."""
     rows_in, drops = bronze.height, {}
     t, y = spec.time_column, spec.target
-    if t:
-        bronze = _drop(bronze, pl.col(t).is_null(), "time is null", drops)
-    if y:
-        # ingest removes these already; a training set must never fit on them
-        bronze = _drop(bronze, pl.col(y).is_null(), "target is null", drops)
+    reasons = [("time is null", pl.col(t).is_null())] if t else []
+    if y:  # ingest removes these already; a training set must never fit on them
+        reasons.append(("target is null", pl.col(y).is_null()))
         if bronze.schema[y].is_float():
-            bronze = _drop(bronze, pl.col(y).is_nan(), "target is NaN", drops)
-            bronze = _drop(bronze, pl.col(y).is_infinite(), "target is inf", drops)
+            reasons += [("target is NaN", pl.col(y).is_nan()), ("target is inf", pl.col(y).is_infinite())]
+    bronze = _drop(bronze, reasons, drops)
     if bronze.height < spec.min_rows:
         raise KeyDataError(f"too few rows: {bronze.height} < min_rows {spec.min_rows}")
     if y and spec.non_negative_target:
@@ -372,7 +389,7 @@ def prepare_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> TrainingSet
     period = key_period(spec, bronze[t]) if t else None
     frame = make_features(spec, bronze, period=period)
     if spec.lags:
-        frame = _drop(frame, pl.col(f"lag_{max(spec.lags)}").is_null(), "no lag history", drops)
+        frame = _drop(frame, [("no lag history", pl.col(f"lag_{max(spec.lags)}").is_null())], drops)
     frame = frame.with_columns(_split_expr(spec, frame, period))
     n_train = int((frame[SPLIT] == TRAIN).sum())
     n_holdout = frame.height - n_train
