@@ -99,6 +99,10 @@ def test_spacing_without_a_named_frequency_fails_the_key_until_frequency_is_set(
     prepared = F.prepare_training_set(_regression(frequency="daily"), _frame(times, pl.Date))
     assert prepared.frequency == "daily"
     assert "irregular_gaps" not in prepared.info()  # 10 days is a whole number of days
+    # a calendar list needs no frequency: events at odd spacing still get exactly those columns
+    listed = F.prepare_training_set(_regression(calendar_features=["dayofweek"]), _frame(times, pl.Date))
+    assert listed.frequency is None
+    assert listed.frame["cal_dayofweek"].to_list() == [float(t.isoweekday()) for t in listed.frame["t"]]
 
 
 @pytest.mark.parametrize(

@@ -190,7 +190,10 @@ def key_period(spec: UseCaseSpec, times: pl.Series) -> Period | None:
                 "or a 'time_format' that reads them as dates"
             )
         return FREQUENCY_PERIODS[declared]
-    needed = spec.task == "forecast" or spec.holdout.periods is not None or (spec.wants_calendar and not integer)
+    # a calendar list needs no frequency; `calendar_features: true` takes the frequency's defaults
+    needed = (
+        spec.task == "forecast" or spec.holdout.periods is not None or (spec.calendar_features is True and not integer)
+    )
     inferred = infer_period(times)
     if inferred is None:
         if needed:
@@ -210,7 +213,7 @@ def calendar_names(spec: UseCaseSpec, time_dtype: pl.DataType | None, frequency:
     (no hour on dates, none on integer periods)."""
     if not _is_temporal(time_dtype):
         return []
-    names = spec.calendar_for(frequency)
+    names = spec.calendar_features if isinstance(spec.calendar_features, list) else spec.calendar_for(frequency)
     return [n for n in names if n != "hour" or isinstance(time_dtype, pl.Datetime)]
 
 

@@ -29,7 +29,7 @@ from .base import (
 def _evaluate_one(key: str, spec: UseCaseSpec, lake: Lake, champions: dict[str, dict], trusted: list) -> dict:
     cand = require_upstream(lake, spec.name, "evaluation", key)
     ts = lake.read_parquet(lake.key_path("training", spec.name, key, ".parquet"))
-    holdout = F.split(ts)[F.HOLDOUT]
+    holdout = F.add_calendar(F.split(ts)[F.HOLDOUT], spec.time_column, cand["features"])
     model = load_model_from_source(cand["source"], cand.get("artifact_sha256"), trusted)
     report = {
         "candidate_version": cand["version"],
