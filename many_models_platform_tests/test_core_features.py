@@ -65,11 +65,11 @@ def test_lag_features_equal_earlier_targets_and_never_reveal_holdout_actuals(ret
 def test_training_set_columns_and_trend_index(retail):
     bronze = _keys(retail.history)[0]
     ts = F.build_training_set(RETAIL, bronze)
-    expected_features = F.feature_columns(RETAIL, pl.Date)
+    expected_features = F.feature_columns(RETAIL, pl.Date, "weekly")
     assert ts.columns == ["week_start", "quantity", *expected_features, F.SPLIT]
-    # weekly dates: calendar month/week and a trend index, but no hour/day-of-week
-    assert {"cal_month", "cal_week", F.T_INDEX} <= set(expected_features)
-    assert "cal_hour" not in expected_features
+    # weekly dates: calendar month and a trend index; no week number, hour or day of week
+    assert expected_features[-2:] == ["cal_month", F.T_INDEX]
+    assert not {"cal_week", "cal_hour", "cal_dayofweek"} & set(expected_features)
     first_week = bronze["week_start"].min()
     weeks_since_start = [(w - first_week).days / 7 for w in ts["week_start"]]
     assert ts[F.T_INDEX].to_list() == weeks_since_start
@@ -322,3 +322,20 @@ def test_a_missing_week_inside_the_holdout_never_leaks_actuals_into_lags():
     assert holdout.height == 3
     holdout_actuals = set(holdout["quantity"].to_list())
     assert not holdout_actuals & set(holdout["lag_4"].drop_nulls().to_list())
+
+
+def test_a_champion_fitted_before_frequency_calendars_still_scores(retail):
+    """Yesterday's production model: a float-matrix pipeline over cal_month and cal_week."""
+    from many_models_platform.core.modeling import build_pipeline, model_input, predict
+
+    bronze = _keys(retail.history)[0]
+    ts = F.build_training_set(RETAIL, bronze)
+    old_features = [*RETAIL.features, *(f"lag_{lag}" for lag in RETAIL.lags), "cal_month", "cal_week", F.T_INDEX]
+    train = F.add_calendar(F.split(ts)[F.TRAIN], "week_start", old_features)
+    model = build_pipeline(RETAIL, "ridge").fit(F.to_matrix(train, old_features), train["quantity"].to_numpy())
+    calendar = F.calendar_of(old_features)
+    future = F.future_frame(RETAIL, bronze, None, origin=bronze["week_start"].min(), calendar=calendar)
+    assert future["cal_week"].to_list() == [float(w.isocalendar()[1]) for w in future["week_start"]]
+    x = model_input(model, future, old_features)
+    assert isinstance(x, np.ndarray) and x.shape == (RETAIL.horizon, len(old_features))
+    assert np.isfinite(predict("forecast", model, x)).all()

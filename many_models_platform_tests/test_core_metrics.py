@@ -7,7 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from many_models_platform.core.metrics import is_better, label_metrics, regression_metrics, task_metrics
+from many_models_platform.core.metrics import (
+    flag_rate,
+    higher_is_worse,
+    is_better,
+    label_metrics,
+    regression_metrics,
+    score_stability,
+    task_metrics,
+)
 
 
 def test_regression_metrics_hand_computed():
@@ -108,3 +116,26 @@ def test_nan_is_never_better_and_always_beaten(metric):
     assert not is_better(nan, nan, metric)
     assert is_better(1e9, nan, metric)
     assert is_better(-1e9, nan, metric)
+
+
+def test_flag_rate_is_the_share_of_flagged_rows():
+    assert flag_rate(np.array([0, 1, 0, 0, 1], dtype=np.int8)) == pytest.approx(0.4)
+    assert math.isnan(flag_rate(np.array([], dtype=np.int8)))
+
+
+def test_score_stability_is_spearman_rank_correlation():
+    a = np.array([0.1, 0.5, 0.2, 0.9])
+    assert score_stability(a, a * 100 + 3) == pytest.approx(1.0)  # any increasing transform ranks alike
+    assert score_stability(a, -a) == pytest.approx(-1.0)
+    # ranks [1, 2, 3, 4] vs [1, 3, 2, 4]: 1 - 6 * (1 + 1) / (4 * 15) = 0.8
+    assert score_stability(np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 3.0, 2.0, 4.0])) == pytest.approx(0.8)
+    assert math.isnan(score_stability(a, np.ones(4)))  # a constant score ranks nothing
+    assert math.isnan(score_stability(a[:1], a[:1]))
+
+
+@pytest.mark.parametrize(
+    ("metric", "worse_when_higher"),
+    [("rmse", True), ("mape", True), ("flag_rate", True), ("r2", False), ("f1", False), ("score_stability", False)],
+)
+def test_direction_of_thresholds(metric, worse_when_higher):
+    assert higher_is_worse(metric) is worse_when_higher

@@ -11,7 +11,15 @@ from conftest_core import make_spec, regression_body
 from sklearn.pipeline import Pipeline
 
 from many_models_platform.core import features as F
-from many_models_platform.core.modeling import anomaly_score, build_pipeline, evaluate, fit_key, predict
+from many_models_platform.core.modeling import (
+    anomaly_score,
+    build_pipeline,
+    clip_predictions,
+    evaluate,
+    fit_key,
+    predict,
+    stability,
+)
 
 DUMMY = {"name": "dummy", "estimator": "sklearn.dummy.DummyRegressor"}
 LINEAR = {"name": "linear", "estimator": "sklearn.linear_model.LinearRegression"}
@@ -169,3 +177,78 @@ def test_predict_maps_sklearn_outlier_labels_to_one_equals_anomaly():
     assert predict("regression", stub, np.zeros((4, 1))).tolist() == [1, -1, 1, -1]
     # a detector without scoring methods falls back to its labels
     assert anomaly_score(stub, np.zeros((4, 1))).tolist() == [0.0, 1.0, 0.0, 1.0]
+
+
+IFOREST = {
+    "name": "iforest",
+    "estimator": "sklearn.ensemble.IsolationForest",
+    "params": {"contamination": 0.05, "random_state": 0, "n_estimators": 50},
+}
+OVERFIT_SVM = {"name": "overfit_svm", "estimator": "sklearn.svm.OneClassSVM", "params": {"nu": 0.05, "gamma": 50.0}}
+AUTO_IFOREST = {"name": "auto", "estimator": "sklearn.ensemble.IsolationForest", "params": {"random_state": 0}}
+
+
+def unlabelled_spec(candidates, metric="flag_rate"):
+    return make_spec(
+        regression_body(task="anomaly", target=None, features=["value", "other"], metric=metric, candidates=candidates)
+    )
+
+
+def unlabelled_data(n: int = 240, seed: int = 1) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pl.DataFrame({"value": rng.normal(size=n), "other": rng.normal(size=n)})
+
+
+@pytest.mark.parametrize("order", [(OVERFIT_SVM, IFOREST), (IFOREST, OVERFIT_SVM)])
+def test_without_labels_the_detector_closest_to_its_configured_flag_rate_wins(order):
+    spec = unlabelled_spec(list(order))
+    ts = F.build_training_set(spec, unlabelled_data())
+    fitted = fit_key(spec, ts, ["value", "other"])
+    # both are configured to flag 5 %; the overfitted SVM flags nearly every unseen row
+    assert fitted.candidate == "iforest"
+    assert fitted.candidate_scores["overfit_svm"] > 0.5
+    assert abs(fitted.candidate_scores["iforest"] - 0.05) < 0.05
+    holdout = F.split(ts)[F.HOLDOUT]
+    flags = predict("anomaly", fitted.model, holdout.select("value", "other").to_numpy())
+    assert fitted.metrics["flag_rate"] == pytest.approx(flags.mean())
+    assert np.isnan(fitted.metrics["score_stability"])  # needs a champion
+
+
+def test_without_labels_a_detector_that_declares_no_rate_comes_last():
+    spec = unlabelled_spec([AUTO_IFOREST, IFOREST], metric="score_stability")
+    ts = F.build_training_set(spec, unlabelled_data())
+    assert fit_key(spec, ts, ["value", "other"]).candidate == "iforest"
+    # none declares a rate: the first that fits
+    only_auto = unlabelled_spec([AUTO_IFOREST, {**AUTO_IFOREST, "name": "auto2"}])
+    assert fit_key(only_auto, ts, ["value", "other"]).candidate == "auto"
+
+
+def test_score_stability_of_a_detector_with_itself_and_another():
+    spec = unlabelled_spec([IFOREST])
+    ts = F.build_training_set(spec, unlabelled_data())
+    holdout = F.split(ts)[F.HOLDOUT]
+    cols = ["value", "other"]
+    a = fit_key(spec, ts, cols).model
+    assert stability(a, cols, a, cols, holdout) == pytest.approx(1.0)
+    other = fit_key(unlabelled_spec([{**IFOREST, "params": {**IFOREST["params"], "random_state": 7}}]), ts, cols)
+    # another seed ranks the rows almost, not exactly, alike
+    assert 0.5 < stability(a, cols, other.model, cols, holdout) < 1.0
+
+
+def test_non_negative_target_clips_predictions_before_scoring():
+    rng = np.random.default_rng(0)
+    x = np.sort(rng.uniform(0, 10, size=80))
+    y = np.maximum(0.0, 5.0 - x) + 0.01 * rng.random(80)  # demand that runs out; a line goes below 0
+    frame = pl.DataFrame({"x1": x, "x2": np.zeros(80), "y": y, "day": list(range(80))})
+    body = regression_body(candidates=[LINEAR], metric="mae", time_column="day", frequency="period")
+    raw_spec, spec = make_spec(body), make_spec({**body, "non_negative_target": True})
+    ts = F.build_training_set(spec, frame)
+    holdout = F.split(ts)[F.HOLDOUT]
+    fitted = fit_key(spec, ts, ["x1", "x2"])
+    raw = predict("regression", fitted.model, holdout.select("x1", "x2").to_numpy())
+    assert (raw < 0).any()  # the line does go negative on the holdout
+    clipped = clip_predictions(spec, raw)
+    assert clipped.min() == 0.0
+    actual = holdout["y"].to_numpy()
+    assert evaluate(spec, fitted.model, ["x1", "x2"], holdout)["mae"] == pytest.approx(np.abs(clipped - actual).mean())
+    assert evaluate(raw_spec, fitted.model, ["x1", "x2"], holdout)["mae"] == pytest.approx(np.abs(raw - actual).mean())

@@ -55,3 +55,94 @@ def test_higher_is_better_metric_thresholds_are_minimums():
     assert decide(s, {**report(r2=0.81), "champion_metrics": None})[0] == "promoted"
     better = {**report(r2=0.9), "champion_version": 1, "champion_metrics": {"r2": 0.85}}
     assert decide(s, better) == ("promoted", "beats champion v1: r2 0.9 vs 0.85")
+
+
+def detector(metric="flag_rate", target=None, **promotion):
+    return make_spec(
+        regression_body(
+            task="anomaly",
+            target=target,
+            features=["value"],
+            metric=metric,
+            promotion=promotion,
+            candidates=[{"name": "iforest", "estimator": "sklearn.ensemble.IsolationForest"}],
+        )
+    )
+
+
+def unlabelled(flag_rate=0.03, stability=math.nan, champion_flag_rate=None, champion_version=3, **extra):
+    scored = champion_flag_rate is not None
+    return {
+        "metrics": {"flag_rate": flag_rate, "score_stability": stability, **extra},
+        "rows_train": 100,
+        "rows_holdout": 25,
+        "champion_version": champion_version if scored else None,
+        "champion_metrics": {"flag_rate": champion_flag_rate} if scored else None,
+    }
+
+
+BOUNDS = {"bounds": {"flag_rate": {"max": 0.05}, "score_stability": {"min": 0.5}}}
+
+
+@pytest.mark.parametrize(
+    ("spec_args", "rep", "decision", "reason"),
+    [
+        (
+            BOUNDS,
+            unlabelled(),
+            "promoted",
+            "first model for this key (bound on score_stability skipped: no champion scored on this holdout)",
+        ),
+        (BOUNDS, unlabelled(flag_rate=0.08), "rejected", "bound on flag_rate: 0.08 > max 0.05"),
+        (
+            BOUNDS,
+            unlabelled(stability=0.3, champion_flag_rate=0.04),
+            "rejected",
+            "bound on score_stability: 0.3 < min 0.5",
+        ),
+        # a champion that flags fewer rows is not "better": without labels nothing is ranked
+        (
+            BOUNDS,
+            unlabelled(flag_rate=0.04, stability=0.9, champion_flag_rate=0.01),
+            "promoted",
+            "no labels: champion v3 not ranked; candidate passes the rule (flag_rate 0.04, score_stability 0.9)",
+        ),
+        (
+            {"threshold": 0.05},
+            unlabelled(flag_rate=0.08),
+            "rejected",
+            "below threshold: flag_rate 0.08 does not satisfy <= 0.05",
+        ),
+        ({"threshold": 0.05}, unlabelled(flag_rate=0.02), "promoted", "first model for this key"),
+    ],
+)
+def test_unlabelled_rule(spec_args, rep, decision, reason):
+    assert decide(detector(**spec_args), rep) == (decision, reason)
+
+
+def test_score_stability_as_the_metric_needs_a_champion_only_for_its_threshold():
+    spec = detector(metric="score_stability", threshold=0.6)
+    first = decide(spec, unlabelled())
+    assert first == (
+        "promoted",
+        "first model for this key (threshold on score_stability skipped: no champion scored on this holdout)",
+    )
+    assert decide(spec, unlabelled(stability=0.4, champion_flag_rate=0.03))[0] == "rejected"
+    assert decide(spec, unlabelled(stability=0.7, champion_flag_rate=0.03))[1].startswith("no labels: champion v3")
+    # a champion that could not be scored leaves stability undefined: promoted, and said so
+    assert "skipped" in decide(spec, {**unlabelled(), "champion_version": 2})[1]
+
+
+def test_labelled_detectors_still_rank_on_their_label_metric():
+    spec = detector(metric="f1", target="y", bounds={"score_stability": {"min": 0.5}})
+    rep = {
+        "metrics": {"f1": 0.6, "flag_rate": 0.05, "score_stability": math.nan},
+        "rows_train": 100,
+        "rows_holdout": 25,
+        "champion_version": None,
+        "champion_metrics": None,
+    }
+    assert decide(spec, rep)[0] == "promoted"
+    worse = {**rep, "metrics": {**rep["metrics"], "score_stability": 0.8}, "champion_version": 4}
+    worse["champion_metrics"] = {"f1": 0.7, "flag_rate": 0.05}
+    assert decide(spec, worse) == ("kept_champion", "champion v4 stays: f1 0.6 vs 0.7")

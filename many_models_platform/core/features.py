@@ -9,8 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -20,136 +21,414 @@ from .spec import UseCaseSpec
 SPLIT = "__split"
 TRAIN, HOLDOUT = "train", "holdout"
 T_INDEX = "t_index"
+_LAG_KEY = "__lag_key"
+
+# Calendar features by name -> column ``cal_<name>``. ``week`` (ISO week) is no longer derived
+# for new models; it stays here so a champion fitted before it was dropped can still score.
+CALENDAR_EXPRS = {
+    "hour": lambda t: t.dt.hour(),
+    "dayofweek": lambda t: t.dt.weekday(),  # 1 = Monday ... 7 = Sunday
+    "dayofyear": lambda t: t.dt.ordinal_day(),
+    "month": lambda t: t.dt.month(),
+    "quarter": lambda t: t.dt.quarter(),
+    "week": lambda t: t.dt.week(),
+}
 
 
 class KeyDataError(ValueError):
     """A key's data cannot be modelled; the message is the reason recorded for the key."""
 
 
-def feature_columns(spec: UseCaseSpec, time_dtype: pl.DataType | None) -> list[str]:
-    cols = list(spec.features)
-    cols += [f"lag_{lag}" for lag in spec.lags]
-    if spec.time_column and spec.calendar_features and time_dtype is not None:
-        cols += ["cal_month", "cal_week"]
-        if isinstance(time_dtype, pl.Datetime):
-            cols += ["cal_dayofweek", "cal_hour"]
-        if spec.task == "forecast":
-            cols.append(T_INDEX)
-    return cols
-
-
+# --- periods ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Period:
-    """A series' period: whole calendar months (monthly, quarterly, yearly data) or a fixed
-    step (hourly, daily, weekly). Lags and future periods move by periods, not by rows, so a
-    missing week never shifts a lag."""
+    """A series' period: whole calendar months (monthly, quarterly, yearly data), a fixed step
+    (hourly, daily, weekly), or an integer step of an integer time column (frequency 'period').
+    Lags and future periods move by periods, not by rows, so a missing week never shifts a lag."""
 
     months: int = 0
     step: dt.timedelta | None = None
+    int_step: int = 0
 
-    def offset(self, k: int) -> str:
+    @property
+    def frequency(self) -> str | None:
+        """The frequency name of this period, None for a step that has no name (e.g. 14 days)."""
+        if self.int_step:
+            return "period"
+        return next((name for name, p in FREQUENCY_PERIODS.items() if p == self), None)
+
+    def _offset(self, k: int) -> str:
         if self.months:
             return f"{k * self.months}mo"
         us = round(self.step.total_seconds() * 1_000_000) * k
         return f"{us // 86_400_000_000}d" if us % 86_400_000_000 == 0 else f"{us}us"
 
-    def index(self, t: pl.Expr, origin: object) -> pl.Expr:
+    def shift(self, t: pl.Expr, k: int) -> pl.Expr:
+        """``t`` moved by ``k`` periods (negative: back)."""
+        if self.int_step:
+            return t + k * self.int_step
+        return t.dt.offset_by(self._offset(k))
+
+    def lag_key(self, t: pl.Expr) -> pl.Expr:
+        """What a lag joins on: the month number for calendar months (so month-end dates and
+        a varying day of month still line up), else the time value itself."""
+        if self.months:
+            return t.dt.year().cast(pl.Int64) * 12 + t.dt.month().cast(pl.Int64)
+        return t
+
+    def shift_lag_key(self, key: pl.Expr, k: int) -> pl.Expr:
+        return key + k * self.months if self.months else self.shift(key, k)
+
+    def index(self, t: pl.Expr, origin: Any) -> pl.Expr:
         """Periods since ``origin``: the trend feature."""
+        if self.int_step:
+            return ((t - origin) / self.int_step).round(0)
         if self.months:
             months = (t.dt.year() * 12 + t.dt.month()) - (origin.year * 12 + origin.month)
             return (months / self.months).round(0)
         return ((t - pl.lit(origin)).dt.total_microseconds() / (self.step.total_seconds() * 1e6)).round(0)
 
+    def in_last(self, t: pl.Expr, last: Any, n: int) -> pl.Expr:
+        """True for the last ``n`` periods up to and including ``last``: at or after ``last`` minus
+        ``n - 1`` periods (by month number for calendar months)."""
+        if self.months:
+            return self.lag_key(t) >= self.lag_key(pl.lit(last)) - (n - 1) * self.months
+        return t >= self.shift(pl.lit(last), -(n - 1))
+
+    def irregular_gaps(self, times: pl.Series) -> int:
+        """Gaps between consecutive distinct time values that are not a whole number of periods."""
+        if self.months:  # by month number; two distinct dates in one month are a gap of 0
+            distinct = times.drop_nulls().unique().sort()
+            gaps = np.diff(pl.select(self.lag_key(pl.lit(distinct))).to_series().to_numpy())
+            return int(np.count_nonzero(gaps % self.months) + np.count_nonzero(gaps == 0))
+        gaps = _gaps(times)
+        step = self.int_step or round(self.step.total_seconds() * 1_000_000)
+        return int(np.count_nonzero(gaps % step))
+
+    def describe(self) -> str:
+        if self.int_step:
+            return f"{self.int_step}"
+        if self.months:
+            return f"{self.months} month(s)"
+        return _duration_text(self.step)
+
+
+FREQUENCY_PERIODS: dict[str, Period] = {
+    "hourly": Period(step=dt.timedelta(hours=1)),
+    "daily": Period(step=dt.timedelta(days=1)),
+    "weekly": Period(step=dt.timedelta(weeks=1)),
+    "monthly": Period(months=1),
+    "quarterly": Period(months=3),
+    "yearly": Period(months=12),
+}
+
+
+def _duration_text(step: dt.timedelta) -> str:
+    seconds = step.total_seconds()
+    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds:g} seconds"
+
+
+def _gaps(times: pl.Series) -> np.ndarray:
+    """Gaps between consecutive distinct time values, as integers: in an integer column's own
+    unit, else in microseconds (numpy: a few polars calls per key cost more than the work)."""
+    values = times.drop_nulls()
+    if not values.dtype.is_integer():
+        values = values.dt.epoch("us")
+    gaps = np.diff(np.sort(values.to_numpy()))
+    return gaps[gaps != 0]
+
 
 def infer_period(times: pl.Series) -> Period | None:
-    """The most common gap between consecutive periods; 28-31 days is a calendar month."""
-    diffs = times.unique().sort().diff().drop_nulls()
-    if diffs.is_empty():
+    """The most common gap between consecutive distinct time values (the smallest on a tie);
+    28-31 days is a calendar month, 89-92 a quarter, 365-366 a year. None for a single value."""
+    gaps = _gaps(times)
+    if not len(gaps):
         return None
-    step: dt.timedelta = diffs.mode().sort()[0]
-    days = step.total_seconds() / 86_400
+    values, counts = np.unique(gaps, return_counts=True)
+    step = int(values[counts.argmax()])  # argmax: the first, so the smallest of the most common
+    if times.dtype.is_integer():
+        return Period(int_step=step)
+    days = step / 86_400_000_000
     for months, (lo, hi) in {1: (28, 31), 3: (89, 92), 12: (365, 366)}.items():
         if lo <= days <= hi:
             return Period(months=months)
-    return Period(step=step)
+    return Period(step=dt.timedelta(microseconds=step))
 
 
-def make_features(spec: UseCaseSpec, frame: pl.DataFrame, origin: object | None = None) -> pl.DataFrame:
+def _is_temporal(dtype: pl.DataType | None) -> bool:
+    return dtype is not None and dtype.is_temporal()
+
+
+def key_period(spec: UseCaseSpec, times: pl.Series) -> Period | None:
+    """The key's period: from the declared ``frequency``, else inferred from its time values.
+
+    Raises KeyDataError when the period is needed (forecasts, ``holdout.periods``, calendar
+    features on dates) and cannot be told: inconsistent spacing is reported, never guessed.
+    """
+    if not spec.time_column:
+        return None
+    t, dtype = spec.time_column, times.dtype
+    integer = dtype.is_integer()
+    if not integer and not _is_temporal(dtype):
+        raise KeyDataError(f"time column {t!r} holds {dtype}, not dates, datetimes or integer periods")
+    declared = spec.frequency
+    if declared == "period":
+        if not integer:
+            raise KeyDataError(
+                f"frequency 'period' is for an integer time column, but {t!r} holds {dtype}; "
+                "use hourly, daily, weekly, monthly, quarterly or yearly"
+            )
+        return infer_period(times) or Period(int_step=1)
+    if declared:
+        if integer:
+            raise KeyDataError(
+                f"frequency {declared!r} needs dates, but {t!r} holds integers; use frequency 'period', "
+                "or a 'time_format' that reads them as dates"
+            )
+        return FREQUENCY_PERIODS[declared]
+    # a calendar list needs no frequency; `calendar_features: true` takes the frequency's defaults
+    needed = (
+        spec.task == "forecast" or spec.holdout.periods is not None or (spec.calendar_features is True and not integer)
+    )
+    inferred = infer_period(times)
+    if inferred is None:
+        if needed:
+            raise KeyDataError("cannot infer the period length from a single time value")
+        return None
+    if inferred.frequency is None and needed:
+        raise KeyDataError(
+            f"cannot tell the frequency of {t!r}: its most common gap is {inferred.describe()}, which is not "
+            "hourly, daily, weekly, monthly, quarterly or yearly; set 'frequency' in the use case"
+        )
+    return inferred
+
+
+# --- feature columns ---------------------------------------------------------------------------
+def calendar_names(spec: UseCaseSpec, time_dtype: pl.DataType | None, frequency: str | None) -> list[str]:
+    """The calendar features a key gets: those of its frequency that its time column can give
+    (no hour on dates, none on integer periods)."""
+    if not _is_temporal(time_dtype):
+        return []
+    names = spec.calendar_features if isinstance(spec.calendar_features, list) else spec.calendar_for(frequency)
+    return [n for n in names if n != "hour" or isinstance(time_dtype, pl.Datetime)]
+
+
+def calendar_of(features: Sequence[str]) -> list[str]:
+    """The calendar features a fitted model uses, from its feature columns."""
+    return [c[4:] for c in features if c.startswith("cal_") and c[4:] in CALENDAR_EXPRS]
+
+
+def feature_columns(
+    spec: UseCaseSpec, time_dtype: pl.DataType | None = None, frequency: str | None = None
+) -> list[str]:
+    """Exactly the columns ``make_features`` adds for a key with this time dtype and frequency."""
+    cols = [*spec.features, *spec.categorical_features, *[f"lag_{lag}" for lag in spec.lags]]
+    if spec.time_column and time_dtype is not None:
+        cols += [f"cal_{n}" for n in calendar_names(spec, time_dtype, frequency)]
+        if spec.task == "forecast" and spec.wants_calendar:
+            cols.append(T_INDEX)
+    return cols
+
+
+def check_numeric_features(spec: UseCaseSpec, frame: pl.DataFrame) -> None:
+    """A text value in a numeric feature is the user's to fix: say which column and show one."""
+    for c in spec.features:
+        dtype = frame.schema.get(c)
+        if dtype == pl.Utf8 or isinstance(dtype, pl.Categorical | pl.Enum):
+            col = frame[c].cast(pl.Utf8)
+            bad = col.filter(col.is_not_null() & col.cast(pl.Float64, strict=False).is_null())
+            if bad.len():
+                raise KeyDataError(
+                    f"feature {c!r} holds text, e.g. {bad[0]!r} ({bad.len()} of {frame.height} rows); "
+                    "declare it in 'categorical_features' to use it as a category"
+                )
+
+
+def make_features(
+    spec: UseCaseSpec,
+    frame: pl.DataFrame,
+    origin: object | None = None,
+    *,
+    period: Period | None = None,
+    calendar: Sequence[str] | None = None,
+) -> pl.DataFrame:
     """Add lag and calendar features to one key's rows, sorted by time.
 
     ``origin`` anchors the trend index, so scoring rows continue the training numbering.
+    ``period`` is the key's period (resolved here when not given). ``calendar`` names the
+    calendar features to build (scoring passes the model's), else the frequency's.
     """
     t = spec.time_column
-    if t:
-        frame = frame.sort(t)
+    check_numeric_features(spec, frame)
     exprs: list[pl.Expr] = [pl.col(c).cast(pl.Float64, strict=False) for c in spec.features]
-    period = infer_period(frame[t]) if t and spec.task == "forecast" else None
+    exprs += [pl.col(c).cast(pl.Utf8) for c in spec.categorical_features]
+    if not t:
+        return frame.with_columns(exprs)
+    frame = frame.sort(t)
+    if period is None and (spec.task == "forecast" or calendar is None):
+        period = key_period(spec, frame[t])
     if spec.lags and period is not None:
+        frame = frame.with_columns(period.lag_key(pl.col(t)).alias(_LAG_KEY))
+        source = frame.select(_LAG_KEY, pl.col(spec.target).cast(pl.Float64)).unique(
+            _LAG_KEY, keep="last", maintain_order=True
+        )
         for lag in spec.lags:
-            shifted = frame.select(
-                pl.col(t).dt.offset_by(period.offset(lag)), pl.col(spec.target).cast(pl.Float64).alias(f"lag_{lag}")
+            shifted = source.select(
+                period.shift_lag_key(pl.col(_LAG_KEY), lag), pl.col(spec.target).alias(f"lag_{lag}")
             )
-            frame = frame.join(shifted, on=t, how="left", maintain_order="left")
+            frame = frame.join(shifted, on=_LAG_KEY, how="left", maintain_order="left")
+        frame = frame.drop(_LAG_KEY)
     elif spec.lags:
         exprs += [pl.lit(None, dtype=pl.Float64).alias(f"lag_{lag}") for lag in spec.lags]
-    if t and spec.calendar_features:
-        col = pl.col(t)
-        exprs += [col.dt.month().cast(pl.Float64).alias("cal_month"), col.dt.week().cast(pl.Float64).alias("cal_week")]
-        if isinstance(frame.schema[t], pl.Datetime):
-            exprs += [
-                col.dt.weekday().cast(pl.Float64).alias("cal_dayofweek"),
-                col.dt.hour().cast(pl.Float64).alias("cal_hour"),
-            ]
-        if spec.task == "forecast":
-            first = frame[t].min() if origin is None else origin
-            idx = period.index(col, first) if period is not None else pl.int_range(0, pl.len())
-            exprs.append(idx.cast(pl.Float64).alias(T_INDEX))
-    return frame.with_columns(exprs)
+    dtype = frame.schema[t]
+    if calendar is None:
+        calendar = calendar_names(spec, dtype, period.frequency if period else None)
+    if _is_temporal(dtype):
+        exprs += [_calendar_expr(t, name, dtype) for name in calendar]
+    if spec.task == "forecast" and spec.wants_calendar:
+        first = frame[t].min() if origin is None else origin
+        exprs.append(period.index(pl.col(t), first).cast(pl.Float64).alias(T_INDEX))
+    return frame.with_columns([e for e in exprs if e is not None])
 
 
-def build_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> pl.DataFrame:
-    """Validate one key's rows, add features and mark the holdout. Raises KeyDataError."""
-    if spec.target:
-        bronze = bronze.filter(pl.col(spec.target).is_not_null())
+def _calendar_expr(t: str, name: str, dtype: pl.DataType) -> pl.Expr | None:
+    if name == "hour" and not isinstance(dtype, pl.Datetime):
+        return None
+    return CALENDAR_EXPRS[name](pl.col(t)).cast(pl.Float64).alias(f"cal_{name}")
+
+
+def add_calendar(frame: pl.DataFrame, time_column: str | None, features: Sequence[str]) -> pl.DataFrame:
+    """Add calendar columns a model needs that these rows lack (a champion fitted with an
+    older calendar set, e.g. ``cal_week``), derived from the time column."""
+    if not time_column or time_column not in frame.columns or not _is_temporal(frame.schema[time_column]):
+        return frame
+    dtype = frame.schema[time_column]
+    missing = [n for n in calendar_of(features) if f"cal_{n}" not in frame.columns]
+    exprs = [e for n in missing if (e := _calendar_expr(time_column, n, dtype)) is not None]
+    return frame.with_columns(exprs) if exprs else frame
+
+
+# --- training set ------------------------------------------------------------------------------
+@dataclass
+class TrainingSet:
+    """One key's training set and what building it did to the rows."""
+
+    frame: pl.DataFrame
+    rows_in: int
+    drops: dict[str, int] = field(default_factory=dict)
+    frequency: str | None = None
+    irregular_gaps: int = 0
+
+    def info(self) -> dict[str, Any]:
+        """Row accounting (``rows_in == rows_out + rows_dropped + rows_merged``) and the period."""
+        info: dict[str, Any] = {
+            "rows_in": self.rows_in,
+            "rows_out": self.frame.height,
+            "rows_dropped": sum(self.drops.values()),
+            "rows_merged": 0,
+            "drops": dict(self.drops),
+            "frequency": self.frequency,
+        }
+        if self.irregular_gaps:
+            info["irregular_gaps"] = self.irregular_gaps
+        return info
+
+
+def _drop(frame: pl.DataFrame, reasons: list[tuple[str, pl.Expr]], drops: dict[str, int]) -> pl.DataFrame:
+    """Remove the rows matching any reason, counted under the first reason each row matches;
+    one pass to count and, only when something goes, one filter."""
+    if not reasons:
+        return frame
+    seen = pl.lit(False)
+    exclusive = []
+    for reason, expr in reasons:
+        expr = expr.fill_null(False)
+        exclusive.append((expr & ~seen).sum().alias(reason))
+        seen = seen | expr
+    counts = frame.select(exclusive).row(0, named=True)
+    if not any(counts.values()):
+        return frame
+    for reason, n in counts.items():
+        if n:
+            drops[reason] = drops.get(reason, 0) + n
+    return frame.filter(~seen)
+
+
+def prepare_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> TrainingSet:
+    """Validate one key's rows, add features and mark the holdout; count every row dropped.
+    Raises KeyDataError with the reason a key cannot be modelled."""
+    rows_in, drops = bronze.height, {}
+    t, y = spec.time_column, spec.target
+    reasons = [("time is null", pl.col(t).is_null())] if t else []
+    if y:  # ingest removes these already; a training set must never fit on them
+        reasons.append(("target is null", pl.col(y).is_null()))
+        if bronze.schema[y].is_float():
+            reasons += [("target is NaN", pl.col(y).is_nan()), ("target is inf", pl.col(y).is_infinite())]
+    bronze = _drop(bronze, reasons, drops)
     if bronze.height < spec.min_rows:
         raise KeyDataError(f"too few rows: {bronze.height} < min_rows {spec.min_rows}")
-    if spec.target and spec.task in ("forecast", "regression") and bronze[spec.target].n_unique() < 2:
-        raise KeyDataError(f"constant target: every {spec.target!r} value is {bronze[spec.target][0]!r}")
+    if y and spec.non_negative_target:
+        negative = bronze.filter(pl.col(y) < 0)[y]
+        if negative.len():
+            raise KeyDataError(
+                f"negative target: {negative.len()} {y!r} value(s) below 0 (e.g. {negative[0]!r}) "
+                "but the use case sets non_negative_target"
+            )
+    if y and spec.task in ("forecast", "regression") and bronze[y].n_unique() < 2:
+        raise KeyDataError(f"constant target: every {y!r} value is {bronze[y][0]!r}")
+    check_numeric_features(spec, bronze)
     null_features = [
         c for c in spec.features if bronze[c].cast(pl.Float64, strict=False).fill_nan(None).is_null().all()
     ]
     if null_features:
         raise KeyDataError(f"all-NaN features: {null_features}")
-    frame = make_features(spec, bronze)
+    null_categories = [c for c in spec.categorical_features if bronze[c].is_null().all()]
+    if null_categories:
+        raise KeyDataError(f"all-null categorical features: {null_categories}")
+    period = key_period(spec, bronze[t]) if t else None
+    frame = make_features(spec, bronze, period=period)
     if spec.lags:
-        frame = frame.filter(pl.col(f"lag_{max(spec.lags)}").is_not_null())
-    frame = frame.with_columns(_split_expr(spec, frame))
+        frame = _drop(frame, [("no lag history", pl.col(f"lag_{max(spec.lags)}").is_null())], drops)
+    frame = frame.with_columns(_split_expr(spec, frame, period))
     n_train = int((frame[SPLIT] == TRAIN).sum())
     n_holdout = frame.height - n_train
     if n_train < spec.min_rows or n_holdout == 0:
         raise KeyDataError(
             f"too few rows after features and split: {n_train} train, {n_holdout} holdout (min_rows {spec.min_rows})"
         )
-    if spec.task == "classification" and frame.filter(pl.col(SPLIT) == TRAIN)[spec.target].n_unique() < 2:
+    if spec.task == "classification" and frame.filter(pl.col(SPLIT) == TRAIN)[y].n_unique() < 2:
         raise KeyDataError("the training split holds a single class")
-    keep = [c for c in (spec.time_column, spec.target) if c]
-    keep += feature_columns(spec, frame.schema.get(spec.time_column) if spec.time_column else None)
-    return frame.select([*dict.fromkeys(keep), SPLIT])
+    frequency = period.frequency if period else None
+    keep = [c for c in (t, y) if c]
+    keep += feature_columns(spec, frame.schema.get(t) if t else None, frequency)
+    return TrainingSet(
+        frame=frame.select([*dict.fromkeys(keep), SPLIT]),
+        rows_in=rows_in,
+        drops=drops,
+        frequency=frequency,
+        irregular_gaps=period.irregular_gaps(bronze[t]) if period else 0,
+    )
 
 
-def _split_expr(spec: UseCaseSpec, frame: pl.DataFrame) -> pl.Expr:
+def build_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> pl.DataFrame:
+    """The training set frame alone (see ``prepare_training_set``)."""
+    return prepare_training_set(spec, bronze).frame
+
+
+def _split_expr(spec: UseCaseSpec, frame: pl.DataFrame, period: Period | None) -> pl.Expr:
     if spec.holdout.periods is not None:
         # The last N periods of calendar time, not the last N rows: with a missing week, a lag
         # of at least N periods still never reaches a holdout actual.
         t = spec.time_column
-        period = infer_period(frame[t])
         if period is None:
             raise KeyDataError("cannot infer the period length from a single time value")
-        last = frame[t].max()
-        cutoff = pl.select(pl.lit(last).dt.offset_by(f"-{period.offset(spec.holdout.periods - 1)}")).item()
-        if frame.filter(pl.col(t) < cutoff).is_empty():
+        is_holdout = period.in_last(pl.col(t), frame[t].max(), spec.holdout.periods)
+        if frame.filter(~is_holdout).is_empty():
             raise KeyDataError(f"no training data before the {spec.holdout.periods}-period holdout")
-        is_holdout = pl.col(t) >= cutoff
     elif spec.time_column:
         n_holdout = max(1, round(frame.height * spec.holdout.fraction))
         is_holdout = pl.int_range(0, pl.len()) >= frame.height - n_holdout
@@ -163,41 +442,48 @@ def _split_expr(spec: UseCaseSpec, frame: pl.DataFrame) -> pl.Expr:
     return pl.when(is_holdout).then(pl.lit(HOLDOUT)).otherwise(pl.lit(TRAIN)).alias(SPLIT)
 
 
+# --- scoring -----------------------------------------------------------------------------------
 def future_frame(
-    spec: UseCaseSpec, history: pl.DataFrame, future_exog: pl.DataFrame | None, origin: object
+    spec: UseCaseSpec,
+    history: pl.DataFrame,
+    future_exog: pl.DataFrame | None,
+    origin: object,
+    calendar: Sequence[str] | None = None,
 ) -> pl.DataFrame:
     """Feature rows for the next ``horizon`` periods after a key's last observed period.
 
-    Exogenous values come from the scoring source when given; otherwise the last observed
-    value is carried forward (documented in docs/use-cases.md).
+    Exogenous values (numeric and categorical) come from the scoring source when given;
+    otherwise the last observed value is carried forward (documented in docs/use-cases.md).
+    ``calendar``: the calendar features to build (the scoring model's), else the frequency's.
     """
     t = spec.time_column
     history = history.filter(pl.col(spec.target).is_not_null()).sort(t)
-    period = infer_period(history[t])
+    period = key_period(spec, history[t])
     if period is None:
         raise KeyDataError("cannot infer the period length from a single time value")
+    dtype = history.schema[t]
     last = history[t].max()
-    future_times = pl.DataFrame(
-        {
-            t: pl.Series([last] * spec.horizon, dtype=history.schema[t]),
-            "o": [period.offset(i + 1) for i in range(spec.horizon)],
-        }
-    ).select(pl.col(t).dt.offset_by(pl.col("o")))[t]
-    future = pl.DataFrame(future_times)
+    steps = [period.shift(pl.lit(last, dtype=dtype), k).alias(str(k)) for k in range(1, spec.horizon + 1)]
+    times = pl.Series(t, list(pl.select(steps).row(0)), dtype=dtype)
+    if period.months and _is_temporal(dtype) and pl.select(pl.lit(last, dtype=dtype).dt.month_end()).item() == last:
+        times = times.dt.month_end()  # month-end data stays on month ends (Nov 30 -> Dec 31, not Dec 30)
+    future = pl.DataFrame(times)
+    features = spec.all_features
     if future_exog is not None and future_exog.height:
-        exog_cols = [c for c in spec.features if c in future_exog.columns]
-        future = future.join(future_exog.select([t, *exog_cols]).unique(subset=[t], keep="last"), on=t, how="left")
+        exog_cols = [c for c in features if c in future_exog.columns]
+        exog = future_exog.select(pl.col(t).cast(dtype), *exog_cols).unique(subset=[t], keep="last")
+        future = future.join(exog, on=t, how="left")
     last_row = history.tail(1)
     fill = [
         (pl.col(c).fill_null(pl.lit(last_row[c][0])) if c in future.columns else pl.lit(last_row[c][0]))
         .cast(history.schema[c])
         .alias(c)
-        for c in spec.features
+        for c in features
     ]
     future = future.with_columns(fill).with_columns(pl.lit(None, dtype=history.schema[spec.target]).alias(spec.target))
-    cols = [t, *spec.features, spec.target]
+    cols = [t, *features, spec.target]
     combined = pl.concat([history.select(cols), future.select(cols)])
-    featured = make_features(spec, combined, origin=origin)
+    featured = make_features(spec, combined, origin=origin, period=period, calendar=calendar)
     return featured.filter(pl.col(t) > last)
 
 
@@ -209,7 +495,20 @@ def fingerprint(frame: pl.DataFrame) -> str:
 
 
 def to_matrix(frame: pl.DataFrame, columns: list[str]) -> np.ndarray:
+    """A float matrix: the input of a model without categorical features."""
     return frame.select([pl.col(c).cast(pl.Float64) for c in columns]).to_numpy()
+
+
+def frame_input(frame: pl.DataFrame, columns: Sequence[str], categorical: Collection[str]):
+    """A pandas DataFrame with named columns: the input of a model with categorical features
+    (text columns as text, the rest as float), which selects its columns by name."""
+    import pandas as pd
+
+    cats = set(categorical)
+    data = {
+        c: frame[c].cast(pl.Utf8).to_numpy() if c in cats else frame[c].cast(pl.Float64).to_numpy() for c in columns
+    }
+    return pd.DataFrame(data, columns=list(columns))
 
 
 def labels(frame: pl.DataFrame, column: str) -> np.ndarray:

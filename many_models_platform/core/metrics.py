@@ -56,6 +56,32 @@ def label_metrics(actual: np.ndarray, predicted: np.ndarray, positive: object = 
     }
 
 
+def flag_rate(flags: np.ndarray) -> float:
+    """Share of rows a detector flags (1 = anomaly)."""
+    f = np.asarray(flags, dtype=float)
+    return float(f.mean()) if len(f) else math.nan
+
+
+def score_stability(scores: np.ndarray, reference: np.ndarray) -> float:
+    """Spearman rank correlation of two detectors' anomaly scores on the same rows (ties get
+    their average rank); NaN when either ranks nothing (fewer than two rows, constant scores)."""
+    from scipy.stats import rankdata
+
+    a, b = np.asarray(scores, dtype=float), np.asarray(reference, dtype=float)
+    if len(a) < 2 or len(a) != len(b):
+        return math.nan
+    ra, rb = rankdata(a), rankdata(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return math.nan
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def higher_is_worse(metric: str) -> bool:
+    """Direction of a threshold and of "worst": errors and the flag rate are maximums; scores,
+    r2 and score stability are minimums."""
+    return metric in LOWER_IS_BETTER or metric == "flag_rate"
+
+
 def task_metrics(task: str, actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     if task in ("forecast", "regression"):
         return regression_metrics(actual, predicted)

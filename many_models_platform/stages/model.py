@@ -140,6 +140,8 @@ def reusable_candidates(run: StageRun, registry: ModelRegistry, keys: Sequence[s
             not state
             or state["status"] != "ok"
             or state["info"]["data_fingerprint"] != ref.tags.get("data_fingerprint")
+            # same data and config but other feature columns (say a calendar set that changed)
+            or state["info"]["features"] != ref.tags.get("features", "").split(",")
         ):
             continue
         metrics = {k.removeprefix("metric."): float(v) for k, v in ref.tags.items() if k.startswith("metric.")}

@@ -8,7 +8,7 @@ import polars as pl
 
 from ..core import features as F
 from ..core.engine import SkipKey, map_keys
-from ..core.modeling import anomaly_score, predict
+from ..core.modeling import anomaly_score, clip_predictions, model_input, predict
 from ..core.spec import UseCaseSpec
 from ..storage.lake import Lake
 from ..storage.registry import (
@@ -39,21 +39,25 @@ def _score_one(key: str, spec: UseCaseSpec, lake: Lake, production: dict[str, di
         exog = lake.read_parquet(scoring_path) if scoring_path.exists() else None
         origin = bronze.filter(pl.col(spec.target).is_not_null())[t].min()  # as in training
         holdout = _todays_holdout(spec, lake, key)
+        if holdout is not None:
+            holdout = F.add_calendar(holdout, t, features)
         if holdout is not None and all(c in holdout.columns for c in features):
             # the production model on today's holdout: forecast accuracy for BI, with actuals
             segments.append((holdout, "holdout"))
-        segments.append((F.future_frame(spec, bronze, exog, origin=origin), "forecast"))
+        calendar = F.calendar_of(features)  # the model's calendar features, whatever today's defaults
+        segments.append((F.future_frame(spec, bronze, exog, origin=origin, calendar=calendar), "forecast"))
     else:
         scoring_path = lake.key_path("bronze_scoring", spec.name, key, ".parquet")
         if spec.scoring_source and scoring_path.exists():
-            segments.append((F.make_features(spec, lake.read_parquet(scoring_path)), "scoring"))
+            rows = F.make_features(spec, lake.read_parquet(scoring_path), calendar=F.calendar_of(features))
+            segments.append((rows, "scoring"))
         else:
             holdout = _todays_holdout(spec, lake, key)
             if holdout is None:
                 ts_state = read_state(lake, spec.name, "training_set", key)
                 why = f"{ts_state['status']}: {ts_state['reason']}" if ts_state else "has not run"
                 raise SkipKey(f"nothing to score: no scoring_source rows and training_set {why}")
-            segments.append((holdout, "holdout"))
+            segments.append((F.add_calendar(holdout, spec.time_column, features), "holdout"))
     out = pl.concat([_prediction_rows(spec, model, features, rows, kind, prod) for rows, kind in segments])
     out = out.with_columns(pl.int_range(0, pl.len(), dtype=pl.Int32).alias("row_index")).select(
         "row_index", pl.exclude("row_index")
@@ -79,13 +83,14 @@ def _todays_holdout(spec: UseCaseSpec, lake: Lake, key: str) -> pl.DataFrame | N
 
 def _prediction_rows(spec: UseCaseSpec, model, features: list[str], rows: pl.DataFrame, kind: str, prod: dict):
     t = spec.time_column
-    x = F.to_matrix(rows, features)
+    x = model_input(model, rows, features)
     pred = predict(spec.task, model, x)
     period = rows[t] if t else pl.Series([None] * rows.height)
     kinds = pl.Series([kind] * rows.height, dtype=pl.Utf8)
     out = pl.DataFrame({"period": period.cast(pl.Datetime("us")), "kind": kinds})
     if spec.task in ("forecast", "regression"):
-        prediction, label = pl.Series(pred, dtype=pl.Float64), pl.Series([None] * rows.height, dtype=pl.Utf8)
+        prediction = pl.Series(clip_predictions(spec, pred.astype(float)), dtype=pl.Float64)
+        label = pl.Series([None] * rows.height, dtype=pl.Utf8)
     elif spec.task == "anomaly":
         prediction, label = pl.Series(anomaly_score(model, x), dtype=pl.Float64), pl.Series(pred.astype(str))
     else:

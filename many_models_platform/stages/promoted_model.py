@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from ..core.engine import KeyOutcome, SkipKey
 from ..core.keys import key_label
-from ..core.metrics import is_better
-from ..core.spec import UseCaseSpec
+from ..core.metrics import higher_is_worse, is_better
+from ..core.spec import UNLABELLED_METRICS, UseCaseSpec
 from ..storage.registry import (
     HASH_TAG,
     copy_model_dir,
@@ -24,17 +24,28 @@ from .base import (
 )
 
 
+def _undefined(value: float | None) -> bool:
+    return value is None or math.isnan(value)
+
+
 def decide(spec: UseCaseSpec, report: dict) -> tuple[str, str]:
     """The business rule: (decision, reason). Decisions: promoted, kept_champion, rejected.
 
     Order: the metric must be defined, the extra conditions (rows, metric bounds) and the
     absolute threshold must hold, and then the candidate must beat the champion by
     ``min_improvement`` on the same holdout.
+
+    Unlabelled metrics (``flag_rate``, ``score_stability``) describe a detector but do not rank
+    it: bounds and the threshold apply (``flag_rate`` thresholds are maximums), there is no
+    champion comparison, and a candidate that passes is promoted. ``score_stability`` needs a
+    champion scored on the same holdout; without one its threshold and bound are skipped.
     """
     metric = spec.metric
     value = report["metrics"][metric]
     rule = spec.promotion
-    if value is None or math.isnan(value):
+    compared = report.get("champion_metrics") is not None
+    skipped: list[str] = []  # conditions that could not apply, said in the reason
+    if _undefined(value) and not (metric == "score_stability" and not compared):
         return "rejected", f"{metric} is undefined on the holdout"
     if rule.min_rows and report["rows_train"] < rule.min_rows:
         return "rejected", f"below min_rows: {report['rows_train']} training rows < {rule.min_rows}"
@@ -42,24 +53,40 @@ def decide(spec: UseCaseSpec, report: dict) -> tuple[str, str]:
         return "rejected", f"below min_holdout_rows: {report['rows_holdout']} holdout rows < {rule.min_holdout_rows}"
     for name, bound in rule.bounds.items():
         v = report["metrics"].get(name)
-        if v is None or math.isnan(v):
+        if _undefined(v):
+            if name == "score_stability" and not compared:
+                skipped.append("bound on score_stability skipped: no champion scored on this holdout")
+                continue
             return "rejected", f"bound on {name}: {name} is undefined on the holdout"
         if bound.min is not None and v < bound.min:
             return "rejected", f"bound on {name}: {v:.4g} < min {bound.min}"
         if bound.max is not None and v > bound.max:
             return "rejected", f"bound on {name}: {v:.4g} > max {bound.max}"
+    at_most = higher_is_worse(metric)
     if rule.threshold is not None:
-        passes = value <= rule.threshold if spec.lower_is_better else value >= rule.threshold
-        if not passes:
-            op = "<=" if spec.lower_is_better else ">="
+        if _undefined(value):
+            skipped.append(f"threshold on {metric} skipped: no champion scored on this holdout")
+        elif not (value <= rule.threshold if at_most else value >= rule.threshold):
+            op = "<=" if at_most else ">="
             return "rejected", f"below threshold: {metric} {value:.4g} does not satisfy {op} {rule.threshold}"
+    note = f" ({'; '.join(skipped)})" if skipped else ""
     champ = report.get("champion_metrics")
+    if metric in UNLABELLED_METRICS:
+        values = {m: report["metrics"].get(m) for m in sorted(UNLABELLED_METRICS)}
+        shown = ", ".join(f"{m} {v:.4g}" for m, v in values.items() if not _undefined(v))
+        if report.get("champion_version") is None:
+            return "promoted", f"first model for this key{note}"
+        return "promoted", (
+            f"no labels: champion v{report['champion_version']} not ranked; candidate passes the rule"
+            + (f" ({shown})" if shown else "")
+            + note
+        )
     if champ is None:
         if report.get("champion_version") is not None:
-            return "promoted", "champion could not be compared on this holdout; candidate passes the threshold"
-        return "promoted", "first model for this key"
+            return "promoted", "champion could not be compared on this holdout; candidate passes the threshold" + note
+        return "promoted", "first model for this key" + note
     champ_value = champ[metric]
-    if champ_value is None or math.isnan(champ_value):
+    if _undefined(champ_value):
         return "promoted", f"champion v{report['champion_version']} has no {metric} on this holdout"
     margin = abs(champ_value) * rule.min_improvement
     target = champ_value - margin if spec.lower_is_better else champ_value + margin

@@ -19,7 +19,8 @@ from .base import (
 def _training_set_one(key: str, spec: UseCaseSpec, lake: Lake) -> dict:
     require_upstream(lake, spec.name, "training_set", key)
     bronze = lake.read_parquet(lake.key_path("bronze", spec.name, key, ".parquet"))
-    ts = F.build_training_set(spec, bronze)
+    prepared = F.prepare_training_set(spec, bronze)
+    ts = prepared.frame
     lake.write_parquet(lake.key_path("training", spec.name, key, ".parquet"), ts)
     n_holdout = int((ts[F.SPLIT] == F.HOLDOUT).sum())
     return {
@@ -28,6 +29,8 @@ def _training_set_one(key: str, spec: UseCaseSpec, lake: Lake) -> dict:
         "rows_holdout": n_holdout,
         "features": [c for c in ts.columns if c not in (spec.time_column, spec.target, F.SPLIT)],
         "data_fingerprint": F.fingerprint(bronze),
+        # rows_in/rows_out/rows_dropped/rows_merged/drops, frequency and irregular_gaps
+        **prepared.info(),
     }
 
 

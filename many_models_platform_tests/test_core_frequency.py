@@ -1,0 +1,231 @@
+"""Frequency per key, calendar features by frequency, integer periods, and the training set's row accounting."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+from conftest_core import forecast_body, make_spec, regression_body
+
+from many_models_platform.core import features as F
+
+N = 40
+
+
+def _regression(**overrides):
+    body = regression_body(time_column="t", features=["x1"], min_rows=10)
+    body.update(overrides)
+    return make_spec(body)
+
+
+def _frame(times: list, dtype: pl.DataType, seed: int = 0) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pl.DataFrame(
+        {"t": pl.Series(times, dtype=dtype), "x1": rng.normal(size=len(times)), "y": rng.normal(size=len(times))}
+    )
+
+
+def _months(start_year: int, n: int, every: int = 1) -> list[date]:
+    return [date(start_year + (m * every) // 12, (m * every) % 12 + 1, 1) for m in range(n)]
+
+
+SERIES = {
+    "hourly": ([datetime(2025, 3, 1) + timedelta(hours=h) for h in range(N)], pl.Datetime("us")),
+    "daily": ([date(2025, 3, 1) + timedelta(days=d) for d in range(N)], pl.Date),
+    "weekly": ([date(2025, 3, 3) + timedelta(weeks=w) for w in range(N)], pl.Date),
+    "monthly": (_months(2020, N), pl.Date),
+    "quarterly": (_months(2010, N, every=3), pl.Date),
+    "yearly": ([date(1980 + y, 1, 1) for y in range(N)], pl.Date),  # integer years as ingest gives them
+    "period": (list(range(100, 100 + 5 * N, 5)), pl.Int64),  # an integer period column, step 5
+}
+CALENDAR = {
+    "hourly": {"cal_hour": lambda t: t.hour, "cal_dayofweek": lambda t: t.isoweekday()},
+    "daily": {"cal_dayofweek": lambda t: t.isoweekday(), "cal_dayofyear": lambda t: t.timetuple().tm_yday},
+    "weekly": {"cal_month": lambda t: t.month},
+    "monthly": {"cal_month": lambda t: t.month},
+    "quarterly": {"cal_quarter": lambda t: (t.month - 1) // 3 + 1},
+    "yearly": {},
+    "period": {},
+}
+
+
+@pytest.mark.parametrize("frequency", list(SERIES))
+def test_calendar_features_follow_the_inferred_frequency(frequency):
+    times, dtype = SERIES[frequency]
+    spec = _regression()
+    prepared = F.prepare_training_set(spec, _frame(times, dtype))
+    ts = prepared.frame
+    assert prepared.frequency == frequency
+    assert prepared.info()["frequency"] == frequency
+    calendar = [c for c in ts.columns if c.startswith("cal_")]
+    assert calendar == list(CALENDAR[frequency])
+    # feature_columns names exactly what was built, in order
+    assert F.feature_columns(spec, dtype, frequency) == [c for c in ts.columns if c not in ("t", "y", F.SPLIT)]
+    for column, expected in CALENDAR[frequency].items():
+        assert ts[column].to_list() == [float(expected(t)) for t in ts["t"]]
+
+
+def test_yearly_forecast_gets_a_trend_but_no_calendar_columns():
+    times, dtype = SERIES["yearly"]
+    spec = make_spec(
+        forecast_body(time_column="t", target="y", features=["x1"], lags=[3], holdout={"periods": 3}, horizon=3)
+    )
+    ts = F.build_training_set(spec, _frame(times, dtype))
+    assert [c for c in ts.columns if c not in ("t", "y", F.SPLIT)] == ["x1", "lag_3", F.T_INDEX]
+    assert ts[F.T_INDEX].to_list() == [float(t.year - 1980) for t in ts["t"]]
+
+
+def test_a_declared_frequency_wins_and_inapplicable_calendar_features_are_skipped():
+    times, dtype = SERIES["weekly"]
+    daily = F.prepare_training_set(_regression(frequency="daily"), _frame(times, dtype))
+    assert daily.frequency == "daily"
+    assert [c for c in daily.frame.columns if c.startswith("cal_")] == ["cal_dayofweek", "cal_dayofyear"]
+    # hour cannot apply to dates: skipped for the key, the rest is built
+    spec = _regression(calendar_features=["hour", "quarter"])
+    ts = F.build_training_set(spec, _frame(times, dtype))
+    assert [c for c in ts.columns if c.startswith("cal_")] == ["cal_quarter"]
+    assert F.feature_columns(spec, pl.Date, "weekly") == ["x1", "cal_quarter"]
+    assert F.feature_columns(spec, pl.Datetime("us"), "weekly") == ["x1", "cal_hour", "cal_quarter"]
+    off = F.build_training_set(_regression(calendar_features=False), _frame(times, dtype))
+    assert off.columns == ["t", "y", "x1", F.SPLIT]
+
+
+def test_spacing_without_a_named_frequency_fails_the_key_until_frequency_is_set():
+    times = [date(2025, 1, 1) + timedelta(days=10 * i) for i in range(N)]
+    with pytest.raises(F.KeyDataError, match=r"most common gap is 10 days.*set 'frequency'"):
+        F.build_training_set(_regression(), _frame(times, pl.Date))
+    prepared = F.prepare_training_set(_regression(frequency="daily"), _frame(times, pl.Date))
+    assert prepared.frequency == "daily"
+    assert "irregular_gaps" not in prepared.info()  # 10 days is a whole number of days
+    # a calendar list needs no frequency: events at odd spacing still get exactly those columns
+    listed = F.prepare_training_set(_regression(calendar_features=["dayofweek"]), _frame(times, pl.Date))
+    assert listed.frequency is None
+    assert listed.frame["cal_dayofweek"].to_list() == [float(t.isoweekday()) for t in listed.frame["t"]]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "times", "dtype", "reason"),
+    [
+        ({"frequency": "period"}, SERIES["daily"][0], pl.Date, "frequency 'period' is for an integer time column"),
+        ({"frequency": "daily"}, SERIES["period"][0], pl.Int64, "use frequency 'period'"),
+    ],
+)
+def test_a_frequency_that_does_not_fit_the_time_column_is_a_key_error(overrides, times, dtype, reason):
+    with pytest.raises(F.KeyDataError, match=reason):
+        F.build_training_set(_regression(**overrides), _frame(times, dtype))
+
+
+def test_gaps_that_are_not_whole_periods_are_counted_not_guessed():
+    start = datetime(2025, 3, 1)
+    hours = [start + timedelta(hours=h) for h in range(N)]
+    hours[10] += timedelta(minutes=30)  # two readings off the hourly grid: each breaks two gaps
+    hours[20] += timedelta(minutes=30)
+    del hours[30]  # a missing hour is a whole number of periods, not irregular
+    prepared = F.prepare_training_set(_regression(), _frame(hours, pl.Datetime("us")))
+    assert prepared.frequency == "hourly"
+    assert prepared.info()["irregular_gaps"] == 4
+    weekly = F.prepare_training_set(_regression(), _frame(SERIES["weekly"][0], pl.Date))
+    assert "irregular_gaps" not in weekly.info()
+
+
+def test_integer_period_forecast_lags_holdout_and_horizon():
+    step, n = 5, 40
+    periods = list(range(100, 100 + step * n, step))
+    history = pl.DataFrame(
+        {"t": periods, "price": np.linspace(1.0, 2.0, n), "y": [float(p) * 2 for p in periods]},
+        schema={"t": pl.Int64, "price": pl.Float64, "y": pl.Float64},
+    )
+    spec = make_spec(
+        forecast_body(time_column="t", target="y", lags=[3, 4], holdout={"periods": 3}, horizon=3, min_rows=10)
+    )
+    prepared = F.prepare_training_set(spec, history)
+    ts = prepared.frame
+    assert prepared.frequency == "period"
+    assert [c for c in ts.columns if c not in ("t", "y", F.SPLIT)] == ["price", "lag_3", "lag_4", F.T_INDEX]
+    # lags move by periods of the column's own step: lag_3 of period p is the target at p - 15
+    assert (ts["y"] - ts["lag_3"]).unique().to_list() == [2.0 * 3 * step]
+    assert ts["t"].min() == 100 + 4 * step  # the first four periods have no lag_4
+    assert prepared.drops == {"no lag history": 4}
+    holdout = ts.filter(pl.col(F.SPLIT) == F.HOLDOUT)["t"].to_list()
+    assert holdout == periods[-3:]
+    assert ts[F.T_INDEX].to_list() == [float((p - 100) // step) for p in ts["t"]]
+    future = F.future_frame(spec, history, None, origin=100)
+    last = periods[-1]
+    assert future["t"].to_list() == [last + step, last + 2 * step, last + 3 * step]
+    assert future["lag_3"].to_list() == [2.0 * (p - 3 * step) for p in future["t"]]
+    assert future[F.T_INDEX].to_list() == [float(n), float(n + 1), float(n + 2)]
+    assert future["price"].to_list() == [history["price"][-1]] * 3
+
+
+def test_month_end_series_lag_by_calendar_month_and_forecast_on_month_ends():
+    ends = pl.date_range(date(2021, 1, 1), date(2023, 12, 1), "1mo", eager=True).dt.month_end()
+    history = pl.DataFrame({"t": ends, "price": 1.0, "y": [float(100 + i) for i in range(len(ends))]})
+    spec = make_spec(
+        forecast_body(time_column="t", target="y", lags=[3], holdout={"periods": 3}, horizon=3, min_rows=10)
+    )
+    prepared = F.prepare_training_set(spec, history)
+    assert prepared.frequency == "monthly"
+    assert "irregular_gaps" not in prepared.info()
+    # February (28 days) and 31-day months still line up: every lag is three months back
+    assert (prepared.frame["y"] - prepared.frame["lag_3"]).unique().to_list() == [3.0]
+    assert prepared.drops == {"no lag history": 3}
+    future = F.future_frame(spec, history, None, origin=ends[0])
+    assert future["t"].to_list() == [date(2024, 1, 31), date(2024, 2, 29), date(2024, 3, 31)]
+    assert future["lag_3"].to_list() == [133.0, 134.0, 135.0]
+
+
+def test_row_accounting_of_the_training_set():
+    weeks = [date(2024, 1, 1) + timedelta(weeks=w) for w in range(30)]
+    quantity = [float(10 + w) for w in range(30)]
+    quantity[3], quantity[7], quantity[11] = None, float("nan"), float("inf")
+    bronze = pl.DataFrame(
+        {"week_start": weeks, "price": 1.0, "quantity": quantity},
+        schema={"week_start": pl.Date, "price": pl.Float64, "quantity": pl.Float64},
+    )
+    spec = make_spec(forecast_body(min_rows=5))  # lags 4 and 5, holdout 4 weeks
+    prepared = F.prepare_training_set(spec, bronze)
+    info = prepared.info()
+    assert info["rows_in"] == 30
+    # no lag_5: weeks 0-4 but the dropped week 3, and weeks 8, 12, 16 whose lag_5 is a dropped target
+    assert info["drops"] == {"target is null": 1, "target is NaN": 1, "target is inf": 1, "no lag history": 7}
+    assert info["rows_out"] == prepared.frame.height == 30 - 3 - 7
+    assert info["rows_dropped"] == 10 and info["rows_merged"] == 0
+    assert info["rows_in"] == info["rows_out"] + info["rows_dropped"] + info["rows_merged"]
+    assert prepared.frame["quantity"].is_finite().all()
+    assert info["frequency"] == "weekly"
+
+
+def test_non_negative_target_refuses_negative_values():
+    spec = _regression(non_negative_target=True)
+    frame = _frame(SERIES["daily"][0], pl.Date).with_columns(pl.col("y").abs())
+    assert F.build_training_set(spec, frame).height == N
+    with pytest.raises(F.KeyDataError, match=r"negative target: 1 'y' value\(s\) below 0 \(e.g. -2.5\)"):
+        F.build_training_set(
+            spec, frame.with_columns(pl.when(pl.col("x1") == pl.col("x1").max()).then(-2.5).otherwise("y").alias("y"))
+        )
+
+
+def test_text_in_a_numeric_feature_says_to_declare_it_categorical():
+    frame = _frame(SERIES["daily"][0], pl.Date).with_columns(
+        pl.Series("x1", ["Monday", "Tuesday"] * (N // 2), dtype=pl.Utf8)
+    )
+    with pytest.raises(F.KeyDataError) as err:
+        F.build_training_set(_regression(), frame)
+    assert str(err.value) == (
+        f"feature 'x1' holds text, e.g. 'Monday' ({N} of {N} rows); "
+        "declare it in 'categorical_features' to use it as a category"
+    )
+    # numbers that arrive as text are still numbers
+    as_text = _frame(SERIES["daily"][0], pl.Date).with_columns(pl.col("x1").cast(pl.Utf8))
+    assert F.build_training_set(_regression(), as_text)["x1"].dtype == pl.Float64
+
+
+def test_a_legacy_calendar_column_is_rebuilt_for_an_old_model():
+    times, dtype = SERIES["weekly"]
+    ts = F.build_training_set(_regression(), _frame(times, dtype))
+    old_features = ["x1", "cal_month", "cal_week"]  # what models fitted before frequency-based calendars used
+    rows = F.add_calendar(ts, "t", old_features)
+    assert rows["cal_week"].to_list() == [float(t.isocalendar()[1]) for t in rows["t"]]
+    assert F.calendar_of(old_features) == ["month", "week"]
