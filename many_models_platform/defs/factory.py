@@ -76,6 +76,9 @@ def key_metadata(spec: UseCaseSpec, outcome: KeyOutcome) -> dict[str, Any]:
             md.update({f"metric_{m}": _num(v) for m, v in value.items()})
         elif name == "champion_metrics" and value:
             md[f"champion_{spec.metric}"] = _num(value.get(spec.metric))
+        elif name == "drops" and isinstance(value, dict):
+            # rows removed per reason, e.g. "dropped: target is null": 3 (rows_in/out/dropped/merged are scalars)
+            md.update({f"dropped: {reason}": _num(n) for reason, n in value.items()})
         elif isinstance(value, bool | int | float | str) or value is None:
             md[name] = _num(value) if isinstance(value, float) else value
     return md
@@ -201,7 +204,30 @@ def _log_run_report(context: AssetExecutionContext, spec: UseCaseSpec, report: S
             md["worst_keys"] = MetadataValue.md(f"| key | {spec.metric} |\n|---|---|\n{rows}")
     if report.summary.get("quarantined"):
         md["quarantined"] = MetadataValue.json(report.summary["quarantined"])
+    for name, columns in FILE_TABLES.items():
+        if report.summary.get(name):
+            md[name] = MetadataValue.md(_file_table(report.summary[name], columns))
     context.log_event(AssetObservation(asset_key=context.asset_key, metadata=md))
+
+
+# The raw stage's file lists (docs/architecture.md#ranged-runs) as Markdown tables in its run report.
+FILE_TABLES = {
+    "rejected": ("file", "reason"),
+    "files": ("file", "status", "rows", "rows_dropped", "rows_merged", "reason"),
+}
+_MAX_FILE_ROWS = 50
+
+
+def _file_table(items: list, columns: tuple[str, ...]) -> str:
+    """A Markdown table of the first 50 items (dicts), cells cut to 200 characters."""
+    lines = [f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}"]
+    for item in items[:_MAX_FILE_ROWS]:
+        values = [item.get(c) for c in columns] if isinstance(item, dict) else [item]
+        cells = ["" if v is None else str(v)[:200] for v in values]
+        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    if len(items) > _MAX_FILE_ROWS:
+        lines.append(f"\n… and {len(items) - _MAX_FILE_ROWS} more")
+    return "\n".join(lines)
 
 
 def metric_histogram(metric: str, values: list[float]) -> bytes:
