@@ -403,7 +403,10 @@ class Warehouse:
         with self.connect() as conn:
             result = conn.execute(sa.text(sql), params)
             rows = result.fetchall()
-            return pl.DataFrame([tuple(r) for r in rows], schema=list(result.keys()), orient="row")
+            # types from every row, not the first 100 (a reason that is NULL on the first keys)
+            return pl.DataFrame(
+                [tuple(r) for r in rows], schema=list(result.keys()), orient="row", infer_schema_length=None
+            )
 
     def table_names(self) -> Iterable[str]:
         return sa.inspect(self.engine).get_table_names()
