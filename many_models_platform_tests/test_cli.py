@@ -78,6 +78,10 @@ def test_generate_run_and_status(tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "rollback refused" in proc.stdout and "first production version" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
+    proc = mmp("promote", "group_regression", "seg-0001", "--rollback", home=home, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "unknown key 'seg-0001' for group_regression (12 key(s) with a production model)" in proc.stdout
+    assert "did you mean" in proc.stdout and "segment_id=seg-001   (partition key seg-001)" in proc.stdout
 
     # a subset of keys reruns only those keys
     keys = sorted(p.stem for p in (home / "lake" / "bronze" / "group_regression").iterdir())[:2]

@@ -169,6 +169,9 @@ def test_a_mix_of_outcomes_after_the_first_150_keys_publishes(settings):
             per_stage[stage].append(outcome)
         if "predictions" in states and kind != 4:
             prediction_file(run, key, 2 if kind == 3 else (1 if kind == 1 else 0))
+    # a key registered when the use case had one key column: it publishes its statuses too
+    legacy = encode_key(["legacy"])
+    per_stage["raw"].append(KeyOutcome(legacy, "failed", "no rows for this key in the landing zone"))
     for stage, outcomes in per_stage.items():
         write(run, stage, outcomes)
     write_run_record(
@@ -185,13 +188,14 @@ def test_a_mix_of_outcomes_after_the_first_150_keys_publishes(settings):
         ),
     )
 
-    report = publish(run, keys)
-    publish(run, keys)  # a rerun of the same run date replaces, never duplicates
+    report = publish(run, [*keys, legacy])
+    publish(run, [*keys, legacy])  # a rerun of the same run date replaces, never duplicates
 
     by = {k: i for i, k in enumerate(keys)}
     kind = lambda key: by[key] % 5 if by[key] >= 150 else -1  # noqa: E731
     status = query(settings, "SELECT * FROM key_status WHERE use_case = 'mix'")
-    assert status.height == len(keys) * 7 and status.select("key", "stage").n_unique() == status.height
+    assert status.height == (len(keys) + 1) * 7 and status.select("key", "stage").n_unique() == status.height
+    assert set(status.filter(pl.col("key") == legacy)["key_label"]) == {legacy}
     constant = status.filter((pl.col("stage") == "training_set") & (pl.col("reason") == CONSTANT))
     assert sorted(constant["key"]) == [k for k in keys if kind(k) == 0]
     raw = status.filter((pl.col("stage") == "raw") & (pl.col("status") == "ok"))
@@ -200,7 +204,10 @@ def test_a_mix_of_outcomes_after_the_first_150_keys_publishes(settings):
     }
     missing = status.filter(pl.col("key").is_in([k for k in keys if kind(k) == 2]) & (pl.col("stage") == "model"))
     assert set(missing["status"]) == {"missing"} and missing["rows_in"].null_count() == missing.height
-    published = {r["key"]: r for r in status.filter(pl.col("stage") == "published").iter_rows(named=True)}
+    published = {
+        r["key"]: r
+        for r in status.filter((pl.col("stage") == "published") & (pl.col("key") != legacy)).iter_rows(named=True)
+    }
     for key, row in published.items():
         expected = {-1: "ok", 0: "ok", 1: "ok", 2: "skipped", 3: "ok", 4: "failed"}[kind(key)]
         assert row["status"] == expected, (key, row)
@@ -231,9 +238,9 @@ def test_a_mix_of_outcomes_after_the_first_150_keys_publishes(settings):
 
     summary = query(settings, "SELECT * FROM run_summary WHERE use_case = 'mix'").row(0, named=True)
     assert (summary["keys_total"], summary["keys_published"], summary["keys_failed"]) == (
-        220,
+        221,
         len(served),
-        220 - len(served),
+        221 - len(served),
     )
     assert (summary["rows_landed"], summary["rows_dropped"], summary["rows_merged"], summary["files_rejected"]) == (
         5000,

@@ -31,9 +31,9 @@ from dagster import (
 
 from .. import progress
 from ..core.engine import KeyOutcome
-from ..core.keys import key_label
 from ..core.spec import PlatformConfig, UseCaseSpec
 from ..stages import STAGES, StageReport, StageRun, run_stage
+from ..stages.published import decoded
 from .resources import PlatformResource
 
 RUN_DATE_TAG = "mmp/run_date"
@@ -68,7 +68,7 @@ def partitions_name(use_case: str) -> str:
 
 def key_metadata(spec: UseCaseSpec, outcome: KeyOutcome) -> dict[str, Any]:
     """Small, flat metadata per key: it is stored once per key per run in the event log."""
-    md: dict[str, Any] = {"status": outcome.status, "key": key_label(spec.keys, outcome.key)}
+    md: dict[str, Any] = {"status": outcome.status, "key": decoded(spec.keys, outcome.key)[0]}
     if outcome.reason:
         md["reason"] = outcome.reason
     for name, value in outcome.info.items():
@@ -179,7 +179,8 @@ def _log_run_report(context: AssetExecutionContext, spec: UseCaseSpec, report: S
     }
     if failed:
         rows = "\n".join(
-            f"| {key_label(spec.keys, o.key)} | {o.status} | {o.reason[:200]} |".replace("\n", " ") for o in failed[:25]
+            f"| {decoded(spec.keys, o.key)[0]} | {o.status} | {o.reason[:200]} |".replace("\n", " ")
+            for o in failed[:25]
         )
         md["failed_keys"] = MetadataValue.md(f"| key | status | reason |\n|---|---|---|\n{rows}")
         context.log.warning(f"{len(failed)} of {len(report.outcomes)} keys not ok at {report.stage}")

@@ -57,11 +57,12 @@ def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = No
     ok_keys: Counter[str] = Counter()
     raw_runs: Counter[str] = Counter()
     for key in keys:
-        label = key_label(spec.keys, key)
-        key_values += [
-            {"key": key, "position": i, "column_name": column, "value": value}
-            for i, (column, value) in enumerate(zip(spec.keys, decode_key(key), strict=True))
-        ]
+        label, values = decoded(spec.keys, key)
+        if values:
+            key_values += [
+                {"key": key, "position": i, "column_name": column, "value": value}
+                for i, (column, value) in enumerate(zip(spec.keys, values, strict=True))
+            ]
         states = {stage: read_state(lake, spec.name, stage, key) for stage in STAGES[:-1]}
         for stage, st in states.items():
             info = (st or {}).get("info") or {}
@@ -174,6 +175,19 @@ def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = No
         "stop_reason": why,
     }
     return finish(run, "published", outcomes, report_summary)
+
+
+def decoded(columns: Sequence[str], key: str) -> tuple[str, tuple[str, ...]]:
+    """(label, key column values) of a key. A key registered under other key columns than the
+    use case has today (its ``keys`` changed) is labelled by its encoded form and has no
+    values: it still publishes its statuses instead of failing the batch."""
+    try:
+        values = decode_key(key)
+    except ValueError:
+        return key, ()
+    if len(values) != len(columns):
+        return key, ()
+    return key_label(columns, key), values
 
 
 def row_counts(info: dict[str, Any]) -> dict[str, Any]:
