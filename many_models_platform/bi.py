@@ -32,7 +32,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
 DBT_PROFILE = "many_models_platform"
 SOURCE_NAME = "warehouse"  # the dbt source; its tables are the Dagster assets warehouse/<table>
-WAREHOUSE_TABLES = ("predictions", "key_metrics", "key_status", "promotion_history", "run_summary", "model_family")
+WAREHOUSE_TABLES = (
+    "predictions",
+    "key_metrics",
+    "key_status",
+    "promotion_history",
+    "run_summary",
+    "model_family",
+    "key_columns",
+)
 BI_GROUP = "bi"
 WAREHOUSE_GROUP = "warehouse"
 BI_JOB = "bi_marts"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -73,7 +75,7 @@ def generate(
 def _generate(settings, cfg, use_case, keys, rows, seed=0, generator=None, fmt="csv") -> list[str]:
     from .core.generators import GENERATORS, write_landing
 
-    spec = cfg.use_case(use_case)
+    spec = _use_case(cfg, use_case)
     gen = GENERATORS.get(generator or use_case)
     if gen is None:
         console.print(f"[red]no generator named {generator or use_case!r}[/red]; choose one of {sorted(GENERATORS)}")
@@ -102,31 +104,55 @@ def run(
     config: ConfigOpt = None,
     home: HomeOpt = None,
 ) -> None:
-    """Materialize every stage through Dagster for the keys found in the landing zone."""
+    """Materialize every stage through Dagster for the keys found in the landing zone.
+
+    Exit code 0 when every use case ran (some keys may fail), 1 when a use case ingested nothing,
+    stopped at a stage that no key got through, or a Dagster step failed, 2 for a usage error."""
     settings, cfg = _setup(config, home)
     names = use_case or list(cfg.use_cases)
     for name in names:
-        cfg.use_case(name)
-    date = dt.date.fromisoformat(run_date) if run_date else None
+        _use_case(cfg, name)
+    date = _run_date(run_date)
     ok = _run(settings, cfg, names, keys, date)
     raise typer.Exit(0 if ok else 1)
 
 
+def _run_date(text: str | None) -> dt.date | None:
+    if text is None:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        console.print(f"[red]--run-date {text!r} is not a date[/red]; give it as YYYY-MM-DD, e.g. 2025-01-31")
+        raise typer.Exit(2) from None
+
+
 def _run(settings, cfg, names, keys=None, run_date=None) -> bool:
+    """Run the use cases one after the other; True when every one is ok (``UseCaseRun.ok``)."""
     from . import progress
     from .definitions import build_definitions
+    from .defs.discovery import register_new_keys
     from .defs.runner import prepare_instance, run_use_case
-    from .lifecycle import resolve_key
     from .stages import STAGES
+    from .storage.lake import Lake
     from .storage.registry import RegistryError
 
     console.print(f"data directory: {settings.home}")
     t0 = time.time()
     instance = prepare_instance(settings)
-    defs = build_definitions(settings.config_path)
-    results = []
+    lake = Lake(settings.lake_url, settings.lake_storage_options)
+    # every use case's keys are registered and every given key resolved before anything runs,
+    # so a mistyped key stops the command before any work
+    plans = []
     for name in names:
         spec = cfg.use_case(name)
+        _, new_keys = register_new_keys(instance, spec, lake)
+        known = instance.get_dynamic_partitions(f"{name}_keys")
+        run_keys = _resolve_keys(spec, keys, known) if keys else None
+        plans.append((spec, new_keys, run_keys, len(run_keys) if run_keys else len(known)))
+    defs = build_definitions(settings.config_path)
+    results = []
+    for spec, new_keys, run_keys, total in plans:
         with Progress(
             TextColumn("{task.description:<34}"),
             BarColumn(),
@@ -134,23 +160,12 @@ def _run(settings, cfg, names, keys=None, run_date=None) -> bool:
             TimeElapsedColumn(),
             console=console,
         ) as bar:
-            tasks = {}
+            tasks = {stage: bar.add_task(f"{spec.name} / {stage}", total=total) for stage in STAGES}
 
             def report(uc: str, stage: str, n: int, bar=bar, tasks=tasks) -> None:
                 bar.advance(tasks[stage], n)
 
-            total = None
             try:
-                from .defs.discovery import register_new_keys
-                from .storage.lake import Lake
-
-                _, new_keys = register_new_keys(instance, spec, Lake(settings.lake_url, settings.lake_storage_options))
-                known = instance.get_dynamic_partitions(f"{name}_keys")
-                # keys as partition keys, as 'col=value, col=value' labels, or plain single-column values
-                run_keys = [resolve_key(spec, k, known) for k in keys] if keys else None
-                total = len(run_keys) if run_keys else len(known)
-                for stage in STAGES:
-                    tasks[stage] = bar.add_task(f"{name} / {stage}", total=total)
                 progress.set_reporter(report)
                 result = run_use_case(defs, instance, cfg, spec, settings, run_keys, run_date, new_keys=new_keys)
             except (ValueError, RegistryError) as exc:
@@ -162,83 +177,205 @@ def _run(settings, cfg, names, keys=None, run_date=None) -> bool:
         _print_summary(settings, spec, result, run_date)
     console.print(f"\ntotal wall time {time.time() - t0:.1f}s")
     _print_locations(settings)
-    return all(r.success for r in results)
+    return all(r.ok for r in results)
+
+
+def _resolve_keys(spec, texts: list[str], known: list[str]) -> list[str]:
+    """Keys as given on the command line -> partition keys; an unknown one ends the command
+    (exit 2) with the closest registered keys."""
+    from .lifecycle import resolve_key
+    from .storage.registry import RegistryError
+
+    resolved = []
+    for text in texts:
+        try:
+            key = resolve_key(spec, text, known)
+        except RegistryError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
+        if key not in known:
+            _unknown_key(spec, text, known)
+        resolved.append(key)
+    return resolved
+
+
+def _unknown_key(spec, text: str, known, among: str = "registered") -> None:
+    """Say that ``text`` is no key of the use case, with "did you mean" suggestions, and exit 2."""
+    console.print(
+        f"[red]unknown key {text!r} for {spec.name}[/red] ({len(known)} key(s) {among})",
+        soft_wrap=True,
+        highlight=False,
+    )
+    close = similar_keys(spec, text, known)
+    if close:
+        console.print("did you mean:", soft_wrap=True)
+        for key in close:
+            console.print(f"  {_label(spec, key)}   (partition key {key})", soft_wrap=True, markup=False)
+    raise typer.Exit(2)
+
+
+def similar_keys(spec, text: str, known, n: int = 3) -> list[str]:
+    """The registered keys closest to ``text`` (difflib), compared with their labels
+    ('col=value, col=value'), their partition keys and, for one key column, their plain values."""
+    import difflib
+
+    from .core.keys import decode_key
+
+    forms: dict[str, str] = {}
+    for key in known:
+        forms.setdefault(key, key)
+        forms.setdefault(_label(spec, key), key)
+        if len(spec.keys) == 1:
+            forms.setdefault(decode_key(key)[0], key)
+    matches = difflib.get_close_matches(text, list(forms), n=n * 3, cutoff=0.5)
+    return list(dict.fromkeys(forms[m] for m in matches))[:n]
+
+
+def _label(spec, key: str) -> str:
+    from .core.keys import key_label
+
+    try:
+        return key_label(spec.keys, key)
+    except ValueError:  # registered under other key columns than today's
+        return key
 
 
 def _print_summary(settings, spec, result, run_date) -> None:
     from .stages import STAGES
     from .storage.warehouse import Warehouse
 
+    ingest = result.ingest
+    if not result.keys:
+        console.print(
+            f"[red]{spec.name}: no keys[/red]: the landing zone has no readable rows for it ({spec.source.path})",
+            soft_wrap=True,
+        )
+        _print_ingest(ingest)
+        return
     date = run_date or dt.datetime.now(dt.UTC).date()
     wh = Warehouse(settings.warehouse_url, read_only=True)
     try:
         status = wh.query(
-            "SELECT key, stage, status, reason FROM key_status WHERE use_case = :uc AND run_date = :d",
+            'SELECT "key", stage, status, reason FROM key_status WHERE use_case = :uc AND run_date = :d',
             uc=spec.name,
             d=date,
         )
         metrics = wh.query(
-            "SELECT key, value FROM key_metrics WHERE use_case = :uc AND run_date = :d AND model_role = 'candidate' "
-            "AND metric = :m",
+            'SELECT "key", value FROM key_metrics WHERE use_case = :uc AND run_date = :d '
+            "AND model_role = 'candidate' AND metric = :m",
             uc=spec.name,
             d=date,
             m=spec.metric,
         )
         promo = wh.query(
-            "SELECT key, decision, dagster_run_id FROM promotion_history WHERE use_case = :uc AND run_date = :d",
+            'SELECT "key", decision, dagster_run_id FROM promotion_history WHERE use_case = :uc AND run_date = :d',
             uc=spec.name,
             d=date,
         )
+    except Exception as exc:  # e.g. the publish step failed before the first table existed
+        console.print(f"[yellow]warehouse not readable[/yellow]: {type(exc).__name__}: {exc}", soft_wrap=True)
+        status = metrics = promo = None
     finally:
         wh.dispose()
     run_keys = set(result.keys)
-    # only this run's keys and decisions: other keys may have run earlier the same day
-    status = status.filter(status["key"].is_in(list(run_keys))) if status.height else status
-    metrics = metrics.filter(metrics["key"].is_in(list(run_keys))) if metrics.height else metrics
-    if promo.height:
-        promo = promo.filter(promo["dagster_run_id"].is_in(result.run_ids)).group_by("decision").len("n")
-    # published = the key's predictions are in the warehouse (as run_summary counts it), even
-    # when today's candidate failed and the champion served; failing = any stage not ok
-    served = (
-        set(status.filter((status["stage"] == "published") & (status["status"] == "ok"))["key"])
-        if status.height
-        else set()
-    )
-    failing = status.filter((status["status"] != "ok") & (status["stage"] != "published")) if status.height else status
-    failed_keys = failing["key"].unique().to_list() if failing.height else []
     t = Table(title=f"{spec.name}: {len(result.keys)} keys ({len(result.new_keys)} new), {len(result.run_ids)} run(s)")
     t.add_column("")
     t.add_column("value", overflow="fold")
-    t.add_row("keys published", str(len(served & run_keys)))
-    t.add_row("keys not published", str(len(run_keys - served)))
-    t.add_row("keys with a stage not ok", str(len(failed_keys)))
-    if metrics.height:
-        q = metrics["value"].drop_nulls().quantile
-        t.add_row(f"{spec.metric} p10 / p50 / p90", " / ".join(f"{q(p):.4g}" for p in (0.1, 0.5, 0.9)))
-    if promo.height:
-        t.add_row("promotion", ", ".join(f"{r['decision']}: {r['n']}" for r in promo.iter_rows(named=True)))
+    if ingest.get("landing_rows") is not None:
+        t.add_row("rows landed", _int(ingest["landing_rows"]))
+        t.add_row(
+            "rows dropped / merged at ingest", f"{_int(ingest.get('rows_dropped'))} / {_int(ingest.get('rows_merged'))}"
+        )
+    t.add_row("files rejected", str(len(ingest.get("rejected") or [])))
+    failing = None
+    failed_keys: list[str] = []
+    if status is not None:
+        # only this run's keys and decisions: other keys may have run earlier the same day
+        status = status.filter(status["key"].is_in(list(run_keys))) if status.height else status
+        metrics = metrics.filter(metrics["key"].is_in(list(run_keys))) if metrics.height else metrics
+        if promo.height:
+            promo = promo.filter(promo["dagster_run_id"].is_in(result.run_ids)).group_by("decision").len("n")
+        # published = the key's predictions are in the warehouse (as run_summary counts it), even
+        # when today's candidate failed and the champion served; failing = any stage not ok
+        served = (
+            set(status.filter((status["stage"] == "published") & (status["status"] == "ok"))["key"])
+            if status.height
+            else set()
+        )
+        failing = (
+            status.filter((status["status"] != "ok") & (status["stage"] != "published")) if status.height else status
+        )
+        failed_keys = failing["key"].unique().to_list() if failing.height else []
+        t.add_row("keys published", str(len(served & run_keys)))
+        t.add_row("keys not published", str(len(run_keys - served)))
+        t.add_row("keys with a stage not ok", str(len(failed_keys)))
+        if metrics.height and metrics["value"].drop_nulls().len():
+            q = metrics["value"].drop_nulls().quantile
+            t.add_row(f"{spec.metric} p10 / p50 / p90", " / ".join(f"{q(p):.4g}" for p in (0.1, 0.5, 0.9)))
+        if promo.height:
+            t.add_row("promotion", ", ".join(f"{r['decision']}: {r['n']}" for r in promo.iter_rows(named=True)))
     t.add_row("time per stage", ", ".join(f"{s} {sec:.1f}s" for s, sec in result.stage_seconds.items()))
     console.print(t)
+    _print_ingest(ingest, counts=False)
+    if result.stopped:
+        console.print(
+            f"[red]stopped at {result.stopped_at_stage}[/red]: {result.stop_reason}", soft_wrap=True, highlight=False
+        )
+        served = (result.stage_counts.get("predictions") or {}).get("ok", 0)
+        if served and result.stopped_at_stage != "predictions":
+            console.print(f"  predictions were still served by the production models of {served} key(s)")
+    elif result.ingested_nothing:
+        console.print(f"[red]{spec.name} ingested nothing[/red]: 0 rows in the landing zone ({spec.source.path})")
     if failed_keys:
         order = {s: i for i, s in enumerate(STAGES)}
         failing = failing.with_columns(failing["stage"].replace_strict(order, default=99).alias("_o")).sort("key", "_o")
         first = failing.group_by("key", maintain_order=True).first().head(10)
         for row in first.iter_rows(named=True):
-            console.print(f"  [yellow]{row['key']}[/yellow] {row['status']} at {row['stage']}: {row['reason']}")
+            console.print(
+                f"  [yellow]{_label(spec, row['key'])}[/yellow] {row['status']} at {row['stage']}: {row['reason']}",
+                soft_wrap=True,
+                highlight=False,
+            )
         if len(failed_keys) > 10:
-            console.print(f"  ... and {len(failed_keys) - 10} more (table key_status)")
+            console.print(f"  ... and {len(failed_keys) - 10} more (`mmp status -u {spec.name} --failed`)")
     for err in result.errors:
-        console.print(f"[red]step failed[/red] {err}")
+        console.print(f"[red]step failed[/red] {err}", soft_wrap=True)
+
+
+def _print_ingest(ingest: dict, counts: bool = True) -> None:
+    """Rows landed/dropped/merged (unless the summary table had them) and every rejected file's reason."""
+    if counts and ingest.get("landing_rows") is not None:
+        console.print(
+            f"  rows landed {_int(ingest['landing_rows'])}, dropped {_int(ingest.get('rows_dropped'))}, "
+            f"merged {_int(ingest.get('rows_merged'))}"
+        )
+    rejected = ingest.get("rejected") or []
+    if rejected:
+        console.print(f"  {len(rejected)} file(s) rejected (left where they are):")
+        for item in rejected[:20]:
+            name, reason = (item.get("file"), item.get("reason")) if isinstance(item, dict) else (item, "")
+            console.print(f"    {name}: {reason}", soft_wrap=True, markup=False, highlight=False)
+        if len(rejected) > 20:
+            console.print(f"    ... and {len(rejected) - 20} more (Dagster: the raw asset's run report)")
+
+
+def _int(value) -> str:
+    return "-" if value is None else f"{int(value):,}"
 
 
 def _print_locations(settings) -> None:
     console.print(
         "\n[bold]where to look[/bold]\n"
         f"  Dagster UI:   uv run mmp dev            (instance {os.environ.get('DAGSTER_HOME')})\n"
-        f"  MLflow UI:    uv run mmp mlflow-ui      (candidate {settings.candidate_registry_uri})\n"
-        f"  warehouse:    {settings.warehouse_url}\n"
+        f"  MLflow UI:    uv run mmp mlflow-ui      (candidate {_redact(settings.candidate_registry_uri)})\n"
+        f"  warehouse:    {_redact(settings.warehouse_url)}\n"
         f"  lake:         {settings.lake_url}"
     )
+
+
+def _redact(uri: str) -> str:
+    """A URI without its password (``user:***@host``), for printing."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", uri)
 
 
 @app.command()
@@ -274,11 +411,15 @@ def demo(
 @app.command()
 def status(
     use_case: Annotated[str | None, typer.Option("--use-case", "-u")] = None,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="List every key whose latest run has a stage not ok, with the reason")
+    ] = False,
     config: ConfigOpt = None,
     home: HomeOpt = None,
 ) -> None:
-    """Keys per use case and their latest status per stage (from the warehouse)."""
+    """Keys per use case and the status of each stage in each key's latest run (from the warehouse)."""
     settings, cfg = _setup(config, home)
+    names = [_use_case(cfg, use_case).name] if use_case else list(cfg.use_cases)
     from .defs.runner import prepare_instance
     from .storage.warehouse import Warehouse
 
@@ -291,30 +432,93 @@ def status(
             or not settings.warehouse_url.startswith("duckdb")
             else set()
         )
-        for name in [use_case] if use_case else list(cfg.use_cases):
-            cfg.use_case(name)
+        for name in names:
+            spec = cfg.use_case(name)
             n_keys = len(instance.get_dynamic_partitions(f"{name}_keys"))
-            t = Table(title=f"{name}: {n_keys} keys registered")
-            for col in ("run date", "stage", "ok", "failed", "skipped / not run"):
-                t.add_column(col)
-            if "key_status" in tables:
-                rows = wh.query(
-                    "SELECT run_date, stage, "
-                    "sum(CASE WHEN status = 'ok' THEN 1 ELSE 0 END) AS ok, "
-                    "sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failed, "
-                    "sum(CASE WHEN status NOT IN ('ok', 'failed') THEN 1 ELSE 0 END) AS skipped "
-                    "FROM key_status WHERE use_case = :uc AND run_date = "
-                    "(SELECT max(run_date) FROM key_status WHERE use_case = :uc) GROUP BY run_date, stage",
-                    uc=name,
-                )
-                from .stages import STAGES
-
-                order = {s: i for i, s in enumerate(STAGES)}
-                for r in sorted(rows.iter_rows(named=True), key=lambda r: order.get(r["stage"], 99)):
-                    t.add_row(str(r["run_date"]), r["stage"], str(r["ok"]), str(r["failed"]), str(r["skipped"]))
-            console.print(t)
+            latest = latest_key_status(wh, name) if "key_status" in tables else None
+            if failed:
+                _print_failed(spec, n_keys, latest)
+            else:
+                _print_status(spec, n_keys, latest, _latest_run(wh, name) if "run_summary" in tables else None)
     finally:
         wh.dispose()
+
+
+def latest_key_status(wh, use_case: str):
+    """Every stage row of each key's latest run date: a key that did not run today keeps the
+    status of its own last run, and a run date is never mixed with an older one for a key."""
+    return wh.query(
+        'SELECT s."key", s.key_label, s.run_date, s.stage, s.status, s.reason FROM key_status s '
+        'INNER JOIN (SELECT "key", max(run_date) AS run_date FROM key_status WHERE use_case = :uc GROUP BY "key") l '
+        'ON s."key" = l."key" AND s.run_date = l.run_date WHERE s.use_case = :uc',
+        uc=use_case,
+    )
+
+
+def _latest_run(wh, use_case: str) -> dict | None:
+    """The newest run_summary row of the use case (any schema revision: columns read by name)."""
+    rows = wh.query(
+        "SELECT * FROM run_summary WHERE use_case = :uc AND published_at = "
+        "(SELECT max(published_at) FROM run_summary WHERE use_case = :uc)",
+        uc=use_case,
+    )
+    return rows.row(0, named=True) if rows.height else None
+
+
+def _print_status(spec, n_keys: int, latest, last_run: dict | None) -> None:
+    import polars as pl
+
+    from .stages import STAGES
+
+    t = Table(title=f"{spec.name}: {n_keys} keys registered")
+    for col in ("stage", "ok", "failed", "skipped / not run", "latest run dates"):
+        t.add_column(col, overflow="fold")
+    if latest is not None and latest.height:
+        dates = latest.group_by("stage").agg(
+            pl.col("run_date").min().alias("first"),
+            pl.col("run_date").max().alias("last"),
+            (pl.col("status") == "ok").sum().alias("ok"),
+            (pl.col("status") == "failed").sum().alias("failed"),
+            (~pl.col("status").is_in(["ok", "failed"])).sum().alias("other"),
+        )
+        order = {s: i for i, s in enumerate(STAGES)}
+        for r in sorted(dates.iter_rows(named=True), key=lambda r: order.get(r["stage"], 99)):
+            span = str(r["last"]) if r["first"] == r["last"] else f"{r['first']} … {r['last']}"
+            t.add_row(r["stage"], str(r["ok"]), str(r["failed"]), str(r["other"]), span)
+    console.print(t)
+    if last_run and last_run.get("stopped_at_stage"):
+        console.print(
+            f"[red]last run ({last_run['run_date']}, {last_run['dagster_run_id']}) stopped at "
+            f"{last_run['stopped_at_stage']}[/red]: {last_run.get('stop_reason')}",
+            soft_wrap=True,
+            highlight=False,
+        )
+
+
+def _print_failed(spec, n_keys: int, latest) -> None:
+    """One row per key whose latest run has a stage not ok: the first such stage and its reason."""
+    import polars as pl
+
+    from .stages import STAGES
+
+    t = Table(title=f"{spec.name}: keys with a stage not ok in their latest run ({n_keys} keys registered)")
+    for col in ("key", "run date", "stage", "status", "reason"):
+        t.add_column(col, overflow="fold")
+    n = 0
+    if latest is not None and latest.height:
+        order = {s: i for i, s in enumerate(STAGES)}
+        first = (
+            latest.filter(pl.col("status") != "ok")
+            .with_columns(pl.col("stage").replace_strict(order, default=99, return_dtype=pl.Int32).alias("_order"))
+            .sort("key", "_order")
+            .group_by("key", maintain_order=True)
+            .first()
+        )
+        for r in first.iter_rows(named=True):
+            t.add_row(r["key_label"] or r["key"], str(r["run_date"]), r["stage"], r["status"], r["reason"] or "")
+        n = first.height
+    console.print(t)
+    console.print(f"{n} key(s) not ok" if n else "every key's latest run is ok at every stage")
 
 
 @app.command()
@@ -323,12 +527,17 @@ def models(
     status: Annotated[
         str | None, typer.Option(help="Only keys with this status: current, behind, unpromoted, production_only")
     ] = None,
-    limit: Annotated[int, typer.Option(help="Rows to print (0 = all)")] = 50,
-    publish: Annotated[bool, typer.Option(help="Also write the view to the warehouse's model_family table")] = True,
+    limit: Annotated[int, typer.Option(help="Rows of the table to print (0 = all; --json prints all)")] = 50,
+    publish: Annotated[
+        bool, typer.Option("--publish", help="Also write the view to the warehouse's model_family table")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON instead of a table")] = False,
     config: ConfigOpt = None,
     home: HomeOpt = None,
 ) -> None:
-    """Every key's candidate and production model side by side (three registry queries in all)."""
+    """Every key's candidate and production model side by side (three registry queries in all).
+
+    Only reads the registries, unless --publish also writes the view to the warehouse."""
     settings, cfg = _setup(config, home)
     from .lifecycle import FAMILY_STATUSES, model_family, publish_model_family, registries
 
@@ -337,12 +546,15 @@ def models(
         console.print(f"[red]unknown status {status!r}[/red]; use one of {', '.join(FAMILY_STATUSES)}")
         raise typer.Exit(2)
     family = publish_model_family(settings, spec) if publish else model_family(spec, *registries(settings))
+    shown = family.filter(family["status"] == status) if status else family
+    if as_json:
+        sys.stdout.write(json.dumps(shown.to_dicts(), default=str, indent=1) + "\n")
+        return
     counts = family.group_by("status").len().sort("status")
     summary = ", ".join(f"{r['status']} {r['len']}" for r in counts.iter_rows(named=True)) or "no models yet"
-    shown = family.filter(family["status"] == status) if status else family
     t = Table(title=f"{spec.name}: {family.height} keys ({summary}); metric {spec.metric}")
     for col in ("key", "candidate", spec.metric, "production", f"champion {spec.metric}", "status"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
     for r in shown.head(limit or shown.height).iter_rows(named=True):
         prod = f"v{r['production_version']}" if r["production_version"] else "-"
@@ -352,7 +564,9 @@ def models(
         t.add_row(r["key_label"], cand, fmt(r["candidate_value"]), prod, fmt(r["production_value"]), r["status"])
     console.print(t)
     if limit and shown.height > limit:
-        console.print(f"… {shown.height - limit} more (use --limit 0 for all, or --status)")
+        console.print(f"… {shown.height - limit} more (use --limit 0 for all, --status, or --json)")
+    if publish:
+        console.print(f"written to the warehouse's model_family table ({family.height} rows)")
 
 
 @app.command()
@@ -377,7 +591,14 @@ def promote(
     try:
         _, prod = registries(settings, write_production=True)
         snap = prod.snapshot(spec.name)
-        resolved = resolve_key(spec, key, list(snap.versions))
+        known = list(snap.versions)
+        resolved = resolve_key(spec, key, known)
+    except RegistryError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    if resolved not in known:
+        _unknown_key(spec, key, known, among="with a production model")
+    try:
         done = do_rollback(spec, prod, resolved, to_version=to_version, snapshot=snap)
     except RegistryError as exc:
         console.print(f"[red]rollback refused[/red]: {exc}")

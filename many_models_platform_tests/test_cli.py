@@ -1,5 +1,6 @@
 """The `mmp` command line, through its real entry point in a subprocess."""
 
+import json
 import os
 import re
 import subprocess
@@ -14,9 +15,9 @@ from many_models_platform.core.keys import key_label
 pytestmark = pytest.mark.slow
 
 
-def mmp(*args: str, home: Path, check: bool = True) -> subprocess.CompletedProcess:
+def mmp(*args: str, home: Path, check: bool = True, columns: int = 200) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MMP_", "DAGSTER_HOME"))}
-    env.update({"MMP_HOME": str(home), "COLUMNS": "200"})
+    env.update({"MMP_HOME": str(home), "COLUMNS": str(columns)})
     proc = subprocess.run(
         [sys.executable, "-m", "many_models_platform.cli", *args], env=env, capture_output=True, text=True, timeout=600
     )
@@ -34,6 +35,9 @@ def test_generate_run_and_status(tmp_path):
     assert "keys published" in run and "rmse p10 / p50 / p90" in run
     assert re.search(r"keys published\s+│\s+12\s", run), run
     assert re.search(r"keys not published\s+│\s+0\s", run), run
+    assert re.search(r"rows landed\s+│\s+720\s", run), run
+    assert re.search(r"files rejected\s+│\s+0\s", run), run
+    assert "stopped" not in run
     assert "Dagster UI" in run and "warehouse.duckdb" in run
     # nothing lands in the source tree; everything is under the data directory
     con = duckdb.connect(str(home / "warehouse" / "warehouse.duckdb"), read_only=True)
@@ -42,29 +46,87 @@ def test_generate_run_and_status(tmp_path):
     status = mmp("status", "--use-case", "group_regression", home=home).stdout
     assert "12 keys registered" in status
     assert "published" in status and "training_set" in status
+    assert re.search(r"published\s+│\s+12\s+│\s+0\s+│\s+0\s+│", status), status
 
-    # the model family: every key's candidate next to its production model, also in the warehouse
+    # the model family: every key's candidate next to its production model; it only reads...
+    con = duckdb.connect(str(home / "warehouse" / "warehouse.duckdb"), read_only=True)
+    snapshot = con.execute("SELECT max(snapshot_at) FROM model_family").fetchone()
+    con.close()
     models = mmp("models", "group_regression", "--limit", "3", home=home).stdout
     assert "group_regression: 12 keys (current 12); metric rmse" in models
     assert "… 9 more" in models and "from candidate v1" in models
+    con = duckdb.connect(str(home / "warehouse" / "warehouse.duckdb"), read_only=True)
+    assert con.execute("SELECT max(snapshot_at) FROM model_family").fetchone() == snapshot
+    con.close()
+    family = json.loads(mmp("models", "group_regression", "--json", home=home).stdout)
+    assert sorted(r["key_label"] for r in family) == [f"segment_id=seg-{i:03d}" for i in range(1, 13)]
+    assert {(r["status"], r["production_version"]) for r in family} == {("current", 1)}
+    # ... writes the view to the warehouse only when asked, and folds labels, never cuts them,
+    # even in a narrow terminal
+    narrow = mmp("models", "group_regression", "--publish", "--limit", "0", home=home, columns=50).stdout
+    assert "…" not in narrow and "written to the warehouse" in narrow
     con = duckdb.connect(str(home / "warehouse" / "warehouse.duckdb"), read_only=True)
     assert con.execute("SELECT count(*), min(status), max(production_version) FROM model_family").fetchone() == (
         12,
         "current",
         1,
     )
+    assert con.execute("SELECT max(snapshot_at) FROM model_family").fetchone() > snapshot
     con.close()
     first = sorted(p.stem for p in (home / "lake" / "bronze" / "group_regression").iterdir())[0]
     proc = mmp("promote", "group_regression", first, "--rollback", home=home, check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "rollback refused" in proc.stdout and "first production version" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
+    proc = mmp("promote", "group_regression", "seg-0001", "--rollback", home=home, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "unknown key 'seg-0001' for group_regression (12 key(s) with a production model)" in proc.stdout
+    assert "did you mean" in proc.stdout and "segment_id=seg-001   (partition key seg-001)" in proc.stdout
 
     # a subset of keys reruns only those keys
     keys = sorted(p.stem for p in (home / "lake" / "bronze" / "group_regression").iterdir())[:2]
     label = key_label(["segment_id"], keys[1])  # a readable label works as well as the partition key
     rerun = mmp("run", "-u", "group_regression", "--keys", keys[0], "--keys", label, home=home).stdout
     assert "group_regression: 2 keys (0 new)" in rerun
+
+    # the landing files are gone today (and an unreadable one came): every key fails at raw, the
+    # run stops there and says why, exits 1, and status shows today's run, not yesterday's
+    landing = home / "lake" / "landing" / "group_regression"
+    for path in landing.iterdir():
+        path.rename(tmp_path / path.name)
+    (landing / "notes.csv").write_text("hello\n")
+    stopped = mmp("run", "-u", "group_regression", "--run-date", "2031-01-02", home=home, check=False)
+    assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+    out = " ".join(stopped.stdout.split())
+    assert "stopped at raw: no key left after raw: no rows for this key in the landing zone (12 keys)" in out
+    assert "1 file(s) rejected" in out and "notes.csv" in out
+    assert re.search(r"rows landed\s+│\s+0\s", stopped.stdout), stopped.stdout
+    status = mmp("status", "-u", "group_regression", home=home).stdout
+    assert re.search(r"raw\s+│\s+0\s+│\s+12\s+│\s+0\s+│\s+2031-01-02", status), status
+    assert "stopped at raw" in " ".join(status.split())
+    failed = mmp("status", "-u", "group_regression", "--failed", home=home).stdout
+    assert "12 key(s) not ok" in failed
+    assert all(f"segment_id=seg-{i:03d}" in failed for i in range(1, 13))
+    assert failed.count("no rows for this key in") == 12
+
+
+def test_user_mistakes_exit_2_with_a_message_and_no_traceback(tmp_path):
+    home = tmp_path / "home"
+    for args in (
+        ("run", "-u", "no_such_case"),
+        ("status", "-u", "no_such_case"),
+        ("models", "no_such_case"),
+        ("generate", "no_such_case"),
+        ("promote", "no_such_case", "k", "--rollback"),
+    ):
+        proc = mmp(*args, home=home, check=False)
+        assert proc.returncode == 2, (args, proc.stdout + proc.stderr)
+        assert "unknown use case 'no_such_case'" in proc.stdout and "group_regression" in proc.stdout, args
+        assert "Traceback" not in proc.stdout + proc.stderr, args
+    proc = mmp("run", "-u", "group_regression", "--run-date", "2025-13-45", home=home, check=False)
+    assert proc.returncode == 2
+    assert "--run-date '2025-13-45' is not a date" in proc.stdout and "YYYY-MM-DD" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
 
 
 def test_bad_config_and_unknown_key_give_clear_errors(tmp_path):
@@ -78,6 +140,11 @@ def test_bad_config_and_unknown_key_give_clear_errors(tmp_path):
 
     mmp("generate", "group_regression", "--keys", "3", "--rows", "40", home=home)
     proc = mmp("run", "-u", "group_regression", "--keys", "no-such-key", home=home, check=False)
-    assert proc.returncode == 1
-    assert "unknown key" in proc.stdout
+    assert proc.returncode == 2
+    assert "unknown key 'no-such-key' for group_regression" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
+    # a near miss gets the closest keys, as labels and partition keys
+    proc = mmp("run", "-u", "group_regression", "--keys", "segment_id=seg-0002", home=home, check=False)
+    assert proc.returncode == 2
+    assert "did you mean" in proc.stdout and "segment_id=seg-002   (partition key seg-002)" in proc.stdout
+    assert not (home / "lake" / "bronze").exists()  # nothing ran

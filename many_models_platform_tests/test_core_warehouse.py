@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from many_models_platform.storage import warehouse as W
 from many_models_platform.storage.warehouse import Warehouse
 
 DAY = dt.date(2025, 3, 1)
@@ -37,24 +38,21 @@ def predictions(key: str, values: list[float], day: dt.date = DAY, run_id: str =
 
 
 def summary(run_id: str, total: int, day: dt.date = DAY) -> pl.DataFrame:
-    return pl.DataFrame(
-        [
-            {
-                "use_case": "uc",
-                "run_date": day,
-                "dagster_run_id": run_id,
-                "keys_total": total,
-                "keys_published": total,
-                "keys_failed": 0,
-                "keys_promoted": 0,
-                "metric": "rmse",
-                "metric_p10": 1.0,
-                "metric_p50": 2.0,
-                "metric_p90": 3.0,
-                "published_at": NOW,
-            }
-        ]
-    )
+    row = {
+        "use_case": "uc",
+        "run_date": day,
+        "dagster_run_id": run_id,
+        "keys_total": total,
+        "keys_published": total,
+        "keys_failed": 0,
+        "keys_promoted": 0,
+        "metric": "rmse",
+        "metric_p10": 1.0,
+        "metric_p50": 2.0,
+        "metric_p90": 3.0,
+        "published_at": NOW,
+    }
+    return W.records_frame(W.run_summary, [row])
 
 
 @pytest.fixture
@@ -71,8 +69,8 @@ def rows(wh: Warehouse, table: str) -> pl.DataFrame:
 
 def test_schema_has_the_bi_tables(wh):
     tables = {"predictions", "key_metrics", "key_status", "promotion_history", "run_summary", "model_family"}
-    assert tables | {"alembic_version"} == set(wh.table_names())
-    assert wh.current_revision() == "0001"  # made by the Alembic migrations, not create_all
+    assert tables | {"key_columns", "alembic_version"} == set(wh.table_names())
+    assert wh.current_revision() == "0002"  # made by the Alembic migrations, not create_all
 
 
 def test_replacing_keys_is_idempotent_and_scoped(wh):
@@ -129,8 +127,6 @@ def test_a_writer_waits_for_another_processes_duckdb_lock(tmp_path):
     import sys
     import time
 
-    import polars as pl
-
     from many_models_platform.storage.warehouse import Warehouse
 
     db = tmp_path / "wh.duckdb"
@@ -148,21 +144,32 @@ def test_a_writer_waits_for_another_processes_duckdb_lock(tmp_path):
     wh = Warehouse(f"duckdb:///{db}")
     start = time.monotonic()
     wh.ensure_schema()
-    status = pl.DataFrame(
-        {
-            "key": ["k"],
-            "stage": ["raw"],
-            "key_label": ["id=k"],
-            "status": ["ok"],
-            "reason": [None],
-            "dagster_run_id": ["r"],
-            "updated_at": [None],
-        },
-        schema_overrides={"reason": pl.Utf8, "updated_at": pl.Datetime("us")},
-    ).with_columns(pl.lit("uc").alias("use_case"), pl.lit(DAY).alias("run_date"))
+    status = W.records_frame(
+        W.key_status,
+        [{"key": "k", "stage": "raw", "key_label": "id=k", "status": "ok", "dagster_run_id": "r"}],
+        use_case="uc",
+        run_date=DAY,
+    )
     wh.replace_keys("uc", DAY, ["k"], {"key_status": status})
     waited = time.monotonic() - start
     holder.wait(timeout=10)
     assert waited > 1.0, "the lock was held, so the write must have waited"
     assert wh.query("SELECT count(*) AS n FROM key_status")["n"][0] == 1
     wh.dispose()
+
+
+def test_records_frames_take_their_types_from_the_table_not_the_first_rows():
+    """The crash of issue 8: 150 NULL reasons, then text; NULL, NaN, int and float metrics; ISO text times."""
+    rows = [{"key": f"k{i:03d}", "stage": "raw", "reason": None, "rows_in": None} for i in range(150)]
+    rows += [
+        {"key": "k150", "stage": "raw", "reason": "constant target: every 'murders' value is 0", "rows_in": 17},
+        {"key": "k151", "stage": "raw", "reason": 404, "rows_in": 3.0, "updated_at": "2025-03-01T13:00:00+01:00"},
+    ]
+    frame = W.records_frame(W.key_status, rows, use_case="uc", run_date=DAY)
+    assert frame.schema == pl.Schema(W.polars_schema(W.key_status))
+    assert frame["reason"].to_list()[-2:] == ["constant target: every 'murders' value is 0", "404"]
+    assert frame["rows_in"].to_list()[-3:] == [None, 17, 3]
+    assert frame["updated_at"][-1] == dt.datetime(2025, 3, 1, 12, 0)  # naive UTC
+    values = [None, float("nan"), 3, 0.25, "n/a"]
+    metric = W.records_frame(W.key_metrics, [{"value": v} for v in values])["value"].to_list()
+    assert metric[0] is None and metric[1] != metric[1] and metric[2:] == [3.0, 0.25, None]

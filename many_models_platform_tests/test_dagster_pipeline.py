@@ -415,3 +415,82 @@ def test_unchanged_keys_reuse_their_candidate_and_changed_keys_retrain(platform)
     meta = materialization_metadata(instance, "group_regression", "model")
     assert meta[changed].get("reused") is None and meta[changed]["version"] == 2
     assert all(meta[k]["reused"] is True for k in first.keys if k != changed)
+
+
+def test_a_stage_with_no_key_left_stops_the_run_and_publishing_says_so(platform, tmp_path):
+    """Day one publishes 3 keys; on day two every key fails at training_set: model, evaluation and
+    promotion start nothing (no MLflow run), published still writes the day's statuses with the
+    stop, and `mmp run`'s result is not ok. Day two's two ranged runs (2 keys per run) are summed."""
+    settings, instance = platform
+    rng = np.random.default_rng(3)
+    land(
+        settings,
+        "tiny",
+        pl.DataFrame(
+            {
+                "shop": [f"shop {i:04d}" for i in range(3) for _ in range(40)],
+                "x1": rng.normal(size=120),
+                "x2": rng.normal(size=120),
+                "sales": rng.normal(size=120),
+            }
+        ),
+    )
+    body = regression_body(
+        source={"path": "landing/tiny/*.csv"}, keys=["shop"], target="sales", min_rows=20, candidates=LINEAR_ONLY
+    )
+    config = write_config(tmp_path / "tiny.yaml", {"tiny": body})
+    day1 = run_pipeline(settings, instance, config, "tiny")
+    assert day1.ok and not day1.stopped and len(day1.run_ids) == 1
+    assert day1.ingest["landing_rows"] == 120 and day1.stage_counts["published"]["ok"] == 3
+    experiment = MlflowClient(settings.candidate_registry_uri).get_experiment_by_name("mmp/tiny")
+    runs_before = len(MlflowClient(settings.candidate_registry_uri).search_runs([experiment.experiment_id]))
+    assert runs_before == 1
+
+    config = write_config(tmp_path / "tiny.yaml", {"tiny": {**body, "min_rows": 500}}, run={"max_keys_per_run": 2})
+    cfg = load_config(config)
+    from many_models_platform.definitions import build_definitions
+    from many_models_platform.defs.runner import run_use_case
+
+    day2 = run_use_case(
+        build_definitions(str(config)), instance, cfg, cfg.use_case("tiny"), settings, run_date=dt.date(2030, 1, 2)
+    )
+    assert day2.success and not day2.ok  # every Dagster step succeeded, yet nothing got through
+    assert day2.stopped_at_stage == "training_set"
+    assert day2.stop_reason == "no key left after training_set: too few rows: 40 < min_rows 500 (3 keys)"
+    assert day2.stage_counts["model"] == {"keys": 3, "ok": 0, "failed": 0, "skipped": 3}
+    assert len(MlflowClient(settings.candidate_registry_uri).search_runs([experiment.experiment_id])) == runs_before
+
+    meta = materialization_metadata(instance, "tiny", "model")
+    assert {m["reason"] for m in meta.values()} == {
+        "stopped: no key left after training_set: too few rows: 40 < min_rows 500 (2 keys)",
+        "stopped: no key left after training_set: too few rows: 40 < min_rows 500 (1 key)",
+    }
+    # the warehouse shows day two, not day one: each run's summary names the stop
+    summary = query(
+        settings,
+        "SELECT stopped_at_stage, keys_published, rows_landed FROM run_summary WHERE use_case = 'tiny' "
+        "AND run_date = :d",
+        d=dt.date(2030, 1, 2),
+    )
+    assert summary == [("training_set", 0, 120)] * 2
+    from many_models_platform.cli import latest_key_status
+    from many_models_platform.storage.warehouse import Warehouse
+
+    wh = Warehouse(settings.warehouse_url, read_only=True)
+    latest = latest_key_status(wh, "tiny")
+    wh.dispose()
+    assert set(latest["run_date"]) == {dt.date(2030, 1, 2)} and latest.height == 3 * len(STAGES)
+    assert set(latest.filter(pl.col("stage") == "published")["status"]) == {"skipped"}
+    keys = query(settings, 'SELECT shop FROM keys_tiny ORDER BY "key"')
+    assert keys == [("shop 0000",), ("shop 0001",), ("shop 0002",)]  # the key column, as in the source
+
+
+def test_key_metadata_shows_row_counts_and_drops():
+    from many_models_platform.core.engine import KeyOutcome
+    from many_models_platform.defs.factory import key_metadata
+
+    spec = load_config().use_case("group_regression")
+    info = {"rows_in": 10, "rows_out": 7, "rows_dropped": 2, "rows_merged": 1, "drops": {"target is null": 2}}
+    md = key_metadata(spec, KeyOutcome("seg-001", "ok", info=info))
+    assert md["rows_in"] == 10 and md["rows_merged"] == 1
+    assert md["dropped: target is null"] == 2 and "drops" not in md

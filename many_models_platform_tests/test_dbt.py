@@ -53,7 +53,9 @@ MODELS = {
     "stg_promotion_history",
     "stg_run_summary",
     "stg_model_family",
+    "stg_key_columns",
     "dim_keys",
+    "dim_key_columns",
     "fct_forecast_vs_actual",
     "mart_forecast_vs_actual_weekly",
     "mart_accuracy_distribution",
@@ -304,6 +306,18 @@ def _status_rows(key: str, day: dt.date, failed_at: str | None = None) -> list[d
                 "reason": reason,
                 "dagster_run_id": f"run-{day}",
                 "updated_at": NOW,
+                # raw keeps 10 of 12 rows (2 with a null target); later stages keep no accounting
+                **(
+                    {
+                        "rows_in": 12,
+                        "rows_out": 10,
+                        "rows_dropped": 2,
+                        "rows_merged": 0,
+                        "drop_detail": "target is null: 2",
+                    }
+                    if stage == "raw"
+                    else dict.fromkeys(("rows_in", "rows_out", "rows_dropped", "rows_merged", "drop_detail"))
+                ),
             }
         )
     return out
@@ -362,8 +376,14 @@ def _decision(day, at, decision, production, run_id) -> dict:
     }
 
 
-def _summary(day, total, failed) -> dict:
+def _summary(day, total, failed, stopped_at=None) -> dict:
     return {
+        "rows_landed": 48,
+        "rows_dropped": 8,
+        "rows_merged": 0,
+        "files_rejected": 1,
+        "stopped_at_stage": stopped_at,
+        "stop_reason": f"no key left after {stopped_at}: boom (4 keys)" if stopped_at else None,
         "use_case": UC,
         "run_date": day,
         "dagster_run_id": f"run-{day}",
@@ -424,6 +444,10 @@ def synthetic_warehouse() -> dict[str, list[dict]]:
             _decision(D2, ts(D2, 5), "rolled_back", 1, "rollback-7"),
         ],
         "run_summary": [_summary(D1, 3, 0), _summary(D2, 4, 1)],
+        # one key column, k; the keys that were published (every key of key_status)
+        "key_columns": [
+            {"use_case": UC, "key": k, "position": 0, "column_name": "k", "value": k} for k in ("k1", "k2", "k3", "bad")
+        ],
         "model_family": [_family("k1", "current"), _family("k2", "behind"), _family("k3", "unpromoted")],
     }
 
@@ -486,6 +510,17 @@ def test_marts_follow_their_definitions_and_a_bad_row_fails_a_dbt_test(backend, 
         ("rolled_back", 1, 2, 1),
     ]
     assert all(r["production_changed"] == 1 and r["key_label"] == "k=k1" for r in promo)
+    columns = rows(url, "SELECT * FROM bi.dim_key_columns ORDER BY key_id")
+    assert [(r["key_id"], r["key_column"], r["key_value"], r["key_column_position"]) for r in columns] == [
+        (k, "k", k, 0) for k in ("bad", "k1", "k2", "k3")
+    ]
+    assert {r["key_id"]: r["last_published_status"] for r in columns}["bad"] == "skipped"
+    raw = rows(
+        url, "SELECT rows_in, rows_out, rows_dropped, drop_detail FROM bi_staging.stg_key_status WHERE stage = 'raw'"
+    )
+    assert {tuple(r.values()) for r in raw} == {(12, 10, 2, "target is null: 2")}
+    summary = rows(url, "SELECT rows_landed, files_rejected, is_stopped FROM bi_staging.stg_run_summary")
+    assert {tuple(r.values()) for r in summary} == {(48, 1, 0)}
     family = {r["key_id"]: r for r in rows(url, "SELECT * FROM bi.mart_model_family_current")}
     assert {k: r["family_status"] for k, r in family.items()} == {"k1": "current", "k2": "behind", "k3": "unpromoted"}
     assert family["k1"]["latest_decision"] == "rolled_back" and family["k2"]["latest_decision"] is None
@@ -496,7 +531,8 @@ def test_marts_follow_their_definitions_and_a_bad_row_fails_a_dbt_test(backend, 
         return  # the failing build once is enough
     # a status outside ok|failed|skipped|missing: `mmp bi` fails on that accepted_values test, and
     # the models downstream of stg_key_status are skipped rather than built on bad data
-    insert(url, {"key_status": [{**_status_rows("k1", D3)[-1], "status": "bogus"}]})
+    # (and rows that do not add up: 5 in, 1 out, none dropped or merged)
+    insert(url, {"key_status": [{**_status_rows("k1", D3)[-1], "status": "bogus", "rows_in": 5, "rows_out": 1}]})
     env = {k: v for k, v in os.environ.items() if not k.startswith("MMP_")}
     proc = subprocess.run(
         [sys.executable, "-m", "many_models_platform.cli", "bi", "--home", str(mmp_home)],
@@ -509,7 +545,7 @@ def test_marts_follow_their_definitions_and_a_bad_row_fails_a_dbt_test(backend, 
     assert re.search(r"fail\s+stg_key_status_status_accepted_values: Got 1 result", proc.stdout), proc.stdout
     results = node_results(json.loads((mmp_home / "dbt" / "target" / "run_results.json").read_text()))
     failed = [n.name for n in results if n.status in ("fail", "error")]
-    assert failed == ["stg_key_status_status_accepted_values"]
+    assert sorted(failed) == ["assert_key_status_rows_add_up", "stg_key_status_status_accepted_values"]
     assert {n.name for n in results if n.status == "skipped"} >= {"dim_keys", "mart_keys_failing_or_degrading"}
 
 
@@ -631,4 +667,4 @@ def test_pipeline_then_build_bi_marts_on_postgres(pg_platform):
         "SELECT table_schema, count(*) AS n FROM information_schema.tables "
         "WHERE table_schema IN ('bi', 'bi_staging') GROUP BY table_schema",
     )
-    assert {r["table_schema"]: r["n"] for r in objects} == {"bi": 7, "bi_staging": 6}
+    assert {r["table_schema"]: r["n"] for r in objects} == {"bi": 8, "bi_staging": 7}

@@ -93,6 +93,11 @@ def publish_frames(keys: list[str], version: int, rows: int = 3, run_id: str = "
             "reason": pl.Series([None, f"v{version}"] * n, dtype=pl.Utf8),
             "dagster_run_id": [run_id] * (2 * n),
             "updated_at": [NOW] * (2 * n),
+            "rows_in": [10, None] * n,
+            "rows_out": [7, None] * n,
+            "rows_dropped": [2, None] * n,
+            "rows_merged": [1, None] * n,
+            "drop_detail": pl.Series(["target is null: 2", None] * n, dtype=pl.Utf8),
         }
     )
     decisions = pl.DataFrame(
@@ -125,14 +130,31 @@ def publish_frames(keys: list[str], version: int, rows: int = 3, run_id: str = "
                 "metric_p50": 2.0,
                 "metric_p90": 3.0,
                 "published_at": NOW,
+                "rows_landed": 3 * n,
+                "rows_dropped": 0,
+                "rows_merged": 0,
+                "files_rejected": 0,
+                "stopped_at_stage": None,
+                "stop_reason": None,
             }
-        ]
+        ],
+        schema=W.polars_schema(W.run_summary) | {"use_case": pl.Null},
+    ).drop("use_case")
+    # two key columns: store and brand
+    columns = pl.DataFrame(
+        {
+            "key": [k for k in keys for _ in range(2)],
+            "position": [0, 1] * n,
+            "column_name": ["store", "brand"] * n,
+            "value": [v for k in keys for v in (f"s-{k}", f"b-{k}")],
+        }
     )
     common = [pl.lit("uc").alias("use_case"), pl.lit(DAY).alias("run_date")]
     frames = {
         "predictions": preds.with_columns(common),
         "key_metrics": metrics.with_columns(common),
         "key_status": status.with_columns(common),
+        "key_columns": columns.with_columns(pl.lit("uc").alias("use_case")),
     }
     append = {"promotion_history": decisions.with_columns(common), "run_summary": summary}
     return frames, append
@@ -210,8 +232,8 @@ def migrate(url: str) -> None:
 
 
 def test_schema_is_created_by_alembic_and_matches_the_tables(wh):
-    assert wh.current_revision() == head_revision() == W.SCHEMA_REVISION == "0001"
-    assert wh.query("SELECT version_num FROM alembic_version").rows() == [("0001",)]
+    assert wh.current_revision() == head_revision() == W.SCHEMA_REVISION == "0002"
+    assert wh.query("SELECT version_num FROM alembic_version").rows() == [("0002",)]
     assert {t.name for t in W.metadata.sorted_tables} | {"alembic_version"} == set(wh.table_names())
     doubles = {"double", "double precision"}
     for table in W.metadata.sorted_tables:
@@ -298,9 +320,9 @@ def test_concurrent_ensure_schema_on_postgres_from_several_processes(pg_url, tmp
             p.kill()
     for p, (out, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err
-        assert out.strip() == "0001"
+        assert out.strip() == "0002"
     wh = Warehouse(pg_url)
-    assert wh.query("SELECT version_num FROM alembic_version").rows() == [("0001",)]
+    assert wh.query("SELECT version_num FROM alembic_version").rows() == [("0002",)]
     wh.dispose()
 
 
@@ -325,7 +347,7 @@ def test_concurrent_ensure_schema_from_threads(url):
         w.dispose()
     assert errors == []
     wh = Warehouse(url)
-    assert wh.current_revision() == "0001"
+    assert wh.current_revision() == "0002"
     wh.dispose()
 
 
@@ -345,19 +367,33 @@ def test_a_warehouse_migrated_by_newer_code_is_refused(tmp_path):
 # -- adopting a warehouse made before migrations --------------------------------------------------
 
 
+ADDED_IN_0002 = {
+    "key_status": ("rows_in", "rows_out", "rows_dropped", "rows_merged", "drop_detail"),
+    "run_summary": (
+        "rows_landed",
+        "rows_dropped",
+        "rows_merged",
+        "files_rejected",
+        "stopped_at_stage",
+        "stop_reason",
+    ),
+}
+
+
 def old_metadata(shape: str) -> sa.MetaData:
     """The tables as ``metadata.create_all`` made them before Alembic.
 
     ``current``: the last pre-Alembic code (same tables as revision 0001, unnamed keys).
     ``oldest``: 4-byte REAL values, no ``decided_by``, no ``model_family``.
+    Neither has what revision 0002 added.
     """
     md = sa.MetaData()
     for table in W.metadata.sorted_tables:
-        if shape == "oldest" and table.name == "model_family":
+        if (shape == "oldest" and table.name == "model_family") or table.name == "key_columns":
             continue
         cols = []
         for c in table.columns:
-            if shape == "oldest" and c.name == "decided_by":
+            if (shape == "oldest" and c.name == "decided_by") or c.name in ADDED_IN_0002.get(table.name, ()):
                 continue
             kind = sa.REAL() if shape == "oldest" and isinstance(c.type, sa.Double) else c.type
             cols.append(sa.Column(c.name, kind, nullable=c.nullable))
@@ -380,8 +416,8 @@ def test_a_pre_alembic_warehouse_is_adopted_with_its_rows(url, shape):
     wh = Warehouse(url)
     assert wh.current_revision() is None
     wh.ensure_schema()
-    assert wh.current_revision() == "0001"
-    assert "model_family" in set(wh.table_names())
+    assert wh.current_revision() == "0002"
+    assert {"model_family", "key_columns"} <= set(wh.table_names())
     assert "decided_by" in column_types(wh, "promotion_history")
     assert column_types(wh, "predictions")["prediction"][0] in {"double", "double precision"}
     kept = wh.query("SELECT key, row_index, prediction FROM predictions ORDER BY key, row_index")
@@ -413,6 +449,129 @@ def test_adoption_stops_on_a_missing_not_null_column(tmp_path):
     wh.dispose()
 
 
+def test_a_0001_warehouse_with_rows_is_upgraded_to_0002(url):
+    """A warehouse migrated by the previous release keeps its rows; the new columns start NULL."""
+    from many_models_platform.storage.migrations import upgrade
+
+    engine = W.create_warehouse_engine(url)
+    with engine.begin() as conn:
+        upgrade(conn, "0001")
+    frames, append = publish_frames(["a", "b"], version=1)
+    old_status = frames["key_status"].drop(*ADDED_IN_0002["key_status"])
+    old_summary = append["run_summary"].drop(*ADDED_IN_0002["run_summary"]).with_columns(pl.lit("uc").alias("use_case"))
+    with engine.begin() as conn:
+        conn.execute(
+            sa.table("key_status", *[sa.column(c) for c in old_status.columns]).insert(), old_status.to_dicts()
+        )
+        conn.execute(
+            sa.table("run_summary", *[sa.column(c) for c in old_summary.columns]).insert(), old_summary.to_dicts()
+        )
+    engine.dispose()
+
+    wh = Warehouse(url)
+    assert wh.current_revision() == "0001"
+    wh.ensure_schema()
+    assert wh.current_revision() == "0002"
+    assert "key_columns" in set(wh.table_names())
+    for table, added in ADDED_IN_0002.items():
+        got = column_types(wh, table)
+        assert all(got[c][1] == "YES" for c in added), (table, got)
+    kept = wh.query("SELECT key, stage, reason, rows_in, drop_detail FROM key_status ORDER BY key, stage")
+    assert kept.rows() == [
+        ("a", "predictions", None, None, None),
+        ("a", "published", "v1", None, None),
+        ("b", "predictions", None, None, None),
+        ("b", "published", "v1", None, None),
+    ]
+    assert wh.query("SELECT keys_total, rows_landed, stopped_at_stage FROM run_summary").rows() == [(2, None, None)]
+    # the next publish fills the new columns
+    frames, append = publish_frames(["a", "b"], version=2, run_id="run-2")
+    wh.replace_keys("uc", DAY, ["a", "b"], frames, append)
+    got = wh.query(
+        "SELECT rows_in, rows_out, rows_dropped, rows_merged, drop_detail FROM key_status WHERE stage = 'predictions'"
+    )
+    assert got.rows() == [(10, 7, 2, 1, "target is null: 2")] * 2
+    wh.dispose()
+
+
+def key_rows(wh: Warehouse, table: sa.Table) -> list[tuple]:
+    """Every row of a per-use-case key table, selected through SQLAlchemy (its names are quoted)."""
+    with wh.connect() as conn:
+        return sorted(tuple(r) for r in conn.execute(sa.select(table)))
+
+
+def test_key_tables_hold_each_key_column_and_are_replaced_per_slice(wh):
+    names = ['store "no"', "Key", "brand; DROP TABLE x", "unicodé ✓"]  # quotes, a clash with key, SQL, non-ASCII
+    keys = ["a", "b"]
+    frames, append = publish_frames(keys, version=1)
+    values = {k: [f"{k}-{i}" if i else HOSTILE[j] for i in range(len(names))] for j, k in enumerate(keys)}
+    frames["key_columns"] = pl.DataFrame(
+        {
+            "use_case": "uc",
+            "key": [k for k in keys for _ in names],
+            "position": [i for _ in keys for i in range(len(names))],
+            "column_name": names * len(keys),
+            "value": [v for k in keys for v in values[k]],
+        }
+    )
+    wh.replace_keys("uc", DAY, keys, frames, append)
+    wh.replace_keys("uc", DAY, keys, frames, append)  # a rerun replaces, never duplicates
+    table = W.key_table("uc", names)
+    assert [c.name for c in table.columns] == [
+        "key",
+        "key_label",
+        'store "no"',
+        "Key_2",
+        "brand; DROP TABLE x",
+        "unicodé ✓",
+    ]
+    label = lambda k: ", ".join(f"{n}={v}" for n, v in zip(names, values[k], strict=True))  # noqa: E731
+    assert key_rows(wh, table) == [(k, label(k), *values[k]) for k in keys]
+    long = wh.query("SELECT key, position, column_name, value FROM key_columns ORDER BY key, position")
+    assert long.rows() == [(k, i, n, values[k][i]) for k in keys for i, n in enumerate(names)]
+
+    # a publish of key a alone replaces a's rows and leaves b's
+    only_a = (
+        frames["key_columns"]
+        .filter(pl.col("key") == "a")
+        .with_columns(pl.when(pl.col("position") == 1).then(pl.lit("a-new")).otherwise(pl.col("value")).alias("value"))
+    )
+    wh.replace_keys("uc", DAY, ["a"], {"key_columns": only_a})
+    got = {r[0]: r for r in key_rows(wh, table)}
+    assert got["a"][3] == "a-new" and got["b"] == (("b", label("b"), *values["b"]))
+
+    # the use case's key columns change: its table is rebuilt with the new columns
+    renamed = (
+        frames["key_columns"]
+        .filter(pl.col("position") < 2)
+        .with_columns(pl.col("column_name").replace({"Key": "region"}))
+    )
+    wh.replace_keys("uc", DAY, keys, {"key_columns": renamed})
+    new_table = W.key_table("uc", ['store "no"', "region"])
+    assert key_rows(wh, new_table) == [
+        (k, f'store "no"={values[k][0]}, region={values[k][1]}', values[k][0], values[k][1]) for k in keys
+    ]
+    assert wh.query("SELECT count(*) AS n FROM key_columns")["n"][0] == 4
+
+
+def test_key_table_names_fit_every_backend():
+    long = "x" * 80
+    assert W.key_table_name("uc") == "keys_uc"
+    assert len(W.key_table_name(long)) <= 63 and W.key_table_name(long) != W.key_table_name(long + "y")
+    assert W.key_table_columns(["key", "KEY_LABEL", "store", "Store", "é" * 40, ""]) == [
+        "key_1",
+        "KEY_LABEL_2",
+        "store",
+        "Store_4",
+        "é" * 31,
+        "_6",
+    ]
+    # SQL Server: the table's DDL compiles and its primary key fits the 900-byte limit
+    ddl = str(CreateTable(W.key_table("uc", ["store", "brand"])).compile(dialect=mssql_dialect()))
+    assert "[key] VARCHAR(512) NOT NULL" in ddl and "store NVARCHAR(1024) NOT NULL" in ddl
+    assert "CONSTRAINT pk_keys_uc PRIMARY KEY ([key])" in ddl
+
+
 # -- idempotent writes -------------------------------------------------------------------------
 
 
@@ -430,6 +589,7 @@ def test_replace_keys_is_idempotent_on_rerun(wh):
         "promotion_history": 3,
         "run_summary": 1,
         "model_family": 0,
+        "key_columns": 6,
     }
     # a rerun with new values replaces them; a new publishing run adds history rows
     frames, append = publish_frames(keys, version=2, run_id="run-2")
@@ -573,6 +733,8 @@ def test_postgres_loads_through_copy(pg_url, monkeypatch):
         ("predictions", 1000),
         ("key_metrics", 50),
         ("key_status", 100),
+        ("key_columns", 100),
+        ("keys_uc", 50),
         ("promotion_history", 50),
         ("run_summary", 1),
     ]
@@ -675,6 +837,12 @@ def test_mssql_ddl_from_the_migrations():
     assert "reason NVARCHAR(max) NOT NULL" in script
     assert "CONSTRAINT pk_predictions PRIMARY KEY (use_case, [key], run_date, row_index)" in script
     assert "INSERT INTO alembic_version (version_num) OUTPUT inserted.version_num VALUES ('0001')" in script
+    # revision 0002 adds nullable columns to tables that may hold rows, and the key_columns table
+    assert "ALTER TABLE key_status ADD rows_in INTEGER NULL" in script
+    assert "ALTER TABLE run_summary ADD rows_landed BIGINT NULL" in script
+    assert "ALTER TABLE run_summary ADD stop_reason NVARCHAR(max) NULL" in script
+    assert "CONSTRAINT pk_key_columns PRIMARY KEY (use_case, [key], position)" in script
+    assert "UPDATE alembic_version SET version_num='0002' WHERE alembic_version.version_num = '0001'" in script
     assert " TEXT" not in script and "DATETIME " not in script and "DOUBLE" not in script
 
 
@@ -732,6 +900,8 @@ def test_every_statement_the_publisher_issues_compiles_for_mssql():
         "predictions",
         "key_metrics",
         "key_status",
+        "key_columns",
+        "keys_uc",
         "promotion_history",
         "run_summary",
         "model_family",
@@ -749,7 +919,8 @@ def test_every_statement_the_publisher_issues_compiles_for_mssql():
         cols = ", ".join("[key]" if c == "key" else c for c in step.frame.columns)
         marks = ", ".join("?" * len(step.frame.columns))
         assert str(insert) == f"INSERT INTO {step.table.name} ({cols}) VALUES ({marks})"
-    assert n_deletes == 3 * 3 + 3 + 1 + 1  # 3 key chunks per per-key table and promotion history, 1 + 1
+    # 3 key chunks per per-key table, key_columns, keys_uc and promotion history; 1 + 1
+    assert n_deletes == 3 * 3 + 3 + 3 + 3 + 1 + 1
     # the schema check and the migration lock compile too
     for text in ("SELECT version_num FROM alembic_version", "EXEC sp_getapplock @Resource = :resource"):
         assert sa.text(text).compile(dialect=dialect)

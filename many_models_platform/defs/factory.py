@@ -31,9 +31,9 @@ from dagster import (
 
 from .. import progress
 from ..core.engine import KeyOutcome
-from ..core.keys import key_label
 from ..core.spec import PlatformConfig, UseCaseSpec
 from ..stages import STAGES, StageReport, StageRun, run_stage
+from ..stages.published import decoded
 from .resources import PlatformResource
 
 RUN_DATE_TAG = "mmp/run_date"
@@ -68,7 +68,7 @@ def partitions_name(use_case: str) -> str:
 
 def key_metadata(spec: UseCaseSpec, outcome: KeyOutcome) -> dict[str, Any]:
     """Small, flat metadata per key: it is stored once per key per run in the event log."""
-    md: dict[str, Any] = {"status": outcome.status, "key": key_label(spec.keys, outcome.key)}
+    md: dict[str, Any] = {"status": outcome.status, "key": decoded(spec.keys, outcome.key)[0]}
     if outcome.reason:
         md["reason"] = outcome.reason
     for name, value in outcome.info.items():
@@ -76,6 +76,9 @@ def key_metadata(spec: UseCaseSpec, outcome: KeyOutcome) -> dict[str, Any]:
             md.update({f"metric_{m}": _num(v) for m, v in value.items()})
         elif name == "champion_metrics" and value:
             md[f"champion_{spec.metric}"] = _num(value.get(spec.metric))
+        elif name == "drops" and isinstance(value, dict):
+            # rows removed per reason, e.g. "dropped: target is null": 3 (rows_in/out/dropped/merged are scalars)
+            md.update({f"dropped: {reason}": _num(n) for reason, n in value.items()})
         elif isinstance(value, bool | int | float | str) or value is None:
             md[name] = _num(value) if isinstance(value, float) else value
     return md
@@ -176,7 +179,8 @@ def _log_run_report(context: AssetExecutionContext, spec: UseCaseSpec, report: S
     }
     if failed:
         rows = "\n".join(
-            f"| {key_label(spec.keys, o.key)} | {o.status} | {o.reason[:200]} |".replace("\n", " ") for o in failed[:25]
+            f"| {decoded(spec.keys, o.key)[0]} | {o.status} | {o.reason[:200]} |".replace("\n", " ")
+            for o in failed[:25]
         )
         md["failed_keys"] = MetadataValue.md(f"| key | status | reason |\n|---|---|---|\n{rows}")
         context.log.warning(f"{len(failed)} of {len(report.outcomes)} keys not ok at {report.stage}")
@@ -201,7 +205,30 @@ def _log_run_report(context: AssetExecutionContext, spec: UseCaseSpec, report: S
             md["worst_keys"] = MetadataValue.md(f"| key | {spec.metric} |\n|---|---|\n{rows}")
     if report.summary.get("quarantined"):
         md["quarantined"] = MetadataValue.json(report.summary["quarantined"])
+    for name, columns in FILE_TABLES.items():
+        if report.summary.get(name):
+            md[name] = MetadataValue.md(_file_table(report.summary[name], columns))
     context.log_event(AssetObservation(asset_key=context.asset_key, metadata=md))
+
+
+# The raw stage's file lists (docs/architecture.md#ranged-runs) as Markdown tables in its run report.
+FILE_TABLES = {
+    "rejected": ("file", "reason"),
+    "files": ("file", "status", "rows", "rows_dropped", "rows_merged", "reason"),
+}
+_MAX_FILE_ROWS = 50
+
+
+def _file_table(items: list, columns: tuple[str, ...]) -> str:
+    """A Markdown table of the first 50 items (dicts), cells cut to 200 characters."""
+    lines = [f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}"]
+    for item in items[:_MAX_FILE_ROWS]:
+        values = [item.get(c) for c in columns] if isinstance(item, dict) else [item]
+        cells = ["" if v is None else str(v)[:200] for v in values]
+        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    if len(items) > _MAX_FILE_ROWS:
+        lines.append(f"\n… and {len(items) - _MAX_FILE_ROWS} more")
+    return "\n".join(lines)
 
 
 def metric_histogram(metric: str, values: list[float]) -> bytes:

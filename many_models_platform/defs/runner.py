@@ -4,13 +4,18 @@ job in process over contiguous key ranges (one run per range, never one run per 
 import datetime as dt
 import os
 import shutil
+import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dagster import DagsterEventType, DagsterInstance, Definitions
 
 from ..core.spec import PlatformConfig, UseCaseSpec
+from ..stages import STAGES, StageRun, run_stage
+from ..stages.base import read_run_record, stop_reason
 from ..storage.lake import Lake
 from ..storage.settings import PlatformSettings
 from .discovery import register_new_keys
@@ -55,13 +60,35 @@ def key_ranges(ordered: Sequence[str], selected: Sequence[str], max_per_run: int
 
 @dataclass
 class UseCaseRun:
+    """What `mmp run` did for one use case, over all its ranged runs."""
+
     use_case: str
     keys: list[str]
     new_keys: list[str]
     run_ids: list[str] = field(default_factory=list)
-    success: bool = True
+    success: bool = True  # every Dagster run succeeded (a failed key does not fail a run)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    # per stage, over the runs: keys, ok, failed, skipped (from the stages' run records)
+    stage_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    stopped_at_stage: str | None = None  # the first stage no key of the use case got through
+    stop_reason: str | None = None
+    # ingest, from the raw stage's summary: landing_rows, rows_dropped, rows_merged, rejected, files
+    ingest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_at_stage is not None
+
+    @property
+    def ingested_nothing(self) -> bool:
+        return not self.keys or self.ingest.get("landing_rows") == 0
+
+    @property
+    def ok(self) -> bool:
+        """What `mmp run`'s exit code says: every run succeeded, something was ingested, and no
+        stage was left without a key. Some keys failing while others publish is ok."""
+        return self.success and not self.stopped and not self.ingested_nothing
 
 
 def run_use_case(
@@ -87,6 +114,11 @@ def run_use_case(
     result = UseCaseRun(spec.name, [k for k in ordered if k in chosen], new_keys)
     job = defs.resolve_job_def(pipeline_job_name(spec.name))
     run_date = run_date or dt.datetime.now(dt.UTC).date()
+    lake = Lake(settings.lake_url, settings.lake_storage_options)
+    if not selected:  # nothing to partition on: read the landing zone once, to say why
+        run = StageRun(spec, settings, run_id=f"mmp-no-keys-{uuid.uuid4().hex[:12]}", run_date=run_date)
+        result.ingest = ingest_summary(run_stage("raw", run, []).summary)
+        return result
     for start, end in key_ranges(ordered, selected, config.run.max_keys_per_run):
         res = job.execute_in_process(
             instance=instance,
@@ -105,4 +137,48 @@ def run_use_case(
             elif event.event_type == DagsterEventType.STEP_FAILURE:
                 err = event.event_specific_data.error
                 result.errors.append(f"{event.step_key}: {err.message.strip() if err else 'failed'}")
+    collect_records(result, lake, spec)
     return result
+
+
+def collect_records(result: UseCaseRun, lake: Lake, spec: UseCaseSpec) -> None:
+    """Key counts per stage, where the use case stopped and what ingest saw, from the run records
+    the stages wrote (``stages.base.write_run_record``) for each of ``result.run_ids``."""
+    reasons: dict[str, Counter[str]] = {}
+    stops: dict[str, list[str]] = {}
+    for run_id in result.run_ids:
+        for stage in STAGES:
+            record = read_run_record(lake, spec.name, stage, run_id)
+            if record is None:
+                continue
+            counts = result.stage_counts.setdefault(stage, {"keys": 0, "ok": 0, "failed": 0, "skipped": 0})
+            for name in counts:
+                counts[name] += record.get(name) or 0
+            reasons.setdefault(stage, Counter()).update({r: n for r, n in record.get("reasons") or []})
+            if record.get("stop_reason"):
+                stops.setdefault(stage, []).append(record["stop_reason"])
+            if stage == "raw":
+                result.ingest = ingest_summary(record.get("summary") or {})  # each range reads all landing
+    for stage in STAGES[:-1]:
+        counts = result.stage_counts.get(stage)
+        if counts and counts["keys"] and not counts["ok"]:
+            result.stopped_at_stage = stage
+            found = stops.get(stage) or []
+            # one run: its own reason; several ranges: their most common reasons together
+            result.stop_reason = found[0] if len(found) == 1 else stop_reason(stage, reasons[stage])
+            break
+
+
+def ingest_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """The raw stage's summary as the CLI shows it; ``rejected`` falls back to the older
+    ``quarantined`` list."""
+    rejected = summary.get("rejected")
+    if rejected is None:
+        rejected = summary.get("quarantined") or []
+    return {
+        "landing_rows": summary.get("landing_rows"),
+        "rows_dropped": summary.get("rows_dropped"),
+        "rows_merged": summary.get("rows_merged"),
+        "rejected": rejected,
+        "files": summary.get("files") or [],
+    }

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from .base import STAGES, UPSTREAM, StageReport, StageRun
+from .base import STAGES, UPSTREAM, StageReport, StageRun, finish, stopped_outcomes
 from .evaluation import evaluate_models
 from .model import train
 from .predictions import score
@@ -24,8 +24,18 @@ __all__ = ["STAGES", "STAGE_FUNCTIONS", "UPSTREAM", "StageReport", "StageRun", "
 
 
 def run_stage(stage: str, run: StageRun, keys: Sequence[str]) -> StageReport:
-    """Run one stage with the credentials that stage may hold (settings.for_stage)."""
-    return STAGE_FUNCTIONS[stage](replace(run, settings=run.settings.for_stage(stage)), keys)
+    """Run one stage with the credentials that stage may hold (settings.for_stage).
+
+    A stage whose input left no ok key does not start: every key is ``skipped`` with
+    ``stopped: no key left after <stage>: <top reasons>`` (``base.stopped_outcomes``).
+    """
+    run = replace(run, settings=run.settings.for_stage(stage))
+    stopped = stopped_outcomes(run, stage, keys)
+    if stopped is not None:
+        if run.progress:
+            run.progress(len(stopped))
+        return finish(run, stage, stopped, {"stopped": stopped[0].reason})
+    return STAGE_FUNCTIONS[stage](run, keys)
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[StageRun, Sequence[str]], StageReport]] = {

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +31,13 @@ from ..storage.settings import PlatformSettings
 
 STAGES = ("raw", "training_set", "model", "evaluation", "promoted_model", "predictions", "published")
 UPSTREAM = dict(zip(STAGES[1:], STAGES[:-1], strict=True))
+# The stage whose having no ok key stops a stage before it starts (see stopped_outcomes).
+# `predictions` only needs today's ingest: a key's production model serves even when today's
+# training chain stopped, so it stops only when `raw` left no key. `raw` and `published`
+# always run (`published` records the stop in key_status and run_summary).
+STOP_GATE = {**UPSTREAM, "predictions": "raw"}
+del STOP_GATE["published"]
+STOPPED = "stopped: "  # the reason prefix of keys a stopped stage did not run
 
 
 @dataclass
@@ -109,9 +118,98 @@ def require_upstream(lake: Lake, use_case: str, stage: str, key: str) -> dict[st
 
 
 def finish(run: StageRun, stage: str, outcomes: list[KeyOutcome], summary: dict | None = None) -> StageReport:
+    """Write every key's state file and the run's record of this stage (:func:`write_run_record`)."""
     for o in outcomes:
         write_state(run.lake, run.spec.name, stage, o, run.run_id)
-    return StageReport(stage, outcomes, summary or {})
+    report = StageReport(stage, outcomes, summary or {})
+    write_run_record(run, report)
+    return report
+
+
+# --- one record per stage and run ---------------------------------------------------------
+def run_record_path(lake: Lake, use_case: str, stage: str, run_id: str):
+    """``state/<uc>/<stage>/_runs/<run id>.json`` (encoded keys never contain a ``/``)."""
+    return lake.path("state", use_case, stage, "_runs", f"{_safe_name(run_id)}.json")
+
+
+def write_run_record(run: StageRun, report: StageReport) -> None:
+    """A small record of what this stage did in this run: key counts, the most common reasons of
+    keys that are not ok, why it stopped (if it did) and the stage's summary. The next stages,
+    ``published`` and `mmp run` read it (the raw stage's summary is nowhere else)."""
+    counts = Counter(o.status for o in report.outcomes)
+    reasons = Counter(
+        not_ok_reason(report.stage, {"status": o.status, "reason": o.reason}) for o in report.outcomes if not o.ok
+    )
+    record = {
+        "stage": report.stage,
+        "dagster_run_id": run.run_id,
+        "run_date": run.run_date.isoformat(),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(),
+        "keys": len(report.outcomes),
+        "ok": counts["ok"],
+        "failed": counts["failed"],
+        "skipped": counts["skipped"],
+        "reasons": [[r[:_REASON_CHARS], n] for r, n in reasons.most_common(_TOP_REASONS)],
+        "stop_reason": stop_reason(report.stage, reasons) if report.outcomes and not counts["ok"] else None,
+        "summary": report.summary,
+    }
+    run.lake.write_json(run_record_path(run.lake, run.spec.name, report.stage, run.run_id), record)
+
+
+def read_run_record(lake: Lake, use_case: str, stage: str, run_id: str) -> dict[str, Any] | None:
+    path = run_record_path(lake, use_case, stage, run_id)
+    return lake.read_json(path) if path.exists() else None
+
+
+def _safe_name(run_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", run_id).lstrip(".") or "_"
+
+
+# --- stopping when no key is left -----------------------------------------------------------
+_TOP_REASONS = 3
+_REASON_CHARS = 300
+
+
+def stop_reason(stage: str, reasons: Counter[str]) -> str:
+    """``no key left after <stage>: <reason> (<n> keys); ...``: the most common reasons first.
+
+    Keys that were themselves stopped carry the original stop in their reason: it is kept as
+    it is rather than nested one level deeper per stage."""
+    if reasons and all(r.startswith(STOPPED) for r in reasons):
+        return next(iter(reasons.most_common(1)))[0].removeprefix(STOPPED)
+    top = [f"{r[:_REASON_CHARS]} ({n} key{'s' if n != 1 else ''})" for r, n in reasons.most_common(_TOP_REASONS)]
+    more = len(reasons) - len(top)
+    return f"no key left after {stage}: " + "; ".join(top) + (f"; and {more} other reason(s)" if more > 0 else "")
+
+
+def stopped_outcomes(run: StageRun, stage: str, keys: Sequence[str]) -> list[KeyOutcome] | None:
+    """Every key ``skipped`` with ``stopped: <why>`` when the stage's gate (:data:`STOP_GATE`)
+    has no ok key, else None (the stage runs).
+
+    The outcome is what the stage would have found key by key (no upstream state is ok), minus
+    its cost: no process pool, no MLflow run, no registry read. Reading stops at the first ok key,
+    so a healthy run reads one state file here."""
+    gate = STOP_GATE.get(stage)
+    if gate is None or not keys:
+        return None
+    reasons: Counter[str] = Counter()
+    for key in keys:
+        state = read_state(run.lake, run.spec.name, gate, key)
+        if state is not None and state["status"] == "ok":
+            return None
+        reasons[not_ok_reason(gate, state)] += 1
+    why = STOPPED + stop_reason(gate, reasons)
+    return [KeyOutcome(key, "skipped", why) for key in keys]
+
+
+def not_ok_reason(stage: str, state: dict[str, Any] | None) -> str:
+    """A key's reason at a stage that is not ok for it, as a stop reason lists it."""
+    if state is None:
+        return f"{stage} has not run for this key"
+    reason = state.get("reason") or ""
+    if state["status"] == "failed" or reason.startswith(STOPPED):
+        return reason
+    return f"{state['status']}: {reason}"
 
 
 def production_models(run: StageRun, keys: Sequence[str]) -> dict[str, dict]:

@@ -1,40 +1,71 @@
-"""Stage 7, ``published``: predictions, metrics, statuses and decisions to the warehouse."""
+"""Stage 7, ``published``: predictions, metrics, statuses, decisions and key columns to the warehouse.
+
+Every frame is built with the warehouse table's own schema (``warehouse.records_frame``), so
+publishing never depends on what the first rows of a batch happen to hold: a NULL reason or a
+NaN metric on the first keys and text or integers on later ones publish alike.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import math
+from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import polars as pl
 
 from ..core.engine import KeyOutcome
-from ..core.keys import key_label
+from ..core.keys import decode_key, key_label
 from ..lifecycle import publish_model_family
-from ..storage.registry import (
-    registered_model_name,
-)
+from ..storage import warehouse as W
+from ..storage.registry import registered_model_name
 from ..storage.warehouse import Warehouse
 from .base import (
     STAGES,
     StageReport,
     StageRun,
     finish,
+    not_ok_reason,
     quantiles,
+    read_run_record,
     read_state,
+    stop_reason,
+)
+
+ROW_COUNTS = ("rows_in", "rows_out", "rows_dropped", "rows_merged")
+DECISION_FIELDS = (
+    "decision",
+    "reason",
+    "metric",
+    "candidate_version",
+    "candidate_value",
+    "champion_version",
+    "champion_value",
+    "production_version",
+    "decided_by",
 )
 
 
 def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = None) -> StageReport:
-    """Write predictions, metrics, statuses, decisions and a run summary to the warehouse."""
+    """Write predictions, metrics, statuses, decisions, key columns and a run summary to the warehouse."""
     spec, lake = run.spec, run.lake
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    preds, metrics, statuses, decisions = [], [], [], []
+    preds, metrics, statuses, decisions, key_values = [], [], [], [], []
     outcomes = []
+    not_ok: dict[str, Counter[str]] = {stage: Counter() for stage in STAGES[:-1]}
+    ok_keys: Counter[str] = Counter()
+    raw_runs: Counter[str] = Counter()
     for key in keys:
-        label = key_label(spec.keys, key)
+        label, values = decoded(spec.keys, key)
+        if values:
+            key_values += [
+                {"key": key, "position": i, "column_name": column, "value": value}
+                for i, (column, value) in enumerate(zip(spec.keys, values, strict=True))
+            ]
         states = {stage: read_state(lake, spec.name, stage, key) for stage in STAGES[:-1]}
         for stage, st in states.items():
+            info = (st or {}).get("info") or {}
             statuses.append(
                 {
                     "stage": stage,
@@ -43,67 +74,49 @@ def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = No
                     "status": st["status"] if st else "missing",
                     "reason": (st or {}).get("reason") or None,
                     "dagster_run_id": (st or {}).get("dagster_run_id"),
-                    "updated_at": _ts((st or {}).get("updated_at")),
+                    "updated_at": (st or {}).get("updated_at"),
+                    **row_counts(info),
                 }
             )
+            if st and st["status"] == "ok":
+                ok_keys[stage] += 1
+            else:
+                not_ok[stage][not_ok_reason(stage, st)] += 1
+        if states["raw"]:
+            raw_runs[states["raw"].get("dagster_run_id")] += 1
         missing = {"status": "missing", "reason": "has not run for this key"}
         failed = next(((s, st or missing) for s, st in states.items() if not st or st["status"] != "ok"), None)
-        ev = states["evaluation"]
-        if ev and ev["status"] == "ok":
-            info, model = ev["info"], states["model"]["info"]
-            for m, v in info["metrics"].items():
-                metrics.append(
-                    _metric_row(
-                        key, "candidate", m, v, model["model_name"], info["candidate_version"], info["estimator"]
-                    )
-                )
-            for m, v in (info.get("champion_metrics") or {}).items():
-                name = registered_model_name(spec.name, key)
-                metrics.append(_metric_row(key, "champion", m, v, name, info["champion_version"], None))
+        metrics += _metric_rows(spec, key, states)
         pm = states["promoted_model"]
         if pm and pm["status"] == "ok":
-            i = pm["info"]
+            info = pm["info"]
             decisions.append(
                 {
                     "key": key,
-                    "decided_at": _ts(i["decided_at"]),
-                    **{
-                        k: i.get(k)
-                        for k in (
-                            "decision",
-                            "reason",
-                            "metric",
-                            "candidate_version",
-                            "candidate_value",
-                            "champion_version",
-                            "champion_value",
-                            "production_version",
-                            "decided_by",
-                        )
-                    },
+                    "decided_at": info.get("decided_at"),
+                    **{k: info.get(k) for k in DECISION_FIELDS},
                     "dagster_run_id": pm["dagster_run_id"],
                 }
             )
-        path = lake.key_path("predictions", spec.name, key, ".parquet")
-        pr = states["predictions"]
-        served = bool(pr and pr["status"] == "ok" and path.exists())
-        n_rows = 0
-        if served:
-            frame = lake.read_parquet(path)
-            n_rows = frame.height
-            preds.append(frame.with_columns(pl.lit(key).alias("key"), pl.lit(label).alias("key_label")))
-        issue = f"{failed[0]} {failed[1]['status']}: {failed[1]['reason']}" if failed else None
+        frame, problem = _predictions(run, key, label, states["predictions"])
+        if frame is not None:
+            preds.append(frame)
+        served = frame is not None
+        n_rows = frame.height if served else 0
+        issue = problem or (f"{failed[0]} {failed[1]['status']}: {failed[1]['reason']}" if failed else None)
         # The published row itself, written in the same transaction: ok when this key's
-        # predictions are published (maybe by the champion while today's candidate failed).
+        # predictions are published (maybe by the champion while today's candidate failed),
+        # failed when its predictions file cannot be published, else skipped.
         statuses.append(
             {
                 "stage": "published",
                 "key": key,
                 "key_label": label,
-                "status": "ok" if served else "skipped",
+                "status": "ok" if served else ("failed" if problem else "skipped"),
                 "reason": issue,
                 "dagster_run_id": run.run_id,
                 "updated_at": now,
+                **({"rows_in": n_rows, "rows_out": n_rows, "rows_dropped": 0, "rows_merged": 0} if served else {}),
             }
         )
         outcomes.append(
@@ -114,34 +127,35 @@ def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = No
 
     common = {"use_case": spec.name, "run_date": run.run_date}
     frames = {
-        "predictions": _frame(preds, common, {"dagster_run_id": run.run_id, "published_at": now}),
-        "key_metrics": _frame([pl.DataFrame(metrics)] if metrics else [], common, {"dagster_run_id": run.run_id}),
-        "key_status": _frame([pl.DataFrame(statuses)], common, {}),
+        "predictions": _predictions_frame(preds, common, run.run_id, now),
+        "key_metrics": W.records_frame(W.key_metrics, metrics, **common, dagster_run_id=run.run_id),
+        "key_status": W.records_frame(W.key_status, statuses, **common),
+        "key_columns": W.records_frame(W.key_columns, key_values, use_case=spec.name),
     }
     values = [r["value"] for r in metrics if r["model_role"] == "candidate" and r["metric"] == spec.metric]
-    q = quantiles(spec.metric, values)
+    q = quantiles(spec.metric, [v for v in values if v is not None])
     n_failed = sum(1 for o in outcomes if not o.info["published"])
-    summary_row = pl.DataFrame(
-        [
-            {
-                "use_case": spec.name,
-                "run_date": run.run_date,
-                "dagster_run_id": run.run_id,
-                "keys_total": len(keys),
-                "keys_published": len(keys) - n_failed,
-                "keys_failed": n_failed,
-                "keys_promoted": sum(1 for d in decisions if d["decision"] == "promoted"),
-                "metric": spec.metric,
-                "metric_p10": q.get(f"{spec.metric}_p10"),
-                "metric_p50": q.get(f"{spec.metric}_p50"),
-                "metric_p90": q.get(f"{spec.metric}_p90"),
-                "published_at": now,
-            }
-        ]
-    )
-    append = {"run_summary": summary_row}
+    stopped_at = next((s for s in STAGES[:-1] if keys and not ok_keys[s]), None)
+    why = stop_reason(stopped_at, not_ok[stopped_at]) if stopped_at else None
+    ingest = ingest_counts(run, raw_runs)
+    summary_row = {
+        "dagster_run_id": run.run_id,
+        "keys_total": len(keys),
+        "keys_published": len(keys) - n_failed,
+        "keys_failed": n_failed,
+        "keys_promoted": sum(1 for d in decisions if d["decision"] == "promoted"),
+        "metric": spec.metric,
+        "metric_p10": q.get(f"{spec.metric}_p10"),
+        "metric_p50": q.get(f"{spec.metric}_p50"),
+        "metric_p90": q.get(f"{spec.metric}_p90"),
+        "published_at": now,
+        **{k: v for k, v in ingest.items() if k != "rejected"},
+        "stopped_at_stage": stopped_at,
+        "stop_reason": why,
+    }
+    append = {"run_summary": W.records_frame(W.run_summary, [summary_row], **common)}
     if decisions:
-        append["promotion_history"] = _frame([pl.DataFrame(decisions)], common, {})
+        append["promotion_history"] = W.records_frame(W.promotion_history, decisions, **common)
     wh = warehouse or Warehouse(run.settings.warehouse_url)
     try:
         wh.ensure_schema()
@@ -153,7 +167,89 @@ def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = No
     finally:
         if warehouse is None:
             wh.dispose()
-    return finish(run, "published", outcomes, {"keys_failed": n_failed, **q})
+    report_summary = {
+        "keys_failed": n_failed,
+        **q,
+        **ingest,
+        "stopped_at_stage": stopped_at,
+        "stop_reason": why,
+    }
+    return finish(run, "published", outcomes, report_summary)
+
+
+def decoded(columns: Sequence[str], key: str) -> tuple[str, tuple[str, ...]]:
+    """(label, key column values) of a key. A key registered under other key columns than the
+    use case has today (its ``keys`` changed) is labelled by its encoded form and has no
+    values: it still publishes its statuses instead of failing the batch."""
+    try:
+        values = decode_key(key)
+    except ValueError:
+        return key, ()
+    if len(values) != len(columns):
+        return key, ()
+    return key_label(columns, key), values
+
+
+def row_counts(info: dict[str, Any]) -> dict[str, Any]:
+    """A stage's per-key row accounting (``rows_in`` ... ``drops``) as key_status columns; absent
+    fields stay NULL."""
+    out: dict[str, Any] = {name: info.get(name) for name in ROW_COUNTS}
+    drops = info.get("drops")
+    if isinstance(drops, dict) and drops:
+        out["drop_detail"] = drop_detail(drops)
+    return out
+
+
+def drop_detail(drops: dict[str, Any]) -> str:
+    """``reason: n; reason: n``, the largest count first."""
+    items = sorted(drops.items(), key=lambda item: (-_count(item[1]), str(item[0])))
+    return "; ".join(f"{reason}: {_count(n)}" for reason, n in items)
+
+
+def _count(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def ingest_counts(run: StageRun, raw_runs: Counter[str]) -> dict[str, Any]:
+    """What ingest saw, from the raw stage's record of this run (or, when raw ran in another run,
+    of the run that ingested most of these keys): landing rows, rows dropped and merged, and the
+    files it could not read."""
+    record = read_run_record(run.lake, run.spec.name, "raw", run.run_id)
+    if record is None and raw_runs:
+        record = read_run_record(run.lake, run.spec.name, "raw", raw_runs.most_common(1)[0][0])
+    summary = (record or {}).get("summary") or {}
+    rejected = summary.get("rejected")
+    if rejected is None and "quarantined" in summary:  # ingest before the rejected-file list
+        rejected = summary["quarantined"]
+    return {
+        "rows_landed": summary.get("landing_rows"),
+        "rows_dropped": summary.get("rows_dropped"),
+        "rows_merged": summary.get("rows_merged"),
+        "files_rejected": None if rejected is None else len(rejected),
+        "rejected": rejected or [],
+    }
+
+
+def _metric_rows(spec, key: str, states: dict[str, dict | None]) -> list[dict]:
+    ev = states["evaluation"]
+    if not ev or ev["status"] != "ok":
+        return []
+    info, model = ev["info"], (states["model"] or {}).get("info") or {}
+    rows = [
+        _metric_row(
+            key, "candidate", m, v, model.get("model_name"), info.get("candidate_version"), info.get("estimator")
+        )
+        for m, v in (info.get("metrics") or {}).items()
+    ]
+    name = registered_model_name(spec.name, key)
+    rows += [
+        _metric_row(key, "champion", m, v, name, info.get("champion_version"), None)
+        for m, v in (info.get("champion_metrics") or {}).items()
+    ]
+    return rows
 
 
 def _metric_row(key, role, metric, value, name, version, estimator) -> dict:
@@ -161,19 +257,43 @@ def _metric_row(key, role, metric, value, name, version, estimator) -> dict:
         "key": key,
         "model_role": role,
         "metric": metric,
-        "value": None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value),
+        "value": _defined(value),
         "model_name": name,
-        "model_version": int(version),
+        "model_version": version,
         "estimator": estimator,
     }
 
 
-def _frame(parts: list[pl.DataFrame], common: dict, extra: dict) -> pl.DataFrame:
+def _defined(value: Any) -> float | None:
+    """A metric value as a float; None when undefined (None, NaN, or not a number at all)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def _predictions(run: StageRun, key: str, label: str, state: dict | None) -> tuple[pl.DataFrame | None, str | None]:
+    """(this key's prediction rows in the table's types, None), or (None, why they cannot be
+    published): one unreadable file fails its own key, never the batch."""
+    if not state or state["status"] != "ok":
+        return None, None
+    path = run.lake.key_path("predictions", run.spec.name, key, ".parquet")
+    if not path.exists():
+        return None, "predictions file missing from the lake"
+    schema = W.polars_schema(W.predictions)
+    try:
+        frame = run.lake.read_parquet(path)
+        frame = frame.with_columns(pl.lit(key).alias("key"), pl.lit(label).alias("key_label"))
+        return frame.select([pl.col(c).cast(schema[c]) for c in frame.columns if c in schema]), None
+    except Exception as exc:
+        return None, f"predictions file cannot be published: {type(exc).__name__}: {exc}"[:2000]
+
+
+def _predictions_frame(parts: list[pl.DataFrame], common: dict, run_id: str, now: dt.datetime) -> pl.DataFrame:
+    schema = W.polars_schema(W.predictions)
     if not parts:
-        return pl.DataFrame()
+        return pl.DataFrame(schema=schema)
     frame = pl.concat(parts, how="diagonal_relaxed")
-    return frame.with_columns([pl.lit(v).alias(k) for k, v in {**common, **extra}.items()])
-
-
-def _ts(value: str | None) -> dt.datetime | None:
-    return dt.datetime.fromisoformat(value).replace(tzinfo=None) if value else None
+    fixed = {**common, "dagster_run_id": run_id, "published_at": now}
+    return frame.with_columns([pl.lit(v, dtype=schema[k]).alias(k) for k, v in fixed.items()])

@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import io
+import math
+import numbers
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -99,6 +102,12 @@ key_status = sa.Table(
     sa.Column("reason", LONG_TEXT, nullable=True),
     sa.Column("dagster_run_id", Ascii(64), nullable=True),
     sa.Column("updated_at", TIMESTAMP, nullable=True),
+    # rows the stage received, kept, removed and folded into other rows (rows_in = out + dropped + merged)
+    sa.Column("rows_in", sa.Integer, nullable=True),
+    sa.Column("rows_out", sa.Integer, nullable=True),
+    sa.Column("rows_dropped", sa.Integer, nullable=True),
+    sa.Column("rows_merged", sa.Integer, nullable=True),
+    sa.Column("drop_detail", LONG_TEXT, nullable=True),  # "reason: n; reason: n"
     sa.PrimaryKeyConstraint("use_case", "key", "run_date", "stage"),
 )
 
@@ -152,16 +161,44 @@ run_summary = sa.Table(
     sa.Column("metric_p50", DOUBLE, nullable=True),
     sa.Column("metric_p90", DOUBLE, nullable=True),
     sa.Column("published_at", TIMESTAMP, nullable=False),
+    # what ingest saw in the landing zone, and where the run stopped (NULL: it did not stop)
+    sa.Column("rows_landed", sa.BigInteger, nullable=True),
+    sa.Column("rows_dropped", sa.BigInteger, nullable=True),
+    sa.Column("rows_merged", sa.BigInteger, nullable=True),
+    sa.Column("files_rejected", sa.Integer, nullable=True),
+    sa.Column("stopped_at_stage", Ascii(32), nullable=True),
+    sa.Column("stop_reason", LONG_TEXT, nullable=True),
     sa.PrimaryKeyConstraint("use_case", "run_date", "dagster_run_id"),
+)
+
+# One row per key column of every published key (``core.keys.decode_key``), so BI can slice by
+# store or brand without parsing labels. A key's values never change (the encoded key is made
+# of them), so the rows of a key are replaced whenever it is published, whatever the run date.
+key_columns = sa.Table(
+    "key_columns",
+    metadata,
+    sa.Column("use_case", Ascii(64), nullable=False),
+    sa.Column("key", Ascii(512), nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),  # 0-based, in the order of the use case's `keys`
+    sa.Column("column_name", Unicode(256), nullable=False),
+    sa.Column("value", Unicode(1024), nullable=False),
+    sa.PrimaryKeyConstraint("use_case", "key", "position"),
 )
 
 # The newest migration (migrations/versions/). Bump it with every new revision; a test checks
 # that it is Alembic's head. It only spares ensure_schema() the Alembic import when at head.
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 
 PER_KEY_TABLES = (predictions, key_metrics, key_status)
 HISTORY_TABLES = (promotion_history, run_summary)
 SNAPSHOT_TABLES = (model_family,)
+KEY_TABLES = (key_columns,)  # per key, whatever the run date
+
+# The per-use-case wide key table (``keys_<use case>``) is not in ``metadata``: its columns
+# come from the use case. Its name, and every name of ``key_table_columns``, fits PostgreSQL's
+# 63-byte identifiers.
+KEY_TABLE_PREFIX = "keys_"
+_MAX_IDENTIFIER_BYTES = 63
 
 # Keys per DELETE ... IN (...): SQL Server accepts at most 2,100 parameters per statement.
 _DELETE_CHUNK = 500
@@ -196,6 +233,7 @@ class WriteStep:
     table: sa.Table
     deletes: tuple[sa.Delete, ...]
     frame: pl.DataFrame | None
+    ensure_table: bool = False  # a table outside the migrations (keys_<use case>): create it first
 
 
 class Warehouse:
@@ -287,6 +325,8 @@ class Warehouse:
     def _write(self, steps: Sequence[WriteStep]) -> None:
         with self.connect() as conn, conn.begin():
             for step in steps:
+                if step.ensure_table:
+                    _ensure_table(conn, step.table)
                 for statement in step.deletes:
                     conn.execute(statement)
                 if step.frame is not None and step.frame.height:
@@ -363,10 +403,119 @@ class Warehouse:
         with self.connect() as conn:
             result = conn.execute(sa.text(sql), params)
             rows = result.fetchall()
-            return pl.DataFrame([tuple(r) for r in rows], schema=list(result.keys()), orient="row")
+            # types from every row, not the first 100 (a reason that is NULL on the first keys)
+            return pl.DataFrame(
+                [tuple(r) for r in rows], schema=list(result.keys()), orient="row", infer_schema_length=None
+            )
 
     def table_names(self) -> Iterable[str]:
         return sa.inspect(self.engine).get_table_names()
+
+
+# -- frames: every frame that reaches a table has the table's own types ------------------------
+
+
+def polars_schema(table: sa.Table) -> dict[str, pl.DataType]:
+    """The polars type of each column of ``table``: the one place frames get their schema from.
+
+    Frames built from Python records must not let polars guess from the first rows (a reason or
+    a metric that is NULL in the first 100 rows made it guess wrong and crash a publish).
+    """
+    return {c.name: _polars_type(c.type) for c in table.columns}
+
+
+def _polars_type(kind: sa.types.TypeEngine) -> pl.DataType:
+    if isinstance(kind, sa.Integer):  # BigInteger included; the database checks the range
+        return pl.Int64()
+    if isinstance(kind, sa.Float):  # Double
+        return pl.Float64()
+    if isinstance(kind, sa.DateTime):
+        return pl.Datetime("us")
+    if isinstance(kind, sa.Date):
+        return pl.Date()
+    if isinstance(kind, sa.String):  # Unicode, Text
+        return pl.Utf8()
+    raise TypeError(f"no polars type for {kind!r}")
+
+
+def records_frame(table: sa.Table, rows: Iterable[Mapping[str, Any]], **fixed: Any) -> pl.DataFrame:
+    """A frame of ``table``'s columns from Python records, each value coerced to its column's type.
+
+    Text columns take any value (as ``str``), numbers may be ints, floats, numpy scalars, None or
+    NaN, timestamps may be ISO text or aware datetimes (stored as naive UTC). ``fixed`` gives
+    columns one value for every row. A value that cannot be read as its type becomes NULL.
+    """
+    schema = polars_schema(table)
+    coerce = {name: _COERCE[type(dtype)] for name, dtype in schema.items()}
+    columns: dict[str, list] = {name: [] for name in schema}
+    for row in rows:
+        for name, values in columns.items():
+            values.append(coerce[name](fixed[name] if name in fixed else row.get(name)))
+    return pl.DataFrame(columns, schema=schema)
+
+
+def _to_text(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def _to_int(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, numbers.Integral):  # bool, int, numpy integers
+        return int(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return round(number) if math.isfinite(number) else None
+
+
+def _to_float(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)  # NaN and infinity stay (SQL Server stores them as NULL)
+    except (TypeError, ValueError):
+        return None
+
+
+def _to_datetime(value: Any) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    elif not isinstance(value, dt.datetime) and isinstance(value, dt.date):
+        value = dt.datetime.combine(value, dt.time())
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value
+
+
+def _to_date(value: Any) -> dt.date | None:
+    return None if value is None else _as_date(value)
+
+
+_COERCE = {
+    pl.Utf8: _to_text,
+    pl.String: _to_text,
+    pl.Int64: _to_int,
+    pl.Float64: _to_float,
+    pl.Datetime: _to_datetime,
+    pl.Date: _to_date,
+}
+
+
+def _ensure_table(conn: sa.Connection, table: sa.Table) -> None:
+    """Create ``table``, or drop and recreate it when its columns differ (the use case's key
+    columns changed), inside the write's transaction."""
+    if sa.inspect(conn).has_table(table.name):
+        probe = sa.select(sa.text("*")).select_from(table).where(sa.false())
+        if list(conn.execute(probe).keys()) == [c.name for c in table.columns]:
+            return
+        table.drop(conn)
+    table.create(conn)
 
 
 # -- write plans: the statements a write issues, checked before anything is written ---------
@@ -379,35 +528,31 @@ def plan_replace_keys(
     frames: Mapping[str, pl.DataFrame],
     append: Mapping[str, pl.DataFrame] | None = None,
 ) -> list[WriteStep]:
-    """The deletes and loads of :meth:`Warehouse.replace_keys`, in execution order."""
+    """The deletes and loads of :meth:`Warehouse.replace_keys`, in execution order.
+
+    ``frames`` may hold ``key_columns`` (one row per key column of each key): its rows replace
+    the keys' rows whatever the run date, and the use case's wide table ``keys_<use case>`` is
+    built from them and replaced the same way (created, or rebuilt when the key columns changed).
+    """
     run_date = _as_date(run_date)
     keys = list(dict.fromkeys(keys))
-    unknown = set(frames) - {t.name for t in PER_KEY_TABLES}
+    unknown = set(frames) - {t.name for t in (*PER_KEY_TABLES, *KEY_TABLES)}
     unknown |= set(append or {}) - {t.name for t in HISTORY_TABLES}
     if unknown:
         raise ValueError(f"not a table this write can replace: {sorted(unknown)}")
     scope = {"use_case": use_case, "run_date": run_date}
     steps = []
     for table in PER_KEY_TABLES:
-        deletes = tuple(
-            table.delete().where(
-                table.c.use_case == use_case,
-                table.c.run_date == run_date,
-                table.c.key.in_(keys[i : i + _DELETE_CHUNK]),
-            )
-            for i in range(0, len(keys), _DELETE_CHUNK)
-        )
         frame = _prepare(table, frames.get(table.name), scope)
+        _refuse_outside(table, frame, keys, use_case, run_date)
+        steps.append(WriteStep(table, _delete_keys(table, keys, use_case=use_case, run_date=run_date), frame))
+    if "key_columns" in frames and keys:
+        frame = _prepare(key_columns, frames["key_columns"], {"use_case": use_case})
+        _refuse_outside(key_columns, frame, keys, use_case)
+        steps.append(WriteStep(key_columns, _delete_keys(key_columns, keys, use_case=use_case), frame))
         if frame is not None:
-            outside = frame.filter(
-                (pl.col("use_case") != use_case) | (pl.col("run_date") != run_date) | ~pl.col("key").is_in(keys)
-            )
-            if outside.height:
-                raise ValueError(
-                    f"{table.name}: {outside.height} rows outside ({use_case!r}, {run_date}, the given keys), "
-                    f"e.g. key {outside['key'][0]!r}: they would not be replaced on a rerun"
-                )
-        steps.append(WriteStep(table, deletes, frame))
+            wide, wide_frame = key_table_frame(use_case, frame)
+            steps.append(WriteStep(wide, _delete_keys(wide, keys), wide_frame, ensure_table=True))
     for name, raw in (append or {}).items():
         table = metadata.tables[name]
         frame = _prepare(table, raw, {"use_case": use_case})
@@ -417,6 +562,101 @@ def plan_replace_keys(
             raise ValueError(f"{name}: rows of another use case than {use_case!r}")
         steps.append(WriteStep(table, tuple(_delete_primary_keys(table, frame)), frame))
     return steps
+
+
+def _delete_keys(table: sa.Table, keys: Sequence[str], **fixed: Any) -> tuple[sa.Delete, ...]:
+    """DELETEs of these keys' rows (and ``fixed`` column values), 500 keys per statement."""
+    where = [table.c[c] == v for c, v in fixed.items()]
+    return tuple(
+        table.delete().where(*where, table.c.key.in_(keys[i : i + _DELETE_CHUNK]))
+        for i in range(0, len(keys), _DELETE_CHUNK)
+    )
+
+
+def _refuse_outside(
+    table: sa.Table, frame: pl.DataFrame | None, keys: Sequence[str], use_case: str, run_date: dt.date | None = None
+) -> None:
+    """Rows outside the replaced slice would survive a rerun as duplicates: refuse them."""
+    if frame is None:
+        return
+    outside = (pl.col("use_case") != use_case) | ~pl.col("key").is_in(list(keys))
+    if run_date is not None:
+        outside = outside | (pl.col("run_date") != run_date)
+    bad = frame.filter(outside)
+    if bad.height:
+        scope = f"({use_case!r}, {run_date}, the given keys)" if run_date else f"({use_case!r}, the given keys)"
+        raise ValueError(
+            f"{table.name}: {bad.height} rows outside {scope}, e.g. key {bad['key'][0]!r}: "
+            "they would not be replaced on a rerun"
+        )
+
+
+# -- the per-use-case key table ---------------------------------------------------------------
+
+
+def key_table_name(use_case: str) -> str:
+    """``keys_<use case>``; a name too long for PostgreSQL ends in a hash of the use case instead."""
+    name = f"{KEY_TABLE_PREFIX}{use_case}"
+    if len(name) <= _MAX_IDENTIFIER_BYTES:
+        return name
+    digest = hashlib.sha1(use_case.encode()).hexdigest()[:8]
+    return f"{name[: _MAX_IDENTIFIER_BYTES - 9]}_{digest}"
+
+
+def key_table_columns(names: Sequence[str]) -> list[str]:
+    """The SQL column of each key column: its name as in the source, quoted by SQLAlchemy.
+
+    A name that clashes with ``key``/``key_label`` or an earlier column (case-insensitively, as
+    DuckDB and SQL Server compare names) gets ``_<position>`` (1-based) appended; a name longer
+    than 63 bytes is cut to fit first.
+    """
+    taken = {"key", "key_label"}
+    out = []
+    for position, name in enumerate(names, start=1):
+        column = _fit_identifier(name)
+        if not column.strip() or column.casefold() in taken:
+            column = _fit_identifier(name, f"_{position}")
+        if column.casefold() in taken:
+            column = f"key_column_{position}"
+        taken.add(column.casefold())
+        out.append(column)
+    return out
+
+
+def _fit_identifier(name: str, suffix: str = "") -> str:
+    room = _MAX_IDENTIFIER_BYTES - len(suffix.encode())
+    return name.encode()[:room].decode(errors="ignore") + suffix
+
+
+def key_table(use_case: str, names: Sequence[str]) -> sa.Table:
+    """The wide key table of a use case: ``key``, ``key_label`` and one text column per key column."""
+    name = key_table_name(use_case)
+    return sa.Table(
+        name,
+        sa.MetaData(),
+        sa.Column("key", Ascii(512), nullable=False),
+        sa.Column("key_label", Unicode(1024), nullable=False),
+        *[sa.Column(c, Unicode(1024), nullable=False) for c in key_table_columns(names)],
+        sa.PrimaryKeyConstraint("key", name=f"pk_{name}"[:_MAX_IDENTIFIER_BYTES]),
+    )
+
+
+def key_table_frame(use_case: str, long: pl.DataFrame) -> tuple[sa.Table, pl.DataFrame]:
+    """(``keys_<use case>``, its rows) from ``key_columns`` rows: one row per key."""
+    long = long.sort("key", "position")
+    names = long.filter(pl.col("key") == long["key"][0])["column_name"].to_list()
+    table = key_table(use_case, names)
+    columns = [c.name for c in table.columns][2:]
+    rows = []
+    for (key,), part in long.group_by("key", maintain_order=True):
+        if part["column_name"].to_list() != names:
+            raise ValueError(
+                f"key_columns: key {key!r} has key columns {part['column_name'].to_list()}, others {names}"
+            )
+        values = part["value"].to_list()
+        label = ", ".join(f"{n}={v}" for n, v in zip(names, values, strict=True))
+        rows.append({"key": key, "key_label": label, **dict(zip(columns, values, strict=True))})
+    return table, records_frame(table, rows)
 
 
 def plan_replace_use_case(table_name: str, use_case: str, frame: pl.DataFrame) -> list[WriteStep]:
@@ -436,7 +676,8 @@ def insert_statement(table: sa.Table) -> sa.Insert:
 
 
 def _prepare(table: sa.Table, frame: pl.DataFrame | None, defaults: dict[str, Any]) -> pl.DataFrame | None:
-    """The frame's columns in table order, timestamps as naive UTC; rejects duplicate primary keys."""
+    """The frame's columns in table order and types (:func:`polars_schema`), timestamps as naive
+    UTC; rejects duplicate primary keys."""
     if frame is None or frame.height == 0:
         return None
     missing = {k: v for k, v in defaults.items() if k not in frame.columns}
@@ -446,12 +687,13 @@ def _prepare(table: sa.Table, frame: pl.DataFrame | None, defaults: dict[str, An
     if absent:
         raise ValueError(f"{table.name}: frame lacks columns {absent}")
     frame = frame.select([c.name for c in table.columns])
+    want = polars_schema(table)
     fixes = []
     for name, dtype in frame.schema.items():
         if isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:
-            fixes.append(pl.col(name).dt.convert_time_zone("UTC").dt.replace_time_zone(None))
-        elif isinstance(table.c[name].type, sa.Date) and not isinstance(dtype, pl.Date):
-            fixes.append(pl.col(name).cast(pl.Date))
+            fixes.append(pl.col(name).dt.convert_time_zone("UTC").dt.replace_time_zone(None).cast(want[name]))
+        elif dtype != want[name]:
+            fixes.append(pl.col(name).cast(want[name]))
     if fixes:
         frame = frame.with_columns(fixes)
     pk = [c.name for c in table.primary_key.columns]

@@ -15,7 +15,7 @@ from pathlib import Path
 from alembic import context
 
 from many_models_platform.storage.migrations import serialise_upgrades, synapse_ddl
-from many_models_platform.storage.warehouse import create_warehouse_engine, metadata
+from many_models_platform.storage.warehouse import KEY_TABLE_PREFIX, create_warehouse_engine, metadata
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("connection") is None:
@@ -46,8 +46,14 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def include_name(name, type_, parent_names) -> bool:
+    """Autogenerate leaves the per-use-case key tables (``keys_<use case>``) alone: the
+    publisher makes them from each use case's key columns, outside the migrations."""
+    return not (type_ == "table" and name and name.startswith(KEY_TABLE_PREFIX))
+
+
 def run_on(connection) -> None:
-    context.configure(connection=connection, target_metadata=metadata, compare_type=True)
+    context.configure(connection=connection, target_metadata=metadata, compare_type=True, include_name=include_name)
     # A connection already in a transaction (Warehouse's) keeps it: Alembic then neither
     # begins nor commits, and the caller commits the whole upgrade at once.
     with context.begin_transaction():
