@@ -39,8 +39,9 @@ from .resources import PlatformResource
 RUN_DATE_TAG = "mmp/run_date"
 
 DESCRIPTIONS = {
-    "raw": "Landing-zone files of this key, deduplicated, as bronze Parquet in the lake. "
-    "Malformed files go to quarantine/ with a reason.",
+    "raw": "Landing-zone rows of this key, cleaned and counted (time column normalised, bad targets dropped, "
+    "duplicates resolved by the use case's policy), as bronze Parquet in the lake. Landing files are never "
+    "moved; files this use case cannot read are listed as rejected with a reason.",
     "training_set": "Features (lags, calendar) and the time-aware holdout split for this key.",
     "model": "Every candidate estimator fitted; the best on the holdout is registered in the "
     "candidate MLflow registry with use case, key and data-fingerprint tags.",
@@ -203,8 +204,6 @@ def _log_run_report(context: AssetExecutionContext, spec: UseCaseSpec, report: S
         if worst:
             rows = "\n".join(f"| {w['key']} | {w['value']:.4g} |" for w in worst)
             md["worst_keys"] = MetadataValue.md(f"| key | {spec.metric} |\n|---|---|\n{rows}")
-    if report.summary.get("quarantined"):
-        md["quarantined"] = MetadataValue.json(report.summary["quarantined"])
     for name, columns in FILE_TABLES.items():
         if report.summary.get(name):
             md[name] = MetadataValue.md(_file_table(report.summary[name], columns))
