@@ -92,17 +92,32 @@ def test_a_declared_frequency_wins_and_inapplicable_calendar_features_are_skippe
     assert off.columns == ["t", "y", "x1", F.SPLIT]
 
 
-def test_spacing_without_a_named_frequency_fails_the_key_until_frequency_is_set():
+def test_a_regular_step_without_a_name_is_a_period_of_its_own():
     times = [date(2025, 1, 1) + timedelta(days=10 * i) for i in range(N)]
-    with pytest.raises(F.KeyDataError, match=r"most common gap is 10 days.*set 'frequency'"):
-        F.build_training_set(_regression(), _frame(times, pl.Date))
-    prepared = F.prepare_training_set(_regression(frequency="daily"), _frame(times, pl.Date))
-    assert prepared.frequency == "daily"
-    assert "irregular_gaps" not in prepared.info()  # 10 days is a whole number of days
+    prepared = F.prepare_training_set(_regression(), _frame(times, pl.Date))
+    # every 10 days: the calendar features of the nearest named frequency below it (weekly: month)
+    assert prepared.frequency == "every 10 days"
+    assert [c for c in prepared.frame.columns if c.startswith("cal_")] == ["cal_month"]
+    assert "irregular_gaps" not in prepared.info()
+    declared = F.prepare_training_set(_regression(frequency="daily"), _frame(times, pl.Date))
+    assert declared.frequency == "daily"
+    assert "irregular_gaps" not in declared.info()  # 10 days is a whole number of days
     # a calendar list needs no frequency: events at odd spacing still get exactly those columns
     listed = F.prepare_training_set(_regression(calendar_features=["dayofweek"]), _frame(times, pl.Date))
-    assert listed.frequency is None
     assert listed.frame["cal_dayofweek"].to_list() == [float(t.isoweekday()) for t in listed.frame["t"]]
+
+
+def test_inconsistent_spacing_fails_where_periods_are_counted_and_not_for_events():
+    # gaps of 3, 4 and 5 days in turn: no step fits most of them
+    times, day = [], date(2025, 1, 1)
+    for i in range(N):
+        times.append(day)
+        day += timedelta(days=3 + i % 3)
+    with pytest.raises(F.KeyDataError, match=r"gaps are inconsistent.*set 'frequency'"):
+        F.build_training_set(_regression(holdout={"periods": 4}), _frame(times, pl.Date))
+    events = F.prepare_training_set(_regression(), _frame(times, pl.Date))
+    assert events.info()["irregular_gaps"] > 0
+    assert [c for c in events.frame.columns if c.startswith("cal_")] == ["cal_dayofweek", "cal_dayofyear"]
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,25 @@ class Period:
             return "period"
         return next((name for name, p in FREQUENCY_PERIODS.items() if p == self), None)
 
+    @property
+    def calendar_frequency(self) -> str | None:
+        """The frequency whose calendar features this period gets: its own name, else the
+        nearest named frequency at or below its step (3 hours -> hourly, 2 days -> daily,
+        10 days -> weekly, 2 months -> monthly, 6 months -> quarterly)."""
+        if self.frequency or self.int_step:
+            return self.frequency
+        if self.months:
+            return "quarterly" if self.months >= 3 else "monthly"
+        for name in ("weekly", "daily", "hourly"):
+            if self.step >= FREQUENCY_PERIODS[name].step:
+                return name
+        return "hourly"  # below an hour: hour of day and day of week still describe the rows
+
+    @property
+    def name(self) -> str:
+        """What reports show: the frequency's name, or the step itself (e.g. '3 hours')."""
+        return self.frequency or f"every {self.describe()}"
+
     def _offset(self, k: int) -> str:
         if self.months:
             return f"{k * self.months}mo"
@@ -159,6 +178,12 @@ def infer_period(times: pl.Series) -> Period | None:
     return Period(step=dt.timedelta(microseconds=step))
 
 
+def _mostly_irregular(period: Period, times: pl.Series) -> bool:
+    """True when more than half of the gaps are not a whole number of the modal step."""
+    gaps = len(_gaps(times))
+    return gaps > 0 and period.irregular_gaps(times) * 2 > gaps
+
+
 def _is_temporal(dtype: pl.DataType | None) -> bool:
     return dtype is not None and dtype.is_temporal()
 
@@ -166,8 +191,9 @@ def _is_temporal(dtype: pl.DataType | None) -> bool:
 def key_period(spec: UseCaseSpec, times: pl.Series) -> Period | None:
     """The key's period: from the declared ``frequency``, else inferred from its time values.
 
-    Raises KeyDataError when the period is needed (forecasts, ``holdout.periods``, calendar
-    features on dates) and cannot be told: inconsistent spacing is reported, never guessed.
+    Raises KeyDataError when lags, horizons or a period holdout need an exact period and the
+    spacing is inconsistent (reported, never guessed). A regular step without a name (3 hours)
+    is a period of its own; its calendar features are those of the nearest named frequency.
     """
     if not spec.time_column:
         return None
@@ -199,10 +225,14 @@ def key_period(spec: UseCaseSpec, times: pl.Series) -> Period | None:
         if needed:
             raise KeyDataError("cannot infer the period length from a single time value")
         return None
-    if inferred.frequency is None and needed:
+    # Periods must be exact where lags, horizons and period holdouts count them. Event data
+    # (regression, classification, anomaly) only takes calendar features from them: irregular
+    # event times get those of the nearest frequency at or below their most common gap.
+    exact = spec.task == "forecast" or spec.holdout.periods is not None
+    if inferred.frequency is None and exact and _mostly_irregular(inferred, times):
         raise KeyDataError(
-            f"cannot tell the frequency of {t!r}: its most common gap is {inferred.describe()}, which is not "
-            "hourly, daily, weekly, monthly, quarterly or yearly; set 'frequency' in the use case"
+            f"cannot tell the frequency of {t!r}: its gaps are inconsistent (the most common is "
+            f"{inferred.describe()}, and most gaps are not a whole number of it); set 'frequency' in the use case"
         )
     return inferred
 
@@ -286,7 +316,7 @@ def make_features(
         exprs += [pl.lit(None, dtype=pl.Float64).alias(f"lag_{lag}") for lag in spec.lags]
     dtype = frame.schema[t]
     if calendar is None:
-        calendar = calendar_names(spec, dtype, period.frequency if period else None)
+        calendar = calendar_names(spec, dtype, period.calendar_frequency if period else None)
     if _is_temporal(dtype):
         exprs += [_calendar_expr(t, name, dtype) for name in calendar]
     if spec.task == "forecast" and spec.wants_calendar:
@@ -402,9 +432,9 @@ def prepare_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> TrainingSet
         )
     if spec.task == "classification" and frame.filter(pl.col(SPLIT) == TRAIN)[y].n_unique() < 2:
         raise KeyDataError("the training split holds a single class")
-    frequency = period.frequency if period else None
+    frequency = period.name if period else None
     keep = [c for c in (t, y) if c]
-    keep += feature_columns(spec, frame.schema.get(t) if t else None, frequency)
+    keep += feature_columns(spec, frame.schema.get(t) if t else None, period.calendar_frequency if period else None)
     return TrainingSet(
         frame=frame.select([*dict.fromkeys(keep), SPLIT]),
         rows_in=rows_in,
