@@ -203,7 +203,7 @@ def test_error_policy_fails_only_the_key_with_duplicates():
     (reason,) = res.failures.values()
     assert list(res.failures) == [("s1", "b")]
     assert "1 row(s) repeat a (store, brand, week_start)" in reason and "landing/x/a.csv" in reason
-    assert "week_start=2024-01-01" in reason and "keep, last, first, sum, mean" in reason
+    assert "week_start=2024-01-01" in reason and "one of last, first, sum, mean" in reason  # no keep for forecasts
     assert counts_of(res) == {("s1", "key failed: duplicate (key, time)", "dropped"): 3}
 
 

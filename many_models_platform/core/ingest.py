@@ -380,7 +380,7 @@ def _apply_policy(
         failures[tuple(row[k] for k in keys)] = (
             f"{row['n']} row(s) repeat a ({', '.join(keys)}, {time}) of an earlier row in the same landing file "
             f"({where}), e.g. {time}={row['example']}; the duplicates policy is 'error': set 'duplicates' to one "
-            f"of {', '.join(POLICIES)}"
+            f"of {', '.join(p for p in POLICIES if p != 'keep' or spec.task != 'forecast')}"
         )
     failing = per_key.select(keys)
     dropped = _count(data.join(failing, on=keys, how="semi"), keys, "key failed: duplicate (key, time)", "dropped")
