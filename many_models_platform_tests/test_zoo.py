@@ -1,0 +1,403 @@
+"""The real-data zoo: shapes of public panels as users export them, each run by configuration alone
+through `mmp run`, with its expected outcome and every dropped or merged row asserted.
+
+The data is generated here (the team has no real files), shaped like what broke before:
+integer and two-digit years, ISO text timestamps in Parquet, events sharing timestamps, text
+categories, zero-padded ids, constant-zero keys, NaN and inf targets, 220 keys whose first
+failures sort late, duplicate periods under each policy, one file read by two use cases, and a
+count target near zero.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+RIDGE = {"name": "ridge", "estimator": "sklearn.linear_model.Ridge", "params": {"alpha": 1.0}}
+LINEAR = {"name": "linear", "estimator": "sklearn.linear_model.LinearRegression"}
+LGBM = {
+    "name": "lightgbm",
+    "estimator": "lightgbm.LGBMRegressor",
+    "params": {"n_estimators": 20, "num_leaves": 7, "min_child_samples": 3, "n_jobs": 1},
+}
+
+
+def mmp(*args: str, home: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MMP_", "DAGSTER_HOME"))}
+    env.update({"MMP_HOME": str(home), "COLUMNS": "240"})
+    return subprocess.run(
+        [sys.executable, "-m", "many_models_platform.cli", *args], env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+# --- the datasets -------------------------------------------------------------------------------
+def county_panel(rng: np.random.Generator) -> pl.DataFrame:
+    """~2,200 counties in real life, 220 here: zero-padded FIPS ids, integer years, a count
+    target; keys 160.. (sorting after the first 150) are constant zero, and one key has a NaN
+    and an inf count that must be dropped and counted."""
+    rows = []
+    for i in range(220):
+        fips = f"{i + 1:05d}"  # "00001" .. "00220": must not become 1 .. 220
+        level = rng.uniform(2, 40)
+        for year in range(1980, 2017):
+            murders = 0.0 if i >= 160 else float(max(0, round(level + 0.3 * (year - 1980) + rng.normal(0, 2))))
+            rows.append({"fips": fips, "year": year, "population": 1000.0 + i + year, "murders": murders})
+    frame = pl.DataFrame(
+        rows, schema={"fips": pl.Utf8, "year": pl.Int64, "population": pl.Float64, "murders": pl.Float64}
+    )
+    # "0012" vs "12": a second id that only differs by its leading zeros is another county
+    extra = frame.filter(pl.col("fips") == "00012").with_columns(pl.lit("12").alias("fips"), pl.col("murders") + 1)
+    bad = frame.filter(pl.col("fips") == "00003").with_columns(
+        pl.when(pl.col("year") == 1990)
+        .then(float("nan"))
+        .when(pl.col("year") == 1991)
+        .then(float("inf"))
+        .otherwise(pl.col("murders"))
+        .alias("murders")
+    )
+    return pl.concat([frame.filter(pl.col("fips") != "00003"), bad, extra])
+
+
+def two_digit_years(rng: np.random.Generator) -> pl.DataFrame:
+    rows = [
+        {"state": s, "yr": y, "income": float(30 + y + rng.normal()), "crime_rate": float(50 + 0.5 * y + rng.normal())}
+        for s in ("AL", "AK", "AZ", "AR")
+        for y in range(63, 93)
+    ]
+    return pl.DataFrame(rows)
+
+
+def daily_iso_parquet(rng: np.random.Generator) -> pl.DataFrame:
+    """Daily series per state with ISO-8601 *text* timestamps, as some Parquet exports store them."""
+    start = datetime(2020, 3, 1)
+    rows = []
+    for s in ("NY", "CA", "TX"):
+        for d in range(120):
+            t = start + timedelta(days=d)
+            weekly = 10 if t.weekday() >= 5 else 0
+            rows.append(
+                {"state": s, "date": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "cases": float(100 + d + weekly + rng.normal())}
+            )
+    return pl.DataFrame(rows, schema={"state": pl.Utf8, "date": pl.Utf8, "cases": pl.Float64})
+
+
+def flights(rng: np.random.Generator) -> pl.DataFrame:
+    """Flight records per route: many share a departure hour; carrier and weekday are text."""
+    carriers = ["UA", "AA", "DL", "B6"]
+    rows = []
+    for route in ("EWR-LAX", "JFK-SFO", "LGA-ORD"):
+        for h in range(60):
+            t = datetime(2013, 1, 1, 6) + timedelta(hours=3 * h)
+            for _ in range(3):  # three flights leave in the same hour
+                carrier = carriers[int(rng.integers(0, 4))]
+                effect = {"UA": 5.0, "AA": -3.0, "DL": 0.0, "B6": 12.0}[carrier]
+                rows.append(
+                    {
+                        "route": route,
+                        "time_hour": t,
+                        "carrier": carrier,
+                        "weekday": t.strftime("%A"),
+                        "distance": 2000.0 + rng.normal(0, 5),
+                        "dep_delay": effect + rng.normal(0, 1),
+                    }
+                )
+    return pl.DataFrame(rows)
+
+
+def weekly_with_duplicates(rng: np.random.Generator) -> pl.DataFrame:
+    """Weekly sales per shop where week 10 appears twice in the same file (two tills)."""
+    rows = []
+    for shop in ("s1", "s2"):
+        for w in range(60):
+            day = date(2022, 1, 3) + timedelta(weeks=w)
+            rows.append({"shop": shop, "week": day, "price": 2.0 + 0.01 * w, "sales": float(50 + w + rng.normal())})
+            if w == 10:
+                rows.append({"shop": shop, "week": day, "price": 2.0, "sales": 7.0})
+    return pl.DataFrame(rows)
+
+
+def counts_near_zero(rng: np.random.Generator) -> pl.DataFrame:
+    """Weekly counts that fall toward zero: a linear trend extrapolates below it."""
+    rows = []
+    for k in ("a", "b"):
+        for w in range(50):
+            rows.append({"site": k, "week": date(2021, 1, 4) + timedelta(weeks=w), "visits": float(max(0, 40 - w))})
+    return pl.DataFrame(rows)
+
+
+def forecast_case(source: str, keys: list[str], time: str, target: str, **extra) -> dict:
+    body = {
+        "task": "forecast",
+        "source": {"path": source},
+        "keys": keys,
+        "time_column": time,
+        "target": target,
+        "holdout": {"periods": 3},
+        "horizon": 3,
+        "metric": "rmse",
+        "min_rows": 10,
+        "candidates": [RIDGE],
+    }
+    body.update(extra)
+    return body
+
+
+ZOO = {
+    "counties": forecast_case(
+        "landing/counties/*.csv",
+        ["fips"],
+        "year",
+        "murders",
+        features=["population"],
+        lags=[3],
+        non_negative_target=True,
+        promotion={},
+    ),
+    "two_digit": forecast_case(
+        "landing/two_digit/*.csv", ["state"], "yr", "crime_rate", features=["income"], time_format="%y"
+    ),
+    "daily_iso": forecast_case("landing/daily/*.parquet", ["state"], "date", "cases", lags=[7], holdout={"periods": 7}),
+    "flights": {
+        "task": "regression",
+        "source": {"path": "landing/flights/*.csv"},
+        "keys": ["route"],
+        "time_column": "time_hour",
+        "target": "dep_delay",
+        "features": ["distance"],
+        "categorical_features": ["carrier", "weekday"],
+        "holdout": {"fraction": 0.2},
+        "metric": "mae",
+        "min_rows": 20,
+        "candidates": [LINEAR, LGBM],
+    },
+    **{
+        f"dup_{policy}": forecast_case(
+            f"landing/dup_{policy}/*.csv", ["shop"], "week", "sales", features=["price"], duplicates=policy
+        )
+        for policy in ("sum", "mean", "last", "first", "error")
+    },
+    "counts": forecast_case(
+        "landing/counts/*.csv", ["site"], "week", "visits", non_negative_target=True, candidates=[LINEAR]
+    ),
+}
+# The same county file read by a second use case that needs a column the file does not have.
+REJECTING = {
+    "counties_by_party": forecast_case("landing/counties/*.csv", ["fips"], "year", "murders", features=["party"])
+}
+
+
+@dataclass
+class Zoo:
+    home: Path
+    landing: Path
+    data: dict[str, pl.DataFrame]
+    run: subprocess.CompletedProcess
+    rejecting: subprocess.CompletedProcess
+
+    def sql(self, query: str, *params) -> list[tuple]:
+        con = duckdb.connect(str(self.home / "warehouse" / "warehouse.duckdb"), read_only=True)
+        try:
+            return con.execute(query, list(params)).fetchall()
+        finally:
+            con.close()
+
+    def bronze(self, use_case: str) -> pl.DataFrame:
+        files = sorted((self.home / "lake" / "bronze" / use_case).glob("*.parquet"))
+        return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> Zoo:
+    rng = np.random.default_rng(7)
+    home = tmp_path_factory.mktemp("zoo")
+    landing = home / "lake" / "landing"
+    data = {
+        "counties": county_panel(rng),
+        "two_digit": two_digit_years(rng),
+        "daily": daily_iso_parquet(rng),
+        "flights": flights(rng),
+        "dup": weekly_with_duplicates(rng),
+        "counts": counts_near_zero(rng),
+    }
+    for folder, frame in data.items():
+        if folder == "dup":
+            for policy in ("sum", "mean", "last", "first", "error"):
+                (landing / f"dup_{policy}").mkdir(parents=True)
+                frame.write_csv(landing / f"dup_{policy}" / "sales.csv")
+            continue
+        (landing / folder).mkdir(parents=True)
+        if folder == "daily":
+            frame.write_parquet(landing / folder / "cases.parquet")
+        else:
+            frame.write_csv(landing / folder / f"{folder}.csv")
+    config = home / "zoo.yaml"
+    config.write_text(yaml.safe_dump({"use_cases": ZOO}, sort_keys=False))
+    run = mmp("run", "--config", str(config), home=home)
+    rejecting_config = home / "rejecting.yaml"
+    rejecting_config.write_text(yaml.safe_dump({"use_cases": REJECTING}, sort_keys=False))
+    rejecting = mmp("run", "--config", str(rejecting_config), home=home)
+    return Zoo(home, landing, data, run, rejecting)
+
+
+def published_keys(zoo: Zoo, use_case: str) -> set[str]:
+    rows = zoo.sql("SELECT key FROM key_status WHERE use_case = ? AND stage = 'published' AND status = 'ok'", use_case)
+    return {r[0] for r in rows}
+
+
+def test_the_zoo_runs_by_configuration_alone(zoo):
+    out = zoo.run.stdout + zoo.run.stderr
+    assert "Traceback" not in out
+    # one use case (dup_error) has every key failing on purpose; the others publish
+    for use_case in (
+        "counties",
+        "two_digit",
+        "daily_iso",
+        "flights",
+        "dup_sum",
+        "dup_mean",
+        "dup_last",
+        "dup_first",
+        "counts",
+    ):
+        assert published_keys(zoo, use_case), f"{use_case} published nothing\n{out[-3000:]}"
+
+
+def test_integer_years_and_zero_padded_ids(zoo):
+    bronze = zoo.bronze("counties")
+    assert bronze.schema["year"] == pl.Date
+    assert bronze["year"].min() == date(1980, 1, 1)
+    ids = set(bronze["fips"].unique())
+    assert "00012" in ids and "12" in ids and "00001" in ids and "1" not in ids
+    assert len(ids) == 221
+
+
+def test_nan_and_inf_targets_are_dropped_and_counted(zoo):
+    (row,) = zoo.sql(
+        "SELECT rows_in, rows_out, rows_dropped, drop_detail FROM key_status "
+        "WHERE use_case = 'counties' AND stage = 'raw' AND key = '00003'"
+    )
+    rows_in, rows_out, dropped, detail = row
+    assert (rows_in, rows_out, dropped) == (37, 35, 2)
+    assert "NaN" in detail and "inf" in detail
+    assert zoo.bronze("counties").filter(pl.col("fips") == "00003").height == 35
+
+
+def test_constant_keys_fail_with_a_reason_and_do_not_sink_publishing(zoo):
+    """220+ keys whose first failures (constant zero counts) sort after the first 150 keys."""
+    failed = zoo.sql(
+        "SELECT key, reason FROM key_status WHERE use_case = 'counties' AND stage = 'training_set' "
+        "AND status = 'failed' ORDER BY key"
+    )
+    assert len(failed) == 60
+    assert all("constant target" in reason for _, reason in failed)
+    assert min(k for k, _ in failed) == "00161"
+    assert len(published_keys(zoo, "counties")) == 221 - 60
+    (summary,) = zoo.sql("SELECT keys_total, keys_published, rows_dropped FROM run_summary WHERE use_case = 'counties'")
+    assert summary == (221, 161, 2)
+
+
+def test_two_digit_years_with_a_time_format(zoo):
+    years = zoo.bronze("two_digit")["yr"]
+    assert years.dtype == pl.Date
+    assert years.n_unique() == 30
+    # "63" is 1963 here, not 2063: a two-digit year never lands in the future
+    assert (years.min(), years.max()) == (date(1963, 1, 1), date(1992, 1, 1))
+    freq = zoo.sql(
+        "SELECT count(*) FROM key_status WHERE use_case = 'two_digit' AND stage = 'training_set' AND status = 'ok'"
+    )
+    assert freq == [(4,)]
+
+
+def test_iso_text_timestamps_in_parquet_get_daily_features(zoo):
+    bronze = zoo.bronze("daily_iso")
+    assert bronze.schema["date"] in (pl.Date, pl.Datetime("us"))
+    training = pl.read_parquet(next((zoo.home / "lake" / "training" / "daily_iso").glob("*.parquet")))
+    assert "cal_dayofweek" in training.columns and "cal_week" not in training.columns
+    predicted = zoo.sql("SELECT count(*) FROM predictions WHERE use_case = 'daily_iso' AND kind = 'forecast'")
+    assert predicted == [(3 * 3,)]
+
+
+def test_events_sharing_timestamps_lose_no_row_and_text_categories_help(zoo):
+    landed = zoo.data["flights"]
+    assert zoo.bronze("flights").height == landed.height == 540
+    dropped = zoo.sql(
+        "SELECT sum(rows_dropped) + sum(rows_merged) FROM key_status WHERE use_case = 'flights' AND stage = 'raw'"
+    )
+    assert dropped == [(0,)]
+    # the carrier effect is only learnable from the text column: a mean model would sit near 7 MAE
+    maes = [
+        v
+        for (v,) in zoo.sql(
+            "SELECT value FROM key_metrics WHERE use_case = 'flights' AND model_role = 'candidate' AND metric = 'mae'"
+        )
+    ]
+    assert len(maes) == 3 and max(maes) < 2.5, maes
+
+
+def test_duplicate_periods_under_each_policy(zoo):
+    def week10(use_case: str) -> list[float]:
+        bronze = zoo.bronze(use_case).filter(pl.col("week") == date(2022, 1, 3) + timedelta(weeks=10)).sort("shop")
+        return bronze["sales"].to_list()
+
+    first_value = (
+        zoo.data["dup"]
+        .filter(pl.col("week") == date(2022, 1, 3) + timedelta(weeks=10))
+        .group_by("shop", maintain_order=True)
+        .first()["sales"]
+        .to_list()
+    )
+    assert week10("dup_first") == first_value
+    assert week10("dup_last") == [7.0, 7.0]
+    assert week10("dup_sum") == [pytest.approx(v + 7.0) for v in first_value]
+    assert week10("dup_mean") == [pytest.approx((v + 7.0) / 2) for v in first_value]
+    for policy, column in (
+        ("first", "rows_dropped"),
+        ("last", "rows_dropped"),
+        ("sum", "rows_merged"),
+        ("mean", "rows_merged"),
+    ):
+        counted = zoo.sql(
+            f"SELECT sum({column}), sum(rows_in), sum(rows_out) FROM key_status WHERE use_case = ? AND stage = 'raw'",
+            f"dup_{policy}",
+        )
+        assert counted == [(2, 122, 120)], (policy, counted)
+    errors = zoo.sql("SELECT status, reason FROM key_status WHERE use_case = 'dup_error' AND stage = 'raw'")
+    assert len(errors) == 2 and all(s == "failed" and "duplicate" in r for s, r in errors)
+
+
+def test_count_target_never_predicted_below_zero(zoo):
+    # the premise: a straight trend through these counts is below zero over the horizon
+    visits = zoo.data["counts"].filter(pl.col("site") == "a")["visits"].to_numpy()
+    slope, intercept = np.polyfit(np.arange(len(visits)), visits, 1)
+    assert slope * (len(visits) + 2) + intercept < 0
+    forecast = [
+        v for (v,) in zoo.sql("SELECT prediction FROM predictions WHERE use_case = 'counts' AND kind = 'forecast'")
+    ]
+    assert len(forecast) == 2 * 3
+    assert min(forecast) == 0.0  # clipped, not merely positive by luck
+
+
+def test_a_file_rejected_by_one_use_case_stays_for_the_other(zoo):
+    out = zoo.rejecting.stdout
+    assert zoo.rejecting.returncode != 0, out
+    assert "Traceback" not in out + zoo.rejecting.stderr
+    assert "counties.csv" in out and "party" in out
+    # the landing file is the user's input: still there, still read by the first use case
+    assert (zoo.landing / "counties" / "counties.csv").exists()
+    assert not (zoo.home / "lake" / "quarantine" / "counties_by_party").exists() or not any(
+        p.name.endswith(".csv") for p in (zoo.home / "lake" / "quarantine" / "counties_by_party").iterdir()
+    )
+    reasons = zoo.sql("SELECT DISTINCT reason FROM key_status WHERE use_case = 'counties_by_party' AND stage = 'raw'")
+    assert reasons and all("rejected" in r and "party" in r for (r,) in reasons)
