@@ -498,11 +498,11 @@ def hash_holdout(hashes: np.ndarray, fraction: float) -> np.ndarray:
     """Rows whose hash falls below ``fraction``: about that share of the rows, and a row's side
     never depends on the others. A key where no row falls there gets its lowest-hash row (that
     row can only be a new row or one that was already held out: the minimum of more rows is a
-    new row or the old minimum)."""
+    new row or the old minimum). Equal rows hash alike, so they always share a side."""
     unit = hash_unit(hashes)
     mask = unit < fraction
     if len(unit) and not mask.any():
-        mask[int(np.argmin(unit))] = True
+        mask = unit == unit.min()  # every copy of that row: a repeated row never lands on both sides
     return mask
 
 
