@@ -149,16 +149,19 @@ def test_classification_with_one_class_in_train_is_rejected():
         F.build_training_set(spec, bronze)
 
 
-def test_fraction_split_without_time_column_is_deterministic_and_sized():
+def test_fraction_split_without_time_column_is_deterministic_and_drawn_by_row_hash():
     bronze = generate_group_regression(keys=1, rows=50, seed=4).history
     first = F.build_training_set(GROUP, bronze)
-    second = F.build_training_set(GROUP, bronze.clone())
-    assert first.equals(second)
-    assert (first[F.SPLIT] == F.HOLDOUT).sum() == round(50 * GROUP.holdout.fraction)
+    second = F.build_training_set(GROUP, bronze.reverse())  # row order does not matter, values do
+    assert first.sort(F.ROW_HASH).equals(second.sort(F.ROW_HASH))
+    # each row is held out when its hash falls below the fraction: about 20 %, not exactly
+    expected = F.hash_unit(first[F.ROW_HASH].to_numpy()) < GROUP.holdout.fraction
+    assert ((first[F.SPLIT] == F.HOLDOUT).to_numpy() == expected).all()
+    assert 0 < expected.sum() < 25
     # every input row is in exactly one split, unchanged
     cols = ["y", "x1", "x2", "x3", "x4", "x5"]
     assert first.select(cols).sort(cols).equals(bronze.select(cols).sort(cols))
-    assert first.columns == ["y", "x1", "x2", "x3", "x4", "x5", F.SPLIT]
+    assert first.columns == ["y", "x1", "x2", "x3", "x4", "x5", F.SPLIT, F.ROW_HASH]
 
 
 def test_fraction_split_with_time_column_holds_out_the_latest_rows():

@@ -30,13 +30,13 @@ def test_regression_metrics_hand_computed():
 
 def test_regression_metrics_perfect_fit():
     a = np.array([3.0, -1.0, 10.0, 7.5])
-    m = regression_metrics(a, a.copy())
-    assert m == {"mape": 0.0, "rmse": 0.0, "mae": 0.0, "r2": 1.0}
+    m = regression_metrics(a, a.copy(), scale=2.0)
+    assert m == {"mape": 0.0, "rmse": 0.0, "mae": 0.0, "r2": 1.0, "wape": 0.0, "smape": 0.0, "mase": 0.0}
 
 
-def test_mape_skips_zero_actuals_and_is_nan_without_any():
-    # only the second point counts: |3 - 2| / 2
-    assert regression_metrics(np.array([0.0, 2.0]), np.array([1.0, 3.0]))["mape"] == pytest.approx(0.5)
+def test_mape_is_undefined_over_any_zero_actual_not_an_average_of_the_rest():
+    # before: the zero was skipped and MAPE read 0.5, from the second point alone
+    assert math.isnan(regression_metrics(np.array([0.0, 2.0]), np.array([1.0, 3.0]))["mape"])
     assert math.isnan(regression_metrics(np.array([0.0, 0.0]), np.array([1.0, 3.0]))["mape"])
 
 
@@ -61,9 +61,10 @@ def test_binary_label_metrics_asymmetric():
     assert m == pytest.approx({"accuracy": 0.5, "precision": 1.0, "recall": 1 / 3, "f1": 0.5})
 
 
-def test_no_positive_predictions_gives_zero_not_nan():
+def test_no_positive_predictions_leaves_precision_undefined_but_recall_and_f1_zero():
+    # a positive exists and was missed: recall and F1 are 0; precision has nothing to divide
     m = label_metrics(np.array([1, 0, 0]), np.array([0, 0, 0]))
-    assert m["precision"] == 0.0
+    assert math.isnan(m["precision"])
     assert m["recall"] == 0.0
     assert m["f1"] == 0.0
     assert m["accuracy"] == pytest.approx(2 / 3)
@@ -87,7 +88,7 @@ def test_perfect_predictions_score_perfect_f1_whatever_the_labels():
 
 def test_task_metrics_routes_by_task():
     reg = task_metrics("forecast", np.array([1.0, 2.0]), np.array([1.0, 2.0]))
-    assert set(reg) == {"mape", "rmse", "mae", "r2"}
+    assert set(reg) == {"mape", "rmse", "mae", "r2", "wape", "smape", "mase"}
     assert task_metrics("regression", np.array([1.0, 3.0]), np.array([2.0, 2.0]))["mae"] == pytest.approx(1.0)
     for task in ("classification", "anomaly"):
         lab = task_metrics(task, np.array([0, 1, 1]), np.array([0, 1, 0]))
@@ -95,7 +96,7 @@ def test_task_metrics_routes_by_task():
         assert lab["recall"] == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("metric", ["mape", "rmse", "mae"])
+@pytest.mark.parametrize("metric", ["mape", "rmse", "mae", "wape", "smape", "mase"])
 def test_lower_is_better_metrics(metric):
     assert is_better(0.1, 0.2, metric)
     assert not is_better(0.2, 0.1, metric)

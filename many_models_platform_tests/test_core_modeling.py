@@ -19,6 +19,7 @@ from many_models_platform.core.modeling import (
     fit_key,
     predict,
     stability,
+    training_scale,
 )
 
 DUMMY = {"name": "dummy", "estimator": "sklearn.dummy.DummyRegressor"}
@@ -38,21 +39,22 @@ def prepared(spec, frame):
 
 
 @pytest.mark.parametrize("order", [(DUMMY, LINEAR), (LINEAR, DUMMY)])
-@pytest.mark.parametrize("metric", ["rmse", "mae", "r2"])
-def test_fit_key_picks_the_better_candidate_on_the_holdout(order, metric):
+@pytest.mark.parametrize("metric", ["rmse", "mae", "r2", "wape", "mase"])
+def test_fit_key_picks_the_better_candidate_on_validation(order, metric):
     spec = make_spec(regression_body(candidates=list(order), metric=metric))
     ts, cols = prepared(spec, linear_data())
     fitted = fit_key(spec, ts, cols)
     assert fitted.candidate == "linear"
     assert set(fitted.candidate_scores) == {"dummy", "linear"}
-    scores = fitted.candidate_scores
+    scores = fitted.candidate_scores  # validation scores, not holdout metrics
     if spec.lower_is_better:
         assert scores["linear"] < scores["dummy"]
     else:
         assert scores["linear"] > scores["dummy"]
-    assert fitted.metrics[metric] == scores["linear"]
-    n_holdout = round(80 * spec.holdout.fraction)
+    assert fitted.metrics[metric] != scores["linear"]  # the holdout is scored once, apart
+    n_holdout = int((ts[F.SPLIT] == F.HOLDOUT).sum())
     assert (fitted.rows_train, fitted.rows_holdout) == (80 - n_holdout, n_holdout)
+    assert 0 < fitted.rows_validation < fitted.rows_train and fitted.validation_windows == 1
     assert fitted.feature_columns == ["x1", "x2"]
     # the winner really learnt the relation: y = 5 + 3 x1 - 2 x2
     pred = predict("regression", fitted.model, np.array([[0.0, 0.0], [1.0, 1.0]]))
@@ -63,11 +65,14 @@ def test_reported_metrics_match_an_independent_evaluation():
     spec = make_spec(regression_body(candidates=[DUMMY, LINEAR]))
     ts, cols = prepared(spec, linear_data(seed=3))
     fitted = fit_key(spec, ts, cols)
-    holdout = F.split(ts)[F.HOLDOUT]
+    holdout, train = F.split(ts)[F.HOLDOUT], F.split(ts)[F.TRAIN]
     pred = fitted.model.predict(holdout.select(cols).to_numpy())
     rmse = float(np.sqrt(np.mean((pred - holdout["y"].to_numpy()) ** 2)))
     assert fitted.metrics["rmse"] == pytest.approx(rmse)
-    assert evaluate(spec, fitted.model, cols, holdout) == fitted.metrics
+    assert evaluate(spec, fitted.model, cols, holdout, training_scale(spec, train, None)) == fitted.metrics
+    # without a time order, MASE scales by the training mean's absolute error
+    y = train["y"].to_numpy()
+    assert fitted.metrics["mase"] == pytest.approx(fitted.metrics["mae"] / np.mean(np.abs(y - y.mean())))
 
 
 def test_a_failing_candidate_does_not_sink_the_key():
@@ -90,8 +95,8 @@ def test_every_candidate_failing_raises_key_data_error_with_reasons():
     assert "also_exploding: RuntimeError: bang" in message
 
 
-def test_undefined_holdout_metric_is_a_key_data_error():
-    # MAPE ignores zero actuals; a holdout of zeros has no MAPE at all
+def test_undefined_holdout_metric_is_reported_with_its_reason_not_a_failure():
+    # MAPE divides by each actual; a holdout of zeros has no MAPE at all (WAPE neither), sMAPE has
     spec = make_spec(regression_body(candidates=[DUMMY, LINEAR], metric="mape", time_column="day"))
     frame = linear_data(n=40).with_columns(
         pl.date_range(date(2024, 1, 1), date(2024, 1, 1) + timedelta(days=39), "1d", eager=True).alias("day"),
@@ -99,8 +104,11 @@ def test_undefined_holdout_metric_is_a_key_data_error():
     )
     ts = F.build_training_set(spec, frame)
     assert ts.filter(pl.col(F.SPLIT) == F.HOLDOUT)["y"].to_list() == [0.0] * 10
-    with pytest.raises(F.KeyDataError, match="undefined"):
-        fit_key(spec, ts, F.feature_columns(spec, pl.Date))
+    fitted = fit_key(spec, ts, F.feature_columns(spec, pl.Date))
+    assert np.isnan(fitted.metrics["mape"]) and np.isnan(fitted.metrics["wape"])
+    assert fitted.metrics["smape"] > 0
+    assert fitted.undefined["mape"].startswith("10 of 10 holdout actuals are 0")
+    assert fitted.undefined["wape"] == "every holdout actual is 0"
 
 
 def test_missing_feature_values_are_imputed_not_fatal():

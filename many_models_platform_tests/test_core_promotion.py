@@ -41,7 +41,7 @@ def report(rmse=1.0, champion=None, r2=0.8, rows_train=100, rows_holdout=25, cha
         ({"bounds": {"mae": {"max": 0.5}}}, report(rmse=0.7), "rejected", "bound on mae: 0.7 > max 0.5"),
         ({"bounds": {"r2": {"min": 0.5, "max": 1}}}, report(r2=0.8), "promoted", "first model"),
         ({}, report(rmse=math.nan), "rejected", "rmse is undefined on the holdout"),
-        ({}, report(champion=math.nan), "promoted", "champion v3 has no rmse on this holdout"),
+        ({}, report(champion=math.nan), "promoted", "champion v3 has no rmse on the compared rows"),
     ],
 )
 def test_rule(rule, rep, decision, reason):

@@ -570,6 +570,9 @@ def run_small_pipeline(settings, instance, home: Path, use_cases=(FORECAST, BACK
         "metric": "mape",
         "min_rows": 30,
         "candidates": [{"name": "ridge", "estimator": "sklearn.linear_model.Ridge", "params": {"alpha": 1.0}}],
+        # these tests read the marts, so every good key must be published: on 60 weeks, Ridge loses
+        # to the naive forecast on 2 of the 3 keys' 8-week holdouts, which beat_baseline would reject
+        "promotion": {"beat_baseline": False},
     }
     config = write_config(
         home.parent / "use_cases.yaml",

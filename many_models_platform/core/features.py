@@ -20,6 +20,10 @@ from .spec import UseCaseSpec
 
 SPLIT = "__split"
 TRAIN, HOLDOUT = "train", "holdout"
+# A stable 64-bit hash of each row's values, kept in training sets without a time column: it
+# assigns the holdout (high bits) and the validation rows (low bits), never the row count.
+ROW_HASH = "__row_hash"
+SPLIT_COLUMNS = (SPLIT, ROW_HASH)
 T_INDEX = "t_index"
 _LAG_KEY = "__lag_key"
 
@@ -423,6 +427,8 @@ def prepare_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> TrainingSet
     frame = make_features(spec, bronze, period=period)
     if spec.lags:
         frame = _drop(frame, [("no lag history", pl.col(f"lag_{max(spec.lags)}").is_null())], drops)
+    if not t:
+        frame = frame.with_columns(pl.Series(ROW_HASH, row_hashes(frame, split_identity(spec)), dtype=pl.UInt64))
     frame = frame.with_columns(_split_expr(spec, frame, period))
     n_train = int((frame[SPLIT] == TRAIN).sum())
     n_holdout = frame.height - n_train
@@ -435,8 +441,9 @@ def prepare_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> TrainingSet
     frequency = period.name if period else None
     keep = [c for c in (t, y) if c]
     keep += feature_columns(spec, frame.schema.get(t) if t else None, period.calendar_frequency if period else None)
+    keep = [*dict.fromkeys(keep), SPLIT] + ([ROW_HASH] if ROW_HASH in frame.columns else [])
     return TrainingSet(
-        frame=frame.select([*dict.fromkeys(keep), SPLIT]),
+        frame=frame.select(keep),
         rows_in=rows_in,
         drops=drops,
         frequency=frequency,
@@ -463,13 +470,134 @@ def _split_expr(spec: UseCaseSpec, frame: pl.DataFrame, period: Period | None) -
         n_holdout = max(1, round(frame.height * spec.holdout.fraction))
         is_holdout = pl.int_range(0, pl.len()) >= frame.height - n_holdout
     else:
-        # No time order: a seeded shuffle, so reruns on the same data split the same way.
-        n_holdout = max(1, round(frame.height * spec.holdout.fraction))
-        order = np.random.default_rng(frame.height).permutation(frame.height)
-        mask = np.zeros(frame.height, dtype=bool)
-        mask[order[:n_holdout]] = True
-        is_holdout = pl.lit(pl.Series(mask))
+        is_holdout = pl.lit(pl.Series(hash_holdout(frame[ROW_HASH].to_numpy(), spec.holdout.fraction)))
     return pl.when(is_holdout).then(pl.lit(HOLDOUT)).otherwise(pl.lit(TRAIN)).alias(SPLIT)
+
+
+# --- stable splits without a time column ----------------------------------------------------------
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a fixed, well-mixed function of 64 bits (pure arithmetic, so the
+    same on every machine and library version, unlike polars' row hash)."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def _column_codes(column: pl.Series) -> np.ndarray:
+    """64 bits per value: a float's bits (0.0 and -0.0 alike, every NaN and null alike), or a
+    keyed BLAKE2 hash of the text of anything else."""
+    if column.dtype.is_numeric():
+        values = column.cast(pl.Float64).fill_nan(None).fill_null(np.nan).to_numpy().copy()
+        values[values == 0] = 0.0
+        codes = values.view(np.uint64).copy()
+        codes[np.isnan(values)] = np.uint64(0x7FF8000000000001)
+        return codes
+    text = column.cast(pl.Utf8)
+    uniques = text.unique()
+    table = {
+        v: np.uint64(int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little"))
+        for v in uniques.drop_nulls().to_list()
+    }
+    return np.array([table[v] if v is not None else np.uint64(1) for v in text.to_list()], dtype=np.uint64)
+
+
+def split_identity(spec: UseCaseSpec) -> list[str]:
+    """The columns whose values identify a row for the stable split: the target and the features
+    (after their casts), in the use case's order."""
+    return [c for c in (spec.target, *spec.all_features) if c]
+
+
+def row_hashes(frame: pl.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """A stable 64-bit hash of each row's values in ``columns``: the same row always gets the
+    same hash, whatever rows are added, removed or reordered around it."""
+    h = np.full(frame.height, np.uint64(0x243F6A8885A308D3), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for c in columns:
+            h = _mix(h ^ (_column_codes(frame[c]) + np.uint64(0x9E3779B97F4A7C15)))
+    return h
+
+
+def hash_unit(hashes: np.ndarray, low: bool = False) -> np.ndarray:
+    """A uniform number in [0, 1) from the high (holdout) or the low (validation) 32 bits."""
+    bits = hashes & np.uint64(0xFFFFFFFF) if low else hashes >> np.uint64(32)
+    return bits.astype(np.float64) / 2.0**32
+
+
+def hash_holdout(hashes: np.ndarray, fraction: float) -> np.ndarray:
+    """Rows whose hash falls below ``fraction``: about that share of the rows, and a row's side
+    never depends on the others. A key where no row falls there gets its lowest-hash row (that
+    row can only be a new row or one that was already held out: the minimum of more rows is a
+    new row or the old minimum). Equal rows hash alike, so they always share a side."""
+    unit = hash_unit(hashes)
+    mask = unit < fraction
+    if len(unit) and not mask.any():
+        mask = unit == unit.min()  # every copy of that row: a repeated row never lands on both sides
+    return mask
+
+
+def split_descriptor(spec: UseCaseSpec) -> str:
+    """How the holdout was drawn, recorded on every candidate: ``time`` (the latest rows), or
+    ``hash:<fraction>:<columns digest>``. Two models drawn with the same hash descriptor share
+    their holdout rows, so neither was fitted on the other's holdout."""
+    if spec.time_column:
+        return "time"
+    digest = hashlib.sha256(",".join(split_identity(spec)).encode()).hexdigest()[:8]
+    return f"hash:{spec.holdout.fraction}:{digest}"
+
+
+# --- validation inside the training part -----------------------------------------------------------
+@dataclass
+class Fold:
+    """One validation window: fit on ``fit``, compare candidates on ``validate``."""
+
+    fit: pl.DataFrame
+    validate: pl.DataFrame
+
+
+def validation_folds(spec: UseCaseSpec, train: pl.DataFrame, period: Period | None) -> list[Fold]:
+    """Validation windows carved from the training part, oldest first. Time-ordered data: the
+    last ``validation.periods`` periods before the holdout (``windows`` > 1: consecutive windows
+    of that many periods ending there, each fitted on everything before it), or the latest
+    ``validation.fraction`` of the rows. Without a time column: the rows whose hash (low bits)
+    falls below the fraction, stable like the holdout. Windows that leave nothing to fit on, or
+    nothing to validate, or a single class to a classifier, are left out."""
+    t = spec.time_column
+    folds: list[Fold] = []
+    if spec.validation_periods is not None:
+        if period is None:
+            return []
+        end = train[t].max()
+        p, w = spec.validation_periods, spec.validation.windows
+        for i in range(w, 0, -1):
+            in_window = period.in_last(pl.col(t), end, i * p) & ~period.in_last(pl.col(t), end, (i - 1) * p)
+            first = train.filter(in_window)
+            if first.is_empty():
+                continue
+            folds.append(Fold(train.filter(pl.col(t) < first[t].min()), first))
+    elif t:
+        ordered = train.sort(t, maintain_order=True)
+        n_val = max(1, round(ordered.height * spec.validation_fraction))
+        folds.append(Fold(ordered.head(ordered.height - n_val), ordered.tail(n_val)))
+    else:
+        is_val = hash_unit(train[ROW_HASH].to_numpy(), low=True) < spec.validation_fraction
+        mask = pl.Series(is_val)
+        folds.append(Fold(train.filter(~mask), train.filter(mask)))
+    usable = []
+    for fold in folds:
+        if fold.fit.height < 2 or fold.validate.is_empty():
+            continue
+        if spec.task == "classification" and fold.fit[spec.target].n_unique() < 2:
+            continue
+        usable.append(fold)
+    return usable
+
+
+def season_length(frequency: str | None) -> int:
+    """Periods per season of a frequency (weekly 52, monthly 12, ...), 1 when unknown."""
+    from .spec import SEASON_LENGTHS
+
+    return SEASON_LENGTHS.get(frequency or "", 1)
 
 
 # --- scoring -----------------------------------------------------------------------------------
@@ -547,3 +675,20 @@ def labels(frame: pl.DataFrame, column: str) -> np.ndarray:
 
 def split(frame: pl.DataFrame) -> Mapping[str, pl.DataFrame]:
     return {TRAIN: frame.filter(pl.col(SPLIT) == TRAIN), HOLDOUT: frame.filter(pl.col(SPLIT) == HOLDOUT)}
+
+
+def time_text(value: Any) -> str | None:
+    """A time value as recorded on a model (``train_end``, ``fitted_through``): ISO text for dates
+    and datetimes, the number for integer periods."""
+    if value is None:
+        return None
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def parse_time_text(text: str, dtype: pl.DataType) -> Any:
+    """A recorded time value back in the type of a time column (see ``time_text``)."""
+    if dtype.is_integer():
+        return int(text)
+    if isinstance(dtype, pl.Datetime):
+        return dt.datetime.fromisoformat(text)
+    return dt.datetime.fromisoformat(text).date() if "T" in text else dt.date.fromisoformat(text)

@@ -22,14 +22,33 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
-from .features import HOLDOUT, TRAIN, KeyDataError, frame_input, labels, split, to_matrix
-from .metrics import flag_rate, is_better, score_stability, task_metrics
+from .features import (
+    HOLDOUT,
+    TRAIN,
+    KeyDataError,
+    Period,
+    frame_input,
+    key_period,
+    labels,
+    season_length,
+    split,
+    to_matrix,
+    validation_folds,
+)
+from .metrics import explain_undefined, flag_rate, mase_scale, score_stability, task_metrics
 from .spec import UNLABELLED_METRICS, UseCaseSpec
+from .statistical import StatisticalForecaster
 
 
 @dataclass
 class FittedKey:
-    """What training one key produced: the winner and every candidate's holdout metric."""
+    """What training one key produced.
+
+    ``model`` is the winner fitted on the training part: the holdout ``metrics`` describe it.
+    ``production_model`` is the winner refitted on every row (``spec.refits``), else None and
+    production gets ``model``. ``candidate_scores`` are the validation scores that chose the
+    winner (the holdout took no part in the choice).
+    """
 
     model: Any
     candidate: str
@@ -38,6 +57,14 @@ class FittedKey:
     candidate_scores: dict[str, float] = field(default_factory=dict)
     rows_train: int = 0
     rows_holdout: int = 0
+    production_model: Any = None
+    rows_validation: int = 0
+    validation_windows: int = 0
+    selection: str = ""
+    train_end: Any = None
+    fitted_through: Any = None
+    undefined: dict[str, str] = field(default_factory=dict)
+    candidate_errors: dict[str, str] = field(default_factory=dict)
 
 
 def is_lightgbm(estimator: Any) -> bool:
@@ -52,10 +79,24 @@ def _numeric_steps() -> list[tuple[str, Any]]:
 
 
 def build_pipeline(
-    spec: UseCaseSpec, candidate_name: str, columns: Sequence[str] = (), categorical: Sequence[str] = ()
-) -> Pipeline:
-    """A fresh, unfitted model for one candidate over ``columns``, of which ``categorical`` are text."""
+    spec: UseCaseSpec,
+    candidate_name: str,
+    columns: Sequence[str] = (),
+    categorical: Sequence[str] = (),
+    period: Period | None = None,
+) -> Any:
+    """A fresh, unfitted model for one candidate over ``columns``, of which ``categorical`` are text.
+    A statistical candidate is an adapter over the key's series, for the key's ``period``."""
     cand = next(c for c in spec.candidates if c.name == candidate_name)
+    if cand.statistical:
+        from . import statistical
+
+        if period is None:
+            raise KeyDataError(f"statistical candidate {cand.name!r} needs the key's period")
+        longest = max(spec.horizon, spec.holdout.periods or 0, spec.validation_periods or 0)
+        return statistical.build(
+            cand.estimator, cand.params, spec.time_column, period, season_length(period.frequency), 2 * longest
+        )
     estimator = cand.build()
     if not categorical:
         return Pipeline([*_numeric_steps(), ("model", estimator)])
@@ -82,9 +123,9 @@ def categorical_inputs(model: Any) -> list[str] | None:
     return None
 
 
-def _fit_params(model: Pipeline, categorical: Sequence[str]) -> dict[str, Any]:
+def _fit_params(model: Any, categorical: Sequence[str]) -> dict[str, Any]:
     """LightGBM is told which input positions are categorical (they come after the numeric ones)."""
-    if not categorical or not is_lightgbm(model.steps[-1][1]):
+    if not categorical or not isinstance(model, Pipeline) or not is_lightgbm(model.steps[-1][1]):
         return {}
     prepare: ColumnTransformer = model.steps[0][1]
     n_numeric = sum(len(cols) for name, _, cols in prepare.transformers if name == "numeric")
@@ -97,6 +138,8 @@ def model_input(model: Any, frame: pl.DataFrame, columns: Sequence[str]):
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise KeyDataError(f"the rows to score lack the model's feature column(s) {missing}")
+    if isinstance(model, StatisticalForecaster):  # a series model places rows by their time
+        return model.time_codes(frame)
     categorical = categorical_inputs(model)
     if categorical is None:
         return to_matrix(frame, list(columns))
@@ -124,14 +167,26 @@ def anomaly_score(model: Any, x: Any) -> np.ndarray:
     return predict("anomaly", model, x).astype(float)
 
 
-def evaluate(spec: UseCaseSpec, model: Any, feature_columns: list[str], holdout: pl.DataFrame) -> dict[str, float]:
+def evaluate(
+    spec: UseCaseSpec,
+    model: Any,
+    feature_columns: list[str],
+    holdout: pl.DataFrame,
+    scale: float | None = None,
+    notes: dict[str, str] | None = None,
+) -> dict[str, float]:
     """Holdout metrics. Anomaly tasks always report ``flag_rate`` and a ``score_stability``
-    placeholder (NaN: it needs a champion, see ``stability``); the label metrics need labels."""
+    placeholder (NaN: it needs a champion, see ``stability``); the label metrics need labels.
+    ``scale`` is the MASE denominator of the training part (``training_scale``); ``notes``, when
+    given, receives why each undefined metric is undefined."""
     x = model_input(model, holdout, feature_columns)
     predicted = predict(spec.task, model, x)
     metrics: dict[str, float] = {}
     if spec.labelled:
-        metrics = task_metrics(spec.task, labels(holdout, spec.target), clip_predictions(spec, predicted))
+        actual, shown = labels(holdout, spec.target), clip_predictions(spec, predicted)
+        metrics = task_metrics(spec.task, actual, shown, scale)
+        if notes is not None:
+            notes.update(explain_undefined(spec.task, actual, shown, metrics, scale))
     if spec.task == "anomaly":
         metrics |= {"flag_rate": flag_rate(predicted), "score_stability": math.nan}
     return metrics
@@ -165,48 +220,124 @@ def expected_flag_rate(estimator: Any) -> float | None:
     return None
 
 
-def fit_key(spec: UseCaseSpec, training_set: pl.DataFrame, feature_columns: list[str]) -> FittedKey:
-    """Fit every candidate on the train split; keep the best on the holdout.
+def training_scale(spec: UseCaseSpec, train: pl.DataFrame, frequency: str | None) -> float | None:
+    """The MASE denominator of a training part: the in-sample mean absolute error of the seasonal
+    naive forecast (season from the frequency, 1 when unknown or longer than the series); without
+    a time column, of the training mean (rows have no order to be naive in). None for labels."""
+    if spec.task not in ("forecast", "regression"):
+        return None
+    y = train[spec.target].cast(pl.Float64)
+    if not spec.time_column:
+        values = y.to_numpy()
+        return float(np.mean(np.abs(values - values.mean()))) if len(values) else math.nan
+    ordered = train.select(spec.time_column, y).sort(spec.time_column)[spec.target].to_numpy()
+    season = season_length(frequency)
+    return mase_scale(ordered, season if len(ordered) > season else 1)
 
+
+def _fit(spec: UseCaseSpec, name: str, rows: pl.DataFrame, columns: list[str], categorical, period) -> Any:
+    model = build_pipeline(spec, name, columns, categorical, period)
+    x = model_input(model, rows, columns)
+    params = _fit_params(model, categorical)
+    if spec.task == "anomaly" or not spec.target:
+        return model.fit(x, **params)
+    return model.fit(x, labels(rows, spec.target), **params)
+
+
+def _rank(spec: UseCaseSpec, model: Any, metrics: dict[str, float]) -> tuple[int, float]:
+    """Smaller is better. Unlabelled detectors: distance of the flag rate from the configured one
+    (detectors that declare none come after); otherwise the metric, oriented."""
+    if spec.metric in UNLABELLED_METRICS:
+        estimator = model.steps[-1][1] if isinstance(model, Pipeline) else model
+        expected = expected_flag_rate(estimator)
+        return (0, abs(metrics["flag_rate"] - expected)) if expected is not None else (1, 0.0)
+    value = metrics[spec.metric]
+    if math.isnan(value):
+        return (2, 0.0)
+    return (0, value if spec.lower_is_better else -value)
+
+
+def fit_key(spec: UseCaseSpec, training_set: pl.DataFrame, feature_columns: list[str]) -> FittedKey:
+    """Pick the winner on validation windows carved from the training part, refit it on the whole
+    training part and score it once on the holdout: that score is the reported metric. With
+    ``spec.refits``, the winner is then refitted on every row for production.
+
+    Candidates are ranked by their mean validation metric over the windows (any undefined
+    window makes it undefined); a strictly better one wins, so on a tie the earlier stays.
     Without labels (metric ``flag_rate`` or ``score_stability``) there is no "best": the winner
-    is the candidate whose holdout flag rate is closest to the rate it was configured for
-    (``expected_flag_rate``); candidates that declare no rate come after those that do, and
-    on a tie the earlier candidate stays. ``candidate_scores`` then holds each flag rate.
+    is the candidate whose validation flag rate is closest to the rate it was configured for
+    (``expected_flag_rate``); candidates that declare no rate come after those that do.
+    ``candidate_scores`` holds each candidate's validation score (its flag rate when unranked).
+    A single candidate needs no validation and is fitted on the training part directly.
     """
     parts = split(training_set)
     train, holdout = parts[TRAIN], parts[HOLDOUT]
+    t = spec.time_column
+    period = key_period(spec, training_set[t]) if t else None
+    frequency = period.frequency if period else None
     categorical = [c for c in feature_columns if c in set(spec.categorical_features)]
-    x_train = frame_input(train, feature_columns, categorical) if categorical else to_matrix(train, feature_columns)
-    y_train = labels(train, spec.target) if spec.target and spec.task != "anomaly" else None
     unranked = spec.metric in UNLABELLED_METRICS
-    best: FittedKey | None = None
-    best_rank: tuple[int, float] | None = None
     scores: dict[str, float] = {}
     errors: dict[str, str] = {}
-    for cand in spec.candidates:
-        try:
-            model = build_pipeline(spec, cand.name, feature_columns, categorical)
-            params = _fit_params(model, categorical)
-            model.fit(x_train, **params) if y_train is None else model.fit(x_train, y_train, **params)
-            metrics = evaluate(spec, model, feature_columns, holdout)
-        except Exception as exc:  # one bad candidate must not sink the key
-            errors[cand.name] = f"{type(exc).__name__}: {exc}"
-            continue
-        if unranked:
-            expected = expected_flag_rate(model.steps[-1][1])
-            rank = (0, abs(metrics["flag_rate"] - expected)) if expected is not None else (1, 0.0)
-            scores[cand.name] = metrics["flag_rate"]
-            if best_rank is None or rank < best_rank:
-                best, best_rank = FittedKey(model, cand.name, feature_columns, metrics), rank
-            continue
-        score = metrics[spec.metric]
-        scores[cand.name] = score
-        if best is None or is_better(score, best.metrics[spec.metric], spec.metric):
-            best = FittedKey(model, cand.name, feature_columns, metrics)
-    if best is None:
-        raise KeyDataError("every candidate failed: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
-    if not unranked and math.isnan(best.metrics[spec.metric]):
-        raise KeyDataError(f"metric {spec.metric} is undefined on this key's holdout")
-    best.candidate_scores = scores
-    best.rows_train, best.rows_holdout = train.height, holdout.height
-    return best
+    folds = []
+    if len(spec.candidates) == 1:
+        winner, selection = spec.candidates[0].name, "the only candidate: no selection"
+    else:
+        folds = validation_folds(spec, train, period)
+        if not folds:
+            raise KeyDataError(
+                f"cannot carve a validation window from {train.height} training rows to choose between "
+                f"{len(spec.candidates)} candidates; add rows, shorten 'validation' or keep one candidate"
+            )
+        best: tuple[str, tuple[int, float]] | None = None
+        for cand in spec.candidates:
+            try:
+                per_window = []
+                for fold in folds:
+                    model = _fit(spec, cand.name, fold.fit, feature_columns, categorical, period)
+                    per_window.append(
+                        evaluate(spec, model, feature_columns, fold.validate, training_scale(spec, fold.fit, frequency))
+                    )
+            except Exception as exc:  # one bad candidate must not sink the key
+                errors[cand.name] = f"{type(exc).__name__}: {exc}"
+                continue
+            key_metric = "flag_rate" if unranked else spec.metric
+            values = [m[key_metric] for m in per_window]
+            mean = math.nan if any(math.isnan(v) for v in values) else float(np.mean(values))
+            scores[cand.name] = mean
+            rank = _rank(spec, model, {**per_window[-1], key_metric: mean})
+            if best is None or rank < best[1]:
+                best = (cand.name, rank)
+        if best is None:
+            raise KeyDataError("every candidate failed: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
+        winner = best[0]
+        windows = f"{len(folds)} validation window(s) of {sum(f.validate.height for f in folds)} rows"
+        if not unranked and all(math.isnan(v) for v in scores.values()):
+            selection = f"{spec.metric} is undefined on every candidate's validation; the first that fitted was kept"
+        else:
+            selection = f"best {'flag rate' if unranked else spec.metric} on {windows}"
+    try:
+        model = _fit(spec, winner, train, feature_columns, categorical, period)
+        production = _fit(spec, winner, training_set, feature_columns, categorical, period) if spec.refits else None
+    except Exception as exc:
+        errors[winner] = f"{type(exc).__name__}: {exc}"
+        raise KeyDataError("every candidate failed: " + "; ".join(f"{k}: {v}" for k, v in errors.items())) from None
+    undefined: dict[str, str] = {}
+    metrics = evaluate(spec, model, feature_columns, holdout, training_scale(spec, train, frequency), undefined)
+    return FittedKey(
+        model=model,
+        candidate=winner,
+        feature_columns=feature_columns,
+        metrics=metrics,
+        candidate_scores=scores,
+        rows_train=train.height,
+        rows_holdout=holdout.height,
+        production_model=production,
+        rows_validation=sum(f.validate.height for f in folds),
+        validation_windows=len(folds),
+        selection=selection,
+        train_end=train[t].max() if t else None,
+        fitted_through=(training_set[t].max() if production is not None else train[t].max()) if t else None,
+        undefined=undefined,
+        candidate_errors=errors,
+    )

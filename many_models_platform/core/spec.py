@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,18 +17,30 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 Task = Literal["forecast", "regression", "classification", "anomaly"]
 MetricName = Literal[
-    "mape", "rmse", "mae", "r2", "accuracy", "f1", "precision", "recall", "flag_rate", "score_stability"
+    "mape",
+    "rmse",
+    "mae",
+    "r2",
+    "wape",
+    "smape",
+    "mase",
+    "accuracy",
+    "f1",
+    "precision",
+    "recall",
+    "flag_rate",
+    "score_stability",
 ]
 Frequency = Literal["hourly", "daily", "weekly", "monthly", "quarterly", "yearly", "period"]
 DuplicatePolicy = Literal["keep", "last", "first", "sum", "mean", "error"]
 CalendarFeature = Literal["hour", "dayofweek", "dayofyear", "month", "quarter"]
 
-LOWER_IS_BETTER: frozenset[str] = frozenset({"mape", "rmse", "mae"})
+LOWER_IS_BETTER: frozenset[str] = frozenset({"mape", "rmse", "mae", "wape", "smape", "mase"})
 # Metrics of an anomaly use case without labels: they describe a detector, they do not rank it.
 UNLABELLED_METRICS: frozenset[str] = frozenset({"flag_rate", "score_stability"})
 TASK_METRICS: dict[str, frozenset[str]] = {
-    "forecast": frozenset({"mape", "rmse", "mae", "r2"}),
-    "regression": frozenset({"mape", "rmse", "mae", "r2"}),
+    "forecast": frozenset({"mape", "rmse", "mae", "r2", "wape", "smape", "mase"}),
+    "regression": frozenset({"mape", "rmse", "mae", "r2", "wape", "smape", "mase"}),
     "classification": frozenset({"accuracy", "f1", "precision", "recall"}),
     "anomaly": frozenset({"f1", "precision", "recall", "accuracy", *UNLABELLED_METRICS}),
 }
@@ -42,6 +54,11 @@ CALENDAR_DEFAULTS: dict[str, tuple[str, ...]] = {
     "yearly": (),
     "period": (),
 }
+# Periods in one season, per frequency: the seasonal-naive baseline, the MASE scale and the
+# default ``season_length`` of a statistical candidate. 1 (no season) when unknown.
+SEASON_LENGTHS: dict[str, int] = {"hourly": 24, "daily": 7, "weekly": 52, "monthly": 12, "quarterly": 4}
+# Statistical forecasters are named by this import-path prefix and wrapped by core.statistical.
+STATISTICAL_PREFIX = "statsforecast.models."
 
 
 class ConfigError(ValueError):
@@ -89,8 +106,31 @@ class HoldoutSpec(_Strict):
         return self
 
 
+class ValidationSpec(_Strict):
+    """Rows carved from the training part to pick the winning candidate, so the holdout that is
+    reported never takes part in the choice. At most one of ``periods`` (the last N periods of
+    the training part; needs a time column) or ``fraction`` (of the training rows: the latest
+    with a time column, else a stable hash); neither = the task's default (forecasts: the
+    holdout's periods; otherwise 20 %). ``windows`` > 1 (with ``periods``): rolling-origin
+    backtest windows of ``periods`` each, ending at the holdout, as StatsForecast's
+    ``cross_validation`` does; the candidates are ranked by their mean over the windows."""
+
+    periods: int | None = Field(default=None, gt=0)
+    fraction: float | None = Field(default=None, gt=0, lt=1)
+    windows: int = Field(default=1, gt=0, le=52)
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> ValidationSpec:
+        if self.periods is not None and self.fraction is not None:
+            raise ValueError("set at most one of 'periods' or 'fraction'")
+        if self.windows > 1 and self.fraction is not None:
+            raise ValueError("'windows' > 1 needs 'periods' (windows of whole periods), not 'fraction'")
+        return self
+
+
 class CandidateSpec(_Strict):
-    """Any scikit-learn-compatible estimator, by import path, with constructor parameters."""
+    """Any scikit-learn-compatible estimator, by import path, with constructor parameters; or a
+    statistical forecaster of ``statsforecast.models`` (wrapped by ``core.statistical``)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
     estimator: str
@@ -99,16 +139,25 @@ class CandidateSpec(_Strict):
     @field_validator("estimator")
     @classmethod
     def _importable(cls, v: str) -> str:
-        resolve_estimator(v)
+        if v.startswith(STATISTICAL_PREFIX):
+            statistical_parameters(v)
+        else:
+            resolve_estimator(v)
         return v
+
+    @property
+    def statistical(self) -> bool:
+        """A statsforecast model: fitted on the key's target series, not on the feature matrix."""
+        return self.estimator.startswith(STATISTICAL_PREFIX)
 
     @model_validator(mode="after")
     def _params_accepted(self) -> CandidateSpec:
-        est_cls = resolve_estimator(self.estimator)
-        accepted = set(inspect.signature(est_cls.__init__).parameters) - {"self"}
-        has_kwargs = any(
-            p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(est_cls.__init__).parameters.values()
-        )
+        if self.statistical:
+            accepted, has_kwargs = statistical_parameters(self.estimator)
+        else:
+            signature = inspect.signature(resolve_estimator(self.estimator).__init__)
+            accepted = set(signature.parameters) - {"self"}
+            has_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
         unknown = sorted(set(self.params) - accepted)
         if unknown and not has_kwargs:
             raise ValueError(f"{self.estimator} does not accept parameter(s) {unknown}")
@@ -122,6 +171,29 @@ class CandidateSpec(_Strict):
         if est_cls.__module__.startswith("lightgbm"):
             params.setdefault("verbose", -1)
         return est_cls(**params)
+
+
+@cache
+def statistical_parameters(path: str) -> tuple[frozenset[str], bool]:
+    """The constructor parameters of a ``statsforecast.models`` class, read from the module's
+    source without importing it: the import takes seconds (pandas, statsmodels), and the
+    use-case file is loaded by every command, most of which never fit a model."""
+    import ast
+    import importlib.util
+
+    name = path.removeprefix(STATISTICAL_PREFIX)
+    found = importlib.util.find_spec("statsforecast")  # a top-level find_spec imports nothing
+    if found is None or not found.submodule_search_locations:
+        raise ValueError(f"cannot import estimator {path!r}: statsforecast is not installed (uv add statsforecast)")
+    source = Path(next(iter(found.submodule_search_locations))) / "models.py"
+    classes = {n.name: n for n in ast.parse(source.read_text()).body if isinstance(n, ast.ClassDef)}
+    if name not in classes:
+        raise ValueError(f"cannot import estimator {path!r}: statsforecast.models has no class {name!r}")
+    methods = {f.name: f for f in classes[name].body if isinstance(f, ast.FunctionDef)}
+    if "forecast" not in methods or "__init__" not in methods:
+        raise ValueError(f"{path!r} is not a statsforecast model with forecast()")
+    args = methods["__init__"].args
+    return frozenset(a.arg for a in [*args.args, *args.kwonlyargs]) - {"self"}, args.kwarg is not None
 
 
 def resolve_estimator(path: str) -> type:
@@ -166,6 +238,8 @@ class PromotionSpec(_Strict):
     min_rows: int | None = Field(default=None, gt=0)
     min_holdout_rows: int | None = Field(default=None, gt=0)
     bounds: dict[MetricName, MetricBound] = Field(default_factory=dict)
+    # A candidate no better than its naive baseline on the holdout (skill < 0) is rejected.
+    beat_baseline: bool = True
 
 
 METRIC_RANGES: dict[str, tuple[float | None, float | None]] = {
@@ -173,6 +247,9 @@ METRIC_RANGES: dict[str, tuple[float | None, float | None]] = {
     "rmse": (0.0, None),
     "mae": (0.0, None),
     "r2": (None, 1.0),
+    "wape": (0.0, None),
+    "smape": (0.0, 2.0),
+    "mase": (0.0, None),
     "accuracy": (0.0, 1.0),
     "f1": (0.0, 1.0),
     "precision": (0.0, 1.0),
@@ -215,6 +292,11 @@ class UseCaseSpec(_Strict):
     # classification, anomaly), error for forecasts, which need one row per key and period.
     duplicates: DuplicatePolicy | None = None
     holdout: HoldoutSpec
+    # Where candidates are compared (never the holdout); defaults per task, see ValidationSpec.
+    validation: ValidationSpec = Field(default_factory=ValidationSpec)
+    # After evaluation, refit the winner on all rows (train + holdout) for production; the
+    # reported metrics still come from the model fitted without the holdout. Default: forecasts.
+    refit: bool | None = None
     candidates: list[CandidateSpec] = Field(min_length=1)
     metric: MetricName
     min_rows: int = Field(default=20, gt=1)
@@ -275,6 +357,23 @@ class UseCaseSpec(_Strict):
             raise ValueError("'lags' only apply to task 'forecast'")
         if self.holdout.periods is not None and self.time_column is None:
             raise ValueError("'holdout.periods' needs a 'time_column'; use 'holdout.fraction'")
+        if self.validation.windows > 1 and self.validation_periods is None:
+            raise ValueError("'validation.windows' > 1 needs 'validation.periods' (or a holdout by periods)")
+        if self.validation.periods is not None and self.time_column is None:
+            raise ValueError("'validation.periods' needs a 'time_column'; use 'validation.fraction'")
+        if self.lags and self.validation_periods and min(self.lags) < self.validation_periods:
+            raise ValueError(
+                f"every lag must be >= validation.periods ({self.validation_periods}) so a validation window "
+                "never sees its own actuals"
+            )
+        if self.refit and not self.time_column:
+            raise ValueError(
+                "'refit: true' needs a 'time_column': a model fitted on every row leaves later holdouts no way "
+                "to tell the rows it has not seen"
+            )
+        statistical = [c.name for c in self.candidates if c.statistical]
+        if statistical and self.task != "forecast":
+            raise ValueError(f"statistical candidates {statistical} forecast a series: they need task 'forecast'")
         if not self.features and not self.categorical_features and not self.lags and not self.wants_calendar:
             raise ValueError("declare at least one feature (or categorical features, lags, calendar features)")
         used = [*self.keys, self.time_column, self.target]
@@ -307,7 +406,14 @@ class UseCaseSpec(_Strict):
         defaults: the configured estimator classes and ``trusted_modules``."""
         # skops names types by where they are defined (xgboost.sklearn.XGBRegressor), which
         # is not always the import path in the config (xgboost.XGBRegressor)
-        defined = [f"{(cls := resolve_estimator(c.estimator)).__module__}.{cls.__qualname__}" for c in self.candidates]
+        defined = [
+            f"{(cls := resolve_estimator(c.estimator)).__module__}.{cls.__qualname__}"
+            for c in self.candidates
+            if not c.statistical
+        ]
+        if any(c.statistical for c in self.candidates):
+            # the adapter stores the series and its forecasts as arrays: no statsforecast type is saved
+            defined.append("many_models_platform.core.statistical.StatisticalForecaster")
         return [*defined, *self.trusted_modules]
 
     @cached_property
@@ -332,13 +438,18 @@ class UseCaseSpec(_Strict):
                 "calendar_features",
                 "duplicates",
                 "holdout",
+                "validation",
+                "refit",
                 "candidates",
                 "metric",
                 "min_rows",
                 "horizon",
             }
         )
-        libs = {p: version(p) for p in ("scikit-learn", "lightgbm", "numpy")}
+        packages = ["scikit-learn", "lightgbm", "numpy"]
+        if any(c.statistical for c in self.candidates):
+            packages.append("statsforecast")
+        libs = {p: version(p) for p in packages}
         blob = json.dumps({"spec": fields, "libs": libs}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -375,6 +486,28 @@ class UseCaseSpec(_Strict):
     @property
     def lower_is_better(self) -> bool:
         return self.metric in LOWER_IS_BETTER
+
+    @property
+    def refits(self) -> bool:
+        """Whether production gets the winner refitted on all rows (``refit``, else forecasts only)."""
+        return self.refit if self.refit is not None else self.task == "forecast"
+
+    @property
+    def validation_periods(self) -> int | None:
+        """Periods per validation window: declared, else the holdout's for time-ordered holdouts
+        by periods; None when validation is by fraction."""
+        if self.validation.periods is not None:
+            return self.validation.periods
+        if self.validation.fraction is None and self.holdout.periods is not None:
+            return self.holdout.periods
+        return None
+
+    @property
+    def validation_fraction(self) -> float | None:
+        """Share of the training rows used for validation when not by periods (default 0.2)."""
+        if self.validation_periods is not None:
+            return None
+        return self.validation.fraction if self.validation.fraction is not None else 0.2
 
     @cached_property
     def input_columns(self) -> list[str]:

@@ -29,6 +29,13 @@ from ..storage.registry import (
 )
 from ..storage.settings import PlatformSettings
 
+# Tags that say what a model version was fitted on, carried from the candidate to production:
+# ``train_end`` (the last training time of the evaluated model), ``fitted_through`` (the last
+# time the production artifact was fitted on: later than train_end when refitted), ``split``
+# (how the holdout was drawn, core.features.split_descriptor) and, with refit, the hash of
+# the evaluated model's file. Values are text; an absent value is not written.
+LINEAGE_TAGS = ("train_end", "fitted_through", "split", "refit", "eval_artifact_sha256")
+
 STAGES = ("raw", "training_set", "model", "evaluation", "promoted_model", "predictions", "published")
 UPSTREAM = dict(zip(STAGES[1:], STAGES[:-1], strict=True))
 # The stage whose having no ok key stops a stage before it starts (see stopped_outcomes).
@@ -213,8 +220,8 @@ def not_ok_reason(stage: str, state: dict[str, Any] | None) -> str:
 
 
 def production_models(run: StageRun, keys: Sequence[str]) -> dict[str, dict]:
-    """key -> its production model (name, version, artifact source, feature columns), for these
-    keys, from one registry lookup for the whole use case; plain data, so workers get it."""
+    """key -> its production model (name, version, artifact source, feature columns, lineage), for
+    these keys, from one registry lookup for the whole use case; plain data, so workers get it."""
     wanted = set(keys)
     return {
         key: {
@@ -224,6 +231,8 @@ def production_models(run: StageRun, keys: Sequence[str]) -> dict[str, dict]:
             "features": ref.tags["features"].split(",") if ref.tags.get("features") else [],
             "source_version": ref.tags.get("source_candidate_version"),
             "artifact_sha256": ref.tags.get(HASH_TAG),
+            # what the model was fitted on (LINEAGE_TAGS), for honest comparisons
+            **{tag: ref.tags.get(tag) for tag in LINEAGE_TAGS},
         }
         for key, ref in run.production().aliased_versions(run.spec.name).items()
         if key in wanted

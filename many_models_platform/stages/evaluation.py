@@ -1,4 +1,5 @@
-"""Stage 4, ``evaluation``: the candidate and the production champion on the same holdout."""
+"""Stage 4, ``evaluation``: the candidate on its holdout, against its naive baselines, and
+against the production champion on the holdout rows neither was fitted on."""
 
 from __future__ import annotations
 
@@ -6,13 +7,16 @@ import math
 from collections.abc import Sequence
 
 from ..core import features as F
+from ..core.baselines import baselines, best_baseline, comparable_rows
 from ..core.engine import KeyOutcome, map_keys
 from ..core.keys import key_label
-from ..core.metrics import higher_is_worse
-from ..core.modeling import evaluate, stability
+from ..core.metrics import higher_is_worse, skill
+from ..core.modeling import evaluate, expected_flag_rate, stability, training_scale
 from ..core.spec import UseCaseSpec
 from ..storage.lake import Lake
 from ..storage.registry import (
+    EVAL_MODEL_FILE,
+    MODEL_FILE,
     ModelIntegrityError,
     load_model_from_source,
 )
@@ -29,50 +33,92 @@ from .base import (
 def _evaluate_one(key: str, spec: UseCaseSpec, lake: Lake, champions: dict[str, dict], trusted: list) -> dict:
     cand = require_upstream(lake, spec.name, "evaluation", key)
     ts = lake.read_parquet(lake.key_path("training", spec.name, key, ".parquet"))
-    holdout = F.add_calendar(F.split(ts)[F.HOLDOUT], spec.time_column, cand["features"])
-    model = load_model_from_source(cand["source"], cand.get("artifact_sha256"), trusted)
+    parts = F.split(ts)
+    train = parts[F.TRAIN]
+    holdout = F.add_calendar(parts[F.HOLDOUT], spec.time_column, cand["features"])
+    t = spec.time_column
+    period = F.key_period(spec, ts[t]) if t else None
+    scale = training_scale(spec, train, period.frequency if period else None)
+    # the model fitted without the holdout: with refit, production's model.skops has seen it
+    model = _load(cand["source"], cand, trusted)
+    undefined: dict[str, str] = {}
+    metrics = evaluate(spec, model, cand["features"], holdout, scale, undefined)
+    estimator = model.steps[-1][1] if hasattr(model, "steps") else model
+    scored = baselines(spec, train, holdout, period, scale, expected_flag_rate(estimator))
+    baseline_name, baseline_metrics = best_baseline(spec.metric, scored)
     report = {
         "candidate_version": cand["version"],
         "estimator": cand["estimator"],
         "metric": spec.metric,
-        "metrics": evaluate(spec, model, cand["features"], holdout),
+        "metrics": metrics,
+        "undefined": undefined,
         "rows_holdout": holdout.height,
         "rows_train": cand["rows_train"],
+        "baseline_name": baseline_name,
+        "baseline_metrics": baseline_metrics,
+        "baselines": scored,
+        "skill": skill(metrics.get(spec.metric), baseline_metrics.get(spec.metric), spec.metric),
         "champion_version": None,
         "champion_metrics": None,
+        "comparison": None,
+        "comparison_rows": 0,
     }
     champ = champions.get(key)
     if champ:
         report["champion_version"] = champ["version"]
         report["champion_source_version"] = champ.get("source_version")
-        features = champ["features"]
-        # a champion fitted with an older calendar set (cal_week) gets its columns back
-        rows = F.add_calendar(holdout, spec.time_column, features)
-        if all(c in rows.columns for c in features):
-            try:
-                champ_model = load_model_from_source(champ["source"], champ["artifact_sha256"], trusted)
-            except ModelIntegrityError as exc:  # a tampered or pre-skops champion: let a candidate replace it
-                report["champion_note"] = f"champion cannot be loaded, not compared: {exc}"
-            else:
-                _score_champion(spec, report, model, cand["features"], champ_model, features, holdout, rows)
-        else:
-            report["champion_note"] = "champion features differ from this training set; not compared"
+        _compare(spec, report, model, cand["features"], champ, holdout, scale, trusted)
     return report
 
 
-def _score_champion(spec: UseCaseSpec, report: dict, model, features, champ_model, champ_features, holdout, rows):
-    """The champion on the candidate's holdout; for detectors also how alike both rank the rows.
-    A champion that cannot read today's rows (say a column became categorical) is noted, not fatal."""
+def _load(source: str, lineage: dict, trusted: list):
+    """The model a report describes: ``model_eval.skops`` when the version was refitted, else
+    ``model.skops`` (the same model then)."""
+    if lineage.get("eval_artifact_sha256"):
+        return load_model_from_source(source, lineage["eval_artifact_sha256"], trusted, file=EVAL_MODEL_FILE)
+    return load_model_from_source(source, lineage.get("artifact_sha256"), trusted, file=MODEL_FILE)
+
+
+def _compare(spec: UseCaseSpec, report: dict, model, features, champ: dict, holdout, scale, trusted) -> None:
+    """The champion against the candidate on the holdout rows neither was fitted on. The
+    champion's compared model is its evaluated twin (fitted without its own holdout) when it
+    was refitted, else its production model; a champion fitted before lineage was recorded,
+    or one whose cutoff covers the whole holdout, is ``not comparable``, said in the report.
+    A champion that cannot read today's rows is noted (``champion_note``), not fatal."""
+    lineage = {
+        "version": champ["version"],
+        "cutoff": champ.get("train_end") if champ.get("eval_artifact_sha256") else champ.get("fitted_through"),
+        "split": champ.get("split"),
+    }
+    rows, comparison = comparable_rows(spec, holdout, lineage, F.split_descriptor(spec))
+    report["comparison"] = comparison
+    if rows is None:
+        return
+    champ_features = champ["features"]
+    # a champion fitted with an older calendar set (cal_week) gets its columns back
+    champ_rows = F.add_calendar(rows, spec.time_column, champ_features)
+    if not all(c in champ_rows.columns for c in champ_features):
+        report["champion_note"] = "champion features differ from this training set; not compared"
+        return
     try:
-        champ_metrics = evaluate(spec, champ_model, champ_features, rows)
+        champ_model = _load(champ["source"], champ, trusted)
+    except ModelIntegrityError as exc:  # a tampered or pre-skops champion: let a candidate replace it
+        report["champion_note"] = f"champion cannot be loaded, not compared: {exc}"
+        return
+    try:
+        champ_metrics = evaluate(spec, champ_model, champ_features, champ_rows, scale)
+        ours = evaluate(spec, model, features, rows, scale)
         if spec.task == "anomaly":
             champ_metrics.pop("score_stability", None)  # a property of the pair, reported on the candidate
-            pair = stability(model, features, champ_model, champ_features, holdout, rows)
+            pair = stability(model, features, champ_model, champ_features, rows, champ_rows)
             report["metrics"]["score_stability"] = pair
+            ours["score_stability"] = pair
     except Exception as exc:
         report["champion_note"] = f"champion cannot score this holdout, not compared: {type(exc).__name__}: {exc}"
         return
     report["champion_metrics"] = champ_metrics
+    report["comparison_metrics"] = ours
+    report["comparison_rows"] = rows.height
 
 
 def evaluate_models(run: StageRun, keys: Sequence[str]) -> StageReport:
@@ -83,6 +129,10 @@ def evaluate_models(run: StageRun, keys: Sequence[str]) -> StageReport:
     )
     values = [o.info["metrics"][spec.metric] for o in outcomes if o.ok]
     summary = {"metric": spec.metric, **quantiles(spec.metric, values)}
+    skills = [o.info["skill"] for o in outcomes if o.ok and o.info.get("skill") is not None]
+    if skills:
+        summary["skill_p50"] = quantiles("skill", skills)["skill_p50"]
+        summary["keys_beating_baseline"] = sum(1 for s in skills if s > 0)
     summary["worst"] = _worst(spec, outcomes)
     return finish(run, "evaluation", outcomes, summary)
 

@@ -6,20 +6,25 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 
+from ..core import features as F
 from ..core.engine import KeyOutcome, map_keys
 from ..core.keys import key_label
 from ..core.modeling import fit_key
 from ..core.spec import UseCaseSpec
 from ..storage.lake import Lake
 from ..storage.registry import (
+    EVAL_HASH_TAG,
+    EVAL_MODEL_FILE,
     HASH_TAG,
     ModelRegistry,
     local_path,
     model_template_dir,
     registered_model_name,
     write_model_dir,
+    write_model_file,
 )
 from .base import (
+    LINEAGE_TAGS,
     StageReport,
     StageRun,
     finish,
@@ -33,19 +38,40 @@ def _train_one(key: str, spec: UseCaseSpec, lake: Lake, models_dir: str, templat
     upstream = require_upstream(lake, spec.name, "model", key)
     ts = lake.read_parquet(lake.key_path("training", spec.name, key, ".parquet"))
     fitted = fit_key(spec, ts, upstream["features"])
-    sha256 = write_model_dir(fitted.model, f"{models_dir}/{key}", template, trusted)
+    folder = f"{models_dir}/{key}"
+    # model.skops is what production serves: the refit on every row when the use case refits
+    sha256 = write_model_dir(fitted.production_model or fitted.model, folder, template, trusted)
+    eval_sha256 = None
+    if fitted.production_model is not None:  # the evaluated model, fitted without the holdout
+        eval_sha256 = write_model_file(fitted.model, folder, EVAL_MODEL_FILE, trusted)
     return {
         "artifact_sha256": sha256,
+        EVAL_HASH_TAG: eval_sha256,
         "estimator": fitted.candidate,
         "metric": spec.metric,
         "value": fitted.metrics[spec.metric],
         "metrics": fitted.metrics,
+        "undefined": fitted.undefined,
         "candidate_scores": fitted.candidate_scores,
+        "selection": fitted.selection,
+        "candidate_errors": fitted.candidate_errors,
         "rows_train": fitted.rows_train,
         "rows_holdout": fitted.rows_holdout,
+        "rows_validation": fitted.rows_validation,
+        "validation_windows": fitted.validation_windows,
+        "train_end": F.time_text(fitted.train_end),
+        "fitted_through": F.time_text(fitted.fitted_through),
+        "refit": fitted.production_model is not None,
+        "split": F.split_descriptor(spec),
         "features": fitted.feature_columns,
         "data_fingerprint": upstream["data_fingerprint"],
     }
+
+
+def lineage_tags(info: dict) -> dict[str, str]:
+    """What a model version was fitted on, as registry tags (``base.LINEAGE_TAGS``); promotion
+    copies them to production so a later evaluation knows which rows the champion has seen."""
+    return {tag: str(info[tag]) for tag in LINEAGE_TAGS if info.get(tag) is not None}
 
 
 def train(run: StageRun, keys: Sequence[str]) -> StageReport:
@@ -93,6 +119,9 @@ def train(run: StageRun, keys: Sequence[str]) -> StageReport:
                 "features": ",".join(o.info["features"]),
                 "rows_train": str(o.info["rows_train"]),
                 "rows_holdout": str(o.info["rows_holdout"]),
+                "selection": o.info["selection"][:5000],
+                **{f"validation.{k}": repr(v) for k, v in o.info["candidate_scores"].items()},
+                **lineage_tags(o.info),
             }
             items.append((o.key, f"{artifact_uri}/models/{o.key}", tags))
     registered = registry.register_many(spec.name, items, mlflow_run_id)
@@ -145,6 +174,7 @@ def reusable_candidates(run: StageRun, registry: ModelRegistry, keys: Sequence[s
         ):
             continue
         metrics = {k.removeprefix("metric."): float(v) for k, v in ref.tags.items() if k.startswith("metric.")}
+        scores = {k.removeprefix("validation."): float(v) for k, v in ref.tags.items() if k.startswith("validation.")}
         info = {
             "estimator": ref.tags["estimator"],
             "metric": spec.metric,
@@ -155,6 +185,13 @@ def reusable_candidates(run: StageRun, registry: ModelRegistry, keys: Sequence[s
             "features": ref.tags["features"].split(","),
             "data_fingerprint": ref.tags["data_fingerprint"],
             "artifact_sha256": ref.tags[HASH_TAG],
+            EVAL_HASH_TAG: ref.tags.get(EVAL_HASH_TAG),
+            "candidate_scores": scores,
+            "selection": ref.tags.get("selection", ""),
+            "train_end": ref.tags.get("train_end"),
+            "fitted_through": ref.tags.get("fitted_through"),
+            "refit": ref.tags.get("refit") == "True",
+            "split": ref.tags.get("split"),
             "version": ref.version,
             "model_name": ref.name,
             "source": ref.source,

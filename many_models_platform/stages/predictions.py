@@ -12,6 +12,7 @@ from ..core.modeling import anomaly_score, clip_predictions, model_input, predic
 from ..core.spec import UseCaseSpec
 from ..storage.lake import Lake
 from ..storage.registry import (
+    EVAL_MODEL_FILE,
     load_model_from_source,
 )
 from .base import (
@@ -32,6 +33,11 @@ def _score_one(key: str, spec: UseCaseSpec, lake: Lake, production: dict[str, di
     model = load_model_from_source(prod["source"], prod["artifact_sha256"], trusted)
     features = prod["features"]
     segments = []  # (feature rows, kind)
+    # A version refitted on every row has seen its holdout: the holdout rows are scored by its
+    # evaluated twin (fitted without them), so BI reads honest holdout errors, not in-sample fits.
+    holdout_model = model
+    if prod.get("eval_artifact_sha256"):
+        holdout_model = load_model_from_source(prod["source"], prod["eval_artifact_sha256"], trusted, EVAL_MODEL_FILE)
     if spec.task == "forecast":
         t = spec.time_column
         bronze = lake.read_parquet(lake.key_path("bronze", spec.name, key, ".parquet"))
@@ -58,7 +64,12 @@ def _score_one(key: str, spec: UseCaseSpec, lake: Lake, production: dict[str, di
                 why = f"{ts_state['status']}: {ts_state['reason']}" if ts_state else "has not run"
                 raise SkipKey(f"nothing to score: no scoring_source rows and training_set {why}")
             segments.append((F.add_calendar(holdout, spec.time_column, features), "holdout"))
-    out = pl.concat([_prediction_rows(spec, model, features, rows, kind, prod) for rows, kind in segments])
+    out = pl.concat(
+        [
+            _prediction_rows(spec, holdout_model if kind == "holdout" else model, features, rows, kind, prod)
+            for rows, kind in segments
+        ]
+    )
     out = out.with_columns(pl.int_range(0, pl.len(), dtype=pl.Int32).alias("row_index")).select(
         "row_index", pl.exclude("row_index")
     )

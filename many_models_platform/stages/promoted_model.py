@@ -22,23 +22,37 @@ from .base import (
     read_state,
     require_upstream,
 )
+from .model import lineage_tags
 
 
 def _undefined(value: float | None) -> bool:
     return value is None or math.isnan(value)
 
 
+def _why(report: dict, metric: str) -> str:
+    """``: <reason>`` when the report says why a metric is undefined (evaluation's ``undefined``)."""
+    reason = (report.get("undefined") or {}).get(metric)
+    return f": {reason}" if reason else ""
+
+
 def decide(spec: UseCaseSpec, report: dict) -> tuple[str, str]:
     """The business rule: (decision, reason). Decisions: promoted, kept_champion, rejected.
 
-    Order: the metric must be defined, the extra conditions (rows, metric bounds) and the
-    absolute threshold must hold, and then the candidate must beat the champion by
-    ``min_improvement`` on the same holdout.
+    Order: the metric must be defined (an undefined metric cannot pass the rule: rejected,
+    with why it is undefined), the extra conditions (rows, metric bounds) and the absolute
+    threshold must hold, the candidate must not be worse than its naive baseline
+    (``beat_baseline``), and then it must beat the champion by ``min_improvement`` on the
+    holdout rows neither was fitted on. When there are no such rows (``comparison`` starts
+    with ``not comparable``) the candidate is promoted on the rule alone, and the reason says
+    so: keeping the champion instead would freeze keys whose champion can never be compared
+    (one registered before lineage was recorded, or one refitted on the very rows of today's
+    holdout after a configuration change).
 
     Unlabelled metrics (``flag_rate``, ``score_stability``) describe a detector but do not rank
     it: bounds and the threshold apply (``flag_rate`` thresholds are maximums), there is no
-    champion comparison, and a candidate that passes is promoted. ``score_stability`` needs a
-    champion scored on the same holdout; without one its threshold and bound are skipped.
+    baseline and no champion comparison, and a candidate that passes is promoted.
+    ``score_stability`` needs a champion scored on the same rows; without one its threshold and
+    bound are skipped.
     """
     metric = spec.metric
     value = report["metrics"][metric]
@@ -46,7 +60,7 @@ def decide(spec: UseCaseSpec, report: dict) -> tuple[str, str]:
     compared = report.get("champion_metrics") is not None
     skipped: list[str] = []  # conditions that could not apply, said in the reason
     if _undefined(value) and not (metric == "score_stability" and not compared):
-        return "rejected", f"{metric} is undefined on the holdout"
+        return "rejected", f"{metric} is undefined on the holdout{_why(report, metric)}"
     if rule.min_rows and report["rows_train"] < rule.min_rows:
         return "rejected", f"below min_rows: {report['rows_train']} training rows < {rule.min_rows}"
     if rule.min_holdout_rows and report["rows_holdout"] < rule.min_holdout_rows:
@@ -57,7 +71,7 @@ def decide(spec: UseCaseSpec, report: dict) -> tuple[str, str]:
             if name == "score_stability" and not compared:
                 skipped.append("bound on score_stability skipped: no champion scored on this holdout")
                 continue
-            return "rejected", f"bound on {name}: {name} is undefined on the holdout"
+            return "rejected", f"bound on {name}: {name} is undefined on the holdout{_why(report, name)}"
         if bound.min is not None and v < bound.min:
             return "rejected", f"bound on {name}: {v:.4g} < min {bound.min}"
         if bound.max is not None and v > bound.max:
@@ -69,6 +83,13 @@ def decide(spec: UseCaseSpec, report: dict) -> tuple[str, str]:
         elif not (value <= rule.threshold if at_most else value >= rule.threshold):
             op = "<=" if at_most else ">="
             return "rejected", f"below threshold: {metric} {value:.4g} does not satisfy {op} {rule.threshold}"
+    baseline = (report.get("baseline_metrics") or {}).get(metric)
+    if rule.beat_baseline and metric not in UNLABELLED_METRICS and report.get("baseline_name"):
+        name = report["baseline_name"]
+        if _undefined(baseline):
+            skipped.append(f"baseline check skipped: {metric} of {name} is undefined on the holdout")
+        elif is_better(baseline, value, metric):  # a tie passes: a seasonal-naive candidate *is* the baseline
+            return "rejected", f"does not beat the baseline: {metric} {value:.4g} vs {name} {baseline:.4g}"
     note = f" ({'; '.join(skipped)})" if skipped else ""
     champ = report.get("champion_metrics")
     if metric in UNLABELLED_METRICS:
@@ -81,19 +102,28 @@ def decide(spec: UseCaseSpec, report: dict) -> tuple[str, str]:
             + (f" ({shown})" if shown else "")
             + note
         )
+    comparison = report.get("comparison") or ""
     if champ is None:
-        if report.get("champion_version") is not None:
-            return "promoted", "champion could not be compared on this holdout; candidate passes the threshold" + note
-        return "promoted", "first model for this key" + note
+        if report.get("champion_version") is None:
+            return "promoted", "first model for this key" + note
+        if comparison.startswith("not comparable"):
+            return "promoted", f"{comparison}; promoted on the rule alone{note}"
+        return "promoted", "champion could not be compared on this holdout; candidate passes the threshold" + note
     champ_value = champ[metric]
     if _undefined(champ_value):
-        return "promoted", f"champion v{report['champion_version']} has no {metric} on this holdout"
+        return "promoted", f"champion v{report['champion_version']} has no {metric} on the compared rows{note}"
+    # the candidate on the same rows as the champion (all of the holdout, or the rows after its cutoff)
+    ours = (report.get("comparison_metrics") or report["metrics"]).get(metric, value)
+    if _undefined(ours):
+        return "promoted", f"{metric} is undefined on the rows compared with the champion; candidate passes the rule"
     margin = abs(champ_value) * rule.min_improvement
     target = champ_value - margin if spec.lower_is_better else champ_value + margin
-    if is_better(value, target, metric):
-        return "promoted", f"beats champion v{report['champion_version']}: {metric} {value:.4g} vs {champ_value:.4g}"
+    versus = f"{metric} {ours:.4g} vs {champ_value:.4g}"
+    versus += f" on {report['comparison_rows']} rows" if report.get("comparison_rows") else ""
+    if is_better(ours, target, metric):
+        return "promoted", f"beats champion v{report['champion_version']}: {versus}"
     return "kept_champion", (
-        f"champion v{report['champion_version']} stays: {metric} {value:.4g} vs {champ_value:.4g}"
+        f"champion v{report['champion_version']} stays: {versus}"
         + (f" (needs {rule.min_improvement:.0%} improvement)" if rule.min_improvement else "")
     )
 
@@ -162,6 +192,7 @@ def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
                     "promoted_at": info["decided_at"],
                     "promoted_by": info["decided_by"],
                     "promotion_reason": reason[:5000],
+                    **lineage_tags(model_state),  # which rows it has seen, for later comparisons
                 }
                 to_register.append((outcome, (key, target, tags)))
             outcomes.append(outcome)

@@ -27,7 +27,7 @@ def _training_set_one(key: str, spec: UseCaseSpec, lake: Lake) -> dict:
         "rows": ts.height,
         "rows_train": ts.height - n_holdout,
         "rows_holdout": n_holdout,
-        "features": [c for c in ts.columns if c not in (spec.time_column, spec.target, F.SPLIT)],
+        "features": [c for c in ts.columns if c not in (spec.time_column, spec.target, *F.SPLIT_COLUMNS)],
         "data_fingerprint": F.fingerprint(bronze),
         # rows_in/rows_out/rows_dropped/rows_merged/drops, frequency and irregular_gaps
         **prepared.info(),

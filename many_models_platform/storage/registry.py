@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 
 PRODUCTION_ALIAS = "production"
 MODEL_FILE = "model.skops"
+# With ``refit``, the candidate folder also holds the model fitted without the holdout, the one
+# the reported metrics describe; its hash is the version's ``eval_artifact_sha256`` tag.
+EVAL_MODEL_FILE = "model_eval.skops"
+EVAL_HASH_TAG = "eval_artifact_sha256"
 HASH_TAG = "artifact_sha256"
 _PINNED = ("scikit-learn", "lightgbm", "numpy", "scipy", "skops")
 # Packages whose types a model may contain and still be loaded. A use case's own estimator
@@ -87,16 +91,7 @@ def write_model_dir(model: Any, dst: str, template_dir: str, trusted: Sequence[s
     Returns the SHA-256 of the model file, to be recorded at registration. Refuses a model
     holding a type outside ``trusted``: it could not be loaded later anyway.
     """
-    import skops.io as sio
-
-    data = sio.dumps(model)
-    types = sio.get_untrusted_types(data=data)
-    untrusted = [t for t in types if not is_trusted(t, trusted)]
-    if untrusted:
-        raise ModelIntegrityError(
-            f"the fitted model contains types outside the trusted packages {list(trusted)}: {untrusted}; "
-            "add their package to the use case's 'trusted_modules' if you trust it"
-        )
+    data, types = _dump(model, trusted)
     os.makedirs(dst, exist_ok=True)
     for name in os.listdir(template_dir):
         if name not in ("MLmodel", MODEL_FILE):
@@ -114,8 +109,34 @@ def write_model_dir(model: Any, dst: str, template_dir: str, trusted: Sequence[s
     return hashlib.sha256(data).hexdigest()
 
 
-def load_model_from_source(source: str, sha256: str | None, trusted: Sequence[str] = TRUSTED_MODULES) -> Any:
-    """Load a registered model after checking its hash and the types it contains."""
+def _dump(model: Any, trusted: Sequence[str]) -> tuple[bytes, list[str]]:
+    import skops.io as sio
+
+    data = sio.dumps(model)
+    types = sio.get_untrusted_types(data=data)
+    untrusted = [t for t in types if not is_trusted(t, trusted)]
+    if untrusted:
+        raise ModelIntegrityError(
+            f"the fitted model contains types outside the trusted packages {list(trusted)}: {untrusted}; "
+            "add their package to the use case's 'trusted_modules' if you trust it"
+        )
+    return data, types
+
+
+def write_model_file(model: Any, dst: str, name: str, trusted: Sequence[str] = TRUSTED_MODULES) -> str:
+    """Save one more model file into a model folder (e.g. ``EVAL_MODEL_FILE``); returns its SHA-256.
+    The same trust check as ``write_model_dir``; load it with ``load_model_from_source(file=name)``."""
+    data, _ = _dump(model, trusted)
+    os.makedirs(dst, exist_ok=True)
+    with open(os.path.join(dst, name), "wb") as f:
+        f.write(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_model_from_source(
+    source: str, sha256: str | None, trusted: Sequence[str] = TRUSTED_MODULES, file: str = MODEL_FILE
+) -> Any:
+    """Load a registered model (``file`` of its folder) after checking its hash and the types it contains."""
     import skops.io as sio
 
     path = local_path(source)
@@ -123,12 +144,12 @@ def load_model_from_source(source: str, sha256: str | None, trusted: Sequence[st
         import mlflow.artifacts
 
         path = mlflow.artifacts.download_artifacts(source, dst_path=tempfile.mkdtemp(prefix="mmp-model-"))
-    file = os.path.join(path, MODEL_FILE)
+    name, file = file, os.path.join(path, file)
     try:
         with open(file, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        raise ModelIntegrityError(f"no {MODEL_FILE} in {source}: not a model this platform registered") from None
+        raise ModelIntegrityError(f"no {name} in {source}: not a model this platform registered") from None
     if not sha256:
         raise ModelIntegrityError(f"{source} has no {HASH_TAG} recorded at registration; refusing to load it")
     actual = hashlib.sha256(data).hexdigest()
