@@ -623,6 +623,21 @@ def assert_marts_are_sensible(url: str, good: set[str], use_cases=(FORECAST, BAC
         assert 0 <= r["metric_min"] <= r["metric_p10"] <= r["metric_p50"] <= r["metric_p90"] <= r["metric_max"]
         # the publisher's own median uses the same linear interpolation
         assert r["metric_p50"] == pytest.approx(summary[r["use_case"]]["metric_p50"])
+    # every good key was scored beside its naive baseline; the mart counts those it beats
+    skill = rows(
+        url,
+        "SELECT use_case, count(*) AS n, sum(CASE WHEN value > 0 THEN 1 ELSE 0 END) AS beating FROM key_metrics "
+        "WHERE model_role = 'candidate' AND metric = 'skill' AND value IS NOT NULL GROUP BY use_case",
+    )
+    baselines = rows(url, "SELECT DISTINCT use_case, estimator FROM key_metrics WHERE model_role = 'baseline'")
+    assert {r["use_case"] for r in baselines} == set(use_cases)
+    assert all(r["estimator"] in ("naive", "seasonal_naive", "mean") for r in baselines), baselines
+    by_case = {r["use_case"]: r for r in skill}
+    for r in acc:
+        mine = by_case[r["use_case"]]
+        assert (r["n_keys_with_baseline"], r["n_keys_beating_baseline"]) == (mine["n"], mine["beating"])
+        assert mine["n"] == len(good)
+        assert r["share_beating_baseline"] == pytest.approx(mine["beating"] / mine["n"])
 
     issues = rows(url, "SELECT * FROM bi.mart_keys_failing_or_degrading")
     assert sorted(r["use_case"] for r in issues) == sorted(use_cases)

@@ -29,5 +29,5 @@
 
 {#- 1 when a larger value of the metric is better (r2 and the label metrics), else 0. -#}
 {% macro mmp_higher_is_better(metric_column) -%}
-    case when {{ metric_column }} in ('r2', 'accuracy', 'f1', 'precision', 'recall') then 1 else 0 end
+    case when {{ metric_column }} in ('r2', 'accuracy', 'f1', 'precision', 'recall', 'score_stability', 'skill') then 1 else 0 end
 {%- endmacro %}

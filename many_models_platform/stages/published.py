@@ -244,6 +244,25 @@ def _metric_rows(spec, key: str, states: dict[str, dict | None]) -> list[dict]:
         )
         for m, v in (info.get("metrics") or {}).items()
     ]
+    if info.get("baseline_name"):
+        # the best naive baseline on the same holdout, and the candidate's skill over it
+        # (docs/evaluation.md#baselines-and-skill); the version is the candidate's it was scored beside
+        baseline = info["baseline_name"]
+        rows += [
+            _metric_row(key, "baseline", m, v, f"baseline:{baseline}", info.get("candidate_version"), baseline)
+            for m, v in (info.get("baseline_metrics") or {}).items()
+        ]
+        rows.append(
+            _metric_row(
+                key,
+                "candidate",
+                "skill",
+                info.get("skill"),
+                model.get("model_name"),
+                info.get("candidate_version"),
+                info.get("estimator"),
+            )
+        )
     name = registered_model_name(spec.name, key)
     rows += [
         _metric_row(key, "champion", m, v, name, info.get("champion_version"), None)
