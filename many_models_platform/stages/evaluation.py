@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Sequence
 
 from ..core import features as F
-from ..core.engine import KeyOutcome, map_keys
+from ..core.engine import KeyOutcome, SkipKey, map_keys
 from ..core.keys import key_label
 from ..core.metrics import higher_is_worse
 from ..core.modeling import evaluate, stability
@@ -17,20 +18,51 @@ from ..storage.registry import (
     load_model_from_source,
 )
 from .base import (
+    UPSTREAM,
     StageReport,
     StageRun,
+    candidate_models,
     finish,
     production_models,
     quantiles,
-    require_upstream,
+    registered_candidate,
+    require_state,
 )
 
 
-def _evaluate_one(key: str, spec: UseCaseSpec, lake: Lake, champions: dict[str, dict], trusted: list) -> dict:
-    cand = require_upstream(lake, spec.name, "evaluation", key)
+def _pinned_candidate(key: str, spec: UseCaseSpec, lake: Lake, candidates: dict, champions: dict) -> tuple:
+    """(the model record's info, the pins of this evaluation): the candidate as the candidate
+    registry records it, fitted on today's training set. Skips a candidate that is not today's
+    (run model first) and refuses one whose lake record disagrees with the registry."""
+    model = require_state(lake, spec.name, UPSTREAM["evaluation"], key)
+    training = require_state(lake, spec.name, "training_set", key)
+    cand, data = model["info"], training["info"]["data_fingerprint"]
+    if cand.get("data_fingerprint") != data:
+        raise SkipKey(
+            f"candidate v{cand['version']} was fitted on other data (data_fingerprint "
+            f"{str(cand.get('data_fingerprint'))[:16]}) than today's training set ({data[:16]}): run model first"
+        )
+    registered = registered_candidate(cand, candidates.get(key))
+    champ = champions.get(key)
+    return cand, {
+        "evaluation_id": uuid.uuid4().hex,
+        "candidate_version": registered["version"],
+        "candidate_source": registered["source"],
+        "artifact_sha256": registered["artifact_sha256"],  # from the registry, never the lake
+        "data_fingerprint": data,
+        "training_set_run_id": training["dagster_run_id"],
+        "model_run_id": model["dagster_run_id"],
+        "champion_artifact_sha256": champ["artifact_sha256"] if champ else None,
+    }
+
+
+def _evaluate_one(
+    key: str, spec: UseCaseSpec, lake: Lake, champions: dict[str, dict], trusted, candidates: dict[str, dict]
+) -> dict:
+    cand, pins = _pinned_candidate(key, spec, lake, candidates, champions)
     ts = lake.read_parquet(lake.key_path("training", spec.name, key, ".parquet"))
     holdout = F.add_calendar(F.split(ts)[F.HOLDOUT], spec.time_column, cand["features"])
-    model = load_model_from_source(cand["source"], cand.get("artifact_sha256"), trusted)
+    model = load_model_from_source(pins["candidate_source"], pins["artifact_sha256"], trusted)
     report = {
         "candidate_version": cand["version"],
         "estimator": cand["estimator"],
@@ -57,7 +89,7 @@ def _evaluate_one(key: str, spec: UseCaseSpec, lake: Lake, champions: dict[str, 
                 _score_champion(spec, report, model, cand["features"], champ_model, features, holdout, rows)
         else:
             report["champion_note"] = "champion features differ from this training set; not compared"
-    return report
+    return report | pins
 
 
 def _score_champion(spec: UseCaseSpec, report: dict, model, features, champ_model, champ_features, holdout, rows):
@@ -78,8 +110,13 @@ def _score_champion(spec: UseCaseSpec, report: dict, model, features, champ_mode
 def evaluate_models(run: StageRun, keys: Sequence[str]) -> StageReport:
     spec = run.spec
     champions = production_models(run, keys)
+    candidates = candidate_models(run, keys)
     outcomes = map_keys(
-        _evaluate_one, keys, (spec, run.lake, champions, run.trusted), workers=run.workers, progress=run.progress
+        _evaluate_one,
+        keys,
+        (spec, run.lake, champions, run.trusted, candidates),
+        workers=run.workers,
+        progress=run.progress,
     )
     values = [o.info["metrics"][spec.metric] for o in outcomes if o.ok]
     summary = {"metric": spec.metric, **quantiles(spec.metric, values)}

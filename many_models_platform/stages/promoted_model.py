@@ -12,15 +12,22 @@ from ..core.metrics import higher_is_worse, is_better
 from ..core.spec import UNLABELLED_METRICS, UseCaseSpec
 from ..storage.registry import (
     HASH_TAG,
+    ModelIntegrityError,
+    ModelRef,
     copy_model_dir,
 )
 from ..storage.settings import PlatformSettings
 from .base import (
     StageReport,
     StageRun,
+    candidate_models,
+    crash_point,
     finish,
     read_state,
+    registered_candidate,
+    require_state,
     require_upstream,
+    write_state,
 )
 
 
@@ -101,21 +108,33 @@ def decide(spec: UseCaseSpec, report: dict) -> tuple[str, str]:
 def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
     """Apply the rule per key; copy passing candidates into the production registry.
 
-    The production registry is read once (two queries); the passing models'
-    artifacts are copied under the production artifact root, so production never points into
-    the candidate store; registrations go out in one batch (parallel on a server store).
+    Only the candidate that was evaluated is ever promoted (:func:`evaluated_candidate`), with
+    the hash the candidate registry recorded for it, verified while its files are copied. The
+    production registry is read once (two queries) and the candidate registry once (one); the
+    passing models' artifacts are copied under the production artifact root, so production
+    never points into the candidate store; registrations go out in one batch (parallel on a
+    server store), and each key's record is written right after its alias moves. A rerun after
+    a crash between the two finds the version made from this evaluation and records the
+    promotion then, once (:func:`_interrupted_promotion`).
     """
     spec, lake = run.spec, run.lake
     prod = run.production_writer()
     snap = prod.snapshot(spec.name)
-    outcomes, to_register = [], []
+    candidates = candidate_models(run, keys)
+    outcomes, to_register, written = [], [], set()
     for key in keys:
         try:
-            report = require_upstream(lake, spec.name, "promoted_model", key)
-            model_state = read_state(lake, spec.name, "model", key)["info"]
+            report, cand = evaluated_candidate(spec, lake, key, candidates)
             champ = snap.current.get(key)
-            rolled_back = snap.rolled_back_sources(key).get(model_state["source"])
-            if champ and champ.tags.get("source_candidate_run") == model_state["source"]:
+            done = _interrupted_promotion(snap, key, report, read_state(lake, spec.name, "promoted_model", key))
+            rolled_back = snap.rolled_back_sources(key).get(cand["source"])
+            decided_at, decided_by = dt.datetime.now(dt.UTC).isoformat(), f"dagster run {run.run_id}"
+            if done is not None:
+                decision, reason = "promoted", done.tags.get("promotion_reason", "")
+                decided_at, decided_by = done.tags.get("promoted_at", decided_at), done.tags.get("promoted_by", "")
+                if champ is None or champ.version != done.version:  # cut short before the alias moved
+                    prod.set_alias(spec.name, key, done.version)
+            elif champ and _same_candidate(champ, cand):
                 decision, reason = "kept_champion", "this candidate is already in production"
             elif rolled_back is not None:
                 decision, reason = (
@@ -131,39 +150,30 @@ def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
                 "decision": decision,
                 "reason": reason,
                 "metric": spec.metric,
-                "candidate_version": report["candidate_version"],
+                "candidate_version": cand["version"],
                 "candidate_value": report["metrics"][spec.metric],
                 "champion_version": report.get("champion_version"),
                 "champion_value": (report.get("champion_metrics") or {}).get(spec.metric),
-                "decided_at": dt.datetime.now(dt.UTC).isoformat(),
-                "decided_by": f"dagster run {run.run_id}",
-                "production_version": champ.version if champ else None,
+                "decided_at": decided_at,
+                "decided_by": decided_by,
+                "production_version": done.version if done else (champ.version if champ else None),
+                # what this decision relied on: the evaluation, and the candidate it evaluated
+                "evaluation_id": report["evaluation_id"],
+                "artifact_sha256": cand["artifact_sha256"],
+                "data_fingerprint": cand["data_fingerprint"],
             }
+            if done is not None:
+                info["recovered"] = True  # registered by a run that stopped before recording it
             outcome = KeyOutcome(key, "ok", info=info)
-            if decision == "promoted":
-                sha = model_state["artifact_sha256"]
-                target = production_artifact_path(run.settings, spec.name, key, report["candidate_version"], sha)
-                copy_model_dir(model_state["source"], target)
-                tags = {
-                    "use_case": spec.name,
-                    "key": key,
-                    "key_label": key_label(spec.keys, key)[:5000],
-                    "source_candidate_version": str(report["candidate_version"]),
-                    "source_candidate_run": model_state["source"],
-                    "source_candidate_registry": run.settings.candidate_registry_uri.rsplit("@", 1)[-1][:500],
-                    "data_fingerprint": model_state["data_fingerprint"],
-                    HASH_TAG: sha,
-                    "estimator": model_state["estimator"],
-                    "features": ",".join(model_state["features"]),
-                    "metric": spec.metric,
-                    **{f"metric.{k}": repr(v) for k, v in report["metrics"].items()},
-                    "rows_train": str(report["rows_train"]),
-                    "rows_holdout": str(report["rows_holdout"]),
-                    "promoted_at": info["decided_at"],
-                    "promoted_by": info["decided_by"],
-                    "promotion_reason": reason[:5000],
-                }
-                to_register.append((outcome, (key, target, tags)))
+            if decision == "promoted" and done is None:
+                target = production_artifact_path(
+                    run.settings, spec.name, key, cand["version"], cand["artifact_sha256"]
+                )
+                copy_model_dir(cand["source"], target, cand["artifact_sha256"])  # verified against the registry
+                to_register.append((outcome, (key, target, _production_tags(run, key, cand, report, info))))
+            else:
+                write_state(lake, spec.name, "promoted_model", outcome, run.run_id)
+                written.add(key)
             outcomes.append(outcome)
         except SkipKey as exc:
             outcomes.append(KeyOutcome(key, "skipped", str(exc)))
@@ -172,23 +182,123 @@ def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
         if run.progress:
             run.progress(1)
     if to_register:
-        versions = prod.register_many(
-            spec.name, [item for _, item in to_register], None, after=lambda key, v: prod.set_alias(spec.name, key, v)
-        )
+        pending = {o.key: o for o, _ in to_register}
+
+        def go_live(key: str, version: int) -> None:
+            """Alias, then the key's record, right after its version is registered."""
+            crash_point("promoted_model.registered")
+            prod.set_alias(spec.name, key, version)
+            pending[key].info["production_version"] = version
+            crash_point("promoted_model")
+            write_state(lake, spec.name, "promoted_model", pending[key], run.run_id)
+
+        versions = prod.register_many(spec.name, [item for _, item in to_register], None, after=go_live)
         for outcome, (key, _, _) in to_register:
             result = versions[key]
             if isinstance(result, Exception):
                 outcome.status, outcome.reason = "failed", f"promotion failed: {type(result).__name__}: {result}"
             else:
-                outcome.info["production_version"] = result
+                written.add(key)
     decisions = {}
     for o in outcomes:
         d = o.info.get("decision", o.status) if o.ok else o.status
         decisions[d] = decisions.get(d, 0) + 1
-    return finish(run, "promoted_model", outcomes, {"decisions": decisions})
+    return finish(run, "promoted_model", outcomes, {"decisions": decisions}, written=written)
+
+
+def evaluated_candidate(spec: UseCaseSpec, lake, key: str, candidates: dict[str, dict]) -> tuple[dict, dict]:
+    """(the evaluation report, the candidate as the registry records it), only when the
+    evaluation is of the candidate the model record names, on today's training set, and the
+    registry agrees with both. SkipKey says which stage to run first; ModelIntegrityError
+    refuses records that disagree with the registry."""
+    report = require_upstream(lake, spec.name, "promoted_model", key)
+    model = require_state(lake, spec.name, "model", key)["info"]
+    data = require_state(lake, spec.name, "training_set", key)["info"]["data_fingerprint"]
+    version = model["version"]
+    if not report.get("evaluation_id"):
+        raise SkipKey(
+            "the evaluation record names no evaluation_id (written before evaluations were pinned): "
+            "run evaluation first"
+        )
+    if report["candidate_version"] != version:
+        raise SkipKey(
+            f"candidate v{version} was not evaluated: the evaluation is of v{report['candidate_version']}; "
+            "run evaluation first"
+        )
+    if not report.get("data_fingerprint") == model.get("data_fingerprint") == data:
+        raise SkipKey(
+            f"the evaluation of candidate v{version} was on data {str(report.get('data_fingerprint'))[:16]}, the "
+            f"candidate was fitted on {str(model.get('data_fingerprint'))[:16]} and today's training set is "
+            f"{data[:16]}: run model and evaluation first"
+        )
+    cand = registered_candidate(model, candidates.get(key))
+    if report.get("artifact_sha256") != cand["artifact_sha256"]:
+        raise ModelIntegrityError(
+            f"the evaluation record's artifact_sha256 is not the registered hash of candidate v{version}: "
+            "the lake's record was changed; refusing it"
+        )
+    return report, cand
+
+
+def _same_candidate(production: ModelRef, cand: dict) -> bool:
+    """A production version copied from this very candidate (same artifact folder and hash)."""
+    return (
+        production.tags.get("source_candidate_run") == cand["source"]
+        and production.tags.get(HASH_TAG) == cand["artifact_sha256"]
+    )
+
+
+def _interrupted_promotion(snap, key: str, report: dict, previous: dict | None) -> ModelRef | None:
+    """The production version made from this very evaluation when its promotion was never
+    recorded (a crash between the registry write and the key's record), else None.
+
+    A version that was rolled back since is not brought back."""
+    evaluation_id = report["evaluation_id"]
+    made = [r for r in snap.versions.get(key, []) if r.tags.get("evaluation_id") == evaluation_id]
+    if not made or made[-1].tags.get("rolled_back_at"):
+        return None
+    info = (previous or {}).get("info") or {}
+    recorded = (
+        (previous or {}).get("status") == "ok"
+        and info.get("evaluation_id") == evaluation_id
+        and info.get("decision") == "promoted"
+    )
+    if recorded:
+        return None
+    newest = max(r.version for r in snap.versions[key])
+    current = snap.current.get(key)
+    if current is not None and current.version != made[-1].version and made[-1].version != newest:
+        return None  # the alias was moved on by hand since; record nothing new
+    return made[-1]
+
+
+def _production_tags(run: StageRun, key: str, cand: dict, report: dict, info: dict) -> dict[str, str]:
+    """A production version's tags: the candidate as the registry records it, and the evaluation."""
+    spec = run.spec
+    return {
+        "use_case": spec.name,
+        "key": key,
+        "key_label": key_label(spec.keys, key)[:5000],
+        "source_candidate_version": str(cand["version"]),
+        "source_candidate_run": cand["source"],
+        "source_candidate_registry": run.settings.candidate_registry_uri.rsplit("@", 1)[-1][:500],
+        "data_fingerprint": cand["data_fingerprint"],
+        HASH_TAG: cand["artifact_sha256"],
+        "estimator": cand["estimator"] or report.get("estimator", ""),
+        "features": ",".join(cand["features"]),
+        "evaluation_id": report["evaluation_id"],
+        "metric": spec.metric,
+        **{f"metric.{k}": repr(v) for k, v in report["metrics"].items()},
+        "rows_train": str(report["rows_train"]),
+        "rows_holdout": str(report["rows_holdout"]),
+        "promoted_at": info["decided_at"],
+        "promoted_by": info["decided_by"],
+        "promotion_reason": info["reason"][:5000],
+    }
 
 
 def production_artifact_path(settings: PlatformSettings, use_case: str, key: str, version: int, sha: str) -> str:
     """Where a promoted model's files live: under the production artifact root, one folder per
-    (candidate version, content hash), so promoting the same model twice reuses the folder."""
+    (candidate version, content hash), so promoting the same model twice reuses the folder.
+    Both come from the candidate registry's record of the version promoted."""
     return f"{settings.production_artifact_root.rstrip('/')}/{use_case}/{key}/candidate-v{version}-{sha[:12]}"
