@@ -22,6 +22,7 @@ from .base import (
     StageReport,
     StageRun,
     candidate_models,
+    crash_point,
     finish,
     production_models,
     quantiles,
@@ -44,6 +45,7 @@ def _pinned_candidate(key: str, spec: UseCaseSpec, lake: Lake, candidates: dict,
         )
     registered = registered_candidate(cand, candidates.get(key))
     champ = champions.get(key)
+    crash_point("evaluation")
     return cand, {
         "evaluation_id": uuid.uuid4().hex,
         "candidate_version": registered["version"],

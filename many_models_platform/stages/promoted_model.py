@@ -10,6 +10,7 @@ from ..core.engine import KeyOutcome, SkipKey
 from ..core.keys import key_label
 from ..core.metrics import higher_is_worse, is_better
 from ..core.spec import UNLABELLED_METRICS, UseCaseSpec
+from ..storage.lake import Lake
 from ..storage.registry import (
     HASH_TAG,
     ModelIntegrityError,
@@ -113,76 +114,39 @@ def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
     production registry is read once (two queries) and the candidate registry once (one); the
     passing models' artifacts are copied under the production artifact root, so production
     never points into the candidate store; registrations go out in one batch (parallel on a
-    server store), and each key's record is written right after its alias moves. A rerun after
-    a crash between the two finds the version made from this evaluation and records the
-    promotion then, once (:func:`_interrupted_promotion`).
+    server store), and each key's record is written right after its alias moves.
+
+    Promotion is idempotent: before the registry is written, each promoted key gets an intent
+    record (the decision as it will be recorded); it is removed once the key's record is
+    written. A run that finds an intent whose production version exists completes that
+    promotion (alias, record, as ``promoted`` with its original reason) instead of deciding
+    again, so a crash between the registry write and the record never loses the promotion and
+    never registers it twice (:func:`_complete_interrupted`).
     """
     spec, lake = run.spec, run.lake
     prod = run.production_writer()
     snap = prod.snapshot(spec.name)
     candidates = candidate_models(run, keys)
+    intents = pending_intents(lake, spec.name)
     outcomes, to_register, written = [], [], set()
     for key in keys:
         try:
-            report, cand = evaluated_candidate(spec, lake, key, candidates)
-            champ = snap.current.get(key)
-            done = _interrupted_promotion(snap, key, report, read_state(lake, spec.name, "promoted_model", key))
-            rolled_back = snap.rolled_back_sources(key).get(cand["source"])
-            decided_at, decided_by = dt.datetime.now(dt.UTC).isoformat(), f"dagster run {run.run_id}"
-            if done is not None:
-                decision, reason = "promoted", done.tags.get("promotion_reason", "")
-                decided_at, decided_by = done.tags.get("promoted_at", decided_at), done.tags.get("promoted_by", "")
-                if champ is None or champ.version != done.version:  # cut short before the alias moved
-                    prod.set_alias(spec.name, key, done.version)
-            elif champ and _same_candidate(champ, cand):
-                decision, reason = "kept_champion", "this candidate is already in production"
-            elif rolled_back is not None:
-                decision, reason = (
-                    "rejected",
-                    (
-                        f"this candidate was rolled back from production v{rolled_back.version} "
-                        f"({rolled_back.tags.get('rolled_back_by', '?')}); it is not promoted again automatically"
-                    ),
-                )
+            outcome, registration = _decide_one(run, prod, snap, candidates, key, key in intents)
+            if registration is None:
+                written.add(key)  # recorded already (or its record stands)
             else:
-                decision, reason = decide(spec, report)
-            info = {
-                "decision": decision,
-                "reason": reason,
-                "metric": spec.metric,
-                "candidate_version": cand["version"],
-                "candidate_value": report["metrics"][spec.metric],
-                "champion_version": report.get("champion_version"),
-                "champion_value": (report.get("champion_metrics") or {}).get(spec.metric),
-                "decided_at": decided_at,
-                "decided_by": decided_by,
-                "production_version": done.version if done else (champ.version if champ else None),
-                # what this decision relied on: the evaluation, and the candidate it evaluated
-                "evaluation_id": report["evaluation_id"],
-                "artifact_sha256": cand["artifact_sha256"],
-                "data_fingerprint": cand["data_fingerprint"],
-            }
-            if done is not None:
-                info["recovered"] = True  # registered by a run that stopped before recording it
-            outcome = KeyOutcome(key, "ok", info=info)
-            if decision == "promoted" and done is None:
-                target = production_artifact_path(
-                    run.settings, spec.name, key, cand["version"], cand["artifact_sha256"]
-                )
-                copy_model_dir(cand["source"], target, cand["artifact_sha256"])  # verified against the registry
-                to_register.append((outcome, (key, target, _production_tags(run, key, cand, report, info))))
-            else:
-                write_state(lake, spec.name, "promoted_model", outcome, run.run_id)
-                written.add(key)
-            outcomes.append(outcome)
+                to_register.append((outcome, registration))
         except SkipKey as exc:
-            outcomes.append(KeyOutcome(key, "skipped", str(exc)))
+            outcome = KeyOutcome(key, "skipped", str(exc))
         except Exception as exc:
-            outcomes.append(KeyOutcome(key, "failed", f"{type(exc).__name__}: {exc}"))
+            outcome = KeyOutcome(key, "failed", f"{type(exc).__name__}: {exc}")
+        outcomes.append(outcome)
         if run.progress:
             run.progress(1)
     if to_register:
         pending = {o.key: o for o, _ in to_register}
+        for outcome, _ in to_register:  # the decision, recorded before the registry changes
+            lake.write_json(intent_path(lake, spec.name, outcome.key), {"info": outcome.info, "run_id": run.run_id})
 
         def go_live(key: str, version: int) -> None:
             """Alias, then the key's record, right after its version is registered."""
@@ -191,12 +155,14 @@ def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
             pending[key].info["production_version"] = version
             crash_point("promoted_model")
             write_state(lake, spec.name, "promoted_model", pending[key], run.run_id)
+            lake.delete(intent_path(lake, spec.name, key))
 
         versions = prod.register_many(spec.name, [item for _, item in to_register], None, after=go_live)
         for outcome, (key, _, _) in to_register:
             result = versions[key]
             if isinstance(result, Exception):
                 outcome.status, outcome.reason = "failed", f"promotion failed: {type(result).__name__}: {result}"
+                # the intent stays: the next run completes the promotion if the version was registered
             else:
                 written.add(key)
     decisions = {}
@@ -204,6 +170,114 @@ def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
         d = o.info.get("decision", o.status) if o.ok else o.status
         decisions[d] = decisions.get(d, 0) + 1
     return finish(run, "promoted_model", outcomes, {"decisions": decisions}, written=written)
+
+
+def _decide_one(run: StageRun, prod, snap, candidates: dict, key: str, has_intent: bool):
+    """(the key's outcome, its production registration or None). Outcomes that need no
+    registration are recorded here; a promotion is recorded once its alias has moved."""
+    spec, lake = run.spec, run.lake
+    previous = read_state(lake, spec.name, "promoted_model", key)
+    completed = _complete_interrupted(run, prod, snap, key, previous) if has_intent else None
+    if completed is not None:
+        info, decided_in = completed
+        outcome = KeyOutcome(key, "ok", info=info)
+        # recorded under the run that decided it, as if that run had not been cut short
+        write_state(lake, spec.name, "promoted_model", outcome, decided_in)
+        lake.delete(intent_path(lake, spec.name, key))
+        return outcome, None
+    report, cand = evaluated_candidate(spec, lake, key, candidates)
+    champ = snap.current.get(key)
+    if _promotion_stands(previous, champ, cand, run.run_date):
+        # promoted earlier on this run date and nothing changed since: the same record stays, not
+        # a second decision ("kept champion") that would hide the promotion before it is published
+        return KeyOutcome(key, "ok", info=previous["info"]), None
+    rolled_back = snap.rolled_back_sources(key).get(cand["source"])
+    if champ and _same_candidate(champ, cand):
+        decision, reason = "kept_champion", "this candidate is already in production"
+    elif rolled_back is not None:
+        decision, reason = (
+            "rejected",
+            (
+                f"this candidate was rolled back from production v{rolled_back.version} "
+                f"({rolled_back.tags.get('rolled_back_by', '?')}); it is not promoted again automatically"
+            ),
+        )
+    else:
+        decision, reason = decide(spec, report)
+    info = {
+        "decision": decision,
+        "reason": reason,
+        "metric": spec.metric,
+        "candidate_version": cand["version"],
+        "candidate_value": report["metrics"][spec.metric],
+        "champion_version": report.get("champion_version"),
+        "champion_value": (report.get("champion_metrics") or {}).get(spec.metric),
+        "decided_at": dt.datetime.now(dt.UTC).isoformat(),
+        "decided_by": f"dagster run {run.run_id}",
+        "production_version": champ.version if champ else None,
+        # what this decision relied on: the evaluation, and the candidate it evaluated
+        "evaluation_id": report["evaluation_id"],
+        "artifact_sha256": cand["artifact_sha256"],
+        "data_fingerprint": cand["data_fingerprint"],
+        "run_date": run.run_date.isoformat(),
+    }
+    outcome = KeyOutcome(key, "ok", info=info)
+    if decision != "promoted":
+        write_state(lake, spec.name, "promoted_model", outcome, run.run_id)
+        return outcome, None
+    target = production_artifact_path(run.settings, spec.name, key, cand["version"], cand["artifact_sha256"])
+    copy_model_dir(cand["source"], target, cand["artifact_sha256"])  # verified against the registry's hash
+    return outcome, (key, target, _production_tags(run, key, cand, report, info))
+
+
+INTENTS = "promoted_model_intents"
+
+
+def intent_path(lake: Lake, use_case: str, key: str):
+    """``state/<uc>/promoted_model_intents/<key>.json``: a promotion decided but not yet recorded."""
+    return lake.key_path("state", use_case, key, ".json", subdir=INTENTS)
+
+
+def pending_intents(lake: Lake, use_case: str) -> set[str]:
+    """Keys with a promotion intent left by an earlier run: one listing, not one lookup per key."""
+    return {p.name.removesuffix(".json") for p in lake.glob(f"state/{use_case}/{INTENTS}/*.json")}
+
+
+def _complete_interrupted(run: StageRun, prod, snap, key: str, previous: dict | None) -> tuple[dict, str] | None:
+    """(the record, the run that decided it) of a promotion an earlier run registered but did
+    not record, completed now (the alias moved if it had not); None when there is nothing to
+    complete: the intent's version was never registered, or its record was written. The intent
+    is then removed."""
+    lake, spec = run.lake, run.spec
+    intent = lake.read_json(intent_path(lake, spec.name, key))
+    info = intent["info"]
+    previous = previous or {}
+    recorded = (
+        previous.get("status") == "ok" and (previous.get("info") or {}).get("evaluation_id") == info["evaluation_id"]
+    )
+    made = [r for r in snap.versions.get(key, []) if r.tags.get("evaluation_id") == info["evaluation_id"]]
+    if recorded or not made:
+        lake.delete(intent_path(lake, spec.name, key))
+        return None
+    version = made[-1]
+    champ = snap.current.get(key)
+    if not version.tags.get("rolled_back_at") and (champ is None or champ.version < version.version):
+        prod.set_alias(spec.name, key, version.version)  # cut short before its alias moved
+    return {**info, "production_version": version.version, "recovered": True}, intent.get("run_id", run.run_id)
+
+
+def _promotion_stands(previous: dict | None, champ: ModelRef | None, cand: dict, run_date: dt.date) -> bool:
+    """True when the key's record is a promotion decided on this run date that put this very
+    candidate where it still is: a rerun of the day has nothing new to decide about it."""
+    info = (previous or {}).get("info") or {}
+    return (
+        (previous or {}).get("status") == "ok"
+        and info.get("decision") == "promoted"
+        and info.get("run_date") == run_date.isoformat()
+        and champ is not None
+        and info.get("production_version") == champ.version
+        and _same_candidate(champ, cand)
+    )
 
 
 def evaluated_candidate(spec: UseCaseSpec, lake, key: str, candidates: dict[str, dict]) -> tuple[dict, dict]:
@@ -246,30 +320,6 @@ def _same_candidate(production: ModelRef, cand: dict) -> bool:
         production.tags.get("source_candidate_run") == cand["source"]
         and production.tags.get(HASH_TAG) == cand["artifact_sha256"]
     )
-
-
-def _interrupted_promotion(snap, key: str, report: dict, previous: dict | None) -> ModelRef | None:
-    """The production version made from this very evaluation when its promotion was never
-    recorded (a crash between the registry write and the key's record), else None.
-
-    A version that was rolled back since is not brought back."""
-    evaluation_id = report["evaluation_id"]
-    made = [r for r in snap.versions.get(key, []) if r.tags.get("evaluation_id") == evaluation_id]
-    if not made or made[-1].tags.get("rolled_back_at"):
-        return None
-    info = (previous or {}).get("info") or {}
-    recorded = (
-        (previous or {}).get("status") == "ok"
-        and info.get("evaluation_id") == evaluation_id
-        and info.get("decision") == "promoted"
-    )
-    if recorded:
-        return None
-    newest = max(r.version for r in snap.versions[key])
-    current = snap.current.get(key)
-    if current is not None and current.version != made[-1].version and made[-1].version != newest:
-        return None  # the alias was moved on by hand since; record nothing new
-    return made[-1]
 
 
 def _production_tags(run: StageRun, key: str, cand: dict, report: dict, info: dict) -> dict[str, str]:
