@@ -20,6 +20,7 @@ import math
 import os
 import signal
 from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,12 +123,31 @@ def clear_state(lake: Lake, use_case: str, stage: str, key: str) -> None:
 def require_state(lake: Lake, use_case: str, stage: str, key: str) -> dict[str, Any]:
     """A stage's whole ok state for this key (info and the run that wrote it), or SkipKey naming
     why there is none."""
-    state = read_state(lake, use_case, stage, key)
+    return checked_state(stage, read_state(lake, use_case, stage, key))
+
+
+def checked_state(stage: str, state: dict[str, Any] | None) -> dict[str, Any]:
+    """``state`` if it is ok, else SkipKey naming why (see :func:`require_state`)."""
     if state is None:
         raise SkipKey(f"{stage} has not run for this key")
     if state["status"] != "ok":
         raise SkipKey(f"{stage} {state['status']}: {state['reason']}")
     return state
+
+
+def read_states(lake: Lake, use_case: str, stages: Sequence[str], keys: Sequence[str]) -> dict[str, dict]:
+    """key -> stage -> its state (or None), for a stage that runs in the main process: read in
+    threads on a remote lake, where each read is a request."""
+    pairs = [(key, stage) for key in keys for stage in stages]
+    if lake.is_local or len(pairs) < 16:
+        found = [read_state(lake, use_case, stage, key) for key, stage in pairs]
+    else:
+        with ThreadPoolExecutor(16, thread_name_prefix="mmp-state") as pool:
+            found = list(pool.map(lambda pair: read_state(lake, use_case, pair[1], pair[0]), pairs))
+    out: dict[str, dict] = {key: {} for key in keys}
+    for (key, stage), state in zip(pairs, found, strict=True):
+        out[key][stage] = state
+    return out
 
 
 def require_upstream(lake: Lake, use_case: str, stage: str, key: str) -> dict[str, Any]:

@@ -22,12 +22,11 @@ from .base import (
     StageReport,
     StageRun,
     candidate_models,
+    checked_state,
     crash_point,
     finish,
-    read_state,
+    read_states,
     registered_candidate,
-    require_state,
-    require_upstream,
     write_state,
 )
 
@@ -128,10 +127,11 @@ def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
     snap = prod.snapshot(spec.name)
     candidates = candidate_models(run, keys)
     intents = pending_intents(lake, spec.name)
+    records = read_states(lake, spec.name, ("training_set", "model", "evaluation", "promoted_model"), keys)
     outcomes, to_register, written = [], [], set()
     for key in keys:
         try:
-            outcome, registration = _decide_one(run, prod, snap, candidates, key, key in intents)
+            outcome, registration = _decide_one(run, prod, snap, candidates, key, records[key], key in intents)
             if registration is None:
                 written.add(key)  # recorded already (or its record stands)
             else:
@@ -172,11 +172,12 @@ def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
     return finish(run, "promoted_model", outcomes, {"decisions": decisions}, written=written)
 
 
-def _decide_one(run: StageRun, prod, snap, candidates: dict, key: str, has_intent: bool):
-    """(the key's outcome, its production registration or None). Outcomes that need no
-    registration are recorded here; a promotion is recorded once its alias has moved."""
+def _decide_one(run: StageRun, prod, snap, candidates: dict, key: str, records: dict, has_intent: bool):
+    """(the key's outcome, its production registration or None), from the key's records (stage ->
+    state). Outcomes that need no registration are recorded here; a promotion is recorded once
+    its alias has moved."""
     spec, lake = run.spec, run.lake
-    previous = read_state(lake, spec.name, "promoted_model", key)
+    previous = records["promoted_model"]
     completed = _complete_interrupted(run, prod, snap, key, previous) if has_intent else None
     if completed is not None:
         info, decided_in = completed
@@ -185,7 +186,7 @@ def _decide_one(run: StageRun, prod, snap, candidates: dict, key: str, has_inten
         write_state(lake, spec.name, "promoted_model", outcome, decided_in)
         lake.delete(intent_path(lake, spec.name, key))
         return outcome, None
-    report, cand = evaluated_candidate(spec, lake, key, candidates)
+    report, cand = evaluated_candidate(records, candidates.get(key))
     champ = snap.current.get(key)
     if _promotion_stands(previous, champ, cand, run.run_date):
         # promoted earlier on this run date and nothing changed since: the same record stays, not
@@ -280,14 +281,14 @@ def _promotion_stands(previous: dict | None, champ: ModelRef | None, cand: dict,
     )
 
 
-def evaluated_candidate(spec: UseCaseSpec, lake, key: str, candidates: dict[str, dict]) -> tuple[dict, dict]:
+def evaluated_candidate(records: dict[str, dict | None], registered: dict | None) -> tuple[dict, dict]:
     """(the evaluation report, the candidate as the registry records it), only when the
     evaluation is of the candidate the model record names, on today's training set, and the
-    registry agrees with both. SkipKey says which stage to run first; ModelIntegrityError
-    refuses records that disagree with the registry."""
-    report = require_upstream(lake, spec.name, "promoted_model", key)
-    model = require_state(lake, spec.name, "model", key)["info"]
-    data = require_state(lake, spec.name, "training_set", key)["info"]["data_fingerprint"]
+    registry agrees with both. ``records`` maps a stage to the key's state. SkipKey says which
+    stage to run first; ModelIntegrityError refuses records that disagree with the registry."""
+    report = checked_state("evaluation", records["evaluation"])["info"]
+    model = checked_state("model", records["model"])["info"]
+    data = checked_state("training_set", records["training_set"])["info"]["data_fingerprint"]
     version = model["version"]
     if not report.get("evaluation_id"):
         raise SkipKey(
@@ -305,7 +306,7 @@ def evaluated_candidate(spec: UseCaseSpec, lake, key: str, candidates: dict[str,
             f"candidate was fitted on {str(model.get('data_fingerprint'))[:16]} and today's training set is "
             f"{data[:16]}: run model and evaluation first"
         )
-    cand = registered_candidate(model, candidates.get(key))
+    cand = registered_candidate(model, registered)
     if report.get("artifact_sha256") != cand["artifact_sha256"]:
         raise ModelIntegrityError(
             f"the evaluation record's artifact_sha256 is not the registered hash of candidate v{version}: "
