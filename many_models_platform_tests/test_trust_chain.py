@@ -30,9 +30,9 @@ from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from many_models_platform.core.features import frame_input, to_matrix
+from many_models_platform.core.features import FREQUENCY_PERIODS, frame_input, to_matrix
 from many_models_platform.core.keys import encode_key
-from many_models_platform.core.modeling import _fit_params, build_pipeline
+from many_models_platform.core.modeling import _fit_params, build_pipeline, model_input
 from many_models_platform.core.spec import load_config
 from many_models_platform.lifecycle import registries
 from many_models_platform.stages import STAGES, StageRun, run_stage
@@ -169,6 +169,15 @@ def _fitted_pipelines(spec, rng) -> list[tuple[str, object]]:
     )
     y = rng.normal(size=n)
     for cand in spec.candidates:
+        if cand.statistical:  # a series model: placed by time, it takes no feature columns
+            t = spec.time_column
+            times = pl.date_range(
+                dt.date(2021, 1, 4), dt.date(2021, 1, 4) + dt.timedelta(weeks=n - 1), "1w", eager=True
+            )
+            model = build_pipeline(spec, cand.name, [], [], FREQUENCY_PERIODS["weekly"])
+            model.fit(model_input(model, pl.DataFrame({t: times}), [t]), 100 + y)
+            out.append((f"{spec.name}/{cand.name}/series", model))
+            continue
         for categorical in ([], ["c"]):
             columns = ["a", "b", *categorical]
             model = build_pipeline(spec, cand.name, columns, categorical)
@@ -184,7 +193,8 @@ def _fitted_pipelines(spec, rng) -> list[tuple[str, object]]:
 
 def test_platform_types_are_exactly_what_shipped_models_hold(tmp_path):
     """PLATFORM_TYPES is the union of what skops does not trust by default in every shipped
-    candidate, numeric and categorical (OneHotEncoder; OrdinalEncoder for LightGBM); each such
+    candidate, numeric and categorical (OneHotEncoder; OrdinalEncoder for LightGBM), except the
+    statsforecast adapter, which a use case trusts through its estimator types; each such
     model saves and loads with its use case's trust, and with no package prefix at all."""
     rng = np.random.default_rng(0)
     seen: set[str] = set()
@@ -196,7 +206,11 @@ def test_platform_types_are_exactly_what_shipped_models_hold(tmp_path):
             folder = tmp_path / name.replace("/", "_")
             sha = write_model_dir(model, str(folder), model_template_dir(), trust)
             assert type(load_model_from_source(str(folder), sha, trust)) is type(model), name
-    assert seen == set(PLATFORM_TYPES)
+    # the statsforecast adapter is trusted only where a use case lists a statistical candidate
+    # (spec.estimator_types), not by the platform's defaults
+    adapter = "many_models_platform.core.statistical.StatisticalForecaster"
+    assert adapter in seen
+    assert seen - {adapter} == set(PLATFORM_TYPES)
 
 
 class _Dumps:
