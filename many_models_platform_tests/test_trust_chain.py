@@ -40,16 +40,19 @@ from many_models_platform.stages.base import read_state, state_path
 from many_models_platform.stages.promoted_model import pending_intents
 from many_models_platform.storage.lake import Lake
 from many_models_platform.storage.registry import (
+    EVAL_MODEL_FILE,
     HASH_TAG,
     MODEL_FILE,
     PLATFORM_TYPES,
     ModelIntegrityError,
     ModelRegistry,
     TrustedTypes,
+    copy_model_dir,
     load_model_from_source,
     model_template_dir,
     trusted_types,
     write_model_dir,
+    write_model_file,
 )
 from many_models_platform.storage.settings import PlatformSettings
 
@@ -588,3 +591,28 @@ def test_a_kill_anywhere_then_a_rerun_converges_to_a_clean_run(tmp_path, empty_r
         if point.startswith("promoted_model"):
             assert rerun["promoted_model"][FLIP].info["recovered"] is True
             assert rerun["promoted_model"][FLIP].info["decided_by"] == "dagster run day2"
+
+
+def test_a_refit_model_folder_reaches_production_only_with_both_registered_hashes(tmp_path):
+    """With refit the folder holds the served model.skops and the evaluated model_eval.skops:
+    copying it into production checks each against its registered hash, and an altered or
+    unpinned model_eval.skops leaves nothing at the destination."""
+    x, y = np.arange(20.0).reshape(-1, 1), np.arange(20.0)
+    src = tmp_path / "candidate"
+    sha = write_model_dir(Ridge().fit(x, y), str(src), model_template_dir())
+    eval_sha = write_model_file(Ridge().fit(x[:15], y[:15]), str(src), EVAL_MODEL_FILE)
+    copy_model_dir(str(src), str(tmp_path / "ok"), sha, eval_sha)
+    served = load_model_from_source(str(tmp_path / "ok"), sha)
+    evaluated = load_model_from_source(str(tmp_path / "ok"), eval_sha, file=EVAL_MODEL_FILE)
+    assert isinstance(served, Ridge) and isinstance(evaluated, Ridge)
+    with pytest.raises(ModelIntegrityError, match="eval_artifact_sha256"):
+        copy_model_dir(str(src), str(tmp_path / "unpinned"), sha)  # the eval file's hash is not pinned
+    assert not (tmp_path / "unpinned").exists()
+    data = (src / EVAL_MODEL_FILE).read_bytes()
+    (src / EVAL_MODEL_FILE).write_bytes(sio.dumps(Ridge().fit(x, -y)))  # swapped behind the registry's back
+    with pytest.raises(ModelIntegrityError, match=r"model_eval\.skops was modified"):
+        copy_model_dir(str(src), str(tmp_path / "altered"), sha, eval_sha)
+    assert not (tmp_path / "altered").exists()
+    (src / EVAL_MODEL_FILE).write_bytes(data)
+    copy_model_dir(str(src), str(tmp_path / "altered"), sha, eval_sha)
+    assert (tmp_path / "altered" / EVAL_MODEL_FILE).read_bytes() == data
