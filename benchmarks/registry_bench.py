@@ -12,7 +12,8 @@ skops model folders, and without the model fitting around it:
 2. resolving the key -> newest candidate map (``latest_versions``) and the production map
    (``snapshot``): a constant number of paginated searches, whatever N is;
 3. the real ``promoted_model`` stage (``stages.promoted_model.promote``) over lake state files that say
-   every key passed evaluation: artifact copy into the production root, registration, alias;
+   every key passed evaluation (pinned as the trust chain needs them): artifact copy into the
+   production root (verified), registration, alias;
 4. the model family view (``lifecycle.model_family``);
 5. a second day: new candidate versions for existing names, then promotion over a champion.
 """
@@ -122,14 +123,17 @@ def main(argv: list[str] | None = None) -> dict:
             champions = production_models(run, keys)
             timings[f"day{n}_resolve_maps"] = time.perf_counter() - t
             assert len(latest) == len(keys)
-            for k, src, tags in items:  # what model and evaluation leave in the lake for promotion
-                info = {"source": src, "data_fingerprint": tags["data_fingerprint"], "estimator": "ridge"}
+            for k, src, tags in items:  # what training, model and evaluation leave in the lake for promotion
+                data = {"data_fingerprint": tags["data_fingerprint"]}
+                write_state(run.lake, spec.name, "training_set", KeyOutcome(k, "ok", info=data), run.run_id)
+                info = {"source": src, **data, "estimator": "ridge", "version": versions[k]}
                 info |= {"features": tags["features"].split(","), "artifact_sha256": tags[HASH_TAG]}
                 write_state(run.lake, spec.name, "model", KeyOutcome(k, "ok", info=info), run.run_id)
                 champ = champions.get(k)
                 report = {"candidate_version": versions[k], "metrics": {"rmse": 1.0 / n}, "rows_train": 100}
                 report |= {"rows_holdout": 30, "champion_version": champ["version"] if champ else None}
                 report["champion_metrics"] = {"rmse": 1.0} if champ else None
+                report |= {"evaluation_id": f"bench-{n}-{k}", "artifact_sha256": tags[HASH_TAG], **data}
                 write_state(run.lake, spec.name, "evaluation", KeyOutcome(k, "ok", info=report), run.run_id)
             t = time.perf_counter()
             report = promote(run, keys)

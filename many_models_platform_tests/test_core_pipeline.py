@@ -215,7 +215,9 @@ def test_warehouse_row_counts_after_first_run(world):
     g, n = len(world.good), len(world.keys)
     assert world.counts_first_publish == {
         "predictions": sum(holdout_rows(world).values()),
-        "key_metrics": g * 7,  # mape, rmse, mae, r2, wape, smape, mase of the candidate; no champion yet
+        # mape, rmse, mae, r2, wape, smape, mase of the candidate and of its best baseline, and the
+        # candidate's skill; no champion yet
+        "key_metrics": g * (7 + 7 + 1),
         "key_status": n * 7,  # every key, every stage including publishing itself
         "run_summary": 1,
         "promotion_history": g,  # keys whose promotion step ran
@@ -250,7 +252,7 @@ def test_second_day_keeps_the_identical_champion(world):
     g, n = len(world.good), len(world.keys)
     assert world.counts(DAY2) == {
         "predictions": sum(holdout_rows(world).values()),
-        "key_metrics": g * 14,  # candidate and champion
+        "key_metrics": g * (7 + 7 + 1 + 7),  # candidate, baseline, skill and champion
         "key_status": n * 7,
         "run_summary": 1,
         "promotion_history": g,

@@ -337,13 +337,14 @@ def test_rerun_for_the_same_run_date_never_duplicates_rows(platform):
         counts[-1]["candidate_metrics"] = query(
             settings, "SELECT count(*) FROM key_metrics WHERE model_role = 'candidate'"
         )[0][0]
-    # one promotion decision per key per run: history grows by decisions, never by republishing
-    assert [c["promotion_history"] for c in counts] == [10, 20, 30]
+    # one promotion per key: a rerun for the same run date finds the day's promotion standing (same
+    # candidate, still in production) and keeps its record, so history never counts it twice
+    assert [c["promotion_history"] for c in counts] == [10, 10, 10]
     # each key's promoted_model materialization carries its decision and reason for the UI
     meta = materialization_metadata(instance, "group_regression", "promoted_model")
     assert len(meta) == 10
-    assert {m["decision"] for m in meta.values()} == {"kept_champion"}
-    assert {m["reason"] for m in meta.values()} == {"this candidate is already in production"}
+    assert {m["decision"] for m in meta.values()} == {"promoted"}
+    assert {m["reason"] for m in meta.values()} == {"first model for this key"}
     for c in counts:
         c.pop("promotion_history")
     # the first run has no champion to compare with; from the second on, everything is stable

@@ -302,8 +302,9 @@ class UseCaseSpec(_Strict):
     min_rows: int = Field(default=20, gt=1)
     horizon: int = Field(default=1, gt=0)
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
-    # Packages (or exact type names) besides scikit-learn, LightGBM, NumPy and SciPy whose types
-    # a saved model may contain; a model holding anything else is refused at save and at load.
+    # Exact type names (or, as the user's explicit choice, package prefixes) besides the
+    # platform's own types and the configured estimator classes that a saved model may contain;
+    # a model holding anything else is refused at save and at load.
     trusted_modules: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -401,20 +402,26 @@ class UseCaseSpec(_Strict):
         return self
 
     @property
-    def trusted_types(self) -> list[str]:
-        """Type-name prefixes a saved model of this use case may hold beyond the platform's
-        defaults: the configured estimator classes and ``trusted_modules``."""
-        # skops names types by where they are defined (xgboost.sklearn.XGBRegressor), which
-        # is not always the import path in the config (xgboost.XGBRegressor)
+    def estimator_types(self) -> list[str]:
+        """The configured estimator classes by the exact names skops gives them: where they are
+        defined (xgboost.sklearn.XGBRegressor), not always the config's import path (xgboost.XGBRegressor).
+        A statistical candidate is saved as the platform's adapter, which stores the series and its
+        forecasts as arrays: no statsforecast type is saved."""
         defined = [
             f"{(cls := resolve_estimator(c.estimator)).__module__}.{cls.__qualname__}"
             for c in self.candidates
             if not c.statistical
         ]
         if any(c.statistical for c in self.candidates):
-            # the adapter stores the series and its forecasts as arrays: no statsforecast type is saved
             defined.append("many_models_platform.core.statistical.StatisticalForecaster")
-        return [*defined, *self.trusted_modules]
+        return defined
+
+    @property
+    def trusted_types(self) -> list[str]:
+        """What a saved model of this use case may hold beyond the platform's types: the
+        configured estimator classes (exact names) and ``trusted_modules`` (exact names or
+        package prefixes)."""
+        return [*self.estimator_types, *self.trusted_modules]
 
     @cached_property
     def model_hash(self) -> str:

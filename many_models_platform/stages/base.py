@@ -1,17 +1,28 @@
 """What every stage shares: the run context, the report, per-key state files, and lookups.
 
 Each stage records a small per-key state file ``state/<use case>/<stage>/<key>.json``
-holding the status, the reason and a few facts. Downstream stages read that state to skip
-keys whose upstream failed, and the ``published`` stage turns it into the status table.
+holding the status, the reason and a few facts, among them what the stage consumed (data
+fingerprint, candidate version and hash, the evaluation it relies on). Downstream stages read
+that state to skip keys whose upstream failed or does not match, and the ``published`` stage
+turns it into the status table.
+
+A key's record and the data it describes change together: a stage that rewrites a key's data
+file first removes the key's record, then writes the data, then the new record
+(:func:`clear_state`, :func:`write_state`), so after a crash no old record ever describes new
+data: the key is either as before, as after, or without a record (and downstream stages treat
+it as not run).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 import re
+import signal
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,11 +32,14 @@ from ..core.engine import KeyOutcome, SkipKey
 from ..core.spec import UseCaseSpec
 from ..storage.lake import Lake
 from ..storage.registry import (
+    EVAL_HASH_TAG,
     HASH_TAG,
-    TRUSTED_MODULES,
+    ModelIntegrityError,
     ModelRegistry,
+    TrustedTypes,
     candidate_registry,
     production_registry,
+    trusted_types,
 )
 from ..storage.settings import PlatformSettings
 
@@ -65,6 +79,10 @@ class StageRun:
     def candidates(self) -> ModelRegistry:
         return candidate_registry(self.settings)
 
+    def candidates_reader(self) -> ModelRegistry:
+        """The candidate registry for stages that only look versions up (evaluation, promotion)."""
+        return candidate_registry(self.settings, writable=False)
+
     def production(self) -> ModelRegistry:
         """The production registry, read-only: evaluation and scoring only look things up."""
         return production_registry(self.settings)
@@ -74,9 +92,10 @@ class StageRun:
         return production_registry(self.settings, write=True)
 
     @property
-    def trusted(self) -> list[str]:
-        """Type-name prefixes this use case's saved models may hold."""
-        return [*TRUSTED_MODULES, *self.spec.trusted_types]
+    def trusted(self) -> TrustedTypes:
+        """The types this use case's saved models may hold: the platform's and the estimator
+        classes' exact names, and ``trusted_modules`` as the user wrote them."""
+        return trusted_types(self.spec.estimator_types, self.spec.trusted_modules)
 
 
 @dataclass
@@ -113,21 +132,58 @@ def read_state(lake: Lake, use_case: str, stage: str, key: str) -> dict[str, Any
     return lake.read_json(path) if path.exists() else None
 
 
+def clear_state(lake: Lake, use_case: str, stage: str, key: str) -> None:
+    """Remove a key's record before its data file is rewritten (see the module's docstring)."""
+    lake.delete(state_path(lake, use_case, stage, key))
+
+
+def require_state(lake: Lake, use_case: str, stage: str, key: str) -> dict[str, Any]:
+    """A stage's whole ok state for this key (info and the run that wrote it), or SkipKey naming
+    why there is none."""
+    return checked_state(stage, read_state(lake, use_case, stage, key))
+
+
+def checked_state(stage: str, state: dict[str, Any] | None) -> dict[str, Any]:
+    """``state`` if it is ok, else SkipKey naming why (see :func:`require_state`)."""
+    if state is None:
+        raise SkipKey(f"{stage} has not run for this key")
+    if state["status"] != "ok":
+        raise SkipKey(f"{stage} {state['status']}: {state['reason']}")
+    return state
+
+
+def read_states(lake: Lake, use_case: str, stages: Sequence[str], keys: Sequence[str]) -> dict[str, dict]:
+    """key -> stage -> its state (or None), for a stage that runs in the main process: read in
+    threads on a remote lake, where each read is a request."""
+    pairs = [(key, stage) for key in keys for stage in stages]
+    if lake.is_local or len(pairs) < 16:
+        found = [read_state(lake, use_case, stage, key) for key, stage in pairs]
+    else:
+        with ThreadPoolExecutor(16, thread_name_prefix="mmp-state") as pool:
+            found = list(pool.map(lambda pair: read_state(lake, use_case, pair[1], pair[0]), pairs))
+    out: dict[str, dict] = {key: {} for key in keys}
+    for (key, stage), state in zip(pairs, found, strict=True):
+        out[key][stage] = state
+    return out
+
+
 def require_upstream(lake: Lake, use_case: str, stage: str, key: str) -> dict[str, Any]:
     """The upstream stage's info for this key, or SkipKey naming why it is missing."""
-    up = UPSTREAM[stage]
-    state = read_state(lake, use_case, up, key)
-    if state is None:
-        raise SkipKey(f"{up} has not run for this key")
-    if state["status"] != "ok":
-        raise SkipKey(f"{up} {state['status']}: {state['reason']}")
-    return state["info"]
+    return require_state(lake, use_case, UPSTREAM[stage], key)["info"]
 
 
-def finish(run: StageRun, stage: str, outcomes: list[KeyOutcome], summary: dict | None = None) -> StageReport:
-    """Write every key's state file and the run's record of this stage (:func:`write_run_record`)."""
+def finish(
+    run: StageRun,
+    stage: str,
+    outcomes: list[KeyOutcome],
+    summary: dict | None = None,
+    written: Collection[str] = (),
+) -> StageReport:
+    """Write the state of every key not already ``written`` by the stage itself (right after its
+    data, see the module's docstring), then the run's record of this stage (:func:`write_run_record`)."""
     for o in outcomes:
-        write_state(run.lake, run.spec.name, stage, o, run.run_id)
+        if o.key not in written:
+            write_state(run.lake, run.spec.name, stage, o, run.run_id)
     report = StageReport(stage, outcomes, summary or {})
     write_run_record(run, report)
     return report
@@ -217,6 +273,76 @@ def not_ok_reason(stage: str, state: dict[str, Any] | None) -> str:
     if state["status"] == "failed" or reason.startswith(STOPPED):
         return reason
     return f"{state['status']}: {reason}"
+
+
+def crash_point(name: str) -> None:
+    """A test hook for crash consistency: ``MMP_CRASH_AT=<name>[:<n>]`` kills this process with
+    SIGKILL the n-th time (default the first) it reaches the point ``name``. Unset, it costs
+    one dictionary lookup."""
+    wanted = os.environ.get("MMP_CRASH_AT")
+    if not wanted:
+        return
+    point, _, nth = wanted.partition(":")
+    if point != name:
+        return
+    _crash_counts[name] = _crash_counts.get(name, 0) + 1
+    if _crash_counts[name] >= int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_crash_counts: dict[str, int] = {}
+
+
+# --- the trust chain: candidates as the registry knows them -------------------------------
+def candidate_models(run: StageRun, keys: Sequence[str]) -> dict[str, dict]:
+    """key -> its newest candidate version as the candidate registry records it (version,
+    artifact source, ``artifact_sha256``, ``eval_artifact_sha256``, ``data_fingerprint``): one registry query for the
+    whole use case, plain data for the workers. Evaluation and promotion take a candidate's
+    hash from here, never from the lake's records."""
+    wanted = set(keys)
+    return {
+        key: {
+            "name": ref.name,
+            "version": ref.version,
+            "source": ref.source,
+            # what it was fitted on (LINEAGE_TAGS), copied to production at promotion
+            **{tag: ref.tags.get(tag) for tag in LINEAGE_TAGS},
+            "artifact_sha256": ref.tags.get(HASH_TAG),
+            # with refit, the evaluated model_eval.skops: pinned from the registry like model.skops
+            "eval_artifact_sha256": ref.tags.get(EVAL_HASH_TAG),
+            "data_fingerprint": ref.tags.get("data_fingerprint"),
+            "estimator": ref.tags.get("estimator"),
+            "features": ref.tags["features"].split(",") if ref.tags.get("features") else [],
+        }
+        for key, ref in run.candidates_reader().latest_versions(run.spec.name).items()
+        if key in wanted
+    }
+
+
+def registered_candidate(model: dict[str, Any], registered: dict[str, Any] | None) -> dict[str, Any]:
+    """The candidate the ``model`` record names, as the candidate registry records it.
+
+    SkipKey when the registry holds a newer version than the record (a ``model`` run was cut
+    short after registering it: run model again); ModelIntegrityError when the record and the
+    registry disagree about the same version (the lake's record was changed).
+    """
+    version = model["version"]
+    if registered is None:
+        raise ModelIntegrityError(f"candidate v{version} of this key is not in the candidate registry; refusing it")
+    if registered["version"] != version:
+        raise SkipKey(
+            f"the model record names candidate v{version} but the candidate registry's newest version of this key "
+            f"is v{registered['version']}: run model again"
+        )
+    differ = [
+        f for f in ("source", "artifact_sha256", EVAL_HASH_TAG, "data_fingerprint") if model.get(f) != registered.get(f)
+    ]
+    if differ:
+        raise ModelIntegrityError(
+            f"the model record does not match candidate v{version} in the candidate registry ({', '.join(differ)} "
+            "differ): the lake's record was changed; refusing it"
+        )
+    return registered
 
 
 def production_models(run: StageRun, keys: Sequence[str]) -> dict[str, dict]:

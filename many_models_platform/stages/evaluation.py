@@ -4,34 +4,71 @@ against the production champion on the holdout rows neither was fitted on."""
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Sequence
 
 from ..core import features as F
 from ..core.baselines import baselines, best_baseline, comparable_rows
-from ..core.engine import KeyOutcome, map_keys
+from ..core.engine import KeyOutcome, SkipKey, map_keys
 from ..core.keys import key_label
 from ..core.metrics import higher_is_worse, skill
 from ..core.modeling import evaluate, expected_flag_rate, stability, training_scale
 from ..core.spec import UseCaseSpec
 from ..storage.lake import Lake
 from ..storage.registry import (
+    EVAL_HASH_TAG,
     EVAL_MODEL_FILE,
     MODEL_FILE,
     ModelIntegrityError,
     load_model_from_source,
 )
 from .base import (
+    UPSTREAM,
     StageReport,
     StageRun,
+    candidate_models,
+    crash_point,
     finish,
     production_models,
     quantiles,
-    require_upstream,
+    registered_candidate,
+    require_state,
 )
 
 
-def _evaluate_one(key: str, spec: UseCaseSpec, lake: Lake, champions: dict[str, dict], trusted: list) -> dict:
-    cand = require_upstream(lake, spec.name, "evaluation", key)
+def _pinned_candidate(key: str, spec: UseCaseSpec, lake: Lake, candidates: dict, champions: dict) -> tuple:
+    """(the model record's info, the pins of this evaluation): the candidate as the candidate
+    registry records it, fitted on today's training set. Skips a candidate that is not today's
+    (run model first) and refuses one whose lake record disagrees with the registry."""
+    model = require_state(lake, spec.name, UPSTREAM["evaluation"], key)
+    training = require_state(lake, spec.name, "training_set", key)
+    cand, data = model["info"], training["info"]["data_fingerprint"]
+    if cand.get("data_fingerprint") != data:
+        raise SkipKey(
+            f"candidate v{cand['version']} was fitted on other data (data_fingerprint "
+            f"{str(cand.get('data_fingerprint'))[:16]}) than today's training set ({data[:16]}): run model first"
+        )
+    registered = registered_candidate(cand, candidates.get(key))
+    champ = champions.get(key)
+    crash_point("evaluation")
+    return cand, {
+        "evaluation_id": uuid.uuid4().hex,
+        "candidate_version": registered["version"],
+        "candidate_source": registered["source"],
+        "artifact_sha256": registered["artifact_sha256"],  # from the registry, never the lake
+        # with refit, the evaluated model_eval.skops (None without): also from the registry
+        EVAL_HASH_TAG: registered[EVAL_HASH_TAG],
+        "data_fingerprint": data,
+        "training_set_run_id": training["dagster_run_id"],
+        "model_run_id": model["dagster_run_id"],
+        "champion_artifact_sha256": champ["artifact_sha256"] if champ else None,
+    }
+
+
+def _evaluate_one(
+    key: str, spec: UseCaseSpec, lake: Lake, champions: dict[str, dict], trusted, candidates: dict[str, dict]
+) -> dict:
+    cand, pins = _pinned_candidate(key, spec, lake, candidates, champions)
     ts = lake.read_parquet(lake.key_path("training", spec.name, key, ".parquet"))
     parts = F.split(ts)
     train = parts[F.TRAIN]
@@ -40,7 +77,7 @@ def _evaluate_one(key: str, spec: UseCaseSpec, lake: Lake, champions: dict[str, 
     period = F.key_period(spec, ts[t]) if t else None
     scale = training_scale(spec, train, period.frequency if period else None)
     # the model fitted without the holdout: with refit, production's model.skops has seen it
-    model = _load(cand["source"], cand, trusted)
+    model = _load(pins["candidate_source"], pins, trusted)
     undefined: dict[str, str] = {}
     metrics = evaluate(spec, model, cand["features"], holdout, scale, undefined)
     estimator = model.steps[-1][1] if hasattr(model, "steps") else model
@@ -68,10 +105,10 @@ def _evaluate_one(key: str, spec: UseCaseSpec, lake: Lake, champions: dict[str, 
         report["champion_version"] = champ["version"]
         report["champion_source_version"] = champ.get("source_version")
         _compare(spec, report, model, cand["features"], champ, holdout, scale, trusted)
-    return report
+    return report | pins
 
 
-def _load(source: str, lineage: dict, trusted: list):
+def _load(source: str, lineage: dict, trusted):
     """The model a report describes: ``model_eval.skops`` when the version was refitted, else
     ``model.skops`` (the same model then)."""
     if lineage.get("eval_artifact_sha256"):
@@ -124,8 +161,13 @@ def _compare(spec: UseCaseSpec, report: dict, model, features, champ: dict, hold
 def evaluate_models(run: StageRun, keys: Sequence[str]) -> StageReport:
     spec = run.spec
     champions = production_models(run, keys)
+    candidates = candidate_models(run, keys)
     outcomes = map_keys(
-        _evaluate_one, keys, (spec, run.lake, champions, run.trusted), workers=run.workers, progress=run.progress
+        _evaluate_one,
+        keys,
+        (spec, run.lake, champions, run.trusted, candidates),
+        workers=run.workers,
+        progress=run.progress,
     )
     values = [o.info["metrics"][spec.metric] for o in outcomes if o.ok]
     summary = {"metric": spec.metric, **quantiles(spec.metric, values)}

@@ -25,17 +25,21 @@ from ..storage.registry import (
 )
 from .base import (
     LINEAGE_TAGS,
+    UPSTREAM,
     StageReport,
     StageRun,
+    crash_point,
     finish,
     quantiles,
     read_state,
-    require_upstream,
+    require_state,
+    write_state,
 )
 
 
-def _train_one(key: str, spec: UseCaseSpec, lake: Lake, models_dir: str, template: str, trusted: list) -> dict:
-    upstream = require_upstream(lake, spec.name, "model", key)
+def _train_one(key: str, spec: UseCaseSpec, lake: Lake, models_dir: str, template: str, trusted) -> dict:
+    ts_state = require_state(lake, spec.name, UPSTREAM["model"], key)
+    upstream = ts_state["info"]
     ts = lake.read_parquet(lake.key_path("training", spec.name, key, ".parquet"))
     fitted = fit_key(spec, ts, upstream["features"])
     folder = f"{models_dir}/{key}"
@@ -65,6 +69,7 @@ def _train_one(key: str, spec: UseCaseSpec, lake: Lake, models_dir: str, templat
         "split": F.split_descriptor(spec),
         "features": fitted.feature_columns,
         "data_fingerprint": upstream["data_fingerprint"],
+        "training_set_run_id": ts_state["dagster_run_id"],  # the training set it was fitted on
     }
 
 
@@ -124,15 +129,25 @@ def train(run: StageRun, keys: Sequence[str]) -> StageReport:
                 **lineage_tags(o.info),
             }
             items.append((o.key, f"{artifact_uri}/models/{o.key}", tags))
-    registered = registry.register_many(spec.name, items, mlflow_run_id)
+    fitted_by_key = {o.key: o for o in fitted}
+
+    def record(key: str, version: int) -> None:
+        """The key's record, right after its version is registered (crash consistency)."""
+        o = fitted_by_key[key]
+        o.info["version"] = version
+        o.info["model_name"] = registered_model_name(spec.name, key)
+        o.info["source"] = f"{artifact_uri}/models/{key}"
+        crash_point("model")
+        write_state(run.lake, spec.name, "model", o, run.run_id)
+
+    registered = registry.register_many(spec.name, items, mlflow_run_id, after=record)
+    written = set()
     for o in fitted:
         result = registered.get(o.key)
         if isinstance(result, Exception):
             o.status, o.reason = "failed", f"registration failed: {type(result).__name__}: {result}"
         elif result is not None:
-            o.info["version"] = result
-            o.info["model_name"] = registered_model_name(spec.name, o.key)
-            o.info["source"] = f"{artifact_uri}/models/{o.key}"
+            written.add(o.key)
     values = [o.info["value"] for o in outcomes if o.ok]
     n_fitted = sum(1 for o in fitted if o.ok)
     registry.finish_run(
@@ -144,7 +159,8 @@ def train(run: StageRun, keys: Sequence[str]) -> StageReport:
             **quantiles(spec.metric, values),
         },
     )
-    return finish(run, "model", outcomes, {"mlflow_run_id": mlflow_run_id, "keys_reused": len(reused)})
+    summary = {"mlflow_run_id": mlflow_run_id, "keys_reused": len(reused)}
+    return finish(run, "model", outcomes, summary, written=written)
 
 
 def reusable_candidates(run: StageRun, registry: ModelRegistry, keys: Sequence[str]) -> dict[str, KeyOutcome]:
@@ -195,6 +211,7 @@ def reusable_candidates(run: StageRun, registry: ModelRegistry, keys: Sequence[s
             "version": ref.version,
             "model_name": ref.name,
             "source": ref.source,
+            "training_set_run_id": state["dagster_run_id"],
             "reused": True,
         }
         out[key] = KeyOutcome(key, "ok", info=info)

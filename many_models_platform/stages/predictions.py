@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import polars as pl
 
 from ..core import features as F
-from ..core.engine import SkipKey, map_keys
+from ..core.engine import KeyOutcome, SkipKey, map_keys
 from ..core.modeling import anomaly_score, clip_predictions, model_input, predict
 from ..core.spec import UseCaseSpec
 from ..storage.lake import Lake
@@ -18,13 +18,16 @@ from ..storage.registry import (
 from .base import (
     StageReport,
     StageRun,
+    clear_state,
+    crash_point,
     finish,
     production_models,
     read_state,
+    write_state,
 )
 
 
-def _score_one(key: str, spec: UseCaseSpec, lake: Lake, production: dict[str, dict], trusted: list) -> dict:
+def _score_one(key: str, spec: UseCaseSpec, lake: Lake, production: dict[str, dict], trusted, run_id: str) -> dict:
     promo = read_state(lake, spec.name, "promoted_model", key)
     prod = production.get(key)
     if prod is None:
@@ -73,14 +76,20 @@ def _score_one(key: str, spec: UseCaseSpec, lake: Lake, production: dict[str, di
     out = out.with_columns(pl.int_range(0, pl.len(), dtype=pl.Int32).alias("row_index")).select(
         "row_index", pl.exclude("row_index")
     )
-    lake.write_parquet(lake.key_path("predictions", spec.name, key, ".parquet"), out)
     kinds = {kind: rows.height for rows, kind in segments}
-    return {
+    info = {
         "rows": out.height,
         "kind": ", ".join(kinds),  # e.g. "holdout, forecast"
         **{f"rows_{kind}": n for kind, n in kinds.items()},
         "model_version": prod["version"],
+        "artifact_sha256": prod["artifact_sha256"],  # the production model that scored them
     }
+    # the record goes first and comes back last, so no old record describes new predictions
+    clear_state(lake, spec.name, "predictions", key)
+    lake.write_parquet(lake.key_path("predictions", spec.name, key, ".parquet"), out)
+    crash_point("predictions")
+    write_state(lake, spec.name, "predictions", KeyOutcome(key, "ok", info=info), run_id)
+    return info
 
 
 def _todays_holdout(spec: UseCaseSpec, lake: Lake, key: str) -> pl.DataFrame | None:
@@ -121,6 +130,10 @@ def score(run: StageRun, keys: Sequence[str]) -> StageReport:
     spec = run.spec
     production = production_models(run, keys)
     outcomes = map_keys(
-        _score_one, keys, (spec, run.lake, production, run.trusted), workers=run.workers, progress=run.progress
+        _score_one,
+        keys,
+        (spec, run.lake, production, run.trusted, run.run_id),
+        workers=run.workers,
+        progress=run.progress,
     )
-    return finish(run, "predictions", outcomes)
+    return finish(run, "predictions", outcomes, written={o.key for o in outcomes if o.ok})

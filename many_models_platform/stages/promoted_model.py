@@ -10,17 +10,25 @@ from ..core.engine import KeyOutcome, SkipKey
 from ..core.keys import key_label
 from ..core.metrics import higher_is_worse, is_better
 from ..core.spec import UNLABELLED_METRICS, UseCaseSpec
+from ..storage.lake import Lake
 from ..storage.registry import (
+    EVAL_HASH_TAG,
     HASH_TAG,
+    ModelIntegrityError,
+    ModelRef,
     copy_model_dir,
 )
 from ..storage.settings import PlatformSettings
 from .base import (
     StageReport,
     StageRun,
+    candidate_models,
+    checked_state,
+    crash_point,
     finish,
-    read_state,
-    require_upstream,
+    read_states,
+    registered_candidate,
+    write_state,
 )
 from .model import lineage_tags
 
@@ -131,95 +139,252 @@ def decide(spec: UseCaseSpec, report: dict) -> tuple[str, str]:
 def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
     """Apply the rule per key; copy passing candidates into the production registry.
 
-    The production registry is read once (two queries); the passing models'
-    artifacts are copied under the production artifact root, so production never points into
-    the candidate store; registrations go out in one batch (parallel on a server store).
+    Only the candidate that was evaluated is ever promoted (:func:`evaluated_candidate`), with
+    the hash the candidate registry recorded for it, verified while its files are copied. The
+    production registry is read once (two queries) and the candidate registry once (one); the
+    passing models' artifacts are copied under the production artifact root, so production
+    never points into the candidate store; registrations go out in one batch (parallel on a
+    server store), and each key's record is written right after its alias moves.
+
+    Promotion is idempotent: before the registry is written, each promoted key gets an intent
+    record (the decision as it will be recorded); it is removed once the key's record is
+    written. A run that finds an intent whose production version exists completes that
+    promotion (alias, record, as ``promoted`` with its original reason) instead of deciding
+    again, so a crash between the registry write and the record never loses the promotion and
+    never registers it twice (:func:`_complete_interrupted`).
     """
     spec, lake = run.spec, run.lake
     prod = run.production_writer()
     snap = prod.snapshot(spec.name)
-    outcomes, to_register = [], []
+    candidates = candidate_models(run, keys)
+    intents = pending_intents(lake, spec.name)
+    records = read_states(lake, spec.name, ("training_set", "model", "evaluation", "promoted_model"), keys)
+    outcomes, to_register, written = [], [], set()
     for key in keys:
         try:
-            report = require_upstream(lake, spec.name, "promoted_model", key)
-            model_state = read_state(lake, spec.name, "model", key)["info"]
-            champ = snap.current.get(key)
-            rolled_back = snap.rolled_back_sources(key).get(model_state["source"])
-            if champ and champ.tags.get("source_candidate_run") == model_state["source"]:
-                decision, reason = "kept_champion", "this candidate is already in production"
-            elif rolled_back is not None:
-                decision, reason = (
-                    "rejected",
-                    (
-                        f"this candidate was rolled back from production v{rolled_back.version} "
-                        f"({rolled_back.tags.get('rolled_back_by', '?')}); it is not promoted again automatically"
-                    ),
-                )
+            outcome, registration = _decide_one(run, prod, snap, candidates, key, records[key], key in intents)
+            if registration is None:
+                written.add(key)  # recorded already (or its record stands)
             else:
-                decision, reason = decide(spec, report)
-            info = {
-                "decision": decision,
-                "reason": reason,
-                "metric": spec.metric,
-                "candidate_version": report["candidate_version"],
-                "candidate_value": report["metrics"][spec.metric],
-                "champion_version": report.get("champion_version"),
-                "champion_value": (report.get("champion_metrics") or {}).get(spec.metric),
-                "decided_at": dt.datetime.now(dt.UTC).isoformat(),
-                "decided_by": f"dagster run {run.run_id}",
-                "production_version": champ.version if champ else None,
-            }
-            outcome = KeyOutcome(key, "ok", info=info)
-            if decision == "promoted":
-                sha = model_state["artifact_sha256"]
-                target = production_artifact_path(run.settings, spec.name, key, report["candidate_version"], sha)
-                copy_model_dir(model_state["source"], target)
-                tags = {
-                    "use_case": spec.name,
-                    "key": key,
-                    "key_label": key_label(spec.keys, key)[:5000],
-                    "source_candidate_version": str(report["candidate_version"]),
-                    "source_candidate_run": model_state["source"],
-                    "source_candidate_registry": run.settings.candidate_registry_uri.rsplit("@", 1)[-1][:500],
-                    "data_fingerprint": model_state["data_fingerprint"],
-                    HASH_TAG: sha,
-                    "estimator": model_state["estimator"],
-                    "features": ",".join(model_state["features"]),
-                    "metric": spec.metric,
-                    **{f"metric.{k}": repr(v) for k, v in report["metrics"].items()},
-                    "rows_train": str(report["rows_train"]),
-                    "rows_holdout": str(report["rows_holdout"]),
-                    "promoted_at": info["decided_at"],
-                    "promoted_by": info["decided_by"],
-                    "promotion_reason": reason[:5000],
-                    **lineage_tags(model_state),  # which rows it has seen, for later comparisons
-                }
-                to_register.append((outcome, (key, target, tags)))
-            outcomes.append(outcome)
+                to_register.append((outcome, registration))
         except SkipKey as exc:
-            outcomes.append(KeyOutcome(key, "skipped", str(exc)))
+            outcome = KeyOutcome(key, "skipped", str(exc))
         except Exception as exc:
-            outcomes.append(KeyOutcome(key, "failed", f"{type(exc).__name__}: {exc}"))
+            outcome = KeyOutcome(key, "failed", f"{type(exc).__name__}: {exc}")
+        outcomes.append(outcome)
         if run.progress:
             run.progress(1)
     if to_register:
-        versions = prod.register_many(
-            spec.name, [item for _, item in to_register], None, after=lambda key, v: prod.set_alias(spec.name, key, v)
-        )
+        pending = {o.key: o for o, _ in to_register}
+        for outcome, _ in to_register:  # the decision, recorded before the registry changes
+            lake.write_json(intent_path(lake, spec.name, outcome.key), {"info": outcome.info, "run_id": run.run_id})
+
+        def go_live(key: str, version: int) -> None:
+            """Alias, then the key's record, right after its version is registered."""
+            crash_point("promoted_model.registered")
+            prod.set_alias(spec.name, key, version)
+            pending[key].info["production_version"] = version
+            crash_point("promoted_model")
+            write_state(lake, spec.name, "promoted_model", pending[key], run.run_id)
+            lake.delete(intent_path(lake, spec.name, key))
+
+        versions = prod.register_many(spec.name, [item for _, item in to_register], None, after=go_live)
         for outcome, (key, _, _) in to_register:
             result = versions[key]
             if isinstance(result, Exception):
                 outcome.status, outcome.reason = "failed", f"promotion failed: {type(result).__name__}: {result}"
+                # the intent stays: the next run completes the promotion if the version was registered
             else:
-                outcome.info["production_version"] = result
+                written.add(key)
     decisions = {}
     for o in outcomes:
         d = o.info.get("decision", o.status) if o.ok else o.status
         decisions[d] = decisions.get(d, 0) + 1
-    return finish(run, "promoted_model", outcomes, {"decisions": decisions})
+    return finish(run, "promoted_model", outcomes, {"decisions": decisions}, written=written)
+
+
+def _decide_one(run: StageRun, prod, snap, candidates: dict, key: str, records: dict, has_intent: bool):
+    """(the key's outcome, its production registration or None), from the key's records (stage ->
+    state). Outcomes that need no registration are recorded here; a promotion is recorded once
+    its alias has moved."""
+    spec, lake = run.spec, run.lake
+    previous = records["promoted_model"]
+    completed = _complete_interrupted(run, prod, snap, key, previous) if has_intent else None
+    if completed is not None:
+        info, decided_in = completed
+        outcome = KeyOutcome(key, "ok", info=info)
+        # recorded under the run that decided it, as if that run had not been cut short
+        write_state(lake, spec.name, "promoted_model", outcome, decided_in)
+        lake.delete(intent_path(lake, spec.name, key))
+        return outcome, None
+    report, cand = evaluated_candidate(records, candidates.get(key))
+    champ = snap.current.get(key)
+    if _promotion_stands(previous, champ, cand, run.run_date):
+        # promoted earlier on this run date and nothing changed since: the same record stays, not
+        # a second decision ("kept champion") that would hide the promotion before it is published
+        return KeyOutcome(key, "ok", info=previous["info"]), None
+    rolled_back = snap.rolled_back_sources(key).get(cand["source"])
+    if champ and _same_candidate(champ, cand):
+        decision, reason = "kept_champion", "this candidate is already in production"
+    elif rolled_back is not None:
+        decision, reason = (
+            "rejected",
+            (
+                f"this candidate was rolled back from production v{rolled_back.version} "
+                f"({rolled_back.tags.get('rolled_back_by', '?')}); it is not promoted again automatically"
+            ),
+        )
+    else:
+        decision, reason = decide(spec, report)
+    info = {
+        "decision": decision,
+        "reason": reason,
+        "metric": spec.metric,
+        "candidate_version": cand["version"],
+        "candidate_value": report["metrics"][spec.metric],
+        "champion_version": report.get("champion_version"),
+        "champion_value": (report.get("champion_metrics") or {}).get(spec.metric),
+        "decided_at": dt.datetime.now(dt.UTC).isoformat(),
+        "decided_by": f"dagster run {run.run_id}",
+        "production_version": champ.version if champ else None,
+        # what this decision relied on: the evaluation, and the candidate it evaluated
+        "evaluation_id": report["evaluation_id"],
+        "artifact_sha256": cand["artifact_sha256"],
+        "data_fingerprint": cand["data_fingerprint"],
+        "run_date": run.run_date.isoformat(),
+    }
+    outcome = KeyOutcome(key, "ok", info=info)
+    if decision != "promoted":
+        write_state(lake, spec.name, "promoted_model", outcome, run.run_id)
+        return outcome, None
+    target = production_artifact_path(run.settings, spec.name, key, cand["version"], cand["artifact_sha256"])
+    # verified against the registry's hashes: model.skops and, with refit, model_eval.skops
+    copy_model_dir(cand["source"], target, cand["artifact_sha256"], cand[EVAL_HASH_TAG])
+    return outcome, (key, target, _production_tags(run, key, cand, report, info))
+
+
+INTENTS = "promoted_model_intents"
+
+
+def intent_path(lake: Lake, use_case: str, key: str):
+    """``state/<uc>/promoted_model_intents/<key>.json``: a promotion decided but not yet recorded."""
+    return lake.key_path("state", use_case, key, ".json", subdir=INTENTS)
+
+
+def pending_intents(lake: Lake, use_case: str) -> set[str]:
+    """Keys with a promotion intent left by an earlier run: one listing, not one lookup per key."""
+    return {p.name.removesuffix(".json") for p in lake.glob(f"state/{use_case}/{INTENTS}/*.json")}
+
+
+def _complete_interrupted(run: StageRun, prod, snap, key: str, previous: dict | None) -> tuple[dict, str] | None:
+    """(the record, the run that decided it) of a promotion an earlier run registered but did
+    not record, completed now (the alias moved if it had not); None when there is nothing to
+    complete: the intent's version was never registered, or its record was written. The intent
+    is then removed."""
+    lake, spec = run.lake, run.spec
+    intent = lake.read_json(intent_path(lake, spec.name, key))
+    info = intent["info"]
+    previous = previous or {}
+    recorded = (
+        previous.get("status") == "ok" and (previous.get("info") or {}).get("evaluation_id") == info["evaluation_id"]
+    )
+    made = [r for r in snap.versions.get(key, []) if r.tags.get("evaluation_id") == info["evaluation_id"]]
+    if recorded or not made:
+        lake.delete(intent_path(lake, spec.name, key))
+        return None
+    version = made[-1]
+    champ = snap.current.get(key)
+    if not version.tags.get("rolled_back_at") and (champ is None or champ.version < version.version):
+        prod.set_alias(spec.name, key, version.version)  # cut short before its alias moved
+    return {**info, "production_version": version.version, "recovered": True}, intent.get("run_id", run.run_id)
+
+
+def _promotion_stands(previous: dict | None, champ: ModelRef | None, cand: dict, run_date: dt.date) -> bool:
+    """True when the key's record is a promotion decided on this run date that put this very
+    candidate where it still is: a rerun of the day has nothing new to decide about it."""
+    info = (previous or {}).get("info") or {}
+    return (
+        (previous or {}).get("status") == "ok"
+        and info.get("decision") == "promoted"
+        and info.get("run_date") == run_date.isoformat()
+        and champ is not None
+        and info.get("production_version") == champ.version
+        and _same_candidate(champ, cand)
+    )
+
+
+def evaluated_candidate(records: dict[str, dict | None], registered: dict | None) -> tuple[dict, dict]:
+    """(the evaluation report, the candidate as the registry records it), only when the
+    evaluation is of the candidate the model record names, on today's training set, and the
+    registry agrees with both. ``records`` maps a stage to the key's state. SkipKey says which
+    stage to run first; ModelIntegrityError refuses records that disagree with the registry."""
+    report = checked_state("evaluation", records["evaluation"])["info"]
+    model = checked_state("model", records["model"])["info"]
+    data = checked_state("training_set", records["training_set"])["info"]["data_fingerprint"]
+    version = model["version"]
+    if not report.get("evaluation_id"):
+        raise SkipKey(
+            "the evaluation record names no evaluation_id (written before evaluations were pinned): "
+            "run evaluation first"
+        )
+    if report["candidate_version"] != version:
+        raise SkipKey(
+            f"candidate v{version} was not evaluated: the evaluation is of v{report['candidate_version']}; "
+            "run evaluation first"
+        )
+    if not report.get("data_fingerprint") == model.get("data_fingerprint") == data:
+        raise SkipKey(
+            f"the evaluation of candidate v{version} was on data {str(report.get('data_fingerprint'))[:16]}, the "
+            f"candidate was fitted on {str(model.get('data_fingerprint'))[:16]} and today's training set is "
+            f"{data[:16]}: run model and evaluation first"
+        )
+    cand = registered_candidate(model, registered)
+    for tag in (HASH_TAG, EVAL_HASH_TAG):
+        if report.get(tag) != cand[tag]:
+            raise ModelIntegrityError(
+                f"the evaluation record's {tag} is not the registered hash of candidate v{version}: "
+                "the lake's record was changed; refusing it"
+            )
+    return report, cand
+
+
+def _same_candidate(production: ModelRef, cand: dict) -> bool:
+    """A production version copied from this very candidate (same artifact folder and hash)."""
+    return (
+        production.tags.get("source_candidate_run") == cand["source"]
+        and production.tags.get(HASH_TAG) == cand["artifact_sha256"]
+    )
+
+
+def _production_tags(run: StageRun, key: str, cand: dict, report: dict, info: dict) -> dict[str, str]:
+    """A production version's tags: the candidate as the registry records it, and the evaluation."""
+    spec = run.spec
+    return {
+        "use_case": spec.name,
+        "key": key,
+        "key_label": key_label(spec.keys, key)[:5000],
+        "source_candidate_version": str(cand["version"]),
+        "source_candidate_run": cand["source"],
+        "source_candidate_registry": run.settings.candidate_registry_uri.rsplit("@", 1)[-1][:500],
+        "data_fingerprint": cand["data_fingerprint"],
+        HASH_TAG: cand["artifact_sha256"],
+        "estimator": cand["estimator"] or report.get("estimator", ""),
+        "features": ",".join(cand["features"]),
+        "evaluation_id": report["evaluation_id"],
+        "metric": spec.metric,
+        **{f"metric.{k}": repr(v) for k, v in report["metrics"].items()},
+        "rows_train": str(report["rows_train"]),
+        "rows_holdout": str(report["rows_holdout"]),
+        "promoted_at": info["decided_at"],
+        "promoted_by": info["decided_by"],
+        "promotion_reason": info["reason"][:5000],
+        # which rows it has seen (with eval_artifact_sha256), as the candidate registry records it
+        **lineage_tags(cand),
+    }
 
 
 def production_artifact_path(settings: PlatformSettings, use_case: str, key: str, version: int, sha: str) -> str:
     """Where a promoted model's files live: under the production artifact root, one folder per
-    (candidate version, content hash), so promoting the same model twice reuses the folder."""
+    (candidate version, content hash), so promoting the same model twice reuses the folder.
+    Both come from the candidate registry's record of the version promoted."""
     return f"{settings.production_artifact_root.rstrip('/')}/{use_case}/{key}/candidate-v{version}-{sha[:12]}"

@@ -24,7 +24,7 @@ from ..core.engine import KeyOutcome
 from ..core.keys import decode_key, encode_key
 from ..core.spec import UseCaseSpec
 from ..storage.lake import Lake
-from .base import StageReport, StageRun, finish
+from .base import StageReport, StageRun, clear_state, crash_point, finish, write_state
 
 # A read that fails with an OSError, or a file that changes while being read (still being
 # written), is tried again after these pauses; then it is left for a later run, never rejected.
@@ -302,13 +302,17 @@ def ingest(run: StageRun, keys: Sequence[str]) -> StageReport:
             reason = f"all {info['rows_in']} rows of this key were removed at ingest ({detail})"
             outcomes.append(KeyOutcome(key, "failed", reason, info))
         else:
+            # the record goes first and comes back last, so no old record describes new bronze
+            clear_state(lake, spec.name, "raw", key)
             lake.write_parquet(lake.key_path("bronze", spec.name, key, ".parquet"), frame)
             scoring_path = lake.key_path("bronze_scoring", spec.name, key, ".parquet")
             if fut is not None:
                 lake.write_parquet(scoring_path, fut)
             elif spec.scoring_source:
                 lake.delete(scoring_path)  # no future rows today: never score yesterday's
+            crash_point("raw")
             outcomes.append(KeyOutcome(key, "ok", info=info))
+            write_state(lake, spec.name, "raw", outcomes[-1], run.run_id)
         if run.progress:
             run.progress(1)
     files = train.files + (future.files if future else [])
@@ -323,4 +327,4 @@ def ingest(run: StageRun, keys: Sequence[str]) -> StageReport:
         "rows_dropped": sum(f["rows_dropped"] for f in train.files),
         "rows_merged": sum(f["rows_merged"] for f in train.files),
     }
-    return finish(run, "raw", outcomes, summary)
+    return finish(run, "raw", outcomes, summary, written={o.key for o in outcomes if o.ok})

@@ -8,9 +8,11 @@ parallel threads where the store allows); and the key -> version maps are read w
 query each from MLflow's tables (MLflow's search API as the fallback), never one search
 per key.
 
-Models are stored with skops, not pickle. Loading accepts only types from trusted packages
-and first checks the artifact's SHA-256 against the hash recorded at registration, so a
-tampered or swapped file is refused before any of it is deserialised.
+Models are stored with skops, not pickle. Saving and loading accept only the exact type names
+the platform's own models hold (plus the use case's estimator classes and its
+``trusted_modules``), and loading or copying first checks the artifact's SHA-256 against the
+hash recorded at registration, so a tampered or swapped file is refused before any of it is
+deserialised or promoted.
 """
 
 from __future__ import annotations
@@ -43,9 +45,52 @@ EVAL_MODEL_FILE = "model_eval.skops"
 EVAL_HASH_TAG = "eval_artifact_sha256"
 HASH_TAG = "artifact_sha256"
 _PINNED = ("scikit-learn", "lightgbm", "numpy", "scipy", "skops")
-# Packages whose types a model may contain and still be loaded. A use case's own estimator
-# packages are added to these (UseCaseSpec.trusted_modules).
-TRUSTED_MODULES = ("sklearn", "lightgbm", "numpy", "scipy", "collections.OrderedDict")
+# The types outside skops' own default trust that the platform's models hold: every shipped
+# candidate, with and without categorical features (ColumnTransformer, OneHotEncoder,
+# OrdinalEncoder, LightGBM's native categoricals), passed through skops.io.get_untrusted_types
+# (test_trust_chain.test_platform_types_are_exactly_what_shipped_models_hold keeps this list
+# honest). Exact names, never package prefixes: a prefix such as ``numpy`` would also admit
+# callables skops flags on purpose, such as ``numpy.save``.
+PLATFORM_TYPES = (
+    "collections.OrderedDict",  # LightGBM's fitted parameters
+    "lightgbm.basic.Booster",
+    "lightgbm.sklearn.LGBMRegressor",
+    "numpy.dtype",
+    "sklearn.tree._tree.Tree",  # IsolationForest's trees (and any scikit-learn tree ensemble's)
+)
+TRUSTED_MODULES = PLATFORM_TYPES  # the former name; exact type names now, not packages
+
+
+@dataclass(frozen=True)
+class TrustedTypes:
+    """What a saved model may hold beyond skops' defaults: exact type names, plus package
+    prefixes only where a use case lists them in ``trusted_modules`` (the user's explicit
+    choice for a third-party estimator package). Plain data, so workers get it."""
+
+    exact: frozenset[str] = frozenset(PLATFORM_TYPES)
+    prefixes: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, trusted: TrustedTypes | Iterable[str] | None) -> TrustedTypes:
+        """A policy as given, or a plain list of exact names added to the platform's."""
+        if isinstance(trusted, TrustedTypes):
+            return trusted
+        return cls(frozenset(PLATFORM_TYPES) | frozenset(trusted or ()))
+
+    def admits(self, type_name: str) -> bool:
+        return type_name in self.exact or any(type_name == p or type_name.startswith(f"{p}.") for p in self.prefixes)
+
+    def refused(self, type_names: Iterable[str]) -> list[str]:
+        return [t for t in type_names if not self.admits(t)]
+
+    def describe(self) -> str:
+        return f"{sorted(self.exact)}" + (f" and the packages {list(self.prefixes)}" if self.prefixes else "")
+
+
+def trusted_types(estimator_types: Iterable[str] = (), trusted_modules: Iterable[str] = ()) -> TrustedTypes:
+    """The platform's exact types, a use case's estimator classes (exact), and its
+    ``trusted_modules`` (exact names or package prefixes, as the user wrote them)."""
+    return TrustedTypes(frozenset(PLATFORM_TYPES) | frozenset(estimator_types), tuple(trusted_modules))
 
 
 class RegistryError(RuntimeError):
@@ -81,11 +126,9 @@ class ModelRef:
 
 
 # --- worker side: no MLflow import --------------------------------------------------------
-def is_trusted(type_name: str, trusted: Iterable[str]) -> bool:
-    return any(type_name == t or type_name.startswith(f"{t}.") for t in trusted)
-
-
-def write_model_dir(model: Any, dst: str, template_dir: str, trusted: Sequence[str] = TRUSTED_MODULES) -> str:
+def write_model_dir(
+    model: Any, dst: str, template_dir: str, trusted: TrustedTypes | Iterable[str] | None = None
+) -> str:
     """Write an MLflow sklearn-flavour model directory (skops format) without importing MLflow.
 
     Returns the SHA-256 of the model file, to be recorded at registration. Refuses a model
@@ -109,21 +152,24 @@ def write_model_dir(model: Any, dst: str, template_dir: str, trusted: Sequence[s
     return hashlib.sha256(data).hexdigest()
 
 
-def _dump(model: Any, trusted: Sequence[str]) -> tuple[bytes, list[str]]:
+def _dump(model: Any, trusted: TrustedTypes | Iterable[str] | None) -> tuple[bytes, list[str]]:
+    """The skops bytes of ``model`` and the types outside skops' defaults it holds, refused
+    unless every one is trusted: a model that could not be loaded later is not saved."""
     import skops.io as sio
 
+    policy = TrustedTypes.of(trusted)
     data = sio.dumps(model)
     types = sio.get_untrusted_types(data=data)
-    untrusted = [t for t in types if not is_trusted(t, trusted)]
+    untrusted = policy.refused(types)
     if untrusted:
         raise ModelIntegrityError(
-            f"the fitted model contains types outside the trusted packages {list(trusted)}: {untrusted}; "
-            "add their package to the use case's 'trusted_modules' if you trust it"
+            f"the fitted model contains types outside the trusted types {policy.describe()}: {untrusted}; "
+            "add these exact names to the use case's 'trusted_modules' if you trust them"
         )
     return data, types
 
 
-def write_model_file(model: Any, dst: str, name: str, trusted: Sequence[str] = TRUSTED_MODULES) -> str:
+def write_model_file(model: Any, dst: str, name: str, trusted: TrustedTypes | Iterable[str] | None = None) -> str:
     """Save one more model file into a model folder (e.g. ``EVAL_MODEL_FILE``); returns its SHA-256.
     The same trust check as ``write_model_dir``; load it with ``load_model_from_source(file=name)``."""
     data, _ = _dump(model, trusted)
@@ -134,7 +180,7 @@ def write_model_file(model: Any, dst: str, name: str, trusted: Sequence[str] = T
 
 
 def load_model_from_source(
-    source: str, sha256: str | None, trusted: Sequence[str] = TRUSTED_MODULES, file: str = MODEL_FILE
+    source: str, sha256: str | None, trusted: TrustedTypes | Iterable[str] | None = None, file: str = MODEL_FILE
 ) -> Any:
     """Load a registered model (``file`` of its folder) after checking its hash and the types it contains."""
     import skops.io as sio
@@ -144,25 +190,35 @@ def load_model_from_source(
         import mlflow.artifacts
 
         path = mlflow.artifacts.download_artifacts(source, dst_path=tempfile.mkdtemp(prefix="mmp-model-"))
-    name, file = file, os.path.join(path, file)
+    data = _verified_model_file(path, source, sha256, "load", file)
+    types = sio.get_untrusted_types(data=data)
+    untrusted = TrustedTypes.of(trusted).refused(types)
+    if untrusted:
+        raise ModelIntegrityError(
+            f"model artifact {os.path.join(path, file)} holds untrusted types {untrusted}; refusing to load it"
+        )
+    return sio.loads(data, trusted=types)
+
+
+def _verified_model_file(folder: str, source: str, sha256: str | None, action: str, name: str = MODEL_FILE) -> bytes:
+    """The bytes of ``name`` (``model.skops`` or ``model_eval.skops``) in ``folder``, only if
+    their SHA-256 is the registered one."""
+    file = os.path.join(folder, name)
+    tag = EVAL_HASH_TAG if name == EVAL_MODEL_FILE else HASH_TAG
     try:
         with open(file, "rb") as f:
             data = f.read()
     except FileNotFoundError:
         raise ModelIntegrityError(f"no {name} in {source}: not a model this platform registered") from None
     if not sha256:
-        raise ModelIntegrityError(f"{source} has no {HASH_TAG} recorded at registration; refusing to load it")
+        raise ModelIntegrityError(f"{source} has no {tag} recorded at registration; refusing to {action} it")
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
         raise ModelIntegrityError(
-            f"model artifact {file} was modified after registration: SHA-256 {actual[:16]}… "
-            f"does not match the registered {sha256[:16]}…; refusing to load it"
+            f"model artifact {source}/{name} was modified after registration: SHA-256 {actual[:16]}… "
+            f"does not match the registered {sha256[:16]}…; refusing to {action} it"
         )
-    types = sio.get_untrusted_types(data=data)
-    untrusted = [t for t in types if not is_trusted(t, trusted)]
-    if untrusted:
-        raise ModelIntegrityError(f"model artifact {file} holds untrusted types {untrusted}; refusing to load it")
-    return sio.loads(data, trusted=types)
+    return data
 
 
 def local_path(uri: str) -> str | None:
@@ -173,19 +229,48 @@ def local_path(uri: str) -> str | None:
     return None
 
 
-def copy_model_dir(source: str, destination: str) -> None:
-    """Copy a model folder between artifact stores (local copy, or MLflow's artifact repos)."""
+def copy_model_dir(source: str, destination: str, sha256: str | None, eval_sha256: str | None = None) -> None:
+    """Copy a model folder between artifact stores (local copy, or MLflow's artifact repos),
+    verifying on the way that its ``model.skops`` has the registered SHA-256 and, when the folder
+    holds one (a refit candidate), that ``model_eval.skops`` has the registered ``eval_sha256``.
+
+    What is verified is the copy that is about to land, not the source read earlier: locally the
+    folder is copied beside the destination, checked and renamed into place; to or from a remote
+    store it goes through a local temporary folder that is checked before upload. A mismatch
+    raises :class:`ModelIntegrityError` and leaves nothing at ``destination``. A destination
+    that already holds a verified copy (an earlier, interrupted promotion) is kept as it is.
+    """
+
+    def verify(folder: str, where: str) -> None:
+        _verified_model_file(folder, where, sha256, "promote")
+        if eval_sha256 or os.path.exists(os.path.join(folder, EVAL_MODEL_FILE)):
+            _verified_model_file(folder, where, eval_sha256, "promote", EVAL_MODEL_FILE)
+
     src, dst = local_path(source), local_path(destination)
     if src is not None and dst is not None:
-        shutil.copytree(src, dst, dirs_exist_ok=True)
+        if os.path.isdir(dst):
+            try:
+                verify(dst, destination)
+                return
+            except ModelIntegrityError:
+                shutil.rmtree(dst)  # a partial or altered copy: replaced by a verified one
+        tmp = f"{dst.rstrip('/')}.{uuid.uuid4().hex}.tmp"
+        try:
+            shutil.copytree(src, tmp)
+            verify(tmp, source)
+            os.replace(tmp, dst)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     with tempfile.TemporaryDirectory(prefix="mmp-promote-") as tmp:
         if src is None:
             get_artifact_repository(source).download_artifacts("", dst_path=tmp)
-            src = tmp
-        get_artifact_repository(destination).log_artifacts(src)
+        else:
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+        verify(tmp, source)
+        get_artifact_repository(destination).log_artifacts(tmp)
 
 
 # --- main process -------------------------------------------------------------------------
