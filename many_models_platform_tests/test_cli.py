@@ -36,7 +36,7 @@ def test_generate_run_and_status(tmp_path):
     assert "keys published" in run and "rmse p10 / p50 / p90" in run
     assert re.search(r"keys published\s+│\s+12\s", run), run
     assert re.search(r"keys not published\s+│\s+0\s", run), run
-    assert re.search(r"rows landed\s+│\s+720\s", run), run
+    assert re.search(r"rows landed\s+│\s+1,440\s", run), run
     assert re.search(r"files rejected\s+│\s+0\s", run), run
     assert "stopped" not in run
     assert "Dagster UI" in run and "warehouse.duckdb" in run

@@ -263,11 +263,17 @@ def report(value=0.3, baseline=0.5, **extra):
     ("rule", "rep", "decision", "reason"),
     [
         ({}, report(), "promoted", "first model for this key"),
-        ({}, report(0.6), "rejected", "does not beat the baseline: wape 0.6 vs seasonal_naive 0.5"),
-        ({}, report(0.5), "promoted", "first model for this key"),  # a tie passes: the candidate may be the baseline
-        ({"beat_baseline": False}, report(0.6), "promoted", "first model for this key"),
         (
-            {},
+            {"beat_baseline": True},
+            report(0.6),
+            "rejected",
+            "does not beat the baseline: wape 0.6 vs seasonal_naive 0.5",
+        ),
+        # a tie passes: the candidate may be the baseline
+        ({"beat_baseline": True}, report(0.5), "promoted", "first model for this key"),
+        ({}, report(0.6), "promoted", "first model for this key"),  # off by default: skill shows, no rejection
+        (
+            {"beat_baseline": True},
             report(0.6, math.nan),
             "promoted",
             "first model for this key (baseline check skipped: wape of seasonal_naive is undefined on the holdout)",

@@ -238,8 +238,10 @@ class PromotionSpec(_Strict):
     min_rows: int | None = Field(default=None, gt=0)
     min_holdout_rows: int | None = Field(default=None, gt=0)
     bounds: dict[MetricName, MetricBound] = Field(default_factory=dict)
-    # A candidate no better than its naive baseline on the holdout (skill < 0) is rejected.
-    beat_baseline: bool = True
+    # When true, a candidate no better than its naive baseline on the holdout (skill < 0) is
+    # rejected. Off by default: such a key would then have no production model and no
+    # predictions at all; its skill is published either way (key_metrics, the marts).
+    beat_baseline: bool = False
 
 
 METRIC_RANGES: dict[str, tuple[float | None, float | None]] = {
