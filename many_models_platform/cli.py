@@ -311,11 +311,8 @@ def _print_summary(settings, spec, result, run_date) -> None:
             d=date,
         )
     except Exception as exc:  # e.g. the publish step failed before the first table existed
-        console.print(
-            f"[yellow]warehouse not readable[/yellow]: {type(exc).__name__}: {redact(exc, settings.secrets())}",
-            soft_wrap=True,
-            markup=False,
-        )
+        message = f"{type(exc).__name__}: {redact(exc, settings.secrets())}"
+        console.print(Text("warehouse not readable: ", style="yellow") + Text(message), soft_wrap=True)
         status = metrics = promo = None
     finally:
         wh.dispose()
@@ -381,7 +378,7 @@ def _print_summary(settings, spec, result, run_date) -> None:
         if len(failed_keys) > 10:
             console.print(f"  ... and {len(failed_keys) - 10} more (`mmp status -u {spec.name} --failed`)")
     for err in result.errors:
-        console.print(f"[red]step failed[/red] {redact(err, settings.secrets())}", soft_wrap=True, highlight=False)
+        console.print(Text("step failed ", style="red") + Text(redact(err, settings.secrets())), soft_wrap=True)
 
 
 def _print_ingest(ingest: dict, counts: bool = True) -> None:

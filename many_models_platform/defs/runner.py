@@ -147,8 +147,8 @@ def run_use_case(
             else:
                 step_failed = True
                 result.success = False
-                err = event.event_specific_data.error
-                result.errors.append(redact(f"{event.step_key}: {err.message.strip() if err else 'failed'}", secrets))
+                error = step_error(event.event_specific_data.error)
+                result.errors.append(redact(f"{event.step_key}: {error}", secrets))
         if not res.success and not marked and not step_failed:
             result.success = False
             result.errors.append(f"run {res.run_id} failed before any step did (see the Dagster UI)")
@@ -157,6 +157,17 @@ def run_use_case(
                 _add_seconds(result, event.step_key, event.event_specific_data.duration_ms / 1000)
     collect_records(result, lake, spec)
     return result
+
+
+def step_error(err) -> str:
+    """What failed in a step, in one line: the user code's own exception rather than Dagster's
+    wrapper ("Error occurred while executing op ...")."""
+    if err is None:
+        return "failed"
+    wrappers = ("DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError")
+    while err.cause is not None and err.cls_name in wrappers:
+        err = err.cause
+    return " ".join(err.message.split())
 
 
 def _add_seconds(result: UseCaseRun, step_key: str, seconds: float) -> None:
