@@ -6,7 +6,6 @@ import datetime as dt
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import time
@@ -18,12 +17,51 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from .core.spec import ConfigError, load_config
+from .storage.redaction import redact
 from .storage.settings import PlatformSettings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+class _App(typer.Typer):
+    """`mmp`, whose unexpected errors print one line with every credential masked: a traceback with
+    local variables (Typer's default) would print the stores' URLs with their passwords."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as exc:
+            secrets = _secrets()
+            err = Console(stderr=True)
+            message = f"{type(exc).__name__}: {redact(exc, secrets)}"
+            err.print(Text("error: ", style="red") + Text(message), soft_wrap=True)
+            if os.environ.get("MMP_DEBUG"):
+                import traceback
+
+                sys.stderr.write(redact("".join(traceback.format_exception(exc)), secrets))
+            else:
+                err.print("(set MMP_DEBUG=1 for the traceback)")
+            sys.exit(1)
+
+
+app = _App(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 console = Console()
+
+
+def _secrets() -> tuple[str, ...]:
+    """The credentials of the current settings, masked wherever they appear in what we print."""
+    try:
+        return PlatformSettings.from_env().secrets()
+    except Exception:
+        return ()
+
+
+def _say_error(text: object, prefix: str = "") -> None:
+    """Print an error message in red, credentials masked (a driver's message may quote a URL)."""
+    message = redact(text, _secrets())
+    console.print(Text(prefix, style="red") + Text(message) if prefix else Text(message, style="red"), soft_wrap=True)
+
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="Use-case YAML (default: shipped file or $MMP_CONFIG)")
@@ -169,7 +207,7 @@ def _run(settings, cfg, names, keys=None, run_date=None) -> bool:
                 progress.set_reporter(report)
                 result = run_use_case(defs, instance, cfg, spec, settings, run_keys, run_date, new_keys=new_keys)
             except (ValueError, RegistryError) as exc:
-                console.print(f"[red]{exc}[/red]")
+                _say_error(exc)
                 return False
             finally:
                 progress.set_reporter(None)
@@ -191,7 +229,7 @@ def _resolve_keys(spec, texts: list[str], known: list[str]) -> list[str]:
         try:
             key = resolve_key(spec, text, known)
         except RegistryError as exc:
-            console.print(f"[red]{exc}[/red]")
+            _say_error(exc)
             raise typer.Exit(2) from None
         if key not in known:
             _unknown_key(spec, text, known)
@@ -273,7 +311,8 @@ def _print_summary(settings, spec, result, run_date) -> None:
             d=date,
         )
     except Exception as exc:  # e.g. the publish step failed before the first table existed
-        console.print(f"[yellow]warehouse not readable[/yellow]: {type(exc).__name__}: {exc}", soft_wrap=True)
+        message = f"{type(exc).__name__}: {redact(exc, settings.secrets())}"
+        console.print(Text("warehouse not readable: ", style="yellow") + Text(message), soft_wrap=True)
         status = metrics = promo = None
     finally:
         wh.dispose()
@@ -339,7 +378,7 @@ def _print_summary(settings, spec, result, run_date) -> None:
         if len(failed_keys) > 10:
             console.print(f"  ... and {len(failed_keys) - 10} more (`mmp status -u {spec.name} --failed`)")
     for err in result.errors:
-        console.print(f"[red]step failed[/red] {err}", soft_wrap=True)
+        console.print(Text("step failed ", style="red") + Text(redact(err, settings.secrets())), soft_wrap=True)
 
 
 def _print_ingest(ingest: dict, counts: bool = True) -> None:
@@ -364,18 +403,15 @@ def _int(value) -> str:
 
 
 def _print_locations(settings) -> None:
+    secrets = settings.secrets()
     console.print(
         "\n[bold]where to look[/bold]\n"
         f"  Dagster UI:   uv run mmp dev            (instance {os.environ.get('DAGSTER_HOME')})\n"
-        f"  MLflow UI:    uv run mmp mlflow-ui      (candidate {_redact(settings.candidate_registry_uri)})\n"
-        f"  warehouse:    {_redact(settings.warehouse_url)}\n"
-        f"  lake:         {settings.lake_url}"
+        f"  MLflow UI:    uv run mmp mlflow-ui      (candidate {redact(settings.candidate_registry_uri, secrets)})\n"
+        f"  warehouse:    {redact(settings.warehouse_url, secrets)}\n"
+        f"  lake:         {redact(settings.lake_url, secrets)}",
+        highlight=False,
     )
-
-
-def _redact(uri: str) -> str:
-    """A URI without its password (``user:***@host``), for printing."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", uri)
 
 
 @app.command()
@@ -594,14 +630,14 @@ def promote(
         known = list(snap.versions)
         resolved = resolve_key(spec, key, known)
     except RegistryError as exc:
-        console.print(f"[red]{exc}[/red]")
+        _say_error(exc)
         raise typer.Exit(2) from None
     if resolved not in known:
         _unknown_key(spec, key, known, among="with a production model")
     try:
         done = do_rollback(spec, prod, resolved, to_version=to_version, snapshot=snap)
     except RegistryError as exc:
-        console.print(f"[red]rollback refused[/red]: {exc}")
+        _say_error(exc, prefix="rollback refused: ")
         raise typer.Exit(1) from None
     from .core.keys import key_label
 
@@ -612,7 +648,7 @@ def promote(
     except Exception as exc:  # the registry has moved; say so plainly rather than with a traceback
         console.print(
             f"[red]the rollback is done in the registry, but recording it in the warehouse failed[/red]: "
-            f"{type(exc).__name__}: {exc}\nrow for promotion_history: {done.history_row}"
+            f"{type(exc).__name__}: {redact(exc, settings.secrets())}\nrow for promotion_history: {done.history_row}"
         )
         raise typer.Exit(1) from None
     console.print("recorded in promotion_history; model_family refreshed")
@@ -622,7 +658,7 @@ def _use_case(cfg, name: str):
     try:
         return cfg.use_case(name)
     except ConfigError as exc:
-        console.print(f"[red]{exc}[/red]")
+        _say_error(exc)
         raise typer.Exit(2) from None
 
 
@@ -650,10 +686,10 @@ def bi(
     try:
         result = build_bi_marts(settings, select=select)
     except (FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]{exc}[/red]")
+        _say_error(exc)
         raise typer.Exit(2) from None
     except Exception as exc:  # e.g. the DuckDB file stayed locked by another writer for too long
-        console.print(f"[red]dbt build could not start[/red]: {type(exc).__name__}: {exc}")
+        _say_error(f"{type(exc).__name__}: {exc}", prefix="dbt build could not start: ")
         raise typer.Exit(1) from None
     t = Table(title=f"dbt build on target {result.target}: {len(result.nodes)} nodes in {result.seconds:.1f}s")
     for col in ("node", "type", "status", "seconds", "failures"):
@@ -683,8 +719,10 @@ def mlflow_ui(
     """Start the MLflow UI on the candidate (or production) registry."""
     settings, _ = _setup(None, home)
     uri = settings.production_registry_uri if production else settings.candidate_registry_uri
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(port)]
-    raise typer.Exit(subprocess.call(cmd))
+    # through the environment, not the command line, where any user's `ps` would show its password
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri}
+    console.print(f"MLflow UI on {redact(uri, settings.secrets())}: http://localhost:{port}", highlight=False)
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--port", str(port)], env=env))
 
 
 if __name__ == "__main__":

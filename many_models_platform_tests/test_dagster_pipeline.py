@@ -1,6 +1,7 @@
 """End-to-end tests through real Dagster, MLflow and DuckDB in a temp directory."""
 
 import datetime as dt
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,15 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 from conftest_core import regression_body
-from dagster import AssetKey, DagsterEventType, EventRecordsFilter, materialize
+from dagster import (
+    AssetKey,
+    AssetPartitionStatus,
+    DagsterEventType,
+    DagsterRunStatus,
+    DynamicPartitionsDefinition,
+    EventRecordsFilter,
+    materialize,
+)
 from dagster_helpers import land, land_generated, run_pipeline, write_config
 from mlflow import MlflowClient
 
@@ -22,6 +31,14 @@ pytestmark = pytest.mark.slow
 
 def materialized(instance, use_case: str, stage: str) -> set[str]:
     return set(instance.get_materialized_partitions(AssetKey([use_case, stage])))
+
+
+def failed_partitions(instance, use_case: str, stage: str, keys) -> set[str]:
+    """The keys Dagster shows as failed for this asset (the partitions view's *Failed*)."""
+    status = instance.get_status_by_partition(
+        AssetKey([use_case, stage]), list(keys), DynamicPartitionsDefinition(name=f"{use_case}_keys")
+    )
+    return {k for k, s in (status or {}).items() if s == AssetPartitionStatus.FAILED}
 
 
 def warehouse(settings) -> sa.Engine:
@@ -323,6 +340,43 @@ def test_bad_keys_fail_with_reasons_while_every_other_key_is_published(platform,
         settings, "SELECT keys_total, keys_published, keys_failed FROM run_summary WHERE use_case = 'shops'"
     )
     assert summary == [(60, 57, 3)]
+
+    # Dagster shows the bad keys as failed partitions of every stage they did not get through (not
+    # as green materializations), so "missing and failed" selects them; the run failed only to say so
+    assert failed_partitions(instance, "shops", "raw", result.keys) == set()
+    for stage in STAGES[1:]:
+        assert failed_partitions(instance, "shops", stage, result.keys) == set(bad), stage
+    (run_id,) = result.run_ids
+    assert instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE
+    failures = instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE)
+    assert [f.step_key for f in failures] == ["shops__published"]
+    user = failures[0].dagster_event.event_specific_data.user_failure_data
+    assert user.metadata["keys_not_ok_per_stage"].value["training_set"] == 3
+    # the cost: one extra event per key and stage it was not ok at, nothing per ok key
+    counts = Counter(e.dagster_event.event_type for e in instance.all_logs(run_id) if e.dagster_event)
+    assert counts[DagsterEventType.ASSET_MATERIALIZATION] == 60 * len(STAGES)
+    assert counts[DagsterEventType.ASSET_MATERIALIZATION_PLANNED] == len(STAGES) + 3 * (len(STAGES) - 1)
+
+    # running exactly those keys again once their data is fixed clears them, and touches no other key
+    good = [f for i, f in enumerate(frames) if f"shop-{i:02d}" not in bad]
+    fixed = [
+        pl.DataFrame({"shop": k, "x1": rng.normal(size=80), "x2": rng.normal(size=80), "sales": rng.normal(size=80)})
+        for k in sorted(bad)
+    ]
+    land(settings, "shops", pl.concat(good + fixed))
+    again = run_pipeline(settings, instance, config, "shops", keys=sorted(bad))
+    assert again.ok and again.keys == sorted(bad)
+    assert instance.get_run_by_id(again.run_ids[0]).status == DagsterRunStatus.SUCCESS
+    for stage in STAGES:
+        assert failed_partitions(instance, "shops", stage, result.keys) == set(), stage
+    mats = Counter(
+        r.asset_materialization.partition
+        for r in instance.get_event_records(
+            EventRecordsFilter(DagsterEventType.ASSET_MATERIALIZATION, asset_key=AssetKey(["shops", "model"])),
+            limit=1000,
+        )
+    )
+    assert {k for k, n in mats.items() if n == 2} == set(bad) and len(mats) == 60
 
 
 def test_rerun_for_the_same_run_date_never_duplicates_rows(platform):

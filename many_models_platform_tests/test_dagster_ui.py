@@ -1,5 +1,5 @@
 """The Dagster UI loads this code location through workspace.yaml, on the instance `mmp run`
-writes to, and shows every key's materialization."""
+writes to, shows every key's materialization, and shows a key that is not ok as failed."""
 
 import contextlib
 import json
@@ -28,6 +28,18 @@ query ($path: [String!]!) {
       groupName
       partitionStats { numMaterialized numPartitions numFailed }
       dependencyKeys { path }
+    }
+  }
+}
+"""
+# What the partitions view and the "Missing and failed" selection of the launch dialog read.
+STATUSES = """
+query ($path: [String!]!) {
+  assetNodeOrError(assetKey: {path: $path}) {
+    ... on AssetNode {
+      assetPartitionStatuses {
+        ... on DefaultPartitionStatuses { materializedPartitions failedPartitions unmaterializedPartitions }
+      }
     }
   }
 }
@@ -99,63 +111,58 @@ def chromium_path() -> str | None:
     return path
 
 
-def check_key_page_in_browser(port: int, settings, tmp_path: Path) -> None:
-    """A data engineer opens one key of the model asset and reads its own metadata."""
+def statuses(port: int, use_case: str, stage: str) -> dict[str, list[str]]:
+    node = graphql(port, STATUSES, {"path": [use_case, stage]})["assetNodeOrError"]
+    return node["assetPartitionStatuses"]
+
+
+def check_key_pages_in_browser(port: int, settings, tmp_path: Path, bad: str) -> None:
+    """A data engineer opens the model asset's partitions: the bad key is red, counted under
+    Failed, and its reason is one click away; a good key shows its own metadata and links to its
+    MLflow version. Screenshots are kept in the test's tmp dir."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
-    key = sorted(p.stem for p in (Path(settings.lake_url) / "bronze" / "group_regression").iterdir())[0]
+    key = "seg-001"
     flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+    base = f"http://127.0.0.1:{port}/assets/group_regression/model?view=partitions"
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path(), args=flags)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1100})
-            page.goto(f"http://127.0.0.1:{port}/assets/group_regression/model?view=partitions&partition={key}")
+            page.goto(f"{base}&partition={key}")
             skip = page.get_by_role("button", name="Skip")  # Dagster's one-time community dialog
             with contextlib.suppress(PlaywrightTimeout):  # absent once dismissed
                 skip.click(timeout=10_000)
             page.get_by_text("segment_id=seg-001").wait_for(timeout=60_000)
-            body = page.inner_text("body")
+            good = page.inner_text("body")
+            link = page.get_by_role("link", name=f"http://localhost:5000/#/models/group_regression.{key}/versions/1")
+            href = link.get_attribute("href", timeout=10_000)
             page.screenshot(path=str(tmp_path / "model_key.png"))
+            page.goto(f"{base}&partition={bad}")
+            page.get_by_text("too few rows").first.wait_for(timeout=60_000)
+            failed = page.inner_text("body")
+            page.screenshot(path=str(tmp_path / "model_failed_key.png"))
         finally:
             browser.close()
-    for expected in (
-        "Materialized",
-        "status",
-        "estimator",
-        "metric_rmse",
-        "data_fingerprint",
-        "group_regression.seg-001",
-    ):
-        assert expected in body, f"{expected!r} not on the key's page"
+    for expected in ("Materialized", "status", "estimator", "metric_rmse", "data_fingerprint", "mlflow_model"):
+        assert expected in good, f"{expected!r} not on the key's page"
+    assert href == f"http://localhost:5000/#/models/group_regression.{key}/versions/1"
+    for count in ("Failed (1)", "Materialized (3)", "Missing (2)"):  # the partitions view's filters
+        assert count in failed, (count, failed[:600])
+    assert "training_set failed: too few rows" in failed and "skipped" in failed
 
 
-def test_webserver_shows_each_key_of_the_pipeline(platform, tmp_path):
-    settings, instance = platform
-    land_generated(settings, "group_regression", keys=6, rows=60)
-    assert run_pipeline(settings, instance, None, "group_regression").success
+def land_with_a_bad_key(settings, keys: int, bad: str) -> Path:
+    """Generated data for group_regression in one file, ``bad`` cut to 5 rows (min_rows is 30)."""
+    import polars as pl
 
-    port = free_port()
-    with serving(
-        [
-            sys.executable,
-            "-m",
-            "dagster_webserver",
-            "-w",
-            str(ROOT / "workspace.yaml"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        port,
-        settings,
-    ):
-        node = wait_for_code_location(port)
-        assert node["groupName"] == "group_regression"
-        assert node["partitionStats"] == {"numMaterialized": 6, "numPartitions": 6, "numFailed": 0}
-        assert node["dependencyKeys"] == [{"path": ["group_regression", "predictions"]}]
-        check_key_page_in_browser(port, settings, tmp_path)
+    land_generated(settings, "group_regression", keys=keys, rows=60, files=1)
+    (path,) = (Path(settings.lake_url) / "landing" / "group_regression").iterdir()
+    frame = pl.read_csv(path)
+    cut = frame.filter(pl.col("segment_id") == bad).head(5)  # segment ids are their own partition keys
+    pl.concat([frame.filter(pl.col("segment_id") != bad), cut]).write_csv(path)
+    return path
 
 
 BACKFILL = """
@@ -174,44 +181,92 @@ query ($id: String!) {
 """
 
 
-def test_a_ui_backfill_of_some_keys_runs_every_stage_through_the_daemon(platform):
-    """What a data engineer does in the UI: pick some keys, backfill all seven assets. Runs go
-    through the daemon, the run coordinator and the run launcher of `dagster dev`."""
+def backfill(port: int, keys: list[str]) -> dict:
+    """Launch a backfill of ``keys`` over all seven assets, as the UI's Materialize dialog does,
+    and wait for the daemon to finish it."""
+    from many_models_platform.stages import STAGES
+
+    params = {
+        "partitionNames": keys,
+        "assetSelection": [{"path": ["group_regression", s]} for s in STAGES],
+        "fromFailure": False,
+    }
+    launched = graphql(port, BACKFILL, {"p": params})["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    deadline = time.monotonic() + 400
+    status = None
+    while time.monotonic() < deadline:
+        status = graphql(port, BACKFILL_STATUS, {"id": launched["backfillId"]})["partitionBackfillOrError"]
+        if status["status"] not in ("REQUESTED",):
+            break
+        time.sleep(3)
+    return status
+
+
+def test_the_ui_shows_failed_keys_and_backfills_the_missing_and_failed_ones(platform, tmp_path):
+    """The demo-like `mmp run` over four of six keys, one of them too short. In the UI (`dagster dev`:
+    webserver, daemon, run coordinator and launcher), that key is failed at every stage it did not
+    get through, with its reason one click away, and the other keys are materialized. After its data
+    is fixed, a backfill of what the *Missing and failed* selection picks runs exactly that key and
+    the two keys never run, through all seven stages, and nothing else."""
     from many_models_platform.core.spec import load_config
     from many_models_platform.defs.discovery import register_new_keys
     from many_models_platform.stages import STAGES
     from many_models_platform.storage.lake import Lake
 
     settings, instance = platform
-    land_generated(settings, "group_regression", keys=5, rows=60)
+    bad = "seg-004"
+    path = land_with_a_bad_key(settings, keys=6, bad=bad)
     keys, _ = register_new_keys(instance, load_config().use_case("group_regression"), Lake(settings.lake_url))
-    chosen = keys[1:4]
+    assert keys == [f"seg-00{i}" for i in range(1, 7)]  # insertion order; segment ids are their partition keys
+    result = run_pipeline(settings, instance, None, "group_regression", keys=keys[:4])
+    assert result.success and result.ok  # some keys failing is not a failed `mmp run`
+
     port = free_port()
     with serving(
         [sys.executable, "-m", "dagster", "dev", "-w", str(ROOT / "workspace.yaml"), "-p", str(port)], port, settings
     ):
-        wait_for_code_location(port)
-        params = {
-            "partitionNames": chosen,
-            "assetSelection": [{"path": ["group_regression", s]} for s in STAGES],
-            "fromFailure": False,
-        }
-        launched = graphql(port, BACKFILL, {"p": params})["launchPartitionBackfill"]
-        assert launched["__typename"] == "LaunchBackfillSuccess", launched
-        deadline = time.monotonic() + 400
-        status = None
-        while time.monotonic() < deadline:
-            status = graphql(port, BACKFILL_STATUS, {"id": launched["backfillId"]})["partitionBackfillOrError"]
-            if status["status"] not in ("REQUESTED",):
-                break
-            time.sleep(3)
-        assert status["status"] == "COMPLETED_SUCCESS", status
-        assert status["runs"] and all(r["status"] == "SUCCESS" for r in status["runs"])
-    for stage in STAGES:
-        assert set(instance.get_materialized_partitions(AssetKey(["group_regression", stage]))) == set(chosen)
+        node = wait_for_code_location(port)
+        assert node["groupName"] == "group_regression"
+        assert node["partitionStats"] == {"numMaterialized": 3, "numPartitions": 6, "numFailed": 1}
+        assert node["dependencyKeys"] == [{"path": ["group_regression", "predictions"]}]
+        assert statuses(port, "group_regression", "raw")["failedPartitions"] == []
+        wanted = set()
+        for stage in STAGES[1:]:
+            now = statuses(port, "group_regression", stage)
+            assert now["failedPartitions"] == [bad], stage
+            assert set(now["unmaterializedPartitions"]) == {"seg-005", "seg-006"}, stage
+            wanted |= set(now["failedPartitions"]) | set(now["unmaterializedPartitions"])
+        check_key_pages_in_browser(port, settings, tmp_path, bad)
+
+        # the data is fixed; the backfill of the missing and failed keys runs exactly those again
+        land_generated(settings, "group_regression", keys=6, rows=60, files=1)
+        assert [p.name for p in path.parent.iterdir()] == [path.name]
+        before = materializations(instance)
+        done = backfill(port, sorted(wanted))
+        assert done["status"] == "COMPLETED_SUCCESS", done
+        assert done["runs"] and all(r["status"] == "SUCCESS" for r in done["runs"])
+        after = materializations(instance)
+        assert {k for k in after if after[k] > before.get(k, 0)} == wanted == {bad, "seg-005", "seg-006"}
+        for stage in STAGES:
+            assert set(instance.get_materialized_partitions(AssetKey(["group_regression", stage]))) == set(keys)
+            assert statuses(port, "group_regression", stage)["failedPartitions"] == [], stage
     import duckdb
 
     con = duckdb.connect(settings.warehouse_url.removeprefix("duckdb:///"), read_only=True)
     published = {r[0] for r in con.execute("SELECT DISTINCT key FROM predictions").fetchall()}
     con.close()
-    assert published == set(chosen)
+    assert published == set(keys)
+
+
+def materializations(instance) -> dict[str, int]:
+    """Key -> number of materializations of group_regression/model so far."""
+    from collections import Counter
+
+    from dagster import DagsterEventType, EventRecordsFilter
+
+    records = instance.get_event_records(
+        EventRecordsFilter(DagsterEventType.ASSET_MATERIALIZATION, asset_key=AssetKey(["group_regression", "model"])),
+        limit=1000,
+    )
+    return dict(Counter(r.asset_materialization.partition for r in records))

@@ -29,6 +29,7 @@ def graph_snapshot() -> dict:
             "partitions": getattr(node.partitions_def, "name", None),
             "backfill": None if policy is None else [policy.policy_type.value, policy.max_partitions_per_run],
             "kinds": sorted(node.kinds),
+            "checks": sorted(k.name for k in node.check_keys),
         }
     out["jobs"] = sorted(j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__"))
     return out
@@ -68,19 +69,48 @@ def test_the_discovery_job_adds_landing_keys_as_partitions(platform):
     assert len(instance.get_dynamic_partitions("group_regression_keys")) == 5
 
 
-def test_evaluation_reports_the_metric_distribution_and_worst_keys(platform):
+def test_every_stage_asset_has_the_keys_ok_check_and_nothing_else_runs_checks_per_key():
+    snap = graph_snapshot()
+    for uc in ("retail_demand", "sensor_anomaly", "group_regression"):
+        for stage in ("raw", "training_set", "model", "evaluation", "promoted_model", "predictions", "published"):
+            assert snap[f"{uc}/{stage}"]["checks"] == ["keys_ok"], f"{uc}/{stage}"
+
+
+def test_evaluation_reports_the_metric_distribution_and_worst_keys_on_its_check(platform):
+    """The run report is the result of the asset's keys_ok check (the asset's Checks tab), with
+    numbers rounded for display, and never a copy on every key's materialization."""
     from dagster_helpers import run_pipeline
 
     settings, instance = platform
     land_generated(settings, "group_regression", keys=12, rows=60)
-    assert run_pipeline(settings, instance, None, "group_regression").success
-    records = instance.get_event_records(
-        EventRecordsFilter(DagsterEventType.ASSET_OBSERVATION, asset_key=AssetKey(["group_regression", "evaluation"]))
-    )
+    result = run_pipeline(settings, instance, None, "group_regression")
+    assert result.success and len(result.run_ids) == 1
+    records = [
+        e
+        for e in instance.all_logs(result.run_ids[0], of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
+        if e.dagster_event.event_specific_data.asset_key == AssetKey(["group_regression", "evaluation"])
+    ]
     assert len(records) == 1
-    md = records[0].asset_observation.metadata
-    assert md["keys_in_run"].value == 12 and md["keys_ok"].value == 12
+    evaluation = records[0].dagster_event.event_specific_data
+    assert evaluation.check_name == "keys_ok" and evaluation.passed
+    md = evaluation.metadata
+    assert md["keys_in_run"].value == 12 and md["keys_ok"].value == 12 and md["keys_failed"].value == 0
     assert md["metric_distribution"].value.startswith("![rmse distribution](data:image/png;base64,")
     worst = md["worst_keys"].value.splitlines()
     assert worst[0] == "| key | rmse |" and len(worst) == 2 + 10
+    for line in worst[2:]:
+        shown = line.split("|")[2].strip()
+        assert shown == f"{float(shown):.4g}", line  # 4 significant digits
+    for q in ("rmse_p10", "rmse_p50", "rmse_p90"):
+        assert md[q].value == float(f"{md[q].value:.4g}")
     assert Path(md["report_path"].value).exists()
+    # no key's materialization carries the report
+    mats = instance.get_event_records(
+        EventRecordsFilter(
+            DagsterEventType.ASSET_MATERIALIZATION, asset_key=AssetKey(["group_regression", "evaluation"])
+        )
+    )
+    assert len(mats) == 12 and not any("worst_keys" in r.asset_materialization.metadata for r in mats)
+    assert not instance.get_event_records(
+        EventRecordsFilter(DagsterEventType.ASSET_OBSERVATION, asset_key=AssetKey(["group_regression", "evaluation"]))
+    )

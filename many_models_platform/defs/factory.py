@@ -12,13 +12,16 @@ import base64
 import datetime as dt
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import quote
 
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
-    AssetObservation,
     AssetsDefinition,
     AssetSelection,
     BackfillPolicy,
@@ -34,6 +37,8 @@ from ..core.engine import KeyOutcome
 from ..core.spec import PlatformConfig, UseCaseSpec
 from ..stages import STAGES, StageReport, StageRun, run_stage
 from ..stages.published import decoded
+from ..storage.redaction import redact, redact_exception
+from . import health
 from .resources import PlatformResource
 
 RUN_DATE_TAG = "mmp/run_date"
@@ -67,11 +72,15 @@ def partitions_name(use_case: str) -> str:
     return f"{use_case}_keys"
 
 
-def key_metadata(spec: UseCaseSpec, outcome: KeyOutcome) -> dict[str, Any]:
-    """Small, flat metadata per key: it is stored once per key per run in the event log."""
+def key_metadata(spec: UseCaseSpec, outcome: KeyOutcome, mlflow_ui_url: str | None = None) -> dict[str, Any]:
+    """Small, flat metadata per key: it is stored once per key per run in the event log.
+
+    Text that may hold a credential (a reason quoting an error, a URI) is redacted. With
+    ``mlflow_ui_url``, a key whose info names a registered model version (``model_name`` and
+    ``version``, as the ``model`` stage's does) links to that version in the MLflow UI."""
     md: dict[str, Any] = {"status": outcome.status, "key": decoded(spec.keys, outcome.key)[0]}
     if outcome.reason:
-        md["reason"] = outcome.reason
+        md["reason"] = redact(outcome.reason)
     for name, value in outcome.info.items():
         if name == "metrics":
             md.update({f"metric_{m}": _num(v) for m, v in value.items()})
@@ -80,9 +89,26 @@ def key_metadata(spec: UseCaseSpec, outcome: KeyOutcome) -> dict[str, Any]:
         elif name == "drops" and isinstance(value, dict):
             # rows removed per reason, e.g. "dropped: target is null": 3 (rows_in/out/dropped/merged are scalars)
             md.update({f"dropped: {reason}": _num(n) for reason, n in value.items()})
-        elif isinstance(value, bool | int | float | str) or value is None:
+        elif isinstance(value, str):
+            md[name] = _shown(value)
+        elif isinstance(value, bool | int | float) or value is None:
             md[name] = _num(value) if isinstance(value, float) else value
+    name, version = outcome.info.get("model_name"), outcome.info.get("version")
+    if mlflow_ui_url and isinstance(name, str) and isinstance(version, int):
+        md["mlflow_model"] = MetadataValue.url(mlflow_version_url(mlflow_ui_url, name, version))
     return md
+
+
+def mlflow_version_url(base: str, model_name: str, version: int) -> str:
+    """The MLflow UI's page of one registered model version (names are URL-encoded)."""
+    return f"{base.rstrip('/')}/#/models/{quote(model_name, safe='')}/versions/{version}"
+
+
+def _shown(text: str) -> str:
+    """``text`` as metadata may show it: redacted when it could hold a credential. Most values
+    (labels, estimator names, paths) cannot, and redact() costs ~14 µs, which adds up over
+    thousands of keys and seven stages."""
+    return redact(text) if ("://" in text or "=" in text or "@" in text) else text
 
 
 def _num(v: Any) -> Any:
@@ -109,6 +135,8 @@ def build_use_case_assets(spec: UseCaseSpec, config: PlatformConfig) -> list[Ass
 
 
 def _stage_asset(spec, stage, partitions, upstream, backfill_policy, workers) -> AssetsDefinition:
+    asset_key = AssetKey([spec.name, stage])
+
     @asset(
         name=stage,
         key_prefix=[spec.name],
@@ -119,24 +147,56 @@ def _stage_asset(spec, stage, partitions, upstream, backfill_policy, workers) ->
         description=f"{DESCRIPTIONS[stage]} Use case: {spec.description or spec.name}",
         kinds=KINDS[stage],
         metadata={"use_case": spec.name, "key_columns": ", ".join(spec.keys), "task": spec.task},
+        check_specs=[AssetCheckSpec(KEYS_OK, asset=asset_key, description=KEYS_OK_DESCRIPTION)],
     )
-    def _materialize(context: AssetExecutionContext, platform: PlatformResource) -> MaterializeResult:
+    def _materialize(context: AssetExecutionContext, platform: PlatformResource) -> Iterator[Any]:
         keys = list(context.partition_keys)
-        run_date = context.run.tags.get(RUN_DATE_TAG) or dt.datetime.now(dt.UTC).date().isoformat()
-        run = StageRun(
-            spec,
-            platform.settings(),
-            run_id=context.run_id,
-            run_date=dt.date.fromisoformat(run_date),
-            workers=workers,
-            progress=progress.for_stage(spec.name, stage),
-        )
-        report = run_stage(stage, run, keys)
-        add_metadata_per_key(context, {o.key: key_metadata(spec, o) for o in report.outcomes}, set(keys))
-        _log_run_report(context, spec, report, run)
-        return MaterializeResult()
+        error = None
+        try:
+            settings = platform.settings()
+            run_date = context.run.tags.get(RUN_DATE_TAG) or dt.datetime.now(dt.UTC).date().isoformat()
+            run = StageRun(
+                spec,
+                settings,
+                run_id=context.run_id,
+                run_date=dt.date.fromisoformat(run_date),
+                workers=workers,
+                progress=progress.for_stage(spec.name, stage),
+            )
+            report = run_stage(stage, run, keys)
+        except Exception as exc:  # the step failed as a whole: every key of its range failed here
+            error = exc
+        if error is not None:
+            health.mark_not_ok(context, keys)
+            # the error reaches the run's logs and the UI: never with a store's password in it
+            raise redact_exception(error, settings_secrets(platform))
+        per_key = {o.key: key_metadata(spec, o, settings.mlflow_ui_url) for o in report.outcomes}
+        add_metadata_per_key(context, per_key, set(keys))
+        yield MaterializeResult()  # one materialization per key, each with its own metadata
+        not_ok = [o for o in report.outcomes if not key_ok(stage, o)]
+        health.mark_not_ok(context, [o.key for o in not_ok])  # after the materializations: see defs/health.py
+        yield run_report(context, spec, report, run, not_ok)
+        in_run = health.stages_in_run(context, spec)
+        if in_run and in_run[-1] == stage:  # the run's last stage: fail the run if any key was not ok
+            failure = health.keys_not_ok_failure(spec, run.lake, context.run_id, in_run, {stage: len(not_ok)})
+            if failure is not None:
+                raise failure
 
     return _materialize
+
+
+def key_ok(stage: str, outcome: KeyOutcome) -> bool:
+    """Whether a key is healthy at this stage in Dagster: ok, and at ``published`` also published
+    (a key whose predictions could not be published has status ok there, with ``published: false``)."""
+    return outcome.ok and not (stage == "published" and outcome.info.get("published") is False)
+
+
+def settings_secrets(platform: PlatformResource) -> tuple[str, ...]:
+    """The passwords of the platform's store URLs, masked wherever they appear in an error."""
+    try:
+        return platform.settings().secrets()
+    except Exception:
+        return ()
 
 
 def add_metadata_per_key(context: AssetExecutionContext, per_key: dict[str, dict], targeted: set[str]) -> None:
@@ -168,46 +228,93 @@ def add_metadata_per_key(context: AssetExecutionContext, per_key: dict[str, dict
     step._metadata_accumulator = OutputMetadataAccumulator(per_output_metadata=merged)
 
 
-def _log_run_report(context: AssetExecutionContext, spec: UseCaseSpec, report: StageReport, run: StageRun) -> None:
-    """One aggregate report per run, as an observation: attaching it to the materialization
-    would copy it onto every key's event."""
-    failed = report.failed
+KEYS_OK = "keys_ok"
+KEYS_OK_DESCRIPTION = (
+    "Every key of the run is ok at this stage. Its metadata is the run's report: key counts, the keys "
+    "that are not ok with their reasons, the stage's summary (for evaluation the metric's histogram, "
+    "quantiles and worst keys). Keys that are not ok are also marked failed in the Partitions tab."
+)
+_FAILED_ROWS = 25
+
+
+def run_report(
+    context: AssetExecutionContext, spec: UseCaseSpec, report: StageReport, run: StageRun, not_ok: list[KeyOutcome]
+) -> AssetCheckResult:
+    """The run's report, as the result of the asset's ``keys_ok`` check: one event per asset and run
+    that the asset's page shows (Checks tab, and the check's status on Overview), instead of a
+    copy on every key's materialization. Numbers are rounded for display; the exact values are in
+    the state files and the warehouse."""
+    n_failed = sum(1 for o in not_ok if o.status == "failed")
     md: dict[str, Any] = {
         "keys_in_run": len(report.outcomes),
-        "keys_ok": len(report.outcomes) - len(failed),
-        "keys_failed": sum(1 for o in failed if o.status == "failed"),
-        "keys_skipped": sum(1 for o in failed if o.status == "skipped"),
+        "keys_ok": len(report.outcomes) - len(not_ok),
+        "keys_failed": n_failed,
+        "keys_skipped": len(not_ok) - n_failed,
     }
-    if failed:
+    if not_ok:
         rows = "\n".join(
-            f"| {decoded(spec.keys, o.key)[0]} | {o.status} | {o.reason[:200]} |".replace("\n", " ")
-            for o in failed[:25]
+            f"| {_cell(decoded(spec.keys, o.key)[0])} | {o.status} | {_cell(redact(_why(o))[:200])} |"
+            for o in not_ok[:_FAILED_ROWS]
         )
-        md["failed_keys"] = MetadataValue.md(f"| key | status | reason |\n|---|---|---|\n{rows}")
-        context.log.warning(f"{len(failed)} of {len(report.outcomes)} keys not ok at {report.stage}")
+        more = len(not_ok) - _FAILED_ROWS
+        tail = f"\n\n… and {more} more (`mmp status --failed`)" if more > 0 else ""
+        md["keys_not_ok"] = MetadataValue.md(f"| key | status | reason |\n|---|---|---|\n{rows}{tail}")
     for name, value in report.summary.items():
-        if isinstance(value, int | float | str):
-            md[name] = _num(value)
+        if isinstance(value, bool | int):
+            md[name] = value
+        elif isinstance(value, str):
+            md[name] = _shown(value)
+        elif isinstance(value, float):
+            md[name] = _rounded(value)
         elif isinstance(value, dict) and name != "worst":
             md[name] = MetadataValue.json(value)
     if report.stage == "evaluation":
         values = [o.info["metrics"][spec.metric] for o in report.outcomes if o.ok]
         if values:
-            png = metric_histogram(spec.metric, values)
+            png = metric_histogram(spec.metric, values, not_ok=len(report.outcomes) - len(values))
             md["metric_distribution"] = MetadataValue.md(
                 f"![{spec.metric} distribution](data:image/png;base64,{base64.b64encode(png).decode()})"
             )
             path = run.lake.path("reports", spec.name, f"evaluation_{context.run_id}.png")
             run.lake.write_bytes(path, png)
-            md["report_path"] = MetadataValue.path(str(path))
+            md["report_path"] = MetadataValue.path(_shown(str(path)))
         worst = report.summary.get("worst") or []
         if worst:
-            rows = "\n".join(f"| {w['key']} | {w['value']:.4g} |" for w in worst)
+            rows = "\n".join(f"| {_cell(str(w['key']))} | {_fmt(w['value'])} |" for w in worst)
             md["worst_keys"] = MetadataValue.md(f"| key | {spec.metric} |\n|---|---|\n{rows}")
     for name, columns in FILE_TABLES.items():
         if report.summary.get(name):
-            md[name] = MetadataValue.md(_file_table(report.summary[name], columns))
-    context.log_event(AssetObservation(asset_key=context.asset_key, metadata=md))
+            md[name] = MetadataValue.md(redact(_file_table(report.summary[name], columns)))
+    if not_ok:
+        context.log.warning(f"{len(not_ok)} of {len(report.outcomes)} keys not ok at {report.stage}")
+    none_ok = len(not_ok) == len(report.outcomes)
+    return AssetCheckResult(
+        check_name=KEYS_OK,
+        passed=not not_ok,
+        # some keys not ok: a warning (the others went through); none ok: an error (the stage stopped)
+        severity=AssetCheckSeverity.ERROR if not_ok and none_ok else AssetCheckSeverity.WARN,
+        metadata=md,
+        description=f"{md['keys_ok']} of {md['keys_in_run']} keys ok"
+        + (f"; {n_failed} failed, {md['keys_skipped']} skipped: marked failed in Partitions" if not_ok else ""),
+    )
+
+
+def _why(outcome: KeyOutcome) -> str:
+    """A key's reason; at ``published``, why it was not published (its first stage not ok)."""
+    return outcome.reason or str(outcome.info.get("key_status") or "not published")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _rounded(value: float) -> float | None:
+    """4 significant digits: what a person compares at a glance (0.05139, 153.7, 1.235e+04)."""
+    return None if math.isnan(value) else float(f"{value:.4g}")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 # The raw stage's file lists (docs/architecture.md#ranged-runs) as Markdown tables in its run report.
@@ -230,7 +337,8 @@ def _file_table(items: list, columns: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-def metric_histogram(metric: str, values: list[float]) -> bytes:
+def metric_histogram(metric: str, values: list[float], not_ok: int = 0) -> bytes:
+    """A small PNG of the metric over the run's ok keys (keys not ok, or with no value, are counted in the title)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -241,7 +349,8 @@ def metric_histogram(metric: str, values: list[float]) -> bytes:
     ax.hist(vals, bins=min(30, max(5, len(vals) // 5)), color="#4f46e5")
     ax.set_xlabel(metric)
     ax.set_ylabel("keys")
-    ax.set_title(f"{metric} over {len(vals)} keys")
+    missing = not_ok + len(values) - len(vals)
+    ax.set_title(f"{metric} over {len(vals)} keys" + (f" ({missing} not shown: not ok or no value)" if missing else ""))
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

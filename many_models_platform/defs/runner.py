@@ -17,15 +17,19 @@ from ..core.spec import PlatformConfig, UseCaseSpec
 from ..stages import STAGES, StageRun, run_stage
 from ..stages.base import read_run_record, stop_reason
 from ..storage.lake import Lake
+from ..storage.redaction import redact
 from ..storage.settings import PlatformSettings
 from .discovery import register_new_keys
 from .factory import RUN_DATE_TAG, partitions_name, pipeline_job_name
+from .health import is_keys_not_ok_failure
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 # See DESIGN.md: subset planned events and batched event writes make ranged runs ~10x cheaper.
 DAGSTER_ENV = {"DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "1", "DAGSTER_EVENT_BATCH_SIZE": "1000"}
 REPO_ROOT = Path(__file__).resolve().parents[2]
-QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# `mmp run` prints its own summary and every step error (redacted); the console logger would print
+# each failed run's stack, including the run failure that only says some keys were not ok.
+QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 def prepare_instance(settings: PlatformSettings) -> DagsterInstance:
@@ -66,7 +70,8 @@ class UseCaseRun:
     keys: list[str]
     new_keys: list[str]
     run_ids: list[str] = field(default_factory=list)
-    success: bool = True  # every Dagster run succeeded (a failed key does not fail a run)
+    # no Dagster step failed (a key that is not ok fails its run only to mark it, defs/health.py)
+    success: bool = True
     stage_seconds: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     # per stage, over the runs: keys, ok, failed, skipped (from the stages' run records)
@@ -115,6 +120,7 @@ def run_use_case(
     job = defs.resolve_job_def(pipeline_job_name(spec.name))
     run_date = run_date or dt.datetime.now(dt.UTC).date()
     lake = Lake(settings.lake_url, settings.lake_storage_options)
+    secrets = settings.secrets()
     if not selected:  # nothing to partition on: read the landing zone once, to say why
         run = StageRun(spec, settings, run_id=f"mmp-no-keys-{uuid.uuid4().hex[:12]}", run_date=run_date)
         result.ingest = ingest_summary(run_stage("raw", run, []).summary)
@@ -127,18 +133,46 @@ def run_use_case(
             raise_on_error=False,
         )
         result.run_ids.append(res.run_id)
-        result.success &= res.success
+        started: dict[str, float] = {}
+        marked = step_failed = False  # the run failed to mark keys that were not ok / because a step failed
+        steps = {DagsterEventType.STEP_START, DagsterEventType.STEP_FAILURE}
+        for entry in instance.all_logs(res.run_id, of_type=steps):
+            event = entry.dagster_event
+            if event.event_type == DagsterEventType.STEP_START:
+                started[event.step_key] = entry.timestamp
+            elif is_keys_not_ok_failure(event.event_specific_data):
+                # the run failed only to mark its keys that were not ok (defs/health.py): the step itself did its work
+                _add_seconds(result, event.step_key, entry.timestamp - started.get(event.step_key, entry.timestamp))
+                marked = True
+            else:
+                step_failed = True
+                result.success = False
+                error = step_error(event.event_specific_data.error)
+                result.errors.append(redact(f"{event.step_key}: {error}", secrets))
+        if not res.success and not marked and not step_failed:
+            result.success = False
+            result.errors.append(f"run {res.run_id} failed before any step did (see the Dagster UI)")
         for event in res.all_events:
             if event.event_type == DagsterEventType.STEP_SUCCESS:
-                stage = event.step_key.split("__")[-1]
-                result.stage_seconds[stage] = (
-                    result.stage_seconds.get(stage, 0.0) + event.event_specific_data.duration_ms / 1000
-                )
-            elif event.event_type == DagsterEventType.STEP_FAILURE:
-                err = event.event_specific_data.error
-                result.errors.append(f"{event.step_key}: {err.message.strip() if err else 'failed'}")
+                _add_seconds(result, event.step_key, event.event_specific_data.duration_ms / 1000)
     collect_records(result, lake, spec)
     return result
+
+
+def step_error(err) -> str:
+    """What failed in a step, in one line: the user code's own exception rather than Dagster's
+    wrapper ("Error occurred while executing op ...")."""
+    if err is None:
+        return "failed"
+    wrappers = ("DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError")
+    while err.cause is not None and err.cls_name in wrappers:
+        err = err.cause
+    return " ".join(err.message.split())
+
+
+def _add_seconds(result: UseCaseRun, step_key: str, seconds: float) -> None:
+    stage = step_key.split("__")[-1]
+    result.stage_seconds[stage] = result.stage_seconds.get(stage, 0.0) + seconds
 
 
 def collect_records(result: UseCaseRun, lake: Lake, spec: UseCaseSpec) -> None:

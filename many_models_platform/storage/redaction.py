@@ -49,3 +49,64 @@ def redact(text: object, secrets: Iterable[str] = ()) -> str:
         if value and len(value) >= 4:
             out = out.replace(value, MASK)
     return out
+
+
+def redact_exception(exc: BaseException, secrets: Iterable[str] = ()) -> BaseException:
+    """``exc`` with credentials masked in its message and in its causes' messages.
+
+    The result is of the same type (``except`` clauses and ``isinstance`` still match, the type's
+    name is unchanged) and keeps the traceback, so a boundary (a Dagster step, the CLI) can
+    re-raise it without losing what failed. ``exc`` itself comes back when nothing needs masking.
+    The chain is kept as ``__cause__`` only (``__suppress_context__`` is set), so re-raising it
+    inside an ``except`` block does not chain the unmasked original back in."""
+    secrets = tuple(secrets)
+    chain = list(_chain(exc))
+    if all(redact(_message(e), secrets) == _message(e) for e in chain):
+        return exc
+    masked: BaseException | None = None
+    for original in reversed(chain):  # innermost cause first
+        masked = _masked_copy(original, redact(_message(original), secrets), cause=masked)
+    assert masked is not None
+    return masked
+
+
+def _chain(exc: BaseException):
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # a broken __str__ must not hide the error itself
+        return repr(exc.args)
+
+
+_MASKED_TYPES: dict[type, type] = {}
+
+
+def _masked_copy(exc: BaseException, message: str, cause: BaseException | None) -> BaseException:
+    """An instance of a subclass of ``type(exc)`` named like it, whose text is ``message``."""
+    cls = type(exc)
+    try:
+        masked_cls = _MASKED_TYPES.get(cls)
+        if masked_cls is None:
+            namespace = {
+                "__module__": cls.__module__,
+                "__qualname__": cls.__qualname__,
+                "__str__": lambda self: self.args[0] if self.args else "",
+                "__repr__": lambda self: f"{cls.__name__}({self.args[0] if self.args else ''!r})",
+                "__reduce__": lambda self: (RuntimeError, (f"{cls.__name__}: {self}",)),
+            }
+            masked_cls = _MASKED_TYPES.setdefault(cls, type(cls.__name__, (cls,), namespace))
+        copy = cls.__new__(masked_cls)
+        copy.args = (message,)
+    except Exception:  # a type that cannot be subclassed or built without its arguments
+        copy = RuntimeError(f"{cls.__module__}.{cls.__qualname__}: {message}")
+    copy.__cause__ = cause
+    copy.__suppress_context__ = True
+    return copy.with_traceback(exc.__traceback__)

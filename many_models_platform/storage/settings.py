@@ -29,6 +29,9 @@ class PlatformSettings(BaseModel):
     artifact_root: str
     production_artifact_root: str
     warehouse_url: str
+    # Where `mmp mlflow-ui` (or your MLflow server) serves the candidate registry: the base of the
+    # link from a key's Dagster metadata to its model version.
+    mlflow_ui_url: str = "http://localhost:5000"
 
     @classmethod
     def from_env(cls, home: str | os.PathLike | None = None) -> PlatformSettings:
@@ -58,7 +61,32 @@ class PlatformSettings(BaseModel):
             production_artifact_root=env("MMP_PRODUCTION_ARTIFACT_ROOT")
             or str(home_path / "mlflow" / "production-artifacts"),
             warehouse_url=env("MMP_WAREHOUSE_URL") or f"duckdb:///{home_path / 'warehouse' / 'warehouse.duckdb'}",
+            mlflow_ui_url=(env("MMP_MLFLOW_UI_URL") or "http://localhost:5000").rstrip("/"),
         )
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every credential these settings hold (store passwords, Azure keys), for
+        :func:`redaction.redact` to mask wherever one appears, even outside a URL."""
+        from urllib.parse import unquote, urlsplit
+
+        found = []
+        for uri in (
+            self.lake_url,
+            self.candidate_registry_uri,
+            self.production_registry_uri,
+            self.production_registry_write_uri or "",
+            self.artifact_root,
+            self.production_artifact_root,
+            self.warehouse_url,
+        ):
+            try:
+                password = urlsplit(uri).password
+            except ValueError:
+                continue
+            if password:
+                found += [password, unquote(password)]
+        found += [str(v) for k, v in self.lake_storage_options.items() if k != "account_name" and v]
+        return tuple(dict.fromkeys(s for s in found if len(s) >= 4))
 
     def ensure_local_dirs(self) -> None:
         """Create the folders the embedded stores need (SQLite and DuckDB will not)."""

@@ -35,6 +35,8 @@ import polars as pl
 import sqlalchemy as sa
 from sqlalchemy.dialects import mssql
 
+from .redaction import redact, redact_exception
+
 metadata = sa.MetaData(naming_convention={"pk": "pk_%(table_name)s"})
 
 # Column types. What is ASCII by construction (encoded keys, use-case names, run ids, stage,
@@ -236,6 +238,15 @@ class WriteStep:
     ensure_table: bool = False  # a table outside the migrations (keys_<use case>): create it first
 
 
+def url_secrets(url: str | sa.URL) -> tuple[str, ...]:
+    """The password of a database URL, as an exact secret for :func:`redaction.redact`."""
+    try:
+        password = sa.make_url(url).password
+    except Exception:
+        return ()
+    return (str(password),) if password else ()
+
+
 class Warehouse:
     def __init__(self, url: str, read_only: bool = False):
         self.url = url
@@ -281,11 +292,13 @@ class Warehouse:
             return
         if current is not None and not is_known_revision(current):
             raise RuntimeError(
-                f"warehouse {self.url} is at schema revision {current!r}, which this version of "
+                f"warehouse {redact(self.url)} is at schema revision {current!r}, which this version of "
                 f"many_models_platform does not know (its newest is {head!r}): upgrade the package"
             )
         if self.read_only:
-            raise RuntimeError(f"warehouse {self.url} is not at schema revision {head} and was opened read-only")
+            raise RuntimeError(
+                f"warehouse {redact(self.url)} is not at schema revision {head} and was opened read-only"
+            )
         with _UPGRADE_LOCK, self.connect() as conn, conn.begin():
             upgrade(conn)
         self._schema_ready = True
@@ -395,7 +408,8 @@ class Warehouse:
                 return self.engine.connect()
             except sa.exc.DBAPIError as exc:
                 if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                    raise
+                    # a driver's message may carry the connection string: never show its password
+                    raise redact_exception(exc, url_secrets(self.url))  # noqa: B904 (the chain is kept, masked)
                 self.dispose()
                 time.sleep(0.5)
 
