@@ -98,7 +98,11 @@ def test_generate_run_and_status(tmp_path):
     stopped = mmp("run", "-u", "group_regression", "--run-date", "2031-01-02", home=home, check=False)
     assert stopped.returncode == 1, stopped.stdout + stopped.stderr
     out = " ".join(stopped.stdout.split())
-    assert "stopped at raw: no key left after raw: no rows for this key in the landing zone (12 keys)" in out
+    assert (
+        "stopped at raw: no key left after raw: no rows for this key in the landing zone; 1 file(s) rejected "
+        "for this use case: landing/group_regression/notes.csv: missing required column(s)" in out
+    )
+    assert out.count("(12 keys)") == 1
     assert "1 file(s) rejected" in out and "notes.csv" in out
     assert re.search(r"rows landed\s+│\s+0\s", stopped.stdout), stopped.stdout
     status = mmp("status", "-u", "group_regression", home=home).stdout
