@@ -302,20 +302,28 @@ def candidate_models(run: StageRun, keys: Sequence[str]) -> dict[str, dict]:
     wanted = set(keys)
     return {
         key: {
-            "name": ref.name,
-            "version": ref.version,
-            "source": ref.source,
-            # what it was fitted on (LINEAGE_TAGS), copied to production at promotion
-            **{tag: ref.tags.get(tag) for tag in LINEAGE_TAGS},
-            "artifact_sha256": ref.tags.get(HASH_TAG),
+            **_ref_record(ref),
             # with refit, the evaluated model_eval.skops: pinned from the registry like model.skops
             "eval_artifact_sha256": ref.tags.get(EVAL_HASH_TAG),
             "data_fingerprint": ref.tags.get("data_fingerprint"),
             "estimator": ref.tags.get("estimator"),
-            "features": ref.tags["features"].split(",") if ref.tags.get("features") else [],
         }
         for key, ref in run.candidates_reader().latest_versions(run.spec.name).items()
         if key in wanted
+    }
+
+
+def _ref_record(ref) -> dict[str, Any]:
+    """What both registries' lookups give a stage about a version: name, version, source,
+    hash, feature columns and what it was fitted on (LINEAGE_TAGS, copied to production at
+    promotion, used for honest comparisons)."""
+    return {
+        "name": ref.name,
+        "version": ref.version,
+        "source": ref.source,
+        "features": ref.tags["features"].split(",") if ref.tags.get("features") else [],
+        "artifact_sha256": ref.tags.get(HASH_TAG),
+        **{tag: ref.tags.get(tag) for tag in LINEAGE_TAGS},
     }
 
 
@@ -350,16 +358,7 @@ def production_models(run: StageRun, keys: Sequence[str]) -> dict[str, dict]:
     these keys, from one registry lookup for the whole use case; plain data, so workers get it."""
     wanted = set(keys)
     return {
-        key: {
-            "name": ref.name,
-            "version": ref.version,
-            "source": ref.source,
-            "features": ref.tags["features"].split(",") if ref.tags.get("features") else [],
-            "source_version": ref.tags.get("source_candidate_version"),
-            "artifact_sha256": ref.tags.get(HASH_TAG),
-            # what the model was fitted on (LINEAGE_TAGS), for honest comparisons
-            **{tag: ref.tags.get(tag) for tag in LINEAGE_TAGS},
-        }
+        key: {**_ref_record(ref), "source_version": ref.tags.get("source_candidate_version")}
         for key, ref in run.production().aliased_versions(run.spec.name).items()
         if key in wanted
     }
