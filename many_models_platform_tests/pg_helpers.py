@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 PG_SERVER = os.environ.get("MMP_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes", "on"}
 
 
 def _admin():
