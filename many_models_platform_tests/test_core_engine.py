@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from many_models_platform.core.engine import KeyOutcome, SkipKey, map_keys
+from many_models_platform.core.engine import KeyOutcome, SkipKey, default_workers, map_keys
 from many_models_platform.core.features import KeyDataError
 
 
@@ -102,3 +102,13 @@ def test_a_crashed_worker_fails_only_its_own_chunk():
     # key, so only the key that kills its worker fails
     assert [o.key for o in crashed] == ["k03"]
     assert "worker crashed" in crashed[0].reason
+
+
+def test_default_workers_follow_the_cgroup_cpu_quota(monkeypatch):
+    """In a pod limited to 1 CPU the pool starts 1 worker, whatever the node's core count."""
+    import joblib.externals.loky.backend.context as loky_context
+
+    unlimited = default_workers()
+    assert unlimited >= 1
+    monkeypatch.setattr(loky_context, "_cpu_count_cgroup", lambda os_cpu_count: 1)
+    assert default_workers() == 1

@@ -60,7 +60,13 @@ def _run_chunk(fn: Callable, keys: Sequence[str], args: tuple) -> list[KeyOutcom
 
 
 def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The cores this process may really use: CPU affinity *and* the cgroup CPU quota (a
+    Kubernetes pod's ``limits.cpu``), which ``os.cpu_count`` ignores, so a range pod with a
+    2-CPU limit on a 16-core node starts 2 workers, not 16. loky (shipped with joblib, which
+    runs our pool) reads both."""
+    from joblib.externals.loky import cpu_count
+
+    return max(1, cpu_count())
 
 
 def _executor(workers: int):
