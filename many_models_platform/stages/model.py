@@ -31,17 +31,17 @@ from .base import (
     crash_point,
     finish,
     quantiles,
-    read_state,
+    read_state_or_error,
     require_state,
     write_state,
 )
+from .records import StageRecord
 
 
 def _train_one(key: str, spec: UseCaseSpec, lake: Lake, models_dir: str, template: str, trusted) -> dict:
     ts_state = require_state(lake, spec.name, UPSTREAM["model"], key)
-    upstream = ts_state["info"]
     ts = lake.read_parquet(lake.key_path("training", spec.name, key, ".parquet"))
-    fitted = fit_key(spec, ts, upstream["features"])
+    fitted = fit_key(spec, ts, ts_state.info.features)
     folder = f"{models_dir}/{key}"
     # model.skops is what production serves: the refit on every row when the use case refits
     sha256 = write_model_dir(fitted.production_model or fitted.model, folder, template, trusted)
@@ -68,8 +68,8 @@ def _train_one(key: str, spec: UseCaseSpec, lake: Lake, models_dir: str, templat
         "refit": fitted.production_model is not None,
         "split": F.split_descriptor(spec),
         "features": fitted.feature_columns,
-        "data_fingerprint": upstream["data_fingerprint"],
-        "training_set_run_id": ts_state["dagster_run_id"],  # the training set it was fitted on
+        "data_fingerprint": ts_state.data_fingerprint,
+        "training_set_run_id": ts_state.dagster_run_id,  # the training set it was fitted on
     }
 
 
@@ -180,13 +180,13 @@ def reusable_candidates(run: StageRun, registry: ModelRegistry, keys: Sequence[s
         ref = latest.get(key)
         if ref is None or not ref.tags.get(HASH_TAG):
             continue
-        state = read_state(lake, spec.name, "training_set", key)
+        state = read_state_or_error(lake, spec.name, "training_set", key)
         if (
-            not state
-            or state["status"] != "ok"
-            or state["info"]["data_fingerprint"] != ref.tags.get("data_fingerprint")
+            not isinstance(state, StageRecord)  # none, or unreadable: fitting says why
+            or not state.ok
+            or state.data_fingerprint != ref.tags.get("data_fingerprint")
             # same data and config but other feature columns (say a calendar set that changed)
-            or state["info"]["features"] != ref.tags.get("features", "").split(",")
+            or state.info.features != ref.tags.get("features", "").split(",")
         ):
             continue
         metrics = {k.removeprefix("metric."): float(v) for k, v in ref.tags.items() if k.startswith("metric.")}
@@ -211,7 +211,7 @@ def reusable_candidates(run: StageRun, registry: ModelRegistry, keys: Sequence[s
             "version": ref.version,
             "model_name": ref.name,
             "source": ref.source,
-            "training_set_run_id": state["dagster_run_id"],
+            "training_set_run_id": state.dagster_run_id,
             "reused": True,
         }
         out[key] = KeyOutcome(key, "ok", info=info)

@@ -31,7 +31,7 @@ def _score_one(key: str, spec: UseCaseSpec, lake: Lake, production: dict[str, di
     promo = read_state(lake, spec.name, "promoted_model", key)
     prod = production.get(key)
     if prod is None:
-        why = promo["info"].get("reason") if promo and promo["status"] == "ok" else (promo or {}).get("reason")
+        why = (promo.info.reason if promo.ok else promo.reason) if promo else None
         raise SkipKey(f"no production model for this key ({why or 'never promoted'})")
     model = load_model_from_source(prod["source"], prod["artifact_sha256"], trusted)
     features = prod["features"]
@@ -64,7 +64,7 @@ def _score_one(key: str, spec: UseCaseSpec, lake: Lake, production: dict[str, di
             holdout = _todays_holdout(spec, lake, key)
             if holdout is None:
                 ts_state = read_state(lake, spec.name, "training_set", key)
-                why = f"{ts_state['status']}: {ts_state['reason']}" if ts_state else "has not run"
+                why = f"{ts_state.status}: {ts_state.reason}" if ts_state else "has not run"
                 raise SkipKey(f"nothing to score: no scoring_source rows and training_set {why}")
             segments.append((F.add_calendar(holdout, spec.time_column, features), "holdout"))
     out = pl.concat(
@@ -96,7 +96,7 @@ def _todays_holdout(spec: UseCaseSpec, lake: Lake, key: str) -> pl.DataFrame | N
     """The key's holdout from today's training set; None when training_set is not ok (never a
     holdout left over from an earlier run)."""
     state = read_state(lake, spec.name, "training_set", key)
-    if not state or state["status"] != "ok":
+    if not state or not state.ok:
         return None
     return F.split(lake.read_parquet(lake.key_path("training", spec.name, key, ".parquet")))[F.HOLDOUT]
 

@@ -27,10 +27,12 @@ from .base import (
     crash_point,
     finish,
     read_states,
+    readable,
     registered_candidate,
     write_state,
 )
 from .model import lineage_tags
+from .records import StageRecord
 
 
 def _undefined(value: float | None) -> bool:
@@ -208,7 +210,7 @@ def _decide_one(run: StageRun, prod, snap, candidates: dict, key: str, records: 
     state). Outcomes that need no registration are recorded here; a promotion is recorded once
     its alias has moved."""
     spec, lake = run.spec, run.lake
-    previous = records["promoted_model"]
+    previous = readable(records["promoted_model"])
     completed = _complete_interrupted(run, prod, snap, key, previous) if has_intent else None
     if completed is not None:
         info, decided_in = completed
@@ -222,7 +224,7 @@ def _decide_one(run: StageRun, prod, snap, candidates: dict, key: str, records: 
     if _promotion_stands(previous, champ, cand, run.run_date):
         # promoted earlier on this run date and nothing changed since: the same record stays, not
         # a second decision ("kept champion") that would hide the promotion before it is published
-        return KeyOutcome(key, "ok", info=previous["info"]), None
+        return KeyOutcome(key, "ok", info=previous.flat_info()), None
     rolled_back = snap.rolled_back_sources(key).get(cand["source"])
     if champ and _same_candidate(champ, cand):
         decision, reason = "kept_champion", "this candidate is already in production"
@@ -276,7 +278,7 @@ def pending_intents(lake: Lake, use_case: str) -> set[str]:
     return {p.name.removesuffix(".json") for p in lake.glob(f"state/{use_case}/{INTENTS}/*.json")}
 
 
-def _complete_interrupted(run: StageRun, prod, snap, key: str, previous: dict | None) -> tuple[dict, str] | None:
+def _complete_interrupted(run: StageRun, prod, snap, key: str, previous: StageRecord | None) -> tuple[dict, str] | None:
     """(the record, the run that decided it) of a promotion an earlier run registered but did
     not record, completed now (the alias moved if it had not); None when there is nothing to
     complete: the intent's version was never registered, or its record was written. The intent
@@ -284,10 +286,7 @@ def _complete_interrupted(run: StageRun, prod, snap, key: str, previous: dict | 
     lake, spec = run.lake, run.spec
     intent = lake.read_json(intent_path(lake, spec.name, key))
     info = intent["info"]
-    previous = previous or {}
-    recorded = (
-        previous.get("status") == "ok" and (previous.get("info") or {}).get("evaluation_id") == info["evaluation_id"]
-    )
+    recorded = previous is not None and previous.ok and previous.evaluation_id == info["evaluation_id"]
     made = [r for r in snap.versions.get(key, []) if r.tags.get("evaluation_id") == info["evaluation_id"]]
     if recorded or not made:
         lake.delete(intent_path(lake, spec.name, key))
@@ -299,43 +298,46 @@ def _complete_interrupted(run: StageRun, prod, snap, key: str, previous: dict | 
     return {**info, "production_version": version.version, "recovered": True}, intent.get("run_id", run.run_id)
 
 
-def _promotion_stands(previous: dict | None, champ: ModelRef | None, cand: dict, run_date: dt.date) -> bool:
+def _promotion_stands(previous: StageRecord | None, champ: ModelRef | None, cand: dict, run_date: dt.date) -> bool:
     """True when the key's record is a promotion decided on this run date that put this very
     candidate where it still is: a rerun of the day has nothing new to decide about it."""
-    info = (previous or {}).get("info") or {}
     return (
-        (previous or {}).get("status") == "ok"
-        and info.get("decision") == "promoted"
-        and info.get("run_date") == run_date.isoformat()
+        previous is not None
+        and previous.ok
+        and previous.info.decision == "promoted"
+        and previous.info.run_date == run_date.isoformat()
         and champ is not None
-        and info.get("production_version") == champ.version
+        and previous.production_version == champ.version
         and _same_candidate(champ, cand)
     )
 
 
-def evaluated_candidate(records: dict[str, dict | None], registered: dict | None) -> tuple[dict, dict]:
+def evaluated_candidate(
+    records: dict[str, StageRecord | Exception | None], registered: dict | None
+) -> tuple[dict, dict]:
     """(the evaluation report, the candidate as the registry records it), only when the
     evaluation is of the candidate the model record names, on today's training set, and the
     registry agrees with both. ``records`` maps a stage to the key's state. SkipKey says which
     stage to run first; ModelIntegrityError refuses records that disagree with the registry."""
-    report = checked_state("evaluation", records["evaluation"])["info"]
-    model = checked_state("model", records["model"])["info"]
-    data = checked_state("training_set", records["training_set"])["info"]["data_fingerprint"]
-    version = model["version"]
-    if not report.get("evaluation_id"):
+    evaluation = checked_state("evaluation", readable(records["evaluation"]))
+    model = checked_state("model", readable(records["model"]))
+    data = str(checked_state("training_set", readable(records["training_set"])).data_fingerprint)
+    version = model.candidate_version
+    report = evaluation.flat_info()  # the report decide() reads
+    if not evaluation.evaluation_id:
         raise SkipKey(
             "the evaluation record names no evaluation_id (written before evaluations were pinned): "
             "run evaluation first"
         )
-    if report["candidate_version"] != version:
+    if evaluation.candidate_version != version:
         raise SkipKey(
-            f"candidate v{version} was not evaluated: the evaluation is of v{report['candidate_version']}; "
+            f"candidate v{version} was not evaluated: the evaluation is of v{evaluation.candidate_version}; "
             "run evaluation first"
         )
-    if not report.get("data_fingerprint") == model.get("data_fingerprint") == data:
+    if not evaluation.data_fingerprint == model.data_fingerprint == data:
         raise SkipKey(
-            f"the evaluation of candidate v{version} was on data {str(report.get('data_fingerprint'))[:16]}, the "
-            f"candidate was fitted on {str(model.get('data_fingerprint'))[:16]} and today's training set is "
+            f"the evaluation of candidate v{version} was on data {str(evaluation.data_fingerprint)[:16]}, the "
+            f"candidate was fitted on {str(model.data_fingerprint)[:16]} and today's training set is "
             f"{data[:16]}: run model and evaluation first"
         )
     cand = registered_candidate(model, registered)
