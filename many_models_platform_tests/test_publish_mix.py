@@ -313,7 +313,7 @@ def test_predictions_stop_only_without_todays_data(settings):
     # the stop is carried down the chain unchanged, not nested
     finish(run, "model", stopped)
     assert stopped_outcomes(run, "evaluation", keys)[0].reason == stopped[0].reason
-    assert read_state(run.lake, spec.name, "model", keys[0])["reason"] == stopped[0].reason
+    assert read_state(run.lake, spec.name, "model", keys[0]).reason == stopped[0].reason
     # a stage with one ok key upstream runs as usual
     finish(run, "training_set", [KeyOutcome(keys[0], "ok"), KeyOutcome(keys[1], "failed", "Boom: x")])
     assert stopped_outcomes(run, "model", keys) is None

@@ -197,7 +197,7 @@ class StageRecord(BaseModel):
     def flat_info(self) -> dict[str, Any]:
         """The stage's facts as the stage produced them (``KeyOutcome.info``): info and pins in
         one dict, under their original names."""
-        out = self.info.model_dump()
+        out = self.info.model_dump(exclude_unset=True)
         for pin in PINS:
             value = getattr(self, pin)
             if value is not None:
@@ -205,7 +205,8 @@ class StageRecord(BaseModel):
         return out
 
     def to_json(self) -> bytes:
-        return self.model_dump_json().encode()
+        """The record as written: the fields that were given (``version`` and ``stage`` always)."""
+        return self.model_dump_json(exclude_unset=True).encode()
 
 
 class RawRecord(StageRecord):
@@ -279,6 +280,8 @@ def from_outcome(stage: str, outcome: KeyOutcome, run_id: str) -> StageRecord:
     """The record a stage writes for one key's outcome."""
     pins, info = _split(stage, outcome.info)
     return RECORD_TYPES[stage](
+        version=RECORD_VERSION,
+        stage=stage,
         key=outcome.key,
         status=outcome.status,
         reason=outcome.reason or "",
