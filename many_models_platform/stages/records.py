@@ -199,9 +199,8 @@ class StageRecord(BaseModel):
         one dict, under their original names."""
         out = self.info.model_dump(exclude_unset=True)
         for pin in PINS:
-            value = getattr(self, pin)
-            if value is not None:
-                out[ALIASES.get((self.stage, pin), pin)] = value
+            if pin in self.model_fields_set:
+                out[ALIASES.get((self.stage, pin), pin)] = getattr(self, pin)
         return out
 
     def to_json(self) -> bytes:
