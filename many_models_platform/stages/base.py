@@ -32,6 +32,8 @@ from ..core.engine import KeyOutcome, SkipKey
 from ..core.spec import UseCaseSpec
 from ..storage.lake import Lake
 from ..storage.registry import (
+    DECISION_REASON_TAG,
+    DECISION_TAG,
     EVAL_HASH_TAG,
     HASH_TAG,
     ModelIntegrityError,
@@ -334,6 +336,9 @@ def candidate_models(run: StageRun, keys: Sequence[str]) -> dict[str, dict]:
             "eval_artifact_sha256": ref.tags.get(EVAL_HASH_TAG),
             "data_fingerprint": ref.tags.get("data_fingerprint"),
             "estimator": ref.tags.get("estimator"),
+            # what promotion last decided about this version (registry tags a person reads)
+            DECISION_TAG: ref.tags.get(DECISION_TAG),
+            DECISION_REASON_TAG: ref.tags.get(DECISION_REASON_TAG),
         }
         for key, ref in run.candidates_reader().latest_versions(run.spec.name).items()
         if key in wanted
@@ -393,6 +398,47 @@ def production_models(run: StageRun, keys: Sequence[str]) -> dict[str, dict]:
         for key, ref in run.production().aliased_versions(run.spec.name).items()
         if key in wanted
     }
+
+
+def registered_sources(run: StageRun, production: dict[str, dict]) -> dict[str, dict]:
+    """key -> the candidate version each production model was copied from, as the candidate
+    registry records it (version and both hashes): one candidate registry query for the whole
+    use case, plain data for the workers (:func:`check_production_hashes`)."""
+    if not production:
+        return {}
+    versions = run.candidates_reader().all_versions(run.spec.name)
+    out = {}
+    for key, prod in production.items():
+        try:
+            ref = versions.get(key, {}).get(int(prod.get("source_version") or 0))
+        except ValueError:
+            ref = None
+        if ref is not None:
+            out[key] = {
+                "version": ref.version,
+                HASH_TAG: ref.tags.get(HASH_TAG),
+                EVAL_HASH_TAG: ref.tags.get(EVAL_HASH_TAG),
+            }
+    return out
+
+
+def check_production_hashes(prod: dict[str, Any], source: dict[str, Any] | None) -> None:
+    """ModelIntegrityError unless the production version's hashes (``artifact_sha256`` and, with
+    refit, ``eval_artifact_sha256``) are the ones the candidate registry recorded for the candidate
+    it was copied from: the production tag alone is not trusted at scoring time."""
+    name = f"production v{prod['version']}"
+    if source is None:
+        raise ModelIntegrityError(
+            f"{name} names candidate v{prod.get('source_version')} as its source, which the candidate registry "
+            "does not hold; refusing to score with it"
+        )
+    differ = [tag for tag in (HASH_TAG, EVAL_HASH_TAG) if prod.get(tag) != source.get(tag)]
+    if differ:
+        raise ModelIntegrityError(
+            f"{name}'s {' and '.join(differ)} differ from what the candidate registry recorded for candidate "
+            f"v{source['version']} it was copied from: the production registry's record was changed; refusing "
+            "to score with it"
+        )
 
 
 def quantiles(metric: str, values: list[float]) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from ..storage.registry import (
     local_path,
     model_template_dir,
     registered_model_name,
+    run_metric_name,
     write_model_dir,
     write_model_file,
 )
@@ -44,7 +46,8 @@ def _train_one(key: str, spec: UseCaseSpec, lake: Lake, models_dir: str, templat
     fitted = fit_key(spec, ts, ts_state.info.features)
     folder = f"{models_dir}/{key}"
     # model.skops is what production serves: the refit on every row when the use case refits
-    sha256 = write_model_dir(fitted.production_model or fitted.model, folder, template, trusted)
+    signature = model_signature(spec, ts, fitted.feature_columns)
+    sha256 = write_model_dir(fitted.production_model or fitted.model, folder, template, trusted, signature)
     eval_sha256 = None
     if fitted.production_model is not None:  # the evaluated model, fitted without the holdout
         eval_sha256 = write_model_file(fitted.model, folder, EVAL_MODEL_FILE, trusted)
@@ -71,6 +74,48 @@ def _train_one(key: str, spec: UseCaseSpec, lake: Lake, models_dir: str, templat
         "data_fingerprint": ts_state.data_fingerprint,
         "training_set_run_id": ts_state.dagster_run_id,  # the training set it was fitted on
     }
+
+
+def per_key_metrics(outcomes) -> dict[str, float]:
+    """Every fitted key's holdout metrics as numbers, named ``<metric>/<key>`` (``run_metric_name``),
+    so the MLflow UI can sort and chart keys on the training run; undefined values are left out."""
+    out = {}
+    for o in outcomes:
+        for metric, value in o.info["metrics"].items():
+            if value is not None and value == value:
+                out[run_metric_name(metric, o.key)] = float(value)
+    return out
+
+
+def model_signature(spec: UseCaseSpec, ts, features: list[str]) -> dict[str, str | None]:
+    """The MLmodel ``signature`` of a key's model, as MLflow writes it (``ModelSignature.to_dict``):
+    the feature columns by name (text for categorical features, numbers otherwise, as
+    ``core.modeling.model_input`` feeds them) and the prediction's type."""
+    categorical = set(spec.categorical_features)
+    inputs = [{"type": "string" if c in categorical else "double", "name": c, "required": True} for c in features]
+    if spec.task in ("forecast", "regression"):
+        output = "double"
+    elif spec.task == "anomaly":
+        output = "long"  # -1 anomaly, 1 normal
+    else:
+        output = _MLFLOW_TYPES.get(ts.schema.get(spec.target).__class__.__name__, "string")
+    return {"inputs": json.dumps(inputs), "outputs": json.dumps([{"type": output, "required": True}]), "params": None}
+
+
+_MLFLOW_TYPES = {
+    "Int8": "integer",
+    "Int16": "integer",
+    "Int32": "integer",
+    "Int64": "long",
+    "UInt8": "integer",
+    "UInt16": "integer",
+    "UInt32": "long",
+    "UInt64": "long",
+    "Float32": "float",
+    "Float64": "double",
+    "Boolean": "boolean",
+    "String": "string",
+}
 
 
 def lineage_tags(info: dict) -> dict[str, str]:
@@ -157,6 +202,7 @@ def train(run: StageRun, keys: Sequence[str]) -> StageReport:
             "keys_reused": len(reused),
             "keys_failed": len(outcomes) - len(values),
             **quantiles(spec.metric, values),
+            **per_key_metrics(o for o in fitted if o.ok),
         },
     )
     summary = {"mlflow_run_id": mlflow_run_id, "keys_reused": len(reused)}

@@ -12,6 +12,8 @@ from ..core.metrics import higher_is_worse, is_better
 from ..core.spec import UNLABELLED_METRICS, UseCaseSpec
 from ..storage.lake import Lake
 from ..storage.registry import (
+    DECISION_REASON_TAG,
+    DECISION_TAG,
     EVAL_HASH_TAG,
     HASH_TAG,
     ModelIntegrityError,
@@ -198,11 +200,36 @@ def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
                 # the intent stays: the next run completes the promotion if the version was registered
             else:
                 written.add(key)
+    _tag_decisions(run, candidates, outcomes)
     decisions = {}
     for o in outcomes:
         d = o.info.get("decision", o.status) if o.ok else o.status
         decisions[d] = decisions.get(d, 0) + 1
     return finish(run, "promoted_model", outcomes, {"decisions": decisions}, written=written)
+
+
+def _tag_decisions(run: StageRun, candidates: dict[str, dict], outcomes: list[KeyOutcome]) -> None:
+    """Every candidate version promotion decided about, rejected ones included, carries the decision
+    and its reason as registry tags a person reads (``decision``, ``decision_reason``): written
+    in one batch after the decisions are recorded, and only where they changed (a rerun writes
+    nothing). A tag that cannot be written is logged on the key's outcome, never fatal: the
+    record and the production registry are what the platform trusts."""
+    items = []
+    for o in outcomes:
+        cand = candidates.get(o.key)
+        decision, reason = o.info.get("decision"), str(o.info.get("reason") or "")[:5000]
+        if not o.ok or not decision or cand is None or cand["version"] != o.info.get("candidate_version"):
+            continue
+        if cand.get(DECISION_TAG) == "promoted" and decision == "kept_champion":
+            continue  # "already in production": the version's promotion stays what it says
+        if (cand.get(DECISION_TAG), cand.get(DECISION_REASON_TAG)) != (decision, reason):
+            items.append((o.key, cand["version"], {DECISION_TAG: decision, DECISION_REASON_TAG: reason}))
+    if not items:
+        return
+    failed = run.candidates().tag_many(run.spec.name, items)
+    for o in outcomes:
+        if o.key in failed:
+            o.info["decision_tag_error"] = f"{type(failed[o.key]).__name__}: {failed[o.key]}"[:500]
 
 
 def _decide_one(run: StageRun, prod, snap, candidates: dict, key: str, records: dict, has_intent: bool):
@@ -380,6 +407,8 @@ def _production_tags(run: StageRun, key: str, cand: dict, report: dict, info: di
         "promoted_at": info["decided_at"],
         "promoted_by": info["decided_by"],
         "promotion_reason": info["reason"][:5000],
+        DECISION_TAG: info["decision"],
+        DECISION_REASON_TAG: info["reason"][:5000],
         # which rows it has seen (with eval_artifact_sha256), as the candidate registry records it
         **lineage_tags(cand),
     }
