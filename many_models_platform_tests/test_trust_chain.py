@@ -340,6 +340,20 @@ def test_promoted_model_alone_through_dagster_promotes_nothing_unevaluated(platf
         STEADY: 1,
         WORSE: 2,
     }
+    # each key's model materialization links to the very candidate version it registered
+    model_events = instance.get_event_records(
+        EventRecordsFilter(DagsterEventType.ASSET_MATERIALIZATION, asset_key=AssetKey([UC, "model"])), limit=100
+    )
+    links = {
+        r.asset_materialization.partition: r.asset_materialization.metadata["mlflow_model"].value
+        for r in model_events
+        if r.run_id == trained.run_id
+    }
+    newest = registries(settings)[0].latest_versions(UC)
+    assert links == {
+        key: f"{settings.mlflow_ui_url}/#/models/{UC}.{key}/versions/{newest[key].version}" for key in KEYS
+    }
+    assert links[BETTER].endswith(f"/#/models/{UC}.{BETTER}/versions/2")
     alone = materialize([assets["promoted_model"]], instance=instance, tags=tags, raise_on_error=False)
     # the run fails only to mark the keys that were not ok as failed partitions (defs/health.py)
     assert not alone.success
