@@ -31,7 +31,7 @@ from test_trust_chain import (  # noqa: F401 - empty_registry is a fixture
 
 from many_models_platform.core.engine import KeyOutcome
 from many_models_platform.stages import STAGES, StageRun, run_stage
-from many_models_platform.stages.base import read_state, state_path
+from many_models_platform.stages.base import finish, read_state, state_path
 from many_models_platform.stages.records import (
     ALIASES,
     PINS,
@@ -83,6 +83,21 @@ def test_a_record_from_a_newer_platform_or_not_a_record_is_refused_with_its_reas
     outcome = KeyOutcome("flip", "ok", info={"metrics": {"r2": "n/a"}, "candidate_version": 1})
     with pytest.raises(ValidationError, match=r"metrics\.r2"):
         from_outcome("evaluation", outcome, "run")
+
+
+def test_a_fact_of_the_wrong_type_fails_its_own_key_not_the_stage(tmp_path):
+    """``finish`` writes the records of keys the stage did not write itself: one that does not
+    validate fails that key, with why, and the others are recorded as they are."""
+    settings = settings_for(tmp_path / "home")
+    run = StageRun(use_case(), settings, run_id="typed", run_date=DAYS[1], workers=1)
+    bad = KeyOutcome(FLIP, "ok", info={"metrics": {"r2": "n/a"}, "evaluation_id": "e1"})
+    good = KeyOutcome(STEADY, "ok", info={"metrics": {"r2": 0.9}, "evaluation_id": "e2", "candidate_version": 1})
+    report = finish(run, "evaluation", [bad, good])
+    lake = Lake(settings.lake_url)
+    assert [o.status for o in report.outcomes] == ["failed", "ok"]
+    record = read_state(lake, UC, "evaluation", FLIP)
+    assert record.status == "failed" and "record does not validate: ('info', 'metrics', 'r2')" in record.reason
+    assert read_state(lake, UC, "evaluation", STEADY).info.metrics == {"r2": 0.9}
 
 
 def _as_v1(lake: Lake, stage: str, key: str) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from ..core.engine import KeyOutcome, SkipKey
 from ..core.spec import UseCaseSpec
@@ -202,7 +203,14 @@ def finish(
     data, see the module's docstring), then the run's record of this stage (:func:`write_run_record`)."""
     for o in outcomes:
         if o.key not in written:
-            write_state(run.lake, run.spec.name, stage, o, run.run_id)
+            try:
+                write_state(run.lake, run.spec.name, stage, o, run.run_id)
+            except ValidationError as exc:  # a fact of the wrong type fails its own key, not the stage
+                problem = exc.errors()[0]
+                o.status = "failed"
+                o.reason = f"its {stage} record does not validate: {problem['loc']}: {problem['msg']}"[:2000]
+                o.info = {}
+                write_state(run.lake, run.spec.name, stage, o, run.run_id)
     report = StageReport(stage, outcomes, summary or {})
     write_run_record(run, report)
     return report
