@@ -391,18 +391,20 @@ def test_evaluation_and_promotion_read_each_registry_a_constant_number_of_times(
     monkeypatch.setattr(ModelRegistry, "_read", counted)
     per_batch = []
     for batch in (KEYS[:1], KEYS[1:]):
-        for stage in ("evaluation", "promoted_model"):
+        for stage in ("evaluation", "promoted_model", "predictions"):
             reads.clear()
             outcomes = run_stage(stage, StageRun(use_case(), settings, run_id=f"r{len(batch)}", workers=1), batch)
             assert all(o.ok for o in outcomes.outcomes)
             per_batch.append((stage, sorted(reads)))
-    one, three = per_batch[:2], per_batch[2:]
+    one, three = per_batch[:3], per_batch[3:]
     assert one == three
     # evaluation: the production snapshot (aliases, versions) and the newest candidates; promotion
-    # the same plus the existing model names before registering
+    # the same plus the existing model names before registering (its decision tags are writes);
+    # scoring: the production snapshot and every candidate version, to re-check production's hashes
     assert one == [
         ("evaluation", ["candidate", "production", "production"]),
         ("promoted_model", ["candidate", "production", "production", "production"]),
+        ("predictions", ["candidate", "production", "production"]),
     ]
 
 
