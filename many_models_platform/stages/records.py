@@ -149,6 +149,7 @@ class PromotedModelInfo(Info):
     decided_by: str | None = None
     run_date: str | None = None
     recovered: bool = False
+    decision_tag_error: str | None = None  # the candidate's decision tags could not be written
 
 
 class PredictionsInfo(Info):
