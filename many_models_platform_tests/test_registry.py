@@ -27,6 +27,7 @@ import polars as pl
 import pytest
 from conftest_core import ExplodingRegressor, clear_platform_env, make_spec, regression_body
 from pg_helpers import postgres_database, read_only_role, sqlalchemy_url
+from sklearn.dummy import DummyRegressor
 
 from many_models_platform.core.engine import KeyOutcome
 from many_models_platform.core.keys import encode_key, is_encoded_key
@@ -44,6 +45,7 @@ from many_models_platform.storage.registry import (
     load_model_from_source,
     model_template_dir,
     registered_model_name,
+    run_metric_name,
     write_model_dir,
 )
 from many_models_platform.storage.settings import PlatformSettings
@@ -392,3 +394,72 @@ def test_roll_forward_then_back_again(world):
     back = rollback(world.spec, prod, BETTER, by="test")
     assert (back.from_version, back.to_version) == (2, 1)
     assert prod.snapshot("reg").current[BETTER].version == 1
+
+
+# --- registry records a person can read, and scoring's re-check (docs/registry.md) ---------------
+
+
+def test_registry_records_say_what_was_decided_and_why_with_metrics_as_numbers(world):
+    """Descriptions name the use case, the key, the metric, the decision and its reason; every
+    candidate promotion decided about carries ``decision`` / ``decision_reason`` tags (rejected
+    ones too); the training run holds each key's metrics as numbers; MLmodel has a signature."""
+    import mlflow.models
+
+    cand, prod = registries(world.settings)
+    writer = cand.writer
+    name = registered_model_name("reg", NOISE)
+    assert "Use case **reg**, key **segment=noise**" in writer.get_registered_model(name).description
+    assert "Metric: r2" in writer.get_registered_model(name).description
+    # noise is rejected every day, and its newest candidate says so
+    noise = writer.get_model_version(name, str(cand.latest_versions("reg")[NOISE].version))
+    assert noise.tags["decision"] == "rejected" and noise.tags["decision_reason"].startswith("below threshold: r2")
+    assert "key **segment=noise**" in noise.description and "r2 on the holdout" in noise.description
+    # better's v2 was promoted on day 2, rolled back, and refused on day 3: its tag says the last decision
+    expected = {(BETTER, 1): "promoted", (BETTER, 2): "rejected", (WORSE, 1): "promoted", (WORSE, 2): "kept_champion"}
+    for (key, version), decision in expected.items():
+        tags = writer.get_model_version(registered_model_name("reg", key), str(version)).tags
+        assert tags["decision"] == decision, (key, version)
+    # the hostile key's reused candidate stays "promoted", not "kept_champion: already in production"
+    hostile = writer.get_model_version(registered_model_name("reg", HOSTILE_KEY), "1").tags
+    assert (hostile["decision"], hostile["decision_reason"]) == ("promoted", "first model for this key")
+    # a production version says where it came from and why it is there
+    ref = prod.snapshot("reg").current[WORSE]
+    mv = prod.writer.get_model_version(ref.name, str(ref.version))
+    assert mv.tags["decision"] == "promoted" and mv.tags["decision_reason"] == "first model for this key"
+    assert "Copied from candidate v1" in mv.description and "Decision: **promoted**" in mv.description
+    # the training run: each fitted key's metrics as numbers the MLflow UI sorts and charts
+    for key in (WORSE, HOSTILE_KEY):
+        version = writer.get_model_version(registered_model_name("reg", key), "1")
+        metrics = cand.client.get_run(version.run_id).data.metrics
+        assert metrics[run_metric_name("r2", key)] == pytest.approx(float(version.tags["metric.r2"]))
+    assert run_metric_name("r2", HOSTILE_KEY) == "r2/" + HOSTILE_KEY.replace("%", "_").replace("~", "_")
+    # the MLmodel signature: the features by name, a number out
+    signature = mlflow.models.Model.load(ref.source).signature
+    assert signature.inputs.input_names() == ref.tags["features"].split(",") == ["x1", "x2"]
+    assert signature.outputs.to_dict() == [{"type": "double", "required": True}]
+
+
+def test_scoring_rechecks_production_hashes_against_the_candidate_registry(world):
+    """Someone who can write the production registry and its artifacts swaps a model and its
+    hash tag: scoring compares the tag with the candidate registry's record and refuses that key;
+    the others score."""
+    _, prod = registries(world.settings, write_production=True)
+    ref = prod.snapshot("reg").current[WORSE]
+    path = Path(ref.source) / MODEL_FILE
+    original = path.read_bytes()
+    evil = Path(ref.source).parent / "evil"
+    constant = DummyRegressor(strategy="constant", constant=1e6).fit(np.zeros((2, 2)), [0.0, 0.0])
+    evil_sha = write_model_dir(constant, str(evil), model_template_dir())
+    try:
+        path.write_bytes((evil / MODEL_FILE).read_bytes())
+        prod.set_version_tags("reg", WORSE, ref.version, {HASH_TAG: evil_sha})
+        outcomes = {o.key: o for o in score(world.run("tamper-production"), KEYS).outcomes}
+        assert outcomes[WORSE].status == "failed"
+        assert f"production v{ref.version}'s artifact_sha256 differ" in outcomes[WORSE].reason
+        assert "candidate registry recorded for candidate v1" in outcomes[WORSE].reason
+        assert outcomes[BETTER].ok and outcomes[HOSTILE_KEY].ok  # the others score
+        assert outcomes[HOSTILE_KEY].info["candidate_version"] == 1
+    finally:
+        path.write_bytes(original)
+        prod.set_version_tags("reg", WORSE, ref.version, {HASH_TAG: ref.tags[HASH_TAG]})
+    assert score(world.run("restored"), [WORSE]).outcomes[0].ok

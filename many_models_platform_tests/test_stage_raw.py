@@ -310,7 +310,7 @@ def test_duplicate_policies_in_the_stage_with_exact_counts_within_and_across_fil
     spec, report, out = run(None)
     assert out[keys[0]].ok and out[keys[1]].status == "failed"
     assert bronze(settings, spec, keys[0])["quantity"].to_list() == [1.0, 20.0]
-    assert read_state(Lake(settings.lake_url), "w", "raw", keys[1])["info"]["rows_dropped"] == 2
+    assert read_state(Lake(settings.lake_url), "w", "raw", keys[1]).info.rows_dropped == 2
 
 
 def test_a_policy_other_than_keep_without_a_time_column_is_a_config_error():

@@ -38,6 +38,7 @@ from many_models_platform.lifecycle import registries
 from many_models_platform.stages import STAGES, StageRun, run_stage
 from many_models_platform.stages.base import read_state, state_path
 from many_models_platform.stages.promoted_model import pending_intents
+from many_models_platform.stages.records import PINS, StageRecord
 from many_models_platform.storage.lake import Lake
 from many_models_platform.storage.registry import (
     EVAL_MODEL_FILE,
@@ -138,7 +139,7 @@ def run_stages(settings, day: int, stages=PIPELINE, run_id: str | None = None) -
     return {stage: {o.key: o for o in run_stage(stage, run, KEYS).outcomes} for stage in stages}
 
 
-def state(settings, stage: str, key: str) -> dict | None:
+def state(settings, stage: str, key: str) -> StageRecord | None:
     return read_state(Lake(settings.lake_url), UC, stage, key)
 
 
@@ -266,7 +267,7 @@ def test_a_model_that_was_not_evaluated_never_reaches_production(tmp_path, empty
     for key in CHANGED:
         assert alone[key].status == "skipped"
         assert alone[key].reason == "candidate v2 was not evaluated: the evaluation is of v1; run evaluation first"
-        assert state(settings, "promoted_model", key)["reason"] == alone[key].reason  # recorded for the UI
+        assert state(settings, "promoted_model", key).reason == alone[key].reason  # recorded for the UI
     assert alone[STEADY].info["decision"] == "kept_champion"  # its reused v1 was evaluated on this very data
     after_alone = registry_view(settings)
     assert (after_alone["production"], after_alone["alias"]) == (before["production"], before["alias"])
@@ -333,12 +334,26 @@ def test_promoted_model_alone_through_dagster_promotes_nothing_unevaluated(platf
     }
     trained = materialize([assets["raw"], assets["training_set"], assets["model"]], instance=instance, tags=tags)
     assert trained.success
-    assert {k: state(settings, "model", k)["info"]["version"] for k in KEYS} == {
+    assert {k: state(settings, "model", k).candidate_version for k in KEYS} == {
         BETTER: 2,
         FLIP: 2,
         STEADY: 1,
         WORSE: 2,
     }
+    # each key's model materialization links to the very candidate version it registered
+    model_events = instance.get_event_records(
+        EventRecordsFilter(DagsterEventType.ASSET_MATERIALIZATION, asset_key=AssetKey([UC, "model"])), limit=100
+    )
+    links = {
+        r.asset_materialization.partition: r.asset_materialization.metadata["mlflow_model"].value
+        for r in model_events
+        if r.run_id == trained.run_id
+    }
+    newest = registries(settings)[0].latest_versions(UC)
+    assert links == {
+        key: f"{settings.mlflow_ui_url}/#/models/{UC}.{key}/versions/{newest[key].version}" for key in KEYS
+    }
+    assert links[BETTER].endswith(f"/#/models/{UC}.{BETTER}/versions/2")
     alone = materialize([assets["promoted_model"]], instance=instance, tags=tags, raise_on_error=False)
     # the run fails only to mark the keys that were not ok as failed partitions (defs/health.py)
     assert not alone.success
@@ -357,7 +372,7 @@ def test_promoted_model_alone_through_dagster_promotes_nothing_unevaluated(platf
     for key in CHANGED:
         assert meta[key]["status"] == "skipped"
         assert meta[key]["reason"] == "candidate v2 was not evaluated: the evaluation is of v1; run evaluation first"
-        assert state(settings, "promoted_model", key)["status"] == "skipped"
+        assert state(settings, "promoted_model", key).status == "skipped"
     assert meta[STEADY]["decision"] == "kept_champion"
 
 
@@ -376,18 +391,20 @@ def test_evaluation_and_promotion_read_each_registry_a_constant_number_of_times(
     monkeypatch.setattr(ModelRegistry, "_read", counted)
     per_batch = []
     for batch in (KEYS[:1], KEYS[1:]):
-        for stage in ("evaluation", "promoted_model"):
+        for stage in ("evaluation", "promoted_model", "predictions"):
             reads.clear()
             outcomes = run_stage(stage, StageRun(use_case(), settings, run_id=f"r{len(batch)}", workers=1), batch)
             assert all(o.ok for o in outcomes.outcomes)
             per_batch.append((stage, sorted(reads)))
-    one, three = per_batch[:2], per_batch[2:]
+    one, three = per_batch[:3], per_batch[3:]
     assert one == three
     # evaluation: the production snapshot (aliases, versions) and the newest candidates; promotion
-    # the same plus the existing model names before registering
+    # the same plus the existing model names before registering (its decision tags are writes);
+    # scoring: the production snapshot and every candidate version, to re-check production's hashes
     assert one == [
         ("evaluation", ["candidate", "production", "production"]),
         ("promoted_model", ["candidate", "production", "production", "production"]),
+        ("predictions", ["candidate", "production", "production"]),
     ]
 
 
@@ -398,7 +415,8 @@ def _edit_state(settings, stage: str, key: str, **changes) -> None:
     lake = Lake(settings.lake_url)
     path = state_path(lake, UC, stage, key)
     record = lake.read_json(path)
-    record["info"].update(changes)
+    for name, value in changes.items():  # the pins are the envelope's, the rest the stage's info
+        (record if name in PINS else record["info"])[name] = value
     lake.write_json(path, record)
 
 
@@ -498,10 +516,10 @@ def records_describe_their_data(settings) -> None:
     for stage, area in DATA_FILES.items():
         for key in KEYS:
             record = read_state(lake, UC, stage, key)
-            if record is None or record["status"] != "ok":
+            if record is None or not record.ok:
                 continue
             rows = lake.read_parquet(lake.key_path(area, UC, key, ".parquet")).height
-            assert record["info"]["rows"] == rows, (stage, key, record["info"]["rows"], rows)
+            assert record.info.rows == rows, (stage, key, record.info.rows, rows)
 
 
 def lake_view(settings) -> dict:
@@ -510,8 +528,8 @@ def lake_view(settings) -> dict:
     for stage in PIPELINE:
         for key in KEYS:
             record = state(settings, stage, key)
-            info = record["info"]
-            out[(stage, key)] = (record["status"], record["reason"])
+            info = record.flat_info()
+            out[(stage, key)] = (record.status, record.reason)
             if stage == "promoted_model":
                 out[(stage, key)] += tuple(
                     info[k] for k in ("decision", "reason", "candidate_version", "production_version")
@@ -571,13 +589,13 @@ def test_a_kill_anywhere_then_a_rerun_converges_to_a_clean_run(tmp_path, empty_r
         records_describe_their_data(settings)
         view = registry_view(settings)
         if point == "model:2":  # flip's v2 is registered, its record still names v1: evaluation refuses it
-            assert view["candidates"][FLIP] == [1, 2] and state(settings, "model", FLIP)["info"]["version"] == 1
+            assert view["candidates"][FLIP] == [1, 2] and state(settings, "model", FLIP).candidate_version == 1
             refused = run_stages(settings, 2, ["evaluation"], run_id="after-kill")["evaluation"][FLIP]
             assert refused.status == "skipped" and refused.reason.endswith("run model first")
         if point.startswith("promoted_model"):  # flip's v2 is in production, its decision is not recorded
             assert view["production"][FLIP] == [(1, "1"), (2, "2")]
             assert view["alias"][FLIP] == (2 if point == "promoted_model:2" else 1)
-            assert state(settings, "promoted_model", FLIP)["dagster_run_id"] == "day1"
+            assert state(settings, "promoted_model", FLIP).dagster_run_id == "day1"
             assert pending_intents(Lake(settings.lake_url), UC) == {FLIP}
 
         rerun = run_stages(settings, 2, run_id="day2-rerun")
@@ -587,8 +605,8 @@ def test_a_kill_anywhere_then_a_rerun_converges_to_a_clean_run(tmp_path, empty_r
         # one promotion per production version: each day-2 version is named by exactly one record
         _, prod = registries(settings)
         for key in (BETTER, FLIP):
-            info = state(settings, "promoted_model", key)["info"]
-            made = [r for r in prod.snapshot(UC).versions[key] if r.tags.get("evaluation_id") == info["evaluation_id"]]
+            evaluation_id = state(settings, "promoted_model", key).evaluation_id
+            made = [r for r in prod.snapshot(UC).versions[key] if r.tags.get("evaluation_id") == evaluation_id]
             assert [r.version for r in made] == [2], point
         if point.startswith("promoted_model"):
             assert rerun["promoted_model"][FLIP].info["recovered"] is True

@@ -27,11 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from ..core.engine import KeyOutcome, SkipKey
 from ..core.spec import UseCaseSpec
 from ..storage.lake import Lake
 from ..storage.registry import (
+    DECISION_REASON_TAG,
+    DECISION_TAG,
     EVAL_HASH_TAG,
     HASH_TAG,
     ModelIntegrityError,
@@ -42,6 +45,8 @@ from ..storage.registry import (
     trusted_types,
 )
 from ..storage.settings import PlatformSettings
+from . import records
+from .records import RecordVersionError, StageRecord
 
 # Tags that say what a model version was fitted on, carried from the candidate to production:
 # ``train_end`` (the last training time of the evaluated model), ``fitted_through`` (the last
@@ -115,21 +120,17 @@ def state_path(lake: Lake, use_case: str, stage: str, key: str):
 
 
 def write_state(lake: Lake, use_case: str, stage: str, outcome: KeyOutcome, run_id: str) -> None:
-    lake.write_json(
-        state_path(lake, use_case, stage, outcome.key),
-        {
-            "status": outcome.status,
-            "reason": outcome.reason,
-            "info": outcome.info,
-            "dagster_run_id": run_id,
-            "updated_at": dt.datetime.now(dt.UTC).isoformat(),
-        },
+    """The key's typed record (:mod:`.records`, the current schema version) for this outcome."""
+    lake.write_bytes(
+        state_path(lake, use_case, stage, outcome.key), records.from_outcome(stage, outcome, run_id).to_json()
     )
 
 
-def read_state(lake: Lake, use_case: str, stage: str, key: str) -> dict[str, Any] | None:
+def read_state(lake: Lake, use_case: str, stage: str, key: str) -> StageRecord | None:
+    """The key's record at ``stage``, upgraded to the current schema (None when there is none).
+    RecordVersionError when it was written by a newer platform: the key fails with that reason."""
     path = state_path(lake, use_case, stage, key)
-    return lake.read_json(path) if path.exists() else None
+    return records.parse(stage, key, lake.read_json(path)) if path.exists() else None
 
 
 def clear_state(lake: Lake, use_case: str, stage: str, key: str) -> None:
@@ -137,39 +138,58 @@ def clear_state(lake: Lake, use_case: str, stage: str, key: str) -> None:
     lake.delete(state_path(lake, use_case, stage, key))
 
 
-def require_state(lake: Lake, use_case: str, stage: str, key: str) -> dict[str, Any]:
-    """A stage's whole ok state for this key (info and the run that wrote it), or SkipKey naming
+def require_state(lake: Lake, use_case: str, stage: str, key: str) -> StageRecord:
+    """A stage's ok record for this key (info, pins and the run that wrote it), or SkipKey naming
     why there is none."""
     return checked_state(stage, read_state(lake, use_case, stage, key))
 
 
-def checked_state(stage: str, state: dict[str, Any] | None) -> dict[str, Any]:
+def checked_state(stage: str, state: StageRecord | None) -> StageRecord:
     """``state`` if it is ok, else SkipKey naming why (see :func:`require_state`)."""
     if state is None:
         raise SkipKey(f"{stage} has not run for this key")
-    if state["status"] != "ok":
-        raise SkipKey(f"{stage} {state['status']}: {state['reason']}")
+    if not state.ok:
+        raise SkipKey(f"{stage} {state.status}: {state.reason}")
     return state
 
 
-def read_states(lake: Lake, use_case: str, stages: Sequence[str], keys: Sequence[str]) -> dict[str, dict]:
-    """key -> stage -> its state (or None), for a stage that runs in the main process: read in
-    threads on a remote lake, where each read is a request."""
+def read_state_or_error(lake: Lake, use_case: str, stage: str, key: str) -> StageRecord | Exception | None:
+    """:func:`read_state`, with an unreadable record returned as its exception, for loops over
+    keys where that key alone must fail."""
+    try:
+        return read_state(lake, use_case, stage, key)
+    except RecordVersionError as exc:
+        return exc
+
+
+def read_states(
+    lake: Lake, use_case: str, stages: Sequence[str], keys: Sequence[str]
+) -> dict[str, dict[str, StageRecord | Exception | None]]:
+    """key -> stage -> its record (None when there is none, the RecordVersionError when it cannot
+    be read), for a stage that runs in the main process: read in threads on a remote lake, where
+    each read is a request."""
     pairs = [(key, stage) for key in keys for stage in stages]
     if lake.is_local or len(pairs) < 16:
-        found = [read_state(lake, use_case, stage, key) for key, stage in pairs]
+        found = [read_state_or_error(lake, use_case, stage, key) for key, stage in pairs]
     else:
         with ThreadPoolExecutor(16, thread_name_prefix="mmp-state") as pool:
-            found = list(pool.map(lambda pair: read_state(lake, use_case, pair[1], pair[0]), pairs))
+            found = list(pool.map(lambda pair: read_state_or_error(lake, use_case, pair[1], pair[0]), pairs))
     out: dict[str, dict] = {key: {} for key in keys}
     for (key, stage), state in zip(pairs, found, strict=True):
         out[key][stage] = state
     return out
 
 
-def require_upstream(lake: Lake, use_case: str, stage: str, key: str) -> dict[str, Any]:
-    """The upstream stage's info for this key, or SkipKey naming why it is missing."""
-    return require_state(lake, use_case, UPSTREAM[stage], key)["info"]
+def readable(state: StageRecord | Exception | None) -> StageRecord | None:
+    """A record from :func:`read_states`; raises the error of one that could not be read."""
+    if isinstance(state, Exception):
+        raise state
+    return state
+
+
+def require_upstream(lake: Lake, use_case: str, stage: str, key: str) -> StageRecord:
+    """The upstream stage's ok record for this key, or SkipKey naming why it is missing."""
+    return require_state(lake, use_case, UPSTREAM[stage], key)
 
 
 def finish(
@@ -183,7 +203,14 @@ def finish(
     data, see the module's docstring), then the run's record of this stage (:func:`write_run_record`)."""
     for o in outcomes:
         if o.key not in written:
-            write_state(run.lake, run.spec.name, stage, o, run.run_id)
+            try:
+                write_state(run.lake, run.spec.name, stage, o, run.run_id)
+            except ValidationError as exc:  # a fact of the wrong type fails its own key, not the stage
+                problem = exc.errors()[0]
+                o.status = "failed"
+                o.reason = f"its {stage} record does not validate: {problem['loc']}: {problem['msg']}"[:2000]
+                o.info = {}
+                write_state(run.lake, run.spec.name, stage, o, run.run_id)
     report = StageReport(stage, outcomes, summary or {})
     write_run_record(run, report)
     return report
@@ -200,9 +227,7 @@ def write_run_record(run: StageRun, report: StageReport) -> None:
     keys that are not ok, why it stopped (if it did) and the stage's summary. The next stages,
     ``published`` and `mmp run` read it (the raw stage's summary is nowhere else)."""
     counts = Counter(o.status for o in report.outcomes)
-    reasons = Counter(
-        not_ok_reason(report.stage, {"status": o.status, "reason": o.reason}) for o in report.outcomes if not o.ok
-    )
+    reasons = Counter(outcome_not_ok_reason(report.stage, o) for o in report.outcomes if not o.ok)
     record = {
         "stage": report.stage,
         "dagster_run_id": run.run_id,
@@ -257,22 +282,34 @@ def stopped_outcomes(run: StageRun, stage: str, keys: Sequence[str]) -> list[Key
         return None
     reasons: Counter[str] = Counter()
     for key in keys:
-        state = read_state(run.lake, run.spec.name, gate, key)
-        if state is not None and state["status"] == "ok":
+        state = read_state_or_error(run.lake, run.spec.name, gate, key)
+        if isinstance(state, StageRecord) and state.ok:
             return None
         reasons[not_ok_reason(gate, state)] += 1
     why = STOPPED + stop_reason(gate, reasons)
     return [KeyOutcome(key, "skipped", why) for key in keys]
 
 
-def not_ok_reason(stage: str, state: dict[str, Any] | None) -> str:
-    """A key's reason at a stage that is not ok for it, as a stop reason lists it."""
+def not_ok_reason(stage: str, state: StageRecord | Exception | None) -> str:
+    """A key's reason at a stage that is not ok for it, as a stop reason lists it (an unreadable
+    record, see :func:`read_states`, counts as failed with its error)."""
     if state is None:
         return f"{stage} has not run for this key"
-    reason = state.get("reason") or ""
-    if state["status"] == "failed" or reason.startswith(STOPPED):
+    if isinstance(state, Exception):
+        return f"{type(state).__name__}: {state}"
+    return _reason_of(state.status, state.reason)
+
+
+def outcome_not_ok_reason(stage: str, outcome: KeyOutcome) -> str:
+    """:func:`not_ok_reason` of an outcome not yet written."""
+    return _reason_of(outcome.status, outcome.reason)
+
+
+def _reason_of(status: str, reason: str | None) -> str:
+    reason = reason or ""
+    if status == "failed" or reason.startswith(STOPPED):
         return reason
-    return f"{state['status']}: {reason}"
+    return f"{status}: {reason}"
 
 
 def crash_point(name: str) -> None:
@@ -307,6 +344,9 @@ def candidate_models(run: StageRun, keys: Sequence[str]) -> dict[str, dict]:
             "eval_artifact_sha256": ref.tags.get(EVAL_HASH_TAG),
             "data_fingerprint": ref.tags.get("data_fingerprint"),
             "estimator": ref.tags.get("estimator"),
+            # what promotion last decided about this version (registry tags a person reads)
+            DECISION_TAG: ref.tags.get(DECISION_TAG),
+            DECISION_REASON_TAG: ref.tags.get(DECISION_REASON_TAG),
         }
         for key, ref in run.candidates_reader().latest_versions(run.spec.name).items()
         if key in wanted
@@ -327,14 +367,14 @@ def _ref_record(ref) -> dict[str, Any]:
     }
 
 
-def registered_candidate(model: dict[str, Any], registered: dict[str, Any] | None) -> dict[str, Any]:
+def registered_candidate(model: StageRecord, registered: dict[str, Any] | None) -> dict[str, Any]:
     """The candidate the ``model`` record names, as the candidate registry records it.
 
     SkipKey when the registry holds a newer version than the record (a ``model`` run was cut
     short after registering it: run model again); ModelIntegrityError when the record and the
     registry disagree about the same version (the lake's record was changed).
     """
-    version = model["version"]
+    version = model.candidate_version
     if registered is None:
         raise ModelIntegrityError(f"candidate v{version} of this key is not in the candidate registry; refusing it")
     if registered["version"] != version:
@@ -342,9 +382,13 @@ def registered_candidate(model: dict[str, Any], registered: dict[str, Any] | Non
             f"the model record names candidate v{version} but the candidate registry's newest version of this key "
             f"is v{registered['version']}: run model again"
         )
-    differ = [
-        f for f in ("source", "artifact_sha256", EVAL_HASH_TAG, "data_fingerprint") if model.get(f) != registered.get(f)
-    ]
+    recorded = {
+        "source": model.info.source,
+        "artifact_sha256": model.artifact_sha256,
+        EVAL_HASH_TAG: model.eval_artifact_sha256,
+        "data_fingerprint": model.data_fingerprint,
+    }
+    differ = [f for f, value in recorded.items() if value != registered.get(f)]
     if differ:
         raise ModelIntegrityError(
             f"the model record does not match candidate v{version} in the candidate registry ({', '.join(differ)} "
@@ -362,6 +406,47 @@ def production_models(run: StageRun, keys: Sequence[str]) -> dict[str, dict]:
         for key, ref in run.production().aliased_versions(run.spec.name).items()
         if key in wanted
     }
+
+
+def registered_sources(run: StageRun, production: dict[str, dict]) -> dict[str, dict]:
+    """key -> the candidate version each production model was copied from, as the candidate
+    registry records it (version and both hashes): one candidate registry query for the whole
+    use case, plain data for the workers (:func:`check_production_hashes`)."""
+    if not production:
+        return {}
+    versions = run.candidates_reader().all_versions(run.spec.name)
+    out = {}
+    for key, prod in production.items():
+        try:
+            ref = versions.get(key, {}).get(int(prod.get("source_version") or 0))
+        except ValueError:
+            ref = None
+        if ref is not None:
+            out[key] = {
+                "version": ref.version,
+                HASH_TAG: ref.tags.get(HASH_TAG),
+                EVAL_HASH_TAG: ref.tags.get(EVAL_HASH_TAG),
+            }
+    return out
+
+
+def check_production_hashes(prod: dict[str, Any], source: dict[str, Any] | None) -> None:
+    """ModelIntegrityError unless the production version's hashes (``artifact_sha256`` and, with
+    refit, ``eval_artifact_sha256``) are the ones the candidate registry recorded for the candidate
+    it was copied from: the production tag alone is not trusted at scoring time."""
+    name = f"production v{prod['version']}"
+    if source is None:
+        raise ModelIntegrityError(
+            f"{name} names candidate v{prod.get('source_version')} as its source, which the candidate registry "
+            "does not hold; refusing to score with it"
+        )
+    differ = [tag for tag in (HASH_TAG, EVAL_HASH_TAG) if prod.get(tag) != source.get(tag)]
+    if differ:
+        raise ModelIntegrityError(
+            f"{name}'s {' and '.join(differ)} differ from what the candidate registry recorded for candidate "
+            f"v{source['version']} it was copied from: the production registry's record was changed; refusing "
+            "to score with it"
+        )
 
 
 def quantiles(metric: str, values: list[float]) -> dict[str, float]:

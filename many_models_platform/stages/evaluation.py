@@ -42,16 +42,16 @@ def _pinned_candidate(key: str, spec: UseCaseSpec, lake: Lake, candidates: dict,
     (run model first) and refuses one whose lake record disagrees with the registry."""
     model = require_state(lake, spec.name, UPSTREAM["evaluation"], key)
     training = require_state(lake, spec.name, "training_set", key)
-    cand, data = model["info"], training["info"]["data_fingerprint"]
-    if cand.get("data_fingerprint") != data:
+    data = str(training.data_fingerprint)
+    if model.data_fingerprint != data:
         raise SkipKey(
-            f"candidate v{cand['version']} was fitted on other data (data_fingerprint "
-            f"{str(cand.get('data_fingerprint'))[:16]}) than today's training set ({data[:16]}): run model first"
+            f"candidate v{model.candidate_version} was fitted on other data (data_fingerprint "
+            f"{str(model.data_fingerprint)[:16]}) than today's training set ({data[:16]}): run model first"
         )
-    registered = registered_candidate(cand, candidates.get(key))
+    registered = registered_candidate(model, candidates.get(key))
     champ = champions.get(key)
     crash_point("evaluation")
-    return cand, {
+    return model.info, {
         "evaluation_id": uuid.uuid4().hex,
         "candidate_version": registered["version"],
         "candidate_source": registered["source"],
@@ -59,8 +59,8 @@ def _pinned_candidate(key: str, spec: UseCaseSpec, lake: Lake, candidates: dict,
         # with refit, the evaluated model_eval.skops (None without): also from the registry
         EVAL_HASH_TAG: registered[EVAL_HASH_TAG],
         "data_fingerprint": data,
-        "training_set_run_id": training["dagster_run_id"],
-        "model_run_id": model["dagster_run_id"],
+        "training_set_run_id": training.dagster_run_id,
+        "model_run_id": model.dagster_run_id,
         "champion_artifact_sha256": champ["artifact_sha256"] if champ else None,
     }
 
@@ -72,25 +72,25 @@ def _evaluate_one(
     ts = lake.read_parquet(lake.key_path("training", spec.name, key, ".parquet"))
     parts = F.split(ts)
     train = parts[F.TRAIN]
-    holdout = F.add_calendar(parts[F.HOLDOUT], spec.time_column, cand["features"])
+    holdout = F.add_calendar(parts[F.HOLDOUT], spec.time_column, cand.features)
     t = spec.time_column
     period = F.key_period(spec, ts[t]) if t else None
     scale = training_scale(spec, train, period.frequency if period else None)
     # the model fitted without the holdout: with refit, production's model.skops has seen it
     model = _load(pins["candidate_source"], pins, trusted)
     undefined: dict[str, str] = {}
-    metrics = evaluate(spec, model, cand["features"], holdout, scale, undefined)
+    metrics = evaluate(spec, model, cand.features, holdout, scale, undefined)
     estimator = model.steps[-1][1] if hasattr(model, "steps") else model
     scored = baselines(spec, train, holdout, period, scale, expected_flag_rate(estimator))
     baseline_name, baseline_metrics = best_baseline(spec.metric, scored)
     report = {
-        "candidate_version": cand["version"],
-        "estimator": cand["estimator"],
+        "candidate_version": pins["candidate_version"],
+        "estimator": cand.estimator,
         "metric": spec.metric,
         "metrics": metrics,
         "undefined": undefined,
         "rows_holdout": holdout.height,
-        "rows_train": cand["rows_train"],
+        "rows_train": cand.rows_train,
         "baseline_name": baseline_name,
         "baseline_metrics": baseline_metrics,
         "baselines": scored,
@@ -104,7 +104,7 @@ def _evaluate_one(
     if champ:
         report["champion_version"] = champ["version"]
         report["champion_source_version"] = champ.get("source_version")
-        _compare(spec, report, model, cand["features"], champ, holdout, scale, trusted)
+        _compare(spec, report, model, cand.features, champ, holdout, scale, trusted)
     return report | pins
 
 

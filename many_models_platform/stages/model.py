@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from ..storage.registry import (
     local_path,
     model_template_dir,
     registered_model_name,
+    run_metric_name,
     write_model_dir,
     write_model_file,
 )
@@ -31,20 +33,21 @@ from .base import (
     crash_point,
     finish,
     quantiles,
-    read_state,
+    read_state_or_error,
     require_state,
     write_state,
 )
+from .records import StageRecord
 
 
 def _train_one(key: str, spec: UseCaseSpec, lake: Lake, models_dir: str, template: str, trusted) -> dict:
     ts_state = require_state(lake, spec.name, UPSTREAM["model"], key)
-    upstream = ts_state["info"]
     ts = lake.read_parquet(lake.key_path("training", spec.name, key, ".parquet"))
-    fitted = fit_key(spec, ts, upstream["features"])
+    fitted = fit_key(spec, ts, ts_state.info.features)
     folder = f"{models_dir}/{key}"
     # model.skops is what production serves: the refit on every row when the use case refits
-    sha256 = write_model_dir(fitted.production_model or fitted.model, folder, template, trusted)
+    signature = model_signature(spec, ts, fitted.feature_columns)
+    sha256 = write_model_dir(fitted.production_model or fitted.model, folder, template, trusted, signature)
     eval_sha256 = None
     if fitted.production_model is not None:  # the evaluated model, fitted without the holdout
         eval_sha256 = write_model_file(fitted.model, folder, EVAL_MODEL_FILE, trusted)
@@ -68,9 +71,51 @@ def _train_one(key: str, spec: UseCaseSpec, lake: Lake, models_dir: str, templat
         "refit": fitted.production_model is not None,
         "split": F.split_descriptor(spec),
         "features": fitted.feature_columns,
-        "data_fingerprint": upstream["data_fingerprint"],
-        "training_set_run_id": ts_state["dagster_run_id"],  # the training set it was fitted on
+        "data_fingerprint": ts_state.data_fingerprint,
+        "training_set_run_id": ts_state.dagster_run_id,  # the training set it was fitted on
     }
+
+
+def per_key_metrics(outcomes) -> dict[str, float]:
+    """Every fitted key's holdout metrics as numbers, named ``<metric>/<key>`` (``run_metric_name``),
+    so the MLflow UI can sort and chart keys on the training run; undefined values are left out."""
+    out = {}
+    for o in outcomes:
+        for metric, value in o.info["metrics"].items():
+            if value is not None and value == value:
+                out[run_metric_name(metric, o.key)] = float(value)
+    return out
+
+
+def model_signature(spec: UseCaseSpec, ts, features: list[str]) -> dict[str, str | None]:
+    """The MLmodel ``signature`` of a key's model, as MLflow writes it (``ModelSignature.to_dict``):
+    the feature columns by name (text for categorical features, numbers otherwise, as
+    ``core.modeling.model_input`` feeds them) and the prediction's type."""
+    categorical = set(spec.categorical_features)
+    inputs = [{"type": "string" if c in categorical else "double", "name": c, "required": True} for c in features]
+    if spec.task in ("forecast", "regression"):
+        output = "double"
+    elif spec.task == "anomaly":
+        output = "long"  # -1 anomaly, 1 normal
+    else:
+        output = _MLFLOW_TYPES.get(ts.schema.get(spec.target).__class__.__name__, "string")
+    return {"inputs": json.dumps(inputs), "outputs": json.dumps([{"type": output, "required": True}]), "params": None}
+
+
+_MLFLOW_TYPES = {
+    "Int8": "integer",
+    "Int16": "integer",
+    "Int32": "integer",
+    "Int64": "long",
+    "UInt8": "integer",
+    "UInt16": "integer",
+    "UInt32": "long",
+    "UInt64": "long",
+    "Float32": "float",
+    "Float64": "double",
+    "Boolean": "boolean",
+    "String": "string",
+}
 
 
 def lineage_tags(info: dict) -> dict[str, str]:
@@ -157,6 +202,7 @@ def train(run: StageRun, keys: Sequence[str]) -> StageReport:
             "keys_reused": len(reused),
             "keys_failed": len(outcomes) - len(values),
             **quantiles(spec.metric, values),
+            **per_key_metrics(o for o in fitted if o.ok),
         },
     )
     summary = {"mlflow_run_id": mlflow_run_id, "keys_reused": len(reused)}
@@ -180,13 +226,13 @@ def reusable_candidates(run: StageRun, registry: ModelRegistry, keys: Sequence[s
         ref = latest.get(key)
         if ref is None or not ref.tags.get(HASH_TAG):
             continue
-        state = read_state(lake, spec.name, "training_set", key)
+        state = read_state_or_error(lake, spec.name, "training_set", key)
         if (
-            not state
-            or state["status"] != "ok"
-            or state["info"]["data_fingerprint"] != ref.tags.get("data_fingerprint")
+            not isinstance(state, StageRecord)  # none, or unreadable: fitting says why
+            or not state.ok
+            or state.data_fingerprint != ref.tags.get("data_fingerprint")
             # same data and config but other feature columns (say a calendar set that changed)
-            or state["info"]["features"] != ref.tags.get("features", "").split(",")
+            or state.info.features != ref.tags.get("features", "").split(",")
         ):
             continue
         metrics = {k.removeprefix("metric."): float(v) for k, v in ref.tags.items() if k.startswith("metric.")}
@@ -211,7 +257,7 @@ def reusable_candidates(run: StageRun, registry: ModelRegistry, keys: Sequence[s
             "version": ref.version,
             "model_name": ref.name,
             "source": ref.source,
-            "training_set_run_id": state["dagster_run_id"],
+            "training_set_run_id": state.dagster_run_id,
             "reused": True,
         }
         out[key] = KeyOutcome(key, "ok", info=info)

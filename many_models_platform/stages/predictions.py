@@ -18,21 +18,26 @@ from ..storage.registry import (
 from .base import (
     StageReport,
     StageRun,
+    check_production_hashes,
     clear_state,
     crash_point,
     finish,
     production_models,
     read_state,
+    registered_sources,
     write_state,
 )
 
 
-def _score_one(key: str, spec: UseCaseSpec, lake: Lake, production: dict[str, dict], trusted, run_id: str) -> dict:
+def _score_one(
+    key: str, spec: UseCaseSpec, lake: Lake, production: dict[str, dict], trusted, run_id: str, sources: dict
+) -> dict:
     promo = read_state(lake, spec.name, "promoted_model", key)
     prod = production.get(key)
     if prod is None:
-        why = promo["info"].get("reason") if promo and promo["status"] == "ok" else (promo or {}).get("reason")
+        why = (promo.info.reason if promo.ok else promo.reason) if promo else None
         raise SkipKey(f"no production model for this key ({why or 'never promoted'})")
+    check_production_hashes(prod, sources.get(key))  # the candidate registry's hashes, not the tag alone
     model = load_model_from_source(prod["source"], prod["artifact_sha256"], trusted)
     features = prod["features"]
     segments = []  # (feature rows, kind)
@@ -64,7 +69,7 @@ def _score_one(key: str, spec: UseCaseSpec, lake: Lake, production: dict[str, di
             holdout = _todays_holdout(spec, lake, key)
             if holdout is None:
                 ts_state = read_state(lake, spec.name, "training_set", key)
-                why = f"{ts_state['status']}: {ts_state['reason']}" if ts_state else "has not run"
+                why = f"{ts_state.status}: {ts_state.reason}" if ts_state else "has not run"
                 raise SkipKey(f"nothing to score: no scoring_source rows and training_set {why}")
             segments.append((F.add_calendar(holdout, spec.time_column, features), "holdout"))
     out = pl.concat(
@@ -82,7 +87,9 @@ def _score_one(key: str, spec: UseCaseSpec, lake: Lake, production: dict[str, di
         "kind": ", ".join(kinds),  # e.g. "holdout, forecast"
         **{f"rows_{kind}": n for kind, n in kinds.items()},
         "model_version": prod["version"],
+        "candidate_version": sources[key]["version"],  # the candidate it was copied from
         "artifact_sha256": prod["artifact_sha256"],  # the production model that scored them
+        "eval_artifact_sha256": prod.get("eval_artifact_sha256"),  # and the one that scored the holdout
     }
     # the record goes first and comes back last, so no old record describes new predictions
     clear_state(lake, spec.name, "predictions", key)
@@ -96,7 +103,7 @@ def _todays_holdout(spec: UseCaseSpec, lake: Lake, key: str) -> pl.DataFrame | N
     """The key's holdout from today's training set; None when training_set is not ok (never a
     holdout left over from an earlier run)."""
     state = read_state(lake, spec.name, "training_set", key)
-    if not state or state["status"] != "ok":
+    if not state or not state.ok:
         return None
     return F.split(lake.read_parquet(lake.key_path("training", spec.name, key, ".parquet")))[F.HOLDOUT]
 
@@ -129,10 +136,11 @@ def _prediction_rows(spec: UseCaseSpec, model, features: list[str], rows: pl.Dat
 def score(run: StageRun, keys: Sequence[str]) -> StageReport:
     spec = run.spec
     production = production_models(run, keys)
+    sources = registered_sources(run, production)
     outcomes = map_keys(
         _score_one,
         keys,
-        (spec, run.lake, production, run.trusted, run.run_id),
+        (spec, run.lake, production, run.trusted, run.run_id, sources),
         workers=run.workers,
         progress=run.progress,
     )

@@ -12,6 +12,8 @@ from ..core.metrics import higher_is_worse, is_better
 from ..core.spec import UNLABELLED_METRICS, UseCaseSpec
 from ..storage.lake import Lake
 from ..storage.registry import (
+    DECISION_REASON_TAG,
+    DECISION_TAG,
     EVAL_HASH_TAG,
     HASH_TAG,
     ModelIntegrityError,
@@ -27,10 +29,12 @@ from .base import (
     crash_point,
     finish,
     read_states,
+    readable,
     registered_candidate,
     write_state,
 )
 from .model import lineage_tags
+from .records import StageRecord
 
 
 def _undefined(value: float | None) -> bool:
@@ -196,6 +200,7 @@ def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
                 # the intent stays: the next run completes the promotion if the version was registered
             else:
                 written.add(key)
+    _tag_decisions(run, candidates, outcomes)
     decisions = {}
     for o in outcomes:
         d = o.info.get("decision", o.status) if o.ok else o.status
@@ -203,12 +208,36 @@ def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
     return finish(run, "promoted_model", outcomes, {"decisions": decisions}, written=written)
 
 
+def _tag_decisions(run: StageRun, candidates: dict[str, dict], outcomes: list[KeyOutcome]) -> None:
+    """Every candidate version promotion decided about, rejected ones included, carries the decision
+    and its reason as registry tags a person reads (``decision``, ``decision_reason``): written
+    in one batch after the decisions are recorded, and only where they changed (a rerun writes
+    nothing). A tag that cannot be written is logged on the key's outcome, never fatal: the
+    record and the production registry are what the platform trusts."""
+    items = []
+    for o in outcomes:
+        cand = candidates.get(o.key)
+        decision, reason = o.info.get("decision"), str(o.info.get("reason") or "")[:5000]
+        if not o.ok or not decision or cand is None or cand["version"] != o.info.get("candidate_version"):
+            continue
+        if cand.get(DECISION_TAG) == "promoted" and decision == "kept_champion":
+            continue  # "already in production": the version's promotion stays what it says
+        if (cand.get(DECISION_TAG), cand.get(DECISION_REASON_TAG)) != (decision, reason):
+            items.append((o.key, cand["version"], {DECISION_TAG: decision, DECISION_REASON_TAG: reason}))
+    if not items:
+        return
+    failed = run.candidates().tag_many(run.spec.name, items)
+    for o in outcomes:
+        if o.key in failed:
+            o.info["decision_tag_error"] = f"{type(failed[o.key]).__name__}: {failed[o.key]}"[:500]
+
+
 def _decide_one(run: StageRun, prod, snap, candidates: dict, key: str, records: dict, has_intent: bool):
     """(the key's outcome, its production registration or None), from the key's records (stage ->
     state). Outcomes that need no registration are recorded here; a promotion is recorded once
     its alias has moved."""
     spec, lake = run.spec, run.lake
-    previous = records["promoted_model"]
+    previous = readable(records["promoted_model"])
     completed = _complete_interrupted(run, prod, snap, key, previous) if has_intent else None
     if completed is not None:
         info, decided_in = completed
@@ -222,7 +251,7 @@ def _decide_one(run: StageRun, prod, snap, candidates: dict, key: str, records: 
     if _promotion_stands(previous, champ, cand, run.run_date):
         # promoted earlier on this run date and nothing changed since: the same record stays, not
         # a second decision ("kept champion") that would hide the promotion before it is published
-        return KeyOutcome(key, "ok", info=previous["info"]), None
+        return KeyOutcome(key, "ok", info=previous.flat_info()), None
     rolled_back = snap.rolled_back_sources(key).get(cand["source"])
     if champ and _same_candidate(champ, cand):
         decision, reason = "kept_champion", "this candidate is already in production"
@@ -276,7 +305,7 @@ def pending_intents(lake: Lake, use_case: str) -> set[str]:
     return {p.name.removesuffix(".json") for p in lake.glob(f"state/{use_case}/{INTENTS}/*.json")}
 
 
-def _complete_interrupted(run: StageRun, prod, snap, key: str, previous: dict | None) -> tuple[dict, str] | None:
+def _complete_interrupted(run: StageRun, prod, snap, key: str, previous: StageRecord | None) -> tuple[dict, str] | None:
     """(the record, the run that decided it) of a promotion an earlier run registered but did
     not record, completed now (the alias moved if it had not); None when there is nothing to
     complete: the intent's version was never registered, or its record was written. The intent
@@ -284,10 +313,7 @@ def _complete_interrupted(run: StageRun, prod, snap, key: str, previous: dict | 
     lake, spec = run.lake, run.spec
     intent = lake.read_json(intent_path(lake, spec.name, key))
     info = intent["info"]
-    previous = previous or {}
-    recorded = (
-        previous.get("status") == "ok" and (previous.get("info") or {}).get("evaluation_id") == info["evaluation_id"]
-    )
+    recorded = previous is not None and previous.ok and previous.evaluation_id == info["evaluation_id"]
     made = [r for r in snap.versions.get(key, []) if r.tags.get("evaluation_id") == info["evaluation_id"]]
     if recorded or not made:
         lake.delete(intent_path(lake, spec.name, key))
@@ -299,43 +325,46 @@ def _complete_interrupted(run: StageRun, prod, snap, key: str, previous: dict | 
     return {**info, "production_version": version.version, "recovered": True}, intent.get("run_id", run.run_id)
 
 
-def _promotion_stands(previous: dict | None, champ: ModelRef | None, cand: dict, run_date: dt.date) -> bool:
+def _promotion_stands(previous: StageRecord | None, champ: ModelRef | None, cand: dict, run_date: dt.date) -> bool:
     """True when the key's record is a promotion decided on this run date that put this very
     candidate where it still is: a rerun of the day has nothing new to decide about it."""
-    info = (previous or {}).get("info") or {}
     return (
-        (previous or {}).get("status") == "ok"
-        and info.get("decision") == "promoted"
-        and info.get("run_date") == run_date.isoformat()
+        previous is not None
+        and previous.ok
+        and previous.info.decision == "promoted"
+        and previous.info.run_date == run_date.isoformat()
         and champ is not None
-        and info.get("production_version") == champ.version
+        and previous.production_version == champ.version
         and _same_candidate(champ, cand)
     )
 
 
-def evaluated_candidate(records: dict[str, dict | None], registered: dict | None) -> tuple[dict, dict]:
+def evaluated_candidate(
+    records: dict[str, StageRecord | Exception | None], registered: dict | None
+) -> tuple[dict, dict]:
     """(the evaluation report, the candidate as the registry records it), only when the
     evaluation is of the candidate the model record names, on today's training set, and the
     registry agrees with both. ``records`` maps a stage to the key's state. SkipKey says which
     stage to run first; ModelIntegrityError refuses records that disagree with the registry."""
-    report = checked_state("evaluation", records["evaluation"])["info"]
-    model = checked_state("model", records["model"])["info"]
-    data = checked_state("training_set", records["training_set"])["info"]["data_fingerprint"]
-    version = model["version"]
-    if not report.get("evaluation_id"):
+    evaluation = checked_state("evaluation", readable(records["evaluation"]))
+    model = checked_state("model", readable(records["model"]))
+    data = str(checked_state("training_set", readable(records["training_set"])).data_fingerprint)
+    version = model.candidate_version
+    report = evaluation.flat_info()  # the report decide() reads
+    if not evaluation.evaluation_id:
         raise SkipKey(
             "the evaluation record names no evaluation_id (written before evaluations were pinned): "
             "run evaluation first"
         )
-    if report["candidate_version"] != version:
+    if evaluation.candidate_version != version:
         raise SkipKey(
-            f"candidate v{version} was not evaluated: the evaluation is of v{report['candidate_version']}; "
+            f"candidate v{version} was not evaluated: the evaluation is of v{evaluation.candidate_version}; "
             "run evaluation first"
         )
-    if not report.get("data_fingerprint") == model.get("data_fingerprint") == data:
+    if not evaluation.data_fingerprint == model.data_fingerprint == data:
         raise SkipKey(
-            f"the evaluation of candidate v{version} was on data {str(report.get('data_fingerprint'))[:16]}, the "
-            f"candidate was fitted on {str(model.get('data_fingerprint'))[:16]} and today's training set is "
+            f"the evaluation of candidate v{version} was on data {str(evaluation.data_fingerprint)[:16]}, the "
+            f"candidate was fitted on {str(model.data_fingerprint)[:16]} and today's training set is "
             f"{data[:16]}: run model and evaluation first"
         )
     cand = registered_candidate(model, registered)
@@ -378,6 +407,8 @@ def _production_tags(run: StageRun, key: str, cand: dict, report: dict, info: di
         "promoted_at": info["decided_at"],
         "promoted_by": info["decided_by"],
         "promotion_reason": info["reason"][:5000],
+        DECISION_TAG: info["decision"],
+        DECISION_REASON_TAG: info["reason"][:5000],
         # which rows it has seen (with eval_artifact_sha256), as the candidate registry records it
         **lineage_tags(cand),
     }

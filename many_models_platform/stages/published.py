@@ -29,9 +29,10 @@ from .base import (
     not_ok_reason,
     quantiles,
     read_run_record,
-    read_state,
+    read_state_or_error,
     stop_reason,
 )
+from .records import StageRecord
 
 ROW_COUNTS = ("rows_in", "rows_out", "rows_dropped", "rows_merged")
 DECISION_FIELDS = (
@@ -63,39 +64,47 @@ def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = No
                 {"key": key, "position": i, "column_name": column, "value": value}
                 for i, (column, value) in enumerate(zip(spec.keys, values, strict=True))
             ]
-        states = {stage: read_state(lake, spec.name, stage, key) for stage in STAGES[:-1]}
-        for stage, st in states.items():
-            info = (st or {}).get("info") or {}
+        found = {stage: read_state_or_error(lake, spec.name, stage, key) for stage in STAGES[:-1]}
+        # a record this platform cannot read (a newer schema) is this key's failure at its stage
+        states = {stage: st if isinstance(st, StageRecord) else None for stage, st in found.items()}
+        for stage, st in found.items():
+            unreadable = isinstance(st, Exception)
             statuses.append(
                 {
                     "stage": stage,
                     "key": key,
                     "key_label": label,
-                    "status": st["status"] if st else "missing",
-                    "reason": (st or {}).get("reason") or None,
-                    "dagster_run_id": (st or {}).get("dagster_run_id"),
-                    "updated_at": (st or {}).get("updated_at"),
-                    **row_counts(info),
+                    "status": "failed" if unreadable else (st.status if st else "missing"),
+                    "reason": not_ok_reason(stage, st) if unreadable else ((st.reason if st else None) or None),
+                    "dagster_run_id": st.dagster_run_id if isinstance(st, StageRecord) else None,
+                    "updated_at": st.updated_at if isinstance(st, StageRecord) else None,
+                    **row_counts(st.info.model_dump() if isinstance(st, StageRecord) else {}),
                 }
             )
-            if st and st["status"] == "ok":
+            if isinstance(st, StageRecord) and st.ok:
                 ok_keys[stage] += 1
             else:
                 not_ok[stage][not_ok_reason(stage, st)] += 1
         if states["raw"]:
-            raw_runs[states["raw"].get("dagster_run_id")] += 1
-        missing = {"status": "missing", "reason": "has not run for this key"}
-        failed = next(((s, st or missing) for s, st in states.items() if not st or st["status"] != "ok"), None)
+            raw_runs[states["raw"].dagster_run_id] += 1
+        failed = next(
+            (
+                (s, not_ok_reason(s, st) if isinstance(st, Exception) else (st.status, st.reason) if st else None)
+                for s, st in found.items()
+                if not (isinstance(st, StageRecord) and st.ok)
+            ),
+            None,
+        )
         metrics += _metric_rows(spec, key, states)
         pm = states["promoted_model"]
-        if pm and pm["status"] == "ok":
-            info = pm["info"]
+        if pm and pm.ok:
+            info = pm.flat_info()
             decisions.append(
                 {
                     "key": key,
                     "decided_at": info.get("decided_at"),
                     **{k: info.get(k) for k in DECISION_FIELDS},
-                    "dagster_run_id": pm["dagster_run_id"],
+                    "dagster_run_id": pm.dagster_run_id,
                 }
             )
         frame, problem = _predictions(run, key, label, states["predictions"])
@@ -103,7 +112,7 @@ def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = No
             preds.append(frame)
         served = frame is not None
         n_rows = frame.height if served else 0
-        issue = problem or (f"{failed[0]} {failed[1]['status']}: {failed[1]['reason']}" if failed else None)
+        issue = problem or (_issue(*failed) if failed else None)
         # The published row itself, written in the same transaction: ok when this key's
         # predictions are published (maybe by the champion while today's candidate failed),
         # failed when its predictions file cannot be published, else skipped.
@@ -233,11 +242,20 @@ def ingest_counts(run: StageRun, raw_runs: Counter[str]) -> dict[str, Any]:
     }
 
 
-def _metric_rows(spec, key: str, states: dict[str, dict | None]) -> list[dict]:
+def _issue(stage: str, state: tuple[str, str] | str | None) -> str:
+    """``<stage> <status>: <reason>`` of the first stage that is not ok for a key."""
+    if state is None:
+        return f"{stage} missing: has not run for this key"
+    if isinstance(state, str):  # an unreadable record
+        return f"{stage} failed: {state}"
+    return f"{stage} {state[0]}: {state[1]}"
+
+
+def _metric_rows(spec, key: str, states: dict[str, StageRecord | None]) -> list[dict]:
     ev = states["evaluation"]
-    if not ev or ev["status"] != "ok":
+    if not ev or not ev.ok:
         return []
-    info, model = ev["info"], (states["model"] or {}).get("info") or {}
+    info, model = ev.flat_info(), (states["model"].flat_info() if states["model"] else {})
     rows = [
         _metric_row(
             key, "candidate", m, v, model.get("model_name"), info.get("candidate_version"), info.get("estimator")
@@ -292,10 +310,12 @@ def _defined(value: Any) -> float | None:
     return None if math.isnan(number) else number
 
 
-def _predictions(run: StageRun, key: str, label: str, state: dict | None) -> tuple[pl.DataFrame | None, str | None]:
+def _predictions(
+    run: StageRun, key: str, label: str, state: StageRecord | None
+) -> tuple[pl.DataFrame | None, str | None]:
     """(this key's prediction rows in the table's types, None), or (None, why they cannot be
     published): one unreadable file fails its own key, never the batch."""
-    if not state or state["status"] != "ok":
+    if not state or not state.ok:
         return None, None
     path = run.lake.key_path("predictions", run.spec.name, key, ".parquet")
     if not path.exists():

@@ -32,7 +32,7 @@ def _training_set_one(key: str, spec: UseCaseSpec, lake: Lake, run_id: str) -> d
         "rows_holdout": n_holdout,
         "features": [c for c in ts.columns if c not in (spec.time_column, spec.target, *F.SPLIT_COLUMNS)],
         "data_fingerprint": F.fingerprint(bronze),
-        "raw_run_id": raw["dagster_run_id"],  # the bronze it was built from
+        "raw_run_id": raw.dagster_run_id,  # the bronze it was built from
         # rows_in/rows_out/rows_dropped/rows_merged/drops, frequency and irregular_gaps
         **prepared.info(),
     }

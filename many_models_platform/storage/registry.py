@@ -21,6 +21,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -38,12 +39,17 @@ if TYPE_CHECKING:
     from .settings import PlatformSettings
 
 PRODUCTION_ALIAS = "production"
+_METRICS_PER_BATCH = 1000
 MODEL_FILE = "model.skops"
 # With ``refit``, the candidate folder also holds the model fitted without the holdout, the one
 # the reported metrics describe; its hash is the version's ``eval_artifact_sha256`` tag.
 EVAL_MODEL_FILE = "model_eval.skops"
 EVAL_HASH_TAG = "eval_artifact_sha256"
 HASH_TAG = "artifact_sha256"
+# What promotion decided about a version (promoted, kept_champion, rejected) and why: set on every
+# candidate version promotion decides about, and on production versions when they are made.
+DECISION_TAG = "decision"
+DECISION_REASON_TAG = "decision_reason"
 _PINNED = ("scikit-learn", "lightgbm", "numpy", "scipy", "skops")
 # The types outside skops' own default trust that the platform's models hold: every shipped
 # candidate, with and without categorical features (ColumnTransformer, OneHotEncoder,
@@ -112,6 +118,16 @@ def registered_model_name(use_case: str, key: str) -> str:
     return f"{use_case}.{key}"
 
 
+def run_metric_name(metric: str, key: str) -> str:
+    """``<metric>/<key>``, a per-key metric's name on an MLflow run. MLflow names take letters,
+    digits and ``_-. /:``, so the other characters an encoded key may hold (``%``, ``~``) read
+    ``_``; the version's ``key`` tag keeps the exact key."""
+    safe = re.sub(r"[^\w.\-]", "_", key)
+    if not safe.strip("."):  # "." or ".." would read as a path
+        safe = f"_{safe}"
+    return f"{metric}/{safe}"[:250]
+
+
 @dataclass(frozen=True)
 class ModelRef:
     key: str
@@ -127,12 +143,17 @@ class ModelRef:
 
 # --- worker side: no MLflow import --------------------------------------------------------
 def write_model_dir(
-    model: Any, dst: str, template_dir: str, trusted: TrustedTypes | Iterable[str] | None = None
+    model: Any,
+    dst: str,
+    template_dir: str,
+    trusted: TrustedTypes | Iterable[str] | None = None,
+    signature: dict[str, Any] | None = None,
 ) -> str:
     """Write an MLflow sklearn-flavour model directory (skops format) without importing MLflow.
 
     Returns the SHA-256 of the model file, to be recorded at registration. Refuses a model
-    holding a type outside ``trusted``: it could not be loaded later anyway.
+    holding a type outside ``trusted``: it could not be loaded later anyway. ``signature`` is the
+    MLmodel's ``signature`` entry as ``ModelSignature.to_dict()`` gives it (the feature columns).
     """
     data, types = _dump(model, trusted)
     os.makedirs(dst, exist_ok=True)
@@ -147,6 +168,8 @@ def write_model_dir(
     mlmodel["model_uuid"] = uuid.uuid4().hex
     mlmodel["utc_time_created"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
     mlmodel["model_size_bytes"] = len(data)
+    if signature is not None:
+        mlmodel["signature"] = signature
     with open(os.path.join(dst, "MLmodel"), "w") as f:
         yaml.safe_dump(mlmodel, f, sort_keys=False)
     return hashlib.sha256(data).hexdigest()
@@ -408,8 +431,8 @@ class ModelRegistry:
         self._require_writable("finish a run")
         now = int(dt.datetime.now().timestamp() * 1000)
         items = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v == v]
-        if items:
-            self.client.log_batch(run_id, metrics=items)
+        for start in range(0, len(items), _METRICS_PER_BATCH):  # MLflow takes 1,000 per call
+            self.client.log_batch(run_id, metrics=items[start : start + _METRICS_PER_BATCH])
         self.client.set_terminated(run_id, status=status)
 
     # registry reads: a constant number of queries per use case, whatever the number of keys
@@ -493,6 +516,13 @@ class ModelRegistry:
                 latest[ref.key] = ref
         return latest
 
+    def all_versions(self, use_case: str) -> dict[str, dict[int, ModelRef]]:
+        """key -> version -> its record, every version of the use case: one query."""
+        out: dict[str, dict[int, ModelRef]] = {}
+        for ref in self._versions(use_case):
+            out.setdefault(ref.key, {})[ref.version] = ref
+        return out
+
     def snapshot(self, use_case: str, alias: str = PRODUCTION_ALIAS) -> ProductionSnapshot:
         """Every key's aliased version and version history: two queries in all."""
         aliased = self._aliases(use_case, alias)
@@ -515,12 +545,16 @@ class ModelRegistry:
         name = registered_model_name(use_case, key)
         if name not in existing:
             try:
-                self.writer.create_registered_model(name, tags={"use_case": use_case, "key": key})
+                self.writer.create_registered_model(
+                    name, tags={"use_case": use_case, "key": key}, description=model_description(self.role, tags)
+                )
             except Exception as exc:  # another run created it in the meantime
                 if "RESOURCE_ALREADY_EXISTS" not in str(getattr(exc, "error_code", "")) + str(exc):
                     raise
             existing.add(name)
-        mv = self.writer.create_model_version(name, source=source, run_id=run_id, tags=tags)
+        mv = self.writer.create_model_version(
+            name, source=source, run_id=run_id, tags=tags, description=version_description(self.role, tags)
+        )
         return int(mv.version)
 
     def register_many(
@@ -576,6 +610,57 @@ class ModelRegistry:
         name = registered_model_name(use_case, key)
         for k, v in tags.items():
             self.writer.set_model_version_tag(name, str(version), k, v)
+
+    def tag_many(self, use_case: str, items: Sequence[tuple[str, int, dict[str, str]]]) -> dict[str, Exception]:
+        """Set (key, version, tags) items, batched like :meth:`register_many` (threads on a server
+        store); returns key -> the exception of each key whose tags could not be written."""
+        self._require_writable("tag model versions")
+
+        def one(item: tuple[str, int, dict[str, str]]) -> Exception | None:
+            try:
+                self.set_version_tags(use_case, *item)
+                return None
+            except Exception as exc:
+                return exc
+
+        threads = self.parallelism()
+        if threads == 1 or len(items) < 8:
+            results = [one(item) for item in items]
+        else:
+            with ThreadPoolExecutor(threads, thread_name_prefix="mmp-tag") as pool:
+                results = list(pool.map(one, items))
+        return {item[0]: r for item, r in zip(items, results, strict=True) if r is not None}
+
+
+# --- what a person reads in the MLflow UI ---------------------------------------------------
+def model_description(role: str, tags: dict[str, str]) -> str:
+    """A registered model's description: which use case and key it serves, and its metric."""
+    return (
+        f"Use case **{tags.get('use_case', '?')}**, key **{tags.get('key_label') or tags.get('key', '?')}**: "
+        f"the {role} models of this one key (many-models platform). Metric: {tags.get('metric', '?')}. "
+        "Each version's description and its `decision` / `decision_reason` tags say what promotion decided."
+    )
+
+
+def version_description(role: str, tags: dict[str, str]) -> str:
+    """A version's description: use case, key label, the metric on the holdout, and (once decided)
+    the promotion decision and its reason (``decision`` / ``decision_reason`` tags)."""
+    metric = tags.get("metric", "?")
+    value = tags.get(f"metric.{metric}")
+    shown = f"{float(value):.4g}" if value not in (None, "None") else "undefined"
+    lines = [
+        f"Use case **{tags.get('use_case', '?')}**, key **{tags.get('key_label') or tags.get('key', '?')}**.",
+        f"{metric} on the holdout: **{shown}** ({tags.get('rows_holdout', '?')} rows; estimator "
+        f"{tags.get('estimator', '?')}).",
+    ]
+    if role == "production":
+        lines.append(f"Copied from candidate v{tags.get('source_candidate_version', '?')}.")
+    decision = tags.get(DECISION_TAG)
+    if decision:
+        lines.append(f"Decision: **{decision}**: {tags.get(DECISION_REASON_TAG, '')}")
+    else:
+        lines.append("Decision: not yet made; promotion sets the `decision` and `decision_reason` tags.")
+    return "\n\n".join(lines)
 
 
 def _sqlite_write_ahead_log(engine) -> None:
