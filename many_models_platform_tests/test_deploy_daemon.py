@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-import yaml
 
 from many_models_platform.defs.lanes import LANE_TAG, USE_CASE_TAG
 from many_models_platform.defs.runner import RANGE_END, RANGE_START
@@ -121,8 +120,8 @@ def test_submit_queues_one_run_per_key_range_and_the_daemon_runs_them_into_postg
                 counts = dict(
                     con.execute(
                         sa.text(
-                            "SELECT run_id, count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' "
-                            "GROUP BY run_id"
+                            "SELECT run_id, count(*) FROM event_logs "
+                            "WHERE dagster_event_type = 'ASSET_MATERIALIZATION' GROUP BY run_id"
                         )
                     ).all()
                 )
@@ -141,7 +140,7 @@ def failures(instance, runs) -> str:
         lines.append(f"{run.run_id} {run.status}")
         for entry in instance.all_logs(run.run_id):
             event = entry.dagster_event
-            if event and event.is_failure or entry.level >= 40:
+            if (event and event.is_failure) or entry.level >= 40:
                 lines.append(f"  {entry.user_message[:500]}")
                 error = getattr(event.event_specific_data, "error", None) if event else None
                 if error:
