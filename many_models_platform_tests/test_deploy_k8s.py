@@ -45,11 +45,10 @@ class CapturingBatchApi:
 @pytest.fixture(scope="module")
 def launched_jobs(tmp_path_factory):
     """Per lane, the Job dict K8sRunLauncher.launch_run builds for a ranged run of retail_demand."""
-    from dagster import DagsterInstance
     from dagster._core.code_pointer import ModuleCodePointer
     from dagster._core.launcher import LaunchRunContext
     from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
-    from dagster._core.test_utils import create_run_for_test
+    from dagster._core.test_utils import create_run_for_test, instance_for_test
     from dagster_k8s import K8sRunLauncher
 
     kubeconfig = tmp_path_factory.mktemp("kube") / "config"
@@ -88,7 +87,7 @@ def launched_jobs(tmp_path_factory):
         ),
     )
     jobs = {}
-    with DagsterInstance.ephemeral() as instance:
+    with instance_for_test(temp_dir=str(tmp_path_factory.mktemp("dagster_home"))) as instance:
         launcher.register_instance(instance)
         for lane in LANES:
             key_range = (f"1000.{lane}%20first", "1099.tropicana")
@@ -214,9 +213,9 @@ def chart_values_validator():
         required = schema["definitions"][name]["required"]
         schema["definitions"][name]["required"] = [f for f in required if f not in fields]
     bundled = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema" / f"v{K8S_VERSION}-local-strict"
-    k8s_defs = Resource.from_contents(
-        json.loads((bundled / "_definitions.json").read_text()), default_specification=DRAFT7
-    )
+    # the bundle keeps its definitions under $defs; the chart points into #/definitions
+    defs = json.loads((bundled / "_definitions.json").read_text())["$defs"]
+    k8s_defs = Resource.from_contents({"definitions": defs, "$defs": defs}, default_specification=DRAFT7)
     registry = Registry().with_resource("https://kubernetesjsonschema.dev/v1.18.0/_definitions.json", k8s_defs)
     return jsonschema.Draft7Validator(schema, registry=registry)
 
