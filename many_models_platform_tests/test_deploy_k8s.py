@@ -4,6 +4,7 @@ per lane, every kustomization rendered by kubectl and validated by kubernetes-va
 --strict, every Dockerfile linted by hadolint, the Helm values against the chart's schema."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -255,3 +256,38 @@ def test_instance_yamls_load_as_dagster_instances(tmp_path, monkeypatch):
         assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
         limits = config["run_coordinator"]["config"]["tag_concurrency_limits"]
         assert any(limit["key"] == "mmp/use_case" for limit in limits)
+
+
+def dockerfile_runs(path: Path) -> list[str]:
+    """The RUN commands of a Dockerfile, continuation lines joined."""
+    text = path.read_text().replace("\\\n", " ")
+    return [" ".join(line.split()[1:]) for line in text.splitlines() if line.startswith("RUN ")]
+
+
+def test_the_images_install_step_installs_the_locked_runtime_into_a_clean_venv(tmp_path):
+    """The image's own `uv sync` commands, read from docker/Dockerfile, run into an empty venv
+    from the warm uv cache (no network): the lock resolves without dev packages and the code
+    location's modules import there, dbt manifest included (the build's `dbt parse` step)."""
+    runs = dockerfile_runs(REPO / "docker/Dockerfile")
+    syncs = [r for r in runs if r.startswith("uv sync")]
+    assert syncs == ["uv sync --frozen --no-dev --no-install-project", "uv sync --frozen --no-dev"]
+    venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "UV_", "MMP_", "DAGSTER_"))}
+    env |= {"UV_PROJECT_ENVIRONMENT": str(venv), "UV_LINK_MODE": "hardlink", "UV_OFFLINE": "1"}
+    for command in syncs:
+        done = subprocess.run(command.split(), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    python = venv / "bin" / "python"
+    (parse,) = [r for r in runs if "prepare_manifest" in r]
+    code = parse.split('-c "', 1)[1].split('"', 1)[0]
+    check = f"{code}\nimport importlib.util as u\nassert u.find_spec('pytest') is None, 'a dev package is in the image'"
+    done = subprocess.run(
+        [str(python), "-c", check],
+        cwd=tmp_path,
+        env=env | {"MMP_HOME": str(tmp_path / "mmp")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("manifest.json")
