@@ -68,7 +68,9 @@ def launched_jobs(tmp_path_factory):
     values = yaml.safe_load((REPO / "k8s/helm/values.yaml").read_text())["runLauncher"]["config"]["k8sRunLauncher"]
     batch = CapturingBatchApi()
     launcher = K8sRunLauncher(
-        service_account_name="mmp-runner",
+        service_account_name="dagster",  # the chart's own account; runK8sConfig below replaces it
+        # as the chart passes it: runK8sConfig's sections, their contents as written in the values
+        run_k8s_config={"pod_spec_config": values["runK8sConfig"]["podSpecConfig"]},
         instance_config_map="dagster-instance",
         dagster_home="/opt/dagster/dagster_home",
         job_namespace="mmp",
@@ -114,6 +116,7 @@ def test_run_jobs_validate_and_carry_lane_resources_key_labels_and_the_write_sec
         pod = job["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         assert container["image"] == IMAGE
+        assert pod["nodeSelector"] == {"agentpool": "runs"}  # the values' runK8sConfig reached the pod
         want = spec.resources.for_lane(lane)
         assert container["resources"] == {"requests": want.requests.as_k8s(), "limits": want.limits.as_k8s()}
         for meta in (job["metadata"], job["spec"]["template"]["metadata"]):
