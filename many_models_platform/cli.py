@@ -164,6 +164,9 @@ def run(
     for name in names:
         _use_case(cfg, name)
     date = _run_date(run_date)
+    if lane != "train" and not submit:
+        console.print("[red]--lane needs --submit[/red]: `mmp run` alone runs every stage here")
+        raise typer.Exit(2)
     if submit:  # deployment: queue, do not run here
         raise typer.Exit(0 if _submit(settings, cfg, names, lane, keys, date) else 1)
     ok = _run(settings, cfg, names, keys, date)

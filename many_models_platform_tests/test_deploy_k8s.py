@@ -294,3 +294,16 @@ def test_the_images_install_step_installs_the_locked_runtime_into_a_clean_venv(t
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("manifest.json")
+
+
+def test_submit_usage_mistakes_exit_2(mmp_home):
+    from typer.testing import CliRunner
+
+    from many_models_platform.cli import app
+
+    runner = CliRunner()
+    no_submit = runner.invoke(app, ["run", "-u", "group_regression", "--lane", "promote"])
+    assert no_submit.exit_code == 2 and "--lane needs --submit" in no_submit.output
+    bad_lane = runner.invoke(app, ["run", "-u", "group_regression", "--submit", "--lane", "deploy"])
+    assert bad_lane.exit_code == 2 and "unknown lane 'deploy'" in bad_lane.output
+    assert "lanes are train, promote, score" in bad_lane.output
