@@ -2,6 +2,7 @@
 on the local PostgreSQL: one queued run per key range, launched by a real `dagster-daemon`,
 events in PostgreSQL. The Kubernetes side (pods per range) is checked in test_deploy_k8s.py."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -107,11 +108,7 @@ def test_submit_queues_one_run_per_key_range_and_the_daemon_runs_them_into_postg
                     assert daemon.poll() is None, daemon.stderr.read().decode()[-3000:]
                     time.sleep(1)
             finally:
-                os.killpg(daemon.pid, signal.SIGTERM)
-                try:
-                    daemon.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(daemon.pid, signal.SIGKILL)
+                stop(daemon)
             assert [r.status for r in runs] == [DagsterRunStatus.SUCCESS] * 2, failures(instance, runs)
 
             # the events are in PostgreSQL, written by the run workers the daemon launched
@@ -146,3 +143,24 @@ def failures(instance, runs) -> str:
                 if error:
                     lines.append(f"  {error.to_string()[-1500:]}")
     return "\n".join(lines)
+
+
+def stop(daemon: subprocess.Popen) -> None:
+    """Stop the daemon and every process it started (its code servers run in sessions of their
+    own, so they outlive a signal to the daemon's process group)."""
+    import psutil
+
+    started = psutil.Process(daemon.pid).children(recursive=True)
+    daemon.send_signal(signal.SIGINT)  # the daemon shuts its workspace down on KeyboardInterrupt
+    try:
+        daemon.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(daemon.pid, signal.SIGKILL)
+        daemon.wait(timeout=30)
+    for child in started:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    _, alive = psutil.wait_procs(started, timeout=10)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
