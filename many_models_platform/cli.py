@@ -141,6 +141,19 @@ def run(
     run_date: Annotated[str | None, typer.Option(help="Run date (YYYY-MM-DD); reruns replace its rows")] = None,
     config: ConfigOpt = None,
     home: HomeOpt = None,
+    # --- deployment: queue through the instance (docs/deploy.md) ---
+    submit: Annotated[
+        bool,
+        typer.Option(
+            "--submit",
+            help="Queue one run per key range through the instance's run coordinator (the daemon launches "
+            "them: a process locally, a pod on Kubernetes) instead of running here",
+        ),
+    ] = False,
+    lane: Annotated[
+        str, typer.Option("--lane", help="With --submit: the lane to queue, train, promote or score")
+    ] = "train",
+    # --- end deployment ---
 ) -> None:
     """Materialize every stage through Dagster for the keys found in the landing zone.
 
@@ -151,8 +164,49 @@ def run(
     for name in names:
         _use_case(cfg, name)
     date = _run_date(run_date)
+    if lane != "train" and not submit:
+        console.print("[red]--lane needs --submit[/red]: `mmp run` alone runs every stage here")
+        raise typer.Exit(2)
+    if submit:  # deployment: queue, do not run here
+        raise typer.Exit(0 if _submit(settings, cfg, names, lane, keys, date) else 1)
     ok = _run(settings, cfg, names, keys, date)
     raise typer.Exit(0 if ok else 1)
+
+
+def _submit(settings, cfg, names, lane: str, keys=None, run_date=None) -> bool:
+    """`mmp run --submit`: queue ranged runs of one lane per use case; True when all were queued."""
+    from .defs.discovery import register_new_keys
+    from .defs.lanes import LANES
+    from .defs.runner import prepare_instance, submit_use_case
+    from .storage.lake import Lake
+
+    if lane not in LANES:
+        console.print(f"[red]unknown lane {lane!r}[/red]; lanes are {', '.join(LANES)}")
+        raise typer.Exit(2)
+    instance = prepare_instance(settings)
+    lake = Lake(settings.lake_url, settings.lake_storage_options)
+    for name in names:
+        spec = cfg.use_case(name)
+        _, new_keys = register_new_keys(instance, spec, lake)
+        known = instance.get_dynamic_partitions(f"{name}_keys")
+        run_keys = _resolve_keys(spec, keys, known) if keys else None
+        try:
+            queued = submit_use_case(instance, cfg, spec, settings, lane, run_keys, run_date, new_keys=new_keys)
+        except ValueError as exc:
+            _say_error(exc)
+            return False
+        console.print(
+            f"{name} / {lane}: {len(queued.run_ids)} run(s) queued for {len(queued.keys)} key(s) "
+            f"({cfg.run.max_keys_per_run} keys per run at most)"
+        )
+        for (start, end), run_id in zip(queued.ranges, queued.run_ids, strict=True):
+            console.print(f"  {run_id}  {_label(spec, start)} .. {_label(spec, end)}", soft_wrap=True)
+    nxt = {"train": "promote", "promote": "score"}.get(lane)
+    console.print(
+        "the daemon launches queued runs (`dagster-daemon run`, or the cluster's daemon)"
+        + (f"; when they have finished, queue `--lane {nxt}`" if nxt else "")
+    )
+    return True
 
 
 def _run_date(text: str | None) -> dt.date | None:

@@ -268,6 +268,89 @@ def _check_in_range(metric: str, value: float, what: str) -> None:
         raise ValueError(f"{what} {value} is outside the range of {metric} {span}")
 
 
+# --- Pod resources per lane (deployment, docs/deploy.md) -------------------------------------
+# Kubernetes quantities: CPU in cores or millicores ("2", "500m"), memory in bytes with an
+# optional suffix ("512Mi", "4Gi"). Checked here so a typo fails when the file is read, not
+# when the cluster refuses a pod.
+_QUANTITY_UNITS = {
+    "": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+}  # fmt: skip
+_QUANTITY = r"^(\d+(?:\.\d+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
+
+
+def quantity_value(text: str) -> float:
+    """A Kubernetes quantity as a number (cores or bytes), to compare requests with limits."""
+    import re
+
+    match = re.match(_QUANTITY, text)
+    if not match:
+        raise ValueError(f"{text!r} is not a Kubernetes quantity like '500m', '2', '512Mi' or '4Gi'")
+    return float(match.group(1)) * _QUANTITY_UNITS[match.group(2) or ""]
+
+
+class ComputeAmount(_Strict):
+    """CPU and memory, as Kubernetes quantities."""
+
+    cpu: str | None = None
+    memory: str | None = None
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantity(cls, v: str | None) -> str | None:
+        if v is not None:
+            quantity_value(v)
+        return v
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_unit(cls, v: str | None) -> str | None:
+        if v is not None and v.endswith("m"):
+            raise ValueError(f"memory {v!r} is in millibytes; say '{v[:-1]}Mi'")
+        return v
+
+    def as_k8s(self) -> dict[str, str]:
+        return {k: v for k, v in (("cpu", self.cpu), ("memory", self.memory)) if v is not None}
+
+
+class LaneResources(_Strict):
+    """Requests and limits of one lane's run pod; a request never exceeds its limit."""
+
+    requests: ComputeAmount = Field(default_factory=ComputeAmount)
+    limits: ComputeAmount = Field(default_factory=ComputeAmount)
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> LaneResources:
+        for name in ("cpu", "memory"):
+            req, lim = getattr(self.requests, name), getattr(self.limits, name)
+            if req is not None and lim is not None and quantity_value(req) > quantity_value(lim):
+                raise ValueError(f"requests.{name} ({req}) is above limits.{name} ({lim})")
+        return self
+
+
+def _lane(cpu: str, memory: str, cpu_limit: str, memory_limit: str) -> LaneResources:
+    return LaneResources(
+        requests=ComputeAmount(cpu=cpu, memory=memory), limits=ComputeAmount(cpu=cpu_limit, memory=memory_limit)
+    )
+
+
+class ResourcesSpec(_Strict):
+    """Pod resources per lane (defs/lanes.py). Training fits every key of its range in a process
+    pool sized to the pod's cores; promotion only copies registry entries; scoring loads models."""
+
+    train: LaneResources = Field(default_factory=lambda: _lane("4", "8Gi", "4", "8Gi"))
+    promote: LaneResources = Field(default_factory=lambda: _lane("500m", "1Gi", "1", "2Gi"))
+    score: LaneResources = Field(default_factory=lambda: _lane("2", "4Gi", "2", "4Gi"))
+
+    def for_lane(self, lane: str) -> LaneResources:
+        if lane not in type(self).model_fields:
+            raise KeyError(f"no resources for lane {lane!r}")
+        return getattr(self, lane)
+
+
+# --- end of pod resources per lane ----------------------------------------------------------
+
+
 class UseCaseSpec(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     description: str = ""
@@ -308,6 +391,8 @@ class UseCaseSpec(_Strict):
     # platform's own types and the configured estimator classes that a saved model may contain;
     # a model holding anything else is refused at save and at load.
     trusted_modules: list[str] = Field(default_factory=list)
+    # Pod CPU/memory per lane when runs go to Kubernetes (docs/deploy.md); not part of model_hash.
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
 
     @model_validator(mode="after")
     def _consistent(self) -> UseCaseSpec:

@@ -4,6 +4,7 @@ job in process over contiguous key ranges (one run per range, never one run per 
 import datetime as dt
 import os
 import shutil
+import sys
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -216,3 +217,117 @@ def ingest_summary(summary: dict[str, Any]) -> dict[str, Any]:
         "rejected": rejected,
         "files": summary.get("files") or [],
     }
+
+
+# --- `mmp run --submit`: ranged runs through the instance's run coordinator (docs/deploy.md) ---
+CODE_LOCATION = "many_models_platform"  # as in workspace.yaml and the Helm user deployment
+DEFINITIONS_MODULE = "many_models_platform.definitions"
+
+
+@dataclass
+class SubmittedRuns:
+    """What `mmp run --submit` queued for one use case and lane: one run per key range."""
+
+    use_case: str
+    lane: str
+    keys: list[str]
+    new_keys: list[str]
+    ranges: list[tuple[str, str]] = field(default_factory=list)
+    run_ids: list[str] = field(default_factory=list)
+
+
+def submit_use_case(
+    instance: DagsterInstance,
+    config: PlatformConfig,
+    spec: UseCaseSpec,
+    settings: PlatformSettings,
+    lane: str,
+    keys: Sequence[str] | None = None,
+    run_date: dt.date | None = None,
+    new_keys: list[str] | None = None,
+) -> SubmittedRuns:
+    """Queue one run of ``lane``'s assets per key range through the instance's run coordinator,
+    instead of executing in this process: the daemon launches them with the instance's run
+    launcher (a local process, or a pod per run with ``K8sRunLauncher``), under the same queue,
+    concurrency limits, monitoring and retries as UI backfills and automation."""
+    from dagster import AssetKey
+    from dagster._core.definitions.selector import JobSubsetSelector
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+
+    from .lanes import LANES, lane_tags
+
+    if lane not in LANES:
+        raise ValueError(f"unknown lane {lane!r}; lanes are {', '.join(LANES)}")
+    if new_keys is None:
+        _, new_keys = register_new_keys(instance, spec, Lake(settings.lake_url, settings.lake_storage_options))
+    ordered = list(instance.get_dynamic_partitions(partitions_name(spec.name)))
+    if keys:
+        unknown = sorted(set(keys) - set(ordered))
+        if unknown:
+            raise ValueError(f"unknown key(s) for {spec.name}: {unknown[:5]} (see `mmp status`)")
+    selected = list(keys) if keys else ordered
+    chosen = set(selected)
+    result = SubmittedRuns(spec.name, lane, [k for k in ordered if k in chosen], new_keys)
+    result.ranges = key_ranges(ordered, selected, config.run.max_keys_per_run)
+    if not result.ranges:
+        return result
+    run_date = run_date or dt.datetime.now(dt.UTC).date()
+    origin = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(executable_path=sys.executable, module_name=DEFINITIONS_MODULE),
+        # the run image on Kubernetes: the code location's own (the chart sets DAGSTER_CURRENT_IMAGE)
+        container_image=os.environ.get("DAGSTER_CURRENT_IMAGE"),
+        location_name=CODE_LOCATION,
+    )
+    assets = frozenset(AssetKey([spec.name, stage]) for stage in LANES[lane])
+    with WorkspaceProcessContext(instance, InProcessWorkspaceLoadTarget(origin)) as context:
+        workspace = context.create_request_context()
+        location = workspace.get_code_location(CODE_LOCATION)
+        (repo,) = location.get_repositories().values()
+        job = location.get_job(
+            JobSubsetSelector(
+                location_name=CODE_LOCATION,
+                repository_name=repo.name,
+                job_name=pipeline_job_name(spec.name),
+                op_selection=None,
+                asset_selection=assets,
+            )
+        )
+        plan = location.get_execution_plan(job, {}, step_keys_to_execute=None, known_state=None, instance=instance)
+        for start, end in result.ranges:
+            tags = {
+                **job.tags,
+                **lane_tags(spec, lane, (start, end)),
+                RANGE_START: start,
+                RANGE_END: end,
+                RUN_DATE_TAG: run_date.isoformat(),
+                "mmp/launched_by": "mmp run --submit",
+            }
+            run = instance.create_run(
+                job_name=job.name,
+                run_id=None,
+                run_config={},
+                resolved_op_selection=None,
+                step_keys_to_execute=plan.execution_plan_snapshot.step_keys_to_execute,
+                op_selection=None,
+                status=None,
+                root_run_id=None,
+                parent_run_id=None,
+                tags=tags,
+                job_snapshot=job.job_snapshot,
+                execution_plan_snapshot=plan.execution_plan_snapshot,
+                parent_job_snapshot=job.parent_job_snapshot,
+                remote_job_origin=job.get_remote_origin(),
+                job_code_origin=job.get_python_origin(),
+                asset_selection=assets,
+                asset_check_selection=None,
+                asset_graph=repo.asset_graph,
+            )
+            instance.submit_run(run.run_id, workspace)
+            result.run_ids.append(run.run_id)
+    return result
+
+
+# --- end of `mmp run --submit` --------------------------------------------------------------
