@@ -268,6 +268,30 @@ def _check_in_range(metric: str, value: float, what: str) -> None:
         raise ValueError(f"{what} {value} is outside the range of {metric} {span}")
 
 
+# --- landing sensor -------------------------------------------------------------------------
+class LandingSensorSpec(_Strict):
+    """The use case's landing sensor: it turns files landed in the lake into new keys and
+    training runs of the keys whose data changed (docs/operations.md#the-landing-sensor).
+
+    Off unless ``enabled``, like every Dagster sensor: a deployment starts launching training
+    runs on its own only when someone decided so. ``enabled: true`` starts it with the code
+    location; the Dagster UI (Automation page) can start or stop it either way, and that
+    choice, once made, wins over this default."""
+
+    enabled: bool = False
+    minimum_interval_seconds: int = Field(default=60, ge=5)
+    # Files read per tick (key columns only); the rest wait for the next tick, so a tick stays
+    # well inside Dagster's 60 s limit however many files land at once.
+    max_files_per_tick: int = Field(default=2000, gt=0)
+    # Training runs per tick: beyond this, ranges of changed keys are merged over the unchanged
+    # keys between them (at most ``run.max_keys_per_run`` keys a run), so a burst of scattered
+    # changes never becomes a run storm.
+    max_runs_per_tick: int = Field(default=25, gt=0)
+
+
+# --- end landing sensor ---------------------------------------------------------------------
+
+
 class UseCaseSpec(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     description: str = ""
@@ -308,6 +332,9 @@ class UseCaseSpec(_Strict):
     # platform's own types and the configured estimator classes that a saved model may contain;
     # a model holding anything else is refused at save and at load.
     trusted_modules: list[str] = Field(default_factory=list)
+    # --- landing sensor (docs/operations.md#the-landing-sensor) ---------------------------
+    landing_sensor: LandingSensorSpec = Field(default_factory=LandingSensorSpec)
+    # --- end landing sensor ---------------------------------------------------------------
 
     @model_validator(mode="after")
     def _consistent(self) -> UseCaseSpec:
