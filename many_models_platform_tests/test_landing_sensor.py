@@ -143,7 +143,7 @@ def test_landing_sensor_on_azurite(demo, azurite_lake, monkeypatch):
 
 
 def test_scan_limits_files_per_tick_and_survives_a_lost_list(demo):
-    config, lake, instance = demo()
+    config, lake, _instance = demo()
     spec = config.use_case("demo")
     for i in range(5):
         lake.write_bytes(lake.path("landing", "demo", f"p{i}.csv"), csv([f"k{i}"], rows=3))
