@@ -8,11 +8,13 @@ skip, except under CI, where they fail: CI can never pass by silently skipping t
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,7 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pg_helpers import IN_CI
+
+try:
+    from pg_helpers import IN_CI
+except ImportError:  # imported from a benchmark
+    IN_CI = False
 
 # Azurite's documented development account (public, the same in every Azurite install)
 ACCOUNT = "devstoreaccount1"
@@ -103,30 +109,33 @@ def _missing(message: str) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
-def azurite() -> Iterator[AzuriteServer]:
-    """``azurite-blob`` in memory on a free loopback port, for the whole session."""
+class AzuriteMissing(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def run_azurite(startup_timeout: float = 30) -> Iterator[AzuriteServer]:
+    """``azurite-blob`` in memory on a free loopback port; stopped on exit (also used by benchmarks)."""
     binary = azurite_binary()
     if binary is None:
-        _missing("Azurite is not installed: run scripts/install-test-services.sh")
+        raise AzuriteMissing("Azurite is not installed: run scripts/install-test-services.sh")
     port = _free_port()
-    workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"mmp-azurite-{uuid.uuid4().hex[:8]}"
-    workdir.mkdir(parents=True)
+    workdir = Path(tempfile.mkdtemp(prefix="mmp-azurite-"))
     args = [binary, "--inMemoryPersistence", "--disableTelemetry", "--loose", "--skipApiVersionCheck"]
     args += ["--blobHost", "127.0.0.1", "--blobPort", str(port)]
     log = open(workdir / "azurite.log", "wb")  # noqa: SIM115 - closed after the server stops
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + startup_timeout
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"Azurite exited at start: {(workdir / 'azurite.log').read_text()[-500:]}")
+                raise RuntimeError(f"Azurite exited at start: {(workdir / 'azurite.log').read_text()[-500:]}")
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    pytest.fail("Azurite did not start listening within 30 s")
+                    raise RuntimeError(f"Azurite did not start listening within {startup_timeout} s") from None
                 time.sleep(0.05)
         yield AzuriteServer(port)
     finally:
@@ -138,6 +147,19 @@ def azurite() -> Iterator[AzuriteServer]:
             proc.wait()
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[AzuriteServer]:
+    """One Azurite blob server for the session (per xdist worker). Missing: skip, or fail under CI;
+    installed but not starting: fail."""
+    try:
+        with run_azurite() as server:
+            yield server
+    except AzuriteMissing as exc:
+        _missing(str(exc))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture

@@ -13,9 +13,11 @@ a directory rename, which a flat blob namespace cannot do atomically. Credential
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import os
+import stat
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -150,14 +152,15 @@ class Lake:
         by name. Remote: one listing request per 5,000 objects, never one request per file,
         and never from a cached listing (other processes land files)."""
         if self.is_local:
+            base = self.root.path.rstrip("/")
             out = []
-            for p in self.root.glob(pattern):
+            for p in glob.glob(f"{glob.escape(base)}/{pattern}", recursive=True, include_hidden=True):
                 try:
-                    st = os.stat(p.path)
+                    st = os.stat(p)
                 except FileNotFoundError:  # removed between the listing and the stat
                     continue
-                if not os.path.isdir(p.path):
-                    out.append(LandedFile(self.relative(p), st.st_size, str(st.st_mtime_ns)))
+                if stat.S_ISREG(st.st_mode):
+                    out.append(LandedFile(p[len(base) + 1 :], st.st_size, str(st.st_mtime_ns)))
             return sorted(out, key=lambda f: f.name)
         root = self.root
         fs = root.fs
