@@ -105,7 +105,14 @@ def build_landing_sensor(spec: UseCaseSpec, config: PlatformConfig):
         lake = Lake(settings.lake_url, settings.lake_storage_options)
         known = list(context.instance.get_dynamic_partitions(partitions_name(spec.name)))
         try:
-            scan = scan_landing(spec, lake, context.cursor, set(known), max_files=options.max_files_per_tick)
+            scan = scan_landing(
+                spec,
+                lake,
+                context.cursor,
+                set(known),
+                max_files=options.max_files_per_tick,
+                max_seconds=options.max_read_seconds,
+            )
         except Exception as exc:  # e.g. the lake unreachable: the tick fails, with no credential in it
             raise RuntimeError(redact(f"{type(exc).__name__}: {exc}", settings.secrets())) from None
         counts = ", ".join(f"{k.removeprefix('files_')} {v}" for k, v in scan.counts.items() if v)

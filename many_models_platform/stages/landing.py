@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,8 +90,10 @@ def scan_landing(
     known_keys: set[str],
     *,
     max_files: int | None = None,
+    max_seconds: float | None = None,
 ) -> LandingScan:
-    """Compare the landing zone with the files handled so far; read the new and changed ones.
+    """Compare the landing zone with the files handled so far; read the new and changed ones
+    (at most ``max_files``, and no new reads after ``max_seconds``: the rest wait for the next tick).
 
     ``known_keys`` are the use case's partitions. The new list of handled files is written to
     the lake before returning; the caller stores ``cursor`` (Dagster does, with the tick)."""
@@ -140,9 +143,18 @@ def scan_landing(
         except Exception as exc:  # the file's content is the user's: say why it cannot be read
             return "rejected", f"cannot read as {fmt}: {exc}"[:500]
 
-    threads = min(READ_THREADS, max(1, len(todo)))
-    with ThreadPoolExecutor(threads) as pool:
-        results = list(pool.map(read, todo))
+    results: list[tuple[str, Any]] = []
+    started = time.monotonic()
+    with ThreadPoolExecutor(min(READ_THREADS, max(1, len(todo)))) as pool:
+        for i in range(0, len(todo), READ_THREADS * 4):
+            if max_seconds is not None and results and time.monotonic() - started > max_seconds:
+                break  # the tick's time is up: the files not read yet wait for the next tick
+            results += pool.map(read, todo[i : i + READ_THREADS * 4])
+    if len(results) < len(todo):
+        scan.counts["files_deferred"] += len(todo) - len(results)
+        todo = todo[: len(results)]
+        scan.counts["files_new"] = sum(1 for f, _, _ in todo if f.name not in seen)
+        scan.counts["files_changed"] = len(todo) - scan.counts["files_new"]
     files = dict(seen)
     source_keys: set[str] = set()
     touched: set[str] = set()
