@@ -9,7 +9,8 @@ container in an Azurite started for the run), then evaluates the real sensor
 (``defs.sensors.build_landing_sensor``) with ``build_sensor_context`` on a real Dagster instance
 (SQLite), applying its partition requests as the daemon does, and times:
 
-1. the first ticks, ``max_files_per_tick`` files each (default 2,000) until every file is handled;
+1. the first ticks, ``max_files_per_tick`` files each (default 2,000, and no new read after
+   ``max_read_seconds``) until every file is handled (the last of them finds nothing new);
 2. one tick with nothing new among the 10,000 files (the common case: one listing, one read);
 3. one tick after ``--changed`` files were rewritten.
 """
@@ -53,6 +54,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=30)
     parser.add_argument("--changed", type=int, default=100)
     parser.add_argument("--max-files-per-tick", type=int, default=2000)
+    parser.add_argument("--max-read-seconds", type=float, default=30.0)
     parser.add_argument("--max-keys-per-run", type=int, default=2000)
     parser.add_argument("--lake", choices=["local", "azurite"], default="local")
     args = parser.parse_args()
@@ -77,7 +79,11 @@ def main() -> None:
             "holdout": {"fraction": 0.25},
             "metric": "rmse",
             "candidates": [{"name": "linear", "estimator": "sklearn.linear_model.LinearRegression"}],
-            "landing_sensor": {"enabled": True, "max_files_per_tick": args.max_files_per_tick},
+            "landing_sensor": {
+                "enabled": True,
+                "max_files_per_tick": args.max_files_per_tick,
+                "max_read_seconds": args.max_read_seconds,
+            },
         }
         path = Path(home) / "uc.yaml"
         path.write_text(
@@ -118,15 +124,12 @@ def main() -> None:
                 for req in result.dynamic_partitions_requests or []:
                     new += len(req.partition_keys)
                     instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
-            print(f"  {label:<34} {seconds:6.2f} s   new keys {new:>6}   runs requested {runs}")
+            print(f"  {label:<34} {seconds:6.2f} s   new keys {new:>6}   runs requested {runs}", flush=True)
+            return new
 
         n = 0
-        while True:
-            before = cursor
-            tick(f"first ticks ({n + 1})")
+        while tick(f"first ticks ({n + 1})") and n < 50:
             n += 1
-            if cursor == before or n * args.max_files_per_tick >= args.files:
-                break
         tick("nothing changed")
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda i: land(i, shift=1), range(0, args.files, max(1, args.files // args.changed))))
