@@ -6,7 +6,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 from conftest_core import regression_body
-from dagster import AssetKey, DagsterInstance, SensorResult, SkipReason, build_sensor_context
+from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context
 from dagster_helpers import write_config
 
 from many_models_platform.core.keys import encode_key
@@ -128,19 +128,6 @@ def test_landing_sensor_on_azurite(demo, azurite_lake, monkeypatch):
 
     fourth = tick(config, instance, third.cursor)
     assert not fourth.run_requests and fourth.cursor == third.cursor
-
-    # the requested range really runs the train lane in Dagster, for exactly its keys (s6 fails at
-    # raw: its rows went away, which the run reports; s1..s4 are not touched)
-    from many_models_platform.definitions import build_definitions
-
-    job = build_definitions().resolve_job_def(train_job_name("demo"))
-    run = job.execute_in_process(instance=instance, tags=third.run_requests[0].tags, raise_on_error=False)
-    for stage in ("raw", "training_set", "model", "evaluation"):
-        assert set(instance.get_materialized_partitions(AssetKey(["demo", stage]))) == set(keys_of("s5", "s6", "s7")), (
-            stage
-        )
-    assert not instance.get_materialized_partitions(AssetKey(["demo", "promoted_model"]))
-    assert instance.get_run_by_id(run.run_id).tags[LANE_TAG] == "train"
 
 
 def test_scan_limits_files_per_tick_and_survives_a_lost_list(demo, monkeypatch):
