@@ -12,21 +12,29 @@ from .defs.dbt import build_bi_assets
 from .defs.discovery import build_discovery_job
 from .defs.factory import build_pipeline_job, build_use_case_assets
 from .defs.resources import PlatformResource
+from .defs.sensors import build_landing_sensor, build_train_job
 
 
 def build_definitions(config_path: str | None = None) -> Definitions:
     config = load_config(config_path or os.environ.get("MMP_CONFIG"))
-    assets, jobs = [], []
+    assets, jobs, sensors = [], [], []
     for spec in config.use_cases.values():
         assets += build_use_case_assets(spec, config)
         jobs += [build_pipeline_job(spec), build_discovery_job(spec)]
+        # landing sensor and the train-lane job it launches (defs/sensors.py)
+        jobs.append(build_train_job(spec))
+        sensors.append(build_landing_sensor(spec, config))
     bi_assets, bi_jobs = build_bi_assets(config.use_cases)
     assets += bi_assets
     jobs += bi_jobs
     # In process: each use case's assets are a chain, so step processes would add start-up
     # (about 8 s a step) and no parallelism. The parallelism is the per-key worker pool.
     return Definitions(
-        assets=assets, jobs=jobs, resources={"platform": PlatformResource()}, executor=in_process_executor
+        assets=assets,
+        jobs=jobs,
+        sensors=sensors,
+        resources={"platform": PlatformResource()},
+        executor=in_process_executor,
     )
 
 

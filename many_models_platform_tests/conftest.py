@@ -45,3 +45,7 @@ def platform(mmp_home: Path):
     yield settings, instance
     instance.dispose()
     os.environ.pop("DAGSTER_HOME", None)
+
+
+# Azurite (the Azure Storage emulator) for the lake-on-ADLS tests: see azurite.py
+from azurite import azurite, azurite_lake  # noqa: E402, F401

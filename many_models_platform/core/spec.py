@@ -349,6 +349,30 @@ class ResourcesSpec(_Strict):
 
 
 # --- end of pod resources per lane ----------------------------------------------------------
+# --- landing sensor -------------------------------------------------------------------------
+class LandingSensorSpec(_Strict):
+    """The use case's landing sensor: it turns files landed in the lake into new keys and
+    training runs of the keys whose data changed (docs/operations.md#the-landing-sensor).
+
+    Off unless ``enabled``, like every Dagster sensor: a deployment starts launching training
+    runs on its own only when someone decided so. ``enabled: true`` starts it with the code
+    location; the Dagster UI (Automation page) can start or stop it either way, and that
+    choice, once made, wins over this default."""
+
+    enabled: bool = False
+    minimum_interval_seconds: int = Field(default=60, ge=5)
+    # Files read per tick (key columns only); the rest wait for the next tick, so a tick stays
+    # well inside Dagster's 60 s limit however many files land at once.
+    max_files_per_tick: int = Field(default=2000, gt=0)
+    # Reading stops after this many seconds (the files read so far are kept), whatever the store's speed.
+    max_read_seconds: float = Field(default=30.0, gt=0, le=50)
+    # Training runs per tick: beyond this, ranges of changed keys are merged over the unchanged
+    # keys between them (at most ``run.max_keys_per_run`` keys a run), so a burst of scattered
+    # changes never becomes a run storm.
+    max_runs_per_tick: int = Field(default=25, gt=0)
+
+
+# --- end landing sensor ---------------------------------------------------------------------
 
 
 class UseCaseSpec(_Strict):
@@ -393,6 +417,9 @@ class UseCaseSpec(_Strict):
     trusted_modules: list[str] = Field(default_factory=list)
     # Pod CPU/memory per lane when runs go to Kubernetes (docs/deploy.md); not part of model_hash.
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    # --- landing sensor (docs/operations.md#the-landing-sensor) ---------------------------
+    landing_sensor: LandingSensorSpec = Field(default_factory=LandingSensorSpec)
+    # --- end landing sensor ---------------------------------------------------------------
 
     @model_validator(mode="after")
     def _consistent(self) -> UseCaseSpec:

@@ -2,14 +2,22 @@
 
 Everything goes through fsspec/UPath, and every per-key path is built from an encoded key
 (see :mod:`many_models_platform.core.keys`), so data can never escape the lake root.
+
+On ADLS / Blob storage every write is one object upload, which the service commits
+atomically (readers see the old object or the new one, never half of it); nothing relies on
+a directory rename, which a flat blob namespace cannot do atomically. Credentials come from
+:func:`adls_options_from_env` (connection string, account key, SAS token, or
+``DefaultAzureCredential`` when none is given) and are never shown: see ``settings.secrets``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import os
+import stat
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +27,89 @@ import polars as pl
 from upath import UPath
 
 from ..core.keys import is_encoded_key
+
+AZURE_SCHEMES = ("abfs://", "abfss://", "az://")
+# environment variable -> lake storage option (docs/configuration.md#adls)
+AZURE_ENV_OPTIONS = (
+    ("AZURE_STORAGE_ACCOUNT_NAME", "account_name"),
+    ("AZURE_STORAGE_ACCOUNT_KEY", "account_key"),
+    ("AZURE_STORAGE_SAS_TOKEN", "sas_token"),
+    ("AZURE_STORAGE_CONNECTION_STRING", "connection_string"),
+    ("MMP_LAKE_BLOB_ENDPOINT", "blob_endpoint"),
+)
+# options that name where the lake is, not a credential (everything else is masked in output)
+PUBLIC_OPTIONS = frozenset({"account_name", "blob_endpoint", "anon"})
+
+
+def is_azure_url(url: str) -> bool:
+    return url.startswith(AZURE_SCHEMES)
+
+
+def adls_options_from_env(env: Any = None) -> dict[str, str]:
+    """The lake's Azure options from the environment, as given (credentials included)."""
+    env = os.environ if env is None else env
+    return {opt: env[var] for var, opt in AZURE_ENV_OPTIONS if env.get(var)}
+
+
+def adlfs_options(options: dict[str, Any]) -> dict[str, Any]:
+    """What adlfs receives for the lake's options.
+
+    * ``connection_string``: used as it is (it names the endpoint and the credential).
+    * ``blob_endpoint`` (an emulator, a private or sovereign-cloud endpoint, plain ``http``
+      allowed) with ``account_key`` or ``sas_token``: folded into a connection string, the one
+      form in which the Azure SDK takes an endpoint URL (adlfs's ``account_host`` is https only).
+    * ``account_key`` or ``sas_token`` with ``account_name``: the public cloud endpoint.
+    * none of these: ``DefaultAzureCredential`` (managed identity, workload identity, Azure CLI
+      login, ``AZURE_CLIENT_ID``/``AZURE_TENANT_ID``/``AZURE_CLIENT_SECRET``), which production prefers.
+    """
+    opts = {k: v for k, v in options.items() if v not in (None, "")}
+    if opts.get("connection_string"):
+        return {"connection_string": opts["connection_string"]}
+    endpoint = str(opts.pop("blob_endpoint", "") or "").rstrip("/")
+    key, sas = opts.get("account_key"), str(opts.get("sas_token") or "").lstrip("?")
+    if endpoint and (key or sas):
+        if key:
+            scheme = endpoint.split("://", 1)[0] if "://" in endpoint else "https"
+            name = opts.get("account_name") or endpoint.rsplit("/", 1)[-1]
+            cs = f"DefaultEndpointsProtocol={scheme};AccountName={name};AccountKey={key};BlobEndpoint={endpoint};"
+        else:
+            cs = f"BlobEndpoint={endpoint};SharedAccessSignature={sas}"
+        return {"connection_string": cs}
+    if endpoint:  # a token credential on a custom https endpoint
+        opts["account_host"] = endpoint.split("://", 1)[-1]
+    if not key and not sas and "credential" not in opts:
+        opts.setdefault("anon", False)  # adlfs then builds a DefaultAzureCredential
+    if sas:
+        opts["sas_token"] = sas
+    return opts
+
+
+def credential_values(options: dict[str, Any]) -> list[str]:
+    """Every secret the lake's options hold, including the key or SAS inside a connection string."""
+    found = [str(v) for k, v in options.items() if k not in PUBLIC_OPTIONS and v]
+    for part in str(options.get("connection_string") or "").split(";"):
+        name, _, value = part.partition("=")
+        if name.strip().lower() in ("accountkey", "sharedaccesssignature") and value:
+            found.append(value.strip())
+    return found
+
+
+@dataclass(frozen=True)
+class LandedFile:
+    """A file in the lake as one listing shows it: what tells whether it changed."""
+
+    name: str  # relative to the lake root
+    size: int
+    modified: str  # the ETag on blob storage, the modification time in ns on a local disk
+
+    @property
+    def signature(self) -> dict[str, Any]:
+        return {"size": self.size, "modified": self.modified}
+
+
+def _stamp(info: dict[str, Any]) -> str:
+    """A remote object's change stamp: its ETag where the store has one."""
+    return str(next((info[k] for k in ("etag", "ETag", "last_modified", "LastModified", "mtime") if info.get(k)), ""))
 
 
 @dataclass(frozen=True)
@@ -30,6 +121,8 @@ class Lake:
 
     @property
     def root(self) -> UPath:
+        if is_azure_url(self.url):
+            return UPath(self.url, **adlfs_options(self.storage_options))
         return UPath(self.url, **self.storage_options)
 
     @property
@@ -50,7 +143,36 @@ class Lake:
         return self.path(*parts)
 
     def glob(self, pattern: str) -> list[UPath]:
-        return sorted(p for p in self.root.glob(pattern) if p.is_file())
+        if self.is_local:
+            return sorted(p for p in self.root.glob(pattern) if p.is_file())
+        return [self.root.joinpath(f.name) for f in self.listing(pattern)]
+
+    def listing(self, pattern: str) -> list[LandedFile]:
+        """Files matching ``pattern`` (relative to the root) with size and change stamp, sorted
+        by name. Remote: one listing request per 5,000 objects, never one request per file,
+        and never from a cached listing (other processes land files)."""
+        if self.is_local:
+            base = self.root.path.rstrip("/")
+            out = []
+            for p in glob.glob(f"{glob.escape(base)}/{pattern}", recursive=True, include_hidden=True):
+                try:
+                    st = os.stat(p)
+                except FileNotFoundError:  # removed between the listing and the stat
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    out.append(LandedFile(p[len(base) + 1 :], st.st_size, str(st.st_mtime_ns)))
+            return sorted(out, key=lambda f: f.name)
+        root = self.root
+        fs = root.fs
+        fs.invalidate_cache()
+        base = root.path.rstrip("/")
+        found = fs.glob(f"{base}/{pattern}", detail=True)
+        out = [
+            LandedFile(path[len(base) + 1 :], int(info.get("size") or 0), _stamp(info))
+            for path, info in found.items()
+            if info.get("type") == "file" and path.startswith(base + "/")
+        ]
+        return sorted(out, key=lambda f: f.name)
 
     # --- reading and writing -------------------------------------------------------------
     def write_bytes(self, path: UPath, data: bytes) -> None:
@@ -62,8 +184,8 @@ class Lake:
                 f.write(data)
             os.replace(tmp, path.path)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+            # one upload, committed atomically by the service; blob storage needs no folders
+            path.fs.pipe_file(path.path, data)
 
     def write_parquet(self, path: UPath, frame: pl.DataFrame) -> None:
         buf = io.BytesIO()
@@ -108,8 +230,7 @@ class Lake:
             st = os.stat(path.path)
             return {"size": st.st_size, "modified": str(st.st_mtime_ns)}
         info = path.fs.info(path.path)
-        stamp = next((info[k] for k in ("etag", "ETag", "last_modified", "LastModified", "mtime") if info.get(k)), "")
-        return {"size": info.get("size"), "modified": str(stamp)}
+        return {"size": info.get("size"), "modified": _stamp(info)}
 
     def relative(self, path: UPath) -> str:
         """A path as the user wrote it in a glob: relative to the lake root."""

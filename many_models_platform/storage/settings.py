@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from .lake import adls_options_from_env, credential_values, is_azure_url
+
 
 def default_home() -> Path:
     return Path(os.environ.get("MMP_HOME") or Path.home() / ".mmp").expanduser().resolve()
@@ -38,15 +40,9 @@ class PlatformSettings(BaseModel):
         home_path = Path(home).expanduser().resolve() if home else default_home()
         env = os.environ.get
         options = {}
-        if env("MMP_LAKE_URL", "").startswith(("abfs://", "az://", "abfss://")):
-            # adlfs reads these; in production prefer a managed identity (anon=False, no key)
-            for var, opt in (
-                ("AZURE_STORAGE_ACCOUNT_NAME", "account_name"),
-                ("AZURE_STORAGE_ACCOUNT_KEY", "account_key"),
-                ("AZURE_STORAGE_CONNECTION_STRING", "connection_string"),
-            ):
-                if env(var):
-                    options[opt] = env(var)
+        if is_azure_url(env("MMP_LAKE_URL", "")):
+            # key, SAS, connection string or none (DefaultAzureCredential): see storage.lake.adlfs_options
+            options = adls_options_from_env()
         production = env("MMP_PRODUCTION_REGISTRY_URI") or f"sqlite:///{home_path / 'mlflow' / 'production.db'}"
         return cls(
             home=str(home_path),
@@ -85,7 +81,7 @@ class PlatformSettings(BaseModel):
                 continue
             if password:
                 found += [password, unquote(password)]
-        found += [str(v) for k, v in self.lake_storage_options.items() if k != "account_name" and v]
+        found += credential_values(self.lake_storage_options)
         return tuple(dict.fromkeys(s for s in found if len(s) >= 4))
 
     def ensure_local_dirs(self) -> None:
