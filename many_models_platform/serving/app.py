@@ -143,7 +143,10 @@ PYFUNC_INPUT = {
     "properties": {
         "dataframe_split": {
             "type": "object",
-            "properties": {"columns": {"type": "array", "items": {"type": "string"}}, "data": {"type": "array", "items": _ROW}},
+            "properties": {
+                "columns": {"type": "array", "items": {"type": "string"}},
+                "data": {"type": "array", "items": _ROW},
+            },
             "required": ["data"],
         },
         "dataframe_records": {"type": "array", "items": _RECORD},
@@ -369,7 +372,8 @@ def create_app(settings: ServeSettings, specs: dict[str, UseCaseSpec] | None = N
             "key": model.key,
             "model_version": model.version,
             "horizon": [
-                {"period": F.time_text(p), "prediction": float(v)} for p, v in zip(rows[t].to_list(), values, strict=True)
+                {"period": F.time_text(p), "prediction": float(v)}
+                for p, v in zip(rows[t].to_list(), values, strict=True)
             ],
         }
 

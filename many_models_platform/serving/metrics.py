@@ -18,9 +18,14 @@ class ServeMetrics:
         )
         self.loads = Counter("mmp_serve_model_loads", "Model loads started, by outcome", ["outcome"], registry=r)
         self.load_seconds = Histogram(
-            "mmp_serve_model_load_seconds", "Time to read, verify and load one model", registry=r, buckets=_LATENCY_BUCKETS
+            "mmp_serve_model_load_seconds",
+            "Time to read, verify and load one model",
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
         )
-        self.evictions = Counter("mmp_serve_cache_evictions", "Models dropped from memory, by reason", ["reason"], registry=r)
+        self.evictions = Counter(
+            "mmp_serve_cache_evictions", "Models dropped from memory, by reason", ["reason"], registry=r
+        )
         self.bytes = Gauge("mmp_serve_cache_bytes", "Measured bytes of the models held", registry=r)
         self.models = Gauge("mmp_serve_cache_models", "Models held in memory", registry=r)
         self.budget = Gauge("mmp_serve_cache_budget_bytes", "The cache's byte budget", registry=r)

@@ -26,6 +26,7 @@ import time
 from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -251,7 +252,7 @@ class ModelStore:
         path = self.settings.warmup_file
         if path and os.path.exists(path):
             try:
-                names += [str(n) for n in json.loads(open(path).read())][: self.settings.warmup_top]
+                names += [str(n) for n in json.loads(Path(path).read_text())][: self.settings.warmup_top]
             except (OSError, ValueError) as exc:
                 log.warning("ignoring the warm-up file: %s", exc)
         return list(dict.fromkeys(names))
