@@ -44,11 +44,14 @@ class ProductionReader:
         if self._tables is None:
             c = sa.column
             has_ws = "workspace" in {col["name"] for col in sa.inspect(self.engine).get_columns("model_versions")}
-            ws = (c("workspace"),) if has_ws else ()
+
+            def ws():
+                return (c("workspace"),) if has_ws else ()
+
             self._tables = (
-                sa.table("registered_model_aliases", c("name"), c("alias"), c("version"), *ws),
-                sa.table("model_versions", c("name"), c("version"), c("source"), c("current_stage"), *ws),
-                sa.table("model_version_tags", c("name"), c("version"), c("key"), c("value"), *ws),
+                sa.table("registered_model_aliases", c("name"), c("alias"), c("version"), *ws()),
+                sa.table("model_versions", c("name"), c("version"), c("source"), c("current_stage"), *ws()),
+                sa.table("model_version_tags", c("name"), c("version"), c("key"), c("value"), *ws()),
                 has_ws,
             )
         return self._tables
