@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import pickle
+import tempfile
 import time
 from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +36,14 @@ from ..core.keys import decode_key, is_encoded_key
 from ..core.spec import UseCaseSpec
 from ..storage.lake import Lake
 from ..storage.redaction import redact
-from ..storage.registry import HASH_TAG, ModelIntegrityError, load_model_from_source, local_path, trusted_types
+from ..storage.registry import (
+    HASH_TAG,
+    MODEL_FILE,
+    ModelIntegrityError,
+    load_model_from_source,
+    local_path,
+    trusted_types,
+)
 from .metrics import ServeMetrics
 from .registry import ProductionReader
 from .settings import ServeSettings
@@ -201,7 +209,7 @@ class ModelStore:
         if prod.tags.get("use_case", use_case) != use_case or prod.tags.get("key", key) != key:
             raise ModelIntegrityError(f"{name}: the registry's tags name another model")
         self._check_source(prod.source)
-        model = load_model_from_source(prod.source, prod.tags.get(HASH_TAG), self.trusted[use_case])
+        model = self._load_model(prod.source, prod.tags.get(HASH_TAG), self.trusted[use_case])
         features = prod.tags["features"].split(",") if prod.tags.get("features") else []
         history = None
         if spec.task == "forecast":
@@ -212,6 +220,18 @@ class ModelStore:
         if history is not None:
             nbytes += int(history.estimated_size())
         return Served(use_case, key, prod.version, model, features, nbytes, history)
+
+    def _load_model(self, source: str, sha256: str | None, trusted) -> Any:
+        """``load_model_from_source`` (hash, then trusted types, then skops); a remote artifact
+        (``abfs://``) is first fetched with fsspec, so MLflow is never imported here."""
+        if local_path(source) is not None:
+            return load_model_from_source(source, sha256, trusted)
+        from upath import UPath
+
+        with tempfile.TemporaryDirectory(prefix="mmp-serve-") as tmp:
+            remote = UPath(source, **self.settings.platform.lake_storage_options) / MODEL_FILE
+            Path(tmp, MODEL_FILE).write_bytes(remote.read_bytes())
+            return load_model_from_source(tmp, sha256, trusted)
 
     def _check_source(self, source: str) -> None:
         """Only artifacts under the production artifact root are loaded: a version whose source
