@@ -32,7 +32,7 @@ from ..core.modeling import anomaly_score, clip_predictions, model_input, predic
 from ..core.spec import UseCaseSpec, load_config
 from ..core.statistical import StatisticalForecaster
 from ..storage.redaction import redact
-from .inputs import InputError, columns_of, feature_frame, records_frame
+from .inputs import InputError, columns_of, feature_frame, float_matrix, records_frame
 from .metrics import ServeMetrics
 from .settings import ServeSettings
 from .store import Busy, LoadFailed, ModelStore, NotFound, Served, split_model_name
@@ -211,6 +211,7 @@ def create_app(settings: ServeSettings, specs: dict[str, UseCaseSpec] | None = N
     async def lifespan(_app):
         async def warm():
             try:
+                await asyncio.get_running_loop().run_in_executor(None, store.preload)
                 await store.warm_up()
             finally:
                 state["ready"] = True
@@ -287,11 +288,14 @@ def create_app(settings: ServeSettings, specs: dict[str, UseCaseSpec] | None = N
             if isinstance(model.model, StatisticalForecaster):
                 raise InputError("this key's model forecasts from its own series: use the forecast route")
             columns = columns_of(payload, model.features, settings.max_rows, settings.max_columns)
-            categorical = [c for c in model.features if c in set(spec.categorical_features)]
-            x = model_input(model.model, feature_frame(columns, model.features, categorical), model.features)
+            if model.fast is not None:  # a float-matrix model: core.features.to_matrix's float64 rows
+                x = float_matrix(columns, model.features)
+            else:
+                categorical = [c for c in model.features if c in set(spec.categorical_features)]
+                x = model_input(model.model, feature_frame(columns, model.features, categorical), model.features)
         except (InputError, F.KeyDataError) as exc:
             raise ApiError(422, str(exc)) from None
-        raw = np.asarray(model.model.predict(x))
+        raw = np.asarray(model.fast(x) if model.fast is not None else model.model.predict(x))
         out: dict[str, Any] = {
             "use_case": model.use_case,
             "key": model.key,

@@ -121,6 +121,18 @@ def feature_frame(columns: dict[str, list], features: Sequence[str], categorical
     return pl.DataFrame(out)
 
 
+def float_matrix(columns: dict[str, list], features: Sequence[str]) -> np.ndarray:
+    """The rows as the float64 matrix a model without categorical features takes (what
+    ``feature_frame`` then ``core.features.to_matrix`` give, without the frame in between)."""
+    missing = [f for f in features if f not in columns]
+    if missing:
+        raise InputError(f"the rows lack the model's feature column(s) {missing}; it takes {list(features)}")
+    for f in features:
+        if not all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in columns[f]):
+            raise InputError(f"column {f!r} must hold numbers (or null)")
+    return np.array([columns[f] for f in features], dtype=np.float64).T.copy()
+
+
 def records_frame(columns: dict[str, list], schema: dict[str, pl.DataType], keep: Sequence[str]) -> pl.DataFrame:
     """Rows of future values (forecasts) in the history's column types; only ``keep`` columns."""
     out = {}

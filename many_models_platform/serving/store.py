@@ -33,7 +33,9 @@ from typing import Any
 import polars as pl
 
 from ..core.keys import decode_key, is_encoded_key
+from ..core.modeling import categorical_inputs
 from ..core.spec import UseCaseSpec
+from ..core.statistical import StatisticalForecaster
 from ..storage.lake import Lake
 from ..storage.redaction import redact
 from ..storage.registry import (
@@ -44,6 +46,7 @@ from ..storage.registry import (
     local_path,
     trusted_types,
 )
+from .fastpath import compile_predictor
 from .metrics import ServeMetrics
 from .registry import ProductionReader
 from .settings import ServeSettings
@@ -74,6 +77,7 @@ class Served:
     features: list[str]
     nbytes: int
     history: pl.DataFrame | None = None  # forecasts: the key's observed rows (for lags)
+    fast: Any = None  # fastpath.compile_predictor's function for float-matrix models, else None
 
 
 def split_model_name(name: str) -> tuple[str, str]:
@@ -219,7 +223,10 @@ class ModelStore:
         nbytes = len(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
         if history is not None:
             nbytes += int(history.estimated_size())
-        return Served(use_case, key, prod.version, model, features, nbytes, history)
+        fast = None
+        if categorical_inputs(model) is None and not isinstance(model, StatisticalForecaster):
+            fast = compile_predictor(model, len(features))
+        return Served(use_case, key, prod.version, model, features, nbytes, history, fast)
 
     def _load_model(self, source: str, sha256: str | None, trusted) -> Any:
         """``load_model_from_source`` (hash, then trusted types, then skops); a remote artifact
@@ -243,6 +250,20 @@ class ModelStore:
             inside = source.startswith(self._root + "/")
         if not inside:
             raise ModelIntegrityError("the production version's source is outside the production artifact root")
+
+    def preload(self) -> None:
+        """Import what loading and predicting need (skops, the estimators' packages) once at
+        start, so the first cold request does not pay seconds of imports."""
+        import importlib
+
+        import skops.io  # noqa: F401
+
+        for spec in self.specs.values():
+            for module in {t.rpartition(".")[0] for t in spec.estimator_types}:
+                try:
+                    importlib.import_module(module)
+                except Exception as exc:
+                    log.warning("cannot import %s: %s", module, type(exc).__name__)
 
     # --- invalidation and warm-up ------------------------------------------------------------
     async def refresh(self) -> int:
