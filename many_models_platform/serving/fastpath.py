@@ -52,13 +52,14 @@ def compile_predictor(model: Any, width: int) -> Callable[[np.ndarray], np.ndarr
             x = x / scale
         return final(x)
 
-    probe = np.vstack([statistics, statistics + 1.5, statistics * -0.5, np.full(width, np.nan)])
+    rows = np.vstack([statistics, statistics + 1.5, statistics * -0.5, np.full(width, np.nan)] * 2)
     try:
-        if np.array_equal(np.asarray(predict(probe)), np.asarray(model.predict(probe))):
-            return predict
+        for probe in (np.asfortranarray(rows), np.ascontiguousarray(rows), np.asfortranarray(rows[:1])):
+            if not np.array_equal(np.asarray(predict(probe)), np.asarray(model.predict(probe))):
+                return None
+        return predict
     except Exception:
-        pass
-    return None
+        return None
 
 
 def _is_nan(value: Any) -> bool:

@@ -130,7 +130,9 @@ def float_matrix(columns: dict[str, list], features: Sequence[str]) -> np.ndarra
     for f in features:
         if not all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in columns[f]):
             raise InputError(f"column {f!r} must hold numbers (or null)")
-    return np.array([columns[f] for f in features], dtype=np.float64).T.copy()
+    # column-major, as polars' to_numpy (to_matrix) and pandas give it: BLAS sums in an order
+    # that depends on the layout, and the last bit of a prediction with it
+    return np.array([columns[f] for f in features], dtype=np.float64).T
 
 
 def records_frame(columns: dict[str, list], schema: dict[str, pl.DataType], keep: Sequence[str]) -> pl.DataFrame:
