@@ -267,14 +267,19 @@ class ModelStore:
 
     # --- invalidation and warm-up ------------------------------------------------------------
     async def refresh(self) -> int:
-        """One query for the production alias of every cached key; drops those that moved.
-        Unknown keys are forgotten too, so a new promotion is seen within the interval."""
+        """One query for the production alias of every cached key and every key remembered as
+        unknown; drops cached keys whose version moved and forgets unknown keys that now have
+        one, so a promotion or a rollback is seen within the interval."""
         names = list(self._cache)
-        self._negative.clear()
+        unknown = list(self._negative)
         self.metrics.refreshes.inc()
-        if not names:
+        if not names and not unknown:
             return 0
-        current = await asyncio.get_running_loop().run_in_executor(None, self.reader.versions, set(names))
+        loop = asyncio.get_running_loop()
+        current = await loop.run_in_executor(None, self.reader.versions, {*names, *unknown})
+        for name in unknown:
+            if name in current:
+                self._negative.pop(name, None)
         moved = [n for n in names if n in self._cache and current.get(n) != self._cache[n].version]
         for name in moved:
             self.drop(name, "invalidated")
