@@ -159,7 +159,7 @@ def start_mmp(env: dict, workers: int, cache_bytes: int | None = None) -> tuple[
         env["MMP_SERVE_CACHE_BYTES"] = str(cache_bytes)
     cmd = [sys.executable, "-m", "many_models_platform.cli", "serve", "--port", str(port), "--workers", str(workers)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_http(port, "/healthz")
+    wait_http(port, "/readyz")  # ready: the estimator packages are imported, warm-up done
     return proc, port
 
 
@@ -217,6 +217,10 @@ def scrape(port: int, name: str) -> float:
 
 
 # --- the world -------------------------------------------------------------------------------
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
 def build_world(home: Path, keys: int, rotation_keys: int) -> tuple[dict, list[str], list[str], dict]:
     """Run the pipeline for ``keys`` real keys; register ``rotation_keys`` more production names."""
     from many_models_platform.core.generators import generate_group_regression, write_landing
@@ -244,6 +248,7 @@ def build_world(home: Path, keys: int, rotation_keys: int) -> tuple[dict, list[s
     real = sorted(prod)
     model = prod[real[0]]
     extra = [f"z{i:05d}" for i in range(rotation_keys)]
+    say(f"pipeline done for {len(real)} keys; registering {len(extra)} rotation names")
     if extra:
         shared = f"{settings.production_artifact_root}/{USE_CASE}/rotation-shared"
         shutil.copytree(model.source, shared)
@@ -275,6 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
         ours = [http_request(f"/v1/use-cases/{USE_CASE}/keys/{model['key']}/predict", body, auth=True)]
         theirs = [http_request("/invocations", body, auth=False)]
 
+        say("world ready; warm load")
         # 1. warm latency and throughput, the same model and body
         proc, port = start_mmp(env, args.workers)
         try:
@@ -289,13 +295,15 @@ def main(argv: list[str] | None = None) -> dict:
         out["throughput_ratio_8_clients"] = round(out["mmp_serve"][1]["rps"] / out["mlflow_serve"][1]["rps"], 2)
         out["p99_ratio_1_client"] = round(out["mlflow_serve"][0]["p99_ms"] / out["mmp_serve"][0]["p99_ms"], 2)
 
+        say(f"warm load done: {out['mmp_serve']} vs {out['mlflow_serve']}; cold loads")
         # 2. cold loads: one worker, each key's first request
         import httpx
 
         proc, port = start_mmp(env, 1)
         try:
             cold = []
-            with httpx.Client(headers={"X-API-Key": TOKEN, "Content-Type": "application/json"}) as client:
+            headers = {"X-API-Key": TOKEN, "Content-Type": "application/json"}
+            with httpx.Client(headers=headers, timeout=120) as client:
                 for key in real:
                     t0 = time.perf_counter()
                     reply = client.post(
@@ -311,6 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
         finally:
             stop(proc)
 
+        say(f"cold loads: {out['cold_load']}; rotation")
         # 3. RSS under a Zipf rotation over all production names, with a byte budget
         names = real + extra
         budget = args.budget_mb * 1024 * 1024
