@@ -779,5 +779,37 @@ def mlflow_ui(
     raise typer.Exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--port", str(port)], env=env))
 
 
+# --- serving (issue 11): the real-time scoring service, docs/serving.md ----------------------
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    home: HomeOpt = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: int = 8080,
+    workers: Annotated[int, typer.Option(help="Worker processes (each holds its own model cache)")] = 1,
+    cache_bytes: Annotated[int | None, typer.Option(help="Model cache budget per worker, in bytes")] = None,
+) -> None:
+    """Serve each key's production model over HTTP (API keys from MMP_SERVE_API_KEYS[_FILE])."""
+    import uvicorn
+
+    from .serving.app import create_app
+    from .serving.settings import ServeSettings
+
+    _setup(config, home)
+    if cache_bytes:
+        os.environ["MMP_SERVE_CACHE_BYTES"] = str(cache_bytes)
+    create_app(ServeSettings.from_env())  # fail here, not in every worker, on a bad configuration
+    console.print(f"scoring service on http://{host}:{port} ({workers} worker(s)); OpenAPI at /docs", highlight=False)
+    uvicorn.run(
+        "many_models_platform.serving.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+    )
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,440 @@
+"""The scoring service's HTTP API (FastAPI): predict, forecast, Azure's ``/score``, health,
+readiness, Prometheus metrics and the OpenAPI document.
+
+The hot path is kept short: a pure ASGI guard checks the credential (constant time) and the
+declared body size before anything is read, the body is parsed with orjson, the rows go
+through ``core.modeling.model_input`` (the batch stage's conversion) and the model predicts on
+the event loop (a 1-row predict is well under a millisecond; the row limit bounds the rest).
+Loads happen in threads (``store.ModelStore``). Errors are JSON ``{"error": message}`` with a
+message that names the field at fault, never a traceback or the request's values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import orjson
+import polars as pl
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..core import features as F
+from ..core.modeling import anomaly_score, clip_predictions, model_input, predict
+from ..core.spec import UseCaseSpec, load_config
+from ..core.statistical import StatisticalForecaster
+from ..storage.redaction import redact
+from .inputs import InputError, columns_of, feature_frame, float_matrix, records_frame
+from .metrics import ServeMetrics
+from .settings import ServeSettings
+from .store import Busy, LoadFailed, ModelStore, NotFound, Served, split_model_name
+
+log = logging.getLogger(__name__)
+
+PREDICT = "/v1/use-cases/{use_case}/keys/{key}/predict"
+FORECAST = "/v1/use-cases/{use_case}/keys/{key}/forecast"
+HEALTH = frozenset({"/healthz", "/readyz"})
+_ROUTES = frozenset({"/score", "/metrics", "/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def route_label(path: str) -> str:
+    """The route template of a path, for metric labels (bounded cardinality)."""
+    if path.startswith("/v1/use-cases/"):
+        if path.endswith("/predict"):
+            return PREDICT
+        if path.endswith("/forecast"):
+            return FORECAST
+    return path if path in _ROUTES else "other"
+
+
+class Guard:
+    """Pure ASGI middleware: authentication (every route but health), the declared body size
+    (413 before reading) and request latency by route and status. It also dispatches the two
+    scoring routes to their handlers itself: FastAPI's per-request machinery (dependency
+    solving, parameter extraction) costs about as much as a whole 1-row prediction, and these
+    routes take nothing from it (the same handlers stay declared in FastAPI for the OpenAPI
+    document and answer any request that does not take this path)."""
+
+    def __init__(self, app, settings: ServeSettings, metrics: ServeMetrics, scoring: dict):
+        self.app = app
+        self.scoring = scoring  # "predict"/"forecast" -> async handler(use_case, key, request)
+        self.secrets = settings.platform.secrets()
+        self.keys = [k.encode() for k in settings.api_keys]
+        self.anonymous = settings.allow_anonymous
+        self.limit = settings.max_body_bytes
+        self.metrics = metrics
+
+    def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        if self.anonymous:
+            return True
+        token = None
+        for name, value in headers:
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                token = value[7:].strip()
+            elif name == b"x-api-key":
+                token = value.strip()
+        if not token:
+            return False
+        ok = False
+        for key in self.keys:  # every key compared, in constant time each
+            ok |= hmac.compare_digest(token, key)
+        return ok
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if path not in HEALTH:
+                headers = scope["headers"]
+                if not self._authorized(headers):
+                    response = _json(
+                        {"error": "authentication required: send 'Authorization: Bearer <token>' or 'X-API-Key'"},
+                        401,
+                        {"WWW-Authenticate": "Bearer"},
+                    )
+                    return await response(scope, receive, sending)
+                for name, value in headers:
+                    if name == b"content-length":
+                        if not value.isdigit():
+                            return await _json({"error": "invalid Content-Length"}, 400)(scope, receive, sending)
+                        if int(value) > self.limit:
+                            response = _json({"error": f"the body exceeds the limit of {self.limit} bytes"}, 413)
+                            return await response(scope, receive, sending)
+            if scope["method"] == "POST" and path.startswith("/v1/use-cases/"):
+                parts = path.split("/")  # "", "v1", "use-cases", use case, "keys", key, route
+                if len(parts) == 7 and parts[4] == "keys" and parts[6] in self.scoring:
+                    return await self._score(scope, receive, sending, parts)
+            await self.app(scope, receive, sending)
+        finally:
+            self.metrics.requests.labels(route_label(path), str(status)).observe(time.perf_counter() - started)
+
+    async def _score(self, scope, receive, send, parts: list[str]) -> None:
+        try:
+            response = await self.scoring[parts[6]](parts[3], parts[5], Request(scope, receive))
+        except ApiError as exc:
+            response = _json({"error": exc.message}, exc.status, exc.headers)
+        except Exception as exc:
+            log.error("internal error: %s: %s", type(exc).__name__, redact(exc, self.secrets))
+            response = _json({"error": "internal error"}, 500)
+        await response(scope, receive, send)
+
+
+# --- OpenAPI: the request bodies (parsed by hand for speed, documented here) ----------------
+_VALUE = {"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "null"}]}
+_ROW = {"type": "array", "items": _VALUE}
+_RECORD = {"type": "object", "additionalProperties": _VALUE}
+_ROWS_OR_COLUMNS = {
+    "anyOf": [
+        {"type": "array", "items": {"anyOf": [_ROW, _RECORD, _VALUE]}},
+        {"type": "object", "additionalProperties": {"type": "array", "items": _VALUE}},
+    ]
+}
+PYFUNC_INPUT = {
+    "type": "object",
+    "description": "Exactly one of MLflow's pyfunc input formats. Unnamed rows are in the model's feature order.",
+    "properties": {
+        "dataframe_split": {
+            "type": "object",
+            "properties": {
+                "columns": {"type": "array", "items": {"type": "string"}},
+                "data": {"type": "array", "items": _ROW},
+            },
+            "required": ["data"],
+        },
+        "dataframe_records": {"type": "array", "items": _RECORD},
+        "instances": _ROWS_OR_COLUMNS,
+        "inputs": _ROWS_OR_COLUMNS,
+    },
+    "minProperties": 1,
+    "maxProperties": 1,
+}
+FORECAST_INPUT = {
+    "type": "object",
+    "properties": {
+        "horizon": {"type": "integer", "minimum": 1, "description": "Periods ahead (at most the use case's horizon)"},
+        "future": {
+            "description": "Future exogenous values: records with the time column (or one pyfunc format); "
+            "missing values carry the last observed one forward",
+            "anyOf": [{"type": "array", "items": _RECORD}, PYFUNC_INPUT],
+        },
+    },
+}
+SCORE_INPUT = {
+    "type": "object",
+    "properties": {
+        "model_name": {"type": "string", "description": "<use case>.<encoded key>"},
+        "data": {"description": "rows: a pyfunc input object, a list of records or a list of rows"},
+    },
+    "required": ["model_name", "data"],
+}
+_ERRORS = {
+    str(code): {"description": text, "content": {"application/json": {"schema": {"type": "object"}}}}
+    for code, text in (
+        (400, "malformed JSON or key"),
+        (401, "no valid API key or bearer token"),
+        (404, "unknown use case, or no production model for the key"),
+        (413, "body over the size limit"),
+        (415, "the body is not application/json"),
+        (422, "the body does not hold rows the model takes"),
+        (503, "too many models loading; retry after Retry-After seconds"),
+    )
+}
+
+
+def _body(schema: dict) -> dict:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+# --- the application -------------------------------------------------------------------------
+def create_app(settings: ServeSettings, specs: dict[str, UseCaseSpec] | None = None) -> FastAPI:
+    """The service for these settings (``specs``: the use cases, default from the config file)."""
+    if not settings.api_keys and not settings.allow_anonymous:
+        raise ValueError(
+            "no API key configured: set MMP_SERVE_API_KEYS or MMP_SERVE_API_KEYS_FILE "
+            "(or MMP_SERVE_ALLOW_ANONYMOUS=1 on a trusted network)"
+        )
+    specs = specs if specs is not None else load_config(settings.platform.config_path).use_cases
+    metrics = ServeMetrics()
+    store = ModelStore(settings, specs, metrics)
+    state = {"ready": False}
+    secrets = settings.platform.secrets()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        async def warm():
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, store.preload)
+                await store.warm_up()
+            finally:
+                state["ready"] = True
+
+        tasks = [asyncio.create_task(warm()), asyncio.create_task(store.refresh_forever())]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            with contextlib.suppress(Exception):
+                store.save_most_requested()
+            store.close()
+
+    app = FastAPI(
+        title="many-models scoring service",
+        version="1",
+        description="Real-time predictions from each key's production model (docs/serving.md).",
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    app.state.store = store
+    app.state.metrics = metrics
+    app.state.serve_state = state
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request, exc: ApiError):
+        return _json({"error": exc.message}, exc.status, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request, exc: RequestValidationError):
+        fields = sorted({".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()})
+        return _json({"error": f"invalid request: check {', '.join(fields)}"}, 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request, exc: StarletteHTTPException):
+        return _json({"error": str(exc.detail)}, exc.status_code, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def crashed(_request, exc: Exception):
+        log.error("internal error: %s: %s", type(exc).__name__, redact(exc, secrets))
+        return _json({"error": "internal error"}, 500)
+
+    async def served(use_case: str, key: str) -> tuple[UseCaseSpec, Served]:
+        try:
+            spec = store.check_key(use_case, key)
+            return spec, await store.get(use_case, key)
+        except NotFound as exc:
+            raise ApiError(404, f"{use_case}: {exc}") from None
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        except Busy as exc:
+            raise ApiError(503, str(exc), {"Retry-After": str(settings.retry_after_s)}) from None
+        except LoadFailed as exc:
+            raise ApiError(503, str(exc), {"Retry-After": str(max(1, int(settings.negative_ttl_s)))}) from None
+
+    async def read_json(request: Request) -> Any:
+        ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if ctype != "application/json" and not ctype.endswith("+json"):
+            raise ApiError(415, "send the body as application/json")
+        size, chunks = 0, []
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > settings.max_body_bytes:
+                raise ApiError(413, f"the body exceeds the limit of {settings.max_body_bytes} bytes")
+            chunks.append(chunk)
+        try:
+            return orjson.loads(b"".join(chunks))
+        except orjson.JSONDecodeError:
+            raise ApiError(400, "the body is not valid JSON") from None
+
+    def predict_rows(spec: UseCaseSpec, model: Served, payload: Any) -> dict[str, Any]:
+        try:
+            if isinstance(model.model, StatisticalForecaster):
+                raise InputError("this key's model forecasts from its own series: use the forecast route")
+            columns = columns_of(payload, model.features, settings.max_rows, settings.max_columns)
+            if model.fast is not None:  # a float-matrix model: core.features.to_matrix's float64 rows
+                x = float_matrix(columns, model.features)
+            else:
+                categorical = [c for c in model.features if c in set(spec.categorical_features)]
+                x = model_input(model.model, feature_frame(columns, model.features, categorical), model.features)
+        except (InputError, F.KeyDataError) as exc:
+            raise ApiError(422, str(exc)) from None
+        raw = np.asarray(model.fast(x) if model.fast is not None else model.model.predict(x))
+        out: dict[str, Any] = {
+            "use_case": model.use_case,
+            "key": model.key,
+            "model_version": model.version,
+            "predictions": raw.tolist(),
+        }
+        if spec.task == "anomaly":  # as the batch stage reports them: 1 = anomaly, higher score = more anomalous
+            out["anomaly"] = (raw == -1).astype(int).tolist()
+            out["scores"] = anomaly_score(model.model, x).tolist()
+        return out
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz():
+        return _json({"status": "ok"})
+
+    @app.get("/readyz", tags=["health"], responses={"503": {"description": "warming up or registry unreachable"}})
+    async def readyz():
+        if not state["ready"]:
+            return _json({"status": "warming up"}, 503)
+        try:
+            await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, store.reader.ping), 2.0)
+        except Exception:
+            return _json({"status": "production registry unreachable"}, 503)
+        return _json({"status": "ready", "models": len(store), "bytes": store.nbytes})
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    async def prometheus():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post(PREDICT, tags=["scoring"], openapi_extra=_body(PYFUNC_INPUT), responses=_ERRORS)
+    async def predict_key(use_case: str, key: str, request: Request):
+        """Predict rows with the key's production model (MLflow pyfunc input formats)."""
+        spec, model = await served(use_case, key)
+        return _json(predict_rows(spec, model, await read_json(request)))
+
+    @app.post(FORECAST, tags=["scoring"], openapi_extra=_body(FORECAST_INPUT), responses=_ERRORS)
+    async def forecast_key(use_case: str, key: str, request: Request):
+        """The next periods of a forecast key, from its observed history and optional future exogenous values."""
+        spec, model = await served(use_case, key)
+        body = await read_json(request)
+        return _json(forecast(spec, model, body))
+
+    def forecast(spec: UseCaseSpec, model: Served, body: Any) -> dict[str, Any]:
+        if spec.task != "forecast":
+            raise ApiError(422, f"use case {spec.name!r} is a {spec.task} use case: use the predict route")
+        if not isinstance(body, dict):
+            raise ApiError(422, "the body must be a JSON object (fields 'horizon', 'future')")
+        horizon = body.get("horizon", spec.horizon)
+        if not isinstance(horizon, int) or isinstance(horizon, bool) or not 1 <= horizon <= spec.horizon:
+            raise ApiError(422, f"'horizon' must be an integer from 1 to {spec.horizon}")
+        if model.history is None:
+            raise ApiError(404, "no observed history of this key in the lake to forecast from")
+        t = spec.time_column
+        history = model.history
+        exog = None
+        try:
+            future = body.get("future")
+            if future is not None:
+                payload = future if isinstance(future, dict) else {"dataframe_records": future}
+                columns = columns_of(payload, [t, *spec.all_features], settings.max_rows, settings.max_columns)
+                if t not in columns:
+                    raise InputError(f"the future rows need the time column {t!r}")
+                exog = records_frame(columns, history.schema, [t, *spec.all_features])
+            origin = history.filter(pl.col(spec.target).is_not_null())[t].min()
+            rows = F.future_frame(
+                spec.model_copy(update={"horizon": horizon}),
+                history,
+                exog,
+                origin=origin,
+                calendar=F.calendar_of(model.features),
+            )
+            x = model_input(model.model, rows, model.features)
+        except (InputError, F.KeyDataError) as exc:
+            raise ApiError(422, str(exc)) from None
+        values = clip_predictions(spec, predict(spec.task, model.model, x).astype(float))
+        return {
+            "use_case": model.use_case,
+            "key": model.key,
+            "model_version": model.version,
+            "horizon": [
+                {"period": F.time_text(p), "prediction": float(v)}
+                for p, v in zip(rows[t].to_list(), values, strict=True)
+            ],
+        }
+
+    async def score(model_name: Any, data: Any) -> Response:
+        if not isinstance(model_name, str):
+            raise ApiError(422, "'model_name' must be '<use case>.<key>'")
+        try:
+            use_case, key = split_model_name(model_name)
+        except ValueError as exc:
+            raise ApiError(422, str(exc)) from None
+        spec, model = await served(use_case, key)
+        payload = data if isinstance(data, dict) else {"instances": data}
+        return _json(predict_rows(spec, model, payload))
+
+    @app.post("/score", tags=["scoring"], openapi_extra=_body(SCORE_INPUT), responses=_ERRORS)
+    async def score_post(request: Request):
+        """Azure's many-models sample route: ``model_name`` and ``data``."""
+        body = await read_json(request)
+        if not isinstance(body, dict) or "model_name" not in body or "data" not in body:
+            raise ApiError(422, "the body must be an object with 'model_name' and 'data'")
+        return await score(body["model_name"], body["data"])
+
+    @app.get("/score", tags=["scoring"], responses=_ERRORS)
+    async def score_get(model_name: str, data: str):
+        """The same with query parameters; ``data`` is JSON text."""
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise ApiError(400, "'data' is not valid JSON") from None
+        return await score(model_name, parsed)
+
+    app.add_middleware(
+        Guard, settings=settings, metrics=metrics, scoring={"predict": predict_key, "forecast": forecast_key}
+    )
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The uvicorn factory (``mmp serve``, the container): settings from the environment."""
+    return create_app(ServeSettings.from_env())
