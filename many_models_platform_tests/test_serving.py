@@ -562,7 +562,7 @@ def test_schemathesis_finds_no_server_error_in_the_openapi_document(world):
                     strategy = operation.as_strategy(mode, path_parameters=fixed)
 
                     @settings(
-                        max_examples=10,
+                        max_examples=6,
                         deadline=None,
                         database=None,
                         derandomize=True,
