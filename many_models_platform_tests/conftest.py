@@ -47,7 +47,7 @@ def platform(mmp_home: Path):
     os.environ.pop("DAGSTER_HOME", None)
 
 
-# --- parallel runs (pytest-xdist; pyproject's addopts: -n auto --dist loadfile) -----------------
+# --- parallel runs (pytest-xdist, opt in with -n auto; pyproject's addopts: --dist loadfile) -------
 # Modules that take minutes, longest first: under --dist loadfile each module runs whole on one
 # worker, so they start at once and the short modules fill in around them instead of one of them
 # starting last on an otherwise idle machine.
@@ -56,8 +56,10 @@ MAX_WORKERS = 4  # beyond this, PostgreSQL, Dagster and the loky pools only cont
 
 
 def pytest_collection_modifyitems(config, items):
-    """The longest modules first, then any other module with a ``slow`` test, then the rest
-    (a stable sort: the order inside a module is unchanged)."""
+    """Under xdist, the longest modules first, then any other module with a ``slow`` test, then
+    the rest (a stable sort: the order inside a module is unchanged). A serial run keeps its order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     slow_modules = {item.path.name for item in items if item.get_closest_marker("slow")}
 
     def rank(item) -> int:
