@@ -23,30 +23,6 @@ ENV_VARS = (
 )
 
 
-@pytest.fixture
-def mmp_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh data directory; nothing from the developer's environment leaks in."""
-    for var in ENV_VARS:
-        monkeypatch.delenv(var, raising=False)
-    home = tmp_path / "mmp"
-    monkeypatch.setenv("MMP_HOME", str(home))
-    return home
-
-
-@pytest.fixture
-def platform(mmp_home: Path):
-    """(settings, instance) for the embedded defaults under ``mmp_home``."""
-    from many_models_platform.defs.runner import prepare_instance
-    from many_models_platform.storage.settings import PlatformSettings
-
-    settings = PlatformSettings.from_env()
-    settings.ensure_local_dirs()
-    instance = prepare_instance(settings)
-    yield settings, instance
-    instance.dispose()
-    os.environ.pop("DAGSTER_HOME", None)
-
-
 # --- parallel runs (pytest-xdist, opt in with -n auto; pyproject's addopts: --dist loadfile) -------
 # Modules that take minutes, longest first: under --dist loadfile each module runs whole on one
 # worker, so they start at once and the short modules fill in around them instead of one of them
@@ -75,3 +51,28 @@ def pytest_xdist_auto_num_workers(config):
     """``-n auto``: one worker per usable core, at most MAX_WORKERS."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(cores, MAX_WORKERS))
+
+
+@pytest.fixture
+def mmp_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh data directory; nothing from the developer's environment leaks in."""
+    for var in ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    home = tmp_path / "mmp"
+    monkeypatch.setenv("MMP_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def platform(mmp_home: Path):
+    """(settings, instance) for the embedded defaults under ``mmp_home``."""
+    from many_models_platform.defs.runner import prepare_instance
+    from many_models_platform.storage.settings import PlatformSettings
+
+    settings = PlatformSettings.from_env()
+    settings.ensure_local_dirs()
+    instance = prepare_instance(settings)
+    yield settings, instance
+    instance.dispose()
+    os.environ.pop("DAGSTER_HOME", None)
+
