@@ -75,4 +75,3 @@ def platform(mmp_home: Path):
     yield settings, instance
     instance.dispose()
     os.environ.pop("DAGSTER_HOME", None)
-
