@@ -23,6 +23,36 @@ ENV_VARS = (
 )
 
 
+# --- parallel runs (pytest-xdist, opt in with -n auto; pyproject's addopts: --dist loadfile) -------
+# Modules that take minutes, longest first: under --dist loadfile each module runs whole on one
+# worker, so they start at once and the short modules fill in around them instead of one of them
+# starting last on an otherwise idle machine.
+LONGEST_FIRST = ("test_zoo.py", "test_dagster_ui.py", "test_trust_chain.py", "test_dbt.py", "test_dagster_pipeline.py")
+MAX_WORKERS = 4  # beyond this, PostgreSQL, Dagster and the loky pools only contend
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist, the longest modules first, then any other module with a ``slow`` test, then
+    the rest (a stable sort: the order inside a module is unchanged). A serial run keeps its order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    slow_modules = {item.path.name for item in items if item.get_closest_marker("slow")}
+
+    def rank(item) -> int:
+        name = item.path.name
+        if name in LONGEST_FIRST:
+            return LONGEST_FIRST.index(name)
+        return len(LONGEST_FIRST) + (0 if name in slow_modules else 1)
+
+    items.sort(key=rank)
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per usable core, at most MAX_WORKERS."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, MAX_WORKERS))
+
+
 @pytest.fixture
 def mmp_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh data directory; nothing from the developer's environment leaks in."""

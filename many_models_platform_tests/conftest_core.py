@@ -84,3 +84,64 @@ def clear_platform_env(monkeypatch) -> None:
     for var in list(os.environ):
         if var.startswith("MMP_"):
             monkeypatch.delenv(var, raising=False)
+
+
+# --- module worlds: the stages on real stores in a fresh home ------------------------------------
+_EMPTY_REGISTRY: Path | None = None
+
+
+def empty_registry_db() -> Path:
+    """An MLflow SQLite store with its schema, made once per test process (MLflow's migrations
+    cost about a second per store, two stores per home) and copied into each home."""
+    global _EMPTY_REGISTRY
+    if _EMPTY_REGISTRY is None or not _EMPTY_REGISTRY.exists():
+        import tempfile
+
+        from many_models_platform.storage.registry import ModelRegistry
+
+        folder = Path(tempfile.mkdtemp(prefix="mmp_mlflow_template_"))
+        path = folder / "empty.db"
+        ModelRegistry(f"sqlite:///{path}", str(folder), "candidate").client.search_registered_models()
+        _EMPTY_REGISTRY = path
+    return _EMPTY_REGISTRY
+
+
+def with_empty_registries(home: Path, empty: Path | None = None) -> None:
+    """Both embedded registries of ``home`` start from a copy of an empty MLflow store."""
+    import shutil
+
+    empty = empty or empty_registry_db()
+    (home / "mlflow").mkdir(parents=True, exist_ok=True)
+    for name in ("candidate.db", "production.db"):
+        shutil.copyfile(empty, home / "mlflow" / name)
+
+
+def home_settings(home: Path, env: dict[str, str] | None = None, registries: bool = True):
+    """PlatformSettings for ``home`` alone (nothing from the caller's environment but ``env``),
+    its local folders made and, for the embedded registries, their empty stores in place."""
+    import pytest
+
+    from many_models_platform.storage.settings import PlatformSettings
+
+    env = env or {}
+    if registries and not any(k.endswith("_REGISTRY_URI") for k in env):
+        with_empty_registries(home)
+    with pytest.MonkeyPatch.context() as mp:
+        clear_platform_env(mp)
+        for k, v in env.items():
+            mp.setenv(k, v)
+        settings = PlatformSettings.from_env(home)
+    settings.ensure_local_dirs()
+    return settings
+
+
+def run_all(spec, settings, run_id: str, day, keys: list[str] | None = None, workers: int | None = None) -> dict:
+    """Every stage in order for ``keys`` (default: the keys discovered in the lake); stage -> StageReport."""
+    from many_models_platform.stages import STAGES, StageRun, run_stage
+    from many_models_platform.stages.raw import discover_keys
+    from many_models_platform.storage.lake import Lake
+
+    if keys is None:
+        keys = discover_keys(spec, Lake(settings.lake_url))
+    run = StageRun(spec, settings, run_id=run_id, run_date=day, workers=workers)
+    return {stage: run_stage(stage, run, keys) for stage in STAGES}

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest_core import clear_platform_env
+from conftest_core import home_settings, run_all
 
 from many_models_platform.core.engine import KeyOutcome
 from many_models_platform.core.generators import GeneratedData, generate_group_regression, write_landing
 from many_models_platform.core.keys import encode_key
 from many_models_platform.core.spec import load_config
-from many_models_platform.stages import STAGES, StageReport, StageRun, run_stage
+from many_models_platform.stages import STAGES, StageReport, StageRun
 from many_models_platform.stages.published import publish
 from many_models_platform.stages.raw import discover_keys
 from many_models_platform.storage.lake import Lake
@@ -69,17 +69,9 @@ def counts(settings: PlatformSettings, day: dt.date) -> dict[str, int]:
         wh.dispose()
 
 
-def run_all(spec, settings, run_id: str, day: dt.date, keys: list[str]) -> dict[str, StageReport]:
-    run = StageRun(spec, settings, run_id=run_id, run_date=day)
-    return {stage: run_stage(stage, run, keys) for stage in STAGES}
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> World:
-    with pytest.MonkeyPatch.context() as mp:
-        clear_platform_env(mp)
-        settings = PlatformSettings.from_env(tmp_path_factory.mktemp("mmp_home"))
-    settings.ensure_local_dirs()
+    settings = home_settings(tmp_path_factory.mktemp("mmp_home"))
     spec = load_config().use_case(USE_CASE)
 
     history = generate_group_regression(keys=12, rows=ROWS, seed=0).history

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from conftest_core import ExplodingRegressor, clear_platform_env, make_spec, regression_body
+from conftest_core import ExplodingRegressor, home_settings, make_spec, regression_body
 from pg_helpers import postgres_database, read_only_role, sqlalchemy_url
 from sklearn.dummy import DummyRegressor
 
@@ -120,12 +120,7 @@ def run_day(spec, settings, day: dt.date) -> dict[str, dict[str, KeyOutcome]]:
 
 
 def build_world(backend: str, home: Path, env: dict[str, str]) -> World:
-    with pytest.MonkeyPatch.context() as mp:
-        clear_platform_env(mp)
-        for k, v in env.items():
-            mp.setenv(k, v)
-        settings = PlatformSettings.from_env(home)
-    settings.ensure_local_dirs()
+    settings = home_settings(home, env)
     spec = use_case()
     landing = Path(settings.lake_url) / "landing" / "reg"
     landing.mkdir(parents=True)

@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from conftest_core import clear_platform_env, make_spec
+from conftest_core import home_settings, make_spec
+from conftest_core import run_all as run_stages
 
 from many_models_platform.core import features as F
 from many_models_platform.core.keys import encode_key
 from many_models_platform.core.modeling import model_input, predict
-from many_models_platform.stages import STAGES, StageReport, StageRun, run_stage
-from many_models_platform.stages.raw import discover_keys
-from many_models_platform.storage.lake import Lake
+from many_models_platform.stages import StageReport
 from many_models_platform.storage.registry import (
     EVAL_MODEL_FILE,
     MODEL_FILE,
@@ -83,17 +82,12 @@ class World:
 
 
 def run_all(spec, settings, run_id: str, day: dt.date) -> dict[str, StageReport]:
-    keys = discover_keys(spec, Lake(settings.lake_url))
-    run = StageRun(spec, settings, run_id=run_id, run_date=day, workers=1)
-    return {stage: run_stage(stage, run, keys) for stage in STAGES}
+    return run_stages(spec, settings, run_id, day, workers=1)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> World:
-    with pytest.MonkeyPatch.context() as mp:
-        clear_platform_env(mp)
-        settings = PlatformSettings.from_env(tmp_path_factory.mktemp("mmp_home"))
-    settings.ensure_local_dirs()
+    settings = home_settings(tmp_path_factory.mktemp("mmp_home"))
     lake = Path(settings.lake_url)
     for name in ("demand", "segments"):
         (lake / "landing" / name).mkdir(parents=True)
