@@ -139,6 +139,9 @@ def run(
         typer.Option("--keys", "-k", help="Keys to run: partition key, 'col=value, col=value' or a plain value"),
     ] = None,
     run_date: Annotated[str | None, typer.Option(help="Run date (YYYY-MM-DD); reruns replace its rows")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Refit every key, even those whose data and configuration are unchanged")
+    ] = False,
     config: ConfigOpt = None,
     home: HomeOpt = None,
 ) -> None:
@@ -151,7 +154,7 @@ def run(
     for name in names:
         _use_case(cfg, name)
     date = _run_date(run_date)
-    ok = _run(settings, cfg, names, keys, date)
+    ok = _run(settings, cfg, names, keys, date, force=force)
     raise typer.Exit(0 if ok else 1)
 
 
@@ -165,7 +168,7 @@ def _run_date(text: str | None) -> dt.date | None:
         raise typer.Exit(2) from None
 
 
-def _run(settings, cfg, names, keys=None, run_date=None) -> bool:
+def _run(settings, cfg, names, keys=None, run_date=None, force=False) -> bool:
     """Run the use cases one after the other; True when every one is ok (``UseCaseRun.ok``)."""
     from . import progress
     from .definitions import build_definitions
@@ -205,7 +208,9 @@ def _run(settings, cfg, names, keys=None, run_date=None) -> bool:
 
             try:
                 progress.set_reporter(report)
-                result = run_use_case(defs, instance, cfg, spec, settings, run_keys, run_date, new_keys=new_keys)
+                result = run_use_case(
+                    defs, instance, cfg, spec, settings, run_keys, run_date, new_keys=new_keys, force=force
+                )
             except (ValueError, RegistryError) as exc:
                 _say_error(exc)
                 return False
@@ -326,6 +331,8 @@ def _print_summary(settings, spec, result, run_date) -> None:
             "rows dropped / merged at ingest", f"{_int(ingest.get('rows_dropped'))} / {_int(ingest.get('rows_merged'))}"
         )
     t.add_row("files rejected", str(len(ingest.get("rejected") or [])))
+    if getattr(result, "keys_reused", 0):  # incremental: unchanged data and configuration (`--force` refits)
+        t.add_row("models reused (unchanged)", _int(result.keys_reused))
     failing = None
     failed_keys: list[str] = []
     if status is not None:

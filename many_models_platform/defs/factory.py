@@ -42,6 +42,7 @@ from . import health
 from .resources import PlatformResource
 
 RUN_DATE_TAG = "mmp/run_date"
+FORCE_TAG = "mmp/force"  # "true": refit keys even when their data and configuration are unchanged
 
 DESCRIPTIONS = {
     "raw": "Landing-zone rows of this key, cleaned and counted (time column normalised, bad targets dropped, "
@@ -162,6 +163,7 @@ def _stage_asset(spec, stage, partitions, upstream, backfill_policy, workers) ->
                 run_date=dt.date.fromisoformat(run_date),
                 workers=workers,
                 progress=progress.for_stage(spec.name, stage),
+                force=context.run.tags.get(FORCE_TAG, "").lower() == "true",
             )
             report = run_stage(stage, run, keys)
         except Exception as exc:  # the step failed as a whole: every key of its range failed here
