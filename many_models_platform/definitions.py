@@ -23,10 +23,28 @@ def build_definitions(config_path: str | None = None) -> Definitions:
     bi_assets, bi_jobs = build_bi_assets(config.use_cases)
     assets += bi_assets
     jobs += bi_jobs
+    # automation (docs/operations.md#automation): conditions, lane jobs, sensors, daily schedules
+    from .defs.automation import build_automation_sensors, with_automation_conditions
+    from .defs.lane_jobs import build_lane_jobs
+    from .defs.rollback import build_rollback_sensor
+    from .defs.schedules import build_daily_schedule
+
+    assets = with_automation_conditions(assets)
+    sensors = build_automation_sensors(config, with_bi=bool(bi_assets))
+    schedules = []
+    for spec in config.use_cases.values():
+        jobs += build_lane_jobs(spec)
+        sensors.append(build_rollback_sensor(spec, config))
+        schedules.append(build_daily_schedule(spec, config))
     # In process: each use case's assets are a chain, so step processes would add start-up
     # (about 8 s a step) and no parallelism. The parallelism is the per-key worker pool.
     return Definitions(
-        assets=assets, jobs=jobs, resources={"platform": PlatformResource()}, executor=in_process_executor
+        assets=assets,
+        jobs=jobs,
+        sensors=sensors,
+        schedules=schedules,
+        resources={"platform": PlatformResource()},
+        executor=in_process_executor,
     )
 
 

@@ -178,6 +178,10 @@ def _stage_asset(spec, stage, partitions, upstream, backfill_policy, workers) ->
         not_ok = [o for o in report.outcomes if not key_ok(stage, o)]
         health.mark_not_ok(context, [o.key for o in not_ok])  # after the materializations: see defs/health.py
         yield run_report(context, spec, report, run, not_ok)
+        if stage == "published":  # the warehouse/<table> assets: materialized with row counts
+            from .marts import log_warehouse_tables
+
+            log_warehouse_tables(context, spec, settings, report.summary)
         in_run = health.stages_in_run(context, spec)
         if in_run and in_run[-1] == stage:  # the run's last stage: fail the run if any key was not ok
             failure = health.keys_not_ok_failure(spec, run.lake, context.run_id, in_run, {stage: len(not_ok)})
