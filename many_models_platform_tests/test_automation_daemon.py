@@ -33,9 +33,13 @@ def daemon(platform, tmp_path, monkeypatch):
     settings, instance = platform
     config = small_config(tmp_path / "use_cases.yaml", max_keys_per_run=3)
     monkeypatch.setenv("MMP_CONFIG", str(config))
-    dagster_yaml = yaml.safe_load((Path(os.environ["DAGSTER_HOME"]) / "dagster.yaml").read_text())
+    instance_yaml = Path(os.environ["DAGSTER_HOME"]) / "dagster.yaml"
+    dagster_yaml = yaml.safe_load(instance_yaml.read_text())
     limits = dagster_yaml["run_coordinator"]["config"]["tag_concurrency_limits"]
     assert limits[0]["key"] == USE_CASE_TAG  # the repository's limits, on this instance
+    # a busy test machine can take minutes to start the code server (Dagster's default wait: 180 s)
+    dagster_yaml["code_servers"] = {"local_startup_timeout": 900}
+    instance_yaml.write_text(yaml.safe_dump(dagster_yaml))
     env = {**os.environ, **DAGSTER_ENV, "MMP_CONFIG": str(config), "PYTHONUNBUFFERED": "1"}
     log = open(tmp_path / "daemon.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
