@@ -217,3 +217,26 @@ def test_schedule_and_automation_fields_are_validated():
     ):
         with pytest.raises(ConfigError, match=word):
             parse_config({"use_cases": {UC: {**spec, **bad}}})
+
+
+def test_automation_on_and_off_are_stored_on_the_instance(setup):
+    from many_models_platform.defs.instigators import set_running, status
+
+    _, instance, _, cfg, _ = setup
+    spec = cfg.use_case(UC)
+    # the code location loads as `dagster dev` does: the shipped use cases, whose automation is off
+    before = {s.name: s.running for s in status(instance, spec)}
+    assert before == dict.fromkeys(
+        [
+            f"{UC}_promote_automation",
+            f"{UC}_score_automation",
+            f"{UC}_rollback_rescore",
+            "bi_marts_automation",
+            f"{UC}_daily_train",
+        ],
+        False,
+    )
+    set_running(instance, spec, True)
+    assert all(s.running for s in status(instance, spec))
+    set_running(instance, spec, False)
+    assert not any(s.running for s in status(instance, spec))
