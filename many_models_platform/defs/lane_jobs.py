@@ -19,7 +19,9 @@ def lane_job_name(use_case: str, lane: str) -> str:
     return f"{use_case}_{lane}"
 
 
-def build_lane_jobs(spec: UseCaseSpec) -> list:
+def build_lane_jobs(spec: UseCaseSpec, lanes: tuple[str, ...] = tuple(LANES)) -> list:
+    """The lanes' jobs; where another module defines one already (the landing sensor's
+    ``<uc>_train`` in defs/sensors.py on main), leave that lane out: the definitions are equal."""
     return [
         define_asset_job(
             lane_job_name(spec.name, lane),
@@ -29,6 +31,7 @@ def build_lane_jobs(spec: UseCaseSpec) -> list:
             description=f"The {lane} lane of {spec.name} ({', '.join(stages)}) for the selected keys.",
         )
         for lane, stages in LANES.items()
+        if lane in lanes
     ]
 
 
