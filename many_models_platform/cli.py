@@ -139,6 +139,9 @@ def run(
         typer.Option("--keys", "-k", help="Keys to run: partition key, 'col=value, col=value' or a plain value"),
     ] = None,
     run_date: Annotated[str | None, typer.Option(help="Run date (YYYY-MM-DD); reruns replace its rows")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Refit every key, even those whose data and configuration are unchanged")
+    ] = False,
     config: ConfigOpt = None,
     home: HomeOpt = None,
     # --- deployment: queue through the instance (docs/deploy.md) ---
@@ -169,7 +172,7 @@ def run(
         raise typer.Exit(2)
     if submit:  # deployment: queue, do not run here
         raise typer.Exit(0 if _submit(settings, cfg, names, lane, keys, date) else 1)
-    ok = _run(settings, cfg, names, keys, date)
+    ok = _run(settings, cfg, names, keys, date, force=force)
     raise typer.Exit(0 if ok else 1)
 
 
@@ -219,7 +222,7 @@ def _run_date(text: str | None) -> dt.date | None:
         raise typer.Exit(2) from None
 
 
-def _run(settings, cfg, names, keys=None, run_date=None) -> bool:
+def _run(settings, cfg, names, keys=None, run_date=None, force=False) -> bool:
     """Run the use cases one after the other; True when every one is ok (``UseCaseRun.ok``)."""
     from . import progress
     from .definitions import build_definitions
@@ -259,7 +262,9 @@ def _run(settings, cfg, names, keys=None, run_date=None) -> bool:
 
             try:
                 progress.set_reporter(report)
-                result = run_use_case(defs, instance, cfg, spec, settings, run_keys, run_date, new_keys=new_keys)
+                result = run_use_case(
+                    defs, instance, cfg, spec, settings, run_keys, run_date, new_keys=new_keys, force=force
+                )
             except (ValueError, RegistryError) as exc:
                 _say_error(exc)
                 return False
@@ -380,6 +385,8 @@ def _print_summary(settings, spec, result, run_date) -> None:
             "rows dropped / merged at ingest", f"{_int(ingest.get('rows_dropped'))} / {_int(ingest.get('rows_merged'))}"
         )
     t.add_row("files rejected", str(len(ingest.get("rejected") or [])))
+    if getattr(result, "keys_reused", 0):  # incremental: unchanged data and configuration (`--force` refits)
+        t.add_row("models reused (unchanged)", _int(result.keys_reused))
     failing = None
     failed_keys: list[str] = []
     if status is not None:
@@ -480,10 +487,8 @@ def demo(
         _generate(settings, cfg, name, n, rows)
         console.print(f"generated {name}: {n} keys x {rows} rows")
     ok = _run(settings, cfg, list(DEMO_SIZES))
-    from .bi import build_bi_marts
-
     console.print("\n[bold]BI marts[/bold] (dbt build on the warehouse; `uv run mmp bi` shows every node)")
-    result = build_bi_marts(settings)
+    result = _build_marts(settings)
     counts = result.counts()
     models = sum(1 for n in result.nodes if n.resource_type == "model")
     tests = sum(1 for n in result.nodes if n.resource_type == "test")
@@ -735,10 +740,8 @@ def bi(
 ) -> None:
     """Build the dbt BI marts on the warehouse (`dbt build`: models, then their tests) and show each node's result."""
     settings, _ = _setup(None, home)
-    from .bi import build_bi_marts
-
     try:
-        result = build_bi_marts(settings, select=select)
+        result = _build_marts(settings, select)
     except (FileNotFoundError, ValueError) as exc:
         _say_error(exc)
         raise typer.Exit(2) from None
@@ -809,6 +812,79 @@ def serve(
         log_level="warning",
         access_log=False,
     )
+
+
+# --- automation (docs/operations.md#automation) -----------------------------------------------
+def _build_marts(settings, select=None):
+    """The marts through the ``bi_marts`` job, so the ``bi`` assets are materialized in Dagster;
+    a ``--select`` (a dbt selection) runs dbt directly, as before."""
+    from .bi import build_bi_marts
+
+    if select:
+        return build_bi_marts(settings, select=select)
+    from .definitions import build_definitions
+    from .defs.marts import build_marts_in_dagster
+    from .defs.runner import prepare_instance
+
+    return build_marts_in_dagster(build_definitions(settings.config_path), prepare_instance(settings), settings)
+
+
+automation_app = typer.Typer(no_args_is_help=True, help="A use case's automation: sensors and daily schedule.")
+app.add_typer(automation_app, name="automation")
+
+
+@automation_app.command("status")
+def automation_status(
+    use_case: Annotated[list[str] | None, typer.Argument(help="Use case(s); default all")] = None,
+    config: ConfigOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Show each sensor and schedule of the use case: running or stopped, cursor, last tick."""
+    settings, cfg = _setup(config, home)
+    from .defs.instigators import status
+    from .defs.runner import prepare_instance
+
+    instance = prepare_instance(settings)
+    for name in use_case or list(cfg.use_cases):
+        spec = _use_case(cfg, name)
+        t = Table(title=f"{name}: automation")
+        for col in ("name", "kind", "state", "when", "cursor", "last tick"):
+            t.add_column(col, overflow="fold")
+        for s in status(instance, spec):
+            state = "[green]running[/green]" if s.running else "stopped"
+            t.add_row(s.name, s.kind, state, s.detail, s.cursor or "", s.last_tick or "no tick yet")
+        console.print(t)
+    console.print("runs are launched only while `dagster-daemon run` (or `mmp dev`) is running")
+
+
+@automation_app.command("on")
+def automation_on(use_case: str, config: ConfigOpt = None, home: HomeOpt = None) -> None:
+    """Start the use case's automation sensors, rollback sensor and daily schedule."""
+    _toggle(use_case, True, config, home)
+
+
+@automation_app.command("off")
+def automation_off(use_case: str, config: ConfigOpt = None, home: HomeOpt = None) -> None:
+    """Stop them (runs already queued or in progress carry on)."""
+    _toggle(use_case, False, config, home)
+
+
+def _toggle(use_case: str, running: bool, config, home) -> None:
+    settings, cfg = _setup(config, home)
+    from .defs.instigators import names_of, set_running, status
+    from .defs.runner import prepare_instance
+
+    spec = _use_case(cfg, use_case)
+    instance = prepare_instance(settings)
+    others = any(
+        s.running and s.name in names_of(other) and s.name != "bi_marts_automation"
+        for other in cfg.use_cases.values()
+        if other.name != spec.name
+        for s in status(instance, other)
+    )
+    set_running(instance, spec, running, others_running=others)
+    for s in status(instance, spec):
+        console.print(f"{s.name}: {'running' if s.running else 'stopped'}")
 
 
 if __name__ == "__main__":

@@ -375,6 +375,48 @@ class LandingSensorSpec(_Strict):
 # --- end landing sensor ---------------------------------------------------------------------
 
 
+# --- automation (docs/operations.md#automation) -----------------------------------------
+# Off by default: nothing starts on its own until a use case says so (or `mmp automation on`).
+_CRON_FIELD = r"[0-9A-Za-z*?,/\-]+"
+
+
+class ScheduleSpec(_Strict):
+    """The use case's daily training schedule (``<uc>_daily_train``): the train lane for every key."""
+
+    cron: str = "0 3 * * *"
+    timezone: str = "UTC"
+    enabled: bool = False
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        import re
+
+        fields = v.split()
+        if len(fields) != 5 or not all(re.fullmatch(_CRON_FIELD, f) for f in fields):
+            raise ValueError(f"cron {v!r} is not a 5-field cron expression (minute hour day month weekday)")
+        return " ".join(fields)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}; use an IANA name such as 'UTC' or 'Europe/Paris'") from None
+        return v
+
+
+class AutomationSpec(_Strict):
+    """Whether the use case's automation sensors (promote, score, rollback) start running."""
+
+    enabled: bool = False
+    # how often the sensors tick; small in tests, 30 s is plenty for daily data
+    interval_seconds: int = Field(default=30, ge=1, le=3600)
+
+
 class UseCaseSpec(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     description: str = ""
@@ -420,6 +462,9 @@ class UseCaseSpec(_Strict):
     # --- landing sensor (docs/operations.md#the-landing-sensor) ---------------------------
     landing_sensor: LandingSensorSpec = Field(default_factory=LandingSensorSpec)
     # --- end landing sensor ---------------------------------------------------------------
+    # automation: the daily schedule and the automation sensors, both off unless enabled
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    automation: AutomationSpec = Field(default_factory=AutomationSpec)
 
     @model_validator(mode="after")
     def _consistent(self) -> UseCaseSpec:

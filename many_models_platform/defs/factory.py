@@ -42,6 +42,7 @@ from . import health
 from .resources import PlatformResource
 
 RUN_DATE_TAG = "mmp/run_date"
+FORCE_TAG = "mmp/force"  # "true": refit keys even when their data and configuration are unchanged
 
 DESCRIPTIONS = {
     "raw": "Landing-zone rows of this key, cleaned and counted (time column normalised, bad targets dropped, "
@@ -162,6 +163,7 @@ def _stage_asset(spec, stage, partitions, upstream, backfill_policy, workers) ->
                 run_date=dt.date.fromisoformat(run_date),
                 workers=workers,
                 progress=progress.for_stage(spec.name, stage),
+                force=context.run.tags.get(FORCE_TAG, "").lower() == "true",
             )
             report = run_stage(stage, run, keys)
         except Exception as exc:  # the step failed as a whole: every key of its range failed here
@@ -176,6 +178,10 @@ def _stage_asset(spec, stage, partitions, upstream, backfill_policy, workers) ->
         not_ok = [o for o in report.outcomes if not key_ok(stage, o)]
         health.mark_not_ok(context, [o.key for o in not_ok])  # after the materializations: see defs/health.py
         yield run_report(context, spec, report, run, not_ok)
+        if stage == "published":  # the warehouse/<table> assets: materialized with row counts
+            from .marts import log_warehouse_tables
+
+            log_warehouse_tables(context, spec, settings, report.summary)
         in_run = health.stages_in_run(context, spec)
         if in_run and in_run[-1] == stage:  # the run's last stage: fail the run if any key was not ok
             failure = health.keys_not_ok_failure(spec, run.lake, context.run_id, in_run, {stage: len(not_ok)})

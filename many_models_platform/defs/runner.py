@@ -21,7 +21,7 @@ from ..storage.lake import Lake
 from ..storage.redaction import redact
 from ..storage.settings import PlatformSettings
 from .discovery import register_new_keys
-from .factory import RUN_DATE_TAG, partitions_name, pipeline_job_name
+from .factory import FORCE_TAG, RUN_DATE_TAG, partitions_name, pipeline_job_name
 from .health import is_keys_not_ok_failure
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
@@ -81,6 +81,8 @@ class UseCaseRun:
     stop_reason: str | None = None
     # ingest, from the raw stage's summary: landing_rows, rows_dropped, rows_merged, rejected, files
     ingest: dict[str, Any] = field(default_factory=dict)
+    # keys the model stage did not refit: data fingerprint and configuration unchanged
+    keys_reused: int = 0
 
     @property
     def stopped(self) -> bool:
@@ -106,6 +108,7 @@ def run_use_case(
     keys: Sequence[str] | None = None,
     run_date: dt.date | None = None,
     new_keys: list[str] | None = None,
+    force: bool = False,
 ) -> UseCaseRun:
     """Register landing keys (unless the caller just did and passes ``new_keys``), then run."""
     if new_keys is None:
@@ -130,7 +133,13 @@ def run_use_case(
         res = job.execute_in_process(
             instance=instance,
             run_config=QUIET_LOGGERS,
-            tags={RANGE_START: start, RANGE_END: end, RUN_DATE_TAG: run_date.isoformat(), "mmp/launched_by": "mmp run"},
+            tags={
+                RANGE_START: start,
+                RANGE_END: end,
+                RUN_DATE_TAG: run_date.isoformat(),
+                "mmp/launched_by": "mmp run",
+                **({FORCE_TAG: "true"} if force else {}),
+            },
             raise_on_error=False,
         )
         result.run_ids.append(res.run_id)
@@ -192,6 +201,8 @@ def collect_records(result: UseCaseRun, lake: Lake, spec: UseCaseSpec) -> None:
             reasons.setdefault(stage, Counter()).update({r: n for r, n in record.get("reasons") or []})
             if record.get("stop_reason"):
                 stops.setdefault(stage, []).append(record["stop_reason"])
+            if stage == "model":
+                result.keys_reused += (record.get("summary") or {}).get("keys_reused") or 0
             if stage == "raw":
                 result.ingest = ingest_summary(record.get("summary") or {})  # each range reads all landing
     for stage in STAGES[:-1]:

@@ -13,15 +13,12 @@ import math
 from collections.abc import Sequence
 
 from dagster import (
-    AssetKey,
-    AssetSelection,
     DefaultSensorStatus,
     DynamicPartitionsDefinition,
     RunRequest,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
-    define_asset_job,
     sensor,
 )
 
@@ -30,7 +27,7 @@ from ..stages.landing import scan_landing
 from ..storage.lake import Lake
 from ..storage.redaction import redact
 from .factory import partitions_name
-from .lanes import LANES, lane_tags
+from .lanes import lane_tags
 from .resources import PlatformResource
 from .runner import RANGE_END, RANGE_START, key_ranges
 
@@ -50,14 +47,10 @@ def landing_sensor_name(use_case: str) -> str:
 
 def build_train_job(spec: UseCaseSpec):
     """The train lane of one use case (raw .. evaluation) for a key range: what the landing
-    sensor launches. Promotion and scoring are lanes of their own (defs/lanes.py)."""
-    return define_asset_job(
-        train_job_name(spec.name),
-        selection=AssetSelection.assets(*[AssetKey([spec.name, stage]) for stage in LANES["train"]]),
-        partitions_def=DynamicPartitionsDefinition(name=partitions_name(spec.name)),
-        tags=lane_tags(spec, "train"),
-        description=f"The train lane of {spec.name} ({', '.join(LANES['train'])}) for the selected keys.",
-    )
+    sensor launches; the same job as the lane jobs' (defs/lane_jobs.py), defined once there."""
+    from .lane_jobs import build_lane_jobs
+
+    return build_lane_jobs(spec, lanes=("train",))[0]
 
 
 def plan_ranges(

@@ -76,6 +76,8 @@ class StageRun:
     run_date: dt.date = field(default_factory=lambda: dt.datetime.now(dt.UTC).date())
     workers: int | None = None
     progress: Callable[[int], None] | None = None
+    # refit every key, even one whose data and configuration are unchanged (`mmp run --force`)
+    force: bool = False
 
     @property
     def lake(self) -> Lake:

@@ -85,6 +85,8 @@ def _evaluate_one(
     baseline_name, baseline_metrics = best_baseline(spec.metric, scored)
     report = {
         "candidate_version": pins["candidate_version"],
+        # the model stage reused this candidate (unchanged data and config): nothing new to promote
+        "candidate_reused": bool(cand.reused),
         "estimator": cand.estimator,
         "metric": spec.metric,
         "metrics": metrics,

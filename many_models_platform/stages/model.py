@@ -213,9 +213,12 @@ def reusable_candidates(run: StageRun, registry: ModelRegistry, keys: Sequence[s
     """Keys whose newest candidate was fitted on the same data with the same model config.
 
     A daily run over unchanged data then fits and registers nothing new for them: one
-    registry query for the whole use case, plus the key's training-set state file.
+    registry query for the whole use case, plus the key's training-set state file. With
+    ``run.force`` (`mmp run --force`) nothing is reused.
     """
     spec, lake = run.spec, run.lake
+    if run.force:
+        return {}
     latest = {
         k: ref
         for k, ref in registry.latest_versions(spec.name).items()

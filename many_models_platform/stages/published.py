@@ -169,6 +169,7 @@ def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = No
     try:
         wh.ensure_schema()
         wh.replace_keys(spec.name, run.run_date, list(keys), frames, append)
+        rows_written = {name: frame.height for name, frame in {**frames, **append}.items()}
         try:  # the family view is a convenience for BI; it never fails the publish
             q["model_family_rows"] = publish_model_family(run.settings, spec, warehouse=wh).height
         except Exception as exc:
@@ -177,6 +178,7 @@ def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = No
         if warehouse is None:
             wh.dispose()
     report_summary = {
+        "rows_written": rows_written,  # per table: the warehouse/<table> assets' events (defs/marts.py)
         "keys_failed": n_failed,
         **q,
         **ingest,

@@ -118,6 +118,9 @@ class EvaluationInfo(Info):
     """The evaluation report; :func:`..promoted_model.decide` reads it (as ``flat_info()``)."""
 
     candidate_source: str | None = None
+    # the model stage reused the candidate (unchanged data and configuration): the automation
+    # requests no promotion for it (defs/automation.py)
+    candidate_reused: bool = False
     estimator: str | None = None
     metric: str | None = None
     metrics: Metrics = {}
