@@ -100,13 +100,18 @@ def test_a_fact_of_the_wrong_type_fails_its_own_key_not_the_stage(tmp_path):
     assert read_state(lake, UC, "evaluation", STEADY).info.metrics == {"r2": 0.9}
 
 
+# fields a stage writes today that version 1 records did not have (read back with their default)
+ADDED_SINCE_V1 = {"candidate_reused"}
+
+
 def _as_v1(lake: Lake, stage: str, key: str) -> None:
     """Rewrite a key's record the way the code before typed records wrote it."""
     record = read_state(lake, UC, stage, key)
+    info = {k: v for k, v in record.flat_info().items() if k not in ADDED_SINCE_V1}
     v1 = {
         "status": record.status,
         "reason": record.reason,
-        "info": record.flat_info(),
+        "info": info,
         "dagster_run_id": record.dagster_run_id,
         "updated_at": record.updated_at,
     }
