@@ -458,3 +458,28 @@ def test_scoring_rechecks_production_hashes_against_the_candidate_registry(world
         path.write_bytes(original)
         prod.set_version_tags("reg", WORSE, ref.version, {HASH_TAG: ref.tags[HASH_TAG]})
     assert score(world.run("restored"), [WORSE]).outcomes[0].ok
+
+
+def _open_registry(uri: str, root: str, barrier) -> str:
+    from many_models_platform.storage.registry import ModelRegistry
+
+    barrier.wait(60)
+    registry = ModelRegistry(uri, root, role="production")
+    return str(sorted(registry.snapshot("uc").current))
+
+
+def test_processes_opening_a_new_embedded_registry_at_once_all_succeed(tmp_path):
+    """A ranged run's stage and a sensor (or two ranged runs) may be the first to open an
+    embedded registry at the same moment; MLflow creating its tables twice failed one of them
+    ("index ... already exists"). Four processes released together must all read it."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    import mlflow  # noqa: F401 - imported once here, before the fork, so the children race on the store
+
+    ctx = mp.get_context("fork")
+    barrier = ctx.Manager().Barrier(4)
+    uri = f"sqlite:///{tmp_path / 'registry' / 'mlflow.db'}"
+    with ProcessPoolExecutor(4, mp_context=ctx) as pool:
+        futures = [pool.submit(_open_registry, uri, str(tmp_path / "artifacts"), barrier) for _ in range(4)]
+        assert [f.result(timeout=300) for f in futures] == ["[]"] * 4

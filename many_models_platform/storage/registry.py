@@ -383,7 +383,8 @@ class ModelRegistry:
         if self._client is None:
             from mlflow import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+            with _first_use_lock(self.tracking_uri):
+                self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         return self._client
 
     @property
@@ -395,7 +396,8 @@ class ModelRegistry:
             try:
                 from mlflow.tracking._model_registry.client import ModelRegistryClient
 
-                self._writer = ModelRegistryClient(self.tracking_uri, self.tracking_uri)
+                with _first_use_lock(self.tracking_uri):
+                    self._writer = ModelRegistryClient(self.tracking_uri, self.tracking_uri)
             except Exception:  # MLflow moved it: the public client does the same, slower
                 self._writer = self.client
             if self.tracking_uri.startswith("sqlite:"):
@@ -661,6 +663,24 @@ def version_description(role: str, tags: dict[str, str]) -> str:
     else:
         lines.append("Decision: not yet made; promotion sets the `decision` and `decision_reason` tags.")
     return "\n\n".join(lines)
+
+
+def _first_use_lock(uri: str):
+    """A lock across processes around opening an embedded SQLite store. MLflow creates the
+    tables on first use, and two processes doing so at once (a run's stage and a sensor, or
+    two ranged runs launched together) fail with "index ... already exists"."""
+    import contextlib
+
+    if not uri.startswith("sqlite:"):
+        return contextlib.nullcontext()
+    from filelock import FileLock
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database
+    if not database or database == ":memory:":
+        return contextlib.nullcontext()
+    Path(database).parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{database}.init.lock", timeout=600)
 
 
 def _sqlite_write_ahead_log(engine) -> None:
