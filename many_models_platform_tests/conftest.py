@@ -23,11 +23,21 @@ ENV_VARS = (
 )
 
 
-# --- parallel runs (pytest-xdist, opt in with -n auto; pyproject's addopts: --dist loadfile) -------
+# --- parallel runs (pytest-xdist: pyproject's addopts has -n auto --dist loadfile) ---------------
 # Modules that take minutes, longest first: under --dist loadfile each module runs whole on one
 # worker, so they start at once and the short modules fill in around them instead of one of them
 # starting last on an otherwise idle machine.
-LONGEST_FIRST = ("test_zoo.py", "test_dagster_ui.py", "test_trust_chain.py", "test_dbt.py", "test_dagster_pipeline.py")
+LONGEST_FIRST = (  # measured with -n 2 --durations on 2 cores, 2026-12-05
+    "test_automation_daemon.py",
+    "test_cli.py",
+    "test_dagster_pipeline.py",
+    "test_dbt.py",
+    "test_dagster_ui.py",
+    "test_zoo.py",
+    "test_deploy_daemon.py",
+    "test_no_secrets.py",
+    "test_trust_chain.py",
+)
 MAX_WORKERS = 4  # beyond this, PostgreSQL, Dagster and the loky pools only contend
 
 
