@@ -77,8 +77,13 @@ def build_marts_in_dagster(defs: Definitions, instance: DagsterInstance, setting
     (target_path / "run_results.json").unlink(missing_ok=True)
     t0 = time.perf_counter()
     job = defs.resolve_job_def(BI_JOB)
+    from .runner import QUIET_LOGGERS  # the summary below is what `mmp` prints; the events stay in Dagster
+
     res = job.execute_in_process(
-        instance=instance, raise_on_error=False, tags={"mmp/lane": "bi", "mmp/launched_by": "mmp bi"}
+        instance=instance,
+        run_config=QUIET_LOGGERS,
+        raise_on_error=False,
+        tags={"mmp/lane": "bi", "mmp/launched_by": "mmp bi"},
     )
     output = ""
     if not res.success:
