@@ -253,3 +253,23 @@ def test_second_day_keeps_the_identical_champion(world):
     assert world.counts(DAY1) == world.counts_first_publish
     versions = world.query("SELECT DISTINCT model_version FROM predictions WHERE run_date = :d", d=DAY2)
     assert versions["model_version"].to_list() == [1]  # still served by the day-one production model
+
+
+def test_a_training_stage_that_crashes_ends_its_mlflow_run_failed(world, monkeypatch):
+    """Left RUNNING, MLflow's UI would show the crashed stage's run as still training, forever."""
+    from many_models_platform.stages import model as model_stage
+
+    def broken_pool(*args, **kwargs):
+        raise RuntimeError("the worker pool broke")
+
+    monkeypatch.setattr(model_stage, "map_keys", broken_pool)
+    spec = load_config().use_case(USE_CASE)
+    run = StageRun(spec, world.settings, run_id="run-crashed", run_date=DAY2)
+    with pytest.raises(RuntimeError, match="worker pool broke"):
+        model_stage.train(run, world.keys)
+    registry = run.candidates()
+    runs = registry.client.search_runs(
+        [registry.experiment_id(USE_CASE)], filter_string="tags.dagster_run_id = 'run-crashed'"
+    )
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert runs[0].info.end_time is not None

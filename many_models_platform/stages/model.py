@@ -131,6 +131,17 @@ def train(run: StageRun, keys: Sequence[str]) -> StageReport:
     mlflow_run_id, artifact_uri = registry.start_run(
         spec.name, f"train-{run.run_id[:8]}", {"use_case": spec.name, "dagster_run_id": run.run_id}
     )
+    try:
+        return _train_in_run(run, registry, keys, mlflow_run_id, artifact_uri)
+    except BaseException as exc:  # the MLflow run must not stay RUNNING after a crash
+        registry.abandon_run(mlflow_run_id, killed=not isinstance(exc, Exception))
+        raise
+
+
+def _train_in_run(
+    run: StageRun, registry: ModelRegistry, keys: Sequence[str], mlflow_run_id: str, artifact_uri: str
+) -> StageReport:
+    spec = run.spec
     target = local_path(artifact_uri)
     staging = None if target else tempfile.mkdtemp(prefix="mmp-models-")
     models_dir = f"{target or staging}/models"

@@ -437,6 +437,14 @@ class ModelRegistry:
             self.client.log_batch(run_id, metrics=items[start : start + _METRICS_PER_BATCH])
         self.client.set_terminated(run_id, status=status)
 
+    def abandon_run(self, run_id: str, killed: bool = False) -> None:
+        """End a run its stage did not finish: FAILED (KILLED on an interrupt), never left RUNNING.
+        Best effort: the stage's own error is what the caller re-raises."""
+        try:
+            self.client.set_terminated(run_id, status="KILLED" if killed else "FAILED")
+        except Exception as exc:
+            logging.getLogger(__name__).warning("could not end MLflow run %s: %s", run_id, type(exc).__name__)
+
     # registry reads: a constant number of queries per use case, whatever the number of keys
     def _sql(self):
         """An engine on the registry's own database when it is one (SQLite, PostgreSQL, MySQL,
