@@ -241,17 +241,21 @@ class Lake:
         frame.write_parquet(buf, compression="zstd", statistics=False)
         self.write_bytes(path, buf.getvalue())
 
+    def read_bytes(self, path: UPath) -> bytes:
+        """A whole file; remote: one download (adlfs's file object first asks for the object's
+        properties, then reads it 4 MiB at a time)."""
+        return path.read_bytes() if self.is_local else path.fs.cat_file(path.path)
+
     def read_parquet(self, path: UPath) -> pl.DataFrame:
         if self.is_local:
             return pl.read_parquet(path.path)
-        with path.open("rb") as f:
-            return pl.read_parquet(f)
+        return pl.read_parquet(io.BytesIO(self.read_bytes(path)))
 
     def write_json(self, path: UPath, obj: Any) -> None:
         self.write_bytes(path, json.dumps(obj, default=str, allow_nan=True).encode())
 
     def read_json(self, path: UPath) -> Any:
-        return json.loads(path.read_bytes())
+        return json.loads(self.read_bytes(path))
 
     def read_table(
         self,
@@ -271,7 +275,7 @@ class Lake:
         """
         if fmt == "parquet":
             return self._read_parquet_columns(path, columns, size)
-        data = path.read_bytes() if self.is_local else path.fs.cat_file(path.path)
+        data = self.read_bytes(path)
         if columns is not None:
             present = set(pl.read_csv(io.BytesIO(data), n_rows=0).columns)
             columns = [c for c in columns if c in present]
