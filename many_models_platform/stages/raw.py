@@ -210,8 +210,7 @@ class KeyColumnsMissing(Exception):
 def file_keys(spec: UseCaseSpec, lake: Lake, file: LandedFile, fmt: str) -> list[str]:
     """The distinct encoded keys of one landing file, from its key columns only (on blob
     storage a Parquet file's footer and key column chunks, not the whole object)."""
-    path = lake.path(*file.name.split("/"))
-    frame = lake.read_table(path, fmt, columns=spec.keys, text_columns=spec.keys, size=file.size)
+    frame = lake.read_table(file.name, fmt, columns=spec.keys, text_columns=spec.keys, size=file.size)
     missing = [k for k in spec.keys if k not in frame.columns]
     if missing:
         raise KeyColumnsMissing(f"missing required column(s) {missing}")

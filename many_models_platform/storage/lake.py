@@ -13,6 +13,7 @@ a directory rename, which a flat blob namespace cannot do atomically. Credential
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import io
 import json
@@ -161,6 +162,14 @@ def _stamp(info: dict[str, Any]) -> str:
     return str(next((info[k] for k in ("etag", "ETag", "last_modified", "LastModified", "mtime") if info.get(k)), ""))
 
 
+@functools.lru_cache(maxsize=64)
+def _root(url: str, options: tuple[tuple[str, Any], ...], pid: int) -> UPath:
+    """The lake root (path objects are immutable: one per lake, options and process)."""
+    if is_azure_url(url):
+        return UPath(url, **adlfs_options(dict(options)))
+    return UPath(url, **dict(options))
+
+
 @dataclass(frozen=True)
 class Lake:
     """A picklable handle on the lake root, passed as-is to worker processes."""
@@ -170,9 +179,19 @@ class Lake:
 
     @property
     def root(self) -> UPath:
-        if is_azure_url(self.url):
-            return UPath(self.url, **adlfs_options(self.storage_options))
-        return UPath(self.url, **self.storage_options)
+        options = tuple(sorted(self.storage_options.items()))
+        try:  # per process: a forked worker never uses its parent's filesystem client
+            return _root(self.url, options, os.getpid())
+        except TypeError:  # an option value that cannot be a cache key (a credential object)
+            return _root.__wrapped__(self.url, options, os.getpid())
+
+    def _located(self, path: UPath | str) -> tuple[Any, str]:
+        """(filesystem, full path) of a path, or of a name relative to the root as ``listing``
+        gives it (no path object per file: the landing sensor reads thousands)."""
+        if isinstance(path, str):
+            root = self.root
+            return root.fs, f"{root.path.rstrip('/')}/{path}"
+        return path.fs, path.path
 
     @property
     def is_local(self) -> bool:
@@ -241,10 +260,14 @@ class Lake:
         frame.write_parquet(buf, compression="zstd", statistics=False)
         self.write_bytes(path, buf.getvalue())
 
-    def read_bytes(self, path: UPath) -> bytes:
-        """A whole file; remote: one download (adlfs's file object first asks for the object's
-        properties, then reads it 4 MiB at a time)."""
-        return path.read_bytes() if self.is_local else path.fs.cat_file(path.path)
+    def read_bytes(self, path: UPath | str) -> bytes:
+        """A whole file (a path, or a name relative to the root); remote: one download
+        (adlfs's file object first asks for the object's properties, then reads 4 MiB at a time)."""
+        fs, full = self._located(path)
+        if self.is_local:
+            with open(full, "rb") as f:
+                return f.read()
+        return fs.cat_file(full)
 
     def read_parquet(self, path: UPath) -> pl.DataFrame:
         if self.is_local:
@@ -259,13 +282,14 @@ class Lake:
 
     def read_table(
         self,
-        path: UPath,
+        path: UPath | str,
         fmt: str,
         columns: list[str] | None = None,
         text_columns: Sequence[str] = (),
         size: int | None = None,
     ) -> pl.DataFrame:
-        """A landing file, with only those of ``columns`` it holds (the caller names what is missing).
+        """A landing file (a path, or a name relative to the root), with only those of ``columns``
+        it holds (the caller names what is missing).
 
         Parquet reads only what it needs: on blob storage the footer and the chunks of
         ``columns``, in ranged requests (``size``, known from a listing, saves asking for it).
@@ -282,23 +306,23 @@ class Lake:
         text = {c: pl.Utf8 for c in text_columns if columns is None or c in columns}
         return pl.read_csv(io.BytesIO(data), columns=columns, schema_overrides=text, infer_schema_length=10_000)
 
-    def _read_parquet_columns(self, path: UPath, columns: list[str] | None, size: int | None) -> pl.DataFrame:
+    def _read_parquet_columns(self, path: UPath | str, columns: list[str] | None, size: int | None) -> pl.DataFrame:
+        fs, full = self._located(path)
         if self.is_local:  # polars reads the footer and the wanted columns from the file itself
             if columns is not None:
-                present = set(pl.read_parquet_schema(path.path))
+                present = set(pl.read_parquet_schema(full))
                 columns = [c for c in columns if c in present]
-            return pl.read_parquet(path.path, columns=columns)
-        fs = path.fs
-        size = fs.size(path.path) if size is None else size
+            return pl.read_parquet(full, columns=columns)
+        size = fs.size(full) if size is None else size
         if size <= SMALL_OBJECT:  # one request for all of it costs less than two ranged ones
-            data = io.BytesIO(fs.cat_file(path.path))
+            data = io.BytesIO(fs.cat_file(full))
             if columns is not None:
                 present = set(pl.read_parquet_schema(data))
                 columns = [c for c in columns if c in present]
             return pl.read_parquet(data, columns=columns)
         import pyarrow.parquet as pq
 
-        with pq.ParquetFile(RangedObject(fs, path.path, size), pre_buffer=True) as parquet:
+        with pq.ParquetFile(RangedObject(fs, full, size), pre_buffer=True) as parquet:
             if columns is not None:
                 present = set(parquet.schema_arrow.names)
                 columns = [c for c in columns if c in present]
