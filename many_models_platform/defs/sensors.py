@@ -3,8 +3,10 @@
 The landing sensor lists the use case's landing files, reads the key columns of new and changed
 ones (:mod:`..stages.landing`), adds new keys as dynamic partitions in batches, and requests
 training runs (the train lane: raw .. evaluation) of exactly the keys whose data changed, as
-key ranges of at most ``run.max_keys_per_run`` keys, never a run per key. Its cursor is a
-digest; the list of files handled is in the lake. See docs/operations.md#the-landing-sensor.
+key ranges of at most ``run.max_keys_per_run`` keys, never a run per key. A tick has a time
+budget (``landing_sensor.max_tick_seconds``, from its start); files it does not reach wait for
+the next tick, and its log says how many. Its cursor is a digest; the list of files handled is
+in the lake. See docs/operations.md#the-landing-sensor.
 """
 
 from __future__ import annotations

@@ -5,10 +5,14 @@ Each landed file is handled once per version (name, size and ETag or modificatio
 files handled so far are listed in the lake, in ``sensors/<use case>/landing_<digest>.json``,
 and the sensor's Dagster cursor is only that digest: the cursor stays a few bytes with 10,000
 files, and a tick that fails before Dagster stores its cursor is simply done again (the list is
-content-addressed, so the older one is still there). Only key columns are read. A file that
-cannot be read is recorded as rejected the way ingest does (``rejected/<use case>/``) and the
-tick carries on; a file that fails with an I/O error is left for the next tick. Landing files
-are never moved or changed.
+content-addressed, so the older one is still there). One listing gives every file's size and
+change stamp (no request per file); only key columns of new and changed files are read (a
+remote Parquet file's footer and key column chunks, by ranged requests), ``READ_THREADS`` at a
+time, and none is started after the tick's deadline: the files not reached are its backlog,
+taken up by the next tick as if they had just landed. A file that cannot be read is recorded
+as rejected the way ingest does (``rejected/<use case>/``) and the tick carries on; a file that
+fails with an I/O or storage error is left for the next tick. Landing files are never moved or
+changed.
 """
 
 from __future__ import annotations
