@@ -94,14 +94,17 @@ def still_rejected(lake: Lake, records: dict[str, UPath], name: str, signature: 
 
 
 # --- reading --------------------------------------------------------------------------------
-def read_with_retry(lake: Lake, path: UPath, fmt: str, columns: list[str], text_columns: list[str]) -> pl.DataFrame:
-    """Read a landing file, retrying I/O errors and files that change while read; RetryLater after that."""
+def read_with_retry(
+    lake: Lake, path: UPath, fmt: str, columns: list[str], text_columns: list[str], listed: dict | None = None
+) -> pl.DataFrame:
+    """Read a landing file, retrying I/O errors and files that change while read; RetryLater after that.
+    ``listed``: the file's signature from the listing, which saves asking for it before the first read."""
     problem = ""
     for attempt in range(len(RETRY_DELAYS) + 1):
         if attempt:
             time.sleep(RETRY_DELAYS[attempt - 1])
         try:
-            before = lake.signature(path)
+            before = listed if (listed is not None and not attempt) else lake.signature(path)
             frame = lake.read_table(path, fmt, columns=columns, text_columns=text_columns)
             if lake.signature(path) == before:
                 return frame
@@ -120,22 +123,18 @@ def read_source(spec: UseCaseSpec, lake: Lake, *, scoring: bool = False, prefer:
     text_columns = [*spec.keys, *spec.categorical_features] + ([spec.time_column] if spec.time_column else [])
     frames, files, names = [], [], []
     kind = prefer
-    for path in lake.glob(source.path):
-        name = lake.relative(path)
+    for listed in lake.listing(source.path):  # names, sizes and change stamps: no request per file
+        name, signature = listed.name, listed.signature
+        path = lake.path(*name.split("/"))
         entry: dict[str, Any] = {"file": name, "source": label, "rows": 0, "status": "ingested", "reason": ""}
         entry |= {"rows_dropped": 0, "rows_merged": 0}
         files.append(entry)
-        try:
-            signature = lake.signature(path)
-        except OSError as exc:
-            entry |= {"status": "retry_later", "reason": f"{type(exc).__name__}: {exc}"}
-            continue
         record = still_rejected(lake, records, name, signature, settings)
         if record is not None:
             entry |= {"status": "unchanged_rejected", "reason": record["reason"]}
             continue
         try:
-            raw = read_with_retry(lake, path, source.file_format, spec.input_columns, text_columns)
+            raw = read_with_retry(lake, path, source.file_format, spec.input_columns, text_columns, signature)
         except RetryLater as exc:
             entry |= {"status": "retry_later", "reason": str(exc)}
             continue
