@@ -147,6 +147,7 @@ def check_key_pages_in_browser(port: int, settings, tmp_path: Path, bad: str) ->
             # the Automation page lists the use case's sensors and schedule, not "No automations"
             page.goto(f"http://127.0.0.1:{port}/automation")
             page.get_by_text("group_regression_landing").first.wait_for(timeout=60_000)
+            page.get_by_text("Automation condition sensor").first.wait_for(timeout=60_000)  # its kind, once loaded
             automation = page.inner_text("body")
             page.screenshot(path=str(tmp_path / "automation.png"))
         finally:
