@@ -32,7 +32,8 @@ def land_generated(settings, use_case: str, keys: int, rows: int, **kwargs):
     return data
 
 
-def run_pipeline(settings, instance, config_path: Path | None, use_case: str, keys=None):
+def run_pipeline(settings, instance, config_path: Path | None, use_case: str, keys=None, force: bool = False):
+    """What `mmp run` does for one use case (``force``: `mmp run --force`)."""
     cfg = load_config(config_path)
     defs = build_definitions(str(config_path) if config_path else None)
-    return run_use_case(defs, instance, cfg, cfg.use_case(use_case), settings, keys=keys)
+    return run_use_case(defs, instance, cfg, cfg.use_case(use_case), settings, keys=keys, force=force)

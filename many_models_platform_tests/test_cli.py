@@ -89,6 +89,7 @@ def test_generate_run_and_status(tmp_path):
     label = key_label(["segment_id"], keys[1])  # a readable label works as well as the partition key
     rerun = mmp("run", "-u", "group_regression", "--keys", keys[0], "--keys", label, home=home).stdout
     assert "group_regression: 2 keys (0 new)" in rerun
+    assert re.search(r"models reused \(unchanged\)\s+│\s+2\s", rerun), rerun  # same data and config: no refit
 
     # the landing files are gone today (and an unreadable one came): every key fails at raw, the
     # run stops there and says why, exits 1, and status shows today's run, not yesterday's

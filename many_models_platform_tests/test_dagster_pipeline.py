@@ -452,8 +452,8 @@ def test_republishing_alone_replaces_rows(platform):
 
 
 def test_unchanged_keys_reuse_their_candidate_and_changed_keys_retrain(platform):
-    """A rerun on the same data fits and registers nothing new; new data for one key
-    retrains that key only."""
+    """A rerun on the same data fits and registers nothing new (the skip in the summary and the
+    metadata); new data for one key retrains that key only; `--force` retrains every key."""
     settings, instance = platform
     data = land_generated(settings, "group_regression", keys=6, rows=60, files=1)
     landing = Path(settings.lake_url) / "landing/group_regression"
@@ -471,6 +471,10 @@ def test_unchanged_keys_reuse_their_candidate_and_changed_keys_retrain(platform)
     assert versions() == dict.fromkeys(first.keys, 1)
     meta = materialization_metadata(instance, "group_regression", "model")
     assert all(m.get("reused") is True for m in meta.values())
+    # the skip is in the summary `mmp run` prints, and in what the promote automation reads
+    assert (first.keys_reused, second.keys_reused) == (0, 6)
+    evaluated = materialization_metadata(instance, "group_regression", "evaluation")
+    assert {k: m["candidate_reused"] for k, m in evaluated.items()} == dict.fromkeys(first.keys, True)
 
     # more rows for one key, in a later file: only that key is fitted again
     changed = first.keys[2]
@@ -483,6 +487,16 @@ def test_unchanged_keys_reuse_their_candidate_and_changed_keys_retrain(platform)
     meta = materialization_metadata(instance, "group_regression", "model")
     assert meta[changed].get("reused") is None and meta[changed]["version"] == 2
     assert all(meta[k]["reused"] is True for k in first.keys if k != changed)
+    assert third.keys_reused == 5
+
+    # `mmp run --force`: every key is fitted and registered again, data and config unchanged
+    forced = run_pipeline(settings, instance, None, "group_regression", force=True)
+    assert forced.success and forced.keys_reused == 0
+    assert versions() == {k: (3 if k == changed else 2) for k in first.keys}
+    meta = materialization_metadata(instance, "group_regression", "model")
+    assert all(meta[k].get("reused") is None for k in first.keys)
+    evaluated = materialization_metadata(instance, "group_regression", "evaluation")
+    assert {k: m["candidate_reused"] for k, m in evaluated.items()} == dict.fromkeys(first.keys, False)
 
 
 def test_a_stage_with_no_key_left_stops_the_run_and_publishing_says_so(platform, tmp_path):

@@ -119,7 +119,8 @@ def statuses(port: int, use_case: str, stage: str) -> dict[str, list[str]]:
 def check_key_pages_in_browser(port: int, settings, tmp_path: Path, bad: str) -> None:
     """A data engineer opens the model asset's partitions: the bad key is red, counted under
     Failed, and its reason is one click away; a good key shows its own metadata and links to its
-    MLflow version. Screenshots are kept in the test's tmp dir."""
+    MLflow version. The Automation page lists the use case's sensors (landing, the automation
+    condition sensors, rollback) and its daily schedule. Screenshots are kept in the test's tmp dir."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
@@ -143,8 +144,18 @@ def check_key_pages_in_browser(port: int, settings, tmp_path: Path, bad: str) ->
             page.get_by_text("too few rows").first.wait_for(timeout=60_000)
             failed = page.inner_text("body")
             page.screenshot(path=str(tmp_path / "model_failed_key.png"))
+            # the Automation page lists the use case's sensors and schedule, not "No automations"
+            page.goto(f"http://127.0.0.1:{port}/automation")
+            page.get_by_text("group_regression_landing").first.wait_for(timeout=60_000)
+            page.get_by_text("Automation condition sensor").first.wait_for(timeout=60_000)  # its kind, once loaded
+            automation = page.inner_text("body")
+            page.screenshot(path=str(tmp_path / "automation.png"))
         finally:
             browser.close()
+    assert "No automations" not in automation and "There are no automations" not in automation
+    for name in ("promote_automation", "score_automation", "rollback_rescore", "daily_train"):
+        assert f"group_regression_{name}" in automation, (name, automation[:1500])
+    assert "bi_marts_automation" in automation
     for expected in ("Materialized", "status", "estimator", "metric_rmse", "data_fingerprint", "mlflow_model"):
         assert expected in good, f"{expected!r} not on the key's page"
     assert href == f"http://localhost:5000/#/models/group_regression.{key}/versions/1"

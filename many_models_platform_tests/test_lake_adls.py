@@ -57,6 +57,31 @@ def test_lake_api_on_azurite(azurite_lake):
     assert len(lake.listing("landing/uc/*.csv")) == 2
 
 
+def test_parquet_key_columns_are_read_with_ranged_requests(azurite_lake, monkeypatch):
+    """The landing sensor's read of a Parquet file's key columns fetches its footer and the key
+    column chunks, not the object: counted at the filesystem's one download call."""
+    import numpy as np
+
+    lake = Lake(azurite_lake.url, {"connection_string": azurite_lake.connection_string})
+    rng = np.random.default_rng(0)
+    n = 100_000
+    frame = pl.DataFrame(
+        {"store": [f"s{i % 7}" for i in range(n)], "noise": rng.normal(size=n), "y": rng.normal(size=n)}
+    )
+    path = lake.path("landing", "uc", "big.parquet")
+    lake.write_parquet(path, frame)
+    (listed,) = lake.listing("landing/uc/*.parquet")
+    fs = path.fs
+    fetched: list[int] = []
+    download = fs.cat_file
+    monkeypatch.setattr(fs, "cat_file", lambda *a, **kw: fetched.append(len(data := download(*a, **kw))) or data)
+    keys = lake.read_table(path, "parquet", columns=["store", "missing"], text_columns=["store"], size=listed.size)
+    assert keys.columns == ["store"] and keys["store"].to_list() == frame["store"].to_list()
+    assert listed.size > 1_000_000 and 0 < sum(fetched) < listed.size // 10, (fetched, listed.size)
+    whole = lake.read_table(path, "parquet")  # every column: all of it, same values as a local read
+    assert whole.equals(frame)
+
+
 def test_overwrites_are_atomic_per_object(azurite_lake):
     """A reader racing a writer sees the whole old object or the whole new one, never a mix."""
     lake = Lake(azurite_lake.url, {"connection_string": azurite_lake.connection_string})

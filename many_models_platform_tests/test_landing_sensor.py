@@ -3,6 +3,8 @@ on a lake in Azurite and on a local folder."""
 
 from __future__ import annotations
 
+import time
+
 import polars as pl
 import pytest
 from conftest_core import regression_body
@@ -17,7 +19,6 @@ from many_models_platform.defs.lanes import LANE_TAG, USE_CASE_TAG
 from many_models_platform.defs.resources import PlatformResource
 from many_models_platform.defs.runner import RANGE_END, RANGE_START
 from many_models_platform.defs.sensors import build_landing_sensor, plan_ranges, train_job_name
-from many_models_platform.stages import landing
 from many_models_platform.stages.landing import scan_landing
 from many_models_platform.storage.lake import Lake
 from many_models_platform.storage.settings import PlatformSettings
@@ -135,12 +136,12 @@ def test_scan_limits_files_per_tick_and_survives_a_lost_list(demo, monkeypatch):
     spec = config.use_case("demo")
     for i in range(5):
         lake.write_bytes(lake.path("landing", "demo", f"p{i}.csv"), csv([f"k{i}"], rows=3))
-    # out of time after the first batch of reads (4 files with one thread): the fifth waits
-    threads = landing.READ_THREADS
-    monkeypatch.setattr(landing, "READ_THREADS", 1)
-    hurried = scan_landing(spec, lake, None, set(), max_seconds=1e-9)
-    assert hurried.new_keys == keys_of("k0", "k1", "k2", "k3") and hurried.counts["files_deferred"] == 1
-    monkeypatch.setattr(landing, "READ_THREADS", threads)
+    # out of time before the first read: one file is read all the same (the sensor moves on),
+    # the other four wait for the next tick, which takes them up from the cursor
+    hurried = scan_landing(spec, lake, None, set(), deadline=time.monotonic())
+    assert hurried.new_keys == keys_of("k0") and hurried.counts["files_deferred"] == 4
+    later = scan_landing(spec, lake, hurried.cursor, set(hurried.new_keys))
+    assert later.new_keys == keys_of("k1", "k2", "k3", "k4") and later.counts["files_deferred"] == 0
     first = scan_landing(spec, lake, None, set(), max_files=3)
     assert first.new_keys == keys_of("k0", "k1", "k2") and first.counts["files_deferred"] == 2
     rest = scan_landing(spec, lake, first.cursor, set(first.new_keys), max_files=3)

@@ -361,11 +361,12 @@ class LandingSensorSpec(_Strict):
 
     enabled: bool = False
     minimum_interval_seconds: int = Field(default=60, ge=5)
-    # Files read per tick (key columns only); the rest wait for the next tick, so a tick stays
-    # well inside Dagster's 60 s limit however many files land at once.
-    max_files_per_tick: int = Field(default=2000, gt=0)
-    # Reading stops after this many seconds (the files read so far are kept), whatever the store's speed.
-    max_read_seconds: float = Field(default=30.0, gt=0, le=50)
+    # The tick's time budget, counted from its start (listing included): no file read starts
+    # after it, and the files not reached wait for the next tick. So a tick stays well inside
+    # Dagster's 60 s limit whatever the store's speed and however many files land at once.
+    max_tick_seconds: float = Field(default=30.0, gt=0, le=50)
+    # Files read per tick (key columns only), however fast the store: bounds one tick's work.
+    max_files_per_tick: int = Field(default=10_000, gt=0)
     # Training runs per tick: beyond this, ranges of changed keys are merged over the unchanged
     # keys between them (at most ``run.max_keys_per_run`` keys a run), so a burst of scattered
     # changes never becomes a run storm.

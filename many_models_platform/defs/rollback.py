@@ -1,7 +1,11 @@
 """Rollback re-scoring: a production alias moved outside Dagster (`mmp promote --rollback`)
-re-scores that key. Dagster cannot see a registry change, so a sensor keeps a cursor of
-every key's production version and compares it with the registry on each tick: two queries
-per tick (``ModelRegistry.snapshot``), however many keys there are."""
+re-scores that key. Dagster cannot see a registry change, so a sensor keeps every key's
+production version and compares it with the registry on each tick: two queries per tick
+(``ModelRegistry.snapshot``), however many keys there are.
+
+The versions are kept in the lake, ``sensors/<use case>/production_<digest>.json``, and the
+sensor's Dagster cursor is only the digest: Dagster stores a sensor's cursor with every tick,
+and a map of 10,000 keys would be some 170 KB a tick, one tick every ``interval_seconds``."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import json
 from dagster import DefaultSensorStatus, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from ..core.spec import PlatformConfig, UseCaseSpec
+from ..storage.lake import Lake
 from ..storage.registry import ModelRef, production_registry
 from .factory import partitions_name
 from .lane_jobs import lane_job_name, ranged_run_requests
@@ -36,6 +41,35 @@ def changed_outside(previous: dict[str, int], current: dict[str, ModelRef]) -> l
     return out
 
 
+def _versions_path(lake: Lake, use_case: str, digest: str):
+    return lake.path("sensors", use_case, f"production_{digest}.json")
+
+
+def remember_versions(lake: Lake, use_case: str, versions: dict[str, int], previous: str | None) -> str:
+    """Store ``versions`` (key -> production version) in the lake; returns its digest, the cursor.
+    Older maps go, except the one the stored cursor names (Dagster stores the new cursor only
+    after the tick returns)."""
+    body = json.dumps(versions, sort_keys=True)
+    digest = hashlib.sha256(body.encode()).hexdigest()[:24]
+    if digest != previous:
+        lake.write_bytes(_versions_path(lake, use_case, digest), body.encode())
+        for f in lake.listing(f"sensors/{use_case}/production_*.json"):
+            name = f.name.rsplit("/", 1)[-1].removeprefix("production_").removesuffix(".json")
+            if name not in (digest, previous):
+                lake.delete(lake.path(*f.name.split("/")))
+    return digest
+
+
+def recall_versions(lake: Lake, use_case: str, cursor: str) -> dict[str, int] | None:
+    """The map the cursor names; None when the lake no longer holds it."""
+    if cursor.startswith("{"):  # a cursor of an earlier release: the map itself
+        return json.loads(cursor)
+    try:
+        return json.loads(lake.read_bytes(_versions_path(lake, use_case, cursor)))
+    except FileNotFoundError:
+        return None
+
+
 def build_rollback_sensor(spec: UseCaseSpec, config: PlatformConfig):
     name = rollback_sensor_name(spec.name)
 
@@ -45,24 +79,25 @@ def build_rollback_sensor(spec: UseCaseSpec, config: PlatformConfig):
         minimum_interval_seconds=spec.automation.interval_seconds,
         default_status=DefaultSensorStatus.RUNNING if spec.automation.enabled else DefaultSensorStatus.STOPPED,
         description=f"{spec.name}: re-scores keys whose production model was changed outside Dagster "
-        "(mmp promote --rollback); cursor = every key's production version.",
+        "(mmp promote --rollback); cursor = digest of every key's production version (kept in the lake).",
     )
     def _rollback(context: SensorEvaluationContext, platform: PlatformResource):
         settings = platform.settings()
+        lake = Lake(settings.lake_url, settings.lake_storage_options)
         current = production_registry(settings).snapshot(spec.name).current
         now = {k: r.version for k, r in current.items()}
-        if context.cursor is None:  # first tick: today's registry is the baseline
-            return SensorResult(
-                skip_reason=SkipReason(f"baseline: {len(now)} production models"), cursor=json.dumps(now)
-            )
-        previous = json.loads(context.cursor)
+        previous = recall_versions(lake, spec.name, context.cursor) if context.cursor else None
+        cursor = remember_versions(lake, spec.name, now, context.cursor)
+        if previous is None:  # first tick (or the map was lost): today's registry is the baseline
+            if context.cursor:
+                context.log.warning("the production versions named by the cursor are gone from the lake")
+            return SensorResult(skip_reason=SkipReason(f"baseline: {len(now)} production models"), cursor=cursor)
         changed = changed_outside(previous, current)
         known = list(context.instance.get_dynamic_partitions(partitions_name(spec.name)))
-        wanted = [k for k in changed if k in set(known)]
+        partitions = set(known)
+        wanted = [k for k in changed if k in partitions]
         if not wanted:
-            return SensorResult(
-                skip_reason=SkipReason("no production model changed outside Dagster"), cursor=json.dumps(now)
-            )
+            return SensorResult(skip_reason=SkipReason("no production model changed outside Dagster"), cursor=cursor)
         stamp = ",".join(f"{k}@{now[k]}" for k in wanted)
         requests = ranged_run_requests(
             spec,
@@ -74,6 +109,6 @@ def build_rollback_sensor(spec: UseCaseSpec, config: PlatformConfig):
             "rollback:" + hashlib.sha1(stamp.encode()).hexdigest()[:12],
         )
         context.log.info(f"{len(wanted)} key(s) changed outside Dagster: {wanted[:10]}")
-        return SensorResult(run_requests=requests, cursor=json.dumps(now))
+        return SensorResult(run_requests=requests, cursor=cursor)
 
     return _rollback

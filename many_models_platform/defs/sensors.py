@@ -3,13 +3,16 @@
 The landing sensor lists the use case's landing files, reads the key columns of new and changed
 ones (:mod:`..stages.landing`), adds new keys as dynamic partitions in batches, and requests
 training runs (the train lane: raw .. evaluation) of exactly the keys whose data changed, as
-key ranges of at most ``run.max_keys_per_run`` keys, never a run per key. Its cursor is a
-digest; the list of files handled is in the lake. See docs/operations.md#the-landing-sensor.
+key ranges of at most ``run.max_keys_per_run`` keys, never a run per key. A tick has a time
+budget (``landing_sensor.max_tick_seconds``, from its start); files it does not reach wait for
+the next tick, and its log says how many. Its cursor is a digest; the list of files handled is
+in the lake. See docs/operations.md#the-landing-sensor.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 from dagster import (
@@ -94,6 +97,7 @@ def build_landing_sensor(spec: UseCaseSpec, config: PlatformConfig):
         "as partitions and launches training runs of the keys whose data changed, as key ranges.",
     )
     def _landing(context: SensorEvaluationContext, platform: PlatformResource):
+        deadline = time.monotonic() + options.max_tick_seconds
         settings = platform.settings()
         lake = Lake(settings.lake_url, settings.lake_storage_options)
         known = list(context.instance.get_dynamic_partitions(partitions_name(spec.name)))
@@ -104,7 +108,7 @@ def build_landing_sensor(spec: UseCaseSpec, config: PlatformConfig):
                 context.cursor,
                 set(known),
                 max_files=options.max_files_per_tick,
-                max_seconds=options.max_read_seconds,
+                deadline=deadline,
             )
         except Exception as exc:  # e.g. the lake unreachable: the tick fails, with no credential in it
             raise RuntimeError(redact(f"{type(exc).__name__}: {exc}", settings.secrets())) from None
@@ -120,7 +124,11 @@ def build_landing_sensor(spec: UseCaseSpec, config: PlatformConfig):
         for item in scan.retry_later:
             context.log.warning(redact(f"{spec.name}: will retry {item['file']}: {item['reason']}", settings.secrets()))
         if scan.counts.get("files_deferred"):
-            context.log.info(f"{spec.name}: {scan.counts['files_deferred']} more files are left for the next tick")
+            context.log.info(
+                f"{spec.name}: backlog of {scan.counts['files_deferred']} new or changed files, left for the next "
+                f"tick (the tick's time, max_tick_seconds {options.max_tick_seconds:g}, or max_files_per_tick "
+                f"{options.max_files_per_tick}, ran out)"
+            )
         if not scan.changed:
             return SensorResult(
                 skip_reason=SkipReason(f"no key's landed data changed ({counts or 'no files'})"), cursor=scan.cursor

@@ -5,10 +5,14 @@ Each landed file is handled once per version (name, size and ETag or modificatio
 files handled so far are listed in the lake, in ``sensors/<use case>/landing_<digest>.json``,
 and the sensor's Dagster cursor is only that digest: the cursor stays a few bytes with 10,000
 files, and a tick that fails before Dagster stores its cursor is simply done again (the list is
-content-addressed, so the older one is still there). Only key columns are read. A file that
-cannot be read is recorded as rejected the way ingest does (``rejected/<use case>/``) and the
-tick carries on; a file that fails with an I/O error is left for the next tick. Landing files
-are never moved or changed.
+content-addressed, so the older one is still there). One listing gives every file's size and
+change stamp (no request per file); only key columns of new and changed files are read (a
+remote Parquet file's footer and key column chunks, by ranged requests), ``READ_THREADS`` at a
+time, and none is started after the tick's deadline: the files not reached are its backlog,
+taken up by the next tick as if they had just landed. A file that cannot be read is recorded
+as rejected the way ingest does (``rejected/<use case>/``) and the tick carries on; a file that
+fails with an I/O or storage error is left for the next tick. Landing files are never moved or
+changed.
 """
 
 from __future__ import annotations
@@ -16,19 +20,19 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-import polars as pl
-
-from ..core.keys import encode_key
 from ..core.spec import UseCaseSpec
-from ..storage.lake import Lake, LandedFile
-from .raw import reading_settings, reject, rejection_records, still_rejected
+from ..storage.lake import Lake, LandedFile, transient_errors
+from .raw import KeyColumnsMissing, file_keys, reading_settings, reject, rejection_records, still_rejected
 
 SEEN_FORMAT = 1
-READ_THREADS = 8  # key columns of several files at once: the reads are I/O (remote) or GIL-free parsing
+# Files read at once: blob reads are latency-bound (one or a few requests each) and parsing a
+# key column is GIL-free polars work, so a tick overlaps many of them.
+READ_THREADS = 16
 
 
 @dataclass
@@ -69,20 +73,6 @@ def digest_of(files: dict[str, dict], settings: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def _key_values(spec: UseCaseSpec, lake: Lake, file: LandedFile, fmt: str) -> list[str]:
-    """The distinct encoded keys of one file, from its key columns only."""
-    frame = lake.read_table(lake.path(*file.name.split("/")), fmt, columns=spec.keys, text_columns=spec.keys)
-    missing = [k for k in spec.keys if k not in frame.columns]
-    if missing:
-        raise KeyColumnsMissing(f"missing required column(s) {missing}")
-    values = frame.select(pl.col(k).cast(pl.Utf8) for k in spec.keys).unique().drop_nulls()
-    return sorted(encode_key(row) for row in values.iter_rows())
-
-
-class KeyColumnsMissing(Exception):
-    pass
-
-
 def scan_landing(
     spec: UseCaseSpec,
     lake: Lake,
@@ -90,10 +80,11 @@ def scan_landing(
     known_keys: set[str],
     *,
     max_files: int | None = None,
-    max_seconds: float | None = None,
+    deadline: float | None = None,
 ) -> LandingScan:
-    """Compare the landing zone with the files handled so far; read the new and changed ones
-    (at most ``max_files``, and no new reads after ``max_seconds``: the rest wait for the next tick).
+    """Compare the landing zone with the files handled so far; read the key columns of the new
+    and changed ones, at most ``max_files``, and none started after ``deadline`` (a
+    ``time.monotonic()`` value): the files not reached wait for the next tick, in name order.
 
     ``known_keys`` are the use case's partitions. The new list of handled files is written to
     the lake before returning; the caller stores ``cursor`` (Dagster does, with the tick)."""
@@ -130,27 +121,25 @@ def scan_landing(
         return scan  # nothing landed, changed or went away: no reads, no writes
     records = rejection_records(lake, spec.name) if todo else {}
 
+    transient = transient_errors()
+
     def read(item: tuple[LandedFile, str, str]) -> tuple[str, Any]:
         f, fmt, _ = item
         try:
             if still_rejected(lake, records, f.name, f.signature, settings) is not None:
                 return "rejected_before", None
-            return "ok", _key_values(spec, lake, f, fmt)
-        except OSError as exc:  # maybe passing (network, a file being written): next tick
+            return "ok", file_keys(spec, lake, f, fmt)
+        except transient as exc:  # maybe passing (network, throttling, a file being written): next tick
             return "retry_later", f"{type(exc).__name__}: {exc}"[:500]
         except KeyColumnsMissing as exc:
             return "rejected", str(exc)
         except Exception as exc:  # the file's content is the user's: say why it cannot be read
+            if _replaced_since_listed(lake, f):  # read half old, half new: not the file's fault
+                return "retry_later", "the file changed while it was read"
             return "rejected", f"cannot read as {fmt}: {exc}"[:500]
 
-    results: list[tuple[str, Any]] = []
-    started = time.monotonic()
-    with ThreadPoolExecutor(min(READ_THREADS, max(1, len(todo)))) as pool:
-        for i in range(0, len(todo), READ_THREADS * 4):
-            if max_seconds is not None and results and time.monotonic() - started > max_seconds:
-                break  # the tick's time is up: the files not read yet wait for the next tick
-            results += pool.map(read, todo[i : i + READ_THREADS * 4])
-    if len(results) < len(todo):
+    results = read_until(read, todo, READ_THREADS, deadline)
+    if len(results) < len(todo):  # out of time: the files not started wait, as if not listed yet
         scan.counts["files_deferred"] += len(todo) - len(results)
         todo = todo[: len(results)]
         scan.counts["files_new"] = sum(1 for f, _, _ in todo if f.name not in seen)
@@ -190,6 +179,35 @@ def scan_landing(
         lake.write_json(seen_path(lake, spec.name, scan.cursor), body)
         _forget_older_lists(lake, spec.name, keep={cursor, scan.cursor})
     return scan
+
+
+def read_until(read: Callable[[Any], Any], items: Sequence[Any], threads: int, deadline: float | None) -> list[Any]:
+    """``read(item)`` for the first items, in order: those started before ``deadline``, at most
+    ``threads`` at a time. A slow item holds up only its own thread, never a batch; at least
+    one item is read, so a tick whose listing alone used up its time still moves on."""
+    results: dict[int, Any] = {}
+    pending: dict[Future, int] = {}
+    started = 0
+    with ThreadPoolExecutor(max(1, min(threads, len(items)))) as pool:
+        while True:
+            while started < len(items) and len(pending) < threads:
+                if started and deadline is not None and time.monotonic() >= deadline:
+                    break
+                pending[pool.submit(read, items[started])] = started
+                started += 1
+            if not pending:
+                return [results[i] for i in range(started)]
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                results[pending.pop(future)] = future.result()
+
+
+def _replaced_since_listed(lake: Lake, f: LandedFile) -> bool:
+    """Whether the file is no longer the one the listing showed (gone, or another version)."""
+    try:
+        return lake.signature(lake.path(*f.name.split("/"))) != f.signature
+    except Exception:  # gone or unreachable: nothing to reject it for
+        return True
 
 
 def _forget_older_lists(lake: Lake, use_case: str, keep: set[str | None]) -> None:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ from ..core import ingest as core_ingest
 from ..core.engine import KeyOutcome
 from ..core.keys import decode_key, encode_key
 from ..core.spec import UseCaseSpec
-from ..storage.lake import Lake
+from ..storage.lake import Lake, LandedFile
 from .base import StageReport, StageRun, clear_state, crash_point, finish, write_state
 
 # A read that fails with an OSError, or a file that changes while being read (still being
@@ -93,14 +94,17 @@ def still_rejected(lake: Lake, records: dict[str, UPath], name: str, signature: 
 
 
 # --- reading --------------------------------------------------------------------------------
-def read_with_retry(lake: Lake, path: UPath, fmt: str, columns: list[str], text_columns: list[str]) -> pl.DataFrame:
-    """Read a landing file, retrying I/O errors and files that change while read; RetryLater after that."""
+def read_with_retry(
+    lake: Lake, path: UPath, fmt: str, columns: list[str], text_columns: list[str], listed: dict | None = None
+) -> pl.DataFrame:
+    """Read a landing file, retrying I/O errors and files that change while read; RetryLater after that.
+    ``listed``: the file's signature from the listing, which saves asking for it before the first read."""
     problem = ""
     for attempt in range(len(RETRY_DELAYS) + 1):
         if attempt:
             time.sleep(RETRY_DELAYS[attempt - 1])
         try:
-            before = lake.signature(path)
+            before = listed if (listed is not None and not attempt) else lake.signature(path)
             frame = lake.read_table(path, fmt, columns=columns, text_columns=text_columns)
             if lake.signature(path) == before:
                 return frame
@@ -119,22 +123,18 @@ def read_source(spec: UseCaseSpec, lake: Lake, *, scoring: bool = False, prefer:
     text_columns = [*spec.keys, *spec.categorical_features] + ([spec.time_column] if spec.time_column else [])
     frames, files, names = [], [], []
     kind = prefer
-    for path in lake.glob(source.path):
-        name = lake.relative(path)
+    for listed in lake.listing(source.path):  # names, sizes and change stamps: no request per file
+        name, signature = listed.name, listed.signature
+        path = lake.path(*name.split("/"))
         entry: dict[str, Any] = {"file": name, "source": label, "rows": 0, "status": "ingested", "reason": ""}
         entry |= {"rows_dropped": 0, "rows_merged": 0}
         files.append(entry)
-        try:
-            signature = lake.signature(path)
-        except OSError as exc:
-            entry |= {"status": "retry_later", "reason": f"{type(exc).__name__}: {exc}"}
-            continue
         record = still_rejected(lake, records, name, signature, settings)
         if record is not None:
             entry |= {"status": "unchanged_rejected", "reason": record["reason"]}
             continue
         try:
-            raw = read_with_retry(lake, path, source.file_format, spec.input_columns, text_columns)
+            raw = read_with_retry(lake, path, source.file_format, spec.input_columns, text_columns, signature)
         except RetryLater as exc:
             entry |= {"status": "retry_later", "reason": str(exc)}
             continue
@@ -202,26 +202,44 @@ def _file_totals(spec: UseCaseSpec, lake: Lake, resolved: core_ingest.Resolved, 
 
 
 # --- keys -----------------------------------------------------------------------------------
+class KeyColumnsMissing(Exception):
+    pass
+
+
+def file_keys(spec: UseCaseSpec, lake: Lake, file: LandedFile, fmt: str) -> list[str]:
+    """The distinct encoded keys of one landing file, from its key columns only (on blob
+    storage a Parquet file's footer and key column chunks, not the whole object)."""
+    frame = lake.read_table(file.name, fmt, columns=spec.keys, text_columns=spec.keys, size=file.size)
+    missing = [k for k in spec.keys if k not in frame.columns]
+    if missing:
+        raise KeyColumnsMissing(f"missing required column(s) {missing}")
+    values = frame.select(pl.col(k).cast(pl.Utf8) for k in spec.keys).unique().drop_nulls()
+    return sorted(encode_key(row) for row in values.iter_rows())
+
+
+DISCOVERY_THREADS = 16  # key columns of many files at once: blob reads are latency-bound
+
+
 def discover_keys(spec: UseCaseSpec, lake: Lake) -> list[str]:
-    """Every key in the landing zone, in a stable order: reads key columns only, as text, and
-    skips files rejected for this use case and files it cannot read (``raw`` says why)."""
+    """Every key in the landing zone, in a stable order: one listing (sizes and change stamps
+    included, no request per file), then the key columns of the files, several at a time. Skips
+    files rejected for this use case and files it cannot read (``raw`` says why)."""
     settings = reading_settings(spec)
     records = rejection_records(lake, spec.name)
-    found: list[pl.DataFrame] = []
-    for path in lake.glob(spec.source.path):
+    fmt = spec.source.file_format
+
+    def keys_of(file: LandedFile) -> list[str]:
         try:
-            if still_rejected(lake, records, lake.relative(path), lake.signature(path), settings) is not None:
-                continue
-            frame = lake.read_table(path, spec.source.file_format, columns=spec.keys, text_columns=spec.keys)
-            if frame.columns != spec.keys:
-                frame = frame.select(spec.keys)  # raises when a key column is missing
-            found.append(frame.select(pl.col(k).cast(pl.Utf8) for k in spec.keys).unique().drop_nulls())
+            if still_rejected(lake, records, file.name, file.signature, settings) is not None:
+                return []
+            return file_keys(spec, lake, file, fmt)
         except Exception:  # one unreadable file never hides the others' keys
-            continue
-    if not found:
-        return []
-    values = pl.concat(found).unique()
-    return sorted(encode_key(row) for row in values.iter_rows())
+            return []
+
+    files = lake.listing(spec.source.path)
+    with ThreadPoolExecutor(max(1, min(DISCOVERY_THREADS, len(files)))) as pool:
+        found = {k for keys in pool.map(keys_of, files) for k in keys}
+    return sorted(found)
 
 
 def _wanted(spec: UseCaseSpec, keys: Sequence[str]) -> pl.DataFrame:

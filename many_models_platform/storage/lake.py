@@ -13,6 +13,7 @@ a directory rename, which a flat blob namespace cannot do atomically. Credential
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import io
 import json
@@ -94,6 +95,55 @@ def credential_values(options: dict[str, Any]) -> list[str]:
     return found
 
 
+# A remote Parquet object this small is fetched whole (one request); a larger one as its footer
+# and the chunks of the wanted columns (pyarrow asks for the footer in one 64 KiB read).
+SMALL_OBJECT = 256 * 1024
+
+
+class RangedObject(io.RawIOBase):
+    """A remote object of known size as a seekable file whose every read is one ranged request,
+    so that pyarrow fetches a Parquet footer and the column chunks it needs, never the whole
+    object (adlfs's own file object asks for the object's properties first and reads ahead in
+    4 MiB blocks)."""
+
+    def __init__(self, fs: Any, path: str, size: int) -> None:
+        super().__init__()
+        self._fs, self._path, self._size, self._pos = fs, path, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        end = min(self._pos + len(buffer), self._size)
+        if end <= self._pos:
+            return 0
+        data = self._fs.cat_file(self._path, start=self._pos, end=end)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """Errors of a read that may pass (network, throttling, a file being replaced): the file is
+    tried again later, never rejected. The Azure SDK's own errors are not ``OSError``s."""
+    try:
+        from azure.core.exceptions import AzureError
+    except ImportError:  # the adls extra is not installed
+        return (OSError,)
+    return (OSError, AzureError)
+
+
 @dataclass(frozen=True)
 class LandedFile:
     """A file in the lake as one listing shows it: what tells whether it changed."""
@@ -112,6 +162,14 @@ def _stamp(info: dict[str, Any]) -> str:
     return str(next((info[k] for k in ("etag", "ETag", "last_modified", "LastModified", "mtime") if info.get(k)), ""))
 
 
+@functools.lru_cache(maxsize=64)
+def _root(url: str, options: tuple[tuple[str, Any], ...], pid: int) -> UPath:
+    """The lake root (path objects are immutable: one per lake, options and process)."""
+    if is_azure_url(url):
+        return UPath(url, **adlfs_options(dict(options)))
+    return UPath(url, **dict(options))
+
+
 @dataclass(frozen=True)
 class Lake:
     """A picklable handle on the lake root, passed as-is to worker processes."""
@@ -121,9 +179,19 @@ class Lake:
 
     @property
     def root(self) -> UPath:
-        if is_azure_url(self.url):
-            return UPath(self.url, **adlfs_options(self.storage_options))
-        return UPath(self.url, **self.storage_options)
+        options = tuple(sorted(self.storage_options.items()))
+        try:  # per process: a forked worker never uses its parent's filesystem client
+            return _root(self.url, options, os.getpid())
+        except TypeError:  # an option value that cannot be a cache key (a credential object)
+            return _root.__wrapped__(self.url, options, os.getpid())
+
+    def _located(self, path: UPath | str) -> tuple[Any, str]:
+        """(filesystem, full path) of a path, or of a name relative to the root as ``listing``
+        gives it (no path object per file: the landing sensor reads thousands)."""
+        if isinstance(path, str):
+            root = self.root
+            return root.fs, f"{root.path.rstrip('/')}/{path}"
+        return path.fs, path.path
 
     @property
     def is_local(self) -> bool:
@@ -192,37 +260,74 @@ class Lake:
         frame.write_parquet(buf, compression="zstd", statistics=False)
         self.write_bytes(path, buf.getvalue())
 
+    def read_bytes(self, path: UPath | str) -> bytes:
+        """A whole file (a path, or a name relative to the root); remote: one download
+        (adlfs's file object first asks for the object's properties, then reads 4 MiB at a time)."""
+        fs, full = self._located(path)
+        if self.is_local:
+            with open(full, "rb") as f:
+                return f.read()
+        return fs.cat_file(full)
+
     def read_parquet(self, path: UPath) -> pl.DataFrame:
         if self.is_local:
             return pl.read_parquet(path.path)
-        with path.open("rb") as f:
-            return pl.read_parquet(f)
+        return pl.read_parquet(io.BytesIO(self.read_bytes(path)))
 
     def write_json(self, path: UPath, obj: Any) -> None:
         self.write_bytes(path, json.dumps(obj, default=str, allow_nan=True).encode())
 
     def read_json(self, path: UPath) -> Any:
-        return json.loads(path.read_bytes())
+        return json.loads(self.read_bytes(path))
 
     def read_table(
-        self, path: UPath, fmt: str, columns: list[str] | None = None, text_columns: Sequence[str] = ()
+        self,
+        path: UPath | str,
+        fmt: str,
+        columns: list[str] | None = None,
+        text_columns: Sequence[str] = (),
+        size: int | None = None,
     ) -> pl.DataFrame:
-        """A landing file, with only those of ``columns`` it holds (the caller names what is missing).
+        """A landing file (a path, or a name relative to the root), with only those of ``columns``
+        it holds (the caller names what is missing).
 
-        CSV columns in ``text_columns`` are read as text without type inference, so ``0012``
-        stays ``0012`` and the time column is parsed by ingest, the same way as in Parquet.
+        Parquet reads only what it needs: on blob storage the footer and the chunks of
+        ``columns``, in ranged requests (``size``, known from a listing, saves asking for it).
+        A CSV is one request for the whole object (a CSV has no column index). CSV columns in
+        ``text_columns`` are read as text without type inference, so ``0012`` stays ``0012``
+        and the time column is parsed by ingest, the same way as in Parquet.
         """
-        data = path.read_bytes()
         if fmt == "parquet":
-            if columns is not None:
-                present = set(pl.read_parquet_schema(io.BytesIO(data)))
-                columns = [c for c in columns if c in present]
-            return pl.read_parquet(io.BytesIO(data), columns=columns)
+            return self._read_parquet_columns(path, columns, size)
+        data = self.read_bytes(path)
         if columns is not None:
             present = set(pl.read_csv(io.BytesIO(data), n_rows=0).columns)
             columns = [c for c in columns if c in present]
         text = {c: pl.Utf8 for c in text_columns if columns is None or c in columns}
         return pl.read_csv(io.BytesIO(data), columns=columns, schema_overrides=text, infer_schema_length=10_000)
+
+    def _read_parquet_columns(self, path: UPath | str, columns: list[str] | None, size: int | None) -> pl.DataFrame:
+        fs, full = self._located(path)
+        if self.is_local:  # polars reads the footer and the wanted columns from the file itself
+            if columns is not None:
+                present = set(pl.read_parquet_schema(full))
+                columns = [c for c in columns if c in present]
+            return pl.read_parquet(full, columns=columns)
+        size = fs.size(full) if size is None else size
+        if size <= SMALL_OBJECT:  # one request for all of it costs less than two ranged ones
+            data = io.BytesIO(fs.cat_file(full))
+            if columns is not None:
+                present = set(pl.read_parquet_schema(data))
+                columns = [c for c in columns if c in present]
+            return pl.read_parquet(data, columns=columns)
+        import pyarrow.parquet as pq
+
+        with pq.ParquetFile(RangedObject(fs, full, size), pre_buffer=True) as parquet:
+            if columns is not None:
+                present = set(parquet.schema_arrow.names)
+                columns = [c for c in columns if c in present]
+            table = parquet.read(columns=columns)
+        return pl.from_arrow(table)  # type: ignore[return-value]
 
     def signature(self, path: UPath) -> dict[str, Any]:
         """Size and modification stamp (ETag where the store has one): tells whether a file changed."""
