@@ -1,0 +1,99 @@
+"""Where a warm 1-row request spends its time: the service's ASGI app driven in process.
+
+Not a test: a tool for the hot path (docs/benchmarks.md, "Scoring service"). It builds the
+world of ``serving_bench.py`` (a few keys, no rotation names), loads one key, then calls the
+app directly with the benchmark's request (no sockets, no HTTP parsing) and prints the mean
+time per request, and with ``--profile`` the cProfile functions that cost most.
+
+    uv run python benchmarks/serving_profile.py --requests 20000 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import pstats
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from serving_bench import TOKEN, USE_CASE, build_world
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=20_000)
+    ap.add_argument("--profile", action="store_true", help="print the top cProfile entries")
+    ap.add_argument("--top", type=int, default=30)
+    args = ap.parse_args(argv)
+
+    home = Path(tempfile.mkdtemp(prefix="mmp-serving-profile-"))
+    try:
+        _, _, _, model = build_world(home, keys=3, rotation_keys=0)
+        from many_models_platform.serving.app import create_app
+        from many_models_platform.serving.settings import ServeSettings
+
+        app = create_app(ServeSettings.from_env(api_keys=(TOKEN,)))
+        row = {"columns": model["features"], "data": [[0.3, -1.2, 0.7, 1.5, 2.0][: len(model["features"])]]}
+        body = json.dumps({"dataframe_split": row}).encode()
+        path = f"/v1/use-cases/{USE_CASE}/keys/{model['key']}/predict"
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"host", b"127.0.0.1"),
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-api-key", TOKEN.encode()),
+            ],
+            "client": ("127.0.0.1", 5000),
+            "server": ("127.0.0.1", 8080),
+            "state": {},
+        }
+        message = {"type": "http.request", "body": body, "more_body": False}
+
+        async def receive():
+            return message
+
+        statuses = []
+
+        async def send(msg):
+            if msg["type"] == "http.response.start":
+                statuses.append(msg["status"])
+
+        async def run(n: int) -> float:
+            started = time.perf_counter()
+            for _ in range(n):
+                await app(dict(scope), receive, send)
+            return time.perf_counter() - started
+
+        asyncio.run(run(50))  # the first request loads the model
+        assert set(statuses) == {200}, statuses
+        profiler = cProfile.Profile() if args.profile else None
+        if profiler:
+            profiler.enable()
+        elapsed = asyncio.run(run(args.requests))
+        if profiler:
+            profiler.disable()
+        assert set(statuses) == {200}, set(statuses)
+        print(json.dumps({"requests": args.requests, "us_per_request": round(elapsed / args.requests * 1e6, 1)}))
+        if profiler:
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(args.top)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
