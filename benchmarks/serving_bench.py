@@ -64,12 +64,15 @@ CONFIG = {
 
 
 # --- the load generator: raw HTTP/1.1 keep-alive, one sequential stream per client ---------
-async def _client(host: str, port: int, requests: list[bytes], until: float, latencies: list[float]) -> None:
+async def _client(
+    host: str, port: int, requests: list[bytes], warm_until: float, until: float, latencies: list[float]
+) -> None:
+    """One keep-alive connection: requests until ``warm_until`` not counted (the connection's
+    worker process loads the model and warms up), then counted until ``until``."""
     reader, writer = await asyncio.open_connection(host, port)
     i = 0
     try:
-        while time.perf_counter() < until:
-            started = time.perf_counter()
+        while (started := time.perf_counter()) < until:
             writer.write(requests[i % len(requests)])
             i += 1
             head = await reader.readuntil(b"\r\n\r\n")
@@ -82,12 +85,11 @@ async def _client(host: str, port: int, requests: list[bytes], until: float, lat
                     await reader.readexactly(size + 2)
                     if size == 0:
                         break
-            if head.startswith(b"HTTP/1.1 503"):  # the load bound: counted, as a client would retry
-                latencies.append(-1.0)
-            elif not head.startswith(b"HTTP/1.1 200"):
+            status = head[9:12]
+            if status not in (b"200", b"503"):  # 503: the load bound, counted as a client would retry
                 raise RuntimeError(head.split(b"\r\n", 1)[0].decode())
-            else:
-                latencies.append(time.perf_counter() - started)
+            if started >= warm_until:
+                latencies.append(time.perf_counter() - started if status == b"200" else -1.0)
     finally:
         writer.close()
 
@@ -102,10 +104,10 @@ def _load(args: tuple) -> list[float]:
         pass
 
     async def main() -> list[float]:
-        await asyncio.gather(*(_client(host, port, requests, time.perf_counter() + warmup, []) for _ in range(clients)))
         latencies: list[float] = []
-        until = time.perf_counter() + seconds
-        await asyncio.gather(*(_client(host, port, requests, until, latencies) for _ in range(clients)))
+        warm_until = time.perf_counter() + warmup
+        until = warm_until + seconds
+        await asyncio.gather(*(_client(host, port, requests, warm_until, until, latencies) for _ in range(clients)))
         return latencies
 
     return asyncio.run(main())
@@ -122,7 +124,9 @@ def run_load(port: int, requests: list[bytes], clients: int, seconds: float, war
         "busy_503": len(latencies) - len(ms),
         "rps": round(len(ms) / seconds, 1),
         "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p90_ms": round(float(np.percentile(ms, 90)), 3),
         "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "max_ms": round(float(ms.max()), 3),
     }
 
 
@@ -167,9 +171,12 @@ def start_mmp(env: dict, workers: int, cache_bytes: int | None = None) -> tuple[
     return proc, port
 
 
-def start_mlflow(env: dict, model_path: str, workers: int) -> tuple[subprocess.Popen, int]:
+def start_mlflow(env: dict, model_path: str, workers: int | None) -> tuple[subprocess.Popen, int]:
+    """``mlflow models serve`` (uvicorn, as many workers as ``--workers``; None: its default)."""
     port = free_port()
-    env = {**env, "MLFLOW_MODELS_WORKERS": str(workers)}
+    env = {k: v for k, v in env.items() if k != "MLFLOW_MODELS_WORKERS"}
+    if workers is not None:
+        env["MLFLOW_MODELS_WORKERS"] = str(workers)
     cmd = [
         sys.executable,
         "-m",
@@ -271,6 +278,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--budget-mb", type=int, default=4, help="cache budget per worker in the rotation")
     ap.add_argument("--rotation-requests", type=int, default=20_000)
     ap.add_argument("--zipf", type=float, default=1.1)
+    ap.add_argument(
+        "--mlflow-default-workers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure mlflow models serve at its default worker count (1)",
+    )
     args = ap.parse_args(argv)
 
     home = Path(tempfile.mkdtemp(prefix="mmp-serving-bench-"))
@@ -298,6 +311,12 @@ def main(argv: list[str] | None = None) -> dict:
             stop(proc)
         out["throughput_ratio_8_clients"] = round(out["mmp_serve"][1]["rps"] / out["mlflow_serve"][1]["rps"], 2)
         out["p99_ratio_1_client"] = round(out["mlflow_serve"][0]["p99_ms"] / out["mmp_serve"][0]["p99_ms"], 2)
+        if args.mlflow_default_workers:  # `mlflow models serve` without --workers: one uvicorn worker
+            proc, port = start_mlflow(env, model["source"], None)
+            try:
+                out["mlflow_serve_default_workers"] = [run_load(port, theirs, c, args.seconds) for c in (1, 8)]
+            finally:
+                stop(proc)
 
         say(f"warm load done: {out['mmp_serve']} vs {out['mlflow_serve']}; cold loads")
         # 2. cold loads: one worker, each key's first request

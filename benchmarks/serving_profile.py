@@ -3,9 +3,13 @@
 Not a test: a tool for the hot path (docs/benchmarks.md, "Scoring service"). It builds the
 world of ``serving_bench.py`` (a few keys, no rotation names), loads one key, then calls the
 app directly with the benchmark's request (no sockets, no HTTP parsing) and prints the mean
-time per request, and with ``--profile`` the cProfile functions that cost most.
+time per request, and with ``--profile`` the cProfile functions that cost most. With
+``--http SECONDS`` it serves the app with uvicorn (one process, uvloop and httptools when
+installed, as ``mmp serve``) and drives it with the benchmark's client for that long, so the
+profile includes the HTTP server's own share.
 
     uv run python benchmarks/serving_profile.py --requests 20000 --profile
+    uv run python benchmarks/serving_profile.py --http 5 --clients 8 --profile
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serving_bench import TOKEN, USE_CASE, build_world
+from serving_bench import TOKEN, USE_CASE, build_world, free_port, http_request, run_load
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--requests", type=int, default=20_000)
     ap.add_argument("--profile", action="store_true", help="print the top cProfile entries")
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--http", type=float, default=0, help="seconds of load through uvicorn instead of direct calls")
+    ap.add_argument("--clients", type=int, default=8, help="concurrent connections with --http")
     args = ap.parse_args(argv)
 
     home = Path(tempfile.mkdtemp(prefix="mmp-serving-profile-"))
@@ -79,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
                 await app(dict(scope), receive, send)
             return time.perf_counter() - started
 
+        if args.http:
+            return serve_and_load(app, path, body, args)
         asyncio.run(run(50))  # the first request loads the model
         assert set(statuses) == {200}, statuses
         profiler = cProfile.Profile() if args.profile else None
@@ -93,6 +101,38 @@ def main(argv: list[str] | None = None) -> None:
             pstats.Stats(profiler).sort_stats("tottime").print_stats(args.top)
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def serve_and_load(app, path: str, body: bytes, args) -> None:
+    """uvicorn in a thread (profiled there), the benchmark's client in its own process."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", access_log=False))
+    profiler = cProfile.Profile() if args.profile else None
+
+    def run() -> None:
+        if profiler:
+            profiler.enable()
+        server.run()
+        if profiler:
+            profiler.disable()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        result = run_load(port, [http_request(path, body, auth=True)], args.clients, args.http)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    loop, http = server.config.get_loop_factory(), server.config.http_protocol_class
+    print(json.dumps({**result, "loop": getattr(loop, "__module__", str(loop)), "http": http.__module__}))
+    if profiler:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(args.top)
 
 
 if __name__ == "__main__":
