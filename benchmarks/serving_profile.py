@@ -10,6 +10,10 @@ profile includes the HTTP server's own share.
 
     uv run python benchmarks/serving_profile.py --requests 20000 --profile
     uv run python benchmarks/serving_profile.py --http 5 --clients 8 --profile
+    uv run python benchmarks/serving_profile.py --cold --keys 20 --profile
+
+``--cold`` times the store's load of each key instead (registry query, hash, skops, fast-path
+probes), in the calling thread, without HTTP.
 """
 
 from __future__ import annotations
@@ -36,11 +40,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--http", type=float, default=0, help="seconds of load through uvicorn instead of direct calls")
     ap.add_argument("--clients", type=int, default=8, help="concurrent connections with --http")
+    ap.add_argument("--cold", action="store_true", help="time cold loads of every key instead")
+    ap.add_argument("--keys", type=int, default=3, help="keys the pipeline trains")
     args = ap.parse_args(argv)
 
     home = Path(tempfile.mkdtemp(prefix="mmp-serving-profile-"))
     try:
-        _, _, _, model = build_world(home, keys=3, rotation_keys=0)
+        _, real, _, model = build_world(home, keys=args.keys, rotation_keys=0)
         from many_models_platform.serving.app import create_app
         from many_models_platform.serving.settings import ServeSettings
 
@@ -87,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
 
         if args.http:
             return serve_and_load(app, path, body, args)
+        if args.cold:
+            return cold_loads(app, real, args)
         asyncio.run(run(50))  # the first request loads the model
         assert set(statuses) == {200}, statuses
         profiler = cProfile.Profile() if args.profile else None
@@ -101,6 +109,26 @@ def main(argv: list[str] | None = None) -> None:
             pstats.Stats(profiler).sort_stats("tottime").print_stats(args.top)
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def cold_loads(app, keys: list[str], args) -> None:
+    import numpy as np
+
+    store = app.state.store
+    store.preload()
+    profiler = cProfile.Profile() if args.profile else None
+    times = []
+    for key in keys:
+        if profiler:
+            profiler.enable()
+        started = time.perf_counter()
+        store._load(USE_CASE, key, f"{USE_CASE}.{key}")
+        times.append((time.perf_counter() - started) * 1000)
+        if profiler:
+            profiler.disable()
+    print(json.dumps({"keys": len(keys), "p50_ms": round(float(np.median(times)), 2), "max_ms": round(max(times), 2)}))
+    if profiler:
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(args.top)
 
 
 def serve_and_load(app, path: str, body: bytes, args) -> None:
