@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -65,10 +66,12 @@ CONFIG = {
 
 # --- the load generator: raw HTTP/1.1 keep-alive, one sequential stream per client ---------
 async def _client(
-    host: str, port: int, requests: list[bytes], warm_until: float, until: float, latencies: list[float]
+    host: str, port: int, requests: list[bytes], warm_until: float, until: float, latencies: list[float], delay: float
 ) -> None:
-    """One keep-alive connection: requests until ``warm_until`` not counted (the connection's
-    worker process loads the model and warms up), then counted until ``until``."""
+    """One keep-alive connection, opened after ``delay``: requests until ``warm_until`` not
+    counted (the connection's worker process loads the model and warms up), then counted until
+    ``until``."""
+    await asyncio.sleep(delay)
     reader, writer = await asyncio.open_connection(host, port)
     i = 0
     try:
@@ -107,19 +110,40 @@ def _load(args: tuple) -> list[float]:
         latencies: list[float] = []
         warm_until = time.perf_counter() + warmup
         until = warm_until + seconds
-        await asyncio.gather(*(_client(host, port, requests, warm_until, until, latencies) for _ in range(clients)))
+        # connections opened 20 ms apart: both servers' uvicorn workers share one listening
+        # socket, and connections opened at the same instant mostly all land in the worker that
+        # wakes first (measured: 8 of 8 in most tries), leaving the other worker idle
+        clients_ = (_client(host, port, requests, warm_until, until, latencies, i * 0.02) for i in range(clients))
+        await asyncio.gather(*clients_)
         return latencies
 
     return asyncio.run(main())
 
 
+def connections_per_process(port: int) -> list[int]:
+    """How the established connections to ``port`` are spread over the server's processes
+    (uvicorn's workers share one listening socket: whichever accepts first takes a connection,
+    so 8 connections opened at once may all land on one worker)."""
+    try:
+        out = subprocess.run(
+            ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return sorted(Counter(re.findall(r"pid=(\d+)", out)).values(), reverse=True)
+
+
 def run_load(port: int, requests: list[bytes], clients: int, seconds: float, warmup: float = 1.0) -> dict:
     """Warm load from a separate process: latency quantiles (ms) and requests/s."""
     with mp.get_context("spawn").Pool(1) as pool:
-        latencies = pool.apply(_load, ((("127.0.0.1", port, requests, clients, seconds, warmup)),))
+        pending = pool.apply_async(_load, ((("127.0.0.1", port, requests, clients, seconds, warmup)),))
+        time.sleep(warmup + seconds / 2)
+        spread = connections_per_process(port)
+        latencies = pending.get()
     ms = np.array([x for x in latencies if x >= 0]) * 1000
     return {
         "clients": clients,
+        "connections_per_worker": spread,
         "requests": len(ms),
         "busy_503": len(latencies) - len(ms),
         "rps": round(len(ms) / seconds, 1),
