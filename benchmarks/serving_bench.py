@@ -243,12 +243,30 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
-def scrape(port: int, name: str) -> float:
+def scrape(port: int, *names: str) -> list[float]:
+    """Metrics from one scrape, so from one worker (each keeps its own)."""
     import httpx
 
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"X-API-Key": TOKEN}).text
-    found = re.search(rf"^{name} (\S+)$", text, re.M)
-    return float(found.group(1)) if found else 0.0
+    found = [re.search(rf"^{name} (\S+)$", text, re.M) for name in names]
+    return [float(f.group(1)) if f else 0.0 for f in found]
+
+
+def balanced_load(port: int, requests: list[bytes], clients: int, seconds: float, workers: int) -> dict:
+    """``run_load``, run again (at most twice more) while the connections are spread over the
+    workers worse than one off an even split: which worker accepts a connection is up to the
+    kernel and the workers' timing, the same for both servers."""
+    attempts = 0
+    while True:
+        attempts += 1
+        result = run_load(port, requests, clients, seconds)
+        spread = result["connections_per_worker"]
+        even = clients // workers
+        if workers == 1 or clients < workers or (len(spread) == workers and max(spread) - even <= 1):
+            break
+        if attempts == 3:
+            break
+    return {**result, "attempts": attempts}
 
 
 # --- the world -------------------------------------------------------------------------------
@@ -325,12 +343,12 @@ def main(argv: list[str] | None = None) -> dict:
         # 1. warm latency and throughput, the same model and body
         proc, port = start_mmp(env, args.workers)
         try:
-            out["mmp_serve"] = [run_load(port, ours, c, args.seconds) for c in (1, 8)]
+            out["mmp_serve"] = [balanced_load(port, ours, c, args.seconds, args.workers) for c in (1, 8)]
         finally:
             stop(proc)
         proc, port = start_mlflow(env, model["source"], args.workers)
         try:
-            out["mlflow_serve"] = [run_load(port, theirs, c, args.seconds) for c in (1, 8)]
+            out["mlflow_serve"] = [balanced_load(port, theirs, c, args.seconds, args.workers) for c in (1, 8)]
         finally:
             stop(proc)
         out["throughput_ratio_8_clients"] = round(out["mmp_serve"][1]["rps"] / out["mlflow_serve"][1]["rps"], 2)
@@ -378,6 +396,7 @@ def main(argv: list[str] | None = None) -> dict:
             chosen = [names[(r - 1) % len(names)] for r in ranks]
             requests = [http_request(f"/v1/use-cases/{USE_CASE}/keys/{k}/predict", body, True) for k in chosen]
             load = run_load(port, requests, 8, seconds=args.seconds * 2, warmup=0.5)
+            held_bytes, held_models = scrape(port, "mmp_serve_cache_bytes", "mmp_serve_cache_models")
             out["rotation"] = {
                 "names": len(names),
                 "distinct_requested": len(set(chosen)),
@@ -385,8 +404,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "budget_mb_per_worker": args.budget_mb,
                 "rss_mb_before": round(baseline / 2**20, 1),
                 "rss_mb_after": round(rss_bytes(proc.pid) / 2**20, 1),
-                "cache_mb_one_worker": round(scrape(port, "mmp_serve_cache_bytes") / 2**20, 1),
-                "models_one_worker": scrape(port, "mmp_serve_cache_models"),
+                "cache_mb_one_worker": round(held_bytes / 2**20, 2),
+                "models_one_worker": held_models,
                 "rps": load["rps"],
                 "p50_ms": load["p50_ms"],
                 "p99_ms": load["p99_ms"],
