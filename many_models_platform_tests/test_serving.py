@@ -238,6 +238,11 @@ def test_predictions_are_identical_to_mlflow_pyfunc_for_every_format_and_task(wo
                 assert got["predictions"] == expected.tolist(), (use_case, fmt)
                 if use_case == "sensors":
                     assert got["anomaly"] == (expected == -1).astype(int).tolist()
+            # a body over 32 KiB is parsed and predicted off the event loop: the same answer
+            records = [{**r, "note": "x" * 6000} for r in bodies["dataframe_records"]["dataframe_records"]]
+            response = client.post(predict_url(base, use_case, key), json={"dataframe_records": records})
+            assert len(response.request.content) > 32 * 1024
+            assert response.json()["predictions"] == expected.tolist(), use_case
             # Azure's sample route gives the same, by POST and by GET
             body = payloads(rows, features)["dataframe_records"]
             expected = np.asarray(pyfunc.predict(infer_and_parse_data(body))).tolist()
