@@ -88,25 +88,28 @@ def _lightgbm_predictor(booster: Any, width: int) -> Callable[[np.ndarray], np.n
     # as Booster.predict(num_iteration=None) does: the best iteration when there is one
     num_iteration = booster.best_iteration if booster.best_iteration > 0 else -1
     config = ctypes.c_void_p()
-    _safe_call(
-        init(
-            booster._handle,
-            ctypes.c_int(_C_API_PREDICT_NORMAL),
-            ctypes.c_int(0),
-            ctypes.c_int(num_iteration),
-            ctypes.c_int(_C_API_DTYPE_FLOAT64),
-            ctypes.c_int32(width),
-            _c_str("num_threads=1"),
-            ctypes.byref(config),
+    try:
+        _safe_call(
+            init(
+                booster._handle,
+                ctypes.c_int(_C_API_PREDICT_NORMAL),
+                ctypes.c_int(0),
+                ctypes.c_int(num_iteration),
+                ctypes.c_int(_C_API_DTYPE_FLOAT64),
+                ctypes.c_int32(width),
+                _c_str("num_threads=1"),
+                ctypes.byref(config),
+            )
         )
-    )
+    except Exception:  # the shortcut is optional: booster.predict serves instead
+        return None
     if booster.num_model_per_iteration() != 1:  # one value per row only
         free(config)
         return None
     handle = config.value
 
     def predict(x: np.ndarray) -> np.ndarray:
-        if x.shape[0] != 1:
+        if x.shape != (1, width):  # the C call reads exactly ``width`` values
             return booster.predict(x)
         row = np.ascontiguousarray(x, dtype=np.float64)
         out = np.empty(1, dtype=np.float64)
