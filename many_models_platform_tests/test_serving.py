@@ -33,7 +33,7 @@ from many_models_platform.core.generators import (
     generate_sensor_anomaly,
     write_landing,
 )
-from many_models_platform.core.spec import load_config
+from many_models_platform.core.spec import load_config, parse_config
 from many_models_platform.stages import STAGES, StageRun, run_stage
 from many_models_platform.stages.raw import discover_keys
 from many_models_platform.storage.lake import Lake
@@ -238,6 +238,11 @@ def test_predictions_are_identical_to_mlflow_pyfunc_for_every_format_and_task(wo
                 assert got["predictions"] == expected.tolist(), (use_case, fmt)
                 if use_case == "sensors":
                     assert got["anomaly"] == (expected == -1).astype(int).tolist()
+            # a body over 32 KiB is parsed and predicted off the event loop: the same answer
+            records = [{**r, "note": "x" * 6000} for r in bodies["dataframe_records"]["dataframe_records"]]
+            response = client.post(predict_url(base, use_case, key), json={"dataframe_records": records})
+            assert len(response.request.content) > 32 * 1024
+            assert response.json()["predictions"] == expected.tolist(), use_case
             # Azure's sample route gives the same, by POST and by GET
             body = payloads(rows, features)["dataframe_records"]
             expected = np.asarray(pyfunc.predict(infer_and_parse_data(body))).tolist()
@@ -505,6 +510,34 @@ def test_bad_requests_get_clear_4xx_without_echo_or_traceback(world):
         chunks = (b"[" + b"1," * 1500 + b"1]" for _ in range(1))
         reply = client.post(url(base, "segments", key), content=chunks, headers={"Content-Type": "application/json"})
         assert reply.status_code == 413
+
+
+def test_the_fast_path_equals_the_pipelines_predict_row_by_row_and_in_batches():
+    """The service's shortcut through a float-matrix pipeline (LightGBM's single-row C path,
+    a linear model's coefficients) gives bit-for-bit the pipeline's predict, missing values
+    included; the world above has no LightGBM model, so one is fitted here (under a second)."""
+    from many_models_platform.core.modeling import build_pipeline
+    from many_models_platform.serving.fastpath import compile_predictor
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(300, 4))
+    x[rng.random(x.shape) < 0.1] = np.nan
+    y = np.nan_to_num(x) @ [1.0, -2.0, 0.5, 3.0] + rng.normal(size=300)
+    lgbm = {"name": "lgbm", "estimator": "lightgbm.LGBMRegressor", "params": {"n_estimators": 30, "verbose": -1}}
+    linear = {"name": "ridge", "estimator": "sklearn.linear_model.Ridge"}
+    body = {**USE_CASES["segments"], "features": ["a", "b", "c", "d"], "candidates": [lgbm, linear]}
+    spec = parse_config({"use_cases": {"fast": body}}).use_case("fast")
+    rows = np.asfortranarray(rng.normal(size=(40, 4)))
+    rows[rng.random(rows.shape) < 0.2] = np.nan
+    for name in ("lgbm", "ridge"):
+        model = build_pipeline(spec, name).fit(x, y)
+        fast = compile_predictor(model, 4)
+        assert fast is not None, name
+        assert np.array_equal(fast(rows), model.predict(rows)), name
+        for i in range(len(rows)):
+            one = np.asfortranarray(rows[i : i + 1])
+            assert np.array_equal(fast(one), model.predict(one)), (name, i)
+    assert compile_predictor(model, 5) is None  # the wrong width: no shortcut
 
 
 def test_the_service_imports_neither_dagster_nor_mlflow():

@@ -2,20 +2,25 @@
 readiness, Prometheus metrics and the OpenAPI document.
 
 The hot path is kept short: a pure ASGI guard checks the credential (constant time) and the
-declared body size before anything is read, the body is parsed with orjson, the rows go
-through ``core.modeling.model_input`` (the batch stage's conversion) and the model predicts on
-the event loop (a 1-row predict is well under a millisecond; the row limit bounds the rest).
-Loads happen in threads (``store.ModelStore``). Errors are JSON ``{"error": message}`` with a
-message that names the field at fault, never a traceback or the request's values.
+declared body size in one pass over the headers, a cached key skips validation and the
+registry, the body is parsed with orjson, the rows go through ``core.modeling.model_input``
+(the batch stage's conversion) or the verified fast path (``fastpath.py``), and the answer is
+sent as raw ASGI messages. Small bodies are predicted on the event loop (a 1-row predict is
+tens of microseconds); large bodies and forecasts (polars feature building) run in a small
+thread pool so they do not hold up other requests. Loads happen in threads
+(``store.ModelStore``). Errors are JSON ``{"error": message}`` with a message that names the
+field at fault, never a traceback or the request's values.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -42,6 +47,9 @@ log = logging.getLogger(__name__)
 PREDICT = "/v1/use-cases/{use_case}/keys/{key}/predict"
 FORECAST = "/v1/use-cases/{use_case}/keys/{key}/forecast"
 HEALTH = frozenset({"/healthz", "/readyz"})
+# bodies larger than this are parsed and predicted off the event loop (about 300 rows of ten
+# numbers); below it the thread hop would cost more than the work
+OFF_LOOP_BYTES = 32 * 1024
 _ROUTES = frozenset({"/score", "/metrics", "/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
 
 
@@ -65,32 +73,61 @@ def route_label(path: str) -> str:
     return path if path in _ROUTES else "other"
 
 
+def is_json_type(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+async def read_limited(receive, limit: int) -> bytes:
+    """The whole body from ASGI ``receive``, refused (413) as soon as it passes ``limit``."""
+    size, chunks = 0, []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ApiError(400, "the client disconnected before sending the whole body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"the body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+async def send_json(send, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+    """One JSON response as raw ASGI messages (what Starlette's Response sends, without the object)."""
+    raw = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    if headers:
+        raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
 class Guard:
     """Pure ASGI middleware: authentication (every route but health), the declared body size
     (413 before reading) and request latency by route and status. It also dispatches the two
     scoring routes to their handlers itself: FastAPI's per-request machinery (dependency
-    solving, parameter extraction) costs about as much as a whole 1-row prediction, and these
-    routes take nothing from it (the same handlers stay declared in FastAPI for the OpenAPI
-    document and answer any request that does not take this path)."""
+    solving, parameter extraction, Request and Response objects) costs about as much as a
+    whole 1-row prediction, and these routes take nothing from it (the same handlers stay
+    declared in FastAPI for the OpenAPI document and answer any request that does not take
+    this path)."""
 
     def __init__(self, app, settings: ServeSettings, metrics: ServeMetrics, scoring: dict):
         self.app = app
-        self.scoring = scoring  # "predict"/"forecast" -> async handler(use_case, key, request)
+        self.scoring = scoring  # "predict"/"forecast" -> async handler(use_case, key, read) -> dict
         self.secrets = settings.platform.secrets()
         self.keys = [k.encode() for k in settings.api_keys]
         self.anonymous = settings.allow_anonymous
         self.limit = settings.max_body_bytes
         self.metrics = metrics
+        self._observers: dict[tuple[str, int], Any] = {}  # the histogram's children, looked up once
 
-    def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
+    def _authorized(self, token: bytes | None) -> bool:
         if self.anonymous:
             return True
-        token = None
-        for name, value in headers:
-            if name == b"authorization" and value[:7].lower() == b"bearer ":
-                token = value[7:].strip()
-            elif name == b"x-api-key":
-                token = value.strip()
         if not token:
             return False
         ok = False
@@ -98,12 +135,19 @@ class Guard:
             ok |= hmac.compare_digest(token, key)
         return ok
 
+    def _observe(self, route: str, status: int, seconds: float) -> None:
+        observer = self._observers.get((route, status))
+        if observer is None:
+            observer = self._observers[(route, status)] = self.metrics.requests.labels(route, str(status))
+        observer.observe(seconds)
+
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
         started = time.perf_counter()
         status = 500
+        route = None
 
         async def sending(message):
             nonlocal status
@@ -112,39 +156,57 @@ class Guard:
             await send(message)
 
         try:
+            content_type = ""
             if path not in HEALTH:
-                headers = scope["headers"]
-                if not self._authorized(headers):
-                    response = _json(
-                        {"error": "authentication required: send 'Authorization: Bearer <token>' or 'X-API-Key'"},
-                        401,
-                        {"WWW-Authenticate": "Bearer"},
-                    )
-                    return await response(scope, receive, sending)
-                for name, value in headers:
-                    if name == b"content-length":
-                        if not value.isdigit():
-                            return await _json({"error": "invalid Content-Length"}, 400)(scope, receive, sending)
-                        if int(value) > self.limit:
-                            response = _json({"error": f"the body exceeds the limit of {self.limit} bytes"}, 413)
-                            return await response(scope, receive, sending)
+                token = length = None
+                for name, value in scope["headers"]:  # one pass: credential, size, type
+                    if name == b"authorization":
+                        if value[:7].lower() == b"bearer ":
+                            token = value[7:].strip()
+                    elif name == b"x-api-key":
+                        token = value.strip()
+                    elif name == b"content-length":
+                        length = value
+                    elif name == b"content-type":
+                        content_type = value.decode("latin-1")
+                if not self._authorized(token):
+                    message = "authentication required: send 'Authorization: Bearer <token>' or 'X-API-Key'"
+                    status = 401
+                    return await send_json(send, 401, orjson.dumps({"error": message}), {"WWW-Authenticate": "Bearer"})
+                if length is not None:
+                    if not length.isdigit():
+                        status = 400
+                        return await send_json(send, 400, orjson.dumps({"error": "invalid Content-Length"}))
+                    if int(length) > self.limit:
+                        status = 413
+                        message = f"the body exceeds the limit of {self.limit} bytes"
+                        return await send_json(send, 413, orjson.dumps({"error": message}))
             if scope["method"] == "POST" and path.startswith("/v1/use-cases/"):
                 parts = path.split("/")  # "", "v1", "use-cases", use case, "keys", key, route
                 if len(parts) == 7 and parts[4] == "keys" and parts[6] in self.scoring:
-                    return await self._score(scope, receive, sending, parts)
+                    route = PREDICT if parts[6] == "predict" else FORECAST
+                    status = await self._score(receive, send, parts, content_type)
+                    return
             await self.app(scope, receive, sending)
         finally:
-            self.metrics.requests.labels(route_label(path), str(status)).observe(time.perf_counter() - started)
+            self._observe(route or route_label(path), status, time.perf_counter() - started)
 
-    async def _score(self, scope, receive, send, parts: list[str]) -> None:
+    async def _score(self, receive, send, parts: list[str], content_type: str) -> int:
+        async def read() -> bytes:
+            if not is_json_type(content_type):
+                raise ApiError(415, "send the body as application/json")
+            return await read_limited(receive, self.limit)
+
+        headers = None
         try:
-            response = await self.scoring[parts[6]](parts[3], parts[5], Request(scope, receive))
+            status, body = 200, orjson.dumps(await self.scoring[parts[6]](parts[3], parts[5], read))
         except ApiError as exc:
-            response = _json({"error": exc.message}, exc.status, exc.headers)
+            status, body, headers = exc.status, orjson.dumps({"error": exc.message}), exc.headers
         except Exception as exc:
             log.error("internal error: %s: %s", type(exc).__name__, redact(exc, self.secrets))
-            response = _json({"error": "internal error"}, 500)
-        await response(scope, receive, send)
+            status, body = 500, orjson.dumps({"error": "internal error"})
+        await send_json(send, status, body, headers)
+        return status
 
 
 # --- OpenAPI: the request bodies (parsed by hand for speed, documented here) ----------------
@@ -226,6 +288,9 @@ def create_app(settings: ServeSettings, specs: dict[str, UseCaseSpec] | None = N
     store = ModelStore(settings, specs, metrics)
     state = {"ready": False}
     secrets = settings.platform.secrets()
+    # large bodies and forecasts: CPU work kept off the event loop (numpy, polars and
+    # LightGBM release the GIL for most of it), two at a time per worker process
+    compute = ThreadPoolExecutor(2, thread_name_prefix="mmp-serve-compute")
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -233,6 +298,10 @@ def create_app(settings: ServeSettings, specs: dict[str, UseCaseSpec] | None = N
             try:
                 await asyncio.get_running_loop().run_in_executor(None, store.preload)
                 await store.warm_up()
+                # what start-up loaded (packages, warm models) is never garbage: keep it out of
+                # the collector's full passes, which otherwise pause a request now and then
+                gc.collect()
+                gc.freeze()
             finally:
                 state["ready"] = True
 
@@ -245,6 +314,7 @@ def create_app(settings: ServeSettings, specs: dict[str, UseCaseSpec] | None = N
             with contextlib.suppress(Exception):
                 store.save_most_requested()
             store.close()
+            compute.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="many-models scoring service",
@@ -252,6 +322,9 @@ def create_app(settings: ServeSettings, specs: dict[str, UseCaseSpec] | None = N
         description="Real-time predictions from each key's production model (docs/serving.md).",
         lifespan=lifespan,
         redoc_url=None,
+        # FastAPI's OpenTelemetry hooks look up the global providers on every request; the
+        # service reports through its own Prometheus metrics
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.store = store
     app.state.metrics = metrics
@@ -276,6 +349,9 @@ def create_app(settings: ServeSettings, specs: dict[str, UseCaseSpec] | None = N
         return _json({"error": "internal error"}, 500)
 
     async def served(use_case: str, key: str) -> tuple[UseCaseSpec, Served]:
+        model = store.cached(use_case, key)  # validated when it was loaded
+        if model is not None:
+            return store.specs[use_case], model
         try:
             spec = store.check_key(use_case, key)
             return spec, await store.get(use_case, key)
@@ -288,20 +364,24 @@ def create_app(settings: ServeSettings, specs: dict[str, UseCaseSpec] | None = N
         except LoadFailed as exc:
             raise ApiError(503, str(exc), {"Retry-After": str(max(1, int(settings.negative_ttl_s)))}) from None
 
-    async def read_json(request: Request) -> Any:
-        ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if ctype != "application/json" and not ctype.endswith("+json"):
-            raise ApiError(415, "send the body as application/json")
-        size, chunks = 0, []
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > settings.max_body_bytes:
-                raise ApiError(413, f"the body exceeds the limit of {settings.max_body_bytes} bytes")
-            chunks.append(chunk)
+    def request_reader(request: Request):
+        """The FastAPI routes' way to the body: the same checks as the guard's."""
+
+        async def read() -> bytes:
+            if not is_json_type(request.headers.get("content-type", "")):
+                raise ApiError(415, "send the body as application/json")
+            return await read_limited(request.receive, settings.max_body_bytes)
+
+        return read
+
+    def loads(body: bytes) -> Any:
         try:
-            return orjson.loads(b"".join(chunks))
+            return orjson.loads(body)
         except orjson.JSONDecodeError:
             raise ApiError(400, "the body is not valid JSON") from None
+
+    async def off_loop(function, *args):
+        return await asyncio.get_running_loop().run_in_executor(compute, function, *args)
 
     def predict_rows(spec: UseCaseSpec, model: Served, payload: Any) -> dict[str, Any]:
         try:
@@ -345,18 +425,27 @@ def create_app(settings: ServeSettings, specs: dict[str, UseCaseSpec] | None = N
     async def prometheus():
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    async def predict_handler(use_case: str, key: str, read) -> dict[str, Any]:
+        spec, model = await served(use_case, key)
+        body = await read()
+        if len(body) <= OFF_LOOP_BYTES:
+            return predict_rows(spec, model, loads(body))
+        return await off_loop(lambda: predict_rows(spec, model, loads(body)))
+
+    async def forecast_handler(use_case: str, key: str, read) -> dict[str, Any]:
+        spec, model = await served(use_case, key)
+        body = await read()
+        return await off_loop(lambda: forecast(spec, model, loads(body)))
+
     @app.post(PREDICT, tags=["scoring"], openapi_extra=_body(PYFUNC_INPUT), responses=_ERRORS)
     async def predict_key(use_case: str, key: str, request: Request):
         """Predict rows with the key's production model (MLflow pyfunc input formats)."""
-        spec, model = await served(use_case, key)
-        return _json(predict_rows(spec, model, await read_json(request)))
+        return _json(await predict_handler(use_case, key, request_reader(request)))
 
     @app.post(FORECAST, tags=["scoring"], openapi_extra=_body(FORECAST_INPUT), responses=_ERRORS)
     async def forecast_key(use_case: str, key: str, request: Request):
         """The next periods of a forecast key, from its observed history and optional future exogenous values."""
-        spec, model = await served(use_case, key)
-        body = await read_json(request)
-        return _json(forecast(spec, model, body))
+        return _json(await forecast_handler(use_case, key, request_reader(request)))
 
     def forecast(spec: UseCaseSpec, model: Served, body: Any) -> dict[str, Any]:
         if spec.task != "forecast":
@@ -401,7 +490,7 @@ def create_app(settings: ServeSettings, specs: dict[str, UseCaseSpec] | None = N
             ],
         }
 
-    async def score(model_name: Any, data: Any) -> Response:
+    async def score(model_name: Any, data: Any, large: bool = False) -> Response:
         if not isinstance(model_name, str):
             raise ApiError(422, "'model_name' must be '<use case>.<key>'")
         try:
@@ -410,15 +499,18 @@ def create_app(settings: ServeSettings, specs: dict[str, UseCaseSpec] | None = N
             raise ApiError(422, str(exc)) from None
         spec, model = await served(use_case, key)
         payload = data if isinstance(data, dict) else {"instances": data}
+        if large:
+            return _json(await off_loop(predict_rows, spec, model, payload))
         return _json(predict_rows(spec, model, payload))
 
     @app.post("/score", tags=["scoring"], openapi_extra=_body(SCORE_INPUT), responses=_ERRORS)
     async def score_post(request: Request):
         """Azure's many-models sample route: ``model_name`` and ``data``."""
-        body = await read_json(request)
+        raw = await request_reader(request)()
+        body = loads(raw)
         if not isinstance(body, dict) or "model_name" not in body or "data" not in body:
             raise ApiError(422, "the body must be an object with 'model_name' and 'data'")
-        return await score(body["model_name"], body["data"])
+        return await score(body["model_name"], body["data"], len(raw) > OFF_LOOP_BYTES)
 
     @app.get("/score", tags=["scoring"], responses=_ERRORS)
     async def score_get(model_name: str, data: str):
@@ -430,7 +522,7 @@ def create_app(settings: ServeSettings, specs: dict[str, UseCaseSpec] | None = N
         return await score(model_name, parsed)
 
     app.add_middleware(
-        Guard, settings=settings, metrics=metrics, scoring={"predict": predict_key, "forecast": forecast_key}
+        Guard, settings=settings, metrics=metrics, scoring={"predict": predict_handler, "forecast": forecast_handler}
     )
     return app
 

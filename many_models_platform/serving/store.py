@@ -126,14 +126,25 @@ class ModelStore:
     def __len__(self) -> int:
         return len(self._cache)
 
+    def cached(self, use_case: str, key: str) -> Served | None:
+        """The key's model if it is in memory (a hit, counted), else None: no validation or
+        registry access needed, as only validated keys are ever cached."""
+        name = f"{use_case}.{key}"
+        served = self._cache.get(name)
+        # the same name can be spelled with the dot elsewhere ("a.b" + "c" and "a" + "b.c")
+        if served is None or served.use_case != use_case or served.key != key:
+            return None
+        self._cache.move_to_end(name)
+        self.requested[name] += 1
+        self.metrics.hits.inc()
+        return served
+
     async def get(self, use_case: str, key: str) -> Served:
+        served = self.cached(use_case, key)
+        if served is not None:
+            return served
         name = f"{use_case}.{key}"
         self.requested[name] += 1
-        served = self._cache.get(name)
-        if served is not None:
-            self._cache.move_to_end(name)
-            self.metrics.hits.inc()
-            return served
         negative = self._negative.get(name)
         if negative is not None:
             if negative[0] > time.monotonic():
