@@ -19,6 +19,9 @@ from .features import KeyDataError
 Status = Literal["ok", "failed", "skipped"]
 
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "POLARS_MAX_THREADS")
+# Set in each worker before it imports LightGBM: an idle OpenMP thread sleeps instead of spinning,
+# which on a few contended cores made two-thread fits 8-10x slower (DESIGN.md, speed facts).
+WORKER_ENV = {**dict.fromkeys(THREAD_ENV, "1"), "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 @dataclass
@@ -72,10 +75,10 @@ def default_workers() -> int:
 def _executor(workers: int):
     """loky's reusable pool (shipped with joblib): workers start once per process and are
     reused by every stage, they never re-import the caller's ``__main__`` (so neither Dagster
-    nor MLflow), and each one runs a single BLAS/OpenMP/polars thread."""
+    nor MLflow), and each one runs a single BLAS/OpenMP/polars thread (``WORKER_ENV``)."""
     from joblib.externals.loky import get_reusable_executor
 
-    return get_reusable_executor(max_workers=workers, timeout=600, env={k: "1" for k in THREAD_ENV})
+    return get_reusable_executor(max_workers=workers, timeout=600, env=WORKER_ENV)
 
 
 def map_keys(
