@@ -295,6 +295,12 @@ def main() -> None:
     ap.add_argument("--home", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="cProfile the benchmark process during the pipeline and write the stats here (workers not included)",
+    )
+    ap.add_argument(
         "--dagster-storage",
         choices=["sqlite", "postgres"],
         default="sqlite",
@@ -345,9 +351,18 @@ def main() -> None:
 
     registry = RegistryCalls([settings.candidate_registry_uri, settings.production_registry_uri])
     reset_peaks()
+    profiler = None
+    if args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     t = time.perf_counter()
     result = run_use_case(defs, instance, cfg, spec, settings)
     pipeline_s = time.perf_counter() - t
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(args.profile)
     assert result.success, result.errors
     peaks = process_peaks()
     keys = result.keys
