@@ -95,6 +95,20 @@ def test_pool_workers_run_one_passive_thread():
     }
 
 
+def test_on_chunk_sees_every_outcome_once_before_map_keys_returns():
+    """Per-chunk results reach this process while the pool works on (model registers its
+    candidates that way), in-process batches included, failures included."""
+    for keys in ([f"k{i:02d}" for i in range(64)], ["a", "b", "c"]):
+        fail = frozenset(keys[1:2])
+        seen: list[list[KeyOutcome]] = []
+        outcomes = map_keys(work, keys, (fail, frozenset(), frozenset()), workers=2, on_chunk=seen.append)
+        assert sorted(o.key for chunk in seen for o in chunk) == sorted(keys)
+        # the very objects map_keys returns, so a status set in the callback sticks
+        assert {id(o) for chunk in seen for o in chunk} == {id(o) for o in outcomes}
+        assert [o.key for chunk in seen for o in chunk if not o.ok] == list(fail)
+    assert len(seen) == 1  # the in-process batch: one chunk
+
+
 def test_empty_key_list():
     calls: list[int] = []
     assert map_keys(work, [], (frozenset(), frozenset(), frozenset()), progress=calls.append) == []

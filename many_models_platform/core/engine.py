@@ -89,11 +89,15 @@ def map_keys(
     workers: int | None = None,
     min_keys_per_worker: int = 8,
     progress: Callable[[int], None] | None = None,
+    on_chunk: Callable[[list[KeyOutcome]], None] | None = None,
 ) -> list[KeyOutcome]:
     """Apply ``fn(key, *args)`` to every key; results come back in the order of ``keys``.
 
     ``fn`` and ``args`` must be picklable (module-level function, plain data). Small batches
-    run in this process, where a pool would cost more than it saves.
+    run in this process, where a pool would cost more than it saves. ``on_chunk`` is called in
+    this process with each chunk's outcomes as soon as the chunk is done (every outcome exactly
+    once, in completion order), while the pool works on the next chunks: work of this process
+    per key (say registering models) then overlaps the workers' instead of following it.
     """
     keys = list(keys)
     workers = min(workers or default_workers(), max(1, len(keys) // min_keys_per_worker))
@@ -103,6 +107,8 @@ def map_keys(
             outcomes.append(_run_one(fn, key, args))
             if progress:
                 progress(1)
+        if on_chunk and outcomes:
+            on_chunk(list(outcomes))
         return outcomes
     chunk = max(1, min(64, math.ceil(len(keys) / (workers * 4))))
     chunks = [keys[i : i + chunk] for i in range(0, len(keys), chunk)]
@@ -121,6 +127,8 @@ def map_keys(
                 continue
             if progress:
                 progress(len(chunks[i]))
+            if on_chunk:
+                on_chunk(list(results[i]))
     # A worker died (native crash, OOM kill) and took its pool down. Retry the lost chunks one
     # key at a time, so only the key that kills its worker fails.
     for i in sorted(crashed):
@@ -132,4 +140,6 @@ def map_keys(
                 results[i].append(KeyOutcome(key, "failed", f"worker crashed on this key: {exc!r}"[:2000]))
         if progress:
             progress(len(chunks[i]))
+        if on_chunk:
+            on_chunk(list(results[i]))
     return [o for i in range(len(chunks)) for o in results[i]]
