@@ -27,6 +27,11 @@ def crash_on(key: str, victim: str) -> dict:
     return {"pid": os.getpid()}
 
 
+def thread_settings(key: str) -> dict:
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "POLARS_MAX_THREADS", "OMP_WAIT_POLICY")
+    return {name: os.environ.get(name) for name in names} | {"pid": os.getpid()}
+
+
 def long_failure(key: str) -> None:
     raise RuntimeError("x" * 10_000)
 
@@ -72,6 +77,36 @@ def test_process_pool_isolates_failures_and_keeps_order():
     pids = {o.info["pid"] for o in outcomes if o.ok}
     assert os.getpid() not in pids
     assert 1 <= len(pids) <= 2
+
+
+def test_pool_workers_run_one_passive_thread():
+    """The parallelism is across keys: each worker gets one BLAS/OpenMP/polars thread, and an idle
+    OpenMP thread sleeps rather than spins (set before the worker imports LightGBM)."""
+    outcomes = map_keys(thread_settings, [f"k{i}" for i in range(16)], workers=2)
+    assert all(o.ok for o in outcomes)
+    assert os.getpid() not in {o.info.pop("pid") for o in outcomes}
+    assert {tuple(sorted(o.info.items())) for o in outcomes} == {
+        (
+            ("OMP_NUM_THREADS", "1"),
+            ("OMP_WAIT_POLICY", "PASSIVE"),
+            ("OPENBLAS_NUM_THREADS", "1"),
+            ("POLARS_MAX_THREADS", "1"),
+        )
+    }
+
+
+def test_on_chunk_sees_every_outcome_once_before_map_keys_returns():
+    """Per-chunk results reach this process while the pool works on (model registers its
+    candidates that way), in-process batches included, failures included."""
+    for keys in ([f"k{i:02d}" for i in range(64)], ["a", "b", "c"]):
+        fail = frozenset(keys[1:2])
+        seen: list[list[KeyOutcome]] = []
+        outcomes = map_keys(work, keys, (fail, frozenset(), frozenset()), workers=2, on_chunk=seen.append)
+        assert sorted(o.key for chunk in seen for o in chunk) == sorted(keys)
+        # the very objects map_keys returns, so a status set in the callback sticks
+        assert {id(o) for chunk in seen for o in chunk} == {id(o) for o in outcomes}
+        assert [o.key for chunk in seen for o in chunk if not o.ok] == list(fail)
+    assert len(seen) == 1  # the in-process batch: one chunk
 
 
 def test_empty_key_list():

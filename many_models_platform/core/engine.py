@@ -19,6 +19,9 @@ from .features import KeyDataError
 Status = Literal["ok", "failed", "skipped"]
 
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "POLARS_MAX_THREADS")
+# Set in each worker before it imports LightGBM: an idle OpenMP thread sleeps instead of spinning,
+# which on a few contended cores made two-thread fits 8-10x slower (DESIGN.md, speed facts).
+WORKER_ENV = {**dict.fromkeys(THREAD_ENV, "1"), "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 @dataclass
@@ -72,10 +75,10 @@ def default_workers() -> int:
 def _executor(workers: int):
     """loky's reusable pool (shipped with joblib): workers start once per process and are
     reused by every stage, they never re-import the caller's ``__main__`` (so neither Dagster
-    nor MLflow), and each one runs a single BLAS/OpenMP/polars thread."""
+    nor MLflow), and each one runs a single BLAS/OpenMP/polars thread (``WORKER_ENV``)."""
     from joblib.externals.loky import get_reusable_executor
 
-    return get_reusable_executor(max_workers=workers, timeout=600, env={k: "1" for k in THREAD_ENV})
+    return get_reusable_executor(max_workers=workers, timeout=600, env=WORKER_ENV)
 
 
 def map_keys(
@@ -86,11 +89,15 @@ def map_keys(
     workers: int | None = None,
     min_keys_per_worker: int = 8,
     progress: Callable[[int], None] | None = None,
+    on_chunk: Callable[[list[KeyOutcome]], None] | None = None,
 ) -> list[KeyOutcome]:
     """Apply ``fn(key, *args)`` to every key; results come back in the order of ``keys``.
 
     ``fn`` and ``args`` must be picklable (module-level function, plain data). Small batches
-    run in this process, where a pool would cost more than it saves.
+    run in this process, where a pool would cost more than it saves. ``on_chunk`` is called in
+    this process with each chunk's outcomes as soon as the chunk is done (every outcome exactly
+    once, in completion order), while the pool works on the next chunks: work of this process
+    per key (say registering models) then overlaps the workers' instead of following it.
     """
     keys = list(keys)
     workers = min(workers or default_workers(), max(1, len(keys) // min_keys_per_worker))
@@ -100,6 +107,8 @@ def map_keys(
             outcomes.append(_run_one(fn, key, args))
             if progress:
                 progress(1)
+        if on_chunk and outcomes:
+            on_chunk(list(outcomes))
         return outcomes
     chunk = max(1, min(64, math.ceil(len(keys) / (workers * 4))))
     chunks = [keys[i : i + chunk] for i in range(0, len(keys), chunk)]
@@ -118,6 +127,8 @@ def map_keys(
                 continue
             if progress:
                 progress(len(chunks[i]))
+            if on_chunk:
+                on_chunk(list(results[i]))
     # A worker died (native crash, OOM kill) and took its pool down. Retry the lost chunks one
     # key at a time, so only the key that kills its worker fails.
     for i in sorted(crashed):
@@ -129,4 +140,6 @@ def map_keys(
                 results[i].append(KeyOutcome(key, "failed", f"worker crashed on this key: {exc!r}"[:2000]))
         if progress:
             progress(len(chunks[i]))
+        if on_chunk:
+            on_chunk(list(results[i]))
     return [o for i in range(len(chunks)) for o in results[i]]

@@ -149,43 +149,8 @@ def _train_in_run(
     to_fit = [k for k in keys if k not in reused]
     if run.progress and reused:
         run.progress(len(reused))
-    fitted = map_keys(
-        _train_one,
-        to_fit,
-        (spec, run.lake, models_dir, model_template_dir(), run.trusted),
-        workers=run.workers,
-        progress=run.progress,
-    )
-    by_key = {o.key: o for o in fitted} | reused
-    outcomes = [by_key[k] for k in keys]
-    if staging:  # a remote artifact store: upload every key's model in one call
-        try:
-            registry.client.log_artifacts(mlflow_run_id, models_dir, "models")
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    items = []
-    for o in fitted:
-        if o.ok:
-            tags = {
-                "use_case": spec.name,
-                "key": o.key,
-                "key_label": key_label(spec.keys, o.key)[:5000],
-                "data_fingerprint": o.info["data_fingerprint"],
-                HASH_TAG: o.info["artifact_sha256"],
-                "estimator": o.info["estimator"],
-                "dagster_run_id": run.run_id,
-                "metric": spec.metric,
-                **{f"metric.{k}": repr(v) for k, v in o.info["metrics"].items()},
-                "model_hash": spec.model_hash,
-                "features": ",".join(o.info["features"]),
-                "rows_train": str(o.info["rows_train"]),
-                "rows_holdout": str(o.info["rows_holdout"]),
-                "selection": o.info["selection"][:5000],
-                **{f"validation.{k}": repr(v) for k, v in o.info["candidate_scores"].items()},
-                **lineage_tags(o.info),
-            }
-            items.append((o.key, f"{artifact_uri}/models/{o.key}", tags))
-    fitted_by_key = {o.key: o for o in fitted}
+    fitted_by_key: dict[str, KeyOutcome] = {}
+    registered: dict[str, int | Exception] = {}
 
     def record(key: str, version: int) -> None:
         """The key's record, right after its version is registered (crash consistency)."""
@@ -196,7 +161,31 @@ def _train_in_run(
         crash_point("model")
         write_state(run.lake, spec.name, "model", o, run.run_id)
 
-    registered = registry.register_many(spec.name, items, mlflow_run_id, after=record)
+    def register(chunk: list[KeyOutcome]) -> None:
+        fitted_by_key.update((o.key, o) for o in chunk)
+        items = [(o.key, f"{artifact_uri}/models/{o.key}", _candidate_tags(run, o)) for o in chunk if o.ok]
+        if items:
+            registered.update(registry.register_many(spec.name, items, mlflow_run_id, after=record))
+
+    # With a local artifact store each chunk's models are registered as soon as the workers
+    # finish it, while they fit the next ones; a remote store gets every model in one upload
+    # first, so no version ever points at files not yet there.
+    fitted = map_keys(
+        _train_one,
+        to_fit,
+        (spec, run.lake, models_dir, model_template_dir(), run.trusted),
+        workers=run.workers,
+        progress=run.progress,
+        on_chunk=None if staging else register,
+    )
+    by_key = {o.key: o for o in fitted} | reused
+    outcomes = [by_key[k] for k in keys]
+    if staging:  # a remote artifact store: upload every key's model in one call
+        try:
+            registry.client.log_artifacts(mlflow_run_id, models_dir, "models")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        register(fitted)
     written = set()
     for o in fitted:
         result = registered.get(o.key)
@@ -218,6 +207,29 @@ def _train_in_run(
     )
     summary = {"mlflow_run_id": mlflow_run_id, "keys_reused": len(reused)}
     return finish(run, "model", outcomes, summary, written=written)
+
+
+def _candidate_tags(run: StageRun, o: KeyOutcome) -> dict[str, str]:
+    """A fitted key's registry tags: what it was fitted on, how it was chosen, its holdout metrics."""
+    spec = run.spec
+    return {
+        "use_case": spec.name,
+        "key": o.key,
+        "key_label": key_label(spec.keys, o.key)[:5000],
+        "data_fingerprint": o.info["data_fingerprint"],
+        HASH_TAG: o.info["artifact_sha256"],
+        "estimator": o.info["estimator"],
+        "dagster_run_id": run.run_id,
+        "metric": spec.metric,
+        **{f"metric.{k}": repr(v) for k, v in o.info["metrics"].items()},
+        "model_hash": spec.model_hash,
+        "features": ",".join(o.info["features"]),
+        "rows_train": str(o.info["rows_train"]),
+        "rows_holdout": str(o.info["rows_holdout"]),
+        "selection": o.info["selection"][:5000],
+        **{f"validation.{k}": repr(v) for k, v in o.info["candidate_scores"].items()},
+        **lineage_tags(o.info),
+    }
 
 
 def reusable_candidates(run: StageRun, registry: ModelRegistry, keys: Sequence[str]) -> dict[str, KeyOutcome]:

@@ -1,0 +1,49 @@
+"""The pipeline benchmark at a tiny size, so it cannot rot: it runs end to end and reports every
+figure docs/benchmarks.md names. No timings are asserted (benchmarks are never timed tests)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ENV_VARS
+
+from many_models_platform.stages import STAGES
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = 16  # 8 keys per worker: the smallest run that starts the pool of two workers
+
+
+@pytest.mark.slow
+def test_pipeline_bench_reports_every_figure(tmp_path: Path):
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    cmd = [sys.executable, "benchmarks/pipeline_bench.py", "--keys", str(KEYS), "--rows", "120"]
+    cmd += ["--workers", "2", "--naive-keys", "0", "--home", str(tmp_path / "home"), "--json", str(out)]
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+    r = json.loads(out.read_text())
+
+    assert r["keys"] == KEYS and r["rows"] == KEYS * 120
+    assert list(r["stages"]) == list(STAGES)
+    assert all(s["keys_ok"] == KEYS and s["s"] > 0 and s["keys_per_s"] > 0 for s in r["stages"].values())
+    assert r["pipeline_s"] >= max(s["s"] for s in r["stages"].values())
+    assert r["bare_compute_s"] > 0
+    # both seconds are rounded to 0.01 s, and the bare compute of 16 keys is a fraction of a second
+    pipeline, bare = r["pipeline_s"], r["bare_compute_s"]
+    assert (
+        (pipeline - 0.005) / (bare + 0.005) - 0.01 <= r["overhead_ratio"] <= (pipeline + 0.005) / (bare - 0.005) + 0.01
+    )
+    for phase in ("pipeline", "bare_compute"):
+        peaks = r["peak_rss_mib"][phase]
+        # the main process and the two pool workers, each with its own peak
+        assert peaks["main_mib"] > 50
+        assert sum(1 for v in peaks["workers_mib"].values() if v > 50) >= 2
+        assert peaks["max_mib"] == max([peaks["main_mib"], *peaks["workers_mib"].values()])
+    # every key materializes every asset; the count per key is what the report divides
+    assert r["dagster_events_by_type"]["ASSET_MATERIALIZATION"] >= KEYS * len(STAGES)
+    assert r["dagster_events_per_key"] == pytest.approx(r["dagster_events"] / KEYS, abs=0.01)
+    assert r["registry_calls"] >= KEYS  # at least one registration per key
+    assert r["registry_sql_per_key"] >= r["registry_calls_per_key"] > 0
+    assert "naive_per_key_ms" not in r  # --naive-keys 0 skips the naive way
