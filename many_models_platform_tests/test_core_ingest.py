@@ -102,6 +102,31 @@ def test_a_file_of_another_time_kind_than_earlier_files_is_rejected():
     assert parsed([1990, 1991], prefer="period").kind == "period"
 
 
+def test_yyyymmdd_integers_and_unix_times_are_calendar_times_without_a_time_format():
+    for values in ([20240131, 20240229, None], ["20240131", "20240229", None]):  # Parquet ints, CSV text
+        p = parsed(values)
+        assert p.kind == "date" and p.values.to_list() == [D(2024, 1, 31), D(2024, 2, 29), None]
+    assert parsed([20240131], frequency="daily").values.to_list() == [D(2024, 1, 31)]
+    p = parsed([1_700_000_000, 1_700_003_600])  # Unix seconds
+    assert p.kind == "datetime" and p.values.to_list() == [
+        dt.datetime(2023, 11, 14, 22, 13, 20),
+        dt.datetime(2023, 11, 14, 23, 13, 20),
+    ]
+    assert parsed([1_700_000_000_000]).values.to_list() == [dt.datetime(2023, 11, 14, 22, 13, 20)]  # milliseconds
+    # what may be a period index stays one: an impossible date, Excel serials, a small index, or 'period'
+    assert parsed([20240131, 20241345]).kind == "period"
+    assert parsed([45000, 45001]).kind == "period"
+    assert parsed([20240131, 20240201], frequency="period").values.to_list() == [20240131, 20240201]
+    assert parsed([20240131], prefer="period").kind == "period"
+
+
+def test_iso_week_text_is_the_monday_of_that_week():
+    p = parsed(["2024-W05", "2024W01", "2020-W53", "2021-W53", None])
+    assert p.kind == "date"
+    assert p.values.to_list() == [D(2024, 1, 29), D(2024, 1, 1), D(2020, 12, 28), None, None]
+    assert p.bad.to_list() == [None, None, None, ingest.UNPARSEABLE_TIME, ingest.MISSING_TIME]
+
+
 # --- one file's columns and row reasons -----------------------------------------------------
 def test_keys_and_categoricals_become_text_and_bad_targets_are_marked():
     spec = make_spec(regression_body(categorical_features=["day"]))

@@ -119,6 +119,9 @@ def _from_integers(
     """Integers are a period index (``frequency: period``, or not all 4-digit) or calendar years."""
     if frequency == "period" or (frequency is None and prefer == "period"):
         return ints, "period", "integers"
+    calendar = _calendar_integers(ints)
+    if calendar is not None:
+        return calendar
     in_range = ints.is_between(*YEARS)
     as_years = frequency == "yearly" or prefer in ("date", "datetime")
     if frequency is None and not as_years:
@@ -134,12 +137,47 @@ def _from_integers(
     return years, "date", f"years ({YEARS[0]}-{YEARS[1]})"
 
 
+EPOCH_SECONDS = (10**9, 10**10)  # 2001-09-09 .. 2286: Unix time in seconds
+EPOCH_MILLIS = (10**12, 10**13)  # the same range in milliseconds
+_ISO_WEEK = r"^(\d{4})-?W(\d{2})$"  # 2024-W05: the Monday of that ISO week
+
+
+def _calendar_integers(ints: pl.Series) -> tuple[pl.Series, str, str] | None:
+    """Integers that can only be calendar times: every value an 8-digit ``YYYYMMDD`` date, or
+    Unix time in seconds or milliseconds (10 or 13 digits); None when they may be a period index."""
+    present = ints.drop_nulls()
+    if present.is_empty():
+        return None
+    low, high = present.min(), present.max()
+    if low >= 10_000_000 and high <= 99_991_231:
+        dates = ints.cast(pl.Utf8).str.to_date("%Y%m%d", strict=False)
+        if dates.null_count() == ints.null_count():
+            return dates, "date", "dates as YYYYMMDD"
+    for (lo, hi), unit in ((EPOCH_SECONDS, "s"), (EPOCH_MILLIS, "ms")):
+        if lo <= low and high < hi:
+            return pl.from_epoch(ints, time_unit=unit).dt.cast_time_unit("us"), "datetime", f"Unix time ({unit})"
+    return None
+
+
+def _iso_weeks(text: pl.Series) -> pl.Series:
+    """``2024-W05`` (or ``2024W05``) -> the Monday of ISO week 5 of 2024; other values null."""
+    parts = text.str.extract_groups(_ISO_WEEK)
+    year, week = parts.struct.field("1").cast(pl.Int32), parts.struct.field("2").cast(pl.Int32)
+    jan4 = pl.date(year, 1, 4)  # always in ISO week 1
+    monday = jan4 - pl.duration(days=jan4.dt.weekday() - 1) + pl.duration(weeks=week - 1)
+    valid = week.is_between(1, 53) & (monday.dt.iso_year() == year)
+    return pl.select(pl.when(valid).then(monday)).to_series().alias(text.name)
+
+
 def _from_text(text: pl.Series, column: str, frequency: str | None, prefer: str | None) -> tuple[pl.Series, str, str]:
     expected = "ISO-8601 dates, datetimes or integers"
     present = text.is_not_null().sum()
     dates = text.str.to_date("%Y-%m-%d", strict=False)
     if dates.is_not_null().sum() == present:
         return dates, "date", expected
+    weeks = _iso_weeks(text)
+    if weeks.is_not_null().sum() * 2 > present:
+        return weeks, "date", "ISO weeks (YYYY-Www)"
     ints = text.cast(pl.Int64, strict=False)
     if ints.is_not_null().sum() * 2 > present:
         return _from_integers(ints, column, frequency, prefer)
