@@ -20,8 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import polars as pl
-
+from ..core.ingest import FileRejected, key_values
 from ..core.keys import encode_key
 from ..core.spec import UseCaseSpec
 from ..storage.lake import Lake, LandedFile
@@ -69,13 +68,13 @@ def digest_of(files: dict[str, dict], settings: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def _key_values(spec: UseCaseSpec, lake: Lake, file: LandedFile, fmt: str) -> list[str]:
+def _key_values(spec: UseCaseSpec, lake: Lake, file: LandedFile, fmt: str, csv: Any = None) -> list[str]:
     """The distinct encoded keys of one file, from its key columns only."""
-    frame = lake.read_table(lake.path(*file.name.split("/")), fmt, columns=spec.keys, text_columns=spec.keys)
+    frame = lake.read_table(lake.path(*file.name.split("/")), fmt, columns=spec.keys, text_columns=spec.keys, csv=csv)
     missing = [k for k in spec.keys if k not in frame.columns]
     if missing:
         raise KeyColumnsMissing(f"missing required column(s) {missing}")
-    values = frame.select(pl.col(k).cast(pl.Utf8) for k in spec.keys).unique().drop_nulls()
+    values = frame.select(key_values(spec.keys)).unique().drop_nulls()
     return sorted(encode_key(row) for row in values.iter_rows())
 
 
@@ -131,15 +130,16 @@ def scan_landing(
     records = rejection_records(lake, spec.name) if todo else {}
 
     def read(item: tuple[LandedFile, str, str]) -> tuple[str, Any]:
-        f, fmt, _ = item
+        f, fmt, label = item
+        csv = (spec.source if label == "source" else spec.scoring_source).csv
         try:
             if still_rejected(lake, records, f.name, f.signature, settings) is not None:
                 return "rejected_before", None
-            return "ok", _key_values(spec, lake, f, fmt)
+            return "ok", _key_values(spec, lake, f, fmt, csv)
         except OSError as exc:  # maybe passing (network, a file being written): next tick
             return "retry_later", f"{type(exc).__name__}: {exc}"[:500]
-        except KeyColumnsMissing as exc:
-            return "rejected", str(exc)
+        except (KeyColumnsMissing, FileRejected) as exc:
+            return "rejected", str(exc)[:500]
         except Exception as exc:  # the file's content is the user's: say why it cannot be read
             return "rejected", f"cannot read as {fmt}: {exc}"[:500]
 

@@ -30,7 +30,7 @@ from .base import StageReport, StageRun, clear_state, crash_point, finish, write
 # written), is tried again after these pauses; then it is left for a later run, never rejected.
 RETRY_DELAYS: tuple[float, ...] = (0.2, 1.0)
 # Bumped when the way files are read changes, so earlier rejections are tried again.
-READER_VERSION = 1
+READER_VERSION = 2
 
 
 class RetryLater(Exception):
@@ -93,15 +93,19 @@ def still_rejected(lake: Lake, records: dict[str, UPath], name: str, signature: 
 
 
 # --- reading --------------------------------------------------------------------------------
-def read_with_retry(lake: Lake, path: UPath, fmt: str, columns: list[str], text_columns: list[str]) -> pl.DataFrame:
-    """Read a landing file, retrying I/O errors and files that change while read; RetryLater after that."""
+def read_with_retry(
+    lake: Lake, path: UPath, fmt: str, columns: list[str], text_columns: list[str], **options: Any
+) -> pl.DataFrame:
+    """Read a landing file, retrying I/O errors and files that change while read; RetryLater after that.
+
+    ``options`` go to :meth:`Lake.read_table` (``csv``, ``required``)."""
     problem = ""
     for attempt in range(len(RETRY_DELAYS) + 1):
         if attempt:
             time.sleep(RETRY_DELAYS[attempt - 1])
         try:
             before = lake.signature(path)
-            frame = lake.read_table(path, fmt, columns=columns, text_columns=text_columns)
+            frame = lake.read_table(path, fmt, columns=columns, text_columns=text_columns, **options)
             if lake.signature(path) == before:
                 return frame
             problem = "the file changed while it was read (still being written?)"
@@ -134,9 +138,20 @@ def read_source(spec: UseCaseSpec, lake: Lake, *, scoring: bool = False, prefer:
             entry |= {"status": "unchanged_rejected", "reason": record["reason"]}
             continue
         try:
-            raw = read_with_retry(lake, path, source.file_format, spec.input_columns, text_columns)
+            raw = read_with_retry(
+                lake,
+                path,
+                source.file_format,
+                spec.input_columns,
+                text_columns,
+                csv=source.csv,
+                required=core_ingest.required_columns(spec, scoring),
+            )
         except RetryLater as exc:
             entry |= {"status": "retry_later", "reason": str(exc)}
+            continue
+        except core_ingest.FileRejected as exc:
+            reject(lake, spec.name, entry, signature, settings, str(exc)[:500])
             continue
         except Exception as exc:  # the file's content is the user's: say why it cannot be read
             reject(lake, spec.name, entry, signature, settings, f"cannot read as {source.file_format}: {exc}"[:500])
@@ -151,6 +166,8 @@ def read_source(spec: UseCaseSpec, lake: Lake, *, scoring: bool = False, prefer:
             continue
         if file_id(name) in records:
             lake.delete(records[file_id(name)])  # it was fixed
+        if frame.is_empty():  # a header-only export: no rows, and no say in column types or time kind
+            continue
         kind = kind or file_kind
         entry["rows"] = frame.height
         frames.append(frame.with_columns(pl.lit(len(names), dtype=pl.Int32).alias(core_ingest.FILE)))
@@ -212,10 +229,12 @@ def discover_keys(spec: UseCaseSpec, lake: Lake) -> list[str]:
         try:
             if still_rejected(lake, records, lake.relative(path), lake.signature(path), settings) is not None:
                 continue
-            frame = lake.read_table(path, spec.source.file_format, columns=spec.keys, text_columns=spec.keys)
+            frame = lake.read_table(
+                path, spec.source.file_format, columns=spec.keys, text_columns=spec.keys, csv=spec.source.csv
+            )
             if frame.columns != spec.keys:
                 frame = frame.select(spec.keys)  # raises when a key column is missing
-            found.append(frame.select(pl.col(k).cast(pl.Utf8) for k in spec.keys).unique().drop_nulls())
+            found.append(frame.select(core_ingest.key_values(spec.keys)).unique().drop_nulls())
         except Exception:  # one unreadable file never hides the others' keys
             continue
     if not found:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import gzip
 import io
 import json
 import os
@@ -26,6 +27,7 @@ from typing import Any
 import polars as pl
 from upath import UPath
 
+from ..core.ingest import FileRejected, match_columns
 from ..core.keys import is_encoded_key
 
 AZURE_SCHEMES = ("abfs://", "abfss://", "az://")
@@ -205,24 +207,52 @@ class Lake:
         return json.loads(path.read_bytes())
 
     def read_table(
-        self, path: UPath, fmt: str, columns: list[str] | None = None, text_columns: Sequence[str] = ()
+        self,
+        path: UPath,
+        fmt: str,
+        columns: list[str] | None = None,
+        text_columns: Sequence[str] = (),
+        *,
+        csv: Any = None,
+        required: Sequence[str] = (),
     ) -> pl.DataFrame:
-        """A landing file, with only those of ``columns`` it holds (the caller names what is missing).
+        """A landing file, with only those of ``columns`` it holds, named as in ``columns``.
 
         CSV columns in ``text_columns`` are read as text without type inference, so ``0012``
         stays ``0012`` and the time column is parsed by ingest, the same way as in Parquet.
+        A header name differing only by case or surrounding spaces (`` Store ``) matches the
+        configured name (``store``) when no other header does. ``csv`` is the source's
+        ``CsvSpec`` (separator, decimal comma, encoding); without a separator the header
+        decides between ``,``, ``;``, tab and ``|``. Raises :class:`FileRejected` naming the
+        file's header when a column of ``required`` is missing.
         """
         data = path.read_bytes()
         if fmt == "parquet":
-            if columns is not None:
-                present = set(pl.read_parquet_schema(io.BytesIO(data)))
-                columns = [c for c in columns if c in present]
-            return pl.read_parquet(io.BytesIO(data), columns=columns)
-        if columns is not None:
-            present = set(pl.read_csv(io.BytesIO(data), n_rows=0).columns)
-            columns = [c for c in columns if c in present]
-        text = {c: pl.Utf8 for c in text_columns if columns is None or c in columns}
-        return pl.read_csv(io.BytesIO(data), columns=columns, schema_overrides=text, infer_schema_length=10_000)
+            header = list(pl.read_parquet_schema(io.BytesIO(data)))
+            names = match_columns(columns, header) if columns is not None else {}
+            _check_required(required, names, header)
+            frame = pl.read_parquet(io.BytesIO(data), columns=list(names) if columns is not None else None)
+            return frame.rename(names)
+        options = _csv_options(data, csv, columns)
+        if options.get("encoding", "utf8") not in ("utf8", "utf8-lossy") and data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)  # polars decodes other encodings itself, after gunzip
+        try:
+            header = pl.read_csv(io.BytesIO(data), n_rows=0, **options).columns
+            names = match_columns(columns, header) if columns is not None else {c: c for c in header}
+            _check_required(required, names, header)
+            text = {actual: pl.Utf8 for actual, name in names.items() if name in text_columns}
+            frame = pl.read_csv(
+                io.BytesIO(data),
+                columns=list(names) if columns is not None else None,
+                schema_overrides=text,
+                infer_schema_length=10_000,
+                **options,
+            )
+        except pl.exceptions.ComputeError as exc:
+            if "utf-8" in str(exc).lower() or "utf8" in str(exc).lower():
+                raise FileRejected(_not_utf8(data)) from None
+            raise
+        return frame.rename(names)
 
     def signature(self, path: UPath) -> dict[str, Any]:
         """Size and modification stamp (ETag where the store has one): tells whether a file changed."""
@@ -244,3 +274,58 @@ class Lake:
 
     def exists(self, path: UPath) -> bool:
         return path.exists()
+
+
+SEPARATORS = (",", ";", "\t", "|")
+
+
+def _csv_options(data: bytes, csv: Any, columns: Sequence[str] | None) -> dict[str, Any]:
+    """polars ``read_csv`` options for a source's dialect; an unset separator is the one under
+    which the header holds the most wanted columns (a comma when none does better)."""
+    options: dict[str, Any] = {}
+    if csv is not None:
+        if csv.encoding != "utf8":
+            options["encoding"] = csv.encoding
+        if csv.decimal_comma:
+            options["decimal_comma"] = True
+    separator = csv.separator if csv is not None else None
+    if separator is None:
+        separator, best = ",", -1
+        if columns:
+            wanted = set(columns)
+            for candidate in SEPARATORS:
+                try:
+                    header = pl.read_csv(io.BytesIO(data), n_rows=0, separator=candidate, **options).columns
+                except pl.exceptions.PolarsError:
+                    continue
+                found = len(wanted & set(match_columns(columns, header).values()))
+                if found > best:
+                    separator, best = candidate, found
+                if found == len(wanted):
+                    break
+        if separator == "," and options.get("decimal_comma"):
+            separator = ";"
+    options["separator"] = separator
+    return options
+
+
+def _not_utf8(data: bytes) -> str:
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    try:
+        data.decode("utf-8")
+        where = ""
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        where = f" (byte {data[exc.start : exc.start + 1]!r} on line {line})"
+    return (
+        f"the file is not UTF-8 text{where}; set 'csv: {{encoding: ...}}' in the source, e.g. 'cp1252' for an "
+        "Excel export on Windows or 'latin-1'"
+    )
+
+
+def _check_required(required: Sequence[str], names: dict[str, str], header: Sequence[str]) -> None:
+    missing = [c for c in required if c not in names.values()]
+    if missing:
+        shown = list(header[:20]) + (["..."] if len(header) > 20 else [])
+        raise FileRejected(f"missing required column(s) {missing}; the file's columns are {shown}")
