@@ -163,6 +163,17 @@ def test_header_names_with_spaces_or_another_case_match_and_a_missing_column_sho
     )
 
 
+def test_an_empty_file_and_a_ragged_line_are_rejected_saying_what_is_wrong(settings):
+    land(settings, "bad/a.csv", "")
+    land(settings, "bad/b.csv", "country,year,x1,x2,y\nse,2020,1,2,3\nse,2021,1,2,3,4\n")
+    land(settings, "bad/c.csv", "country,year,x1,x2,y\nse,2022,1,2,3\n")
+    report, out = run_raw(settings, yearly("landing/bad/*.csv", name="bad"))
+    reasons = {r["file"]: r["reason"] for r in report.summary["rejected"]}
+    assert reasons["landing/bad/a.csv"].startswith("the file is empty (0 bytes)")
+    assert reasons["landing/bad/b.csv"].startswith("a line has more fields than the header (5 columns, separator ',')")
+    assert out["se"].ok and out["se"].info["rows"] == 1
+
+
 def test_padded_and_empty_key_values_and_a_header_only_file(settings):
     # a header-only export first must not decide the time kind nor the column types of later files
     land(settings, "pad/a.csv", "country,year,x1,x2,y\n")

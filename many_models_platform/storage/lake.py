@@ -233,6 +233,8 @@ class Lake:
             _check_required(required, names, header)
             frame = pl.read_parquet(io.BytesIO(data), columns=list(names) if columns is not None else None)
             return frame.rename(names)
+        if not data:
+            raise FileRejected("the file is empty (0 bytes); a CSV export needs at least its header line")
         options = _csv_options(data, csv, columns)
         if options.get("encoding", "utf8") not in ("utf8", "utf8-lossy") and data[:2] == b"\x1f\x8b":
             data = gzip.decompress(data)  # polars decodes other encodings itself, after gunzip
@@ -251,6 +253,12 @@ class Lake:
         except pl.exceptions.ComputeError as exc:
             if "utf-8" in str(exc).lower() or "utf8" in str(exc).lower():
                 raise FileRejected(_not_utf8(data)) from None
+            if "more fields than defined" in str(exc):
+                raise FileRejected(
+                    f"a line has more fields than the header ({len(header)} columns, separator "
+                    f"{options['separator']!r}): an unquoted separator inside a value, or a wrong separator; "
+                    "quote such values in the export, or set 'csv: {separator: ...}'"
+                ) from None
             raise
         return frame.rename(names)
 
