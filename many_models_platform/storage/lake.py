@@ -235,11 +235,12 @@ class Lake:
             return frame.rename(names)
         if not data:
             raise FileRejected("the file is empty (0 bytes); a CSV export needs at least its header line")
-        options = _csv_options(data, csv, columns)
-        if options.get("encoding", "utf8") not in ("utf8", "utf8-lossy") and data[:2] == b"\x1f\x8b":
+        if csv is not None and csv.encoding not in ("utf8", "utf8-lossy") and data[:2] == b"\x1f\x8b":
             data = gzip.decompress(data)  # polars decodes other encodings itself, after gunzip
+        options, header = _csv_options(data, csv, columns)
         try:
-            header = pl.read_csv(io.BytesIO(data), n_rows=0, **options).columns
+            if header is None:
+                header = pl.read_csv(io.BytesIO(data), n_rows=0, **options).columns
             names = match_columns(columns, header) if columns is not None else {c: c for c in header}
             _check_required(required, names, header)
             text = {actual: pl.Utf8 for actual, name in names.items() if name in text_columns}
@@ -287,9 +288,10 @@ class Lake:
 SEPARATORS = (",", ";", "\t", "|")
 
 
-def _csv_options(data: bytes, csv: Any, columns: Sequence[str] | None) -> dict[str, Any]:
-    """polars ``read_csv`` options for a source's dialect; an unset separator is the one under
-    which the header holds the most wanted columns (a comma when none does better)."""
+def _csv_options(data: bytes, csv: Any, columns: Sequence[str] | None) -> tuple[dict[str, Any], list[str] | None]:
+    """polars ``read_csv`` options for a source's dialect, and the header when detecting the
+    separator read it: an unset separator is the one under which the header holds the most
+    wanted columns (a comma when none does better)."""
     options: dict[str, Any] = {}
     if csv is not None:
         if csv.encoding != "utf8":
@@ -297,6 +299,7 @@ def _csv_options(data: bytes, csv: Any, columns: Sequence[str] | None) -> dict[s
         if csv.decimal_comma:
             options["decimal_comma"] = True
     separator = csv.separator if csv is not None else None
+    chosen: list[str] | None = None
     if separator is None:
         separator, best = ",", -1
         if columns:
@@ -308,13 +311,13 @@ def _csv_options(data: bytes, csv: Any, columns: Sequence[str] | None) -> dict[s
                     continue
                 found = len(wanted & set(match_columns(columns, header).values()))
                 if found > best:
-                    separator, best = candidate, found
+                    separator, best, chosen = candidate, found, header
                 if found == len(wanted):
                     break
         if separator == "," and options.get("decimal_comma"):
-            separator = ";"
+            separator, chosen = ";", None
     options["separator"] = separator
-    return options
+    return options, chosen
 
 
 def _not_utf8(data: bytes) -> str:
