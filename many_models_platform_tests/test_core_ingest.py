@@ -217,6 +217,16 @@ def test_key_values_are_stripped_and_an_empty_key_is_a_missing_one():
     assert out[ingest.DROP].to_list() == [None] * 4 + [ingest.NULL_KEY] * 3
 
 
+def test_a_float_key_column_from_pandas_gives_the_integer_ids_and_nan_is_missing():
+    spec = make_spec(regression_body())
+    frame = pl.DataFrame(
+        {"segment": [12.0, -3.0, 1.5, float("nan"), None], "x1": [1] * 5, "x2": [1] * 5, "y": [1.0] * 5}
+    )
+    out, _ = normalise_file(frame, spec)
+    assert out["segment"].to_list() == ["12", "-3", "1.5", None, None]
+    assert out[ingest.DROP].to_list() == [None, None, None, ingest.NULL_KEY, ingest.NULL_KEY]
+
+
 def test_header_names_match_up_to_case_and_surrounding_spaces_when_unambiguous():
     match = ingest.match_columns
     assert match(["store", "y"], [" Store ", "Y", "other"]) == {" Store ": "store", "Y": "y"}

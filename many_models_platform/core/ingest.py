@@ -283,13 +283,18 @@ def match_columns(wanted: Sequence[str], header: Sequence[str]) -> dict[str, str
     return names
 
 
-def key_values(keys: Sequence[str]) -> list[pl.Expr]:
+def key_values(keys: Sequence[str], schema: pl.Schema | dict | None = None) -> list[pl.Expr]:
     """Key columns as key text: surrounding spaces stripped (``"a "`` is ``"a"``, as padded
     fixed-width exports write it), and an empty value is a missing one. Case and leading
-    zeros are kept: ``A``/``a`` and ``0012``/``12`` stay different keys."""
+    zeros are kept: ``A``/``a`` and ``0012``/``12`` stay different keys. A float column
+    (pandas writes an integer id column with gaps as floats) gives ``12`` for ``12.0``, and
+    NaN is missing, so the key matches the same id from an integer or text file."""
     out = []
     for k in keys:
-        text = pl.col(k).cast(pl.Utf8).str.strip_chars()
+        column = pl.col(k)
+        if schema is not None and schema[k].is_float():
+            column = column.fill_nan(None).cast(pl.Utf8).str.replace(r"^(-?\d+)\.0$", "${1}")
+        text = column.cast(pl.Utf8).str.strip_chars()
         out.append(pl.when(text.str.len_bytes() > 0).then(text).alias(k))
     return out
 
@@ -341,7 +346,9 @@ def normalise_file(
     if missing:
         raise FileRejected(f"missing required column(s) {missing}")
     frame = frame.select([c for c in spec.input_columns if c in frame.columns])
-    frame = frame.with_columns(*key_values(spec.keys), *[pl.col(c).cast(pl.Utf8) for c in spec.categorical_features])
+    frame = frame.with_columns(
+        *key_values(spec.keys, frame.schema), *[pl.col(c).cast(pl.Utf8) for c in spec.categorical_features]
+    )
     source_spec = spec.scoring_source if scoring and spec.scoring_source else spec.source
     decimal_comma = bool(source_spec.csv and source_spec.csv.decimal_comma)
     numeric_text = [c for c in spec.features if frame.schema[c] == pl.Utf8]

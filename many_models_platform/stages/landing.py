@@ -74,7 +74,7 @@ def _key_values(spec: UseCaseSpec, lake: Lake, file: LandedFile, fmt: str, csv: 
     missing = [k for k in spec.keys if k not in frame.columns]
     if missing:
         raise KeyColumnsMissing(f"missing required column(s) {missing}")
-    values = frame.select(key_values(spec.keys)).unique().drop_nulls()
+    values = frame.select(key_values(spec.keys, frame.schema)).unique().drop_nulls()
     return sorted(encode_key(row) for row in values.iter_rows())
 
 

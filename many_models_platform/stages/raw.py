@@ -234,7 +234,7 @@ def discover_keys(spec: UseCaseSpec, lake: Lake) -> list[str]:
             )
             if frame.columns != spec.keys:
                 frame = frame.select(spec.keys)  # raises when a key column is missing
-            found.append(frame.select(core_ingest.key_values(spec.keys)).unique().drop_nulls())
+            found.append(frame.select(core_ingest.key_values(spec.keys, frame.schema)).unique().drop_nulls())
         except Exception:  # one unreadable file never hides the others' keys
             continue
     if not found:
