@@ -145,8 +145,10 @@ def test_classification_with_one_class_in_train_is_rejected():
             "y": [0] * (n - 5) + [1] * 5,  # the only positives fall in the last 25% (the holdout)
         }
     )
-    with pytest.raises(F.KeyDataError, match="single class"):
+    with pytest.raises(F.KeyDataError, match=r"single class: 'y' is 0 on all \d+ training rows \(the other classes"):
         F.build_training_set(spec, bronze)
+    with pytest.raises(F.KeyDataError, match="single class: 'y' is 0 on every row; a classifier needs two"):
+        F.build_training_set(spec, bronze.with_columns(y=pl.lit(0)))
 
 
 def test_fraction_split_without_time_column_is_deterministic_and_drawn_by_row_hash():

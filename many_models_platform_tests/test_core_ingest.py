@@ -102,6 +102,31 @@ def test_a_file_of_another_time_kind_than_earlier_files_is_rejected():
     assert parsed([1990, 1991], prefer="period").kind == "period"
 
 
+def test_yyyymmdd_integers_and_unix_times_are_calendar_times_without_a_time_format():
+    for values in ([20240131, 20240229, None], ["20240131", "20240229", None]):  # Parquet ints, CSV text
+        p = parsed(values)
+        assert p.kind == "date" and p.values.to_list() == [D(2024, 1, 31), D(2024, 2, 29), None]
+    assert parsed([20240131], frequency="daily").values.to_list() == [D(2024, 1, 31)]
+    p = parsed([1_700_000_000, 1_700_003_600])  # Unix seconds
+    assert p.kind == "datetime" and p.values.to_list() == [
+        dt.datetime(2023, 11, 14, 22, 13, 20),
+        dt.datetime(2023, 11, 14, 23, 13, 20),
+    ]
+    assert parsed([1_700_000_000_000]).values.to_list() == [dt.datetime(2023, 11, 14, 22, 13, 20)]  # milliseconds
+    # what may be a period index stays one: an impossible date, Excel serials, a small index, or 'period'
+    assert parsed([20240131, 20241345]).kind == "period"
+    assert parsed([45000, 45001]).kind == "period"
+    assert parsed([20240131, 20240201], frequency="period").values.to_list() == [20240131, 20240201]
+    assert parsed([20240131], prefer="period").kind == "period"
+
+
+def test_iso_week_text_is_the_monday_of_that_week():
+    p = parsed(["2024-W05", "2024W01", "2020-W53", "2021-W53", None])
+    assert p.kind == "date"
+    assert p.values.to_list() == [D(2024, 1, 29), D(2024, 1, 1), D(2020, 12, 28), None, None]
+    assert p.bad.to_list() == [None, None, None, ingest.UNPARSEABLE_TIME, ingest.MISSING_TIME]
+
+
 # --- one file's columns and row reasons -----------------------------------------------------
 def test_keys_and_categoricals_become_text_and_bad_targets_are_marked():
     spec = make_spec(regression_body(categorical_features=["day"]))
@@ -138,6 +163,75 @@ def test_text_in_a_numeric_target_is_counted_not_a_number_and_scoring_keeps_ever
     assert scoring[ingest.DROP].to_list() == [None, None, None]
     with pytest.raises(FileRejected, match=r"missing required column\(s\) \['y'\]"):
         normalise_file(frame.drop("y"), spec)
+
+
+def test_numbers_written_as_text_with_thousands_separators_or_a_decimal_comma():
+    values = pl.Series(["1,234.5", " 7 ", "-12,345,678", "12 kg", "1,23", None])
+    assert pl.select(ingest.to_number(pl.lit(values))).to_series().to_list() == [
+        1234.5,
+        7.0,
+        -12345678.0,
+        None,
+        None,
+        None,
+    ]
+    european = pl.Series(["1.234,5", "3,5", "7", "1,234.5"])
+    assert pl.select(ingest.to_number(pl.lit(european), decimal_comma=True)).to_series().to_list() == [
+        1234.5,
+        3.5,
+        7.0,
+        None,
+    ]
+
+
+def test_a_target_that_is_mostly_text_rejects_the_file_with_what_to_set():
+    spec = make_spec(regression_body())
+    frame = pl.DataFrame({"segment": ["a"] * 3, "x1": [1, 2, 3], "x2": [1, 2, 3], "y": ["1,5", "2,5", "3"]})
+    with pytest.raises(
+        FileRejected, match=r"target 'y': 2 of 3 values are not numbers \(e.g. '1,5', '2,5'\); .*decimal_comma: true"
+    ):
+        normalise_file(frame, spec)
+    with pytest.raises(FileRejected, match=r"'3 kg'.*strip units"):
+        normalise_file(frame.with_columns(y=pl.lit("3 kg")), spec)
+    ok, _ = normalise_file(frame.with_columns(y=pl.Series(["1,234.5", "2", "n/a"])), spec)
+    assert ok["y"].to_list() == [1234.5, 2.0, None] and ok[ingest.DROP].to_list() == [None, None, ingest.TARGET_TEXT]
+    european = make_spec(regression_body(source={"path": "landing/x/*.csv", "csv": {"decimal_comma": True}}))
+    out, _ = normalise_file(frame, european)
+    assert out["y"].to_list() == [1.5, 2.5, 3.0]
+
+
+def test_a_numeric_feature_of_formatted_numbers_becomes_numbers_but_real_text_stays_for_training_set_to_name():
+    spec = make_spec(regression_body())
+    frame = pl.DataFrame({"segment": ["a"] * 2, "x1": ["1,000", "2,500.5"], "x2": ["1", "gold"], "y": [1.0, 2.0]})
+    out, _ = normalise_file(frame, spec)
+    assert out["x1"].to_list() == [1000.0, 2500.5] and out["x2"].to_list() == ["1", "gold"]
+
+
+def test_key_values_are_stripped_and_an_empty_key_is_a_missing_one():
+    spec = make_spec(regression_body())
+    frame = pl.DataFrame(
+        {"segment": ["a", "a ", " a", "A", "", "  ", None], "x1": [1] * 7, "x2": [1] * 7, "y": [1.0] * 7}
+    )
+    out, _ = normalise_file(frame, spec)
+    assert out["segment"].to_list() == ["a", "a", "a", "A", None, None, None]
+    assert out[ingest.DROP].to_list() == [None] * 4 + [ingest.NULL_KEY] * 3
+
+
+def test_a_float_key_column_from_pandas_gives_the_integer_ids_and_nan_is_missing():
+    spec = make_spec(regression_body())
+    frame = pl.DataFrame(
+        {"segment": [12.0, -3.0, 1.5, float("nan"), None], "x1": [1] * 5, "x2": [1] * 5, "y": [1.0] * 5}
+    )
+    out, _ = normalise_file(frame, spec)
+    assert out["segment"].to_list() == ["12", "-3", "1.5", None, None]
+    assert out[ingest.DROP].to_list() == [None, None, None, ingest.NULL_KEY, ingest.NULL_KEY]
+
+
+def test_header_names_match_up_to_case_and_surrounding_spaces_when_unambiguous():
+    match = ingest.match_columns
+    assert match(["store", "y"], [" Store ", "Y", "other"]) == {" Store ": "store", "Y": "y"}
+    assert match(["store"], ["store", "STORE"]) == {"store": "store"}  # the exact name wins
+    assert match(["store"], ["Store", "STORE"]) == {}  # two candidates: no guess
 
 
 # --- duplicates -----------------------------------------------------------------------------

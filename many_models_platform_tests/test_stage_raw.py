@@ -4,6 +4,7 @@ moved, retries of transient read errors, key discovery, and exact row counts per
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import os
 from pathlib import Path
 
@@ -122,6 +123,69 @@ def test_partly_unparseable_times_are_counted_per_key_and_a_wholly_unparseable_f
 
 
 # --- landing files are never moved ----------------------------------------------------------
+# --- CSV dialects and headers ---------------------------------------------------------------
+def test_a_european_excel_export_reads_with_its_separator_detected_and_decimal_comma_declared(settings):
+    land(settings, "eu/a.csv", "country;year;x1;x2;y\nde;2020;1,5;2;1.234,5\nde;2021;2,5;3;7,25\n")
+    spec = yearly("landing/eu/*.csv", name="eu")
+    report, out = run_raw(settings, spec)
+    assert not out["de"].ok  # the separator is found, the decimal comma must be declared
+    assert "values are not numbers (e.g. '1.234,5', '7,25')" in report.summary["rejected"][0]["reason"]
+    assert "csv: {decimal_comma: true}" in report.summary["rejected"][0]["reason"]
+    spec = yearly(source={"path": "landing/eu/*.csv", "csv": {"decimal_comma": True}}, name="eu")
+    report, out = run_raw(settings, spec)  # a change of reading settings: read again
+    assert out["de"].ok and report.summary["rejected"] == []
+    b = bronze(settings, spec, "de")
+    assert b["y"].to_list() == [1234.5, 7.25] and b["x1"].to_list() == [1.5, 2.5]
+
+
+def test_a_cp1252_export_names_the_encoding_to_set_and_reads_once_it_is_set(settings):
+    path = Path(settings.lake_url) / "landing" / "enc" / "a.csv.gz"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(gzip.compress("country,year,x1,x2,y\nZürich,2020,1,2,3\nZürich,2021,1,2,4\n".encode("cp1252")))
+    spec = yearly("landing/enc/*.csv.gz", name="enc")
+    report, _ = run_raw(settings, spec, keys=[encode_key(["Zürich"])])
+    assert report.summary["rejected"][0]["reason"].startswith("the file is not UTF-8 text (byte b'\\xfc' on line 2)")
+    spec = yearly(source={"path": "landing/enc/*.csv.gz", "csv": {"encoding": "cp1252"}}, name="enc")
+    assert discover_keys(spec, Lake(settings.lake_url)) == [encode_key(["Zürich"])]
+    _, out = run_raw(settings, spec)
+    assert out[encode_key(["Zürich"])].info["rows"] == 2
+
+
+def test_header_names_with_spaces_or_another_case_match_and_a_missing_column_shows_the_header(settings):
+    land(settings, "hdr/a.csv", " Country ,YEAR,x1,X2,y\nse,2020,1,2,3\n")
+    land(settings, "hdr/b.csv", "country,year,x1,y\nse,2021,1,4\n")
+    spec = yearly("landing/hdr/*.csv", name="hdr")
+    report, out = run_raw(settings, spec)
+    assert out["se"].ok and bronze(settings, spec, "se").columns == ["country", "year", "x1", "x2", "y"]
+    (rejected,) = report.summary["rejected"]
+    assert (
+        rejected["reason"] == "missing required column(s) ['x2']; the file's columns are ['country', 'year', 'x1', 'y']"
+    )
+
+
+def test_an_empty_file_and_a_ragged_line_are_rejected_saying_what_is_wrong(settings):
+    land(settings, "bad/a.csv", "")
+    land(settings, "bad/b.csv", "country,year,x1,x2,y\nse,2020,1,2,3\nse,2021,1,2,3,4\n")
+    land(settings, "bad/c.csv", "country,year,x1,x2,y\nse,2022,1,2,3\n")
+    report, out = run_raw(settings, yearly("landing/bad/*.csv", name="bad"))
+    reasons = {r["file"]: r["reason"] for r in report.summary["rejected"]}
+    assert reasons["landing/bad/a.csv"].startswith("the file is empty (0 bytes)")
+    assert reasons["landing/bad/b.csv"].startswith("a line has more fields than the header (5 columns, separator ',')")
+    assert out["se"].ok and out["se"].info["rows"] == 1
+
+
+def test_padded_and_empty_key_values_and_a_header_only_file(settings):
+    # a header-only export first must not decide the time kind nor the column types of later files
+    land(settings, "pad/a.csv", "country,year,x1,x2,y\n")
+    land(settings, "pad/b.csv", "country,year,x1,x2,y\nse ,1,1,2,3\nse,2,1,2,4\n,3,1,2,5\n  ,4,1,2,6\n")
+    spec = yearly("landing/pad/*.csv", name="pad")
+    assert discover_keys(spec, Lake(settings.lake_url)) == ["se"]
+    report, out = run_raw(settings, spec)
+    assert out["se"].info["rows"] == 2 and bronze(settings, spec, "se")["year"].to_list() == [1, 2]
+    assert [f["rows"] for f in report.summary["files"]] == [0, 4]
+    assert report.summary["files"][1]["drops"] == {"null key value": 2} and report.summary["rejected"] == []
+
+
 def test_a_file_rejected_for_one_use_case_stays_in_place_for_another(settings):
     text = "country,year,x1,y\nnl,2001,1,3\nnl,2002,2,4\n"  # no x2: unusable for 'panel'
     path = land(settings, "shared/a.csv", text)

@@ -4,8 +4,8 @@ through `mmp run`, with its expected outcome and every dropped or merged row ass
 The data is generated here (the team has no real files), shaped like what broke before:
 integer and two-digit years, ISO text timestamps in Parquet, events sharing timestamps, text
 categories, zero-padded ids, constant-zero keys, NaN and inf targets, 220 keys whose first
-failures sort late, duplicate periods under each policy, one file read by two use cases, and a
-count target near zero.
+failures sort late, duplicate periods under each policy, one file read by two use cases, a
+count target near zero, and a European Excel export (cp1252, ';', decimal commas, YYYYMMDD dates).
 """
 
 from __future__ import annotations
@@ -137,6 +137,20 @@ def counts_near_zero(rng: np.random.Generator) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+def european_export(rng: np.random.Generator) -> bytes:
+    """A German Excel export: cp1252, ';' and decimal commas ('1.234,56'), CRLF, a header in
+    another case with spaces, a key padded with a space in some rows, dates as YYYYMMDD integers."""
+    lines = [" Filiale ;Datum;Preis;Umsatz"]
+    for store in ("Zürich", "Köln"):
+        for w in range(30):
+            day = date(2023, 1, 2) + timedelta(weeks=w)
+            padded = f"{store} " if w % 2 else store
+            price = f"{2 + rng.random():.2f}".replace(".", ",")
+            sales = f"{1000 + 30 * w + rng.normal(0, 5):,.2f}".translate(str.maketrans(",.", ".,"))
+            lines.append(f"{padded};{day:%Y%m%d};{price};{sales}")
+    return ("\r\n".join(lines) + "\r\n").encode("cp1252")
+
+
 def forecast_case(source: str, keys: list[str], time: str, target: str, **extra) -> dict:
     body = {
         "task": "forecast",
@@ -191,6 +205,10 @@ ZOO = {
     "counts": forecast_case(
         "landing/counts/*.csv", ["site"], "week", "visits", non_negative_target=True, candidates=[LINEAR]
     ),
+    "eu_export": {
+        **forecast_case("landing/eu/*.csv", ["filiale"], "datum", "umsatz", features=["preis"], lags=[3]),
+        "source": {"path": "landing/eu/*.csv", "csv": {"decimal_comma": True, "encoding": "cp1252"}},
+    },
 }
 # The same county file read by a second use case that needs a column the file does not have.
 REJECTING = {
@@ -242,6 +260,8 @@ def zoo(tmp_path_factory) -> Zoo:
             frame.write_parquet(landing / folder / "cases.parquet")
         else:
             frame.write_csv(landing / folder / f"{folder}.csv")
+    (landing / "eu").mkdir(parents=True)
+    (landing / "eu" / "export.csv").write_bytes(european_export(rng))
     config = home / "zoo.yaml"
     config.write_text(yaml.safe_dump({"use_cases": ZOO}, sort_keys=False))
     run = mmp("run", "--config", str(config), home=home)
@@ -270,6 +290,7 @@ def test_the_zoo_runs_by_configuration_alone(zoo):
         "dup_last",
         "dup_first",
         "counts",
+        "eu_export",
     ):
         assert published_keys(zoo, use_case), f"{use_case} published nothing\n{out[-3000:]}"
 
@@ -401,3 +422,11 @@ def test_a_file_rejected_by_one_use_case_stays_for_the_other(zoo):
     )
     reasons = zoo.sql("SELECT DISTINCT reason FROM key_status WHERE use_case = 'counties_by_party' AND stage = 'raw'")
     assert reasons and all("rejected" in r and "party" in r for (r,) in reasons)
+
+
+def test_a_european_excel_export_runs_with_its_dialect_declared(zoo):
+    bronze = zoo.bronze("eu_export").sort("filiale", "datum")
+    assert sorted(bronze["filiale"].unique()) == ["Köln", "Zürich"]  # cp1252, and "Köln " is "Köln"
+    assert bronze.schema["datum"] == pl.Date and bronze["datum"].min() == date(2023, 1, 2)  # 20230102
+    assert bronze.height == 60 and bronze["umsatz"].min() > 900 and 2 <= bronze["preis"].min() < 3  # 1.016,43
+    assert published_keys(zoo, "eu_export") == {"K%C3%B6ln", "Z%C3%BCrich"}

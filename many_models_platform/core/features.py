@@ -437,7 +437,14 @@ def prepare_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> TrainingSet
             f"too few rows after features and split: {n_train} train, {n_holdout} holdout (min_rows {spec.min_rows})"
         )
     if spec.task == "classification" and frame.filter(pl.col(SPLIT) == TRAIN)[y].n_unique() < 2:
-        raise KeyDataError("the training split holds a single class")
+        (only,) = frame.filter(pl.col(SPLIT) == TRAIN)[y].unique().to_list()
+        everywhere = frame[y].n_unique() < 2
+        where = (
+            "every row" if everywhere else f"all {n_train} training rows (the other classes are only in the holdout)"
+        )
+        raise KeyDataError(
+            f"the training split holds a single class: {y!r} is {only!r} on {where}; a classifier needs two"
+        )
     frequency = period.name if period else None
     keep = [c for c in (t, y) if c]
     keep += feature_columns(spec, frame.schema.get(t) if t else None, period.calendar_frequency if period else None)

@@ -119,6 +119,9 @@ def _from_integers(
     """Integers are a period index (``frequency: period``, or not all 4-digit) or calendar years."""
     if frequency == "period" or (frequency is None and prefer == "period"):
         return ints, "period", "integers"
+    calendar = _calendar_integers(ints)
+    if calendar is not None:
+        return calendar
     in_range = ints.is_between(*YEARS)
     as_years = frequency == "yearly" or prefer in ("date", "datetime")
     if frequency is None and not as_years:
@@ -134,12 +137,47 @@ def _from_integers(
     return years, "date", f"years ({YEARS[0]}-{YEARS[1]})"
 
 
+EPOCH_SECONDS = (10**9, 10**10)  # 2001-09-09 .. 2286: Unix time in seconds
+EPOCH_MILLIS = (10**12, 10**13)  # the same range in milliseconds
+_ISO_WEEK = r"^(\d{4})-?W(\d{2})$"  # 2024-W05: the Monday of that ISO week
+
+
+def _calendar_integers(ints: pl.Series) -> tuple[pl.Series, str, str] | None:
+    """Integers that can only be calendar times: every value an 8-digit ``YYYYMMDD`` date, or
+    Unix time in seconds or milliseconds (10 or 13 digits); None when they may be a period index."""
+    present = ints.drop_nulls()
+    if present.is_empty():
+        return None
+    low, high = present.min(), present.max()
+    if low >= 10_000_000 and high <= 99_991_231:
+        dates = ints.cast(pl.Utf8).str.to_date("%Y%m%d", strict=False)
+        if dates.null_count() == ints.null_count():
+            return dates, "date", "dates as YYYYMMDD"
+    for (lo, hi), unit in ((EPOCH_SECONDS, "s"), (EPOCH_MILLIS, "ms")):
+        if lo <= low and high < hi:
+            return pl.from_epoch(ints, time_unit=unit).dt.cast_time_unit("us"), "datetime", f"Unix time ({unit})"
+    return None
+
+
+def _iso_weeks(text: pl.Series) -> pl.Series:
+    """``2024-W05`` (or ``2024W05``) -> the Monday of ISO week 5 of 2024; other values null."""
+    parts = text.str.extract_groups(_ISO_WEEK)
+    year, week = parts.struct.field("1").cast(pl.Int32), parts.struct.field("2").cast(pl.Int32)
+    jan4 = pl.date(year, 1, 4)  # always in ISO week 1
+    monday = jan4 - pl.duration(days=jan4.dt.weekday() - 1) + pl.duration(weeks=week - 1)
+    valid = week.is_between(1, 53) & (monday.dt.iso_year() == year)
+    return pl.select(pl.when(valid).then(monday)).to_series().alias(text.name)
+
+
 def _from_text(text: pl.Series, column: str, frequency: str | None, prefer: str | None) -> tuple[pl.Series, str, str]:
     expected = "ISO-8601 dates, datetimes or integers"
     present = text.is_not_null().sum()
     dates = text.str.to_date("%Y-%m-%d", strict=False)
     if dates.is_not_null().sum() == present:
         return dates, "date", expected
+    weeks = _iso_weeks(text)
+    if weeks.is_not_null().sum() * 2 > present:
+        return weeks, "date", "ISO weeks (YYYY-Www)"
     ints = text.cast(pl.Int64, strict=False)
     if ints.is_not_null().sum() * 2 > present:
         return _from_integers(ints, column, frequency, prefer)
@@ -228,6 +266,69 @@ def parse_time(
     return ParsedTime(parsed.alias(column), kind, bad.alias(DROP))
 
 
+def match_columns(wanted: Sequence[str], header: Sequence[str]) -> dict[str, str]:
+    """header name -> configured name, for the configured columns the header holds. An exact
+    name wins; otherwise a header equal up to case and surrounding spaces (`` Store Id `` for
+    ``store id``), when exactly one header is."""
+    present = set(header)
+    names: dict[str, str] = {}
+    for name in dict.fromkeys(wanted):
+        if name in present:
+            names[name] = name
+            continue
+        folded = name.strip().casefold()
+        near = [h for h in header if h.strip().casefold() == folded and h not in names]
+        if len(near) == 1:
+            names[near[0]] = name
+    return names
+
+
+def key_values(keys: Sequence[str], schema: pl.Schema | dict | None = None) -> list[pl.Expr]:
+    """Key columns as key text: surrounding spaces stripped (``"a "`` is ``"a"``, as padded
+    fixed-width exports write it), and an empty value is a missing one. Case and leading
+    zeros are kept: ``A``/``a`` and ``0012``/``12`` stay different keys. A float column
+    (pandas writes an integer id column with gaps as floats) gives ``12`` for ``12.0``, and
+    NaN is missing, so the key matches the same id from an integer or text file."""
+    out = []
+    for k in keys:
+        column = pl.col(k)
+        if schema is not None and schema[k].is_float():
+            column = column.fill_nan(None).cast(pl.Utf8).str.replace(r"^(-?\d+)\.0$", "${1}")
+        text = column.cast(pl.Utf8).str.strip_chars()
+        out.append(pl.when(text.str.len_bytes() > 0).then(text).alias(k))
+    return out
+
+
+_THOUSANDS = r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?$"  # 1,234.5
+_THOUSANDS_DC = r"^[+-]?\d{1,3}(\.\d{3})+(,\d*)?$"  # 1.234,5 (decimal comma)
+_DECIMAL_COMMA = r"^[+-]?\d*,\d+$"  # 3,5
+
+
+def to_number(text: pl.Expr, decimal_comma: bool = False) -> pl.Expr:
+    """Numbers written as text, as spreadsheets export them: ``1,234.5`` (or ``1.234,5`` and
+    ``3,5`` with a decimal comma) and surrounding spaces; anything else that is not a number is null."""
+    t = text.str.strip_chars()
+    if decimal_comma:
+        t = (
+            pl.when(t.str.contains(_THOUSANDS_DC))
+            .then(t.str.replace_all(".", "", literal=True).str.replace(",", ".", literal=True))
+            .when(t.str.contains(_DECIMAL_COMMA))
+            .then(t.str.replace(",", ".", literal=True))
+            .otherwise(t)
+        )
+    else:
+        t = pl.when(t.str.contains(_THOUSANDS)).then(t.str.replace_all(",", "", literal=True)).otherwise(t)
+    return t.cast(pl.Float64, strict=False)
+
+
+def _number_hint(examples: Sequence[str], decimal_comma: bool) -> str:
+    if not decimal_comma and any(
+        re.match(_DECIMAL_COMMA, e.strip()) or re.match(_THOUSANDS_DC, e.strip()) for e in examples
+    ):
+        return "they look like decimal commas: set 'csv: {decimal_comma: true}' in the source"
+    return "strip units and other text in the export, or use a column that holds the number"
+
+
 def required_columns(spec: UseCaseSpec, scoring: bool) -> list[str]:
     """Columns a landing file must hold: all inputs, except the target in a scoring source."""
     return [c for c in spec.input_columns if not (scoring and c == spec.target)]
@@ -245,7 +346,15 @@ def normalise_file(
     if missing:
         raise FileRejected(f"missing required column(s) {missing}")
     frame = frame.select([c for c in spec.input_columns if c in frame.columns])
-    frame = frame.with_columns([pl.col(c).cast(pl.Utf8) for c in [*spec.keys, *spec.categorical_features]])
+    frame = frame.with_columns(
+        *key_values(spec.keys, frame.schema), *[pl.col(c).cast(pl.Utf8) for c in spec.categorical_features]
+    )
+    source_spec = spec.scoring_source if scoring and spec.scoring_source else spec.source
+    decimal_comma = bool(source_spec.csv and source_spec.csv.decimal_comma)
+    numeric_text = [c for c in spec.features if frame.schema[c] == pl.Utf8]
+    if numeric_text:  # "1,234.5" features become numbers when every value is one; else training_set says why
+        numbers = frame.select(to_number(pl.col(c), decimal_comma) for c in numeric_text)
+        frame = frame.with_columns(numbers[c] for c in numeric_text if numbers[c].null_count() == frame[c].null_count())
     reasons = pl.when(pl.any_horizontal([pl.col(k).is_null() for k in spec.keys])).then(pl.lit(NULL_KEY))
     kind = None
     if spec.time_column:
@@ -263,8 +372,11 @@ def normalise_file(
     if target:
         source = pl.col(target)
         if spec.task in ("forecast", "regression") and frame.schema[target] != pl.Float64:
-            frame = frame.with_columns(source.cast(pl.Float64, strict=False), source.is_not_null().alias("__t_present"))
+            as_number = to_number(source, decimal_comma) if frame.schema[target] == pl.Utf8 else source.cast(pl.Float64)
+            frame = frame.with_columns(as_number, source.is_not_null().alias("__t_present"), source.alias("__t_text"))
             text = pl.col("__t_present") & pl.col(target).is_null()
+            if not scoring:
+                _check_target_numbers(frame, target, decimal_comma)
         else:
             text = pl.lit(False)
         if not scoring:
@@ -273,7 +385,19 @@ def normalise_file(
                 reasons = reasons.when(source.is_nan()).then(pl.lit(TARGET_NAN))
                 reasons = reasons.when(source.is_infinite()).then(pl.lit(TARGET_INF))
     frame = frame.with_columns(reasons.otherwise(pl.lit(None, dtype=pl.Utf8)).alias(DROP))
-    return frame.drop("__t_present", strict=False), kind
+    return frame.drop("__t_present", "__t_text", strict=False), kind
+
+
+def _check_target_numbers(frame: pl.DataFrame, target: str, decimal_comma: bool) -> None:
+    """More than half of a file's targets not being numbers is a layout to fix, not bad rows."""
+    failed = frame["__t_present"] & frame[target].is_null()
+    n_failed, n_present = int(failed.sum()), int(frame["__t_present"].sum())
+    if n_failed * 2 > n_present:
+        shown = frame["__t_text"].filter(failed).cast(pl.Utf8).unique(maintain_order=True).head(2).to_list()
+        raise FileRejected(
+            f"target {target!r}: {n_failed} of {n_present} values are not numbers (e.g. "
+            f"{', '.join(repr(v) for v in shown)}); {_number_hint(shown, decimal_comma)}"
+        )
 
 
 def _empty_counts(keys: Sequence[str]) -> pl.DataFrame:

@@ -6,6 +6,7 @@ at load time, so a typo fails when the file is read, not halfway through a 10k-k
 
 from __future__ import annotations
 
+import codecs
 import importlib
 import inspect
 from functools import cache, cached_property
@@ -69,11 +70,40 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class CsvSpec(_Strict):
+    """How a CSV export is written when it is not plain UTF-8 with commas (docs/use-cases.md#csv-dialects).
+
+    The separator is detected from the header when unset; a decimal comma and an encoding
+    cannot be told reliably from the bytes, so they are declared."""
+
+    separator: str | None = Field(default=None, min_length=1, max_length=1)
+    decimal_comma: bool = False
+    encoding: str = "utf8"
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str) -> str:
+        if v.lower().replace("-", "").replace("_", "") in ("utf8", "utf8lossy"):
+            return "utf8-lossy" if "lossy" in v.lower() else "utf8"
+        try:
+            codecs.lookup(v)
+        except LookupError:
+            raise ValueError(f"unknown encoding {v!r}; e.g. 'utf8', 'cp1252', 'latin-1', 'utf-16'") from None
+        return v
+
+    @model_validator(mode="after")
+    def _decimal_comma_needs_another_separator(self) -> CsvSpec:
+        if self.decimal_comma and self.separator == ",":
+            raise ValueError("'decimal_comma' needs a separator other than ',' (usually ';')")
+        return self
+
+
 class SourceSpec(_Strict):
     """A CSV or Parquet glob, relative to the lake root (usually under ``landing/``)."""
 
     path: str
     format: Literal["csv", "parquet"] | None = None
+    csv: CsvSpec | None = None  # CSV dialect; None = UTF-8, separator detected, decimal point
 
     @field_validator("path")
     @classmethod
@@ -91,6 +121,12 @@ class SourceSpec(_Strict):
         if self.path.endswith((".csv", ".csv.gz")):
             return "csv"
         raise ValueError(f"cannot infer the format of {self.path!r}: set 'format'")
+
+    @model_validator(mode="after")
+    def _csv_options_for_csv(self) -> SourceSpec:
+        if self.csv is not None and (self.format == "parquet" or self.path.endswith((".parquet", ".pq"))):
+            raise ValueError("'csv' options apply to CSV files only")
+        return self
 
 
 class HoldoutSpec(_Strict):

@@ -25,6 +25,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.ingest import FileRejected
 from ..core.spec import UseCaseSpec
 from ..storage.lake import Lake, LandedFile, transient_errors
 from .raw import KeyColumnsMissing, file_keys, reading_settings, reject, rejection_records, still_rejected
@@ -124,15 +125,16 @@ def scan_landing(
     transient = transient_errors()
 
     def read(item: tuple[LandedFile, str, str]) -> tuple[str, Any]:
-        f, fmt, _ = item
+        f, fmt, label = item
+        csv = (spec.source if label == "source" else spec.scoring_source).csv
         try:
             if still_rejected(lake, records, f.name, f.signature, settings) is not None:
                 return "rejected_before", None
-            return "ok", file_keys(spec, lake, f, fmt)
+            return "ok", file_keys(spec, lake, f, fmt, csv)
         except transient as exc:  # maybe passing (network, throttling, a file being written): next tick
             return "retry_later", f"{type(exc).__name__}: {exc}"[:500]
-        except KeyColumnsMissing as exc:
-            return "rejected", str(exc)
+        except (KeyColumnsMissing, FileRejected) as exc:
+            return "rejected", str(exc)[:500]
         except Exception as exc:  # the file's content is the user's: say why it cannot be read
             if _replaced_since_listed(lake, f):  # read half old, half new: not the file's fault
                 return "retry_later", "the file changed while it was read"

@@ -31,7 +31,7 @@ from .base import StageReport, StageRun, clear_state, crash_point, finish, write
 # written), is tried again after these pauses; then it is left for a later run, never rejected.
 RETRY_DELAYS: tuple[float, ...] = (0.2, 1.0)
 # Bumped when the way files are read changes, so earlier rejections are tried again.
-READER_VERSION = 1
+READER_VERSION = 2
 
 
 class RetryLater(Exception):
@@ -95,17 +95,24 @@ def still_rejected(lake: Lake, records: dict[str, UPath], name: str, signature: 
 
 # --- reading --------------------------------------------------------------------------------
 def read_with_retry(
-    lake: Lake, path: UPath, fmt: str, columns: list[str], text_columns: list[str], listed: dict | None = None
+    lake: Lake,
+    path: UPath,
+    fmt: str,
+    columns: list[str],
+    text_columns: list[str],
+    listed: dict | None = None,
+    **options: Any,
 ) -> pl.DataFrame:
     """Read a landing file, retrying I/O errors and files that change while read; RetryLater after that.
-    ``listed``: the file's signature from the listing, which saves asking for it before the first read."""
+    ``listed``: the file's signature from the listing, which saves asking for it before the first read;
+    ``options`` go to :meth:`Lake.read_table` (``csv``, ``required``)."""
     problem = ""
     for attempt in range(len(RETRY_DELAYS) + 1):
         if attempt:
             time.sleep(RETRY_DELAYS[attempt - 1])
         try:
             before = listed if (listed is not None and not attempt) else lake.signature(path)
-            frame = lake.read_table(path, fmt, columns=columns, text_columns=text_columns)
+            frame = lake.read_table(path, fmt, columns=columns, text_columns=text_columns, **options)
             if lake.signature(path) == before:
                 return frame
             problem = "the file changed while it was read (still being written?)"
@@ -134,9 +141,21 @@ def read_source(spec: UseCaseSpec, lake: Lake, *, scoring: bool = False, prefer:
             entry |= {"status": "unchanged_rejected", "reason": record["reason"]}
             continue
         try:
-            raw = read_with_retry(lake, path, source.file_format, spec.input_columns, text_columns, signature)
+            raw = read_with_retry(
+                lake,
+                path,
+                source.file_format,
+                spec.input_columns,
+                text_columns,
+                signature,
+                csv=source.csv,
+                required=core_ingest.required_columns(spec, scoring),
+            )
         except RetryLater as exc:
             entry |= {"status": "retry_later", "reason": str(exc)}
+            continue
+        except core_ingest.FileRejected as exc:
+            reject(lake, spec.name, entry, signature, settings, str(exc)[:500])
             continue
         except Exception as exc:  # the file's content is the user's: say why it cannot be read
             reject(lake, spec.name, entry, signature, settings, f"cannot read as {source.file_format}: {exc}"[:500])
@@ -151,6 +170,8 @@ def read_source(spec: UseCaseSpec, lake: Lake, *, scoring: bool = False, prefer:
             continue
         if file_id(name) in records:
             lake.delete(records[file_id(name)])  # it was fixed
+        if frame.is_empty():  # a header-only export: no rows, and no say in column types or time kind
+            continue
         kind = kind or file_kind
         entry["rows"] = frame.height
         frames.append(frame.with_columns(pl.lit(len(names), dtype=pl.Int32).alias(core_ingest.FILE)))
@@ -206,14 +227,15 @@ class KeyColumnsMissing(Exception):
     pass
 
 
-def file_keys(spec: UseCaseSpec, lake: Lake, file: LandedFile, fmt: str) -> list[str]:
+def file_keys(spec: UseCaseSpec, lake: Lake, file: LandedFile, fmt: str, csv: Any = None) -> list[str]:
     """The distinct encoded keys of one landing file, from its key columns only (on blob
-    storage a Parquet file's footer and key column chunks, not the whole object)."""
-    frame = lake.read_table(file.name, fmt, columns=spec.keys, text_columns=spec.keys, size=file.size)
+    storage a Parquet file's footer and key column chunks, not the whole object), as ingest
+    reads them (``core.ingest.key_values``); ``csv``: the source's dialect."""
+    frame = lake.read_table(file.name, fmt, columns=spec.keys, text_columns=spec.keys, size=file.size, csv=csv)
     missing = [k for k in spec.keys if k not in frame.columns]
     if missing:
         raise KeyColumnsMissing(f"missing required column(s) {missing}")
-    values = frame.select(pl.col(k).cast(pl.Utf8) for k in spec.keys).unique().drop_nulls()
+    values = frame.select(core_ingest.key_values(spec.keys, frame.schema)).unique().drop_nulls()
     return sorted(encode_key(row) for row in values.iter_rows())
 
 
@@ -232,7 +254,7 @@ def discover_keys(spec: UseCaseSpec, lake: Lake) -> list[str]:
         try:
             if still_rejected(lake, records, file.name, file.signature, settings) is not None:
                 return []
-            return file_keys(spec, lake, file, fmt)
+            return file_keys(spec, lake, file, fmt, spec.source.csv)
         except Exception:  # one unreadable file never hides the others' keys
             return []
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import glob
+import gzip
 import io
 import json
 import os
@@ -27,6 +28,7 @@ from typing import Any
 import polars as pl
 from upath import UPath
 
+from ..core.ingest import FileRejected, match_columns
 from ..core.keys import is_encoded_key
 
 AZURE_SCHEMES = ("abfs://", "abfss://", "az://")
@@ -287,47 +289,87 @@ class Lake:
         columns: list[str] | None = None,
         text_columns: Sequence[str] = (),
         size: int | None = None,
+        *,
+        csv: Any = None,
+        required: Sequence[str] = (),
     ) -> pl.DataFrame:
         """A landing file (a path, or a name relative to the root), with only those of ``columns``
-        it holds (the caller names what is missing).
+        it holds, named as in ``columns``.
 
         Parquet reads only what it needs: on blob storage the footer and the chunks of
         ``columns``, in ranged requests (``size``, known from a listing, saves asking for it).
         A CSV is one request for the whole object (a CSV has no column index). CSV columns in
         ``text_columns`` are read as text without type inference, so ``0012`` stays ``0012``
         and the time column is parsed by ingest, the same way as in Parquet.
+        A header name differing only by case or surrounding spaces (`` Store ``) matches the
+        configured name (``store``) when no other header does. ``csv`` is the source's
+        ``CsvSpec`` (separator, decimal comma, encoding); without a separator the header
+        decides between ``,``, ``;``, tab and ``|``. Raises :class:`FileRejected` naming the
+        file's header when a column of ``required`` is missing.
         """
         if fmt == "parquet":
-            return self._read_parquet_columns(path, columns, size)
+            return self._read_parquet_columns(path, columns, size, required)
         data = self.read_bytes(path)
-        if columns is not None:
-            present = set(pl.read_csv(io.BytesIO(data), n_rows=0).columns)
-            columns = [c for c in columns if c in present]
-        text = {c: pl.Utf8 for c in text_columns if columns is None or c in columns}
-        return pl.read_csv(io.BytesIO(data), columns=columns, schema_overrides=text, infer_schema_length=10_000)
+        if not data:
+            raise FileRejected("the file is empty (0 bytes); a CSV export needs at least its header line")
+        if csv is not None and csv.encoding not in ("utf8", "utf8-lossy") and data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)  # polars decodes other encodings itself, after gunzip
+        options, header = _csv_options(data, csv, columns)
+        try:
+            if header is None:
+                header = pl.read_csv(io.BytesIO(data), n_rows=0, **options).columns
+            names = match_columns(columns, header) if columns is not None else {c: c for c in header}
+            _check_required(required, names, header)
+            text = {actual: pl.Utf8 for actual, name in names.items() if name in text_columns}
+            frame = pl.read_csv(
+                io.BytesIO(data),
+                columns=list(names) if columns is not None else None,
+                schema_overrides=text,
+                infer_schema_length=10_000,
+                **options,
+            )
+        except pl.exceptions.ComputeError as exc:
+            if "utf-8" in str(exc).lower() or "utf8" in str(exc).lower():
+                raise FileRejected(_not_utf8(data)) from None
+            if "more fields than defined" in str(exc):
+                raise FileRejected(
+                    f"a line has more fields than the header ({len(header)} columns, separator "
+                    f"{options['separator']!r}): an unquoted separator inside a value, or a wrong separator; "
+                    "quote such values in the export, or set 'csv: {separator: ...}'"
+                ) from None
+            raise
+        return frame.rename(names)
 
-    def _read_parquet_columns(self, path: UPath | str, columns: list[str] | None, size: int | None) -> pl.DataFrame:
+    def _read_parquet_columns(
+        self, path: UPath | str, columns: list[str] | None, size: int | None, required: Sequence[str] = ()
+    ) -> pl.DataFrame:
         fs, full = self._located(path)
+
+        def wanted(header: Sequence[str]) -> dict[str, str] | None:
+            """header name -> configured name of the columns to read (None: all of them)."""
+            if columns is None:
+                return None
+            names = match_columns(columns, list(header))
+            _check_required(required, names, list(header))
+            return names
+
+        def named(frame: pl.DataFrame, names: dict[str, str] | None) -> pl.DataFrame:
+            return frame if names is None else frame.rename(names)
+
         if self.is_local:  # polars reads the footer and the wanted columns from the file itself
-            if columns is not None:
-                present = set(pl.read_parquet_schema(full))
-                columns = [c for c in columns if c in present]
-            return pl.read_parquet(full, columns=columns)
+            names = wanted(list(pl.read_parquet_schema(full)))
+            return named(pl.read_parquet(full, columns=None if names is None else list(names)), names)
         size = fs.size(full) if size is None else size
         if size <= SMALL_OBJECT:  # one request for all of it costs less than two ranged ones
             data = io.BytesIO(fs.cat_file(full))
-            if columns is not None:
-                present = set(pl.read_parquet_schema(data))
-                columns = [c for c in columns if c in present]
-            return pl.read_parquet(data, columns=columns)
+            names = wanted(list(pl.read_parquet_schema(data)))
+            return named(pl.read_parquet(data, columns=None if names is None else list(names)), names)
         import pyarrow.parquet as pq
 
         with pq.ParquetFile(RangedObject(fs, full, size), pre_buffer=True) as parquet:
-            if columns is not None:
-                present = set(parquet.schema_arrow.names)
-                columns = [c for c in columns if c in present]
-            table = parquet.read(columns=columns)
-        return pl.from_arrow(table)  # type: ignore[return-value]
+            names = wanted(parquet.schema_arrow.names)
+            table = parquet.read(columns=None if names is None else list(names))
+        return named(pl.from_arrow(table), names)  # type: ignore[arg-type]
 
     def signature(self, path: UPath) -> dict[str, Any]:
         """Size and modification stamp (ETag where the store has one): tells whether a file changed."""
@@ -349,3 +391,60 @@ class Lake:
 
     def exists(self, path: UPath) -> bool:
         return path.exists()
+
+
+SEPARATORS = (",", ";", "\t", "|")
+
+
+def _csv_options(data: bytes, csv: Any, columns: Sequence[str] | None) -> tuple[dict[str, Any], list[str] | None]:
+    """polars ``read_csv`` options for a source's dialect, and the header when detecting the
+    separator read it: an unset separator is the one under which the header holds the most
+    wanted columns (a comma when none does better)."""
+    options: dict[str, Any] = {}
+    if csv is not None:
+        if csv.encoding != "utf8":
+            options["encoding"] = csv.encoding
+        if csv.decimal_comma:
+            options["decimal_comma"] = True
+    separator = csv.separator if csv is not None else None
+    chosen: list[str] | None = None
+    if separator is None:
+        separator, best = ",", -1
+        if columns:
+            wanted = set(columns)
+            for candidate in SEPARATORS:
+                try:
+                    header = pl.read_csv(io.BytesIO(data), n_rows=0, separator=candidate, **options).columns
+                except pl.exceptions.PolarsError:
+                    continue
+                found = len(wanted & set(match_columns(columns, header).values()))
+                if found > best:
+                    separator, best, chosen = candidate, found, header
+                if found == len(wanted):
+                    break
+        if separator == "," and options.get("decimal_comma"):
+            separator, chosen = ";", None
+    options["separator"] = separator
+    return options, chosen
+
+
+def _not_utf8(data: bytes) -> str:
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    try:
+        data.decode("utf-8")
+        where = ""
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        where = f" (byte {data[exc.start : exc.start + 1]!r} on line {line})"
+    return (
+        f"the file is not UTF-8 text{where}; set 'csv: {{encoding: ...}}' in the source, e.g. 'cp1252' for an "
+        "Excel export on Windows or 'latin-1'"
+    )
+
+
+def _check_required(required: Sequence[str], names: dict[str, str], header: Sequence[str]) -> None:
+    missing = [c for c in required if c not in names.values()]
+    if missing:
+        shown = list(header[:20]) + (["..."] if len(header) > 20 else [])
+        raise FileRejected(f"missing required column(s) {missing}; the file's columns are {shown}")
