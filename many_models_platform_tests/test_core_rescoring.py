@@ -6,7 +6,7 @@ from pathlib import Path
 import polars as pl
 
 from many_models_platform.core.generators import GENERATORS, write_landing
-from many_models_platform.core.keys import encode_key
+from many_models_platform.core.keys import decode_key, encode_key
 from many_models_platform.core.spec import load_config
 from many_models_platform.stages import STAGES, StageRun, run_stage
 from many_models_platform.stages.raw import discover_keys
@@ -42,3 +42,28 @@ def test_failed_training_set_today_means_no_stale_holdout_predictions(tmp_path):
     assert "nothing to score" in day2["predictions"][bad].reason
     assert "training_set failed: too few rows" in day2["predictions"][bad].reason
     assert all(day2["predictions"][k].ok for k in keys if k != bad)
+
+
+def test_a_key_that_fails_ingest_today_is_not_forecast_from_yesterdays_bronze(tmp_path):
+    settings = PlatformSettings.from_env(tmp_path)
+    settings.ensure_local_dirs()
+    spec = load_config().use_case("retail_demand")
+    landing = Path(settings.lake_url) / "landing/retail_demand"
+    data = GENERATORS["retail_demand"](keys=3, rows=120)
+    write_landing(data, landing, spec.name, files=1)
+    keys = discover_keys(spec, Lake(settings.lake_url))
+    day1 = run_all(spec, settings, "run-1", dt.date(2025, 1, 1), keys)
+    scored = [k for k in keys if day1["predictions"][k].ok]
+    assert scored, {k: o.reason for k, o in day1["predictions"].items()}
+
+    # day two: every sale of one scored key arrives without a quantity, so its ingest fails;
+    # its bronze from day one is still in the lake and its production model still serves
+    bad = scored[0]
+    is_bad = pl.all_horizontal([pl.col(c).cast(pl.Utf8) == v for c, v in zip(spec.keys, decode_key(bad), strict=True)])
+    history = data.history.with_columns(pl.when(is_bad).then(None).otherwise(pl.col("quantity")).alias("quantity"))
+    write_landing(type(data)(history=history, future=data.future), landing, spec.name, files=1)
+    day2 = run_all(spec, settings, "run-2", dt.date(2025, 1, 2), keys)
+    assert day2["raw"][bad].status == "failed"
+    assert day2["predictions"][bad].status == "skipped"
+    assert "nothing fresh to score: raw failed: all" in day2["predictions"][bad].reason
+    assert all(day2["predictions"][k].ok for k in scored if k != bad)

@@ -25,6 +25,7 @@ from .base import (
     production_models,
     read_state,
     registered_sources,
+    require_state,
     write_state,
 )
 
@@ -38,6 +39,8 @@ def _score_one(
         why = (promo.info.reason if promo.ok else promo.reason) if promo else None
         raise SkipKey(f"no production model for this key ({why or 'never promoted'})")
     check_production_hashes(prod, sources.get(key))  # the candidate registry's hashes, not the tag alone
+    if spec.task == "forecast" or spec.scoring_source:
+        _require_fresh_bronze(lake, spec, key)
     model = load_model_from_source(prod["source"], prod["artifact_sha256"], trusted)
     features = prod["features"]
     segments = []  # (feature rows, kind)
@@ -97,6 +100,15 @@ def _score_one(
     crash_point("predictions")
     write_state(lake, spec.name, "predictions", KeyOutcome(key, "ok", info=info), run_id)
     return info
+
+
+def _require_fresh_bronze(lake: Lake, spec: UseCaseSpec, key: str) -> None:
+    """SkipKey unless the key's latest ingest is ok: a key whose rows failed ``raw`` today keeps
+    yesterday's bronze, and a forecast from it would reach BI looking like today's."""
+    try:
+        require_state(lake, spec.name, "raw", key)
+    except SkipKey as exc:
+        raise SkipKey(f"nothing fresh to score: {exc}") from None
 
 
 def _todays_holdout(spec: UseCaseSpec, lake: Lake, key: str) -> pl.DataFrame | None:
