@@ -460,7 +460,7 @@ def test_a_ranged_run_resolves_only_its_keys_rows_and_still_counts_every_file(se
     monkeypatch.setattr(raw, "ROWS_PER_BUCKET", 200)
     seen = resolved_frames(monkeypatch)
     ranged = [encode_key(["s3", "b"]), encode_key(["s41", "b"])]
-    report, out = run_raw(settings, spec, ranged)
+    report, _ = run_raw(settings, spec, ranged)
     narrow = {"store", "brand", "week_start", "__file", "__drop"}
     rows = [f for f in seen if "quantity" in f.columns]
     assert sorted(pl.concat(rows)["store"].unique().to_list()) == ["s3", "s41"]
