@@ -332,6 +332,9 @@ def file_keys(spec: UseCaseSpec, lake: Lake, file: LandedFile, fmt: str, csv: An
 
 
 DISCOVERY_THREADS = 16  # key columns of many files at once: blob reads are latency-bound
+# A CSV is read whole to find its keys: fewer at once when they are large, so discovery holds
+# about this many bytes of CSV, not every file of a large landing zone (5.2 GiB at 40M rows).
+DISCOVERY_CSV_BYTES = 256 * 2**20
 
 
 def discover_keys(spec: UseCaseSpec, lake: Lake) -> list[str]:
@@ -351,7 +354,10 @@ def discover_keys(spec: UseCaseSpec, lake: Lake) -> list[str]:
             return []
 
     files = lake.listing(spec.source.path)
-    with ThreadPoolExecutor(max(1, min(DISCOVERY_THREADS, len(files)))) as pool:
+    threads = min(DISCOVERY_THREADS, len(files))
+    if fmt != "parquet":
+        threads = min(threads, DISCOVERY_CSV_BYTES // max([1, *(f.size for f in files)]))
+    with ThreadPoolExecutor(max(1, threads)) as pool:
         found = {k for keys in pool.map(keys_of, files) for k in keys}
     return sorted(found)
 
