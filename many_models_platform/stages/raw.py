@@ -124,13 +124,15 @@ class Spill:
         frame.write_ipc(path, compression="lz4")
 
     def read(self, label: str, bucket: int, part: str, template: pl.DataFrame) -> pl.DataFrame | None:
-        """A bucket's rows of one part, in file order, in the source's common column types."""
+        """A bucket's rows of one part, in file order, in the source's common column types (only
+        the template's columns when it holds only counting columns)."""
         paths = sorted((self.folder / label / f"{bucket:05d}").glob(f"*-{part}.arrow"))
         if not paths:
             return None
         if part == "counted":
             template = template.select(self.narrow)
-        return pl.concat([template, *(pl.read_ipc(p) for p in paths)], how="diagonal_relaxed")
+        columns = template.columns if set(template.columns) <= set(self.narrow) else None  # a narrow read
+        return pl.concat([template, *(pl.read_ipc(p, columns=columns) for p in paths)], how="diagonal_relaxed")
 
     def null_key_rows(self, label: str, template: pl.DataFrame) -> Iterator[tuple[int, pl.DataFrame]]:
         """(file index, the file's rows without a full key), one file at a time (usually none)."""
@@ -438,32 +440,34 @@ def _resolved_buckets(
     """(bucket, training rows, future rows) resolved, bucket by bucket, in the column types one
     resolution of the whole landing zone would give."""
     sources = [("source", train), ("scoring_source", future)]
-    buckets = range(spill.buckets or 0)
-    if spec.duplicate_policy not in ("sum", "mean"):  # resolving keeps the column types
-        for bucket in buckets:
-            yield bucket, *(_resolve(spec, spill, read, label, bucket, counts[label]) for label, read in sources)
-        return
-    # "sum" and "mean" average numbers (Float64) where a bucket has duplicates, and a concatenation
-    # of the whole zone would give every row that type: resolve all buckets, then cast to the common type
-    held, types = [], {"source": [], "scoring_source": []}
-    for bucket in buckets:
+    # "sum" and "mean" average numbers into floats once any (key, time) repeats, and one resolution
+    # of the whole zone gives every key those types, other keys' repeats (of a ranged run) too
+    merged = {}
+    for label, read in sources:
+        if spec.duplicate_policy in ("sum", "mean") and _runs_policy(spec, spill, read, label):
+            merged[label] = core_ingest.merged_types(read.template, spec)
+    for bucket in range(spill.buckets or 0):
         results = []
         for label, read in sources:
             resolved = _resolve(spec, spill, read, label, bucket, counts[label])
-            if resolved is not None:
-                spill.write(spill.folder / "resolved" / label / f"{bucket:05d}.arrow", resolved.data)
-                types[label].append(resolved.data.clear())
-                resolved.data = resolved.data.clear()
+            if resolved is not None and label in merged:
+                resolved.data = pl.concat([merged[label], resolved.data], how="vertical_relaxed")
             results.append(resolved)
-        held.append(results)
-    common = {label: pl.concat(t, how="vertical_relaxed") for label, t in types.items() if t}
-    for bucket, results in zip(buckets, held, strict=True):
-        for (label, _), resolved in zip(sources, results, strict=True):
-            if resolved is not None:
-                data = pl.read_ipc(spill.folder / "resolved" / label / f"{bucket:05d}.arrow")
-                resolved.data = pl.concat([common[label], data], how="vertical_relaxed")
         yield bucket, *results
-        held[bucket] = [None, None]
+
+
+def _runs_policy(spec: UseCaseSpec, spill: Spill, read: SourceRead | None, label: str) -> bool:
+    """Whether one resolution of the whole source would run the duplicate policy: some bucket's
+    rows (run keys' or others') repeat a (key, time). Reads only the counting columns."""
+    if read is None or read.template is None:
+        return False
+    narrow = read.template.select(spill.narrow)
+    for bucket in range(spill.buckets or 0):
+        for part in ("rows", "counted"):
+            frame = spill.read(label, bucket, part, narrow)
+            if frame is not None and core_ingest.resolve(frame, spec).policy_ran:
+                return True
+    return False
 
 
 def _outcome(run: StageRun, key: str, train: SourceRead, found: dict[str, Any]) -> KeyOutcome:
