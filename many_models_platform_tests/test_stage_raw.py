@@ -469,3 +469,19 @@ def test_a_ranged_run_resolves_only_its_keys_rows_and_still_counts_every_file(se
     assert [o.key for o in report.outcomes] == ranged and all(o.ok for o in report.outcomes)
     # per-file totals still cover every key (s20's repeated week), as a full run reports them
     assert report.summary["files"] == full.summary["files"] and report.summary["rows_dropped"] == 1
+
+
+def test_a_ranged_run_takes_the_column_types_of_a_full_run_when_other_keys_merge(settings, monkeypatch):
+    """'mean' makes numbers floats once any (key, time) repeats; a ranged run's keys get the
+    types a full run gives them even when only keys outside the run repeat."""
+    land(settings, "p/part0.csv", panel_csv(range(0, 30), 20, repeat="s20"))
+    land(settings, "p/part1.csv", panel_csv(range(30, 60), 20))
+    spec = make_spec(forecast_body(source={"path": "landing/p/*.csv"}, lags=[], duplicates="mean"), name="p")
+    key = encode_key(["s3", "b"])
+    run_raw(settings, spec)
+    full = bronze(settings, spec, key)
+    monkeypatch.setattr(raw, "ROWS_PER_BUCKET", 200)
+    report, out = run_raw(settings, spec, [key])
+    assert out[key].ok and full.schema["price"] == pl.Float64
+    assert bronze(settings, spec, key).schema == full.schema and bronze(settings, spec, key).equals(full)
+    assert report.summary["rows_merged"] == 1  # s20's repeat, outside the run, still counted
