@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import os
+import tempfile
 from pathlib import Path
 
 import polars as pl
@@ -485,3 +486,31 @@ def test_a_ranged_run_takes_the_column_types_of_a_full_run_when_other_keys_merge
     assert out[key].ok and full.schema["price"] == pl.Float64
     assert bronze(settings, spec, key).schema == full.schema and bronze(settings, spec, key).equals(full)
     assert report.summary["rows_merged"] == 1  # s20's repeat, outside the run, still counted
+
+
+def test_spilled_rows_go_to_local_temp_space_and_are_removed_also_on_error(settings, monkeypatch, tmp_path):
+    """The lake may be remote: buckets are spilled under the local temporary directory, never
+    the lake, and the folder is gone after the run, whether it succeeded or failed."""
+    for i in range(2):
+        land(settings, f"p/part{i}.csv", panel_csv(range(20 * i, 20 * i + 20), 30))
+    spec = make_spec(forecast_body(source={"path": "landing/p/*.csv"}, lags=[], duplicates="last"), name="p")
+    temp = tmp_path / "local-temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.setattr(raw, "ROWS_PER_BUCKET", 300)
+    spilled, resolve = [], raw.core_ingest.resolve
+
+    def failing(data, *args, **kwargs):
+        spilled.extend(temp.rglob("*.arrow"))
+        if "quantity" in data.columns:  # the first bucket of whole rows, after spilling every file
+            raise RuntimeError("boom")
+        return resolve(data, *args, **kwargs)
+
+    monkeypatch.setattr(raw.core_ingest, "resolve", failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        run_raw(settings, spec)
+    assert spilled and not list(temp.iterdir())  # spilled locally, then removed on the error
+    assert not list(Path(settings.lake_url).rglob("*.arrow"))
+    monkeypatch.setattr(raw.core_ingest, "resolve", resolve)
+    report, _ = run_raw(settings, spec)
+    assert all(o.ok for o in report.outcomes) and not list(temp.iterdir())
