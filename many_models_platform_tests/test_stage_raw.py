@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import os
+import tempfile
 from pathlib import Path
 
 import polars as pl
@@ -403,3 +404,113 @@ def test_scoring_source_goes_through_the_same_reading_without_a_target(settings)
     (Path(settings.lake_url) / "landing/w_future/a.csv").unlink()
     run_raw(settings, spec, [key])  # no future rows any more: yesterday's are not scored
     assert not (Path(settings.lake_url) / "bronze_scoring/w" / f"{key}.parquet").exists()
+
+
+# --- bounded memory: rows resolved a bucket of keys at a time ---------------------------------
+def panel_csv(keys: range, weeks: int, repeat: str | None = None) -> str:
+    """Weekly rows with an integer price; ``repeat``: a store whose first week appears twice."""
+    start = D(2024, 1, 1)
+    lines = [
+        f"s{k},b,{start + dt.timedelta(weeks=w)},{k % 7},{k + w}\n"
+        for k in keys
+        for w in range(weeks)
+        for _ in range(2 if (repeat == f"s{k}" and w == 0) else 1)
+    ]
+    return "store,brand,week_start,price,quantity\n" + "".join(lines)
+
+
+def resolved_frames(monkeypatch) -> list[pl.DataFrame]:
+    """Every frame the stage hands to ``core.ingest.resolve``, recorded."""
+    seen, resolve = [], raw.core_ingest.resolve
+
+    def recording(data, *args, **kwargs):
+        seen.append(data)
+        return resolve(data, *args, **kwargs)
+
+    monkeypatch.setattr(raw.core_ingest, "resolve", recording)
+    return seen
+
+
+def test_rows_are_resolved_a_bounded_bucket_at_a_time_with_the_results_of_one_pass(settings, monkeypatch):
+    for i in range(3):  # 60 keys x 50 weeks, 3,000 rows; s5 repeats a week, which 'mean' merges
+        land(settings, f"p/part{i}.csv", panel_csv(range(20 * i, 20 * i + 20), 50, repeat="s5"))
+    spec = make_spec(forecast_body(source={"path": "landing/p/*.csv"}, lags=[], duplicates="mean"), name="p")
+    keys = discover_keys(spec, Lake(settings.lake_url))
+
+    monkeypatch.setattr(raw, "ROWS_PER_BUCKET", 10**9)  # one bucket: the whole landing zone at once
+    whole, whole_out = run_raw(settings, spec, keys)
+    one = {k: bronze(settings, spec, k) for k in keys}
+
+    monkeypatch.setattr(raw, "ROWS_PER_BUCKET", 300)
+    seen = resolved_frames(monkeypatch)
+    report, out = run_raw(settings, spec, keys)
+    assert len(seen) >= 5 and max(f.height for f in seen) <= 1_000  # never the zone's 3,000 rows
+    for k in keys:  # the same bronze, column types included ('mean' makes the integer price Float64)
+        assert bronze(settings, spec, k).equals(one[k]) and one[k].schema["price"] == pl.Float64
+        assert out[k].info == whole_out[k].info
+    assert report.summary == whole.summary and report.summary["rows_merged"] == 1
+
+
+def test_a_ranged_run_resolves_only_its_keys_rows_and_still_counts_every_file(settings, monkeypatch):
+    land(settings, "p/part0.csv", panel_csv(range(0, 30), 20, repeat="s20"))
+    land(settings, "p/part1.csv", panel_csv(range(30, 60), 20))
+    spec = make_spec(forecast_body(source={"path": "landing/p/*.csv"}, lags=[], duplicates="last"), name="p")
+    keys = discover_keys(spec, Lake(settings.lake_url))
+    full, _ = run_raw(settings, spec, keys)
+
+    monkeypatch.setattr(raw, "ROWS_PER_BUCKET", 200)
+    seen = resolved_frames(monkeypatch)
+    ranged = [encode_key(["s3", "b"]), encode_key(["s41", "b"])]
+    report, _ = run_raw(settings, spec, ranged)
+    narrow = {"store", "brand", "week_start", "__file", "__drop"}
+    rows = [f for f in seen if "quantity" in f.columns]
+    assert sorted(pl.concat(rows)["store"].unique().to_list()) == ["s3", "s41"]
+    assert sum(f.height for f in rows) == 40  # 2 keys x 20 weeks, nothing of the other 58 keys
+    assert all(set(f.columns) <= narrow for f in seen if "quantity" not in f.columns)
+    assert [o.key for o in report.outcomes] == ranged and all(o.ok for o in report.outcomes)
+    # per-file totals still cover every key (s20's repeated week), as a full run reports them
+    assert report.summary["files"] == full.summary["files"] and report.summary["rows_dropped"] == 1
+
+
+def test_a_ranged_run_takes_the_column_types_of_a_full_run_when_other_keys_merge(settings, monkeypatch):
+    """'mean' makes numbers floats once any (key, time) repeats; a ranged run's keys get the
+    types a full run gives them even when only keys outside the run repeat."""
+    land(settings, "p/part0.csv", panel_csv(range(0, 30), 20, repeat="s20"))
+    land(settings, "p/part1.csv", panel_csv(range(30, 60), 20))
+    spec = make_spec(forecast_body(source={"path": "landing/p/*.csv"}, lags=[], duplicates="mean"), name="p")
+    key = encode_key(["s3", "b"])
+    run_raw(settings, spec)
+    full = bronze(settings, spec, key)
+    monkeypatch.setattr(raw, "ROWS_PER_BUCKET", 200)
+    report, out = run_raw(settings, spec, [key])
+    assert out[key].ok and full.schema["price"] == pl.Float64
+    assert bronze(settings, spec, key).schema == full.schema and bronze(settings, spec, key).equals(full)
+    assert report.summary["rows_merged"] == 1  # s20's repeat, outside the run, still counted
+
+
+def test_spilled_rows_go_to_local_temp_space_and_are_removed_also_on_error(settings, monkeypatch, tmp_path):
+    """The lake may be remote: buckets are spilled under the local temporary directory, never
+    the lake, and the folder is gone after the run, whether it succeeded or failed."""
+    for i in range(2):
+        land(settings, f"p/part{i}.csv", panel_csv(range(20 * i, 20 * i + 20), 30))
+    spec = make_spec(forecast_body(source={"path": "landing/p/*.csv"}, lags=[], duplicates="last"), name="p")
+    temp = tmp_path / "local-temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.setattr(raw, "ROWS_PER_BUCKET", 300)
+    spilled, resolve = [], raw.core_ingest.resolve
+
+    def failing(data, *args, **kwargs):
+        spilled.extend(temp.rglob("*.arrow"))
+        if "quantity" in data.columns:  # the first bucket of whole rows, after spilling every file
+            raise RuntimeError("boom")
+        return resolve(data, *args, **kwargs)
+
+    monkeypatch.setattr(raw.core_ingest, "resolve", failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        run_raw(settings, spec)
+    assert spilled and not list(temp.iterdir())  # spilled locally, then removed on the error
+    assert not list(Path(settings.lake_url).rglob("*.arrow"))
+    monkeypatch.setattr(raw.core_ingest, "resolve", resolve)
+    report, _ = run_raw(settings, spec)
+    assert all(o.ok for o in report.outcomes) and not list(temp.iterdir())

@@ -426,6 +426,7 @@ class Resolved:
     rows_in: pl.DataFrame  # keys + ``rows_in``: rows received per key
     counts: pl.DataFrame  # keys, __file, reason, kind ("dropped" | "merged"), n
     failures: dict[tuple, str] = field(default_factory=dict)  # key values -> why the key fails
+    policy_ran: bool = False  # some (key, time) repeated, so the duplicate policy ran (see merged_types)
 
 
 def resolve(
@@ -446,7 +447,8 @@ def resolve(
         data = data.filter(pl.col(DROP).is_null())
     data = data.drop(DROP)
     failures: dict[tuple, str] = {}
-    if time and not data.is_empty() and _has_duplicates(data, [*keys, time]):
+    ran = bool(time) and not data.is_empty() and _has_duplicates(data, [*keys, time])
+    if ran:
         group = [*keys, time]
         if data[FILE].n_unique() > 1:
             latest = pl.col(FILE) == pl.col(FILE).max().over(group)
@@ -454,7 +456,15 @@ def resolve(
             data = data.filter(latest)
         data, more, failures = _apply_policy(data, spec, policy, file_names)
         counts += more
-    return Resolved(data, null_rows, rows_in, pl.concat(counts), failures)
+    return Resolved(data, null_rows, rows_in, pl.concat(counts), failures, ran)
+
+
+def merged_types(data: pl.DataFrame, spec: UseCaseSpec, policy: str | None = None) -> pl.DataFrame:
+    """No rows: the column types ``resolve`` gives the kept rows of ``data`` once the duplicate
+    policy has run ("sum" and "mean" average numbers into floats). A reader that resolves the
+    rows a part at a time casts every part to these when any part ran the policy, as one
+    resolution of all the rows would have."""
+    return _apply_policy(data.clear().drop(DROP), spec, policy or spec.duplicate_policy, ())[0].clear()
 
 
 def _has_duplicates(data: pl.DataFrame, group: list[str]) -> bool:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -40,11 +43,13 @@ class RetryLater(Exception):
 
 @dataclass
 class SourceRead:
-    """One source (``source`` or ``scoring_source``) after reading and cleaning."""
+    """One source (``source`` or ``scoring_source``) after reading and cleaning: its files' summary
+    entries, and the schema its rows take together (the files' common supertypes)."""
 
-    resolved: core_ingest.Resolved | None
     files: list[dict[str, Any]] = field(default_factory=list)
     kind: str | None = None  # the time column's kind: date, datetime or period
+    names: list[dict[str, Any]] = field(default_factory=list)  # entries of the files with rows, by __file
+    template: pl.DataFrame | None = None  # no rows; None when no file has rows
 
     @property
     def rejected(self) -> list[dict[str, Any]]:
@@ -53,6 +58,86 @@ class SourceRead:
     @property
     def retry_later(self) -> list[dict[str, Any]]:
         return [f for f in self.files if f["status"] == "retry_later"]
+
+
+# --- spilling rows by key -------------------------------------------------------------------
+# Rows resolved at once: landing rows are cut into hash buckets of the key on local disk, and
+# resolved a bucket at a time, so raw's memory follows this and the largest file, not the landing zone.
+ROWS_PER_BUCKET = 500_000
+MAX_BUCKETS = 4096
+_BUCKET = "__bucket"
+
+
+class Spill:
+    """Landing rows in hash buckets of the key (Arrow IPC pieces in a temporary folder, one per
+    file and bucket). A key's rows all go to one bucket, so everything ``core.ingest.resolve``
+    decides per key (duplicates, later files, failures) is decided the same bucket by bucket.
+    Rows of keys outside the run keep only the columns their counts need (keys, time, file, reason)."""
+
+    def __init__(self, spec: UseCaseSpec, wanted: pl.DataFrame, folder: str) -> None:
+        self.spec, self.wanted, self.folder = spec, wanted.with_columns(pl.lit(True).alias("__wanted")), Path(folder)
+        self.buckets: int | None = None
+        self.narrow = [*spec.keys, *([spec.time_column] if spec.time_column else []), core_ingest.FILE]
+        self.narrow.append(core_ingest.DROP)
+
+    def bucket(self) -> pl.Expr:
+        return (pl.struct(self.spec.keys).hash(seed=0) % (self.buckets or 1)).cast(pl.Int32)
+
+    def size(self, rows: int, file_bytes: int, source_bytes: int) -> None:
+        """Bucket count from the first file with rows: its rows per byte times the source's bytes."""
+        if self.buckets is None:
+            estimate = rows * source_bytes / max(1, file_bytes)
+            self.buckets = max(1, min(MAX_BUCKETS, math.ceil(estimate / ROWS_PER_BUCKET)))
+
+    def path(self, label: str, bucket: int, index: int, part: str) -> Path:
+        return self.folder / label / f"{bucket:05d}" / f"{index:06d}-{part}.arrow"
+
+    def add(self, label: str, index: int, frame: pl.DataFrame) -> None:
+        """One file's normalised rows (with ``__file``): rows without a full key aside, the run's
+        keys' rows whole and other keys' rows narrow, each into its key's bucket."""
+        keys = self.spec.keys
+        null_key = pl.any_horizontal([pl.col(k).is_null() for k in keys])
+        nulls = frame.filter(null_key)
+        if not nulls.is_empty():
+            frame = frame.filter(~null_key)
+            self.write(self.folder / label / "null_key" / f"{index:06d}.arrow", nulls)
+        del nulls
+        mark = frame.select(keys).join(self.wanted, on=keys, how="left", maintain_order="left")["__wanted"]
+        wanted = mark.is_not_null()
+        if wanted.all():
+            self._scatter(label, index, "rows", frame)
+            return
+        self._scatter(label, index, "rows", frame.filter(wanted))
+        self._scatter(label, index, "counted", frame.filter(~wanted).select(self.narrow))
+
+    def _scatter(self, label: str, index: int, part: str, frame: pl.DataFrame) -> None:
+        if frame.is_empty():
+            return
+        pieces = frame.with_columns(self.bucket().alias(_BUCKET)).partition_by(_BUCKET, as_dict=True, include_key=False)
+        del frame
+        for (bucket,), piece in pieces.items():
+            self.write(self.path(label, bucket, index, part), piece)
+
+    @staticmethod
+    def write(path: Path, frame: pl.DataFrame) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.write_ipc(path, compression="lz4")
+
+    def read(self, label: str, bucket: int, part: str, template: pl.DataFrame) -> pl.DataFrame | None:
+        """A bucket's rows of one part, in file order, in the source's common column types (only
+        the template's columns when it holds only counting columns)."""
+        paths = sorted((self.folder / label / f"{bucket:05d}").glob(f"*-{part}.arrow"))
+        if not paths:
+            return None
+        if part == "counted":
+            template = template.select(self.narrow)
+        columns = template.columns if set(template.columns) <= set(self.narrow) else None  # a narrow read
+        return pl.concat([template, *(pl.read_ipc(p, columns=columns) for p in paths)], how="diagonal_relaxed")
+
+    def null_key_rows(self, label: str, template: pl.DataFrame) -> Iterator[tuple[int, pl.DataFrame]]:
+        """(file index, the file's rows without a full key), one file at a time (usually none)."""
+        for path in sorted((self.folder / label / "null_key").glob("*.arrow")):
+            yield int(path.stem), pl.concat([template, pl.read_ipc(path)], how="diagonal_relaxed")
 
 
 # --- rejection records ----------------------------------------------------------------------
@@ -121,21 +206,26 @@ def read_with_retry(
     raise RetryLater(f"{problem}; tried {len(RETRY_DELAYS) + 1} times, will try again on the next run")
 
 
-def read_source(spec: UseCaseSpec, lake: Lake, *, scoring: bool = False, prefer: str | None = None) -> SourceRead:
-    """Read every landing file of one source once: rejected files are recorded and skipped."""
+def read_source(
+    spec: UseCaseSpec, lake: Lake, spill: Spill, *, scoring: bool = False, prefer: str | None = None
+) -> SourceRead:
+    """Read every landing file of one source once, one file at a time: rejected files are
+    recorded and skipped, the others' rows go to ``spill`` (only one file is held at a time)."""
     source = spec.scoring_source if scoring else spec.source
     label = "scoring_source" if scoring else "source"
     settings = reading_settings(spec)
     records = rejection_records(lake, spec.name)
     text_columns = [*spec.keys, *spec.categorical_features] + ([spec.time_column] if spec.time_column else [])
-    frames, files, names = [], [], []
-    kind = prefer
-    for listed in lake.listing(source.path):  # names, sizes and change stamps: no request per file
+    read = SourceRead(kind=prefer)
+    listing = lake.listing(source.path)  # names, sizes and change stamps: no request per file
+    source_bytes = sum(listed.size for listed in listing)
+    templates = []
+    for listed in listing:
         name, signature = listed.name, listed.signature
         path = lake.path(*name.split("/"))
         entry: dict[str, Any] = {"file": name, "source": label, "rows": 0, "status": "ingested", "reason": ""}
         entry |= {"rows_dropped": 0, "rows_merged": 0}
-        files.append(entry)
+        read.files.append(entry)
         record = still_rejected(lake, records, name, signature, settings)
         if record is not None:
             entry |= {"status": "unchanged_rejected", "reason": record["reason"]}
@@ -161,28 +251,30 @@ def read_source(spec: UseCaseSpec, lake: Lake, *, scoring: bool = False, prefer:
             reject(lake, spec.name, entry, signature, settings, f"cannot read as {source.file_format}: {exc}"[:500])
             continue
         try:
-            frame, file_kind = core_ingest.normalise_file(raw, spec, scoring=scoring, prefer=kind)
+            frame, file_kind = core_ingest.normalise_file(raw, spec, scoring=scoring, prefer=read.kind)
         except core_ingest.FileRejected as exc:
             reject(lake, spec.name, entry, signature, settings, str(exc))
             continue
         except pl.exceptions.PolarsError as exc:  # e.g. a key column of nested values that has no text form
             reject(lake, spec.name, entry, signature, settings, f"{type(exc).__name__}: {exc}"[:500])
             continue
+        finally:
+            del raw
         if file_id(name) in records:
             lake.delete(records[file_id(name)])  # it was fixed
         if frame.is_empty():  # a header-only export: no rows, and no say in column types or time kind
             continue
-        kind = kind or file_kind
+        read.kind = read.kind or file_kind
         entry["rows"] = frame.height
-        frames.append(frame.with_columns(pl.lit(len(names), dtype=pl.Int32).alias(core_ingest.FILE)))
-        names.append(entry)
-    if not frames:
-        return SourceRead(None, files, kind)
-    data = pl.concat(frames, how="diagonal_relaxed")
-    frames.clear()  # the concatenated copy is all that is needed from here on
-    resolved = core_ingest.resolve(data, spec, file_names=[e["file"] for e in names])
-    _file_totals(spec, lake, resolved, names)
-    return SourceRead(resolved, files, kind)
+        frame = frame.with_columns(pl.lit(len(read.names), dtype=pl.Int32).alias(core_ingest.FILE))
+        templates.append(frame.clear())
+        spill.size(frame.height, listed.size, source_bytes)
+        spill.add(label, len(read.names), frame)
+        del frame
+        read.names.append(entry)
+    if templates:  # the column types the files' rows take together, as one concatenation would give
+        read.template = pl.concat(templates, how="diagonal_relaxed")
+    return read
 
 
 def reject(lake: Lake, use_case: str, entry: dict, signature: dict, settings: str, reason: str) -> None:
@@ -199,16 +291,18 @@ def reject(lake: Lake, use_case: str, entry: dict, signature: dict, settings: st
     lake.write_json(lake.path("rejected", use_case, f"{file_id(entry['file'])}.json"), record)
 
 
-def _file_totals(spec: UseCaseSpec, lake: Lake, resolved: core_ingest.Resolved, entries: list[dict]) -> None:
-    """Per-file counts into the summary entries; rows with a null key are copied to quarantine."""
-    for row in core_ingest.per_file_counts(resolved.counts).iter_rows(named=True):
+def _file_totals(spec: UseCaseSpec, lake: Lake, spill: Spill, read: SourceRead, label: str, counts: list) -> None:
+    """Per-file counts (summed over the buckets) into the summary entries; rows with a null key
+    are copied to quarantine, one file at a time."""
+    entries = read.names
+    if read.template is None:
+        return
+    for row in core_ingest.per_file_counts(pl.concat(counts)).iter_rows(named=True):
         entry = entries[row[core_ingest.FILE]]
         entry[f"rows_{row['kind']}"] += row["n"]
         drops = entry.setdefault("drops", {})
         drops[row["reason"]] = drops.get(row["reason"], 0) + row["n"]
-    if resolved.null_key_rows.is_empty():
-        return
-    for (index,), rows in resolved.null_key_rows.partition_by(core_ingest.FILE, as_dict=True).items():
+    for index, rows in spill.null_key_rows(label, read.template):
         entry = entries[index]
         copy = lake.path("quarantine", spec.name, f"rows_null_key_{file_id(entry['file'])}.parquet")
         lake.write_parquet(
@@ -240,6 +334,9 @@ def file_keys(spec: UseCaseSpec, lake: Lake, file: LandedFile, fmt: str, csv: An
 
 
 DISCOVERY_THREADS = 16  # key columns of many files at once: blob reads are latency-bound
+# A CSV is read whole to find its keys: fewer at once when they are large, so discovery holds
+# about this many bytes of CSV, not every file of a large landing zone (5.2 GiB at 40M rows).
+DISCOVERY_CSV_BYTES = 256 * 2**20
 
 
 def discover_keys(spec: UseCaseSpec, lake: Lake) -> list[str]:
@@ -259,7 +356,10 @@ def discover_keys(spec: UseCaseSpec, lake: Lake) -> list[str]:
             return []
 
     files = lake.listing(spec.source.path)
-    with ThreadPoolExecutor(max(1, min(DISCOVERY_THREADS, len(files)))) as pool:
+    threads = min(DISCOVERY_THREADS, len(files))
+    if fmt != "parquet":
+        threads = min(threads, DISCOVERY_CSV_BYTES // max([1, *(f.size for f in files)]))
+    with ThreadPoolExecutor(max(1, threads)) as pool:
         found = {k for keys in pool.map(keys_of, files) for k in keys}
     return sorted(found)
 
@@ -269,21 +369,19 @@ def _wanted(spec: UseCaseSpec, keys: Sequence[str]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={k: pl.Utf8 for k in spec.keys}, orient="row")
 
 
-def _per_key(spec: UseCaseSpec, read: SourceRead, wanted: pl.DataFrame) -> tuple[dict, dict, dict]:
-    """encoded key -> rows (frame), rows_in, {(reason, kind): n} for the run's keys."""
-    if read.resolved is None:
+def _per_key(spec: UseCaseSpec, resolved: core_ingest.Resolved | None) -> tuple[dict, dict, dict]:
+    """encoded key -> rows (frame), rows_in, {(reason, kind): n} for one bucket's run keys."""
+    if resolved is None:
         return {}, {}, {}
-    keys, res = spec.keys, read.resolved
-    unwanted = res.rows_in.join(wanted, on=keys, how="anti").height
-    data = res.data.join(wanted, on=keys, how="semi") if unwanted else res.data
+    keys, data = spec.keys, resolved.data
     parts = {}
     if not data.is_empty():
         columns = [c for c in spec.input_columns if c in data.columns]
         for values, frame in data.partition_by(keys, as_dict=True, maintain_order=True).items():
             parts[encode_key(values)] = frame.select(columns)
-    rows_in = {encode_key(row[:-1]): row[-1] for row in res.rows_in.join(wanted, on=keys, how="semi").iter_rows()}
+    rows_in = {encode_key(row[:-1]): row[-1] for row in resolved.rows_in.iter_rows()}
     counts: dict[str, dict] = {}
-    for row in core_ingest.per_key_counts(res.counts, keys).join(wanted, on=keys, how="semi").iter_rows(named=True):
+    for row in core_ingest.per_key_counts(resolved.counts, keys).iter_rows(named=True):
         key = encode_key([row[k] for k in keys])
         counts.setdefault(key, {})[(row["reason"], row["kind"])] = row["n"]
     return parts, rows_in, counts
@@ -311,50 +409,131 @@ def _no_rows_reason(read: SourceRead) -> str:
     return reason
 
 
-def _failure_reasons(spec: UseCaseSpec, read: SourceRead | None, prefix: str = "") -> dict[str, str]:
-    if read is None or read.resolved is None:
+def _failure_reasons(resolved: core_ingest.Resolved | None, prefix: str = "") -> dict[str, str]:
+    if resolved is None:
         return {}
-    return {encode_key(values): prefix + reason for values, reason in read.resolved.failures.items()}
+    return {encode_key(values): prefix + reason for values, reason in resolved.failures.items()}
+
+
+def _resolve(
+    spec: UseCaseSpec, spill: Spill, read: SourceRead | None, label: str, bucket: int, counts: list
+) -> core_ingest.Resolved | None:
+    """One bucket of one source: the run's keys' rows resolved; the counts of all its keys
+    (other keys' too, for the per-file totals) appended to ``counts``."""
+    if read is None or read.template is None:
+        return None
+    names = [e["file"] for e in read.names]
+    rows = spill.read(label, bucket, "rows", read.template)
+    resolved = None if rows is None else core_ingest.resolve(rows, spec, file_names=names)
+    del rows
+    if resolved is not None:
+        counts.append(resolved.counts)
+    counted = spill.read(label, bucket, "counted", read.template)
+    if counted is not None:
+        counts.append(core_ingest.resolve(counted, spec, file_names=names).counts)
+    return resolved
+
+
+def _resolved_buckets(
+    spec: UseCaseSpec, spill: Spill, train: SourceRead, future: SourceRead | None, counts: dict[str, list]
+) -> Iterator[tuple[int, core_ingest.Resolved | None, core_ingest.Resolved | None]]:
+    """(bucket, training rows, future rows) resolved, bucket by bucket, in the column types one
+    resolution of the whole landing zone would give."""
+    sources = [("source", train), ("scoring_source", future)]
+    # "sum" and "mean" average numbers into floats once any (key, time) repeats, and one resolution
+    # of the whole zone gives every key those types, other keys' repeats (of a ranged run) too
+    merged = {}
+    for label, read in sources:
+        if spec.duplicate_policy in ("sum", "mean") and _runs_policy(spec, spill, read, label):
+            merged[label] = core_ingest.merged_types(read.template, spec)
+    for bucket in range(spill.buckets or 0):
+        results = []
+        for label, read in sources:
+            resolved = _resolve(spec, spill, read, label, bucket, counts[label])
+            if resolved is not None and label in merged:
+                resolved.data = pl.concat([merged[label], resolved.data], how="vertical_relaxed")
+            results.append(resolved)
+        yield bucket, *results
+
+
+def _runs_policy(spec: UseCaseSpec, spill: Spill, read: SourceRead | None, label: str) -> bool:
+    """Whether one resolution of the whole source would run the duplicate policy: some bucket's
+    rows (run keys' or others') repeat a (key, time). Reads only the counting columns."""
+    if read is None or read.template is None:
+        return False
+    narrow = read.template.select(spill.narrow)
+    for bucket in range(spill.buckets or 0):
+        for part in ("rows", "counted"):
+            frame = spill.read(label, bucket, part, narrow)
+            if frame is not None and core_ingest.resolve(frame, spec).policy_ran:
+                return True
+    return False
+
+
+def _outcome(run: StageRun, key: str, train: SourceRead, found: dict[str, Any]) -> KeyOutcome:
+    """One key's outcome; its bronze (and future rows) written when it has rows."""
+    spec, lake = run.spec, run.lake
+    frame, fut, counts, f_counts = (found.get(n) for n in ("frame", "future", "counts", "future_counts"))
+    info = _row_info(found.get("rows_in", 0), 0 if frame is None else frame.height, counts or {})
+    info |= {"rows": info["rows_out"], "scoring_rows": 0 if fut is None else fut.height}
+    if f_counts:
+        info["scoring_drops"] = _row_info(0, 0, f_counts)["drops"]
+    if found.get("failure"):
+        return KeyOutcome(key, "failed", found["failure"], info)
+    if frame is None and not info["rows_in"]:
+        return KeyOutcome(key, "failed", _no_rows_reason(train), info)
+    if frame is None:
+        detail = "; ".join(f"{r}: {n}" for r, n in info["drops"].items())
+        reason = f"all {info['rows_in']} rows of this key were removed at ingest ({detail})"
+        return KeyOutcome(key, "failed", reason, info)
+    # the record goes first and comes back last, so no old record describes new bronze
+    clear_state(lake, spec.name, "raw", key)
+    lake.write_parquet(lake.key_path("bronze", spec.name, key, ".parquet"), frame)
+    scoring_path = lake.key_path("bronze_scoring", spec.name, key, ".parquet")
+    if fut is not None:
+        lake.write_parquet(scoring_path, fut)
+    elif spec.scoring_source:
+        lake.delete(scoring_path)  # no future rows today: never score yesterday's
+    crash_point("raw")
+    outcome = KeyOutcome(key, "ok", info=info)
+    write_state(lake, spec.name, "raw", outcome, run.run_id)
+    return outcome
 
 
 def ingest(run: StageRun, keys: Sequence[str]) -> StageReport:
-    """Read the landing zone once, clean and count its rows, and write each run key's bronze."""
+    """Read the landing zone once, a file at a time, into hash buckets of the key on local disk;
+    then clean, count and write the run keys' bronze a bucket at a time (bounded memory)."""
     spec, lake = run.spec, run.lake
-    train = read_source(spec, lake)
-    future = read_source(spec, lake, scoring=True, prefer=train.kind) if spec.scoring_source else None
     wanted = _wanted(spec, keys)
-    parts, rows_in, counts = _per_key(spec, train, wanted)
-    f_parts, _, f_counts = _per_key(spec, future, wanted) if future else ({}, {}, {})
-    failures = {**_failure_reasons(spec, future, "scoring_source: "), **_failure_reasons(spec, train)}
-    outcomes = []
-    for key in keys:
-        frame, fut = parts.get(key), f_parts.get(key)
-        info = _row_info(rows_in.get(key, 0), 0 if frame is None else frame.height, counts.get(key, {}))
-        info |= {"rows": info["rows_out"], "scoring_rows": 0 if fut is None else fut.height}
-        if f_counts.get(key):
-            info["scoring_drops"] = _row_info(0, 0, f_counts[key])["drops"]
-        if key in failures:
-            outcomes.append(KeyOutcome(key, "failed", failures[key], info))
-        elif frame is None and not info["rows_in"]:
-            outcomes.append(KeyOutcome(key, "failed", _no_rows_reason(train), info))
-        elif frame is None:
-            detail = "; ".join(f"{r}: {n}" for r, n in info["drops"].items())
-            reason = f"all {info['rows_in']} rows of this key were removed at ingest ({detail})"
-            outcomes.append(KeyOutcome(key, "failed", reason, info))
-        else:
-            # the record goes first and comes back last, so no old record describes new bronze
-            clear_state(lake, spec.name, "raw", key)
-            lake.write_parquet(lake.key_path("bronze", spec.name, key, ".parquet"), frame)
-            scoring_path = lake.key_path("bronze_scoring", spec.name, key, ".parquet")
-            if fut is not None:
-                lake.write_parquet(scoring_path, fut)
-            elif spec.scoring_source:
-                lake.delete(scoring_path)  # no future rows today: never score yesterday's
-            crash_point("raw")
-            outcomes.append(KeyOutcome(key, "ok", info=info))
-            write_state(lake, spec.name, "raw", outcomes[-1], run.run_id)
-        if run.progress:
-            run.progress(1)
+    outcomes: dict[str, KeyOutcome] = {}
+    counts: dict[str, list] = {"source": [], "scoring_source": []}
+    with tempfile.TemporaryDirectory(prefix="mmp-raw-") as folder:
+        spill = Spill(spec, wanted, folder)
+        train = read_source(spec, lake, spill)
+        future = read_source(spec, lake, spill, scoring=True, prefer=train.kind) if spec.scoring_source else None
+        by_bucket: dict[int, list[str]] = {}
+        if spill.buckets:
+            for key, bucket in zip(keys, wanted.select(spill.bucket()).to_series(), strict=True):
+                by_bucket.setdefault(bucket, []).append(key)
+        for bucket, res, fut in _resolved_buckets(spec, spill, train, future, counts):
+            parts, rows_in, key_counts = _per_key(spec, res)
+            f_parts, _, f_counts = _per_key(spec, fut)
+            failures = {**_failure_reasons(fut, "scoring_source: "), **_failure_reasons(res)}
+            for key in by_bucket.get(bucket, ()):
+                found = {"frame": parts.get(key), "future": f_parts.get(key), "rows_in": rows_in.get(key, 0)}
+                found |= {"counts": key_counts.get(key), "future_counts": f_counts.get(key)}
+                outcomes[key] = _outcome(run, key, train, found | {"failure": failures.get(key)})
+                if run.progress:
+                    run.progress(1)
+            del parts, f_parts, res, fut
+        for key in keys:
+            if key not in outcomes:  # no bucket holds its rows
+                outcomes[key] = _outcome(run, key, train, {})
+                if run.progress:
+                    run.progress(1)
+        _file_totals(spec, lake, spill, train, "source", counts["source"])
+        if future is not None:
+            _file_totals(spec, lake, spill, future, "scoring_source", counts["scoring_source"])
     files = train.files + (future.files if future else [])
     summary = {
         "landing_rows": sum(f["rows"] for f in train.files if f["status"] == "ingested"),
@@ -367,4 +546,5 @@ def ingest(run: StageRun, keys: Sequence[str]) -> StageReport:
         "rows_dropped": sum(f["rows_dropped"] for f in train.files),
         "rows_merged": sum(f["rows_merged"] for f in train.files),
     }
-    return finish(run, "raw", outcomes, summary, written={o.key for o in outcomes if o.ok})
+    ordered = [outcomes[key] for key in keys]
+    return finish(run, "raw", ordered, summary, written={o.key for o in ordered if o.ok})
