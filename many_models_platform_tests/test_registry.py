@@ -483,3 +483,57 @@ def test_processes_opening_a_new_embedded_registry_at_once_all_succeed(tmp_path)
     with ProcessPoolExecutor(4, mp_context=ctx) as pool:
         futures = [pool.submit(_open_registry, uri, str(tmp_path / "artifacts"), barrier) for _ in range(4)]
         assert [f.result(timeout=300) for f in futures] == ["[]"] * 4
+
+
+@contextlib.contextmanager
+def _fresh_registry_uri(tmp_path: Path, backend: str):
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'batch.db'}"
+        return
+    with postgres_database("mmp_reg_batch") as db:
+        yield sqlalchemy_url(db)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_batched_names_and_tags_match_mlflows_own_calls_in_a_few_transactions(tmp_path, backend):
+    """New registered models (register_many) and decision tags (tag_many) are written many per
+    transaction on an SQL store: the rows are those MLflow's one-call-per-write path makes, a
+    write that fails (here a version that does not exist) fails alone, and the commits do not
+    grow with the number of keys."""
+    import sqlalchemy as sa
+
+    with _fresh_registry_uri(tmp_path, backend) as uri:
+        reg = ModelRegistry(uri, str(tmp_path / "artifacts"), "candidate")
+        keys = [f"k{i:02d}" for i in range(30)]
+
+        def items(uc):
+            return [(k, f"/src/{uc}/{k}", {"use_case": uc, "key": k, "metric": "r2", "metric.r2": "0.5"}) for k in keys]
+
+        commits: list[int] = []
+        engine = reg.writer.store.engine
+        sa.event.listen(engine, "commit", lambda conn: commits.append(1))
+        batched = reg.register_many("uc", items("uc"), None)
+        commits_batched = len(commits)
+        existing: set[str] = set()
+        single = {k: reg.register("vc", k, s, None, t, existing) for k, s, t in items("vc")}  # one call per write
+        assert len(commits) - commits_batched == 2 * len(keys)  # MLflow's path: name, then version
+        assert commits_batched <= len(keys) + 2  # the versions, plus one transaction for every new name
+        assert batched == single == dict.fromkeys(keys, 1)
+        for k in keys:
+            a, b = reg.client.get_registered_model(f"uc.{k}"), reg.client.get_registered_model(f"vc.{k}")
+            assert a.tags == {"use_case": "uc", "key": k} and b.tags == {"use_case": "vc", "key": k}
+            assert a.description == b.description.replace("vc", "uc")
+
+        decision = {"decision": "rejected", "decision_reason": "below threshold"}
+        # the batch is rolled back on the missing version, then written item by item
+        failed = reg.tag_many("uc", [*((k, 1, decision) for k in keys), ("missing", 1, decision)])
+        assert set(failed) == {"missing"} and "not found" in str(failed["missing"]).lower()
+        for k in keys:
+            reg.set_version_tags("vc", k, 1, decision)
+        for k in keys:
+            a, b = reg.client.get_model_version(f"uc.{k}", "1"), reg.client.get_model_version(f"vc.{k}", "1")
+            assert {t: a.tags[t] for t in decision} == decision == {t: b.tags[t] for t in decision}
+            assert set(a.tags) == set(b.tags)
+        commits.clear()
+        assert reg.tag_many("uc", [(k, 1, decision) for k in keys]) == {}
+        assert len(commits) == 1  # 30 keys, 60 tags: one transaction

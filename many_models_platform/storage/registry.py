@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 PRODUCTION_ALIAS = "production"
 _METRICS_PER_BATCH = 1000
+# Tag writes (and new registered models) per transaction on an SQL registry (ModelRegistry._write_batch).
+_WRITES_PER_TRANSACTION = 500
 MODEL_FILE = "model.skops"
 # With ``refit``, the candidate folder also holds the model fitted without the holdout, the one
 # the reported metrics describe; its hash is the version's ``eval_artifact_sha256`` tag.
@@ -554,13 +556,7 @@ class ModelRegistry:
         self._require_writable("register a model version")
         name = registered_model_name(use_case, key)
         if name not in existing:
-            try:
-                self.writer.create_registered_model(
-                    name, tags={"use_case": use_case, "key": key}, description=model_description(self.role, tags)
-                )
-            except Exception as exc:  # another run created it in the meantime
-                if "RESOURCE_ALREADY_EXISTS" not in str(getattr(exc, "error_code", "")) + str(exc):
-                    raise
+            self._create_name(use_case, key, tags)
             existing.add(name)
         mv = self.writer.create_model_version(
             name, source=source, run_id=run_id, tags=tags, description=version_description(self.role, tags)
@@ -581,6 +577,19 @@ class ModelRegistry:
         """
         self._require_writable("register model versions")
         existing = self.existing_names(use_case)
+        new = {}
+        for key, _, tags in items:
+            if registered_model_name(use_case, key) not in existing:
+                new.setdefault(key, tags)
+        if new and self._sql_store() is not None:
+            # the new names in a few transactions, not one commit each (a first run: every key)
+            failed = self._write_batch(
+                list(new.items()),
+                lambda item: self._create_name(use_case, *item),
+                lambda store, session, item: self._add_name(store, session, use_case, *item),
+                "mmp-name",
+            )
+            existing.update(registered_model_name(use_case, k) for k in new if k not in failed)
 
         def one(item: tuple[str, str, dict[str, str]]) -> int | Exception:
             key, source, tags = item
@@ -599,6 +608,43 @@ class ModelRegistry:
             with ThreadPoolExecutor(threads, thread_name_prefix="mmp-register") as pool:
                 results = list(pool.map(one, items))
         return {item[0]: result for item, result in zip(items, results, strict=True)}
+
+    def _create_name(self, use_case: str, key: str, tags: dict[str, str]) -> None:
+        """The key's registered model, unless another run created it in the meantime."""
+        try:
+            self.writer.create_registered_model(
+                registered_model_name(use_case, key),
+                tags={"use_case": use_case, "key": key},
+                description=model_description(self.role, tags),
+            )
+        except Exception as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(getattr(exc, "error_code", "")) + str(exc):
+                raise
+
+    def _add_name(self, store, session, use_case: str, key: str, tags: dict[str, str]) -> None:
+        """:meth:`_create_name` inside a batch transaction, with MLflow's own checks and rows."""
+        from mlflow.store.model_registry.dbmodels.models import SqlRegisteredModel, SqlRegisteredModelTag
+        from mlflow.utils.time import get_current_time_millis
+        from mlflow.utils.validation import _validate_model_name, _validate_registered_model_tag
+
+        name = registered_model_name(use_case, key)
+        _validate_model_name(name)
+        now = get_current_time_millis()
+        model = store._with_workspace_field(
+            SqlRegisteredModel(
+                name=name,
+                creation_time=now,
+                last_updated_time=now,
+                description=model_description(self.role, tags),
+            )
+        )
+        rm_tags = {"use_case": use_case, "key": key}
+        for k, v in rm_tags.items():
+            _validate_registered_model_tag(k, v)
+        model.registered_model_tags = [
+            store._with_workspace_field(SqlRegisteredModelTag(name=name, key=k, value=v)) for k, v in rm_tags.items()
+        ]
+        session.add(model)
 
     def parallelism(self) -> int:
         """Threads for registry writes: SQLite takes one writer at a time, a server takes several."""
@@ -622,24 +668,78 @@ class ModelRegistry:
             self.writer.set_model_version_tag(name, str(version), k, v)
 
     def tag_many(self, use_case: str, items: Sequence[tuple[str, int, dict[str, str]]]) -> dict[str, Exception]:
-        """Set (key, version, tags) items, batched like :meth:`register_many` (threads on a server
-        store); returns key -> the exception of each key whose tags could not be written."""
+        """Set (key, version, tags) items; returns key -> the exception of each key whose tags could
+        not be written. On an SQL store, one transaction per :data:`_WRITES_PER_TRANSACTION` items
+        (:meth:`_write_batch`); elsewhere one call per tag, in threads on a server."""
         self._require_writable("tag model versions")
 
-        def one(item: tuple[str, int, dict[str, str]]) -> Exception | None:
+        def in_session(store, session, item: tuple[str, int, dict[str, str]]) -> None:
+            from mlflow.store.model_registry.dbmodels.models import SqlModelVersionTag
+            from mlflow.utils.validation import _validate_model_version_tag
+
+            key, version, tags = item
+            name = registered_model_name(use_case, key)
+            mv = store._get_sql_model_version(session, name, int(version))
+            for k, v in tags.items():
+                _validate_model_version_tag(k, v)
+                session.merge(
+                    SqlModelVersionTag(workspace=mv.workspace, name=name, version=int(version), key=k, value=v)
+                )
+
+        return self._write_batch(items, lambda item: self.set_version_tags(use_case, *item), in_session, "mmp-tag")
+
+    def _write_batch(
+        self,
+        items: Sequence[tuple],
+        one_call: Callable[[tuple], None],
+        in_session: Callable[[Any, Any, tuple], None],
+        thread_prefix: str,
+    ) -> dict[str, Exception]:
+        """Apply small registry writes (tags) to many versions; returns item[0] -> error.
+
+        MLflow commits every tag write on its own (2 to 3 statements and a commit each,
+        the bulk of ``promoted_model``'s registry time after registration). On MLflow's SQL store
+        the same rows are written through its own ORM classes and version lookup, many items per
+        transaction; a transaction that fails is rolled back whole and its items are retried one
+        call at a time, so one bad item fails alone. Other stores get one call per item."""
+        failed: dict[str, Exception] = {}
+        store = self._sql_store()
+        todo = list(items)
+        if store is not None:
+            todo = []
+            for start in range(0, len(items), _WRITES_PER_TRANSACTION):
+                chunk = items[start : start + _WRITES_PER_TRANSACTION]
+                try:
+                    with store.ManagedSessionMaker(read_only=False) as session:
+                        for item in chunk:
+                            in_session(store, session, item)
+                except Exception:
+                    todo.extend(chunk)  # rolled back: item by item, to tell which one fails
+
+        def one(item: tuple) -> Exception | None:
             try:
-                self.set_version_tags(use_case, *item)
+                one_call(item)
                 return None
             except Exception as exc:
                 return exc
 
         threads = self.parallelism()
-        if threads == 1 or len(items) < 8:
-            results = [one(item) for item in items]
+        if threads == 1 or len(todo) < 8:
+            results = [one(item) for item in todo]
         else:
-            with ThreadPoolExecutor(threads, thread_name_prefix="mmp-tag") as pool:
-                results = list(pool.map(one, items))
-        return {item[0]: r for item, r in zip(items, results, strict=True) if r is not None}
+            with ThreadPoolExecutor(threads, thread_name_prefix=thread_prefix) as pool:
+                results = list(pool.map(one, todo))
+        failed.update({item[0]: r for item, r in zip(todo, results, strict=True) if r is not None})
+        return failed
+
+    def _sql_store(self):
+        """MLflow's SQLAlchemy registry store behind the writer, or None (REST store, or an MLflow
+        whose store lacks what :meth:`_write_batch` uses)."""
+        store = getattr(self.writer, "store", None)
+        needed = ("ManagedSessionMaker", "_get_sql_model_version", "_with_workspace_field")
+        if store is None or not all(hasattr(store, n) for n in needed) or type(store).__name__ != "SqlAlchemyStore":
+            return None
+        return store
 
 
 # --- what a person reads in the MLflow UI ---------------------------------------------------
