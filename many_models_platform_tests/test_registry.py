@@ -537,3 +537,48 @@ def test_batched_names_and_tags_match_mlflows_own_calls_in_a_few_transactions(tm
         commits.clear()
         assert reg.tag_many("uc", [(k, 1, decision) for k in keys]) == {}
         assert len(commits) == 1  # 30 keys, 60 tags: one transaction
+
+
+def _skops_layout(data: bytes) -> tuple[str, list[bytes]]:
+    """A skops archive's parsed schema and entries, with what differs between any two saves of
+    one model (entry file names and ``__id__`` values, both memory addresses) numbered in order."""
+    import io
+    import json
+    import re
+    import zipfile
+
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    names = [n for n in archive.namelist() if n != "schema.json"]
+    schema = json.dumps(json.loads(archive.read("schema.json")))
+    for i, name in enumerate(names):
+        schema = schema.replace(f'"{name}"', f'"entry{i}"')
+    ids: dict[str, str] = {}
+    schema = re.sub(r'"__id__": (\d+)', lambda m: f'"__id__": {ids.setdefault(m.group(1), str(len(ids)))}', schema)
+    return schema, [archive.read(n) for n in names]
+
+
+def test_compact_skops_files_are_skops_own_archive_and_load_the_same_model():
+    """skops_bytes writes skops' archive with a compact schema.json: the same entries and the
+    same schema as skops.io.dumps once parsed, loadable by skops, predicting the same."""
+    import skops.io as sio
+    from lightgbm import LGBMRegressor
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from many_models_platform.storage.registry import skops_bytes
+
+    x = np.random.default_rng(0).normal(size=(500, 4))
+    y = x @ np.arange(4.0)
+    model = Pipeline(
+        [
+            ("impute", SimpleImputer(strategy="median")),
+            ("scale", StandardScaler()),
+            ("model", LGBMRegressor(n_estimators=5, verbose=-1)),
+        ]
+    ).fit(x, y)
+    ours, theirs = skops_bytes(model), sio.dumps(model)
+    assert len(ours) < len(theirs)  # no indentation
+    assert _skops_layout(ours) == _skops_layout(theirs)
+    loaded = sio.loads(ours, trusted=sio.get_untrusted_types(data=ours))
+    assert np.array_equal(loaded.predict(x), model.predict(x))
