@@ -582,3 +582,19 @@ def test_compact_skops_files_are_skops_own_archive_and_load_the_same_model():
     assert _skops_layout(ours) == _skops_layout(theirs)
     loaded = sio.loads(ours, trusted=sio.get_untrusted_types(data=ours))
     assert np.array_equal(loaded.predict(x), model.predict(x))
+
+
+def test_loading_a_trusted_model_builds_skops_tree_once(tmp_path, monkeypatch):
+    """A model whose types are all trusted by exact name is audited by skops while it loads:
+    one tree, not a get_untrusted_types pass and then a second one for loading."""
+    import skops.io._persist as persist
+
+    from many_models_platform.storage.registry import load_model_from_source, model_template_dir, write_model_dir
+
+    x = np.arange(20.0).reshape(-1, 1)
+    sha = write_model_dir(DummyRegressor().fit(x, x[:, 0]), str(tmp_path / "m"), model_template_dir())
+    built = []
+    real = persist.get_tree
+    monkeypatch.setattr(persist, "get_tree", lambda *a, **kw: built.append(1) or real(*a, **kw))
+    model = load_model_from_source(str(tmp_path / "m"), sha)
+    assert isinstance(model, DummyRegressor) and len(built) == 1
