@@ -16,7 +16,6 @@ from ..storage.registry import (
     DECISION_TAG,
     EVAL_HASH_TAG,
     HASH_TAG,
-    PRODUCTION_ALIAS,
     ModelIntegrityError,
     ModelRef,
     copy_model_dir,
@@ -185,15 +184,15 @@ def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
             lake.write_json(intent_path(lake, spec.name, outcome.key), {"info": outcome.info, "run_id": run.run_id})
 
         def go_live(key: str, version: int) -> None:
-            """The key's record, once its version is registered with the alias on it."""
+            """Alias, then the key's record, right after its version is registered."""
             crash_point("promoted_model.registered")
+            prod.set_alias(spec.name, key, version)
             pending[key].info["production_version"] = version
             crash_point("promoted_model")
             write_state(lake, spec.name, "promoted_model", pending[key], run.run_id)
             lake.delete(intent_path(lake, spec.name, key))
 
-        items = [item for _, item in to_register]
-        versions = prod.register_many(spec.name, items, None, after=go_live, alias=PRODUCTION_ALIAS)
+        versions = prod.register_many(spec.name, [item for _, item in to_register], None, after=go_live)
         for outcome, (key, _, _) in to_register:
             result = versions[key]
             if isinstance(result, Exception):

@@ -621,15 +621,11 @@ class ModelRegistry:
         items: Sequence[tuple[str, str, dict[str, str]]],
         run_id: str | None,
         after: Callable[[str, int], None] | None = None,
-        alias: str | None = None,
     ) -> dict[str, int | Exception]:
         """Register (key, source, tags) items, in parallel threads where the store allows.
 
         Returns key -> version, or the exception that key's registration raised; ``after`` is
-        called with (key, version) right after each registration, and after ``alias`` (when
-        given) points at the new version. On an SQL store, versions with an alias are written
-        with it, many per transaction (:meth:`_add_version`): promotion's commits were one per
-        version and one per alias; a transaction that fails is retried item by item.
+        called with (key, version) right after each registration (for example to set an alias).
         """
         self._require_writable("register model versions")
         existing = self.existing_names(use_case)
@@ -647,97 +643,23 @@ class ModelRegistry:
             )
             existing.update(registered_model_name(use_case, k) for k in new if k not in failed)
 
-        def done(key: str, version: int) -> int | Exception:
+        def one(item: tuple[str, str, dict[str, str]]) -> int | Exception:
+            key, source, tags = item
             try:
+                version = self.register(use_case, key, source, run_id, tags, existing)
                 if after:
                     after(key, version)
                 return version
             except Exception as exc:
                 return exc
 
-        def one(item: tuple[str, str, dict[str, str]]) -> int | Exception:
-            key, source, tags = item
-            try:
-                version = self.register(use_case, key, source, run_id, tags, existing)
-                if alias:
-                    self.set_alias(use_case, key, version, alias)
-            except Exception as exc:
-                return exc
-            return done(key, version)
-
-        out: dict[str, int | Exception] = {}
-        todo = list(items)
-        store = self._sql_store() if alias else None
-        if store is not None:
-            named = [i for i in items if registered_model_name(use_case, i[0]) in existing]
-            todo = [i for i in items if registered_model_name(use_case, i[0]) not in existing]
-            for start in range(0, len(named), _WRITES_PER_TRANSACTION):
-                chunk = named[start : start + _WRITES_PER_TRANSACTION]
-                try:
-                    with store.ManagedSessionMaker(read_only=False) as session:
-                        made = [(i[0], self._add_version(store, session, use_case, *i, run_id, alias)) for i in chunk]
-                except Exception:
-                    todo.extend(chunk)  # rolled back: item by item, to tell which one fails
-                    continue
-                for key, version in made:  # committed: each key's follow-up, in order
-                    out[key] = done(key, version)
         threads = self.parallelism()
-        if threads == 1 or len(todo) < 8:
-            results = [one(item) for item in todo]
+        if threads == 1 or len(items) < 8:
+            results = [one(item) for item in items]
         else:
             with ThreadPoolExecutor(threads, thread_name_prefix="mmp-register") as pool:
-                results = list(pool.map(one, todo))
-        out.update({item[0]: result for item, result in zip(todo, results, strict=True)})
-        return {item[0]: out[item[0]] for item in items}
-
-    def _add_version(
-        self, store, session, use_case: str, key: str, source: str, tags: dict[str, str], run_id: str | None, alias: str
-    ) -> int:
-        """A new version of the key's model and ``alias`` on it, inside a batch transaction: the
-        rows MLflow's ``create_model_version`` and ``set_registered_model_alias`` write, with their checks."""
-        from mlflow.store.model_registry.dbmodels.models import (
-            SqlModelVersion,
-            SqlModelVersionTag,
-            SqlRegisteredModelAlias,
-        )
-        from mlflow.utils.time import get_current_time_millis
-        from mlflow.utils.validation import _validate_model_alias_name, _validate_model_version_tag
-        from sqlalchemy import func
-
-        name = registered_model_name(use_case, key)
-        _validate_model_alias_name(alias)
-        for k, v in tags.items():
-            _validate_model_version_tag(k, str(v))
-        now = get_current_time_millis()
-        model = store._get_registered_model(session, name)
-        model.last_updated_time = now
-        latest = (
-            session.query(func.max(SqlModelVersion.version))
-            .filter(SqlModelVersion.name == name, *store._get_workspace_clauses(SqlModelVersion))
-            .scalar()
-        )
-        version = (latest or 0) + 1
-        row = store._with_workspace_field(
-            SqlModelVersion(
-                name=name,
-                version=version,
-                creation_time=now,
-                last_updated_time=now,
-                source=source,
-                storage_location=source,
-                run_id=run_id,
-                run_link=None,
-                description=version_description(self.role, tags),
-            )
-        )
-        row.model_version_tags = [
-            store._with_workspace_field(SqlModelVersionTag(name=name, version=version, key=k, value=str(v)))
-            for k, v in tags.items()
-        ]
-        session.add_all([model, row])
-        session.flush()
-        session.merge(SqlRegisteredModelAlias(workspace=row.workspace, name=name, alias=alias, version=version))
-        return version
+                results = list(pool.map(one, items))
+        return {item[0]: result for item, result in zip(items, results, strict=True)}
 
     def _create_name(self, use_case: str, key: str, tags: dict[str, str]) -> None:
         """The key's registered model, unless another run created it in the meantime."""
