@@ -598,3 +598,68 @@ def test_loading_a_trusted_model_builds_skops_tree_once(tmp_path, monkeypatch):
     monkeypatch.setattr(persist, "get_tree", lambda *a, **kw: built.append(1) or real(*a, **kw))
     model = load_model_from_source(str(tmp_path / "m"), sha)
     assert isinstance(model, DummyRegressor) and len(built) == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_aliased_registrations_match_mlflows_own_calls_in_a_few_transactions(tmp_path, backend):
+    """Promotion's versions, then their alias (register_many with ``alias``), are written many per
+    transaction on an SQL store: the same versions, tags, descriptions and aliases as MLflow's
+    one-call-per-write path (register, then set_alias); ``registered`` sees the versions committed
+    before their alias moves, ``after`` each key once done; an item that fails fails alone."""
+    import sqlalchemy as sa
+
+    with _fresh_registry_uri(tmp_path, backend) as uri:
+        reg = ModelRegistry(uri, str(tmp_path / "artifacts"), "production")
+        keys = [f"k{i:02d}" for i in range(30)]
+
+        def items(uc, day):
+            return [(k, f"/src/{uc}/{k}/{day}", {"use_case": uc, "key": k, "day": str(day)}) for k in keys]
+
+        reg.register_many("uc", items("uc", 1), None)  # day 1: the names exist, version 1 each
+        existing: set[str] = set()
+        for k, s, t in items("vc", 1):
+            reg.register("vc", k, s, None, t, existing)
+        commits: list[int] = []
+        sa.event.listen(reg.writer.store.engine, "commit", lambda conn: commits.append(1))
+        seen: dict[str, int] = {}
+        before_alias: list[dict] = []
+
+        def registered(made):
+            before_alias.append({"made": dict(made), "aliased": dict(reg.snapshot("uc").current)})
+
+        batched = reg.register_many(
+            "uc",
+            items("uc", 2),
+            None,
+            after=lambda k, v: seen.setdefault(k, v),
+            alias="production",
+            registered=registered,
+        )
+        assert len(commits) <= 2  # 30 versions, then 30 aliases: two transactions (MLflow: 60 commits)
+        assert before_alias == [{"made": dict.fromkeys(keys, 2), "aliased": {}}]  # committed, alias not moved
+        single = {}
+        for k, s, t in items("vc", 2):
+            single[k] = reg.register("vc", k, s, None, t, existing)
+            reg.set_alias("vc", k, single[k], "production")
+        assert batched == single == seen == dict.fromkeys(keys, 2)
+        for k in keys:
+            a = reg.client.get_model_version_by_alias(f"uc.{k}", "production")
+            b = reg.client.get_model_version_by_alias(f"vc.{k}", "production")
+            assert (a.version, a.source, a.tags, a.status, a.current_stage, a.aliases) == (
+                b.version,
+                b.source.replace("vc", "uc"),
+                {**b.tags, "use_case": "uc"},
+                b.status,
+                b.current_stage,
+                b.aliases,
+            )
+            assert a.description == b.description.replace("vc", "uc")
+            aliases = reg.client.get_registered_model(f"uc.{k}").aliases
+            assert aliases == reg.client.get_registered_model(f"vc.{k}").aliases and len(aliases) == 1
+
+        # a key whose name cannot be created fails alone; the others are registered and aliased
+        bad = ("bad", "/src/bad", {"use_case": "uc", "key": "bad", "x" * 300: "too long a tag key"})
+        results = reg.register_many("uc", [*items("uc", 3), bad], None, alias="production")
+        assert isinstance(results.pop("bad"), Exception)
+        assert results == dict.fromkeys(keys, 3)
+        assert reg.snapshot("uc").current["k00"].version == 3

@@ -621,11 +621,17 @@ class ModelRegistry:
         items: Sequence[tuple[str, str, dict[str, str]]],
         run_id: str | None,
         after: Callable[[str, int], None] | None = None,
+        alias: str | None = None,
+        registered: Callable[[list[tuple[str, int]]], None] | None = None,
     ) -> dict[str, int | Exception]:
         """Register (key, source, tags) items, in parallel threads where the store allows.
 
-        Returns key -> version, or the exception that key's registration raised; ``after`` is
-        called with (key, version) right after each registration (for example to set an alias).
+        Returns key -> version, or the exception that key's registration raised. With ``alias``,
+        each new version then gets it. ``registered`` is called with the (key, version) pairs just
+        committed, before their alias moves; ``after`` with (key, version) once a key is done.
+        On an SQL store, versions with an alias are written many per transaction, then their
+        aliases in one more (:meth:`_add_version`): promotion's commits were one per version and
+        one per alias. A transaction that fails is retried item by item through MLflow's calls.
         """
         self._require_writable("register model versions")
         existing = self.existing_names(use_case)
@@ -643,23 +649,112 @@ class ModelRegistry:
             )
             existing.update(registered_model_name(use_case, k) for k in new if k not in failed)
 
-        def one(item: tuple[str, str, dict[str, str]]) -> int | Exception:
-            key, source, tags = item
+        def done(key: str, version: int) -> int | Exception:
             try:
-                version = self.register(use_case, key, source, run_id, tags, existing)
                 if after:
                     after(key, version)
                 return version
             except Exception as exc:
                 return exc
 
+        def one(item: tuple[str, str, dict[str, str]]) -> int | Exception:
+            key, source, tags = item
+            try:
+                version = self.register(use_case, key, source, run_id, tags, existing)
+                if registered:
+                    registered([(key, version)])
+                if alias:
+                    self.set_alias(use_case, key, version, alias)
+            except Exception as exc:
+                return exc
+            return done(key, version)
+
+        out: dict[str, int | Exception] = {}
+        todo = list(items)
+        store = self._sql_store() if alias else None
+        if store is not None:
+            named = [i for i in items if registered_model_name(use_case, i[0]) in existing]
+            todo = [i for i in items if registered_model_name(use_case, i[0]) not in existing]
+            for start in range(0, len(named), _WRITES_PER_TRANSACTION):
+                chunk = named[start : start + _WRITES_PER_TRANSACTION]
+                try:
+                    with store.ManagedSessionMaker(read_only=False) as session:
+                        made = [(i[0], self._add_version(store, session, use_case, *i, run_id)) for i in chunk]
+                except Exception:
+                    todo.extend(chunk)  # rolled back: item by item, to tell which one fails
+                    continue
+                if registered:
+                    registered(made)
+                moved = self._write_batch(
+                    made,
+                    lambda item: self.set_alias(use_case, *item, alias),
+                    lambda store, session, item: self._add_alias(store, session, use_case, *item, alias),
+                    "mmp-alias",
+                )
+                for key, version in made:  # committed: each key's follow-up, in order
+                    out[key] = moved[key] if key in moved else done(key, version)
         threads = self.parallelism()
-        if threads == 1 or len(items) < 8:
-            results = [one(item) for item in items]
+        if threads == 1 or len(todo) < 8:
+            results = [one(item) for item in todo]
         else:
             with ThreadPoolExecutor(threads, thread_name_prefix="mmp-register") as pool:
-                results = list(pool.map(one, items))
-        return {item[0]: result for item, result in zip(items, results, strict=True)}
+                results = list(pool.map(one, todo))
+        out.update({item[0]: result for item, result in zip(todo, results, strict=True)})
+        return {item[0]: out[item[0]] for item in items}
+
+    def _add_version(
+        self, store, session, use_case: str, key: str, source: str, tags: dict[str, str], run_id: str | None
+    ) -> int:
+        """A new version of the key's model inside a batch transaction: the rows MLflow's
+        ``create_model_version`` writes, with its checks."""
+        from mlflow.store.model_registry.dbmodels.models import SqlModelVersion, SqlModelVersionTag
+        from mlflow.utils.time import get_current_time_millis
+        from mlflow.utils.validation import _validate_model_version_tag
+        from sqlalchemy import func
+
+        name = registered_model_name(use_case, key)
+        for k, v in tags.items():
+            _validate_model_version_tag(k, str(v))
+        now = get_current_time_millis()
+        model = store._get_registered_model(session, name)
+        model.last_updated_time = now
+        latest = (
+            session.query(func.max(SqlModelVersion.version))
+            .filter(SqlModelVersion.name == name, *store._get_workspace_clauses(SqlModelVersion))
+            .scalar()
+        )
+        version = (latest or 0) + 1
+        row = store._with_workspace_field(
+            SqlModelVersion(
+                name=name,
+                version=version,
+                creation_time=now,
+                last_updated_time=now,
+                source=source,
+                storage_location=source,
+                run_id=run_id,
+                run_link=None,
+                description=version_description(self.role, tags),
+            )
+        )
+        row.model_version_tags = [
+            store._with_workspace_field(SqlModelVersionTag(name=name, version=version, key=k, value=str(v)))
+            for k, v in tags.items()
+        ]
+        session.add_all([model, row])
+        session.flush()
+        return version
+
+    def _add_alias(self, store, session, use_case: str, key: str, version: int, alias: str) -> None:
+        """:meth:`set_alias` inside a batch transaction: MLflow's checks and row."""
+        from mlflow.store.model_registry.dbmodels.models import SqlRegisteredModelAlias
+        from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved
+
+        name = registered_model_name(use_case, key)
+        _validate_model_alias_name(alias)
+        _validate_model_alias_name_reserved(alias)
+        row = store._get_sql_model_version(session, name, int(version))
+        session.merge(SqlRegisteredModelAlias(workspace=row.workspace, name=name, alias=alias, version=int(version)))
 
     def _create_name(self, use_case: str, key: str, tags: dict[str, str]) -> None:
         """The key's registered model, unless another run created it in the meantime."""
