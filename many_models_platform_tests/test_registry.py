@@ -483,3 +483,183 @@ def test_processes_opening_a_new_embedded_registry_at_once_all_succeed(tmp_path)
     with ProcessPoolExecutor(4, mp_context=ctx) as pool:
         futures = [pool.submit(_open_registry, uri, str(tmp_path / "artifacts"), barrier) for _ in range(4)]
         assert [f.result(timeout=300) for f in futures] == ["[]"] * 4
+
+
+@contextlib.contextmanager
+def _fresh_registry_uri(tmp_path: Path, backend: str):
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'batch.db'}"
+        return
+    with postgres_database("mmp_reg_batch") as db:
+        yield sqlalchemy_url(db)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_batched_names_and_tags_match_mlflows_own_calls_in_a_few_transactions(tmp_path, backend):
+    """New registered models (register_many) and decision tags (tag_many) are written many per
+    transaction on an SQL store: the rows are those MLflow's one-call-per-write path makes, a
+    write that fails (here a version that does not exist) fails alone, and the commits do not
+    grow with the number of keys."""
+    import sqlalchemy as sa
+
+    with _fresh_registry_uri(tmp_path, backend) as uri:
+        reg = ModelRegistry(uri, str(tmp_path / "artifacts"), "candidate")
+        keys = [f"k{i:02d}" for i in range(30)]
+
+        def items(uc):
+            return [(k, f"/src/{uc}/{k}", {"use_case": uc, "key": k, "metric": "r2", "metric.r2": "0.5"}) for k in keys]
+
+        commits: list[int] = []
+        engine = reg.writer.store.engine
+        sa.event.listen(engine, "commit", lambda conn: commits.append(1))
+        batched = reg.register_many("uc", items("uc"), None)
+        commits_batched = len(commits)
+        existing: set[str] = set()
+        single = {k: reg.register("vc", k, s, None, t, existing) for k, s, t in items("vc")}  # one call per write
+        assert len(commits) - commits_batched == 2 * len(keys)  # MLflow's path: name, then version
+        assert commits_batched <= len(keys) + 2  # the versions, plus one transaction for every new name
+        assert batched == single == dict.fromkeys(keys, 1)
+        for k in keys:
+            a, b = reg.client.get_registered_model(f"uc.{k}"), reg.client.get_registered_model(f"vc.{k}")
+            assert a.tags == {"use_case": "uc", "key": k} and b.tags == {"use_case": "vc", "key": k}
+            assert a.description == b.description.replace("vc", "uc")
+
+        decision = {"decision": "rejected", "decision_reason": "below threshold"}
+        # the batch is rolled back on the missing version, then written item by item
+        failed = reg.tag_many("uc", [*((k, 1, decision) for k in keys), ("missing", 1, decision)])
+        assert set(failed) == {"missing"} and "not found" in str(failed["missing"]).lower()
+        for k in keys:
+            reg.set_version_tags("vc", k, 1, decision)
+        for k in keys:
+            a, b = reg.client.get_model_version(f"uc.{k}", "1"), reg.client.get_model_version(f"vc.{k}", "1")
+            assert {t: a.tags[t] for t in decision} == decision == {t: b.tags[t] for t in decision}
+            assert set(a.tags) == set(b.tags)
+        commits.clear()
+        assert reg.tag_many("uc", [(k, 1, decision) for k in keys]) == {}
+        assert len(commits) == 1  # 30 keys, 60 tags: one transaction
+
+
+def _skops_layout(data: bytes) -> tuple[str, list[bytes]]:
+    """A skops archive's parsed schema and entries, with what differs between any two saves of
+    one model (entry file names and ``__id__`` values, both memory addresses) numbered in order."""
+    import io
+    import json
+    import re
+    import zipfile
+
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    names = [n for n in archive.namelist() if n != "schema.json"]
+    schema = json.dumps(json.loads(archive.read("schema.json")))
+    for i, name in enumerate(names):
+        schema = schema.replace(f'"{name}"', f'"entry{i}"')
+    ids: dict[str, str] = {}
+    schema = re.sub(r'"__id__": (\d+)', lambda m: f'"__id__": {ids.setdefault(m.group(1), str(len(ids)))}', schema)
+    return schema, [archive.read(n) for n in names]
+
+
+def test_compact_skops_files_are_skops_own_archive_and_load_the_same_model():
+    """skops_bytes writes skops' archive with a compact schema.json: the same entries and the
+    same schema as skops.io.dumps once parsed, loadable by skops, predicting the same."""
+    import skops.io as sio
+    from lightgbm import LGBMRegressor
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from many_models_platform.storage.registry import skops_bytes
+
+    x = np.random.default_rng(0).normal(size=(500, 4))
+    y = x @ np.arange(4.0)
+    model = Pipeline(
+        [
+            ("impute", SimpleImputer(strategy="median")),
+            ("scale", StandardScaler()),
+            ("model", LGBMRegressor(n_estimators=5, verbose=-1)),
+        ]
+    ).fit(x, y)
+    ours, theirs = skops_bytes(model), sio.dumps(model)
+    assert len(ours) < len(theirs)  # no indentation
+    assert _skops_layout(ours) == _skops_layout(theirs)
+    loaded = sio.loads(ours, trusted=sio.get_untrusted_types(data=ours))
+    assert np.array_equal(loaded.predict(x), model.predict(x))
+
+
+def test_loading_a_trusted_model_builds_skops_tree_once(tmp_path, monkeypatch):
+    """A model whose types are all trusted by exact name is audited by skops while it loads:
+    one tree, not a get_untrusted_types pass and then a second one for loading."""
+    import skops.io._persist as persist
+
+    from many_models_platform.storage.registry import load_model_from_source, model_template_dir, write_model_dir
+
+    x = np.arange(20.0).reshape(-1, 1)
+    sha = write_model_dir(DummyRegressor().fit(x, x[:, 0]), str(tmp_path / "m"), model_template_dir())
+    built = []
+    real = persist.get_tree
+    monkeypatch.setattr(persist, "get_tree", lambda *a, **kw: built.append(1) or real(*a, **kw))
+    model = load_model_from_source(str(tmp_path / "m"), sha)
+    assert isinstance(model, DummyRegressor) and len(built) == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_aliased_registrations_match_mlflows_own_calls_in_a_few_transactions(tmp_path, backend):
+    """Promotion's versions, then their alias (register_many with ``alias``), are written many per
+    transaction on an SQL store: the same versions, tags, descriptions and aliases as MLflow's
+    one-call-per-write path (register, then set_alias); ``registered`` sees the versions committed
+    before their alias moves, ``after`` each key once done; an item that fails fails alone."""
+    import sqlalchemy as sa
+
+    with _fresh_registry_uri(tmp_path, backend) as uri:
+        reg = ModelRegistry(uri, str(tmp_path / "artifacts"), "production")
+        keys = [f"k{i:02d}" for i in range(30)]
+
+        def items(uc, day):
+            return [(k, f"/src/{uc}/{k}/{day}", {"use_case": uc, "key": k, "day": str(day)}) for k in keys]
+
+        reg.register_many("uc", items("uc", 1), None)  # day 1: the names exist, version 1 each
+        existing: set[str] = set()
+        for k, s, t in items("vc", 1):
+            reg.register("vc", k, s, None, t, existing)
+        commits: list[int] = []
+        sa.event.listen(reg.writer.store.engine, "commit", lambda conn: commits.append(1))
+        seen: dict[str, int] = {}
+        before_alias: list[dict] = []
+
+        def registered(made):
+            before_alias.append({"made": dict(made), "aliased": dict(reg.snapshot("uc").current)})
+
+        batched = reg.register_many(
+            "uc",
+            items("uc", 2),
+            None,
+            after=lambda k, v: seen.setdefault(k, v),
+            alias="production",
+            registered=registered,
+        )
+        assert len(commits) <= 2  # 30 versions, then 30 aliases: two transactions (MLflow: 60 commits)
+        assert before_alias == [{"made": dict.fromkeys(keys, 2), "aliased": {}}]  # committed, alias not moved
+        single = {}
+        for k, s, t in items("vc", 2):
+            single[k] = reg.register("vc", k, s, None, t, existing)
+            reg.set_alias("vc", k, single[k], "production")
+        assert batched == single == seen == dict.fromkeys(keys, 2)
+        for k in keys:
+            a = reg.client.get_model_version_by_alias(f"uc.{k}", "production")
+            b = reg.client.get_model_version_by_alias(f"vc.{k}", "production")
+            assert (a.version, a.source, a.tags, a.status, a.current_stage, a.aliases) == (
+                b.version,
+                b.source.replace("vc", "uc"),
+                {**b.tags, "use_case": "uc"},
+                b.status,
+                b.current_stage,
+                b.aliases,
+            )
+            assert a.description == b.description.replace("vc", "uc")
+            aliases = reg.client.get_registered_model(f"uc.{k}").aliases
+            assert aliases == reg.client.get_registered_model(f"vc.{k}").aliases and len(aliases) == 1
+
+        # a key whose name cannot be created fails alone; the others are registered and aliased
+        bad = ("bad", "/src/bad", {"use_case": "uc", "key": "bad", "x" * 300: "too long a tag key"})
+        results = reg.register_many("uc", [*items("uc", 3), bad], None, alias="production")
+        assert isinstance(results.pop("bad"), Exception)
+        assert results == dict.fromkeys(keys, 3)
+        assert reg.snapshot("uc").current["k00"].version == 3

@@ -16,6 +16,7 @@ from ..storage.registry import (
     DECISION_TAG,
     EVAL_HASH_TAG,
     HASH_TAG,
+    PRODUCTION_ALIAS,
     ModelIntegrityError,
     ModelRef,
     copy_model_dir,
@@ -183,16 +184,22 @@ def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
         for outcome, _ in to_register:  # the decision, recorded before the registry changes
             lake.write_json(intent_path(lake, spec.name, outcome.key), {"info": outcome.info, "run_id": run.run_id})
 
+        def registered(made: list[tuple[str, int]]) -> None:
+            """Versions committed, their alias not yet moved (a kill here is completed from the intents)."""
+            for _ in made:
+                crash_point("promoted_model.registered")
+
         def go_live(key: str, version: int) -> None:
-            """Alias, then the key's record, right after its version is registered."""
-            crash_point("promoted_model.registered")
-            prod.set_alias(spec.name, key, version)
+            """The key's record, once its version is registered and its alias moved."""
             pending[key].info["production_version"] = version
             crash_point("promoted_model")
             write_state(lake, spec.name, "promoted_model", pending[key], run.run_id)
             lake.delete(intent_path(lake, spec.name, key))
 
-        versions = prod.register_many(spec.name, [item for _, item in to_register], None, after=go_live)
+        items = [item for _, item in to_register]
+        versions = prod.register_many(
+            spec.name, items, None, after=go_live, alias=PRODUCTION_ALIAS, registered=registered
+        )
         for outcome, (key, _, _) in to_register:
             result = versions[key]
             if isinstance(result, Exception):
