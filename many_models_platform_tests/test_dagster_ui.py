@@ -1,5 +1,6 @@
 """The Dagster UI loads this code location through workspace.yaml, on the instance `mmp run`
-writes to, shows every key's materialization, and shows a key that is not ok as failed."""
+writes to, shows every key's materialization, shows a key that is not ok as failed, and shows
+the run the landing sensor launched through the daemon when a file landed."""
 
 import contextlib
 import json
@@ -214,6 +215,75 @@ def backfill(port: int, keys: list[str]) -> dict:
     return status
 
 
+START_SENSOR = """
+mutation ($s: SensorSelector!) {
+  startSensor(sensorSelector: $s) {
+    __typename
+    ... on Sensor { sensorState { status } }
+    ... on PythonError { message }
+  }
+}
+"""
+SENSOR_RUNS = """
+query ($sensor: String!) {
+  runsOrError(filter: {tags: [{key: "dagster/sensor_name", value: $sensor}]}) {
+    ... on Runs { results { runId status jobName tags { key value } } }
+  }
+}
+"""
+FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+def land_new_key_and_start_the_landing_sensor(port: int, settings, key: str) -> dict:
+    """A file with a new key lands; the landing sensor is turned on the way the Automation page's
+    toggle does it (the same GraphQL mutation), and the daemon ticks it and launches the run.
+    Returns the run, once finished."""
+    import polars as pl
+
+    from many_models_platform.core.generators import GENERATORS
+
+    data = GENERATORS["group_regression"](keys=int(key.removeprefix("seg-")), rows=60).history
+    landing = Path(settings.lake_url) / "landing" / "group_regression"
+    data.filter(pl.col("segment_id") == key).write_csv(landing / f"delivery_{key}.csv")
+    sensor = "group_regression_landing"
+    selector = {"repositoryLocationName": "many_models_platform", "repositoryName": "__repository__"}
+    started = graphql(port, START_SENSOR, {"s": {**selector, "sensorName": sensor}})["startSensor"]
+    assert started == {"__typename": "Sensor", "sensorState": {"status": "RUNNING"}}, started
+    deadline = time.monotonic() + 400
+    runs: list[dict] = []
+    while time.monotonic() < deadline:
+        runs = graphql(port, SENSOR_RUNS, {"sensor": sensor})["runsOrError"]["results"]
+        if runs and all(r["status"] in FINISHED for r in runs):
+            break
+        time.sleep(3)
+    assert len(runs) == 1, runs  # the first tick: one training run (key ranges, never a run per key)
+    return runs[0]
+
+
+def check_sensor_run_in_browser(port: int, tmp_path: Path, run: dict) -> tuple[str, str]:
+    """The Runs page lists the sensor's run with the sensor that launched it and its status;
+    the run's own page shows its tags. Screenshot ``sensor_run.png`` beside the others."""
+    from playwright.sync_api import sync_playwright
+
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=flags)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1100})
+            page.goto(f"http://127.0.0.1:{port}/runs")
+            row = page.locator("tr", has_text=run["runId"][:8])
+            row.get_by_text("group_regression_landing").first.wait_for(timeout=60_000)
+            listed = row.inner_text()
+            page.screenshot(path=str(tmp_path / "sensor_run.png"))
+            page.goto(f"http://127.0.0.1:{port}/runs/{run['runId']}")
+            page.get_by_text("mmp/launched_by").first.wait_for(timeout=60_000)
+            details = page.inner_text("body")
+            page.screenshot(path=str(tmp_path / "sensor_run_details.png"))
+        finally:
+            browser.close()
+    return listed, details
+
+
 def test_the_ui_shows_failed_keys_and_backfills_the_missing_and_failed_ones(platform, tmp_path):
     """The demo-like `mmp run` over four of six keys, one of them too short. In the UI (`dagster dev`:
     webserver, daemon, run coordinator and launcher), that key is failed at every stage it did not
@@ -222,6 +292,7 @@ def test_the_ui_shows_failed_keys_and_backfills_the_missing_and_failed_ones(plat
     the two keys never run, through all seven stages, and nothing else."""
     from many_models_platform.core.spec import load_config
     from many_models_platform.defs.discovery import register_new_keys
+    from many_models_platform.defs.runner import RANGE_END, RANGE_START
     from many_models_platform.stages import STAGES
     from many_models_platform.storage.lake import Lake
 
@@ -262,6 +333,21 @@ def test_the_ui_shows_failed_keys_and_backfills_the_missing_and_failed_ones(plat
         for stage in STAGES:
             assert set(instance.get_materialized_partitions(AssetKey(["group_regression", stage]))) == set(keys)
             assert statuses(port, "group_regression", stage)["failedPartitions"] == [], stage
+
+        # a file with a new key lands; the landing sensor, turned on, makes the daemon train it
+        run = land_new_key_and_start_the_landing_sensor(port, settings, "seg-007")
+        tags = {t["key"]: t["value"] for t in run["tags"]}
+        assert run["status"] == "SUCCESS" and run["jobName"] == "group_regression_train", run
+        assert tags["mmp/launched_by"] == "landing sensor" and tags["mmp/lane"] == "train", tags
+        # its first tick takes every landed file as new: all seven keys, in one range
+        assert (tags[RANGE_START], tags[RANGE_END]) == ("seg-001", "seg-007"), tags
+        assert "seg-007" in instance.get_dynamic_partitions("group_regression_keys"), "no new partition"
+        trained = instance.get_materialized_partitions(AssetKey(["group_regression", "model"]))
+        assert "seg-007" in trained, trained
+        listed, details = check_sensor_run_in_browser(port, tmp_path, run)
+        assert "group_regression_landing" in listed and "Success" in listed, listed
+        assert "group_regression_train" in listed, listed
+        assert "dagster/sensor_name" in details and "group_regression_landing" in details, details[:1500]
     import duckdb
 
     con = duckdb.connect(settings.warehouse_url.removeprefix("duckdb:///"), read_only=True)
