@@ -260,9 +260,9 @@ def land_new_key_and_start_the_landing_sensor(port: int, settings, key: str) -> 
     return runs[0]
 
 
-def check_sensor_run_in_browser(port: int, tmp_path: Path, run: dict) -> tuple[str, str]:
-    """The Runs page lists the sensor's run with the sensor that launched it and its status;
-    the run's own page shows its tags. Screenshot ``sensor_run.png`` beside the others."""
+def check_sensor_run_in_browser(port: int, tmp_path: Path, run: dict) -> str:
+    """The text of the run's row on the Runs page, where a data engineer sees who launched it
+    (the sensor), its job, tags and status. Screenshot ``sensor_run.png`` beside the others."""
     from playwright.sync_api import sync_playwright
 
     flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
@@ -271,17 +271,13 @@ def check_sensor_run_in_browser(port: int, tmp_path: Path, run: dict) -> tuple[s
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1100})
             page.goto(f"http://127.0.0.1:{port}/runs")
-            row = page.locator("tr", has_text=run["runId"][:8])
-            row.get_by_text("group_regression_landing").first.wait_for(timeout=60_000)
-            listed = row.inner_text()
+            # the runs feed is a virtualized grid of divs, not a <table>
+            row = page.locator("[class*='RunsFeedRow_rowGrid']", has_text=run["runId"][:8]).first
+            row.get_by_text("group_regression_landing").first.wait_for(timeout=60_000)  # "launched by", once loaded
             page.screenshot(path=str(tmp_path / "sensor_run.png"))
-            page.goto(f"http://127.0.0.1:{port}/runs/{run['runId']}")
-            page.get_by_text("mmp/launched_by").first.wait_for(timeout=60_000)
-            details = page.inner_text("body")
-            page.screenshot(path=str(tmp_path / "sensor_run_details.png"))
+            return row.inner_text()
         finally:
             browser.close()
-    return listed, details
 
 
 def test_the_ui_shows_failed_keys_and_backfills_the_missing_and_failed_ones(platform, tmp_path):
@@ -344,10 +340,9 @@ def test_the_ui_shows_failed_keys_and_backfills_the_missing_and_failed_ones(plat
         assert "seg-007" in instance.get_dynamic_partitions("group_regression_keys"), "no new partition"
         trained = instance.get_materialized_partitions(AssetKey(["group_regression", "model"]))
         assert "seg-007" in trained, trained
-        listed, details = check_sensor_run_in_browser(port, tmp_path, run)
-        assert "group_regression_landing" in listed and "Success" in listed, listed
-        assert "group_regression_train" in listed, listed
-        assert "dagster/sensor_name" in details and "group_regression_landing" in details, details[:1500]
+        row = check_sensor_run_in_browser(port, tmp_path, run)
+        for expected in ("group_regression_landing", "group_regression_train", "Success", "mmp/launched_by: landing"):
+            assert expected in row, (expected, row)
     import duckdb
 
     con = duckdb.connect(settings.warehouse_url.removeprefix("duckdb:///"), read_only=True)
