@@ -285,7 +285,9 @@ def test_the_ui_shows_failed_keys_and_backfills_the_missing_and_failed_ones(plat
     webserver, daemon, run coordinator and launcher), that key is failed at every stage it did not
     get through, with its reason one click away, and the other keys are materialized. After its data
     is fixed, a backfill of what the *Missing and failed* selection picks runs exactly that key and
-    the two keys never run, through all seven stages, and nothing else."""
+    the two keys never run, through all seven stages, and nothing else. Then a file with a new key
+    lands and the landing sensor is turned on: the daemon ticks it and runs the training it
+    requests, and the Runs page lists that run as launched by the sensor, succeeded."""
     from many_models_platform.core.spec import load_config
     from many_models_platform.defs.discovery import register_new_keys
     from many_models_platform.defs.runner import RANGE_END, RANGE_START
