@@ -1,5 +1,6 @@
 """The Dagster UI loads this code location through workspace.yaml, on the instance `mmp run`
-writes to, shows every key's materialization, and shows a key that is not ok as failed."""
+writes to, shows every key's materialization, shows a key that is not ok as failed, and shows
+the run the landing sensor launched through the daemon when a file landed."""
 
 import contextlib
 import json
@@ -19,6 +20,9 @@ from dagster_helpers import land_generated, run_pipeline
 from pg_helpers import IN_CI
 
 ROOT = Path(__file__).resolve().parents[1]
+# Screenshots, kept as test artefacts: pytest's tmp dirs keep only the last three runs (and other
+# sessions' runs rotate them away); a CI job can collect this folder (MMP_TEST_ARTEFACTS).
+ARTEFACTS = Path(os.environ.get("MMP_TEST_ARTEFACTS", ROOT / ".test-artefacts")) / "dagster_ui"
 pytestmark = pytest.mark.slow
 
 QUERY = """
@@ -116,11 +120,11 @@ def statuses(port: int, use_case: str, stage: str) -> dict[str, list[str]]:
     return node["assetPartitionStatuses"]
 
 
-def check_key_pages_in_browser(port: int, settings, tmp_path: Path, bad: str) -> None:
+def check_key_pages_in_browser(port: int, settings, shots: Path, bad: str) -> None:
     """A data engineer opens the model asset's partitions: the bad key is red, counted under
     Failed, and its reason is one click away; a good key shows its own metadata and links to its
     MLflow version. The Automation page lists the use case's sensors (landing, the automation
-    condition sensors, rollback) and its daily schedule. Screenshots are kept in the test's tmp dir."""
+    condition sensors, rollback) and its daily schedule. Screenshots go to ``shots``."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
@@ -139,17 +143,17 @@ def check_key_pages_in_browser(port: int, settings, tmp_path: Path, bad: str) ->
             good = page.inner_text("body")
             link = page.get_by_role("link", name=f"http://localhost:5000/#/models/group_regression.{key}/versions/1")
             href = link.get_attribute("href", timeout=10_000)
-            page.screenshot(path=str(tmp_path / "model_key.png"))
+            page.screenshot(path=str(shots / "model_key.png"))
             page.goto(f"{base}&partition={bad}")
             page.get_by_text("too few rows").first.wait_for(timeout=60_000)
             failed = page.inner_text("body")
-            page.screenshot(path=str(tmp_path / "model_failed_key.png"))
+            page.screenshot(path=str(shots / "model_failed_key.png"))
             # the Automation page lists the use case's sensors and schedule, not "No automations"
             page.goto(f"http://127.0.0.1:{port}/automation")
             page.get_by_text("group_regression_landing").first.wait_for(timeout=60_000)
             page.get_by_text("Automation condition sensor").first.wait_for(timeout=60_000)  # its kind, once loaded
             automation = page.inner_text("body")
-            page.screenshot(path=str(tmp_path / "automation.png"))
+            page.screenshot(path=str(shots / "automation.png"))
         finally:
             browser.close()
     assert "No automations" not in automation and "There are no automations" not in automation
@@ -214,14 +218,82 @@ def backfill(port: int, keys: list[str]) -> dict:
     return status
 
 
-def test_the_ui_shows_failed_keys_and_backfills_the_missing_and_failed_ones(platform, tmp_path):
+START_SENSOR = """
+mutation ($s: SensorSelector!) {
+  startSensor(sensorSelector: $s) {
+    __typename
+    ... on Sensor { sensorState { status } }
+    ... on PythonError { message }
+  }
+}
+"""
+SENSOR_RUNS = """
+query ($sensor: String!) {
+  runsOrError(filter: {tags: [{key: "dagster/sensor_name", value: $sensor}]}) {
+    ... on Runs { results { runId status jobName tags { key value } } }
+  }
+}
+"""
+FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+def land_new_key_and_start_the_landing_sensor(port: int, settings, key: str) -> dict:
+    """A file with a new key lands; the landing sensor is turned on the way the Automation page's
+    toggle does it (the same GraphQL mutation), and the daemon ticks it and launches the run.
+    Returns the run, once finished."""
+    import polars as pl
+
+    from many_models_platform.core.generators import GENERATORS
+
+    data = GENERATORS["group_regression"](keys=int(key.removeprefix("seg-")), rows=60).history
+    landing = Path(settings.lake_url) / "landing" / "group_regression"
+    data.filter(pl.col("segment_id") == key).write_csv(landing / f"delivery_{key}.csv")
+    sensor = "group_regression_landing"
+    selector = {"repositoryLocationName": "many_models_platform", "repositoryName": "__repository__"}
+    started = graphql(port, START_SENSOR, {"s": {**selector, "sensorName": sensor}})["startSensor"]
+    assert started == {"__typename": "Sensor", "sensorState": {"status": "RUNNING"}}, started
+    deadline = time.monotonic() + 400
+    runs: list[dict] = []
+    while time.monotonic() < deadline:
+        runs = graphql(port, SENSOR_RUNS, {"sensor": sensor})["runsOrError"]["results"]
+        if runs and all(r["status"] in FINISHED for r in runs):
+            break
+        time.sleep(3)
+    assert len(runs) == 1, runs  # the first tick: one training run (key ranges, never a run per key)
+    return runs[0]
+
+
+def check_sensor_run_in_browser(port: int, shots: Path, run: dict) -> str:
+    """The text of the run's row on the Runs page, where a data engineer sees who launched it
+    (the sensor), its job, tags and status. Screenshot ``sensor_run.png`` beside the others."""
+    from playwright.sync_api import sync_playwright
+
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=flags)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1100})
+            page.goto(f"http://127.0.0.1:{port}/runs")
+            # the runs feed is a virtualized grid of divs, not a <table>
+            row = page.locator("[class*='RunsFeedRow_rowGrid']", has_text=run["runId"][:8]).first
+            row.get_by_text("group_regression_landing").first.wait_for(timeout=60_000)  # "launched by", once loaded
+            page.screenshot(path=str(shots / "sensor_run.png"))
+            return row.inner_text()
+        finally:
+            browser.close()
+
+
+def test_the_ui_shows_failed_keys_and_backfills_the_missing_and_failed_ones(platform):
     """The demo-like `mmp run` over four of six keys, one of them too short. In the UI (`dagster dev`:
     webserver, daemon, run coordinator and launcher), that key is failed at every stage it did not
     get through, with its reason one click away, and the other keys are materialized. After its data
     is fixed, a backfill of what the *Missing and failed* selection picks runs exactly that key and
-    the two keys never run, through all seven stages, and nothing else."""
+    the two keys never run, through all seven stages, and nothing else. Then a file with a new key
+    lands and the landing sensor is turned on: the daemon ticks it and runs the training it
+    requests, and the Runs page lists that run as launched by the sensor, succeeded."""
     from many_models_platform.core.spec import load_config
     from many_models_platform.defs.discovery import register_new_keys
+    from many_models_platform.defs.runner import RANGE_END, RANGE_START
     from many_models_platform.stages import STAGES
     from many_models_platform.storage.lake import Lake
 
@@ -248,7 +320,8 @@ def test_the_ui_shows_failed_keys_and_backfills_the_missing_and_failed_ones(plat
             assert now["failedPartitions"] == [bad], stage
             assert set(now["unmaterializedPartitions"]) == {"seg-005", "seg-006"}, stage
             wanted |= set(now["failedPartitions"]) | set(now["unmaterializedPartitions"])
-        check_key_pages_in_browser(port, settings, tmp_path, bad)
+        ARTEFACTS.mkdir(parents=True, exist_ok=True)
+        check_key_pages_in_browser(port, settings, ARTEFACTS, bad)
 
         # the data is fixed; the backfill of the missing and failed keys runs exactly those again
         land_generated(settings, "group_regression", keys=6, rows=60, files=1)
@@ -262,6 +335,20 @@ def test_the_ui_shows_failed_keys_and_backfills_the_missing_and_failed_ones(plat
         for stage in STAGES:
             assert set(instance.get_materialized_partitions(AssetKey(["group_regression", stage]))) == set(keys)
             assert statuses(port, "group_regression", stage)["failedPartitions"] == [], stage
+
+        # a file with a new key lands; the landing sensor, turned on, makes the daemon train it
+        run = land_new_key_and_start_the_landing_sensor(port, settings, "seg-007")
+        tags = {t["key"]: t["value"] for t in run["tags"]}
+        assert run["status"] == "SUCCESS" and run["jobName"] == "group_regression_train", run
+        assert tags["mmp/launched_by"] == "landing sensor" and tags["mmp/lane"] == "train", tags
+        # its first tick takes every landed file as new: all seven keys, in one range
+        assert (tags[RANGE_START], tags[RANGE_END]) == ("seg-001", "seg-007"), tags
+        assert "seg-007" in instance.get_dynamic_partitions("group_regression_keys"), "no new partition"
+        trained = instance.get_materialized_partitions(AssetKey(["group_regression", "model"]))
+        assert "seg-007" in trained, trained
+        row = check_sensor_run_in_browser(port, ARTEFACTS, run)
+        for expected in ("group_regression_landing", "group_regression_train", "Success", "mmp/launched_by: landing"):
+            assert expected in row, (expected, row)
     import duckdb
 
     con = duckdb.connect(settings.warehouse_url.removeprefix("duckdb:///"), read_only=True)
