@@ -19,15 +19,21 @@ def run_all(spec, settings, run_id, day, keys):
     return {stage: {o.key: o for o in run_stage(stage, run, keys).outcomes} for stage in STAGES}
 
 
-def test_failed_training_set_today_means_no_stale_holdout_predictions(tmp_path):
+def day_one(tmp_path, use_case, **size):
+    """A fresh platform home with ``use_case``'s generated data landed in one file and run once:
+    (spec, settings, landing folder, data, keys, day one's outcomes)."""
     settings = PlatformSettings.from_env(tmp_path)
     settings.ensure_local_dirs()
-    spec = load_config().use_case("group_regression")
-    landing = Path(settings.lake_url) / "landing/group_regression"
-    data = GENERATORS["group_regression"](keys=4, rows=60)
+    spec = load_config().use_case(use_case)
+    landing = Path(settings.lake_url) / f"landing/{use_case}"
+    data = GENERATORS[use_case](**size)
     write_landing(data, landing, spec.name, files=1)
     keys = discover_keys(spec, Lake(settings.lake_url))
-    day1 = run_all(spec, settings, "run-1", dt.date(2025, 1, 1), keys)
+    return spec, settings, landing, data, keys, run_all(spec, settings, "run-1", dt.date(2025, 1, 1), keys)
+
+
+def test_failed_training_set_today_means_no_stale_holdout_predictions(tmp_path):
+    spec, settings, landing, data, keys, day1 = day_one(tmp_path, "group_regression", keys=4, rows=60)
     assert all(o.ok for o in day1["predictions"].values())
 
     # day two: one key now has too few rows, but it keeps its day-one production model
@@ -45,14 +51,7 @@ def test_failed_training_set_today_means_no_stale_holdout_predictions(tmp_path):
 
 
 def test_a_key_that_fails_ingest_today_is_not_forecast_from_yesterdays_bronze(tmp_path):
-    settings = PlatformSettings.from_env(tmp_path)
-    settings.ensure_local_dirs()
-    spec = load_config().use_case("retail_demand")
-    landing = Path(settings.lake_url) / "landing/retail_demand"
-    data = GENERATORS["retail_demand"](keys=3, rows=120)
-    write_landing(data, landing, spec.name, files=1)
-    keys = discover_keys(spec, Lake(settings.lake_url))
-    day1 = run_all(spec, settings, "run-1", dt.date(2025, 1, 1), keys)
+    spec, settings, landing, data, keys, day1 = day_one(tmp_path, "retail_demand", keys=3, rows=120)
     scored = [k for k in keys if day1["predictions"][k].ok]
     assert scored, {k: o.reason for k, o in day1["predictions"].items()}
 
