@@ -6,7 +6,9 @@ your note.
 It measures, on the retail use case (Ridge + LightGBM with 50 trees, one validation window,
 an 8-week holdout, refit on every row), in one invocation:
 1. the whole pipeline, landing -> published tables, through Dagster and MLflow (`mmp run`):
-   wall time, keys/s and rows/s per stage, Dagster events and registry calls per key;
+   wall time, keys/s and rows/s per stage, Dagster events and registry calls per key, and
+   where the time goes: per stage, the CPU of this process and of the workers against the CPU
+   of the same work done bare (`cost_breakdown`);
 2. the bare compute for the same keys: the same fits and predictions (`fit_key`, baselines,
    holdout and horizon predictions), each worker reading the key's bronze file as the
    pipeline's workers do, over the same warm pool, with no Dagster, MLflow or warehouse;
@@ -57,40 +59,129 @@ def _bare_one(key: str, spec, lake) -> dict:
     them (the key's bronze file read in the worker), with nothing persisted: features and the
     split, the validation fits that choose the candidate, the winner on the training part and
     its refit on every row (``fit_key``), the holdout baselines (evaluation), and the holdout
-    and horizon predictions (predictions)."""
+    and horizon predictions (predictions). Returns the CPU seconds of each piece, by the stage
+    that does that work in the pipeline."""
     from many_models_platform.core import features as F
     from many_models_platform.core.baselines import baselines
     from many_models_platform.core.modeling import fit_key, model_input, predict, training_scale
 
+    cpu = time.process_time
+    t0 = cpu()
     bronze = lake.read_parquet(lake.key_path("bronze", spec.name, key, ".parquet"))
     ts = F.prepare_training_set(spec, bronze).frame
     features = [c for c in ts.columns if c not in (spec.time_column, spec.target, *F.SPLIT_COLUMNS)]
+    t1 = cpu()
     fitted = fit_key(spec, ts, features)
+    t2 = cpu()
     parts = F.split(ts)
     train, holdout = parts[F.TRAIN], parts[F.HOLDOUT]
     t = spec.time_column
     period = F.key_period(spec, ts[t])
     baselines(spec, train, holdout, period, training_scale(spec, train, period.frequency if period else None))
     predict(spec.task, fitted.model, model_input(fitted.model, holdout, features))
+    t3 = cpu()
     production = fitted.production_model or fitted.model
     scoring = lake.key_path("bronze_scoring", spec.name, key, ".parquet")
     exog = lake.read_parquet(scoring) if scoring.exists() else None
     origin = bronze.filter(bronze[spec.target].is_not_null())[t].min()
     future = F.future_frame(spec, bronze, exog, origin=origin, calendar=F.calendar_of(features))
     predict(spec.task, production, model_input(production, future, features))
-    return {}
+    t4 = cpu()
+    return {"training_set": t1 - t0, "model": t2 - t1, "evaluation": t3 - t2, "predictions": t4 - t3}
 
 
-def bare_compute(spec, lake, keys: list[str], workers: int) -> float:
+def bare_compute(spec, lake, keys: list[str], workers: int) -> tuple[float, dict[str, float]]:
     """`_bare_one` for every key over the pipeline's own worker pool (`core.engine.map_keys`),
-    warmed first: worker start-up is a fixed cost of the pipeline, not compute."""
+    warmed first: worker start-up is a fixed cost of the pipeline, not compute. Returns the
+    wall time and the CPU seconds of the work, summed over keys, by stage."""
+    from collections import Counter
+
     from many_models_platform.core.engine import map_keys
 
     map_keys(_bare_one, keys[: workers * 8], (spec, lake), workers=workers)
     t = time.perf_counter()
     outcomes = map_keys(_bare_one, keys, (spec, lake), workers=workers)
+    wall = time.perf_counter() - t
     assert all(o.ok for o in outcomes), [o.reason for o in outcomes if not o.ok][:3]
-    return time.perf_counter() - t
+    pieces: Counter = Counter()
+    for o in outcomes:
+        pieces.update(o.info)
+    return wall, dict(pieces)
+
+
+# ---- where the time goes ------------------------------------------------------------------
+
+
+def workers_cpu_s() -> float:
+    """CPU seconds (user + system) used so far by this process's live children: the pool."""
+    import psutil
+
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            times = child.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+class StageCPU:
+    """Meters every stage function the pipeline calls (``stages.STAGE_FUNCTIONS``, looked up at
+    each call): its wall time, the CPU of this process (all its threads: the stage, Dagster,
+    MLflow) and the CPU of the pool's workers while it ran."""
+
+    def __init__(self):
+        from many_models_platform import stages
+
+        self.by_stage: dict[str, dict[str, float]] = {}
+        for name, fn in list(stages.STAGE_FUNCTIONS.items()):
+            stages.STAGE_FUNCTIONS[name] = self._metered(name, fn)
+
+    def _metered(self, name: str, fn):
+        import functools
+
+        @functools.wraps(fn)
+        def metered(*args, **kwargs):
+            wall, main, workers = time.perf_counter(), time.process_time(), workers_cpu_s()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                c = self.by_stage.setdefault(name, {"wall_s": 0.0, "main_cpu_s": 0.0, "workers_cpu_s": 0.0})
+                c["wall_s"] += time.perf_counter() - wall
+                c["main_cpu_s"] += time.process_time() - main
+                c["workers_cpu_s"] += workers_cpu_s() - workers
+
+        return metered
+
+
+def cost_breakdown(
+    metered: StageCPU, bare: dict[str, float], step_seconds: dict[str, float], pipeline_s: float, pipeline_cpu_s: float
+) -> dict:
+    """Per stage: CPU the pipeline spent (this process and the workers), CPU of the same work
+    done bare, their difference (the overhead in CPU seconds), and the Dagster step's time
+    outside the stage function (events, metadata, the IO manager). Totals add the wall time
+    outside every stage function (run start and end, between steps) and the cores left idle."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    stages = {}
+    for stage, c in metered.by_stage.items():
+        bare_cpu = bare.get(stage, 0.0)
+        stages[stage] = {
+            "wall_s": round(c["wall_s"], 2),
+            "main_cpu_s": round(c["main_cpu_s"], 2),
+            "workers_cpu_s": round(c["workers_cpu_s"], 2),
+            "bare_cpu_s": round(bare_cpu, 2),
+            "overhead_cpu_s": round(c["main_cpu_s"] + c["workers_cpu_s"] - bare_cpu, 2),
+            "dagster_step_s": round(step_seconds.get(stage, 0.0) - c["wall_s"], 2),
+        }
+    bare_cpu = sum(bare.values())
+    return {
+        "stages": stages,
+        "pipeline_cpu_s": round(pipeline_cpu_s, 2),
+        "bare_cpu_s": round(bare_cpu, 2),
+        "overhead_cpu_s": round(pipeline_cpu_s - bare_cpu, 2),
+        "outside_stages_s": round(pipeline_s - sum(c["wall_s"] for c in metered.by_stage.values()), 2),
+        "cores": cores,
+        "idle_core_s": round(cores * pipeline_s - pipeline_cpu_s, 2),
+    }
 
 
 def _generate(home: str, keys: int, rows: int, lake_url: str) -> float:
@@ -350,6 +441,7 @@ def main() -> None:
     import mlflow  # noqa: F401 - import cost is start-up, not per-key work
 
     registry = RegistryCalls([settings.candidate_registry_uri, settings.production_registry_uri])
+    metered = StageCPU()
     reset_peaks()
     profiler = None
     if args.profile:
@@ -357,9 +449,11 @@ def main() -> None:
 
         profiler = cProfile.Profile()
         profiler.enable()
+    cpu0 = time.process_time() + workers_cpu_s()
     t = time.perf_counter()
     result = run_use_case(defs, instance, cfg, spec, settings)
     pipeline_s = time.perf_counter() - t
+    pipeline_cpu_s = time.process_time() + workers_cpu_s() - cpu0
     if profiler:
         profiler.disable()
         profiler.dump_stats(args.profile)
@@ -373,7 +467,7 @@ def main() -> None:
     # 2. bare compute on the same keys, from the per-key files the pipeline's workers read
     reset_peaks()
     lake = Lake(settings.lake_url, settings.lake_storage_options)
-    bare_s = bare_compute(spec, lake, keys, args.workers)
+    bare_s, bare_pieces = bare_compute(spec, lake, keys, args.workers)
     bare_peaks = process_peaks()
 
     per_key_ms = 1000 * pipeline_s / n_keys
@@ -397,6 +491,7 @@ def main() -> None:
         },
         "bare_compute_s": round(bare_s, 2),
         "overhead_ratio": round(pipeline_s / bare_s, 2),
+        "cost_breakdown": cost_breakdown(metered, bare_pieces, result.stage_seconds, pipeline_s, pipeline_cpu_s),
         "peak_rss_mib": {"pipeline": peaks, "bare_compute": bare_peaks},
         "dagster_events": sum(events.values()),
         "dagster_events_per_key": round(sum(events.values()) / n_keys, 2),

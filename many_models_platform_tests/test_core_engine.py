@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 
-from many_models_platform.core.engine import KeyOutcome, SkipKey, default_workers, map_keys
+from many_models_platform.core.engine import (
+    KeyOutcome,
+    SkipKey,
+    default_workers,
+    guided_chunks,
+    map_keys,
+    pool_workers,
+    warm_pool,
+)
 from many_models_platform.core.features import KeyDataError
 
 
@@ -30,6 +39,10 @@ def crash_on(key: str, victim: str) -> dict:
 def thread_settings(key: str) -> dict:
     names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "POLARS_MAX_THREADS", "OMP_WAIT_POLICY")
     return {name: os.environ.get(name) for name in names} | {"pid": os.getpid()}
+
+
+def imported(key: str, module: str) -> dict:
+    return {"imported": module in sys.modules, "pid": os.getpid()}
 
 
 def long_failure(key: str) -> None:
@@ -107,6 +120,36 @@ def test_on_chunk_sees_every_outcome_once_before_map_keys_returns():
         assert {id(o) for chunk in seen for o in chunk} == {id(o) for o in outcomes}
         assert [o.key for chunk in seen for o in chunk if not o.ok] == list(fail)
     assert len(seen) == 1  # the in-process batch: one chunk
+
+
+def test_chunks_shrink_as_the_work_runs_out_and_cover_every_key_once():
+    keys = [f"k{i}" for i in range(1000)]
+    chunks = guided_chunks(keys, workers=2)
+    assert [k for c in chunks for k in c] == keys  # every key once, in order
+    sizes = [len(c) for c in chunks]
+    assert sizes[0] == 64 and sizes[-1] == 1  # large first, single keys at the end
+    assert sizes == sorted(sizes, reverse=True)
+    assert len(chunks) < 1000 / 8  # far fewer tasks than keys
+    assert guided_chunks([], 2) == [] and guided_chunks(["a"], 4) == [["a"]]
+
+
+def test_warm_pool_imports_modules_in_the_workers_map_keys_then_uses():
+    """The workers started by warm_pool are the ones map_keys uses, with the modules already
+    imported (a module the test process has not imported, so it cannot come from a fork)."""
+    module = "tabnanny"
+    assert module not in sys.modules
+    keys = [f"k{i}" for i in range(16)]
+    workers = pool_workers(len(keys), 2)
+    assert workers == 2 and pool_workers(7, 2) == 1 and pool_workers(10_000) == default_workers()
+    futures = warm_pool(workers, (module, "no_such_module_here"))  # a missing one is no error
+    warmed = {f.result(timeout=120) for f in futures}
+    assert os.getpid() not in warmed and warm_pool(1) == []
+    outcomes = map_keys(imported, keys, (module,), workers=workers)
+    assert all(o.ok for o in outcomes)
+    # one task per worker is submitted, but an idle worker may take two: every worker that ran
+    # one has the module, and the pool map_keys used is the warmed one
+    assert warmed & {o.info["pid"] for o in outcomes}
+    assert all(o.info["imported"] for o in outcomes if o.info["pid"] in warmed)
 
 
 def test_empty_key_list():

@@ -557,9 +557,16 @@ def _skops_layout(data: bytes) -> tuple[str, list[bytes]]:
     return schema, [archive.read(n) for n in names]
 
 
-def test_compact_skops_files_are_skops_own_archive_and_load_the_same_model():
+def test_compact_skops_files_are_skops_own_archive_and_load_the_same_model(monkeypatch):
     """skops_bytes writes skops' archive with a compact schema.json: the same entries and the
-    same schema as skops.io.dumps once parsed, loadable by skops, predicting the same."""
+    same schema as skops.io.dumps once parsed (skops' own, from a fresh interpreter: this
+    process may have registered skops_bytes' Booster state function), loadable by skops,
+    predicting the same, with LightGBM's model text written once, not twice."""
+    import pickle
+    import subprocess
+    import sys
+
+    import lightgbm.basic
     import skops.io as sio
     from lightgbm import LGBMRegressor
     from sklearn.impute import SimpleImputer
@@ -577,9 +584,26 @@ def test_compact_skops_files_are_skops_own_archive_and_load_the_same_model():
             ("model", LGBMRegressor(n_estimators=5, verbose=-1)),
         ]
     ).fit(x, y)
-    ours, theirs = skops_bytes(model), sio.dumps(model)
-    assert len(ours) < len(theirs)  # no indentation
-    assert _skops_layout(ours) == _skops_layout(theirs)
+    texts = []
+    to_string = lightgbm.basic.Booster.model_to_string
+    counted = lambda b, **kw: texts.append(1) or to_string(b, **kw)  # noqa: E731
+    monkeypatch.setattr(lightgbm.basic.Booster, "model_to_string", counted)
+    ours = skops_bytes(model)
+    assert len(texts) == 1  # skops' generic state function serializes a Booster twice
+    monkeypatch.undo()
+    # skops' own archive and ours of one object, in a fresh interpreter where skops_bytes has
+    # not registered its Booster state function yet (the memo ids follow object identity)
+    both = (
+        "import pickle, sys, skops.io\n"
+        "from many_models_platform.storage.registry import skops_bytes\n"
+        "m = pickle.load(sys.stdin.buffer)\n"
+        "theirs = skops.io.dumps(m)\n"
+        "sys.stdout.buffer.write(pickle.dumps((theirs, skops_bytes(m))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", both], input=pickle.dumps(model), capture_output=True, check=True)
+    theirs, fresh = pickle.loads(out.stdout)
+    assert len(fresh) < len(theirs)  # no indentation
+    assert _skops_layout(fresh) == _skops_layout(theirs)
     loaded = sio.loads(ours, trusted=sio.get_untrusted_types(data=ours))
     assert np.array_equal(loaded.predict(x), model.predict(x))
 

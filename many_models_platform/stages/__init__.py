@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+from ..core.engine import WORKER_MODULES, pool_workers, warm_pool
 from .base import STAGES, UPSTREAM, StageReport, StageRun, finish, stopped_outcomes
 from .evaluation import evaluate_models
 from .model import train
@@ -35,6 +36,11 @@ def run_stage(stage: str, run: StageRun, keys: Sequence[str]) -> StageReport:
         if run.progress:
             run.progress(len(stopped))
         return finish(run, stage, stopped, {"stopped": stopped[0].reason})
+    if stage == "raw":
+        # raw reads the landing zone in this process; the pool's workers start and import what
+        # the next stages need meanwhile, instead of at the start of training_set
+        estimators = (c.estimator.rpartition(".")[0] for c in run.spec.candidates)
+        warm_pool(pool_workers(len(keys), run.workers), (*WORKER_MODULES, *estimators))
     return STAGE_FUNCTIONS[stage](run, keys)
 
 
