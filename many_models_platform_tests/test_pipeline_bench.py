@@ -59,3 +59,15 @@ def test_pipeline_bench_reports_every_figure(tmp_path: Path):
     assert costs["pipeline_cpu_s"] >= sum(c["main_cpu_s"] + c["workers_cpu_s"] for c in costs["stages"].values()) - 0.1
     assert costs["outside_stages_s"] >= 0 and costs["idle_core_s"] >= 0
     assert "naive_per_key_ms" not in r  # --naive-keys 0 skips the naive way
+
+    # the floor under it, from the bronze files the run left: per-key CPU by piece and per fit
+    floor = tmp_path / "fit.json"
+    cmd = [sys.executable, "benchmarks/fit_bench.py", "--home", str(tmp_path / "home"), "--keys", "3"]
+    subprocess.run([*cmd, "--json", str(floor)], cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+    f = json.loads(floor.read_text())
+    assert f["keys"] == 3 and sum(f["winners"].values()) == 3
+    assert set(f["bare_cpu_ms_per_key_by_stage"]) == {"training_set", "model", "evaluation", "predictions"}
+    assert f["bare_cpu_ms_per_key"] == pytest.approx(sum(f["bare_cpu_ms_per_key_by_stage"].values()), abs=0.3)
+    assert set(f["one_fit_cpu_ms_on_the_training_part"]) == {"ridge", "lightgbm"}
+    assert all(v > 0 for v in f["one_fit_cpu_ms_on_the_training_part"].values())
+    assert f["projection"]["least_wall_s"] == pytest.approx(f["bare_cpu_ms_per_key"] * 10_000 / 2 / 1000, rel=0.01)
