@@ -149,6 +149,8 @@ class StageCPU:
                 c["wall_s"] += time.perf_counter() - wall
                 c["main_cpu_s"] += time.process_time() - main
                 c["workers_cpu_s"] += workers_cpu_s() - workers
+                # the main process's running peak when the stage ends: the stage where it jumps set it
+                c["main_peak_mib_after"] = round(_hwm_mib() or 0.0, 1)
 
         return metered
 
@@ -171,6 +173,7 @@ def cost_breakdown(
             "bare_cpu_s": round(bare_cpu, 2),
             "overhead_cpu_s": round(c["main_cpu_s"] + c["workers_cpu_s"] - bare_cpu, 2),
             "dagster_step_s": round(step_seconds.get(stage, 0.0) - c["wall_s"], 2),
+            "main_peak_mib_after": c["main_peak_mib_after"],
         }
     bare_cpu = sum(bare.values())
     return {

@@ -55,6 +55,8 @@ def test_pipeline_bench_reports_every_figure(tmp_path: Path):
         assert c["wall_s"] > 0 and c["main_cpu_s"] >= 0 and c["workers_cpu_s"] >= 0
         assert c["overhead_cpu_s"] == pytest.approx(c["main_cpu_s"] + c["workers_cpu_s"] - c["bare_cpu_s"], abs=0.02)
         assert (c["bare_cpu_s"] > 0) == (stage in ("training_set", "model", "evaluation", "predictions"))
+    peaks_after = [c["main_peak_mib_after"] for c in costs["stages"].values()]
+    assert peaks_after == sorted(peaks_after) and peaks_after[-1] <= r["peak_rss_mib"]["pipeline"]["main_mib"]
     assert costs["bare_cpu_s"] == pytest.approx(sum(c["bare_cpu_s"] for c in costs["stages"].values()), abs=0.05)
     assert costs["pipeline_cpu_s"] >= sum(c["main_cpu_s"] + c["workers_cpu_s"] for c in costs["stages"].values()) - 0.1
     assert costs["outside_stages_s"] >= 0 and costs["idle_core_s"] >= 0
