@@ -1,6 +1,7 @@
 """The pipeline benchmark at a tiny size, so it cannot rot: it runs end to end and reports every
 figure docs/benchmarks.md names. No timings are asserted (benchmarks are never timed tests)."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -55,8 +56,12 @@ def test_pipeline_bench_reports_every_figure(tmp_path: Path):
         assert c["wall_s"] > 0 and c["main_cpu_s"] >= 0 and c["workers_cpu_s"] >= 0
         assert c["overhead_cpu_s"] == pytest.approx(c["main_cpu_s"] + c["workers_cpu_s"] - c["bare_cpu_s"], abs=0.02)
         assert (c["bare_cpu_s"] > 0) == (stage in ("training_set", "model", "evaluation", "predictions"))
+    # a running peak: it never falls, but the kernel's batched RSS counters make each reading
+    # approximate by a fraction of a MiB
     peaks_after = [c["main_peak_mib_after"] for c in costs["stages"].values()]
-    assert peaks_after == sorted(peaks_after) and peaks_after[-1] <= r["peak_rss_mib"]["pipeline"]["main_mib"]
+    assert all(p > 50 for p in peaks_after)
+    assert all(b >= a - 2 for a, b in itertools.pairwise(peaks_after))
+    assert peaks_after[-1] <= r["peak_rss_mib"]["pipeline"]["main_mib"] + 2
     assert costs["bare_cpu_s"] == pytest.approx(sum(c["bare_cpu_s"] for c in costs["stages"].values()), abs=0.05)
     assert costs["pipeline_cpu_s"] >= sum(c["main_cpu_s"] + c["workers_cpu_s"] for c in costs["stages"].values()) - 0.1
     assert costs["outside_stages_s"] >= 0 and costs["idle_core_s"] >= 0
