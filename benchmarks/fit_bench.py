@@ -41,7 +41,7 @@ def main() -> None:
     os.environ.update(WORKER_ENV)  # one thread per fit, as in a pool worker; before numpy/LightGBM load
     os.environ["MMP_HOME"] = str(args.home)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from pipeline_bench import _bare_one, bench_config
+    from pipeline_bench import _bare_one, _training_set, bench_config
 
     from many_models_platform.core import features as F
     from many_models_platform.core.modeling import _fit, fit_key
@@ -64,9 +64,7 @@ def main() -> None:
     rows = 0
     for key in keys:
         pieces.update(_bare_one(key, spec, lake))
-        bronze = lake.read_parquet(lake.key_path("bronze", spec.name, key, ".parquet"))
-        ts = F.prepare_training_set(spec, bronze).frame
-        features = [c for c in ts.columns if c not in (spec.time_column, spec.target, *F.SPLIT_COLUMNS)]
+        _, ts, features = _training_set(key, spec, lake)
         train = F.split(ts)[F.TRAIN]
         period = F.key_period(spec, ts[spec.time_column])
         categorical = [c for c in features if c in set(spec.categorical_features)]

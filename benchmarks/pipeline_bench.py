@@ -54,6 +54,16 @@ def bench_config(path: Path, workers: int) -> Path:
     return path
 
 
+def _training_set(key: str, spec, lake):
+    """The key's bronze frame, its training set and feature columns, as ``training_set`` builds them."""
+    from many_models_platform.core import features as F
+
+    bronze = lake.read_parquet(lake.key_path("bronze", spec.name, key, ".parquet"))
+    ts = F.prepare_training_set(spec, bronze).frame
+    features = [c for c in ts.columns if c not in (spec.time_column, spec.target, *F.SPLIT_COLUMNS)]
+    return bronze, ts, features
+
+
 def _bare_one(key: str, spec, lake) -> dict:
     """The fits and predictions the pipeline does for one key, prepared as its workers prepare
     them (the key's bronze file read in the worker), with nothing persisted: features and the
@@ -67,9 +77,7 @@ def _bare_one(key: str, spec, lake) -> dict:
 
     cpu = time.process_time
     t0 = cpu()
-    bronze = lake.read_parquet(lake.key_path("bronze", spec.name, key, ".parquet"))
-    ts = F.prepare_training_set(spec, bronze).frame
-    features = [c for c in ts.columns if c not in (spec.time_column, spec.target, *F.SPLIT_COLUMNS)]
+    bronze, ts, features = _training_set(key, spec, lake)
     t1 = cpu()
     fitted = fit_key(spec, ts, features)
     t2 = cpu()
