@@ -20,6 +20,7 @@ from conftest_core import clear_platform_env, make_spec, regression_body
 from many_models_platform.core.engine import KeyOutcome
 from many_models_platform.core.keys import encode_key, key_label
 from many_models_platform.stages import STAGES, StageRun, run_stage
+from many_models_platform.stages import published as published_stage
 from many_models_platform.stages.base import (
     StageReport,
     finish,
@@ -142,9 +143,12 @@ def ok_states(run: StageRun, key: str, i: int) -> dict[str, KeyOutcome]:
     }
 
 
-def test_a_mix_of_outcomes_after_the_first_150_keys_publishes(settings):
+@pytest.mark.parametrize("batch_keys", [1_000, 64])
+def test_a_mix_of_outcomes_after_the_first_150_keys_publishes(settings, batch_keys, monkeypatch):
     """The crash of issue 8, and more: 220 keys, every failure sorted after the first 150 keys,
-    text and integer reasons, NULL/NaN/int/float/text metrics, labels of every type."""
+    text and integer reasons, NULL/NaN/int/float/text metrics, labels of every type. Published
+    in one batch and in four (the legacy key alone in its own shape in the last): the same rows."""
+    monkeypatch.setattr(published_stage, "PUBLISH_BATCH_KEYS", batch_keys)
     spec = spec_for("mix")
     run = StageRun(spec, settings, run_id="run-1", run_date=DAY)
     keys = sorted(encode_key([f"{i:04d}", "tropicana" if i % 2 else "minute maid"]) for i in range(220))
@@ -250,6 +254,18 @@ def test_a_mix_of_outcomes_after_the_first_150_keys_publishes(settings):
         1,
     )
     assert summary["stopped_at_stage"] is None and summary["stop_reason"] is None
+    # counted across every batch: promotions, and the candidates' metric over all keys
+    assert summary["keys_promoted"] == len([k for k in keys if kind(k) in (-1, 3, 4)])
+    mapes = metrics.filter((pl.col("model_role") == "candidate") & (pl.col("metric") == "mape"))["value"]
+    assert summary["metric_p50"] == pytest.approx(mapes.drop_nulls().quantile(0.5, "linear"))
+    assert report.summary["rows_written"] == {
+        "predictions": preds.height,
+        "key_metrics": metrics.height,
+        "key_status": status.height,
+        "key_columns": 2 * len(keys),
+        "promotion_history": len([k for k in keys if kind(k) != 0 and kind(k) != 2]),
+        "run_summary": 1,
+    }
     assert report.summary["rejected"] == [{"file": "bad.csv", "reason": "not a CSV file"}]
 
     # key columns, long and wide; zero-padded values stay text as in the source

@@ -625,6 +625,55 @@ def test_replace_use_case_replaces_the_model_family_snapshot(wh):
     assert got.rows() == [("other", "a", 7), ("uc", "a", 2), ("uc", "b", 2)]
 
 
+def load_in_batches(wh: Warehouse, keys: list[str], version: int, size: int) -> None:
+    """The published stage's way: ``size`` keys per load, the run summary last, one commit."""
+    with wh.replacing("uc", DAY) as load:
+        for i in range(0, len(keys), size):
+            frames, append = publish_frames(keys[i : i + size], version)
+            load(keys[i : i + size], frames, {"promotion_history": append["promotion_history"]})
+        load([], None, {"run_summary": publish_frames(keys, version)[1]["run_summary"]})
+
+
+def test_batches_of_keys_commit_as_one_replace(wh):
+    """Loading a run's keys two at a time leaves what one replace_keys of them all leaves, and
+    a rerun in batches replaces the rows instead of adding to them."""
+    keys = ["a", "b", "c", "d", "e"]
+    frames, append = publish_frames(keys, version=1)
+    wh.replace_keys("uc", DAY, keys, frames, append)
+    whole = snapshot(wh)
+    assert counts(wh)["predictions"] == 15
+    load_in_batches(wh, keys, version=2, size=2)
+    assert counts(wh) == {t: len(rows) for t, rows in whole.items()}
+    assert set(wh.query("SELECT DISTINCT model_version FROM predictions")["model_version"]) == {2}
+    load_in_batches(wh, keys, version=1, size=2)
+    assert snapshot(wh) == whole
+
+
+def test_a_failure_between_batches_leaves_the_previous_rows(wh):
+    """Nothing of the batches already loaded is visible, or kept, when a later one fails."""
+    keys = ["a", "b", "c", "d"]
+    frames, append = publish_frames(keys, version=1)
+    wh.replace_keys("uc", DAY, keys, frames, append)
+    before = snapshot(wh)
+    with pytest.raises(RuntimeError, match="building the third batch failed"), wh.replacing("uc", DAY) as load:
+        for i in range(0, 4, 2):
+            batch_frames, _ = publish_frames(keys[i : i + 2], version=2, run_id="run-2")
+            load(keys[i : i + 2], batch_frames)
+        raise RuntimeError("building the third batch failed")
+    assert snapshot(wh) == before
+
+
+def test_a_key_loaded_twice_in_one_replacement_is_refused(wh):
+    """A second batch with the same key would replace the first on one backend and break the
+    primary key on another: refused before anything is written."""
+    frames, _ = publish_frames(["a"], version=1)
+    twice = re.escape("keys loaded twice in one replacement, e.g. 'a'")
+    with pytest.raises(ValueError, match=twice), wh.replacing("uc", DAY) as load:
+        load(["a", "b"], publish_frames(["a", "b"], version=1)[0])
+        load(["a"], frames)
+    assert counts(wh)["predictions"] == 0
+
+
 def test_an_exception_between_tables_leaves_the_previous_rows(wh, monkeypatch):
     keys = ["a", "b"]
     frames, append = publish_frames(keys, version=1)

@@ -11,6 +11,7 @@ import datetime as dt
 import math
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -48,15 +49,92 @@ DECISION_FIELDS = (
 )
 
 
+# Keys whose rows are built and loaded at a time: the stage's memory is one batch's rows,
+# whatever the number of keys (the warehouse commits every batch together).
+PUBLISH_BATCH_KEYS = 1_000
+
+
+@dataclass
+class _Tally:
+    """What the run summary needs from every batch: counts, not rows."""
+
+    outcomes: list[KeyOutcome] = field(default_factory=list)
+    not_ok: dict[str, Counter[str]] = field(default_factory=lambda: {stage: Counter() for stage in STAGES[:-1]})
+    ok_keys: Counter[str] = field(default_factory=Counter)
+    raw_runs: Counter[str] = field(default_factory=Counter)
+    metric_values: list[float] = field(default_factory=list)
+    promoted: int = 0
+    # every per-key table is reported, with 0 rows when no key had any
+    rows_written: Counter[str] = field(
+        default_factory=lambda: Counter(dict.fromkeys(("predictions", "key_metrics", "key_status", "key_columns"), 0))
+    )
+
+
 def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = None) -> StageReport:
-    """Write predictions, metrics, statuses, decisions, key columns and a run summary to the warehouse."""
-    spec, lake = run.spec, run.lake
+    """Write predictions, metrics, statuses, decisions, key columns and a run summary to the
+    warehouse: every key's rows and the summary in one transaction, built and loaded
+    ``PUBLISH_BATCH_KEYS`` keys at a time."""
+    spec = run.spec
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    keys = list(dict.fromkeys(keys))
+    common = {"use_case": spec.name, "run_date": run.run_date}
+    tally = _Tally()
+    wh = warehouse or Warehouse(run.settings.warehouse_url)
+    try:
+        wh.ensure_schema()
+        with wh.replacing(spec.name, run.run_date) as load:
+            for start in range(0, len(keys), PUBLISH_BATCH_KEYS):
+                batch = keys[start : start + PUBLISH_BATCH_KEYS]
+                frames, append = _batch_frames(run, batch, now, tally)
+                load(batch, frames, append)
+                tally.rows_written.update({name: frame.height for name, frame in {**frames, **append}.items()})
+            q = quantiles(spec.metric, tally.metric_values)
+            n_failed = sum(1 for o in tally.outcomes if not o.info["published"])
+            stopped_at = next((s for s in STAGES[:-1] if keys and not tally.ok_keys[s]), None)
+            why = stop_reason(stopped_at, tally.not_ok[stopped_at]) if stopped_at else None
+            ingest = ingest_counts(run, tally.raw_runs)
+            summary_row = {
+                "dagster_run_id": run.run_id,
+                "keys_total": len(keys),
+                "keys_published": len(keys) - n_failed,
+                "keys_failed": n_failed,
+                "keys_promoted": tally.promoted,
+                "metric": spec.metric,
+                "metric_p10": q.get(f"{spec.metric}_p10"),
+                "metric_p50": q.get(f"{spec.metric}_p50"),
+                "metric_p90": q.get(f"{spec.metric}_p90"),
+                "published_at": now,
+                **{k: v for k, v in ingest.items() if k != "rejected"},
+                "stopped_at_stage": stopped_at,
+                "stop_reason": why,
+            }
+            summary = {"run_summary": W.records_frame(W.run_summary, [summary_row], **common)}
+            load([], None, summary)
+        tally.rows_written.update({"run_summary": 1})
+        try:  # the family view is a convenience for BI; it never fails the publish
+            q["model_family_rows"] = publish_model_family(run.settings, spec, warehouse=wh).height
+        except Exception as exc:
+            q["model_family_error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        if warehouse is None:
+            wh.dispose()
+    report_summary = {
+        "rows_written": dict(tally.rows_written),  # per table: the warehouse/<table> assets' events (defs/marts.py)
+        "keys_failed": n_failed,
+        **q,
+        **ingest,
+        "stopped_at_stage": stopped_at,
+        "stop_reason": why,
+    }
+    return finish(run, "published", tally.outcomes, report_summary)
+
+
+def _batch_frames(
+    run: StageRun, keys: Sequence[str], now: dt.datetime, tally: _Tally
+) -> tuple[dict[str, pl.DataFrame], dict[str, pl.DataFrame]]:
+    """(per-key frames, history frames) of a batch of keys, in the tables' types; counts go to ``tally``."""
+    spec, lake = run.spec, run.lake
     preds, metrics, statuses, decisions, key_values = [], [], [], [], []
-    outcomes = []
-    not_ok: dict[str, Counter[str]] = {stage: Counter() for stage in STAGES[:-1]}
-    ok_keys: Counter[str] = Counter()
-    raw_runs: Counter[str] = Counter()
     for key in keys:
         label, values = decoded(spec.keys, key)
         if values:
@@ -82,11 +160,11 @@ def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = No
                 }
             )
             if isinstance(st, StageRecord) and st.ok:
-                ok_keys[stage] += 1
+                tally.ok_keys[stage] += 1
             else:
-                not_ok[stage][not_ok_reason(stage, st)] += 1
+                tally.not_ok[stage][not_ok_reason(stage, st)] += 1
         if states["raw"]:
-            raw_runs[states["raw"].dagster_run_id] += 1
+            tally.raw_runs[states["raw"].dagster_run_id] += 1
         failed = next(
             (
                 (s, not_ok_reason(s, st) if isinstance(st, Exception) else (st.status, st.reason) if st else None)
@@ -95,7 +173,13 @@ def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = No
             ),
             None,
         )
-        metrics += _metric_rows(spec, key, states)
+        key_metrics = _metric_rows(spec, key, states)
+        metrics += key_metrics
+        tally.metric_values += [
+            r["value"]
+            for r in key_metrics
+            if r["model_role"] == "candidate" and r["metric"] == spec.metric and r["value"] is not None
+        ]
         pm = states["promoted_model"]
         if pm and pm.ok:
             info = pm.flat_info()
@@ -107,6 +191,7 @@ def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = No
                     "dagster_run_id": pm.dagster_run_id,
                 }
             )
+            tally.promoted += info.get("decision") == "promoted"
         frame, problem = _predictions(run, key, label, states["predictions"])
         if frame is not None:
             preds.append(frame)
@@ -128,7 +213,7 @@ def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = No
                 **({"rows_in": n_rows, "rows_out": n_rows, "rows_dropped": 0, "rows_merged": 0} if served else {}),
             }
         )
-        outcomes.append(
+        tally.outcomes.append(
             KeyOutcome(key, "ok", info={"key_status": issue or "ok", "published": served, "prediction_rows": n_rows})
         )
         if run.progress:
@@ -141,51 +226,8 @@ def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = No
         "key_status": W.records_frame(W.key_status, statuses, **common),
         "key_columns": W.records_frame(W.key_columns, key_values, use_case=spec.name),
     }
-    values = [r["value"] for r in metrics if r["model_role"] == "candidate" and r["metric"] == spec.metric]
-    q = quantiles(spec.metric, [v for v in values if v is not None])
-    n_failed = sum(1 for o in outcomes if not o.info["published"])
-    stopped_at = next((s for s in STAGES[:-1] if keys and not ok_keys[s]), None)
-    why = stop_reason(stopped_at, not_ok[stopped_at]) if stopped_at else None
-    ingest = ingest_counts(run, raw_runs)
-    summary_row = {
-        "dagster_run_id": run.run_id,
-        "keys_total": len(keys),
-        "keys_published": len(keys) - n_failed,
-        "keys_failed": n_failed,
-        "keys_promoted": sum(1 for d in decisions if d["decision"] == "promoted"),
-        "metric": spec.metric,
-        "metric_p10": q.get(f"{spec.metric}_p10"),
-        "metric_p50": q.get(f"{spec.metric}_p50"),
-        "metric_p90": q.get(f"{spec.metric}_p90"),
-        "published_at": now,
-        **{k: v for k, v in ingest.items() if k != "rejected"},
-        "stopped_at_stage": stopped_at,
-        "stop_reason": why,
-    }
-    append = {"run_summary": W.records_frame(W.run_summary, [summary_row], **common)}
-    if decisions:
-        append["promotion_history"] = W.records_frame(W.promotion_history, decisions, **common)
-    wh = warehouse or Warehouse(run.settings.warehouse_url)
-    try:
-        wh.ensure_schema()
-        wh.replace_keys(spec.name, run.run_date, list(keys), frames, append)
-        rows_written = {name: frame.height for name, frame in {**frames, **append}.items()}
-        try:  # the family view is a convenience for BI; it never fails the publish
-            q["model_family_rows"] = publish_model_family(run.settings, spec, warehouse=wh).height
-        except Exception as exc:
-            q["model_family_error"] = f"{type(exc).__name__}: {exc}"
-    finally:
-        if warehouse is None:
-            wh.dispose()
-    report_summary = {
-        "rows_written": rows_written,  # per table: the warehouse/<table> assets' events (defs/marts.py)
-        "keys_failed": n_failed,
-        **q,
-        **ingest,
-        "stopped_at_stage": stopped_at,
-        "stop_reason": why,
-    }
-    return finish(run, "published", outcomes, report_summary)
+    append = {"promotion_history": W.records_frame(W.promotion_history, decisions, **common)} if decisions else {}
+    return frames, append
 
 
 def decoded(columns: Sequence[str], key: str) -> tuple[str, tuple[str, ...]]:

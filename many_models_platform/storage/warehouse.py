@@ -11,6 +11,10 @@ One URL (``MMP_WAREHOUSE_URL``) picks the backend; docs/tables.md is the data di
   a crash never leaves duplicates or half a key. Frames are checked before anything is
   written: no row outside the slice, no duplicate primary key (Synapse does not enforce
   primary keys, so this check is what keeps it clean there).
+* **Batches.** :meth:`Warehouse.replacing` loads a run's keys a batch at a time and commits
+  them together, so what the caller and the client hold is one batch, whatever the number of
+  keys (on DuckDB the batches are spooled to Parquet files and loaded in the one transaction
+  at the end: DuckDB holds a transaction's appended Arrow batches in memory until commit).
 * **Bulk loads** take each backend's fast path: DuckDB scans an Arrow table, PostgreSQL
   (psycopg2) runs ``COPY ... FROM STDIN`` with CSV written by polars, SQL Server (pyodbc)
   uses ``fast_executemany``. Nothing is inserted row by row.
@@ -25,10 +29,12 @@ import hashlib
 import io
 import math
 import numbers
+import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -329,7 +335,41 @@ class Warehouse:
         ``append`` rows (promotion history, run summary) are inserted in the same transaction,
         after deleting any row with the same primary key, so reruns stay idempotent.
         """
-        self._write(plan_replace_keys(use_case, run_date, keys, frames, append))
+        with self.replacing(use_case, run_date) as load:
+            load(keys, frames, append)
+
+    @contextlib.contextmanager
+    def replacing(self, use_case: str, run_date: Any) -> Iterator[LoadBatch]:
+        """``load(keys, frames, append)`` a batch of keys at a time (as :meth:`replace_keys`);
+        every batch commits together when the block ends, and none if it raises.
+
+        A key may be loaded once per replacement (a second batch would silently replace the
+        first on one backend and fail on another). On DuckDB each batch's frames are written to
+        Parquet files in a temporary directory and loaded, a table at a time, in the one
+        transaction at the end (``INSERT ... SELECT`` from the files is written to disk as it
+        goes; Arrow batches appended inside a transaction stay in memory until it commits).
+        Elsewhere the transaction is open throughout and each batch is loaded as it comes
+        (``COPY`` on PostgreSQL), so the server holds the uncommitted rows, not this process.
+        """
+        seen: set[str] = set()
+
+        def planned(keys: Sequence[str], frames: Mapping[str, pl.DataFrame] | None, append) -> list[WriteStep]:
+            keys = list(dict.fromkeys(keys))
+            again = seen.intersection(keys)
+            if again:
+                raise ValueError(f"keys loaded twice in one replacement, e.g. {sorted(again)[0]!r}")
+            seen.update(keys)
+            return plan_replace_keys(use_case, run_date, keys, frames or {}, append)
+
+        if self.engine.dialect.name == "duckdb":
+            with tempfile.TemporaryDirectory(prefix="mmp-publish-") as folder:
+                spool = _Spool(Path(folder))
+                yield lambda keys, frames=None, append=None: spool.add(planned(keys, frames, append))
+                with self.connect() as conn, conn.begin():
+                    spool.load(conn, self._insert)
+            return
+        with self.connect() as conn, conn.begin():
+            yield lambda keys, frames=None, append=None: self._run(conn, planned(keys, frames, append))
 
     def replace_use_case(self, table_name: str, use_case: str, frame: pl.DataFrame) -> None:
         """Replace every row of a per-use-case snapshot table (``model_family``) in one transaction."""
@@ -337,18 +377,25 @@ class Warehouse:
 
     def _write(self, steps: Sequence[WriteStep]) -> None:
         with self.connect() as conn, conn.begin():
-            for step in steps:
-                if step.ensure_table:
-                    _ensure_table(conn, step.table)
-                for statement in step.deletes:
-                    conn.execute(statement)
-                if step.frame is not None and step.frame.height:
-                    self._insert(conn, step.table, step.frame)
+            self._run(conn, steps)
 
-    def _insert(self, conn: sa.Connection, table: sa.Table, frame: pl.DataFrame) -> None:
-        """Bulk-load ``frame`` (columns in table order) inside the caller's transaction."""
+    def _run(self, conn: sa.Connection, steps: Sequence[WriteStep]) -> None:
+        """Each step's deletes, then its load, inside the caller's transaction."""
+        for step in steps:
+            if step.ensure_table:
+                _ensure_table(conn, step.table)
+            for statement in step.deletes:
+                conn.execute(statement)
+            if step.frame is not None and step.frame.height:
+                self._insert(conn, step.table, step.frame)
+
+    def _insert(self, conn: sa.Connection, table: sa.Table, frame: pl.DataFrame | list[str]) -> None:
+        """Bulk-load ``frame`` (columns in table order) inside the caller's transaction; on
+        DuckDB ``frame`` may be a list of Parquet files of such frames (:class:`_Spool`)."""
         dialect = conn.dialect
-        if dialect.name == "duckdb":
+        if isinstance(frame, list):
+            self._insert_parquet(conn, table, frame)
+        elif dialect.name == "duckdb":
             self._insert_arrow(conn, table, frame)
         elif dialect.name == "postgresql" and dialect.driver == "psycopg2":
             self._copy_postgres(conn, table, frame)
@@ -369,6 +416,13 @@ class Warehouse:
             # the next register() of the same name replaces the view anyway
             with contextlib.suppress(Exception):
                 raw.unregister(view)
+
+    def _insert_parquet(self, conn: sa.Connection, table: sa.Table, files: list[str]) -> None:
+        # one statement for all of a table's batches: DuckDB streams the files into the table
+        q = conn.dialect.identifier_preparer
+        cols = ", ".join(q.quote(c.name) for c in table.columns)
+        sql = f"INSERT INTO {q.format_table(table)} ({cols}) SELECT {cols} FROM read_parquet($files)"
+        conn.exec_driver_sql(sql, {"files": files})
 
     def _copy_postgres(self, conn: sa.Connection, table: sa.Table, frame: pl.DataFrame) -> None:
         # COPY FROM STDIN on the connection that holds the transaction. polars writes CSV the way
@@ -424,6 +478,38 @@ class Warehouse:
 
     def table_names(self) -> Iterable[str]:
         return sa.inspect(self.engine).get_table_names()
+
+
+# ``load(keys, frames, append)`` of :meth:`Warehouse.replacing`
+LoadBatch = Callable[..., None]
+
+
+class _Spool:
+    """DuckDB's batches of one replacement: the steps' deletes, and their frames as Parquet files."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.steps: list[WriteStep] = []
+        self.files: dict[str, tuple[sa.Table, list[str]]] = {}  # table name -> (table, its files)
+
+    def add(self, steps: Sequence[WriteStep]) -> None:
+        for step in steps:
+            self.steps.append(WriteStep(step.table, step.deletes, None, step.ensure_table))
+            if step.frame is not None and step.frame.height:
+                path = self.folder / f"{len(self.steps):06d}.parquet"
+                step.frame.write_parquet(path, statistics=False)
+                self.files.setdefault(step.table.name, (step.table, []))[1].append(str(path))
+
+    def load(self, conn: sa.Connection, insert: Callable[[sa.Connection, sa.Table, list[str]], None]) -> None:
+        """Every delete (batches hold disjoint keys, so their order does not matter), then each
+        table's files in one ``INSERT ... SELECT``."""
+        for step in self.steps:
+            if step.ensure_table:
+                _ensure_table(conn, step.table)
+            for statement in step.deletes:
+                conn.execute(statement)
+        for table, files in self.files.values():
+            insert(conn, table, files)
 
 
 # -- frames: every frame that reaches a table has the table's own types ------------------------
