@@ -523,6 +523,18 @@ def test_batched_names_and_tags_match_mlflows_own_calls_in_a_few_transactions(tm
             a, b = reg.client.get_registered_model(f"uc.{k}"), reg.client.get_registered_model(f"vc.{k}")
             assert a.tags == {"use_case": "uc", "key": k} and b.tags == {"use_case": "vc", "key": k}
             assert a.description == b.description.replace("vc", "uc")
+        # versions of existing names: the rows MLflow's create_model_version writes, numbered
+        # after each name's latest, 30 of them in one transaction
+        before = {k: reg.client.get_registered_model(f"uc.{k}").last_updated_timestamp for k in keys}
+        commits.clear()
+        assert reg.register_many("uc", items("uc"), "run-2") == dict.fromkeys(keys, 2)
+        assert len(commits) == 1
+        for k in keys:
+            a, b = reg.client.get_model_version(f"uc.{k}", "2"), reg.client.get_model_version(f"vc.{k}", "1")
+            assert (a.source, a.run_id, a.status) == (f"/src/uc/{k}", "run-2", b.status)
+            assert a.description == b.description.replace("vc", "uc")
+            assert a.tags == {t: v.replace("vc", "uc") for t, v in b.tags.items()}
+            assert reg.client.get_registered_model(f"uc.{k}").last_updated_timestamp >= before[k]
 
         decision = {"decision": "rejected", "decision_reason": "below threshold"}
         # the batch is rolled back on the missing version, then written item by item
