@@ -549,6 +549,21 @@ def test_batched_names_and_tags_match_mlflows_own_calls_in_a_few_transactions(tm
         commits.clear()
         assert reg.tag_many("uc", [(k, 1, decision) for k in keys]) == {}
         assert len(commits) == 1  # 30 keys, 60 tags: one transaction
+        changed = {"decision": "promoted", "decision_reason": "beats champion v1"}
+        assert reg.tag_many("uc", [(k, 1, changed) for k in keys]) == {}
+        for k in keys:  # replaced in place, as set_model_version_tag does
+            tags = reg.client.get_model_version(f"uc.{k}", "1").tags
+            assert {t: tags[t] for t in changed} == changed and set(tags) == set(a.tags)
+
+        # aliases: set on the new versions in one more transaction, then moved by the next ones
+        commits.clear()
+        assert reg.register_many("uc", items("uc"), None, alias="production") == dict.fromkeys(keys, 3)
+        assert len(commits) == 2
+        assert reg.register_many("uc", items("uc")[:5], None, alias="production") == dict.fromkeys(keys[:5], 4)
+        for i, k in enumerate(keys):
+            aliased = reg.client.get_model_version_by_alias(f"uc.{k}", "production")
+            assert int(aliased.version) == (4 if i < 5 else 3)
+            assert reg.client.get_registered_model(f"uc.{k}").aliases == {"production": aliased.version}
 
 
 def _skops_layout(data: bytes) -> tuple[str, list[bytes]]:

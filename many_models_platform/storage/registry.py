@@ -684,7 +684,7 @@ class ModelRegistry:
             failed = self._write_batch(
                 list(new.items()),
                 lambda item: self._create_name(use_case, *item),
-                lambda store, session, item: self._add_name(store, session, use_case, *item),
+                lambda store, session, chunk: [self._add_name(store, session, use_case, *item) for item in chunk],
                 "mmp-name",
             )
             existing.update(registered_model_name(use_case, k) for k in new if k not in failed)
@@ -730,7 +730,7 @@ class ModelRegistry:
                     moved = self._write_batch(
                         made,
                         lambda item: self.set_alias(use_case, *item, alias),
-                        lambda store, session, item: self._add_alias(store, session, use_case, *item, alias),
+                        lambda store, session, chunk: self._add_aliases(store, session, use_case, chunk, alias),
                         "mmp-alias",
                     )
                 for key, version in made:  # committed: each key's follow-up, in order
@@ -821,16 +821,33 @@ class ModelRegistry:
         session.flush()
         return made
 
-    def _add_alias(self, store, session, use_case: str, key: str, version: int, alias: str) -> None:
-        """:meth:`set_alias` inside a batch transaction: MLflow's checks and row."""
+    def _add_aliases(self, store, session, use_case: str, items: Sequence[tuple[str, int]], alias: str) -> None:
+        """:meth:`set_alias` of (key, version) items inside a batch transaction: MLflow's checks
+        and rows, the versions and the aliases they replace read in one query each per 500 names."""
         from mlflow.store.model_registry.dbmodels.models import SqlRegisteredModelAlias
         from mlflow.utils.validation import _validate_model_alias_name, _validate_model_alias_name_reserved
 
-        name = registered_model_name(use_case, key)
         _validate_model_alias_name(alias)
         _validate_model_alias_name_reserved(alias)
-        row = store._get_sql_model_version(session, name, int(version))
-        session.merge(SqlRegisteredModelAlias(workspace=row.workspace, name=name, alias=alias, version=int(version)))
+        pairs = [(registered_model_name(use_case, key), int(version)) for key, version in items]
+        with session.no_autoflush:
+            rows = _version_rows(store, session, pairs)
+            current = _rows_by(
+                store,
+                session,
+                SqlRegisteredModelAlias,
+                [n for n, _ in pairs],
+                lambda r: r.name,
+                SqlRegisteredModelAlias.alias == alias,
+            )
+            for name, version in pairs:
+                row = current.get(name)
+                if row is None:
+                    row = SqlRegisteredModelAlias(workspace=rows[name, version].workspace, name=name, alias=alias)
+                    current[name] = row
+                    session.add(row)
+                row.version = version
+        session.flush()
 
     def _create_name(self, use_case: str, key: str, tags: dict[str, str]) -> None:
         """The key's registered model, unless another run created it in the meantime."""
@@ -896,18 +913,35 @@ class ModelRegistry:
         (:meth:`_write_batch`); elsewhere one call per tag, in threads on a server."""
         self._require_writable("tag model versions")
 
-        def in_session(store, session, item: tuple[str, int, dict[str, str]]) -> None:
+        def in_session(store, session, chunk: Sequence[tuple[str, int, dict[str, str]]]) -> None:
             from mlflow.store.model_registry.dbmodels.models import SqlModelVersionTag
             from mlflow.utils.validation import _validate_model_version_tag
 
-            key, version, tags = item
-            name = registered_model_name(use_case, key)
-            mv = store._get_sql_model_version(session, name, int(version))
-            for k, v in tags.items():
-                _validate_model_version_tag(k, v)
-                session.merge(
-                    SqlModelVersionTag(workspace=mv.workspace, name=name, version=int(version), key=k, value=v)
+            for _, _, tags in chunk:
+                for k, v in tags.items():
+                    _validate_model_version_tag(k, v)
+            pairs = [(registered_model_name(use_case, key), int(version)) for key, version, _ in chunk]
+            names = {k for _, _, tags in chunk for k in tags}
+            with session.no_autoflush:
+                rows = _version_rows(store, session, pairs)
+                current = _rows_by(
+                    store,
+                    session,
+                    SqlModelVersionTag,
+                    [n for n, _ in pairs],
+                    lambda r: (r.name, r.version, r.key),
+                    SqlModelVersionTag.key.in_(sorted(names)),
                 )
+                for (name, version), (_, _, tags) in zip(pairs, chunk, strict=True):
+                    for k, v in tags.items():
+                        tag = current.get((name, version, k))
+                        if tag is None:
+                            workspace = rows[name, version].workspace
+                            tag = SqlModelVersionTag(workspace=workspace, name=name, version=version, key=k)
+                            current[name, version, k] = tag
+                            session.add(tag)
+                        tag.value = v
+            session.flush()
 
         return self._write_batch(items, lambda item: self.set_version_tags(use_case, *item), in_session, "mmp-tag")
 
@@ -915,7 +949,7 @@ class ModelRegistry:
         self,
         items: Sequence[tuple],
         one_call: Callable[[tuple], None],
-        in_session: Callable[[Any, Any, tuple], None],
+        in_session: Callable[[Any, Any, Sequence[tuple]], None],
         thread_prefix: str,
     ) -> dict[str, Exception]:
         """Apply small registry writes (tags) to many versions; returns item[0] -> error.
@@ -934,8 +968,7 @@ class ModelRegistry:
                 chunk = items[start : start + _WRITES_PER_TRANSACTION]
                 try:
                     with store.ManagedSessionMaker(read_only=False) as session:
-                        for item in chunk:
-                            in_session(store, session, item)
+                        in_session(store, session, chunk)
                 except Exception:
                     todo.extend(chunk)  # rolled back: item by item, to tell which one fails
 
@@ -963,6 +996,43 @@ class ModelRegistry:
         if store is None or not all(hasattr(store, n) for n in needed) or type(store).__name__ != "SqlAlchemyStore":
             return None
         return store
+
+
+def _rows_by(store, session, model, names: Sequence[str], key: Callable[[Any], Any], *where) -> dict[Any, Any]:
+    """Rows of an MLflow registry table for these model names (and ``where``), by ``key``: one
+    query per :data:`_NAMES_PER_QUERY` names, in the store's workspace."""
+    wanted = sorted(set(names))
+    out: dict[Any, Any] = {}
+    for start in range(0, len(wanted), _NAMES_PER_QUERY):
+        part = wanted[start : start + _NAMES_PER_QUERY]
+        out.update((key(row), row) for row in store._get_query(session, model).filter(model.name.in_(part), *where))
+    return out
+
+
+def _version_rows(store, session, pairs: Sequence[tuple[str, int]]) -> dict[tuple[str, int], Any]:
+    """The live (not deleted) version rows of these (name, version) pairs, as MLflow's
+    ``_get_sql_model_version`` finds them one by one; LookupError names the first missing one
+    (the batch is then rolled back and retried item by item, where MLflow names the error)."""
+    from mlflow.entities.model_registry.model_version_stages import STAGE_DELETED_INTERNAL
+    from mlflow.store.model_registry.dbmodels.models import SqlModelVersion
+    from mlflow.utils.validation import _validate_model_name
+
+    for name in {n for n, _ in pairs}:
+        _validate_model_name(name)
+    versions = sorted({v for _, v in pairs})
+    rows = _rows_by(
+        store,
+        session,
+        SqlModelVersion,
+        [n for n, _ in pairs],
+        lambda r: (r.name, r.version),
+        SqlModelVersion.version.in_(versions),
+        SqlModelVersion.current_stage != STAGE_DELETED_INTERNAL,
+    )
+    missing = [p for p in pairs if p not in rows]
+    if missing:
+        raise LookupError(f"model version {missing[0]} not found")
+    return rows
 
 
 # --- what a person reads in the MLflow UI ---------------------------------------------------
