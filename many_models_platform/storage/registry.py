@@ -29,7 +29,7 @@ import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
@@ -768,28 +768,17 @@ class ModelRegistry:
         for _, _, tags in items:
             for k, v in tags.items():
                 _validate_model_version_tag(k, str(v))
-        wanted = sorted(set(names))
         with session.no_autoflush:
-            models: dict[str, Any] = {}
+            models = _rows_by(store, session, SqlRegisteredModel, names, lambda r: r.name)
             latest: dict[str, int] = {}
-            for start in range(0, len(wanted), _NAMES_PER_QUERY):
-                part = wanted[start : start + _NAMES_PER_QUERY]
-                found = (
-                    session.query(SqlRegisteredModel)
-                    .filter(SqlRegisteredModel.name.in_(part), *store._get_workspace_clauses(SqlRegisteredModel))
-                    .all()
-                )
-                for model in found:
-                    if model.name in models:  # as MLflow's _get_registered_model refuses it
-                        raise RuntimeError(f"more than one registered model named {model.name!r}")
-                    models[model.name] = model
+            for part in _name_chunks(names):
                 latest.update(
                     session.query(SqlModelVersion.name, func.max(SqlModelVersion.version))
                     .filter(SqlModelVersion.name.in_(part), *store._get_workspace_clauses(SqlModelVersion))
                     .group_by(SqlModelVersion.name)
                     .all()
                 )
-            missing = [n for n in wanted if n not in models]
+            missing = [n for n in dict.fromkeys(names) if n not in models]
             if missing:  # rolled back, then item by item through MLflow, which names the error
                 raise LookupError(f"registered model {missing[0]!r} not found")
             now = get_current_time_millis()
@@ -998,14 +987,23 @@ class ModelRegistry:
         return store
 
 
+def _name_chunks(names: Sequence[str]) -> Iterator[list[str]]:
+    """The distinct names, sorted, :data:`_NAMES_PER_QUERY` at a time (one ``IN (...)`` each)."""
+    wanted = sorted(set(names))
+    for start in range(0, len(wanted), _NAMES_PER_QUERY):
+        yield wanted[start : start + _NAMES_PER_QUERY]
+
+
 def _rows_by(store, session, model, names: Sequence[str], key: Callable[[Any], Any], *where) -> dict[Any, Any]:
     """Rows of an MLflow registry table for these model names (and ``where``), by ``key``: one
-    query per :data:`_NAMES_PER_QUERY` names, in the store's workspace."""
-    wanted = sorted(set(names))
+    query per :data:`_NAMES_PER_QUERY` names, in the store's workspace. Two rows with one key
+    raise, as MLflow's own lookups refuse them (the batch is then retried item by item)."""
     out: dict[Any, Any] = {}
-    for start in range(0, len(wanted), _NAMES_PER_QUERY):
-        part = wanted[start : start + _NAMES_PER_QUERY]
-        out.update((key(row), row) for row in store._get_query(session, model).filter(model.name.in_(part), *where))
+    for part in _name_chunks(names):
+        for row in store._get_query(session, model).filter(model.name.in_(part), *where):
+            if key(row) in out:
+                raise RuntimeError(f"more than one {model.__tablename__} row for {key(row)!r}")
+            out[key(row)] = row
     return out
 
 
