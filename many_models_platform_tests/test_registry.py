@@ -535,6 +535,20 @@ def test_batched_names_and_tags_match_mlflows_own_calls_in_a_few_transactions(tm
             assert a.description == b.description.replace("vc", "uc")
             assert a.tags == {t: v.replace("vc", "uc") for t, v in b.tags.items()}
             assert reg.client.get_registered_model(f"uc.{k}").last_updated_timestamp >= before[k]
+        # the tables' own rows, every column (the batch inserts the tables with their defaults)
+        with engine.connect() as conn:
+
+            def table_rows(table: str, name: str, version: int) -> list[dict]:
+                query = sa.text(f"SELECT * FROM {table} WHERE name = :n AND version = :v")
+                rows = [dict(r._mapping) for r in conn.execute(query, {"n": name, "v": version})]
+                differ = {"name", "version", "creation_time", "last_updated_time", "source", "storage_location"}
+                differ.add("run_id")
+                shown = ({c: str(v).replace("vc", "uc") for c, v in r.items() if c not in differ} for r in rows)
+                return sorted(shown, key=str)
+
+            for table in ("model_versions", "model_version_tags"):
+                batched_rows, single_rows = table_rows(table, "uc.k07", 2), table_rows(table, "vc.k07", 1)
+                assert batched_rows and batched_rows == single_rows
 
         decision = {"decision": "rejected", "decision_reason": "below threshold"}
         # the batch is rolled back on the missing version, then written item by item

@@ -751,8 +751,10 @@ class ModelRegistry:
         ``create_model_version`` writes, with its checks, as (key, version) in item order.
 
         The registered models and their latest versions are read in two queries for the whole
-        batch and the rows flushed once, so SQLAlchemy inserts them many per statement: one
-        query, flush and insert per version cost about 4 ms each in the main process."""
+        batch, and the version and tag rows go in as two ``executemany`` inserts of the tables
+        (with the columns' defaults, as the ORM would apply them): one query, flush and insert per
+        version cost about 4 ms each in the main process, and ORM objects for the batch's
+        rows (about 30 tags per version) still 2.5 ms."""
         from mlflow.store.model_registry.dbmodels.models import (
             SqlModelVersion,
             SqlModelVersionTag,
@@ -760,7 +762,7 @@ class ModelRegistry:
         )
         from mlflow.utils.time import get_current_time_millis
         from mlflow.utils.validation import _validate_model_name, _validate_model_version_tag
-        from sqlalchemy import func
+        from sqlalchemy import func, insert
 
         names = [registered_model_name(use_case, key) for key, _, _ in items]
         for name in dict.fromkeys(names):
@@ -782,32 +784,35 @@ class ModelRegistry:
             if missing:  # rolled back, then item by item through MLflow, which names the error
                 raise LookupError(f"registered model {missing[0]!r} not found")
             now = get_current_time_millis()
-            made, rows = [], []
+            made, rows, tag_rows = [], [], []
             for (key, source, tags), name in zip(items, names, strict=True):
                 version = latest.get(name, 0) + 1
                 latest[name] = version
-                models[name].last_updated_time = now
-                row = store._with_workspace_field(
-                    SqlModelVersion(
-                        name=name,
-                        version=version,
-                        creation_time=now,
-                        last_updated_time=now,
-                        source=source,
-                        storage_location=source,
-                        run_id=run_id,
-                        run_link=None,
-                        description=version_description(self.role, tags),
-                    )
+                model = models[name]
+                model.last_updated_time = now
+                rows.append(
+                    {
+                        "workspace": model.workspace,
+                        "name": name,
+                        "version": version,
+                        "creation_time": now,
+                        "last_updated_time": now,
+                        "source": source,
+                        "storage_location": source,
+                        "run_id": run_id,
+                        "run_link": None,
+                        "description": version_description(self.role, tags),
+                    }
                 )
-                row.model_version_tags = [
-                    store._with_workspace_field(SqlModelVersionTag(name=name, version=version, key=k, value=str(v)))
+                tag_rows += (
+                    {"workspace": model.workspace, "name": name, "version": version, "key": k, "value": str(v)}
                     for k, v in tags.items()
-                ]
-                rows.append(row)
+                )
                 made.append((key, version))
-            session.add_all(rows)
         session.flush()
+        session.execute(insert(SqlModelVersion.__table__), rows)
+        if tag_rows:
+            session.execute(insert(SqlModelVersionTag.__table__), tag_rows)
         return made
 
     def _add_aliases(self, store, session, use_case: str, items: Sequence[tuple[str, int]], alias: str) -> None:
