@@ -20,6 +20,7 @@ import math
 import os
 import re
 import signal
+import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -324,12 +325,14 @@ def crash_point(name: str) -> None:
     point, _, nth = wanted.partition(":")
     if point != name:
         return
-    _crash_counts[name] = _crash_counts.get(name, 0) + 1
-    if _crash_counts[name] >= int(nth or 1):
+    with _crash_lock:  # reached from threads too (raw's bronze writers)
+        _crash_counts[name] = count = _crash_counts.get(name, 0) + 1
+    if count >= int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
 _crash_counts: dict[str, int] = {}
+_crash_lock = threading.Lock()
 
 
 # --- the trust chain: candidates as the registry knows them -------------------------------

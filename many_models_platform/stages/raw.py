@@ -15,7 +15,7 @@ import math
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,9 @@ class SourceRead:
 # Rows resolved at once: landing rows are cut into hash buckets of the key on local disk, and
 # resolved a bucket at a time, so raw's memory follows this and the largest file, not the landing zone.
 ROWS_PER_BUCKET = 500_000
+# Threads writing a bucket's per-key bronze while the next bucket is resolved: a key's Parquet
+# writes (about 1 ms each, in polars without the GIL) were a third of the stage, on one core.
+WRITE_THREADS = 2
 MAX_BUCKETS = 4096
 _BUCKET = "__bucket"
 
@@ -500,6 +503,16 @@ def _outcome(run: StageRun, key: str, train: SourceRead, found: dict[str, Any]) 
     return outcome
 
 
+def _collect(run: StageRun, writing: list[tuple[str, Future]], outcomes: dict[str, KeyOutcome]) -> None:
+    """Wait for the keys being written, in order; their outcomes (a write that raised fails the
+    stage, as it did written in this thread)."""
+    for key, done in writing:
+        outcomes[key] = done.result()
+        if run.progress:
+            run.progress(1)
+    writing.clear()
+
+
 def ingest(run: StageRun, keys: Sequence[str]) -> StageReport:
     """Read the landing zone once, a file at a time, into hash buckets of the key on local disk;
     then clean, count and write the run keys' bronze a bucket at a time (bounded memory)."""
@@ -515,17 +528,20 @@ def ingest(run: StageRun, keys: Sequence[str]) -> StageReport:
         if spill.buckets:
             for key, bucket in zip(keys, wanted.select(spill.bucket()).to_series(), strict=True):
                 by_bucket.setdefault(bucket, []).append(key)
-        for bucket, res, fut in _resolved_buckets(spec, spill, train, future, counts):
-            parts, rows_in, key_counts = _per_key(spec, res)
-            f_parts, _, f_counts = _per_key(spec, fut)
-            failures = {**_failure_reasons(fut, "scoring_source: "), **_failure_reasons(res)}
-            for key in by_bucket.get(bucket, ()):
-                found = {"frame": parts.get(key), "future": f_parts.get(key), "rows_in": rows_in.get(key, 0)}
-                found |= {"counts": key_counts.get(key), "future_counts": f_counts.get(key)}
-                outcomes[key] = _outcome(run, key, train, found | {"failure": failures.get(key)})
-                if run.progress:
-                    run.progress(1)
-            del parts, f_parts, res, fut
+        with ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="mmp-bronze") as writers:
+            writing: list[tuple[str, Future]] = []  # the bucket being written while the next resolves
+            for bucket, res, fut in _resolved_buckets(spec, spill, train, future, counts):
+                parts, rows_in, key_counts = _per_key(spec, res)
+                f_parts, _, f_counts = _per_key(spec, fut)
+                failures = {**_failure_reasons(fut, "scoring_source: "), **_failure_reasons(res)}
+                _collect(run, writing, outcomes)  # at most one bucket's rows held for writing
+                for key in by_bucket.get(bucket, ()):
+                    found = {"frame": parts.get(key), "future": f_parts.get(key), "rows_in": rows_in.get(key, 0)}
+                    found |= {"counts": key_counts.get(key), "future_counts": f_counts.get(key)}
+                    found["failure"] = failures.get(key)
+                    writing.append((key, writers.submit(_outcome, run, key, train, found)))
+                del parts, f_parts, res, fut
+            _collect(run, writing, outcomes)
         for key in keys:
             if key not in outcomes:  # no bucket holds its rows
                 outcomes[key] = _outcome(run, key, train, {})
