@@ -7,6 +7,7 @@ import sys
 import time
 
 from many_models_platform.core.engine import (
+    ByKey,
     KeyOutcome,
     SkipKey,
     default_workers,
@@ -43,6 +44,10 @@ def thread_settings(key: str) -> dict:
 
 def imported(key: str, module: str) -> dict:
     return {"imported": module in sys.modules, "pid": os.getpid()}
+
+
+def own_entry(key: str, label: str, per_key: dict) -> dict:
+    return {"mine": per_key.get(key), "seen": sorted(per_key), "label": label}
 
 
 def long_failure(key: str) -> None:
@@ -120,6 +125,26 @@ def test_on_chunk_sees_every_outcome_once_before_map_keys_returns():
         assert {id(o) for chunk in seen for o in chunk} == {id(o) for o in outcomes}
         assert [o.key for chunk in seen for o in chunk if not o.ok] == list(fail)
     assert len(seen) == 1  # the in-process batch: one chunk
+
+
+def test_a_by_key_argument_reaches_each_chunk_with_only_its_keys():
+    """A per-key map (production models, candidates) is sliced per chunk: each key finds its
+    entry (None when the map has none), and no chunk is sent the other chunks' entries."""
+    keys = [f"k{i:02d}" for i in range(64)]
+    per_key = {k: {"version": i} for i, k in enumerate(keys) if i % 7}  # every 7th key has none
+    for workers in (2, 1):
+        outcomes = map_keys(own_entry, keys, ("x", ByKey(per_key)), workers=workers)
+        assert [o.info["mine"] for o in outcomes] == [per_key.get(k) for k in keys]
+        assert {o.info["label"] for o in outcomes} == {"x"}
+        seen = [set(o.info["seen"]) for o in outcomes]
+        if workers == 2:  # a chunk of guided_chunks sees its own keys' entries, never all of them
+            assert all(s <= set(per_key) and len(s) < len(per_key) for s in seen)
+            chunks = guided_chunks(keys, 2)
+            for chunk in chunks:
+                for k in chunk:
+                    assert seen[keys.index(k)] == {c for c in chunk if c in per_key}
+        else:
+            assert all(s == set(per_key) for s in seen)
 
 
 def test_chunks_shrink_as_the_work_runs_out_and_cover_every_key_once():

@@ -11,7 +11,7 @@ import importlib
 import math
 import os
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -62,6 +62,26 @@ def _run_one(fn: Callable[..., dict[str, Any] | None], key: str, args: tuple) ->
 
 def _run_chunk(fn: Callable, keys: Sequence[str], args: tuple) -> list[KeyOutcome]:
     return [_run_one(fn, key, args) for key in keys]
+
+
+@dataclass(frozen=True)
+class ByKey:
+    """An argument of :func:`map_keys` that maps keys to their own data (say each key's
+    production model): each chunk is sent only its keys' entries, and ``fn`` receives that dict.
+    Sent whole, a map of every key went to the workers with every chunk: at 10,000 keys,
+    megabytes pickled some 170 times per stage."""
+
+    by_key: Mapping[str, Any]
+
+    def part(self, keys: Iterable[str]) -> dict[str, Any]:
+        return {k: self.by_key[k] for k in keys if k in self.by_key}
+
+
+def _chunk_args(args: tuple, keys: Sequence[str] | None) -> tuple:
+    """``args`` with each :class:`ByKey` replaced by its entries for ``keys`` (all of them: None)."""
+    if not any(isinstance(a, ByKey) for a in args):
+        return args
+    return tuple((dict(a.by_key) if keys is None else a.part(keys)) if isinstance(a, ByKey) else a for a in args)
 
 
 def default_workers() -> int:
@@ -144,7 +164,8 @@ def map_keys(
 ) -> list[KeyOutcome]:
     """Apply ``fn(key, *args)`` to every key; results come back in the order of ``keys``.
 
-    ``fn`` and ``args`` must be picklable (module-level function, plain data). Small batches
+    ``fn`` and ``args`` must be picklable (module-level function, plain data); a per-key map
+    goes in ``args`` as :class:`ByKey`, so each chunk carries only its keys. Small batches
     run in this process, where a pool would cost more than it saves. ``on_chunk`` is called in
     this process with each chunk's outcomes as soon as the chunk is done (every outcome exactly
     once, in completion order), while the pool works on the next chunks: work of this process
@@ -153,6 +174,7 @@ def map_keys(
     keys = list(keys)
     workers = pool_workers(len(keys), workers, min_keys_per_worker)
     if workers <= 1:
+        args = _chunk_args(args, None)
         outcomes = []
         for key in keys:
             outcomes.append(_run_one(fn, key, args))
@@ -165,7 +187,7 @@ def map_keys(
     results: dict[int, list[KeyOutcome]] = {}
     crashed: list[int] = []
     pool = _executor(workers)
-    pending = {pool.submit(_run_chunk, fn, c, args): i for i, c in enumerate(chunks)}
+    pending = {pool.submit(_run_chunk, fn, c, _chunk_args(args, c)): i for i, c in enumerate(chunks)}
     while pending:
         done, _ = wait(pending, return_when=FIRST_COMPLETED)
         for fut in done:
@@ -185,7 +207,7 @@ def map_keys(
         results[i] = []
         for key in chunks[i]:
             try:
-                results[i] += _executor(workers).submit(_run_chunk, fn, [key], args).result()
+                results[i] += _executor(workers).submit(_run_chunk, fn, [key], _chunk_args(args, [key])).result()
             except Exception as exc:
                 results[i].append(KeyOutcome(key, "failed", f"worker crashed on this key: {exc!r}"[:2000]))
         if progress:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from ..core import features as F
 from ..core.baselines import baselines, best_baseline, comparable_rows
-from ..core.engine import KeyOutcome, SkipKey, map_keys
+from ..core.engine import ByKey, KeyOutcome, SkipKey, map_keys
 from ..core.keys import key_label
 from ..core.metrics import higher_is_worse, skill
 from ..core.modeling import evaluate, expected_flag_rate, stability, training_scale
@@ -167,7 +167,7 @@ def evaluate_models(run: StageRun, keys: Sequence[str]) -> StageReport:
     outcomes = map_keys(
         _evaluate_one,
         keys,
-        (spec, run.lake, champions, run.trusted, candidates),
+        (spec, run.lake, ByKey(champions), run.trusted, ByKey(candidates)),
         workers=run.workers,
         progress=run.progress,
     )

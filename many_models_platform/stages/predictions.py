@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import polars as pl
 
 from ..core import features as F
-from ..core.engine import KeyOutcome, SkipKey, map_keys
+from ..core.engine import ByKey, KeyOutcome, SkipKey, map_keys
 from ..core.modeling import anomaly_score, clip_predictions, model_input, predict
 from ..core.spec import UseCaseSpec
 from ..storage.lake import Lake
@@ -152,7 +152,7 @@ def score(run: StageRun, keys: Sequence[str]) -> StageReport:
     outcomes = map_keys(
         _score_one,
         keys,
-        (spec, run.lake, production, run.trusted, run.run_id, sources),
+        (spec, run.lake, ByKey(production), run.trusted, run.run_id, ByKey(sources)),
         workers=run.workers,
         progress=run.progress,
     )
