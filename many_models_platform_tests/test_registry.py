@@ -367,13 +367,34 @@ def test_a_model_without_a_recorded_hash_is_refused(tmp_path):
 def test_direct_table_reads_match_mlflows_search_api(world):
     """The fast read path (MLflow's tables, one query) and MLflow's own search API agree."""
     for reg in registries(world.settings):
-        fast = (reg.latest_versions("reg"), reg.snapshot("reg"), reg.existing_names("reg"))
+        every = reg.all_versions("reg")
+        # each key's oldest version, a version that does not exist, and a key that does not
+        wanted = {key: min(versions) for key, versions in every.items()} | {"no-such-key": 1}
+        wanted[next(iter(every))] = 99
+        expected = {k: every[k][v] for k, v in wanted.items() if v in every.get(k, {})}
+        assert len(expected) == len(every) - 1
+
+        def reads(reg=reg, wanted=wanted):
+            return (
+                reg.latest_versions("reg"),
+                reg.snapshot("reg"),
+                reg.existing_names("reg"),
+                reg.aliased_versions("reg"),
+                reg.versions_at("reg", wanted),
+            )
+
+        fast = reads()
         assert reg._sql() is not None
         reg._reader = False  # force the search API
-        slow = (reg.latest_versions("reg"), reg.snapshot("reg"), reg.existing_names("reg"))
+        slow = reads()
         assert fast[0] == slow[0]
         assert fast[1].current == slow[1].current and fast[1].versions == slow[1].versions
         assert fast[2] == slow[2] and len(fast[2]) == (4 if reg.role == "candidate" else 3)
+        # the aliased versions alone, and exactly the versions asked for: what the whole history says
+        assert fast[3] == slow[3] == fast[1].current
+        assert fast[4] == slow[4] == expected
+        if reg.role == "production":
+            assert fast[3]
 
 
 def test_roll_forward_then_back_again(world):

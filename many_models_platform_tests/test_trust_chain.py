@@ -398,13 +398,14 @@ def test_evaluation_and_promotion_read_each_registry_a_constant_number_of_times(
             per_batch.append((stage, sorted(reads)))
     one, three = per_batch[:3], per_batch[3:]
     assert one == three
-    # evaluation: the production snapshot (aliases, versions) and the newest candidates; promotion
-    # the same plus the existing model names before registering (its decision tags are writes);
-    # scoring: the production snapshot and every candidate version, to re-check production's hashes
+    # evaluation: the versions holding the production alias and the newest candidates; promotion
+    # the production snapshot (aliases, versions), the newest candidates and the existing model
+    # names before registering (its decision tags are writes); scoring: the aliased production
+    # versions and the candidate versions they were copied from, to re-check production's hashes
     assert one == [
-        ("evaluation", ["candidate", "production", "production"]),
+        ("evaluation", ["candidate", "production"]),
         ("promoted_model", ["candidate", "production", "production", "production"]),
-        ("predictions", ["candidate", "production", "production"]),
+        ("predictions", ["candidate", "production"]),
     ]
 
 

@@ -15,6 +15,7 @@ it as not run).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import os
@@ -415,18 +416,17 @@ def production_models(run: StageRun, keys: Sequence[str]) -> dict[str, dict]:
 
 def registered_sources(run: StageRun, production: dict[str, dict]) -> dict[str, dict]:
     """key -> the candidate version each production model was copied from, as the candidate
-    registry records it (version and both hashes): one candidate registry query for the whole
-    use case, plain data for the workers (:func:`check_production_hashes`)."""
-    if not production:
-        return {}
-    versions = run.candidates_reader().all_versions(run.spec.name)
-    out = {}
+    registry records it (version and both hashes): those versions alone, one candidate registry
+    query per 500 keys, plain data for the workers (:func:`check_production_hashes`)."""
+    wanted = {}
     for key, prod in production.items():
-        try:
-            ref = versions.get(key, {}).get(int(prod.get("source_version") or 0))
-        except ValueError:
-            ref = None
-        if ref is not None:
+        with contextlib.suppress(TypeError, ValueError):  # a mangled tag finds no source: refused
+            wanted[key] = int(prod.get("source_version") or 0)
+    if not wanted:
+        return {}
+    out = {}
+    for key, ref in run.candidates_reader().versions_at(run.spec.name, wanted).items():
+        if key in production:
             out[key] = {
                 "version": ref.version,
                 HASH_TAG: ref.tags.get(HASH_TAG),

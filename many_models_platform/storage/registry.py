@@ -635,8 +635,25 @@ class ModelRegistry:
         return snap
 
     def aliased_versions(self, use_case: str, alias: str = PRODUCTION_ALIAS) -> dict[str, ModelRef]:
-        """key -> the version holding ``alias``, resolved once per run."""
-        return self.snapshot(use_case, alias).current
+        """key -> the version holding ``alias``, resolved once per run: the aliased versions
+        alone, not the registry's whole history."""
+        refs = self._read(
+            lambda e: _sql_versions(e, use_case, alias=alias),
+            lambda: list(self.snapshot(use_case, alias).current.values()),
+        )
+        return {ref.key: ref for ref in refs}
+
+    def versions_at(self, use_case: str, wanted: dict[str, int]) -> dict[str, ModelRef]:
+        """key -> its version numbered ``wanted[key]``, when the registry holds it: those versions
+        alone (one query per 500 keys), not every version of the use case."""
+        names = {registered_model_name(use_case, key): int(v) for key, v in wanted.items()}
+
+        def search() -> list[ModelRef]:
+            every = self.all_versions(use_case)
+            return [ref for key, v in wanted.items() if (ref := every.get(key, {}).get(int(v))) is not None]
+
+        refs = self._read(lambda e: _sql_versions(e, use_case, names=names), search)
+        return {ref.key: ref for ref in refs if wanted.get(ref.key) == ref.version}
 
     # registry writes
     def register(
@@ -1124,18 +1141,44 @@ def _tables():
     )
 
 
-def _sql_versions(engine, use_case: str, latest_only: bool) -> list[ModelRef]:
+def _sql_versions(
+    engine, use_case: str, latest_only: bool = False, alias: str | None = None, names: Sequence[str] | None = None
+) -> list[ModelRef]:
+    """The use case's versions with their tags, in one query: every one, each name's latest, the
+    ones holding ``alias``, or (``names``: name -> version) exactly those, one query per 500."""
+    import sqlalchemy as sa
+
+    mv, tags, _, aliases = _tables()
+    uc = tags.alias("uc")
+    joined = mv.join(uc, sa.and_(uc.c.name == mv.c.name, uc.c.version == mv.c.version))
+    if alias is not None:
+        joined = joined.join(aliases, sa.and_(aliases.c.name == mv.c.name, aliases.c.version == mv.c.version))
+    wanted = (
+        sa.select(mv.c.name, mv.c.version)
+        .select_from(joined)
+        .where(uc.c.key == "use_case", uc.c.value == use_case, mv.c.current_stage != _DELETED)
+    )
+    if alias is not None:
+        wanted = wanted.where(aliases.c.alias == alias)
+    if latest_only:
+        wanted = wanted.with_only_columns(mv.c.name, sa.func.max(mv.c.version).label("version")).group_by(mv.c.name)
+    if names is not None:
+        pinned = dict(names)
+        refs = []
+        for part in _name_chunks(list(pinned)):
+            versions = sorted({pinned[n] for n in part})
+            chunk = wanted.where(mv.c.name.in_(part), mv.c.version.in_(versions))
+            refs += [r for r in _sql_refs(engine, chunk) if pinned[r.name] == r.version]
+        return refs
+    return _sql_refs(engine, wanted)
+
+
+def _sql_refs(engine, wanted) -> list[ModelRef]:
+    """The versions ``wanted`` selects (name, version), with their source and tags."""
     import sqlalchemy as sa
 
     mv, tags, _, _ = _tables()
-    uc, t = tags.alias("uc"), tags.alias("t")
-    wanted = (
-        sa.select(mv.c.name, mv.c.version)
-        .select_from(mv.join(uc, sa.and_(uc.c.name == mv.c.name, uc.c.version == mv.c.version)))
-        .where(uc.c.key == "use_case", uc.c.value == use_case, mv.c.current_stage != _DELETED)
-    )
-    if latest_only:
-        wanted = wanted.with_only_columns(mv.c.name, sa.func.max(mv.c.version).label("version")).group_by(mv.c.name)
+    t = tags.alias("t")
     w = wanted.subquery("w")
     query = (
         sa.select(mv.c.name, mv.c.version, mv.c.source, t.c.key, t.c.value)
