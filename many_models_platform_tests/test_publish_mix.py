@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from conftest_core import clear_platform_env, make_spec, regression_body
 
-from many_models_platform.core.engine import KeyOutcome
+from many_models_platform.core.engine import KeyOutcome, pool_workers
 from many_models_platform.core.keys import encode_key, key_label
 from many_models_platform.stages import STAGES, StageRun, run_stage
 from many_models_platform.stages import published as published_stage
@@ -143,14 +143,26 @@ def ok_states(run: StageRun, key: str, i: int) -> dict[str, KeyOutcome]:
     }
 
 
-@pytest.mark.parametrize("batch_keys", [1_000, 64])
-def test_a_mix_of_outcomes_after_the_first_150_keys_publishes(settings, batch_keys, monkeypatch):
+@pytest.mark.parametrize(
+    ("batch_keys", "keys_per_worker"), [(1_000, 1_000), (64, 1_000), (1_000, 8)], ids=["one", "batches", "pool"]
+)
+def test_a_mix_of_outcomes_after_the_first_150_keys_publishes(settings, batch_keys, keys_per_worker, monkeypatch):
     """The crash of issue 8, and more: 220 keys, every failure sorted after the first 150 keys,
     text and integer reasons, NULL/NaN/int/float/text metrics, labels of every type. Published
-    in one batch and in four (the legacy key alone in its own shape in the last): the same rows."""
+    in one batch and in four (the legacy key alone in its own shape in the last), the rows built
+    in this process or in two workers: the same rows."""
     monkeypatch.setattr(published_stage, "PUBLISH_BATCH_KEYS", batch_keys)
+    monkeypatch.setattr(published_stage, "PUBLISH_KEYS_PER_WORKER", keys_per_worker)
+    pools: list[int] = []
+    map_keys = published_stage.map_keys
+
+    def counted(fn, keys, args, *, workers, min_keys_per_worker, progress):
+        pools.append(pool_workers(len(keys), workers, min_keys_per_worker))
+        return map_keys(fn, keys, args, workers=workers, min_keys_per_worker=min_keys_per_worker, progress=progress)
+
+    monkeypatch.setattr(published_stage, "map_keys", counted)
     spec = spec_for("mix")
-    run = StageRun(spec, settings, run_id="run-1", run_date=DAY)
+    run = StageRun(spec, settings, run_id="run-1", run_date=DAY, workers=2)
     keys = sorted(encode_key([f"{i:04d}", "tropicana" if i % 2 else "minute maid"]) for i in range(220))
     per_stage: dict[str, list[KeyOutcome]] = {stage: [] for stage in STAGES[:-1]}
     for i, key in enumerate(keys):
@@ -195,6 +207,7 @@ def test_a_mix_of_outcomes_after_the_first_150_keys_publishes(settings, batch_ke
 
     report = publish(run, [*keys, legacy])
     publish(run, [*keys, legacy])  # a rerun of the same run date replaces, never duplicates
+    assert max(pools) == (2 if keys_per_worker == 8 else 1)
 
     by = {k: i for i, k in enumerate(keys)}
     kind = lambda key: by[key] % 5 if by[key] >= 150 else -1  # noqa: E731

@@ -16,10 +16,12 @@ from typing import Any
 
 import polars as pl
 
-from ..core.engine import KeyOutcome
+from ..core.engine import KeyOutcome, map_keys
 from ..core.keys import decode_key, key_label
+from ..core.spec import UseCaseSpec
 from ..lifecycle import publish_model_family
 from ..storage import warehouse as W
+from ..storage.lake import Lake
 from ..storage.registry import registered_model_name
 from ..storage.warehouse import Warehouse
 from .base import (
@@ -52,6 +54,8 @@ DECISION_FIELDS = (
 # Keys whose rows are built and loaded at a time: the stage's memory is one batch's rows,
 # whatever the number of keys (the warehouse commits every batch together).
 PUBLISH_BATCH_KEYS = 1_000
+# A batch's rows are built in the worker pool once it has this many keys per worker.
+PUBLISH_KEYS_PER_WORKER = 200
 
 
 @dataclass
@@ -132,92 +136,40 @@ def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = No
 def _batch_frames(
     run: StageRun, keys: Sequence[str], now: dt.datetime, tally: _Tally
 ) -> tuple[dict[str, pl.DataFrame], dict[str, pl.DataFrame]]:
-    """(per-key frames, history frames) of a batch of keys, in the tables' types; counts go to ``tally``."""
-    spec, lake = run.spec, run.lake
+    """(per-key frames, history frames) of a batch of keys, in the tables' types; counts go to
+    ``tally``. Each key's rows are built by :func:`_key_rows` in the run's worker pool (in this
+    process for fewer than ``2 * PUBLISH_KEYS_PER_WORKER`` keys, where starting workers costs more)."""
+    spec = run.spec
     preds, metrics, statuses, decisions, key_values = [], [], [], [], []
-    for key in keys:
-        label, values = decoded(spec.keys, key)
-        if values:
-            key_values += [
-                {"key": key, "position": i, "column_name": column, "value": value}
-                for i, (column, value) in enumerate(zip(spec.keys, values, strict=True))
-            ]
-        found = {stage: read_state_or_error(lake, spec.name, stage, key) for stage in STAGES[:-1]}
-        # a record this platform cannot read (a newer schema) is this key's failure at its stage
-        states = {stage: st if isinstance(st, StageRecord) else None for stage, st in found.items()}
-        for stage, st in found.items():
-            unreadable = isinstance(st, Exception)
-            statuses.append(
-                {
-                    "stage": stage,
-                    "key": key,
-                    "key_label": label,
-                    "status": "failed" if unreadable else (st.status if st else "missing"),
-                    "reason": not_ok_reason(stage, st) if unreadable else ((st.reason if st else None) or None),
-                    "dagster_run_id": st.dagster_run_id if isinstance(st, StageRecord) else None,
-                    "updated_at": st.updated_at if isinstance(st, StageRecord) else None,
-                    **row_counts(st.info.model_dump() if isinstance(st, StageRecord) else {}),
-                }
-            )
-            if isinstance(st, StageRecord) and st.ok:
-                tally.ok_keys[stage] += 1
+    built = map_keys(
+        _key_rows,
+        keys,
+        (spec, run.lake, run.run_id, now),
+        workers=run.workers,
+        min_keys_per_worker=PUBLISH_KEYS_PER_WORKER,
+        progress=run.progress,
+    )
+    for outcome in built:
+        if not outcome.ok:  # a bug, not a key's data: the stage fails, as it would in this process
+            raise RuntimeError(f"building the published rows of key {outcome.key!r} failed: {outcome.reason}")
+        rows = outcome.info
+        key_values += rows["key_values"]
+        statuses += rows["statuses"]
+        metrics += rows["metrics"]
+        for stage in STAGES[:-1]:
+            if stage in rows["not_ok"]:
+                tally.not_ok[stage][rows["not_ok"][stage]] += 1
             else:
-                tally.not_ok[stage][not_ok_reason(stage, st)] += 1
-        if states["raw"]:
-            tally.raw_runs[states["raw"].dagster_run_id] += 1
-        failed = next(
-            (
-                (s, not_ok_reason(s, st) if isinstance(st, Exception) else (st.status, st.reason) if st else None)
-                for s, st in found.items()
-                if not (isinstance(st, StageRecord) and st.ok)
-            ),
-            None,
-        )
-        key_metrics = _metric_rows(spec, key, states)
-        metrics += key_metrics
-        tally.metric_values += [
-            r["value"]
-            for r in key_metrics
-            if r["model_role"] == "candidate" and r["metric"] == spec.metric and r["value"] is not None
-        ]
-        pm = states["promoted_model"]
-        if pm and pm.ok:
-            info = pm.flat_info()
-            decisions.append(
-                {
-                    "key": key,
-                    "decided_at": info.get("decided_at"),
-                    **{k: info.get(k) for k in DECISION_FIELDS},
-                    "dagster_run_id": pm.dagster_run_id,
-                }
-            )
-            tally.promoted += info.get("decision") == "promoted"
-        frame, problem = _predictions(run, key, label, states["predictions"])
-        if frame is not None:
-            preds.append(frame)
-        served = frame is not None
-        n_rows = frame.height if served else 0
-        issue = problem or (_issue(*failed) if failed else None)
-        # The published row itself, written in the same transaction: ok when this key's
-        # predictions are published (maybe by the champion while today's candidate failed),
-        # failed when its predictions file cannot be published, else skipped.
-        statuses.append(
-            {
-                "stage": "published",
-                "key": key,
-                "key_label": label,
-                "status": "ok" if served else ("failed" if problem else "skipped"),
-                "reason": issue,
-                "dagster_run_id": run.run_id,
-                "updated_at": now,
-                **({"rows_in": n_rows, "rows_out": n_rows, "rows_dropped": 0, "rows_merged": 0} if served else {}),
-            }
-        )
-        tally.outcomes.append(
-            KeyOutcome(key, "ok", info={"key_status": issue or "ok", "published": served, "prediction_rows": n_rows})
-        )
-        if run.progress:
-            run.progress(1)
+                tally.ok_keys[stage] += 1
+        if rows["raw_run"] is not None:
+            tally.raw_runs[rows["raw_run"]] += 1
+        tally.metric_values += rows["metric_values"]
+        if rows["decision"] is not None:
+            decisions.append(rows["decision"])
+            tally.promoted += rows["decision"]["decision"] == "promoted"
+        if rows["predictions"] is not None:
+            preds.append(rows["predictions"])
+        tally.outcomes.append(KeyOutcome(outcome.key, "ok", info=rows["outcome"]))
 
     common = {"use_case": spec.name, "run_date": run.run_date}
     frames = {
@@ -228,6 +180,90 @@ def _batch_frames(
     }
     append = {"promotion_history": W.records_frame(W.promotion_history, decisions, **common)} if decisions else {}
     return frames, append
+
+
+def _key_rows(key: str, spec: UseCaseSpec, lake: Lake, run_id: str, now: dt.datetime) -> dict[str, Any]:
+    """One key's rows for every table (its key columns, a status row per stage, metrics, its
+    promotion decision, its predictions frame) and what the run's tally needs of it. Reading six
+    records and a predictions file per key was most of the stage's time, on one core."""
+    label, values = decoded(spec.keys, key)
+    key_values = [  # none for a key registered under other key columns (decoded)
+        {"key": key, "position": i, "column_name": column, "value": value}
+        for i, (column, value) in enumerate(zip(spec.keys, values, strict=True) if values else ())
+    ]
+    found = {stage: read_state_or_error(lake, spec.name, stage, key) for stage in STAGES[:-1]}
+    # a record this platform cannot read (a newer schema) is this key's failure at its stage
+    states = {stage: st if isinstance(st, StageRecord) else None for stage, st in found.items()}
+    statuses, not_ok = [], {}
+    for stage, st in found.items():
+        unreadable = isinstance(st, Exception)
+        statuses.append(
+            {
+                "stage": stage,
+                "key": key,
+                "key_label": label,
+                "status": "failed" if unreadable else (st.status if st else "missing"),
+                "reason": not_ok_reason(stage, st) if unreadable else ((st.reason if st else None) or None),
+                "dagster_run_id": st.dagster_run_id if isinstance(st, StageRecord) else None,
+                "updated_at": st.updated_at if isinstance(st, StageRecord) else None,
+                **row_counts(st.info.model_dump() if isinstance(st, StageRecord) else {}),
+            }
+        )
+        if not (isinstance(st, StageRecord) and st.ok):
+            not_ok[stage] = not_ok_reason(stage, st)
+    failed = next(
+        (
+            (s, not_ok_reason(s, st) if isinstance(st, Exception) else (st.status, st.reason) if st else None)
+            for s, st in found.items()
+            if not (isinstance(st, StageRecord) and st.ok)
+        ),
+        None,
+    )
+    key_metrics = _metric_rows(spec, key, states)
+    decision = None
+    pm = states["promoted_model"]
+    if pm and pm.ok:
+        info = pm.flat_info()
+        decision = {
+            "key": key,
+            "decided_at": info.get("decided_at"),
+            **{k: info.get(k) for k in DECISION_FIELDS},
+            "dagster_run_id": pm.dagster_run_id,
+        }
+    frame, problem = _predictions(spec, lake, key, label, states["predictions"])
+    served = frame is not None
+    n_rows = frame.height if served else 0
+    issue = problem or (_issue(*failed) if failed else None)
+    # The published row itself, written in the same transaction: ok when this key's
+    # predictions are published (maybe by the champion while today's candidate failed),
+    # failed when its predictions file cannot be published, else skipped.
+    statuses.append(
+        {
+            "stage": "published",
+            "key": key,
+            "key_label": label,
+            "status": "ok" if served else ("failed" if problem else "skipped"),
+            "reason": issue,
+            "dagster_run_id": run_id,
+            "updated_at": now,
+            **({"rows_in": n_rows, "rows_out": n_rows, "rows_dropped": 0, "rows_merged": 0} if served else {}),
+        }
+    )
+    return {
+        "key_values": key_values,
+        "statuses": statuses,
+        "metrics": key_metrics,
+        "not_ok": not_ok,
+        "raw_run": states["raw"].dagster_run_id if states["raw"] else None,
+        "metric_values": [
+            r["value"]
+            for r in key_metrics
+            if r["model_role"] == "candidate" and r["metric"] == spec.metric and r["value"] is not None
+        ],
+        "decision": decision,
+        "predictions": frame,
+        "outcome": {"key_status": issue or "ok", "published": served, "prediction_rows": n_rows},
+    }
 
 
 def decoded(columns: Sequence[str], key: str) -> tuple[str, tuple[str, ...]]:
@@ -355,18 +391,18 @@ def _defined(value: Any) -> float | None:
 
 
 def _predictions(
-    run: StageRun, key: str, label: str, state: StageRecord | None
+    spec: UseCaseSpec, lake: Lake, key: str, label: str, state: StageRecord | None
 ) -> tuple[pl.DataFrame | None, str | None]:
     """(this key's prediction rows in the table's types, None), or (None, why they cannot be
     published): one unreadable file fails its own key, never the batch."""
     if not state or not state.ok:
         return None, None
-    path = run.lake.key_path("predictions", run.spec.name, key, ".parquet")
+    path = lake.key_path("predictions", spec.name, key, ".parquet")
     if not path.exists():
         return None, "predictions file missing from the lake"
     schema = W.polars_schema(W.predictions)
     try:
-        frame = run.lake.read_parquet(path)
+        frame = lake.read_parquet(path)
         frame = frame.with_columns(pl.lit(key).alias("key"), pl.lit(label).alias("key_label"))
         return frame.select([pl.col(c).cast(schema[c]) for c in frame.columns if c in schema]), None
     except Exception as exc:
