@@ -359,3 +359,37 @@ def test_every_table_frame_has_the_tables_schema():
         for column in table.columns:
             if isinstance(column.type, sa.Integer):
                 assert schema[column.name] == pl.Int64
+
+
+def test_a_key_whose_rows_cannot_be_built_fails_alone(settings, monkeypatch):
+    """An error building one key's rows (a bug, not its data: those are caught where they are
+    read) fails that key's published row with the reason; the other keys publish."""
+    spec = spec_for("one_bad")
+    run = StageRun(spec, settings, run_id="run-bad", run_date=DAY)
+    keys = [encode_key([f"{i:04d}", "a"]) for i in range(3)]
+    per_stage: dict[str, list[KeyOutcome]] = {stage: [] for stage in STAGES[:-1]}
+    for i, key in enumerate(keys):
+        for stage, outcome in ok_states(run, key, i).items():
+            per_stage[stage].append(outcome)
+        prediction_file(run, key, 0)
+    for stage, outcomes in per_stage.items():
+        write(run, stage, outcomes)
+    metric_rows = published_stage._metric_rows
+
+    def broken(spec, key, states):
+        if key == keys[1]:
+            raise RuntimeError("no metrics for you")
+        return metric_rows(spec, key, states)
+
+    monkeypatch.setattr(published_stage, "_metric_rows", broken)
+    report = publish(run, keys)
+    sql = "SELECT key, status, reason FROM key_status WHERE use_case = 'one_bad' AND stage = 'published'"
+    rows = query(settings, sql)
+    by_key = {r[0]: r[1:] for r in rows.rows()}
+    assert by_key[keys[0]] == by_key[keys[2]] == ("ok", None)
+    assert by_key[keys[1]][0] == "failed"
+    assert by_key[keys[1]][1].startswith("its rows could not be built: RuntimeError: no metrics for you")
+    preds = query(settings, "SELECT DISTINCT key FROM predictions WHERE use_case = 'one_bad'")
+    assert sorted(preds["key"]) == [keys[0], keys[2]]
+    assert report.summary["keys_failed"] == 1
+    assert [o.info["published"] for o in report.outcomes] == [True, False, True]

@@ -150,9 +150,7 @@ def _batch_frames(
         progress=run.progress,
     )
     for outcome in built:
-        if not outcome.ok:  # a bug, not a key's data: the stage fails, as it would in this process
-            raise RuntimeError(f"building the published rows of key {outcome.key!r} failed: {outcome.reason}")
-        rows = outcome.info
+        rows = outcome.info if outcome.ok else _unbuilt(spec, outcome, run.run_id, now)
         key_values += rows["key_values"]
         statuses += rows["statuses"]
         metrics += rows["metrics"]
@@ -180,6 +178,32 @@ def _batch_frames(
     }
     append = {"promotion_history": W.records_frame(W.promotion_history, decisions, **common)} if decisions else {}
     return frames, append
+
+
+def _unbuilt(spec: UseCaseSpec, outcome: KeyOutcome, run_id: str, now: dt.datetime) -> dict[str, Any]:
+    """The rows of a key whose rows could not be built (:func:`_key_rows` raised): its own
+    ``published`` status, failed with the reason; the other keys publish."""
+    reason = f"its rows could not be built: {outcome.reason}"
+    status = {
+        "stage": "published",
+        "key": outcome.key,
+        "key_label": decoded(spec.keys, outcome.key)[0],
+        "status": "failed",
+        "reason": reason,
+        "dagster_run_id": run_id,
+        "updated_at": now,
+    }
+    return {
+        "key_values": [],
+        "statuses": [status],
+        "metrics": [],
+        "not_ok": dict.fromkeys(STAGES[:-1], reason),
+        "raw_run": None,
+        "metric_values": [],
+        "decision": None,
+        "predictions": None,
+        "outcome": {"key_status": reason, "published": False, "prediction_rows": 0},
+    }
 
 
 def _key_rows(key: str, spec: UseCaseSpec, lake: Lake, run_id: str, now: dt.datetime) -> dict[str, Any]:

@@ -528,13 +528,16 @@ def ingest(run: StageRun, keys: Sequence[str]) -> StageReport:
         if spill.buckets:
             for key, bucket in zip(keys, wanted.select(spill.bucket()).to_series(), strict=True):
                 by_bucket.setdefault(bucket, []).append(key)
-        with ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="mmp-bronze") as writers:
-            writing: list[tuple[str, Future]] = []  # the bucket being written while the next resolves
+        writers = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="mmp-bronze")
+        writing: list[tuple[str, Future]] = []  # the bucket being written while the next resolves
+        try:
             for bucket, res, fut in _resolved_buckets(spec, spill, train, future, counts):
+                # the previous bucket's writes end before this one is split per key: one bucket's
+                # per-key frames at a time
+                _collect(run, writing, outcomes)
                 parts, rows_in, key_counts = _per_key(spec, res)
                 f_parts, _, f_counts = _per_key(spec, fut)
                 failures = {**_failure_reasons(fut, "scoring_source: "), **_failure_reasons(res)}
-                _collect(run, writing, outcomes)  # at most one bucket's rows held for writing
                 for key in by_bucket.get(bucket, ()):
                     found = {"frame": parts.get(key), "future": f_parts.get(key), "rows_in": rows_in.get(key, 0)}
                     found |= {"counts": key_counts.get(key), "future_counts": f_counts.get(key)}
@@ -542,6 +545,8 @@ def ingest(run: StageRun, keys: Sequence[str]) -> StageReport:
                     writing.append((key, writers.submit(_outcome, run, key, train, found)))
                 del parts, f_parts, res, fut
             _collect(run, writing, outcomes)
+        finally:  # on an error, the writes not yet started are not started
+            writers.shutdown(wait=True, cancel_futures=True)
         for key in keys:
             if key not in outcomes:  # no bucket holds its rows
                 outcomes[key] = _outcome(run, key, train, {})

@@ -29,7 +29,7 @@ import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
@@ -641,19 +641,25 @@ class ModelRegistry:
             lambda e: _sql_versions(e, use_case, alias=alias),
             lambda: list(self.snapshot(use_case, alias).current.values()),
         )
-        return {ref.key: ref for ref in refs}
+        return {ref.key: ref for ref in refs if ref.name == registered_model_name(use_case, ref.key)}
 
     def versions_at(self, use_case: str, wanted: dict[str, int]) -> dict[str, ModelRef]:
         """key -> its version numbered ``wanted[key]``, when the registry holds it: those versions
         alone (one query per 500 keys), not every version of the use case."""
-        names = {registered_model_name(use_case, key): int(v) for key, v in wanted.items()}
+        wanted = {key: int(v) for key, v in wanted.items()}
+        names = {registered_model_name(use_case, key): v for key, v in wanted.items()}
 
         def search() -> list[ModelRef]:
             every = self.all_versions(use_case)
-            return [ref for key, v in wanted.items() if (ref := every.get(key, {}).get(int(v))) is not None]
+            return [ref for key, v in wanted.items() if (ref := every.get(key, {}).get(v)) is not None]
 
         refs = self._read(lambda e: _sql_versions(e, use_case, names=names), search)
-        return {ref.key: ref for ref in refs if wanted.get(ref.key) == ref.version}
+        # a version is the key's only under the key's own name (both paths agree)
+        return {
+            ref.key: ref
+            for ref in refs
+            if wanted.get(ref.key) == ref.version and ref.name == registered_model_name(use_case, ref.key)
+        }
 
     # registry writes
     def register(
@@ -827,7 +833,8 @@ class ModelRegistry:
                 )
                 made.append((key, version))
         session.flush()
-        session.execute(insert(SqlModelVersion.__table__), rows)
+        if rows:
+            session.execute(insert(SqlModelVersion.__table__), rows)
         if tag_rows:
             session.execute(insert(SqlModelVersionTag.__table__), tag_rows)
         return made
@@ -1142,7 +1149,7 @@ def _tables():
 
 
 def _sql_versions(
-    engine, use_case: str, latest_only: bool = False, alias: str | None = None, names: Sequence[str] | None = None
+    engine, use_case: str, latest_only: bool = False, alias: str | None = None, names: Mapping[str, int] | None = None
 ) -> list[ModelRef]:
     """The use case's versions with their tags, in one query: every one, each name's latest, the
     ones holding ``alias``, or (``names``: name -> version) exactly those, one query per 500."""
