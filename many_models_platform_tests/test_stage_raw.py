@@ -514,3 +514,41 @@ def test_spilled_rows_go_to_local_temp_space_and_are_removed_also_on_error(setti
     monkeypatch.setattr(raw.core_ingest, "resolve", resolve)
     report, _ = run_raw(settings, spec)
     assert all(o.ok for o in report.outcomes) and not list(temp.iterdir())
+
+
+def test_spill_folders_of_killed_runs_are_removed_and_live_ones_kept(settings, tmp_path, monkeypatch):
+    """A killed run's spill folder (its ``finally`` never ran: gigabytes at 40M rows) is removed
+    by the next ``raw``; folders of live processes, of other hosts and not ours stay."""
+    import subprocess
+    import sys
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        folders = {
+            "dead": tmp / f"{raw._spill_prefix(dead.pid)}abc",
+            "alive": tmp / f"{raw._spill_prefix(alive.pid)}def",
+            "other host": tmp / f"mmp-spill-elsewhere.example-{dead.pid}-ghi",
+            "not ours": tmp / f"mmp-raw-{dead.pid}",
+        }
+        for folder in folders.values():
+            folder.mkdir()
+            (folder / "bucket-0.arrow").write_bytes(b"x" * 10)
+        land(settings, "panel/a.csv", "country,year,x1,x2,y\n0012,1980,1,2,3.5\n0012,1981,1,2,4.5\n")
+        _, out = run_raw(settings, yearly())
+        assert out["0012"].ok
+        assert {name: f.exists() for name, f in folders.items()} == {
+            "dead": False,
+            "alive": True,
+            "other host": True,
+            "not ours": True,
+        }
+        # and this run's own folder is gone once the stage ends
+        assert sorted(p.name for p in tmp.iterdir()) == sorted(f.name for n, f in folders.items() if n != "dead")
+    finally:
+        alive.kill()
+        alive.wait()
