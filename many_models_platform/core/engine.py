@@ -81,7 +81,7 @@ def _chunk_args(args: tuple, keys: Sequence[str] | None) -> tuple:
     """``args`` with each :class:`ByKey` replaced by its entries for ``keys`` (all of them: None)."""
     if not any(isinstance(a, ByKey) for a in args):
         return args
-    return tuple((dict(a.by_key) if keys is None else a.part(keys)) if isinstance(a, ByKey) else a for a in args)
+    return tuple((a.by_key if keys is None else a.part(keys)) if isinstance(a, ByKey) else a for a in args)
 
 
 def default_workers() -> int:

@@ -426,12 +426,11 @@ def registered_sources(run: StageRun, production: dict[str, dict]) -> dict[str, 
         return {}
     out = {}
     for key, ref in run.candidates_reader().versions_at(run.spec.name, wanted).items():
-        if key in production:
-            out[key] = {
-                "version": ref.version,
-                HASH_TAG: ref.tags.get(HASH_TAG),
-                EVAL_HASH_TAG: ref.tags.get(EVAL_HASH_TAG),
-            }
+        out[key] = {
+            "version": ref.version,
+            HASH_TAG: ref.tags.get(HASH_TAG),
+            EVAL_HASH_TAG: ref.tags.get(EVAL_HASH_TAG),
+        }
     return out
 
 

@@ -184,18 +184,10 @@ def _unbuilt(spec: UseCaseSpec, outcome: KeyOutcome, run_id: str, now: dt.dateti
     """The rows of a key whose rows could not be built (:func:`_key_rows` raised): its own
     ``published`` status, failed with the reason; the other keys publish."""
     reason = f"its rows could not be built: {outcome.reason}"
-    status = {
-        "stage": "published",
-        "key": outcome.key,
-        "key_label": decoded(spec.keys, outcome.key)[0],
-        "status": "failed",
-        "reason": reason,
-        "dagster_run_id": run_id,
-        "updated_at": now,
-    }
+    label = decoded(spec.keys, outcome.key)[0]
     return {
         "key_values": [],
-        "statuses": [status],
+        "statuses": [_published_status(outcome.key, label, "failed", reason, run_id, now)],
         "metrics": [],
         "not_ok": dict.fromkeys(STAGES[:-1], reason),
         "raw_run": None,
@@ -203,6 +195,24 @@ def _unbuilt(spec: UseCaseSpec, outcome: KeyOutcome, run_id: str, now: dt.dateti
         "decision": None,
         "predictions": None,
         "outcome": {"key_status": reason, "published": False, "prediction_rows": 0},
+    }
+
+
+def _published_status(
+    key: str, label: str, status: str, reason: str | None, run_id: str, now: dt.datetime, rows: int | None = None
+) -> dict[str, Any]:
+    """A key's own ``published`` row of ``key_status``; with ``rows`` (its predictions published)
+    the row counts."""
+    counts = {"rows_in": rows, "rows_out": rows, "rows_dropped": 0, "rows_merged": 0} if rows is not None else {}
+    return {
+        "stage": "published",
+        "key": key,
+        "key_label": label,
+        "status": status,
+        "reason": reason,
+        "dagster_run_id": run_id,
+        "updated_at": now,
+        **counts,
     }
 
 
@@ -261,18 +271,8 @@ def _key_rows(key: str, spec: UseCaseSpec, lake: Lake, run_id: str, now: dt.date
     # The published row itself, written in the same transaction: ok when this key's
     # predictions are published (maybe by the champion while today's candidate failed),
     # failed when its predictions file cannot be published, else skipped.
-    statuses.append(
-        {
-            "stage": "published",
-            "key": key,
-            "key_label": label,
-            "status": "ok" if served else ("failed" if problem else "skipped"),
-            "reason": issue,
-            "dagster_run_id": run_id,
-            "updated_at": now,
-            **({"rows_in": n_rows, "rows_out": n_rows, "rows_dropped": 0, "rows_merged": 0} if served else {}),
-        }
-    )
+    status = "ok" if served else ("failed" if problem else "skipped")
+    statuses.append(_published_status(key, label, status, issue, run_id, now, n_rows if served else None))
     return {
         "key_values": key_values,
         "statuses": statuses,

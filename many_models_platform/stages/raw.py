@@ -508,18 +508,22 @@ def _outcome(run: StageRun, key: str, train: SourceRead, found: dict[str, Any]) 
     return outcome
 
 
+def _host_spills() -> str:
+    """``mmp-spill-<host>-``: the start of this host's spill folder names (no ``-`` in the host part)."""
+    return f"mmp-spill-{re.sub(r'[^A-Za-z0-9.]', '_', socket.gethostname())}-"
+
+
 def _spill_prefix(pid: int) -> str:
     """``mmp-spill-<host>-<pid>-``: whose spill folder it is, so a later run can tell one left by
     a killed process (its ``finally`` never ran) from one in use."""
-    host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
-    return f"mmp-spill-{host}-{pid}-"
+    return f"{_host_spills()}{pid}-"
 
 
 def _remove_stale_spills(folder: str) -> None:
     """Delete the spill folders of this host's dead processes: at 40M rows a killed run leaves
     gigabytes of bucket files behind. A folder whose process is alive (or whose owner cannot be
     told) is left alone."""
-    prefix = _spill_prefix(0).removesuffix("0-")
+    prefix = _host_spills()
     for path in Path(folder).glob(f"{glob.escape(prefix)}*"):
         pid = path.name.removeprefix(prefix).split("-", 1)[0]
         if not pid.isdigit() or int(pid) == os.getpid():

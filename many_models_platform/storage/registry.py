@@ -1170,12 +1170,11 @@ def _sql_versions(
     if latest_only:
         wanted = wanted.with_only_columns(mv.c.name, sa.func.max(mv.c.version).label("version")).group_by(mv.c.name)
     if names is not None:
-        pinned = dict(names)
         refs = []
-        for part in _name_chunks(list(pinned)):
-            versions = sorted({pinned[n] for n in part})
+        for part in _name_chunks(list(names)):
+            versions = sorted({names[n] for n in part})
             chunk = wanted.where(mv.c.name.in_(part), mv.c.version.in_(versions))
-            refs += [r for r in _sql_refs(engine, chunk) if pinned[r.name] == r.version]
+            refs += [r for r in _sql_refs(engine, chunk) if names[r.name] == r.version]
         return refs
     return _sql_refs(engine, wanted)
 
