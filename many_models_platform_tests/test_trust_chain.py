@@ -306,6 +306,65 @@ def test_a_model_that_was_not_evaluated_never_reaches_production(tmp_path, empty
     assert prod.snapshot(UC).current[BETTER].version == 2
 
 
+def test_promotion_through_the_worker_pool_decides_as_one_process(tmp_path, empty_registry, monkeypatch):
+    """From 16 keys up, promoted_model reads each key's records, decides and copies the model in
+    the worker pool, and registers from this process in batches while the pool goes on: the
+    decisions, records and production versions are those of one process, and a key whose
+    candidate file was altered, or whose candidate was never evaluated, fails alone there too."""
+    from many_models_platform.core.engine import pool_workers
+    from many_models_platform.stages import promoted_model
+
+    monkeypatch.setattr(promoted_model, "REGISTER_BATCH", 10)  # 17 promotions: one batch in the pool, the rest after
+    batches, register = [], promoted_model._register
+    monkeypatch.setattr(
+        promoted_model, "_register", lambda run, prod, b, w: (batches.append(len(b)), register(run, prod, b, w))
+    )
+    frame = pl.concat([landing_data(1).with_columns(pl.col("segment") + f"-{i}") for i in range(5)])
+    keys = sorted(encode_key([s]) for s in frame["segment"].unique())
+    altered, unevaluated, weak = keys[0], keys[5], keys[10]
+    assert pool_workers(len(keys), 2) == 2, "the pooled path needs at least 16 keys"
+    seen = {}
+    for workers in (1, 2):
+        batches.clear()
+        settings = settings_for(tmp_path / f"workers{workers}", empty_registry)
+        (Path(settings.lake_url) / "landing" / UC).mkdir(parents=True)
+        frame.write_csv(Path(settings.lake_url) / "landing" / UC / "data.csv")
+        run = StageRun(use_case(), settings, run_id="day1", run_date=DAYS[1], workers=1)
+        for stage in ("raw", "training_set", "model", "evaluation"):
+            assert all(o.ok for o in run_stage(stage, run, keys).outcomes)
+        model_file = Path(candidate_ref(settings, altered, 1).source) / MODEL_FILE
+        original = model_file.read_bytes()
+        model_file.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        _edit_state(settings, "evaluation", unevaluated, candidate_version=7)
+        _edit_state(settings, "evaluation", weak, metrics={"r2": 0.1})  # below the 0.5 threshold
+        outcomes = run_stage("promoted_model", StageRun(use_case(), settings, "promote", DAYS[1], workers), keys)
+        by_key = {o.key: o for o in outcomes.outcomes}
+        assert by_key[altered].status == "failed" and "was modified after registration" in by_key[altered].reason
+        assert by_key[unevaluated].status == "skipped" and "was not evaluated" in by_key[unevaluated].reason
+        assert by_key[weak].info["decision"] == "rejected"
+        assert by_key[weak].info["reason"].startswith("below threshold: r2 0.1")
+        promoted = set(keys) - {altered, unevaluated, weak}
+        assert {k for k, o in by_key.items() if o.ok and o.info["decision"] == "promoted"} == promoted
+        view = registry_view(settings)
+        assert view["alias"] == dict.fromkeys(promoted, 1)
+        for key in promoted:
+            record = state(settings, "promoted_model", key)
+            assert record.ok and record.production_version == 1 and record.info.decision == "promoted"
+        assert state(settings, "promoted_model", weak).info.decision == "rejected"
+        assert state(settings, "promoted_model", altered).status == "failed"
+        assert not pending_intents(Lake(settings.lake_url), UC)
+        landed = {p.parent.name for p in (Path(settings.production_artifact_root) / UC).glob("*/*")}
+        assert landed == promoted
+        # in one process every key is decided before the one batch; in the pool a batch goes out
+        # while the workers go on, and the rest after them
+        assert batches == [17] if workers == 1 else (len(batches) == 2 and sum(batches) == 17 and batches[0] >= 10)
+        # (the altered key's reason names its home's paths and hashes: checked above)
+        seen[workers] = {
+            k: (o.status, o.reason if k != altered else "", o.info.get("reason")) for k, o in by_key.items()
+        }
+    assert seen[1] == seen[2]
+
+
 @pytest.mark.slow
 def test_promoted_model_alone_through_dagster_promotes_nothing_unevaluated(platform, tmp_path, empty_registry):
     """Day 1 through the stage functions; day 2 as a data engineer would click it in the UI:

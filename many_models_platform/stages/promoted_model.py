@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
-from ..core.engine import KeyOutcome, SkipKey
+from ..core.engine import ByKey, KeyOutcome, SkipKey, map_keys
 from ..core.keys import key_label
 from ..core.metrics import higher_is_worse, is_better
 from ..core.spec import UNLABELLED_METRICS, UseCaseSpec
@@ -146,73 +147,122 @@ def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
 
     Only the candidate that was evaluated is ever promoted (:func:`evaluated_candidate`), with
     the hash the candidate registry recorded for it, verified while its files are copied. The
-    production registry is read once (two queries) and the candidate registry once (one); the
-    passing models' artifacts are copied under the production artifact root, so production
-    never points into the candidate store; registrations go out in one batch (parallel on a
-    server store), and each key's record is written right after its alias moves.
+    production registry is read once (two queries) and the candidate registry once (one). Each
+    key's records, decision and (when it passes) the copy of its model under the production
+    artifact root, so production never points into the candidate store, run in the worker pool
+    (:func:`_decide_key`); registrations go out from this process in batches of
+    ``REGISTER_BATCH`` while the pool decides the next keys, and each key's record is written
+    right after its alias moves.
 
     Promotion is idempotent: before the registry is written, each promoted key gets an intent
     record (the decision as it will be recorded); it is removed once the key's record is
     written. A run that finds an intent whose production version exists completes that
     promotion (alias, record, as ``promoted`` with its original reason) instead of deciding
     again, so a crash between the registry write and the record never loses the promotion and
-    never registers it twice (:func:`_complete_interrupted`).
+    never registers it twice (:func:`_complete_interrupted`). Keys with an intent are handled
+    in this process, before the others.
     """
     spec, lake = run.spec, run.lake
     prod = run.production_writer()
     snap = prod.snapshot(spec.name)
     candidates = candidate_models(run, keys)
     intents = pending_intents(lake, spec.name)
-    records = read_states(lake, spec.name, ("training_set", "model", "evaluation", "promoted_model"), keys)
-    outcomes, to_register, written = [], [], set()
-    for key in keys:
-        try:
-            outcome, registration = _decide_one(run, prod, snap, candidates, key, records[key], key in intents)
-            if registration is None:
-                written.add(key)  # recorded already (or its record stands)
-            else:
-                to_register.append((outcome, registration))
-        except SkipKey as exc:
-            outcome = KeyOutcome(key, "skipped", str(exc))
-        except Exception as exc:
-            outcome = KeyOutcome(key, "failed", f"{type(exc).__name__}: {exc}")
-        outcomes.append(outcome)
-        if run.progress:
-            run.progress(1)
-    if to_register:
-        pending = {o.key: o for o, _ in to_register}
-        for outcome, _ in to_register:  # the decision, recorded before the registry changes
-            lake.write_json(intent_path(lake, spec.name, outcome.key), {"info": outcome.info, "run_id": run.run_id})
+    outcomes: dict[str, KeyOutcome] = {}
+    to_register: list[tuple[KeyOutcome, tuple[str, str, dict]]] = []
+    written: set[str] = set()
 
-        def registered(made: list[tuple[str, int]]) -> None:
-            """Versions committed, their alias not yet moved (a kill here is completed from the intents)."""
-            for _ in made:
-                crash_point("promoted_model.registered")
+    def decided(outcome: KeyOutcome) -> None:
+        registration = outcome.info.pop(_REGISTRATION, None)
+        outcomes[outcome.key] = outcome
+        if registration is not None:
+            to_register.append((outcome, tuple(registration)))
+        elif outcome.ok:
+            written.add(outcome.key)  # recorded already (or its record stands)
 
-        def go_live(key: str, version: int) -> None:
-            """The key's record, once its version is registered and its alias moved."""
-            pending[key].info["production_version"] = version
-            crash_point("promoted_model")
-            write_state(lake, spec.name, "promoted_model", pending[key], run.run_id)
-            lake.delete(intent_path(lake, spec.name, key))
+    def register() -> None:
+        """The decided promotions, registered and aliased in one batch; each key's record
+        once its alias has moved (the intent stays for a key whose registration failed)."""
+        batch = to_register[:]
+        to_register.clear()
+        if batch:
+            _register(run, prod, batch, written)
 
-        items = [item for _, item in to_register]
-        versions = prod.register_many(
-            spec.name, items, None, after=go_live, alias=PRODUCTION_ALIAS, registered=registered
-        )
-        for outcome, (key, _, _) in to_register:
-            result = versions[key]
-            if isinstance(result, Exception):
-                outcome.status, outcome.reason = "failed", f"promotion failed: {type(result).__name__}: {result}"
-                # the intent stays: the next run completes the promotion if the version was registered
-            else:
-                written.add(key)
-    _tag_decisions(run, candidates, outcomes)
+    resumed = [key for key in keys if key in intents]
+    if resumed:
+        records = read_states(lake, spec.name, RECORD_STAGES, resumed)
+        for key in resumed:
+            try:
+                decided(_decide_resumed(run, prod, snap, candidates, key, records[key]))
+            except SkipKey as exc:
+                decided(KeyOutcome(key, "skipped", str(exc)))
+            except Exception as exc:
+                decided(KeyOutcome(key, "failed", f"{type(exc).__name__}: {exc}"))
+            if run.progress:
+                run.progress(1)
+
+    def chunk_done(chunk: list[KeyOutcome]) -> None:
+        for outcome in chunk:
+            decided(outcome)
+        if len(to_register) >= REGISTER_BATCH:
+            register()
+
+    rest = [key for key in keys if key not in intents]
+    rolled = {key: found for key in rest if (found := snap.rolled_back_sources(key))}
+    worker_run = replace(run, progress=None)
+    map_keys(
+        _decide_key,
+        rest,
+        (worker_run, ByKey(snap.current), ByKey(rolled), ByKey(candidates)),
+        workers=run.workers,
+        progress=run.progress,
+        on_chunk=chunk_done,
+    )
+    register()
+    ordered = [outcomes[key] for key in keys]
+    _tag_decisions(run, candidates, ordered)
     decisions = {}
-    for o in outcomes:
+    for o in ordered:
         d = o.info.get("decision", o.status) if o.ok else o.status
         decisions[d] = decisions.get(d, 0) + 1
-    return finish(run, "promoted_model", outcomes, {"decisions": decisions}, written=written)
+    return finish(run, "promoted_model", ordered, {"decisions": decisions}, written=written)
+
+
+# The records a decision reads, per key.
+RECORD_STAGES = ("training_set", "model", "evaluation", "promoted_model")
+# Promotions registered per batch while the pool decides the next keys: large enough that the
+# registry's per-batch reads (the use case's names) stay small, small enough to overlap.
+REGISTER_BATCH = 250
+_REGISTRATION = "_registration"  # the (key, target, tags) a worker hands back with a promotion
+
+
+def _register(run: StageRun, prod, batch: list[tuple[KeyOutcome, tuple]], written: set[str]) -> None:
+    """Register a batch of promotions (intents already written) and move their alias; a key's
+    record goes out once its alias has moved."""
+    spec, lake = run.spec, run.lake
+    pending = {o.key: o for o, _ in batch}
+
+    def registered(made: list[tuple[str, int]]) -> None:
+        """Versions committed, their alias not yet moved (a kill here is completed from the intents)."""
+        for _ in made:
+            crash_point("promoted_model.registered")
+
+    def go_live(key: str, version: int) -> None:
+        """The key's record, once its version is registered and its alias moved."""
+        pending[key].info["production_version"] = version
+        crash_point("promoted_model")
+        write_state(lake, spec.name, "promoted_model", pending[key], run.run_id)
+        lake.delete(intent_path(lake, spec.name, key))
+
+    versions = prod.register_many(
+        spec.name, [item for _, item in batch], None, after=go_live, alias=PRODUCTION_ALIAS, registered=registered
+    )
+    for outcome, (key, _, _) in batch:
+        result = versions[key]
+        if isinstance(result, Exception):
+            outcome.status, outcome.reason = "failed", f"promotion failed: {type(result).__name__}: {result}"
+            # the intent stays: the next run completes the promotion if the version was registered
+        else:
+            written.add(key)
 
 
 def _tag_decisions(run: StageRun, candidates: dict[str, dict], outcomes: list[KeyOutcome]) -> None:
@@ -239,27 +289,52 @@ def _tag_decisions(run: StageRun, candidates: dict[str, dict], outcomes: list[Ke
             o.info["decision_tag_error"] = f"{type(failed[o.key]).__name__}: {failed[o.key]}"[:500]
 
 
-def _decide_one(run: StageRun, prod, snap, candidates: dict, key: str, records: dict, has_intent: bool):
-    """(the key's outcome, its production registration or None), from the key's records (stage ->
-    state). Outcomes that need no registration are recorded here; a promotion is recorded once
-    its alias has moved."""
+def _decide_key(key: str, run: StageRun, champions: dict, rolled: dict, candidates: dict) -> dict:
+    """One key's decision, in a worker: its records read, the rule applied, and for a promotion
+    the model copied (verified) and the intent written; the info of its outcome, with the
+    registration for the main process under ``_REGISTRATION``. Outcomes that need no
+    registration are recorded here."""
+    records = read_states(run.lake, run.spec.name, RECORD_STAGES, [key])[key]
+    return _decide(run, key, records, champions.get(key), rolled.get(key, {}), candidates.get(key)).info
+
+
+def _decide_resumed(run: StageRun, prod, snap, candidates: dict, key: str, records: dict) -> KeyOutcome:
+    """A key an earlier run left an intent for: its promotion completed when its version was
+    registered, else decided again (in this process, with the same rule)."""
     spec, lake = run.spec, run.lake
     previous = readable(records["promoted_model"])
-    completed = _complete_interrupted(run, prod, snap, key, previous) if has_intent else None
+    completed = _complete_interrupted(run, prod, snap, key, previous)
     if completed is not None:
         info, decided_in = completed
         outcome = KeyOutcome(key, "ok", info=info)
         # recorded under the run that decided it, as if that run had not been cut short
         write_state(lake, spec.name, "promoted_model", outcome, decided_in)
         lake.delete(intent_path(lake, spec.name, key))
-        return outcome, None
-    report, cand = evaluated_candidate(records, candidates.get(key))
-    champ = snap.current.get(key)
+        return outcome
+    return _decide(run, key, records, snap.current.get(key), snap.rolled_back_sources(key), candidates.get(key))
+
+
+def _decide(
+    run: StageRun,
+    key: str,
+    records: dict,
+    champ: ModelRef | None,
+    rolled_back_sources: dict[str, ModelRef],
+    registered: dict | None,
+) -> KeyOutcome:
+    """The key's outcome, from its records (stage -> state), its production version and the
+    candidate registry's record. Outcomes that need no registration are recorded here; a
+    promotion gets its verified copy and its intent (the decision, recorded before the registry
+    changes), and carries its registration under ``_REGISTRATION``: it is recorded once its
+    alias has moved."""
+    spec, lake = run.spec, run.lake
+    previous = readable(records["promoted_model"])
+    report, cand = evaluated_candidate(records, registered)
     if _promotion_stands(previous, champ, cand, run.run_date):
         # promoted earlier on this run date and nothing changed since: the same record stays, not
         # a second decision ("kept champion") that would hide the promotion before it is published
-        return KeyOutcome(key, "ok", info=previous.flat_info()), None
-    rolled_back = snap.rolled_back_sources(key).get(cand["source"])
+        return KeyOutcome(key, "ok", info=previous.flat_info())
+    rolled_back = rolled_back_sources.get(cand["source"])
     if champ and _same_candidate(champ, cand):
         decision, reason = "kept_champion", "this candidate is already in production"
     elif rolled_back is not None:
@@ -292,11 +367,13 @@ def _decide_one(run: StageRun, prod, snap, candidates: dict, key: str, records: 
     outcome = KeyOutcome(key, "ok", info=info)
     if decision != "promoted":
         write_state(lake, spec.name, "promoted_model", outcome, run.run_id)
-        return outcome, None
+        return outcome
     target = production_artifact_path(run.settings, spec.name, key, cand["version"], cand["artifact_sha256"])
     # verified against the registry's hashes: model.skops and, with refit, model_eval.skops
     copy_model_dir(cand["source"], target, cand["artifact_sha256"], cand[EVAL_HASH_TAG])
-    return outcome, (key, target, _production_tags(run, key, cand, report, info))
+    lake.write_json(intent_path(lake, spec.name, key), {"info": info, "run_id": run.run_id})
+    outcome.info[_REGISTRATION] = (key, target, _production_tags(run, key, cand, report, info))
+    return outcome
 
 
 INTENTS = "promoted_model_intents"
