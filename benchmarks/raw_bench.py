@@ -41,6 +41,7 @@ def main() -> None:
     p.add_argument("--subset", type=int, default=0, help="run only the first N discovered keys (a ranged run)")
     p.add_argument("--rows-per-bucket", type=int, help="override raw.ROWS_PER_BUCKET (when the stage has one)")
     p.add_argument("--discover-here", action="store_true", help="discover keys in this process (counted in its peak)")
+    p.add_argument("--workers", type=int, default=2, help="the worker pool's size (1: in this process)")
     p.add_argument("--dump", type=Path, help="write all bronze rows and the stage summary here")
     args = p.parse_args()
     os.environ["MMP_HOME"] = str(args.home.resolve())
@@ -50,11 +51,12 @@ def main() -> None:
         print(f"generated in {time.perf_counter() - t:.1f}s", flush=True)
 
     import polars as pl
+    import psutil
 
     from many_models_platform.core.spec import load_config
-    from many_models_platform.stages import raw
+    from many_models_platform.stages import raw, run_stage
     from many_models_platform.stages.base import StageRun
-    from many_models_platform.stages.raw import discover_keys, ingest
+    from many_models_platform.stages.raw import discover_keys
     from many_models_platform.storage.settings import PlatformSettings
 
     if args.rows_per_bucket:
@@ -77,12 +79,19 @@ def main() -> None:
     if args.subset:
         keys = keys[: args.subset]
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t = time.perf_counter()
-    report = ingest(StageRun(spec, settings, run_id="bench"), keys)
-    wall = time.perf_counter() - t
+    t, cpu = time.perf_counter(), time.process_time()
+    # as the pipeline runs it: the worker pool starts (and imports) while the landing zone is read
+    report = run_stage("raw", StageRun(spec, settings, run_id="bench", workers=args.workers), keys)
+    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     ok = sum(o.ok for o in report.outcomes)
-    out = {"keys": len(keys), "ok": ok, "wall_s": round(wall, 1), "peak_rss_mib": round(peak / 1024)}
+    out = {"keys": len(keys), "ok": ok, "wall_s": round(wall, 1), "main_cpu_s": round(cpu, 1)}
+    workers = psutil.Process().children(recursive=True)
+    out["workers_cpu_s"] = round(sum(w.cpu_times().user + w.cpu_times().system for w in workers), 1)
+    out |= {
+        "peak_rss_mib": round(peak / 1024),
+        "workers_rss_mib": [round(w.memory_info().rss / 2**20) for w in workers],
+    }
     out["rss_before_mib"] = round(rss0 / 1024)
     print(json.dumps(out), flush=True)
     if args.dump:
