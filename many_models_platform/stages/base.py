@@ -170,13 +170,13 @@ def read_states(
     lake: Lake, use_case: str, stages: Sequence[str], keys: Sequence[str]
 ) -> dict[str, dict[str, StageRecord | Exception | None]]:
     """key -> stage -> its record (None when there is none, the RecordVersionError when it cannot
-    be read), for a stage that runs in the main process: read in threads on a remote lake, where
-    each read is a request."""
+    be read): read in threads on a remote lake, where each read is a request, so one key's
+    records (``promoted_model``'s four, in a worker) cost one round trip, not four."""
     pairs = [(key, stage) for key in keys for stage in stages]
-    if lake.is_local or len(pairs) < 16:
+    if lake.is_local or len(pairs) < 2:
         found = [read_state_or_error(lake, use_case, stage, key) for key, stage in pairs]
     else:
-        with ThreadPoolExecutor(16, thread_name_prefix="mmp-state") as pool:
+        with ThreadPoolExecutor(min(16, len(pairs)), thread_name_prefix="mmp-state") as pool:
             found = list(pool.map(lambda pair: read_state_or_error(lake, use_case, pair[1], pair[0]), pairs))
     out: dict[str, dict] = {key: {} for key in keys}
     for (key, stage), state in zip(pairs, found, strict=True):
