@@ -357,7 +357,10 @@ def test_promotion_through_the_worker_pool_decides_as_one_process(tmp_path, empt
         assert landed == promoted
         # in one process every key is decided before the one batch; in the pool a batch goes out
         # while the workers go on, and the rest after them
-        assert batches == [17] if workers == 1 else (len(batches) == 2 and sum(batches) == 17 and batches[0] >= 10)
+        if workers == 1:
+            assert batches == [17]
+        else:
+            assert len(batches) == 2 and sum(batches) == 17 and batches[0] >= 10
         # (the altered key's reason names its home's paths and hashes: checked above)
         seen[workers] = {
             k: (o.status, o.reason if k != altered else "", o.info.get("reason")) for k, o in by_key.items()

@@ -187,25 +187,16 @@ def promote(run: StageRun, keys: Sequence[str]) -> StageReport:
         if batch:
             _register(run, prod, batch, written)
 
-    resumed = [key for key in keys if key in intents]
-    if resumed:
-        records = read_states(lake, spec.name, RECORD_STAGES, resumed)
-        for key in resumed:
-            try:
-                decided(_decide_resumed(run, prod, snap, candidates, key, records[key]))
-            except SkipKey as exc:
-                decided(KeyOutcome(key, "skipped", str(exc)))
-            except Exception as exc:
-                decided(KeyOutcome(key, "failed", f"{type(exc).__name__}: {exc}"))
-            if run.progress:
-                run.progress(1)
-
     def chunk_done(chunk: list[KeyOutcome]) -> None:
         for outcome in chunk:
             decided(outcome)
         if len(to_register) >= REGISTER_BATCH:
             register()
 
+    # keys an interrupted run left an intent for, in this process (they may move an alias)
+    resumed = [key for key in keys if key in intents]
+    args = (run, prod, snap, candidates)
+    map_keys(_decide_resumed, resumed, args, workers=1, progress=run.progress, on_chunk=chunk_done)
     rest = [key for key in keys if key not in intents]
     rolled = {key: found for key in rest if (found := snap.rolled_back_sources(key))}
     worker_run = replace(run, progress=None)
@@ -298,10 +289,11 @@ def _decide_key(key: str, run: StageRun, champions: dict, rolled: dict, candidat
     return _decide(run, key, records, champions.get(key), rolled.get(key, {}), candidates.get(key)).info
 
 
-def _decide_resumed(run: StageRun, prod, snap, candidates: dict, key: str, records: dict) -> KeyOutcome:
+def _decide_resumed(key: str, run: StageRun, prod, snap, candidates: dict) -> dict:
     """A key an earlier run left an intent for: its promotion completed when its version was
-    registered, else decided again (in this process, with the same rule)."""
+    registered, else decided again (in this process, with the same rule); the info of its outcome."""
     spec, lake = run.spec, run.lake
+    records = read_states(lake, spec.name, RECORD_STAGES, [key])[key]
     previous = readable(records["promoted_model"])
     completed = _complete_interrupted(run, prod, snap, key, previous)
     if completed is not None:
@@ -310,8 +302,8 @@ def _decide_resumed(run: StageRun, prod, snap, candidates: dict, key: str, recor
         # recorded under the run that decided it, as if that run had not been cut short
         write_state(lake, spec.name, "promoted_model", outcome, decided_in)
         lake.delete(intent_path(lake, spec.name, key))
-        return outcome
-    return _decide(run, key, records, snap.current.get(key), snap.rolled_back_sources(key), candidates.get(key))
+        return info
+    return _decide(run, key, records, snap.current.get(key), snap.rolled_back_sources(key), candidates.get(key)).info
 
 
 def _decide(
