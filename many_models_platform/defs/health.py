@@ -20,6 +20,7 @@ A step that fails as a whole (an error outside the per-key code) marks every key
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -42,17 +43,21 @@ def mark_not_ok(context: AssetExecutionContext, keys: Iterable[str]) -> int:
     if not keys:
         return 0
     try:  # Dagster internals: the public API has no way to plan one partition of a ranged run
-        from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent
+        from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent, DagsterEventBatchMetadata
     except ImportError:  # pragma: no cover - a Dagster without these names
         context.log.warning(f"cannot mark {len(keys)} key(s) failed in this Dagster version")
         return 0
     step_key = context.op_execution_context.get_step_execution_context().step.key
     job_name = context.run.job_name
-    for key in keys:
+    # one batch, as the step's materializations are (DAGSTER_EVENT_BATCH_SIZE): stored in as few
+    # writes as the instance's storage allows (defs/event_log.py for the embedded SQLite one)
+    batch = f"mmp-not-ok-{uuid.uuid4().hex}"
+    for i, key in enumerate(keys, 1):
         event = DagsterEvent.build_asset_materialization_planned_event(
             job_name, step_key, AssetMaterializationPlannedData(context.asset_key, partition=key)
         )
-        context.instance.report_dagster_event(event, run_id=context.run_id)
+        end = DagsterEventBatchMetadata(batch, is_end=i == len(keys))
+        context.instance.report_dagster_event(event, run_id=context.run_id, batch_metadata=end)
     return len(keys)
 
 
