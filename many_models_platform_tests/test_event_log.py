@@ -5,7 +5,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-import pytest
+import yaml
 from dagster import (
     AssetKey,
     BackfillPolicy,
@@ -16,13 +16,14 @@ from dagster import (
     asset,
     materialize,
 )
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from dagster._serdes import deserialize_value
 
 from many_models_platform.defs.event_log import BatchedSqliteEventLogStorage
 from many_models_platform.defs.health import mark_not_ok
-from many_models_platform.defs.runner import DAGSTER_ENV
+from many_models_platform.defs.runner import DAGSTER_ENV, instance_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = [f"k{i:03d}" for i in range(40)]
@@ -44,8 +45,8 @@ def stage(context):
 
 def _instance(home: Path, storage: str, monkeypatch) -> DagsterInstance:
     home.mkdir()
-    if storage == "batched":  # the repository's instance, under $DAGSTER_HOME as mmp sets it
-        shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    if storage == "batched":  # the instance mmp creates, under $DAGSTER_HOME as mmp sets it
+        (home / "dagster.yaml").write_text(instance_yaml())
         monkeypatch.setenv("DAGSTER_HOME", str(home))
     else:  # Dagster's own SQLite storage, one event at a time
         (home / "dagster.yaml").write_text(f"storage:\n  sqlite:\n    base_dir: {home}\n")
@@ -60,9 +61,9 @@ def _run(instance: DagsterInstance) -> None:
         assert not result.success  # the keys not ok fail it, as in the pipeline
 
 
-def _tables(home: Path) -> dict[str, list]:
+def _tables(home: Path, folder: str = "history/runs") -> dict[str, list]:
     """What the run databases and the index database hold, without ids, run ids and times."""
-    folder = home / "history" / "runs"
+    folder = home / folder
     out: dict[str, list] = {}
     for db in sorted(folder.glob("*.db")):
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
@@ -80,12 +81,31 @@ def _tables(home: Path) -> dict[str, list]:
             out["tags"] = [
                 (p, k, versions.setdefault(v, len(versions)) if k.endswith("version") else v, a) for p, k, v, a in tags
             ]
-            keys = con.execute("SELECT asset_key, last_materialization FROM asset_keys").fetchall()
-            out["asset_keys"] = [(a, deserialize_value(m).event_log_entry.dagster_event.partition) for a, m in keys]
+            out["asset_keys"] = _asset_entries(con)
         else:
             out.setdefault("runs", []).append(rows)
         con.close()
-    out["runs"].sort(key=lambda rows: min(r[2] for r in rows if r[2]))  # run files are named by run id
+    out.setdefault("runs", []).sort(key=lambda rows: min(r[2] for r in rows if r[2]))  # files named by run id
+    return out
+
+
+def _asset_entries(con: sqlite3.Connection) -> list[tuple]:
+    """Each asset's entry: its last materialization (index id, partition), and whether its last
+    run and timestamp are those of its last materialization or planned event (the events that
+    set them), as run ids and times differ between instances."""
+    out = []
+    rows = con.execute(
+        "SELECT asset_key, last_materialization, last_run_id, last_materialization_timestamp FROM asset_keys"
+    )
+    for asset_key, last, run_id, timestamp in rows.fetchall():
+        record = deserialize_value(last) if last else None
+        newest = con.execute(
+            "SELECT run_id, timestamp FROM event_logs WHERE asset_key = ? AND dagster_event_type IN "
+            "('ASSET_MATERIALIZATION', 'ASSET_MATERIALIZATION_PLANNED') ORDER BY id DESC LIMIT 1",
+            (asset_key,),
+        ).fetchone()
+        materialization = (record.storage_id, record.event_log_entry.dagster_event.partition) if record else None
+        out.append((asset_key, materialization, (run_id, timestamp) == tuple(newest)))
     return out
 
 
@@ -117,8 +137,10 @@ def test_batched_writes_store_what_one_by_one_writes_store(tmp_path, monkeypatch
 
     mine, reference = _tables(tmp_path / "batched"), _tables(tmp_path / "dagster")
     materialized = [r for r in reference["index"] if r[0] == "ASSET_MATERIALIZATION"]
-    assert len(materialized) == len(KEYS) and materialized[0][4]["status"] == "ok"
+    statuses = {partition: metadata["status"] for _, _, partition, _, metadata in materialized}
+    assert statuses == {k: "failed" if k in NOT_OK else "ok" for k in KEYS}  # each key's own metadata
     assert mine == reference
+    assert [entry[2] for entry in mine["asset_keys"]] == [True]
     # the 40 materializations and 6 planned events went in batches (10, 10, 5, 6; 10, 5)
     assert one_by_one == []
 
@@ -159,15 +181,51 @@ def test_a_batch_whose_index_write_fails_is_stored_once(tmp_path, monkeypatch, c
     assert len(tables["tags"]) == len({(t[0], t[1]) for t in tables["tags"]})
 
 
-@pytest.mark.parametrize("template", ["dagster.yaml", "deploy/instance/dagster.local.yaml"])
-def test_the_embedded_instances_use_batched_writes(tmp_path, monkeypatch, template):
-    home = tmp_path / "dagster"
-    home.mkdir()
-    shutil.copyfile(REPO / template, home / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    instance = DagsterInstance.get()
-    assert isinstance(instance.event_log_storage, BatchedSqliteEventLogStorage)
-    assert (home / "history" / "runs.db").exists() and (home / "history" / "runs" / "index.db").exists()
-    # a run process gets the instance through its ref: the same storage there
-    again = DagsterInstance.from_ref(instance.get_ref())
-    assert isinstance(again.event_log_storage, BatchedSqliteEventLogStorage)
+def test_mmps_instances_and_the_local_deploy_instance_use_batched_writes(tmp_path, monkeypatch):
+    for name, text in (("mmp", instance_yaml()), ("deploy", (REPO / "deploy/instance/dagster.local.yaml").read_text())):
+        home = tmp_path / name
+        home.mkdir()
+        (home / "dagster.yaml").write_text(text)
+        monkeypatch.setenv("DAGSTER_HOME", str(home))
+        instance = DagsterInstance.get()
+        assert isinstance(instance.event_log_storage, BatchedSqliteEventLogStorage)
+        assert (home / "history" / "runs.db").exists() and (home / "history" / "runs" / "index.db").exists()
+        # a run process gets the instance through its ref: the same storage there
+        again = DagsterInstance.from_ref(instance.get_ref())
+        assert isinstance(again.event_log_storage, BatchedSqliteEventLogStorage)
+        instance.dispose()
+        again.dispose()
+
+
+def test_the_repository_dagster_yaml_needs_no_dagster_home(tmp_path, monkeypatch):
+    """Dagster's own commands read ./dagster.yaml when DAGSTER_HOME is unset: the repository's
+    file must load there, so the storage section that needs DAGSTER_HOME is only in mmp's copy."""
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    shutil.copyfile(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    instance = DagsterInstance.from_config(str(tmp_path))
+    assert "storage" not in yaml.safe_load((REPO / "dagster.yaml").read_text())
+    assert instance.run_coordinator is not None
+    instance.dispose()
+
+
+def test_one_mixed_batch_stores_what_its_events_one_by_one_store(tmp_path, monkeypatch):
+    """A run's asset events replayed as one batch (run-wide and per-key planned events and
+    materializations, mixed) and one by one: the same index rows, tags and asset entry."""
+    for name, value in DAGSTER_ENV.items():
+        monkeypatch.setenv(name, value)
+    source = _instance(tmp_path / "source", "dagster", monkeypatch)
+    _run(source)
+    (run,) = [r for r in source.get_runs() if r.tags.get(ASSET_PARTITION_RANGE_START_TAG) == KEYS[0]]
+    wanted = ("ASSET_MATERIALIZATION", "ASSET_MATERIALIZATION_PLANNED")
+    events = [e for e in source.all_logs(run.run_id) if e.is_dagster_event and e.dagster_event_type in wanted]
+    kinds = [e.get_dagster_event().event_type_value for e in events]
+    assert kinds[0] == "ASSET_MATERIALIZATION_PLANNED" and kinds[-1] == "ASSET_MATERIALIZATION_PLANNED"
+    assert "ASSET_MATERIALIZATION" in kinds  # planned, materializations, then the keys not ok
+    batched = BatchedSqliteEventLogStorage(str(tmp_path / "batched"))
+    batched.store_event_batch(events)
+    one_by_one = SqliteEventLogStorage(str(tmp_path / "one_by_one"))
+    for event in events:
+        one_by_one.store_event(event)
+    mine, reference = _tables(tmp_path / "batched", "."), _tables(tmp_path / "one_by_one", ".")
+    assert mine == reference
+    assert mine["asset_keys"][0][1][1] in KEYS and mine["asset_keys"][0][2] is True

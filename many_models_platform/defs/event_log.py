@@ -6,8 +6,9 @@ a batch of materializations still goes in one event at a time, each opening the 
 database and the index database and committing twice (about 12 ms per key and stage here,
 so minutes for a few thousand keys). Here a batch of asset events goes into each database in
 one transaction, with the same rows, tags and asset entries, in the same order, as writing
-them one by one. The repository's ``dagster.yaml`` names this storage (``storage: custom:``);
-instances on PostgreSQL are unaffected (``dagster_postgres`` has its own batch write).
+them one by one. ``mmp`` names this storage in the instances it creates
+(:data:`INSTANCE_STORAGE_YAML`); instances on PostgreSQL are unaffected (``dagster_postgres``
+has its own batch write).
 """
 
 from __future__ import annotations
@@ -24,6 +25,21 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventL
 from dagster._core.storage.sqlite_storage import DagsterSqliteStorage, _event_logs_directory
 from dagster._serdes import ConfigurableClassData
 from dagster._utils import mkdir_p
+
+# The storage section of an instance ``mmp`` creates (``defs.runner.instance_yaml``). It is added
+# to the copy of the repository's dagster.yaml, not kept in that file: Dagster's own commands read
+# the dagster.yaml of the current directory when DAGSTER_HOME is unset, and this needs it set.
+INSTANCE_STORAGE_YAML = f"""\
+# Dagster's SQLite storage under $DAGSTER_HOME (runs, event log, schedules), with a run's asset
+# events written in batches (many_models_platform/defs/event_log.py)
+storage:
+  custom:
+    module: {__name__}
+    class: BatchedSqliteStorage
+    config:
+      base_dir:
+        env: DAGSTER_HOME
+"""
 
 
 class BatchedSqliteEventLogStorage(SqliteEventLogStorage):

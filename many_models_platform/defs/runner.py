@@ -3,7 +3,6 @@ job in process over contiguous key ranges (one run per range, never one run per 
 
 import datetime as dt
 import os
-import shutil
 import sys
 import uuid
 from collections import Counter
@@ -21,6 +20,7 @@ from ..storage.lake import Lake
 from ..storage.redaction import redact
 from ..storage.settings import PlatformSettings
 from .discovery import register_new_keys
+from .event_log import INSTANCE_STORAGE_YAML
 from .factory import FORCE_TAG, RUN_DATE_TAG, partitions_name, pipeline_job_name
 from .health import is_keys_not_ok_failure
 
@@ -35,16 +35,23 @@ QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 def prepare_instance(settings: PlatformSettings) -> DagsterInstance:
     """The Dagster instance under ``$MMP_HOME/dagster`` (or ``$DAGSTER_HOME`` when set),
-    seeded with the repository's ``dagster.yaml`` so `dagster dev` sees the same runs."""
+    seeded with :func:`instance_yaml` so `dagster dev` sees the same runs."""
     for k, v in DAGSTER_ENV.items():
         os.environ.setdefault(k, v)
     home = Path(os.environ.get("DAGSTER_HOME") or Path(settings.home) / "dagster")
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
-    template = REPO_ROOT / "dagster.yaml"
-    if template.exists() and not (home / "dagster.yaml").exists():
-        shutil.copyfile(template, home / "dagster.yaml")
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text(instance_yaml())
     return DagsterInstance.get()
+
+
+def instance_yaml() -> str:
+    """The dagster.yaml of an instance ``mmp`` creates: the repository's, and the embedded
+    storage that writes event batches (``defs.event_log.INSTANCE_STORAGE_YAML``)."""
+    template = REPO_ROOT / "dagster.yaml"  # absent when the package is installed without the repository
+    base = template.read_text().rstrip("\n") + "\n" if template.exists() else ""
+    return base + INSTANCE_STORAGE_YAML
 
 
 def key_ranges(ordered: Sequence[str], selected: Sequence[str], max_per_run: int) -> list[tuple[str, str]]:
