@@ -4,6 +4,7 @@ figure docs/benchmarks.md names. No timings are asserted (benchmarks are never t
 import itertools
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ def test_pipeline_bench_reports_every_figure(tmp_path: Path):
     out = tmp_path / "bench.json"
     env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
     cmd = [sys.executable, "benchmarks/pipeline_bench.py", "--keys", str(KEYS), "--rows", "120"]
-    cmd += ["--workers", "2", "--naive-keys", "0", "--home", str(tmp_path / "home"), "--json", str(out)]
+    cmd += ["--workers", "2", "--naive-keys", "1", "--home", str(tmp_path / "home"), "--json", str(out)]
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
     r = json.loads(out.read_text())
 
@@ -65,7 +66,14 @@ def test_pipeline_bench_reports_every_figure(tmp_path: Path):
     assert costs["bare_cpu_s"] == pytest.approx(sum(c["bare_cpu_s"] for c in costs["stages"].values()), abs=0.05)
     assert costs["pipeline_cpu_s"] >= sum(c["main_cpu_s"] + c["workers_cpu_s"] for c in costs["stages"].values()) - 0.1
     assert costs["outside_stages_s"] >= 0 and costs["idle_core_s"] >= 0
-    assert "naive_per_key_ms" not in r  # --naive-keys 0 skips the naive way
+    # the naive way for one key (benchmarks/naive_defs.py): its own Dagster run and process, a
+    # default mlflow.sklearn.log_model that registers the key's model
+    assert r["naive_keys"] == 1 and r["naive_per_key_ms"] > 0
+    assert r["naive_vs_ours"] == pytest.approx(r["naive_per_key_ms"] / r["pipeline_per_key_ms"], rel=0.02)
+    con = sqlite3.connect(tmp_path / "home" / "naive_mlflow.db")
+    (name,) = con.execute("SELECT name FROM registered_models").fetchone()
+    con.close()
+    assert name.startswith("naive.") and name.removeprefix("naive.") in keys_of(tmp_path / "home")
 
     # the floor under it, from the bronze files the run left: per-key CPU by piece and per fit
     floor = tmp_path / "fit.json"
@@ -78,3 +86,8 @@ def test_pipeline_bench_reports_every_figure(tmp_path: Path):
     assert set(f["one_fit_cpu_ms_on_the_training_part"]) == {"ridge", "lightgbm"}
     assert all(v > 0 for v in f["one_fit_cpu_ms_on_the_training_part"].values())
     assert f["projection"]["least_wall_s"] == pytest.approx(f["bare_cpu_ms_per_key"] * 10_000 / 2 / 1000, rel=0.01)
+
+
+def keys_of(home: Path) -> set[str]:
+    """The keys the benchmark's pipeline wrote bronze for."""
+    return {p.stem for p in (home / "lake" / "bronze" / "retail_demand").glob("*.parquet")}
