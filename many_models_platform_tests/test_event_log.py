@@ -182,7 +182,10 @@ def test_a_batch_whose_index_write_fails_is_stored_once(tmp_path, monkeypatch, c
 
 
 def test_mmps_instances_and_the_local_deploy_instance_use_batched_writes(tmp_path, monkeypatch):
-    for name, text in (("mmp", instance_yaml()), ("deploy", (REPO / "deploy/instance/dagster.local.yaml").read_text())):
+    deploy = (REPO / "deploy/instance/dagster.local.yaml").read_text()
+    # the deploy file is written out in full for people to copy: it must stay mmp's instance
+    assert yaml.safe_load(deploy) == yaml.safe_load(instance_yaml())
+    for name, text in (("mmp", instance_yaml()), ("deploy", deploy)):
         home = tmp_path / name
         home.mkdir()
         (home / "dagster.yaml").write_text(text)
