@@ -40,6 +40,9 @@ def main() -> None:
     p.add_argument("--files", type=int, default=4)
     p.add_argument("--subset", type=int, default=0, help="run only the first N discovered keys (a ranged run)")
     p.add_argument("--rows-per-bucket", type=int, help="override raw.ROWS_PER_BUCKET (when the stage has one)")
+    p.add_argument(
+        "--batched-file-mib", type=float, help="override raw.BATCHED_FILE_BYTES: larger files are read in batches"
+    )
     p.add_argument("--discover-here", action="store_true", help="discover keys in this process (counted in its peak)")
     p.add_argument("--workers", type=int, default=2, help="the worker pool's size (1: in this process)")
     p.add_argument("--dump", type=Path, help="write all bronze rows and the stage summary here")
@@ -61,6 +64,8 @@ def main() -> None:
 
     if args.rows_per_bucket:
         raw.ROWS_PER_BUCKET = args.rows_per_bucket
+    if args.batched_file_mib is not None:
+        raw.BATCHED_FILE_BYTES = int(args.batched_file_mib * 2**20)
     settings = PlatformSettings.from_env()
     settings.ensure_local_dirs()
     spec = load_config().use_cases["retail_demand"]

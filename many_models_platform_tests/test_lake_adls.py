@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import threading
 
 import polars as pl
@@ -162,3 +163,30 @@ def test_without_a_key_the_lake_uses_default_azure_credential():
         "account_host": "a.blob.core.chinacloudapi.cn",
         "anon": False,
     }
+
+
+def test_a_large_landing_file_opens_as_a_local_copy_read_in_batches(azurite_lake, tmp_path):
+    """``open_table`` (raw's way with a file too large to hold) downloads the object, decodes a
+    gzipped cp1252 CSV, and reads the same columns, names and types as ``read_table``; the
+    local copies are gone afterwards."""
+    from types import SimpleNamespace
+
+    lake = Lake(azurite_lake.url, {"connection_string": azurite_lake.connection_string})
+    text = "Store;day;sales\n0012;2024-01-01;3,5\nMünchen;2024-01-02;4\n0012;2024-01-03;5\n"
+    csv_spec = SimpleNamespace(encoding="cp1252", decimal_comma=True, separator=None)
+    lake.write_bytes(lake.path("landing", "uc", "a.csv.gz"), gzip.compress(text.encode("cp1252")))
+    frame = pl.DataFrame({"store": ["b", "a", "c"], "day": [1, 2, 3]})
+    lake.write_parquet(lake.path("landing", "uc", "b.parquet"), frame)
+    columns, scratch = ["store", "day", "sales"], tmp_path / "scratch"
+    for name, fmt in (("a.csv.gz", "csv"), ("b.parquet", "parquet")):
+        path = lake.path("landing", "uc", name)
+        whole = lake.read_table(path, fmt, columns, ["store", "day"], csv=csv_spec)
+        with lake.open_table(path, fmt, columns, ["store", "day"], scratch, csv=csv_spec) as table:
+            batches = list(table.batches(2))
+            assert len(list(scratch.iterdir())) == (2 if fmt == "csv" else 1)  # the download, and its decoding
+        assert pl.concat(batches).equals(whole) and whole.height == 3
+        assert not list(scratch.iterdir())
+    assert whole.equals(frame) and pl.concat(batches).schema == frame.schema
+    assert lake.read_table(lake.path("landing", "uc", "a.csv.gz"), "csv", columns, ["store", "day"], csv=csv_spec)[
+        "store"
+    ].to_list() == ["0012", "München", "0012"]

@@ -23,10 +23,15 @@ from many_models_platform.storage.settings import PlatformSettings
 D = dt.date
 
 
-@pytest.fixture
-def settings(tmp_path, monkeypatch) -> PlatformSettings:
+@pytest.fixture(params=["whole", "batches"])
+def settings(request, tmp_path, monkeypatch) -> PlatformSettings:
+    """Every test here runs twice: landing files read whole, and every file read in batches of
+    two rows (a large file's way), which must give the same rows, counts and reasons."""
     clear_platform_env(monkeypatch)
     monkeypatch.setattr(raw, "RETRY_DELAYS", (0.01, 0.01))
+    if request.param == "batches":
+        monkeypatch.setattr(raw, "BATCHED_FILE_BYTES", -1)
+        monkeypatch.setattr(raw, "BATCH_ROWS", 2)
     s = PlatformSettings.from_env(tmp_path / "home")
     s.ensure_local_dirs()
     return s
@@ -42,6 +47,22 @@ def land(settings: PlatformSettings, name: str, frame: pl.DataFrame | str) -> Pa
     else:
         frame.write_csv(path)
     return path
+
+
+def on_read(monkeypatch, hook) -> None:
+    """Call ``hook(path)`` as a landing file is read, whole (``read_table``) or in batches (``open_table``)."""
+    read_table, open_table = Lake.read_table, Lake.open_table
+
+    def reading_whole(self, p, *args, **kw):
+        hook(p)
+        return read_table(self, p, *args, **kw)
+
+    def reading_batches(self, p, *args, **kw):
+        hook(p)
+        return open_table(self, p, *args, **kw)
+
+    monkeypatch.setattr(Lake, "read_table", reading_whole)
+    monkeypatch.setattr(Lake, "open_table", reading_batches)
 
 
 def run_raw(settings, spec, keys=None):
@@ -206,13 +227,7 @@ def test_a_rejected_file_is_not_read_again_until_it_changes(settings, monkeypatc
     path = land(settings, "panel/a.csv", "country,year,x1,x2,y\nse,never,1,2,3\n")
     spec = yearly()
     reads: list[str] = []
-    original = Lake.read_table
-
-    def counting(self, p, *args, **kw):
-        reads.append(p.name)
-        return original(self, p, *args, **kw)
-
-    monkeypatch.setattr(Lake, "read_table", counting)
+    on_read(monkeypatch, lambda p: reads.append(p.name))
     first, _ = run_raw(settings, spec, keys=["se"])
     assert [f["status"] for f in first.summary["files"]] == ["rejected"] and reads == ["a.csv"]
     second, out = run_raw(settings, spec, keys=["se"])
@@ -232,16 +247,14 @@ def test_a_rejected_file_is_not_read_again_until_it_changes(settings, monkeypatc
 def test_a_transient_read_error_is_retried_and_never_recorded_as_rejected(settings, monkeypatch):
     land(settings, "panel/a.csv", "country,year,x1,x2,y\nno,2020,1,2,3\n")
     spec = yearly()
-    original = Lake.read_table
     failures = {"left": 2}
 
-    def flaky(self, *args, **kw):
+    def flaky(p):
         if failures["left"]:
             failures["left"] -= 1
             raise OSError("connection reset by peer")
-        return original(self, *args, **kw)
 
-    monkeypatch.setattr(Lake, "read_table", flaky)
+    on_read(monkeypatch, flaky)
     report, out = run_raw(settings, spec, keys=["no"])
     assert failures["left"] == 0 and out["no"].ok
     assert report.summary["files"][0]["status"] == "ingested" and report.summary["rejected"] == []
@@ -258,19 +271,16 @@ def test_a_transient_read_error_is_retried_and_never_recorded_as_rejected(settin
 
 def test_a_file_still_being_written_is_read_again_once_it_stops_changing(settings, monkeypatch):
     path = land(settings, "panel/a.csv", "country,year,x1,x2,y\nis,2020,1,2,3\n")
-    original = Lake.read_table
     appended = []
 
-    def writer_still_busy(self, p, *args, **kw):
-        frame = original(self, p, *args, **kw)
+    def writer_still_busy(p):
         if not appended:  # the upstream writer adds a row while we read
             appended.append(True)
             with open(path, "a") as f:
                 f.write("is,2021,1,2,4\n")
             os.utime(path, ns=(2, 2))
-        return frame
 
-    monkeypatch.setattr(Lake, "read_table", writer_still_busy)
+    on_read(monkeypatch, writer_still_busy)
     report, out = run_raw(settings, yearly(), keys=["is"])
     assert report.summary["files"][0]["status"] == "ingested" and out["is"].info["rows"] == 2
 
@@ -552,3 +562,71 @@ def test_spill_folders_of_killed_runs_are_removed_and_live_ones_kept(settings, t
     finally:
         alive.kill()
         alive.wait()
+
+
+# --- a file too large to hold: read in batches ----------------------------------------------
+def test_a_large_file_is_read_in_batches_by_rules_decided_over_the_whole_file(settings, monkeypatch):
+    """Each rule here would come out differently if a batch of two rows decided it alone: the
+    first batch's times are all dates (the file's are datetimes), its targets are all text (the
+    file's are mostly numbers), its x1 values are all numbers (the file's are not)."""
+    land(
+        settings,
+        "panel/a.csv",
+        'country,year,x1,x2,y\nse,2020-01-06,"1,234.5",2,n/a\nse,2020-01-13,2,2,x\n'
+        "se,2020-01-20 10:00,3,2,5\nse,2020-01-27,4,2,6\nse,2020-02-03,5,2,7\nse,2020-02-10,abc,2,8\n",
+    )
+    spec = yearly()
+    monkeypatch.setattr(raw, "BATCHED_FILE_BYTES", 10**9)
+    _, whole = run_raw(settings, spec)
+    expected = bronze(settings, spec, "se")
+
+    batches: list[int] = []
+    add = raw.Spill.add
+    monkeypatch.setattr(raw.Spill, "add", lambda self, *a, **kw: batches.append(a[-1]) or add(self, *a, **kw))
+    monkeypatch.setattr(raw, "BATCHED_FILE_BYTES", -1)
+    monkeypatch.setattr(raw, "BATCH_ROWS", 2)
+    report, out = run_raw(settings, spec)
+    assert batches == [0, 1, 2]  # three batches of two rows
+    got = bronze(settings, spec, "se")
+    assert got.equals(expected) and got.schema == expected.schema
+    assert got.schema["year"] == pl.Datetime("us") and got.schema["x1"] == pl.Utf8
+    assert got["year"].to_list()[0] == dt.datetime(2020, 1, 20, 10) and got["y"].to_list() == [5.0, 6.0, 7.0, 8.0]
+    assert out["se"].info == whole["se"].info and out["se"].info["drops"] == {"target is not a number": 2}
+    assert report.summary["files"][0]["status"] == "ingested"
+
+
+def test_a_large_file_rejected_by_a_late_row_leaves_none_of_its_rows(settings, monkeypatch):
+    """A ragged last line rejects a file read in batches with a whole read's reason (the pass
+    over the whole file meets it before any batch is spilled): the other file's rows are all
+    that reach bronze."""
+    monkeypatch.setattr(raw, "BATCHED_FILE_BYTES", -1)
+    monkeypatch.setattr(raw, "BATCH_ROWS", 2)
+    rows = "se,2020,1,2,3\nse,2021,1,2,4\nse,2022,1,2,5\nse,2023,1,2,6,7\n"
+    land(settings, "panel/a.csv", "country,year,x1,x2,y\n" + rows)
+    land(settings, "panel/b.csv", "country,year,x1,x2,y\nse,2024,1,2,9\n")
+    report, out = run_raw(settings, yearly(), keys=["se"])
+    statuses = [(f["file"].split("/")[-1], f["status"]) for f in report.summary["files"]]
+    assert statuses == [("a.csv", "rejected"), ("b.csv", "ingested")]
+    assert "more fields than the header" in report.summary["rejected"][0]["reason"]
+    assert bronze(settings, yearly(), "se")["y"].to_list() == [9.0] and out["se"].info["rows"] == 1
+
+
+def test_a_large_file_rewritten_while_read_keeps_only_its_new_rows(settings, monkeypatch):
+    """The file shrinks after its batches were spilled: they are taken back before it is read
+    again, so no row of the old content reaches bronze."""
+    monkeypatch.setattr(raw, "BATCHED_FILE_BYTES", -1)
+    monkeypatch.setattr(raw, "BATCH_ROWS", 2)
+    path = land(settings, "panel/a.csv", "country,year,x1,x2,y\nse,2020,1,2,3\nse,2021,1,2,4\nse,2022,1,2,5\n")
+    signature, rewritten = Lake.signature, []
+
+    def rewritten_after_the_read(self, p):
+        if not rewritten:
+            rewritten.append(True)
+            path.write_text("country,year,x1,x2,y\nse,2030,1,2,9\n")
+            os.utime(path, ns=(3, 3))
+        return signature(self, p)
+
+    monkeypatch.setattr(Lake, "signature", rewritten_after_the_read)
+    report, out = run_raw(settings, yearly(), keys=["se"])
+    assert rewritten and report.summary["files"][0]["status"] == "ingested"
+    assert bronze(settings, yearly(), "se")["y"].to_list() == [9.0] and out["se"].info["rows"] == 1

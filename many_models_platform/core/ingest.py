@@ -169,17 +169,25 @@ def _iso_weeks(text: pl.Series) -> pl.Series:
     return pl.select(pl.when(valid).then(monday)).to_series().alias(text.name)
 
 
-def _from_text(text: pl.Series, column: str, frequency: str | None, prefer: str | None) -> tuple[pl.Series, str, str]:
+def _weighted(mask: pl.Series, counts: pl.Series | None) -> int:
+    """How many rows ``mask`` holds, when each value stands for ``counts`` rows (a file's
+    distinct time values with their counts) or for one."""
+    return int(mask.sum()) if counts is None else int(counts.filter(mask).sum())
+
+
+def _from_text(
+    text: pl.Series, column: str, frequency: str | None, prefer: str | None, counts: pl.Series | None
+) -> tuple[pl.Series, str, str]:
     expected = "ISO-8601 dates, datetimes or integers"
-    present = text.is_not_null().sum()
+    present = _weighted(text.is_not_null(), counts)
     dates = text.str.to_date("%Y-%m-%d", strict=False)
-    if dates.is_not_null().sum() == present:
+    if _weighted(dates.is_not_null(), counts) == present:
         return dates, "date", expected
     weeks = _iso_weeks(text)
-    if weeks.is_not_null().sum() * 2 > present:
+    if _weighted(weeks.is_not_null(), counts) * 2 > present:
         return weeks, "date", "ISO weeks (YYYY-Www)"
     ints = text.cast(pl.Int64, strict=False)
-    if ints.is_not_null().sum() * 2 > present:
+    if _weighted(ints.is_not_null(), counts) * 2 > present:
         return _from_integers(ints, column, frequency, prefer)
     spaced = text.str.replace("T", " ", literal=True)
     parsed = pl.repeat(None, len(text), dtype=pl.Datetime("us"), eager=True)
@@ -200,8 +208,12 @@ def parse_time(
     time_format: str | None = None,
     frequency: str | None = None,
     prefer: str | None = None,
+    counts: pl.Series | None = None,
 ) -> ParsedTime:
     """Normalise one file's time column (rules: docs/use-cases.md#time-columns).
+
+    ``counts``: each value stands for that many rows (a file's distinct values, see
+    :func:`file_rules`); every decision weighs the values by it, as over the rows themselves.
 
     ``prefer`` is the kind an earlier landing file of the use case gave: it settles integers
     that could be years or periods, and a file of another kind is rejected. Raises
@@ -237,13 +249,13 @@ def parse_time(
         elif ints is not None:
             parsed, kind, expected = _from_integers(ints, column, frequency, prefer)
         else:
-            parsed, kind, expected = _from_text(text, column, frequency, prefer)
+            parsed, kind, expected = _from_text(text, column, frequency, prefer, counts)
     else:
         raise FileRejected(f"time column {column!r} has type {values.dtype}, not a date, datetime, text or integer")
 
     present = source.is_not_null()
     failed = present & parsed.is_null()
-    n_present, n_failed = int(present.sum()), int(failed.sum())
+    n_present, n_failed = _weighted(present, counts), _weighted(failed, counts)
     if n_present == 0 and len(values):
         raise FileRejected(f"time column {column!r} holds no values")
     if n_failed * 2 > n_present:
@@ -254,16 +266,21 @@ def parse_time(
             f"time column {column!r}: {n_failed} of {n_present} values are not {expected} "
             f"(e.g. {_examples(source, failed)}); {hint}"
         )
+    _check_kind(column, kind, prefer)
+    bad = pl.select(
+        pl.when(~present).then(pl.lit(MISSING_TIME)).when(failed).then(pl.lit(UNPARSEABLE_TIME))
+    ).to_series()
+    return ParsedTime(parsed.alias(column), kind, bad.alias(DROP))
+
+
+def _check_kind(column: str, kind: str, prefer: str | None) -> None:
+    """Every landing file of a use case holds periods, or every one holds calendar times."""
     if prefer is not None and (prefer == "period") != (kind == "period"):
         seen = {"period": "integer periods", "date": "dates", "datetime": "datetimes"}
         raise FileRejected(
             f"time column {column!r} holds {seen[kind]} here but {seen[prefer]} in an earlier landing file; "
             "set 'frequency' ('period' or 'yearly') or 'time_format' so every file reads the same way"
         )
-    bad = pl.select(
-        pl.when(~present).then(pl.lit(MISSING_TIME)).when(failed).then(pl.lit(UNPARSEABLE_TIME))
-    ).to_series()
-    return ParsedTime(parsed.alias(column), kind, bad.alias(DROP))
 
 
 def match_columns(wanted: Sequence[str], header: Sequence[str]) -> dict[str, str]:
@@ -334,49 +351,119 @@ def required_columns(spec: UseCaseSpec, scoring: bool) -> list[str]:
     return [c for c in spec.input_columns if not (scoring and c == spec.target)]
 
 
-def normalise_file(
-    frame: pl.DataFrame, spec: UseCaseSpec, *, scoring: bool = False, prefer: str | None = None
-) -> tuple[pl.DataFrame, str | None]:
-    """One landing file's columns in bronze types, plus ``__drop``, the reason a row is removed.
+@dataclass(frozen=True)
+class FileRules:
+    """What a landing file's rows become, decided over the whole file by :func:`file_rules`:
+    every row is then normalised alone (:func:`normalise_rows`), so the batches of a file too
+    large to hold come out as the whole file would."""
 
-    Key and categorical columns become text as they are; the target becomes Float64 for
-    forecasts and regressions. Returns the frame and its time kind; raises FileRejected.
-    """
-    missing = [c for c in required_columns(spec, scoring) if c not in frame.columns]
+    time_kind: str | None  # "date" | "datetime" | "period"; None without a time column
+    times: pl.DataFrame | None  # each distinct time value (SOURCE) -> parsed value (time column) and DROP
+    numbers: tuple[str, ...]  # text features whose every value reads as a number
+
+
+SOURCE = "__source"  # a time value as the file holds it, in FileRules.times
+
+
+def _time_source(column: str, dtype: pl.DataType) -> pl.Expr:
+    """The value a row's time is looked up by: categories as text, a float's NaN as missing."""
+    if isinstance(dtype, pl.Categorical | pl.Enum):
+        return pl.col(column).cast(pl.Utf8)
+    return pl.col(column).fill_nan(None) if dtype.is_float() else pl.col(column)
+
+
+def _time_rules(data: pl.LazyFrame, spec: UseCaseSpec, prefer: str | None) -> tuple[str, pl.DataFrame | None]:
+    column = spec.time_column
+    dtype = data.collect_schema()[column]
+    if dtype == pl.Date or isinstance(dtype, pl.Datetime):  # typed: nothing to decide, only whether any is set
+        rows, present = data.select(pl.len(), pl.col(column).is_not_null().sum().alias("present")).collect().row(0)
+        if rows and not present:
+            raise FileRejected(f"time column {column!r} holds no values")
+        _check_kind(column, _kind_of(dtype), prefer)
+        return _kind_of(dtype), None
+    distinct = (  # a file's distinct times are few (weeks, days) next to its rows
+        data.select(_time_source(column, dtype).alias(SOURCE)).group_by(SOURCE, maintain_order=True).len().collect()
+    )
+    parsed = parse_time(
+        distinct[SOURCE].alias(column),
+        column=column,
+        time_format=spec.time_format,
+        frequency=spec.frequency,
+        prefer=prefer,
+        counts=distinct["len"],
+    )
+    return parsed.kind, pl.DataFrame([distinct[SOURCE], parsed.values, parsed.bad])
+
+
+def _target_number(target: str, dtype: pl.DataType, decimal_comma: bool) -> pl.Expr:
+    return to_number(pl.col(target), decimal_comma) if dtype == pl.Utf8 else pl.col(target).cast(pl.Float64)
+
+
+def _decimal_comma(spec: UseCaseSpec, scoring: bool) -> bool:
+    source_spec = spec.scoring_source if scoring and spec.scoring_source else spec.source
+    return bool(source_spec.csv and source_spec.csv.decimal_comma)
+
+
+def file_rules(
+    data: pl.LazyFrame | pl.DataFrame, spec: UseCaseSpec, *, scoring: bool = False, prefer: str | None = None
+) -> FileRules:
+    """Decide, over all of one landing file's rows, what needs the whole file: how its time
+    values parse, which text features are numbers, and whether it is a file to reject
+    (:class:`FileRejected`). ``data`` may be lazy: only these answers are collected."""
+    data = data.lazy()
+    schema = data.collect_schema()
+    missing = [c for c in required_columns(spec, scoring) if c not in schema]
     if missing:
         raise FileRejected(f"missing required column(s) {missing}")
+    decimal_comma = _decimal_comma(spec, scoring)
+    numbers: tuple[str, ...] = ()
+    numeric_text = [c for c in spec.features if schema.get(c) == pl.Utf8]
+    if numeric_text:  # "1,234.5" features become numbers when every value is one; else training_set says why
+        not_numbers = data.select(
+            (pl.col(c).is_not_null() & to_number(pl.col(c), decimal_comma).is_null()).any() for c in numeric_text
+        ).collect()
+        numbers = tuple(c for c in numeric_text if not not_numbers[c].item())
+    kind, times = _time_rules(data, spec, prefer) if spec.time_column else (None, None)
+    target = spec.target
+    if not scoring and target in schema and spec.task in ("forecast", "regression") and schema[target] != pl.Float64:
+        _check_target_numbers(data, target, _target_number(target, schema[target], decimal_comma), decimal_comma)
+    return FileRules(kind, times, numbers)
+
+
+def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, scoring: bool = False) -> pl.DataFrame:
+    """Rows of one landing file (all of it, or a batch) in bronze types, plus ``__drop``, the
+    reason a row is removed, by the file's ``rules``.
+
+    Key and categorical columns become text as they are; the target becomes Float64 for
+    forecasts and regressions.
+    """
     frame = frame.select([c for c in spec.input_columns if c in frame.columns])
     frame = frame.with_columns(
         *key_values(spec.keys, frame.schema), *[pl.col(c).cast(pl.Utf8) for c in spec.categorical_features]
     )
-    source_spec = spec.scoring_source if scoring and spec.scoring_source else spec.source
-    decimal_comma = bool(source_spec.csv and source_spec.csv.decimal_comma)
-    numeric_text = [c for c in spec.features if frame.schema[c] == pl.Utf8]
-    if numeric_text:  # "1,234.5" features become numbers when every value is one; else training_set says why
-        numbers = frame.select(to_number(pl.col(c), decimal_comma) for c in numeric_text)
-        frame = frame.with_columns(numbers[c] for c in numeric_text if numbers[c].null_count() == frame[c].null_count())
+    decimal_comma = _decimal_comma(spec, scoring)
+    if rules.numbers:
+        frame = frame.with_columns(to_number(pl.col(c), decimal_comma) for c in rules.numbers)
     reasons = pl.when(pl.any_horizontal([pl.col(k).is_null() for k in spec.keys])).then(pl.lit(NULL_KEY))
-    kind = None
     if spec.time_column:
-        parsed = parse_time(
-            frame[spec.time_column],
-            column=spec.time_column,
-            time_format=spec.time_format,
-            frequency=spec.frequency,
-            prefer=prefer,
-        )
-        frame = frame.with_columns(parsed.values, parsed.bad)
-        kind = parsed.kind
+        column = spec.time_column
+        if rules.times is None:  # a date or datetime column
+            bad = pl.when(pl.col(column).is_null()).then(pl.lit(MISSING_TIME)).otherwise(pl.lit(None, pl.Utf8))
+            values = frame[column] if frame.schema[column] == pl.Date else _to_naive_utc(frame[column])
+            frame = frame.with_columns(values, bad.alias(DROP))
+        else:
+            looked_up = frame.select(_time_source(column, frame.schema[column]).alias(SOURCE)).join(
+                rules.times, on=SOURCE, how="left", nulls_equal=True, maintain_order="left"
+            )
+            frame = frame.with_columns(looked_up[column], looked_up[DROP])
         reasons = reasons.when(pl.col(DROP).is_not_null()).then(pl.col(DROP))
     target = spec.target if spec.target in frame.columns else None
     if target:
         source = pl.col(target)
         if spec.task in ("forecast", "regression") and frame.schema[target] != pl.Float64:
-            as_number = to_number(source, decimal_comma) if frame.schema[target] == pl.Utf8 else source.cast(pl.Float64)
-            frame = frame.with_columns(as_number, source.is_not_null().alias("__t_present"), source.alias("__t_text"))
+            as_number = _target_number(target, frame.schema[target], decimal_comma)
+            frame = frame.with_columns(as_number, source.is_not_null().alias("__t_present"))
             text = pl.col("__t_present") & pl.col(target).is_null()
-            if not scoring:
-                _check_target_numbers(frame, target, decimal_comma)
         else:
             text = pl.lit(False)
         if not scoring:
@@ -385,15 +472,28 @@ def normalise_file(
                 reasons = reasons.when(source.is_nan()).then(pl.lit(TARGET_NAN))
                 reasons = reasons.when(source.is_infinite()).then(pl.lit(TARGET_INF))
     frame = frame.with_columns(reasons.otherwise(pl.lit(None, dtype=pl.Utf8)).alias(DROP))
-    return frame.drop("__t_present", "__t_text", strict=False), kind
+    return frame.drop("__t_present", strict=False)
 
 
-def _check_target_numbers(frame: pl.DataFrame, target: str, decimal_comma: bool) -> None:
+def normalise_file(
+    frame: pl.DataFrame, spec: UseCaseSpec, *, scoring: bool = False, prefer: str | None = None
+) -> tuple[pl.DataFrame, str | None]:
+    """One whole landing file: its rules, then its rows by them. Returns the frame and its time
+    kind; raises :class:`FileRejected`."""
+    rules = file_rules(frame, spec, scoring=scoring, prefer=prefer)
+    return normalise_rows(frame, spec, rules, scoring=scoring), rules.time_kind
+
+
+def _check_target_numbers(data: pl.LazyFrame, target: str, as_number: pl.Expr, decimal_comma: bool) -> None:
     """More than half of a file's targets not being numbers is a layout to fix, not bad rows."""
-    failed = frame["__t_present"] & frame[target].is_null()
-    n_failed, n_present = int(failed.sum()), int(frame["__t_present"].sum())
+    failed = pl.col(target).is_not_null() & as_number.is_null()
+    n_failed, n_present = (
+        data.select(failed.sum().alias("f"), pl.col(target).is_not_null().sum().alias("p")).collect().row(0)
+    )
     if n_failed * 2 > n_present:
-        shown = frame["__t_text"].filter(failed).cast(pl.Utf8).unique(maintain_order=True).head(2).to_list()
+        shown = (
+            data.filter(failed).select(pl.col(target).cast(pl.Utf8)).unique(maintain_order=True).head(2).collect()
+        )[target].to_list()
         raise FileRejected(
             f"target {target!r}: {n_failed} of {n_present} values are not numbers (e.g. "
             f"{', '.join(repr(v) for v in shown)}); {_number_hint(shown, decimal_comma)}"

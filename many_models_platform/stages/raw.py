@@ -19,7 +19,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +38,10 @@ from .base import StageReport, StageRun, clear_state, crash_point, finish, write
 # A read that fails with an OSError, or a file that changes while being read (still being
 # written), is tried again after these pauses; then it is left for a later run, never rejected.
 RETRY_DELAYS: tuple[float, ...] = (0.2, 1.0)
+# A landing file larger than this is read in batches of BATCH_ROWS rows (whole, it would take
+# several times its size in memory: 2.4 GiB for a 450 MB CSV).
+BATCHED_FILE_BYTES = 256 * 2**20
+BATCH_ROWS = 1_000_000
 # Bumped when the way files are read changes, so earlier rejections are tried again.
 READER_VERSION = 2
 
@@ -93,38 +97,44 @@ class Spill:
 
     def size(self, rows: int, file_bytes: int, source_bytes: int) -> None:
         """Bucket count from the first file with rows: its rows per byte times the source's bytes."""
-        if self.buckets is None:
+        if self.buckets is None and rows:
             estimate = rows * source_bytes / max(1, file_bytes)
             self.buckets = max(1, min(MAX_BUCKETS, math.ceil(estimate / ROWS_PER_BUCKET)))
 
-    def path(self, label: str, bucket: int, index: int, part: str) -> Path:
-        return self.folder / label / f"{bucket:05d}" / f"{index:06d}-{part}.arrow"
+    def path(self, label: str, bucket: int, piece: str, part: str) -> Path:
+        return self.folder / label / f"{bucket:05d}" / f"{piece}-{part}.arrow"
 
-    def add(self, label: str, index: int, frame: pl.DataFrame) -> None:
-        """One file's normalised rows (with ``__file``): rows without a full key aside, the run's
-        keys' rows whole and other keys' rows narrow, each into its key's bucket."""
-        keys = self.spec.keys
+    def add(self, label: str, index: int, frame: pl.DataFrame, batch: int = 0) -> None:
+        """One file's normalised rows (with ``__file``), or batch ``batch`` of them: rows without
+        a full key aside, the run's keys' rows whole and other keys' rows narrow, each into its
+        key's bucket. Pieces are named so that reading them in name order is file, then batch order."""
+        keys, piece = self.spec.keys, f"{index:06d}-{batch:06d}"
         null_key = pl.any_horizontal([pl.col(k).is_null() for k in keys])
         nulls = frame.filter(null_key)
         if not nulls.is_empty():
             frame = frame.filter(~null_key)
-            self.write(self.folder / label / "null_key" / f"{index:06d}.arrow", nulls)
+            self.write(self.folder / label / "null_key" / f"{piece}.arrow", nulls)
         del nulls
         mark = frame.select(keys).join(self.wanted, on=keys, how="left", maintain_order="left")["__wanted"]
         wanted = mark.is_not_null()
         if wanted.all():
-            self._scatter(label, index, "rows", frame)
+            self._scatter(label, piece, "rows", frame)
             return
-        self._scatter(label, index, "rows", frame.filter(wanted))
-        self._scatter(label, index, "counted", frame.filter(~wanted).select(self.narrow))
+        self._scatter(label, piece, "rows", frame.filter(wanted))
+        self._scatter(label, piece, "counted", frame.filter(~wanted).select(self.narrow))
 
-    def _scatter(self, label: str, index: int, part: str, frame: pl.DataFrame) -> None:
+    def discard(self, label: str, index: int) -> None:
+        """Take back what one file added: it was rejected or changed part way through its batches."""
+        for path in (self.folder / label).glob(f"*/{index:06d}-*.arrow"):
+            path.unlink()
+
+    def _scatter(self, label: str, piece: str, part: str, frame: pl.DataFrame) -> None:
         if frame.is_empty():
             return
         pieces = frame.with_columns(self.bucket().alias(_BUCKET)).partition_by(_BUCKET, as_dict=True, include_key=False)
         del frame
-        for (bucket,), piece in pieces.items():
-            self.write(self.path(label, bucket, index, part), piece)
+        for (bucket,), rows in pieces.items():
+            self.write(self.path(label, bucket, piece, part), rows)
 
     @staticmethod
     def write(path: Path, frame: pl.DataFrame) -> None:
@@ -144,8 +154,11 @@ class Spill:
 
     def null_key_rows(self, label: str, template: pl.DataFrame) -> Iterator[tuple[int, pl.DataFrame]]:
         """(file index, the file's rows without a full key), one file at a time (usually none)."""
+        by_file: dict[int, list[Path]] = {}
         for path in sorted((self.folder / label / "null_key").glob("*.arrow")):
-            yield int(path.stem), pl.concat([template, pl.read_ipc(path)], how="diagonal_relaxed")
+            by_file.setdefault(int(path.stem.split("-")[0]), []).append(path)
+        for index, paths in by_file.items():
+            yield index, pl.concat([template, *(pl.read_ipc(p) for p in paths)], how="diagonal_relaxed")
 
 
 # --- rejection records ----------------------------------------------------------------------
@@ -188,49 +201,126 @@ def still_rejected(lake: Lake, records: dict[str, UPath], name: str, signature: 
 
 # --- reading --------------------------------------------------------------------------------
 def read_with_retry(
-    lake: Lake,
-    path: UPath,
-    fmt: str,
-    columns: list[str],
-    text_columns: list[str],
-    listed: dict | None = None,
-    **options: Any,
-) -> pl.DataFrame:
-    """Read a landing file, retrying I/O errors and files that change while read; RetryLater after that.
-    ``listed``: the file's signature from the listing, which saves asking for it before the first read;
-    ``options`` go to :meth:`Lake.read_table` (``csv``, ``required``)."""
+    lake: Lake, path: UPath, listed: dict | None, read: Callable[[], Any], undo: Callable[[], None]
+) -> Any:
+    """``read()`` a landing file, trying again after I/O errors and when the file changed while
+    it was read (``undo`` takes back what a try spilled); RetryLater after that. ``listed``: the
+    file's signature from the listing, which saves asking for it before the first read."""
     problem = ""
     for attempt in range(len(RETRY_DELAYS) + 1):
         if attempt:
             time.sleep(RETRY_DELAYS[attempt - 1])
         try:
             before = listed if (listed is not None and not attempt) else lake.signature(path)
-            frame = lake.read_table(path, fmt, columns=columns, text_columns=text_columns, **options)
+            result = read()
             if lake.signature(path) == before:
-                return frame
+                return result
             problem = "the file changed while it was read (still being written?)"
         except OSError as exc:
             problem = f"{type(exc).__name__}: {exc}"
+        undo()
     raise RetryLater(f"{problem}; tried {len(RETRY_DELAYS) + 1} times, will try again on the next run")
+
+
+@dataclass
+class FileRead:
+    """What one landing file gave: its rows (spilled), their column types, and its time kind."""
+
+    rows: int = 0
+    template: pl.DataFrame | None = None
+    kind: str | None = None
+
+
+def _normalised(frame: pl.DataFrame, spec: UseCaseSpec, rules: core_ingest.FileRules, scoring: bool) -> pl.DataFrame:
+    try:
+        return core_ingest.normalise_rows(frame, spec, rules, scoring=scoring)
+    except pl.exceptions.PolarsError as exc:  # e.g. a key column of nested values that has no text form
+        raise core_ingest.FileRejected(f"{type(exc).__name__}: {exc}"[:500]) from None
+
+
+def _unreadable(fmt: str, exc: Exception) -> core_ingest.FileRejected:
+    """The file's content is the user's: say why it cannot be read."""
+    if isinstance(exc, core_ingest.FileRejected):
+        return core_ingest.FileRejected(str(exc)[:500])
+    return core_ingest.FileRejected(f"cannot read as {fmt}: {exc}"[:500])
+
+
+def _spill_file(
+    spec: UseCaseSpec,
+    lake: Lake,
+    spill: Spill,
+    listed: LandedFile,
+    index: int,
+    source_bytes: int,
+    *,
+    scoring: bool,
+    prefer: str | None,
+) -> FileRead:
+    """Read one landing file and spill its normalised rows as file ``index``. A file up to
+    BATCHED_FILE_BYTES is read whole; a larger one in batches of BATCH_ROWS, by rules decided
+    over the whole file first (``core.ingest.file_rules``), so memory follows the batch, not the
+    file, and the rows come out the same. Raises FileRejected, or OSError to be tried again."""
+    source = spec.scoring_source if scoring else spec.source
+    label = "scoring_source" if scoring else "source"
+    text_columns = [*spec.keys, *spec.categorical_features] + ([spec.time_column] if spec.time_column else [])
+    options = {"csv": source.csv, "required": core_ingest.required_columns(spec, scoring)}
+    path, out = lake.path(*listed.name.split("/")), FileRead()
+
+    def spill_batch(frame: pl.DataFrame, rules: core_ingest.FileRules, batch: int) -> None:
+        frame = _normalised(frame, spec, rules, scoring)
+        frame = frame.with_columns(pl.lit(index, dtype=pl.Int32).alias(core_ingest.FILE))
+        out.rows += frame.height
+        if out.template is None:
+            out.template = frame.clear()
+        spill.add(label, index, frame, batch)
+
+    if listed.size <= BATCHED_FILE_BYTES:
+        try:
+            frame = lake.read_table(
+                path, source.file_format, spec.input_columns, text_columns, size=listed.size, **options
+            )
+            rules = core_ingest.file_rules(frame, spec, scoring=scoring, prefer=prefer)
+        except (OSError, core_ingest.FileRejected):
+            raise
+        except Exception as exc:
+            raise _unreadable(source.file_format, exc) from None
+        if frame.height:
+            spill.size(frame.height, listed.size, source_bytes)
+        spill_batch(frame, rules, 0)
+        out.kind = rules.time_kind
+        return out
+    scratch = spill.folder / "landing"
+    with lake.open_table(path, source.file_format, spec.input_columns, text_columns, scratch, **options) as table:
+        try:
+            rules = core_ingest.file_rules(table.data, spec, scoring=scoring, prefer=prefer)
+            if spill.buckets is None:
+                spill.size(table.data.select(pl.len()).collect().item(), listed.size, source_bytes)
+            for batch, frame in enumerate(table.batches(BATCH_ROWS)):
+                spill_batch(frame, rules, batch)
+        except (OSError, core_ingest.FileRejected):
+            raise
+        except Exception as exc:
+            raise _unreadable(source.file_format, table.error(exc)) from None
+    out.kind = rules.time_kind
+    return out
 
 
 def read_source(
     spec: UseCaseSpec, lake: Lake, spill: Spill, *, scoring: bool = False, prefer: str | None = None
 ) -> SourceRead:
     """Read every landing file of one source once, one file at a time: rejected files are
-    recorded and skipped, the others' rows go to ``spill`` (only one file is held at a time)."""
+    recorded and skipped, the others' rows go to ``spill`` (at most one file, or one batch of a
+    large file, is held at a time)."""
     source = spec.scoring_source if scoring else spec.source
     label = "scoring_source" if scoring else "source"
     settings = reading_settings(spec)
     records = rejection_records(lake, spec.name)
-    text_columns = [*spec.keys, *spec.categorical_features] + ([spec.time_column] if spec.time_column else [])
     read = SourceRead(kind=prefer)
     listing = lake.listing(source.path)  # names, sizes and change stamps: no request per file
     source_bytes = sum(listed.size for listed in listing)
     templates = []
     for listed in listing:
         name, signature = listed.name, listed.signature
-        path = lake.path(*name.split("/"))
         entry: dict[str, Any] = {"file": name, "source": label, "rows": 0, "status": "ingested", "reason": ""}
         entry |= {"rows_dropped": 0, "rows_merged": 0}
         read.files.append(entry)
@@ -238,47 +328,31 @@ def read_source(
         if record is not None:
             entry |= {"status": "unchanged_rejected", "reason": record["reason"]}
             continue
+        index = len(read.names)
         try:
-            raw = read_with_retry(
+            got = read_with_retry(
                 lake,
-                path,
-                source.file_format,
-                spec.input_columns,
-                text_columns,
+                lake.path(*name.split("/")),
                 signature,
-                csv=source.csv,
-                required=core_ingest.required_columns(spec, scoring),
+                lambda listed=listed, index=index: _spill_file(
+                    spec, lake, spill, listed, index, source_bytes, scoring=scoring, prefer=read.kind
+                ),
+                lambda index=index: spill.discard(label, index),
             )
         except RetryLater as exc:
             entry |= {"status": "retry_later", "reason": str(exc)}
             continue
         except core_ingest.FileRejected as exc:
-            reject(lake, spec.name, entry, signature, settings, str(exc)[:500])
-            continue
-        except Exception as exc:  # the file's content is the user's: say why it cannot be read
-            reject(lake, spec.name, entry, signature, settings, f"cannot read as {source.file_format}: {exc}"[:500])
-            continue
-        try:
-            frame, file_kind = core_ingest.normalise_file(raw, spec, scoring=scoring, prefer=read.kind)
-        except core_ingest.FileRejected as exc:
+            spill.discard(label, index)
             reject(lake, spec.name, entry, signature, settings, str(exc))
             continue
-        except pl.exceptions.PolarsError as exc:  # e.g. a key column of nested values that has no text form
-            reject(lake, spec.name, entry, signature, settings, f"{type(exc).__name__}: {exc}"[:500])
-            continue
-        finally:
-            del raw
         if file_id(name) in records:
             lake.delete(records[file_id(name)])  # it was fixed
-        if frame.is_empty():  # a header-only export: no rows, and no say in column types or time kind
+        if not got.rows:  # a header-only export: no rows, and no say in column types or time kind
             continue
-        read.kind = read.kind or file_kind
-        entry["rows"] = frame.height
-        frame = frame.with_columns(pl.lit(len(read.names), dtype=pl.Int32).alias(core_ingest.FILE))
-        templates.append(frame.clear())
-        spill.size(frame.height, listed.size, source_bytes)
-        spill.add(label, len(read.names), frame)
-        del frame
+        read.kind = read.kind or got.kind
+        entry["rows"] = got.rows
+        templates.append(got.template)
         read.names.append(entry)
     if templates:  # the column types the files' rows take together, as one concatenation would give
         read.template = pl.concat(templates, how="diagonal_relaxed")
@@ -333,12 +407,23 @@ def file_keys(spec: UseCaseSpec, lake: Lake, file: LandedFile, fmt: str, csv: An
     """The distinct encoded keys of one landing file, from its key columns only (on blob
     storage a Parquet file's footer and key column chunks, not the whole object), as ingest
     reads them (``core.ingest.key_values``); ``csv``: the source's dialect."""
-    frame = lake.read_table(file.name, fmt, columns=spec.keys, text_columns=spec.keys, size=file.size, csv=csv)
-    missing = [k for k in spec.keys if k not in frame.columns]
-    if missing:
-        raise KeyColumnsMissing(f"missing required column(s) {missing}")
-    values = frame.select(core_ingest.key_values(spec.keys, frame.schema)).unique().drop_nulls()
-    return sorted(encode_key(row) for row in values.iter_rows())
+    if file.size > BATCHED_FILE_BYTES:  # streamed: only the distinct keys are held
+        with (
+            tempfile.TemporaryDirectory(prefix=_spill_prefix(os.getpid())) as scratch,
+            lake.open_table(file.name, fmt, spec.keys, spec.keys, scratch, csv=csv) as table,
+        ):
+            data = table.data
+            missing = [k for k in spec.keys if k not in data.collect_schema()]
+            if missing:
+                raise KeyColumnsMissing(f"missing required column(s) {missing}")
+            values = data.select(core_ingest.key_values(spec.keys, data.collect_schema())).unique().collect()
+    else:
+        frame = lake.read_table(file.name, fmt, columns=spec.keys, text_columns=spec.keys, size=file.size, csv=csv)
+        missing = [k for k in spec.keys if k not in frame.columns]
+        if missing:
+            raise KeyColumnsMissing(f"missing required column(s) {missing}")
+        values = frame.select(core_ingest.key_values(spec.keys, frame.schema)).unique()
+    return sorted(encode_key(row) for row in values.drop_nulls().iter_rows())
 
 
 DISCOVERY_THREADS = 16  # key columns of many files at once: blob reads are latency-bound
@@ -365,8 +450,8 @@ def discover_keys(spec: UseCaseSpec, lake: Lake) -> list[str]:
 
     files = lake.listing(spec.source.path)
     threads = min(DISCOVERY_THREADS, len(files))
-    if fmt != "parquet":
-        threads = min(threads, DISCOVERY_CSV_BYTES // max([1, *(f.size for f in files)]))
+    if fmt != "parquet":  # a file above BATCHED_FILE_BYTES is streamed, not held
+        threads = min(threads, DISCOVERY_CSV_BYTES // max([1, *(min(f.size, BATCHED_FILE_BYTES) for f in files)]))
     with ThreadPoolExecutor(max(1, threads)) as pool:
         found = {k for keys in pool.map(keys_of, files) for k in keys}
     return sorted(found)

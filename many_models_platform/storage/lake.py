@@ -12,6 +12,7 @@ a directory rename, which a flat blob namespace cannot do atomically. Credential
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import functools
 import glob
@@ -19,11 +20,12 @@ import gzip
 import io
 import json
 import os
+import shutil
 import stat
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import polars as pl
 from upath import UPath
@@ -100,6 +102,7 @@ def credential_values(options: dict[str, Any]) -> list[str]:
 # A remote Parquet object this small is fetched whole (one request); a larger one as its footer
 # and the chunks of the wanted columns (pyarrow asks for the footer in one 64 KiB read).
 SMALL_OBJECT = 256 * 1024
+HEADER_BYTES = 2**20  # a CSV's header and dialect are read from its first MiB
 
 
 class RangedObject(io.RawIOBase):
@@ -170,6 +173,26 @@ def _root(url: str, options: tuple[tuple[str, Any], ...], pid: int) -> UPath:
     if is_azure_url(url):
         return UPath(url, **adlfs_options(dict(options)))
     return UPath(url, **dict(options))
+
+
+@dataclass(frozen=True)
+class LandingTable:
+    """A landing file opened by :meth:`Lake.open_table`: ``data`` is lazy, and a bad row only
+    shows when it is collected, so :meth:`error` turns polars' error into the user's reason."""
+
+    data: pl.LazyFrame
+    local: str  # the local file read
+    columns: int = 0  # a CSV's header width
+    separator: str = ""  # a CSV's separator ("" for Parquet)
+
+    def error(self, exc: Exception) -> Exception:
+        if not self.separator or not isinstance(exc, pl.exceptions.ComputeError):
+            return exc
+        return csv_error(exc, lambda: open(self.local, "rb"), self.columns, self.separator)
+
+    def batches(self, rows: int) -> Iterator[pl.DataFrame]:
+        """The file's rows, ``rows`` at a time, in file order (streamed: one batch is held)."""
+        return iter(self.data.collect_batches(chunk_size=rows))
 
 
 @dataclass(frozen=True)
@@ -329,16 +352,61 @@ class Lake:
                 **options,
             )
         except pl.exceptions.ComputeError as exc:
-            if "utf-8" in str(exc).lower() or "utf8" in str(exc).lower():
-                raise FileRejected(_not_utf8(data)) from None
-            if "more fields than defined" in str(exc):
-                raise FileRejected(
-                    f"a line has more fields than the header ({len(header)} columns, separator "
-                    f"{options['separator']!r}): an unquoted separator inside a value, or a wrong separator; "
-                    "quote such values in the export, or set 'csv: {separator: ...}'"
-                ) from None
-            raise
+            raise csv_error(exc, lambda: io.BytesIO(data), len(header), options["separator"]) from None
         return frame.rename(names)
+
+    @contextlib.contextmanager
+    def open_table(
+        self,
+        path: UPath | str,
+        fmt: str,
+        columns: list[str],
+        text_columns: Sequence[str],
+        scratch: str | os.PathLike,
+        *,
+        csv: Any = None,
+        required: Sequence[str] = (),
+    ) -> Iterator[LandingTable]:
+        """A landing file too large to hold, as a lazy frame over a local file, to read in
+        batches: the same columns, names, dialect and types as :meth:`read_table` gives (the
+        CSV's types are inferred from its first 10,000 rows either way). A remote file is
+        downloaded, and a gzipped or non-UTF-8 CSV decoded, into ``scratch`` (removed after)."""
+        fs, full = self._located(path)
+        copies: list[str] = []
+        try:
+            local = full
+            if not self.is_local:
+                local = _scratch_file(scratch, copies)
+                fs.get_file(full, local)
+            if fmt == "parquet":
+                header = list(pl.read_parquet_schema(local))
+                names = match_columns(columns, header)
+                _check_required(required, names, header)
+                yield LandingTable(pl.scan_parquet(local).select(list(names)).rename(names), local)
+                return
+            with open(local, "rb") as f:
+                head = f.read(2)
+            if not head:
+                raise FileRejected("the file is empty (0 bytes); a CSV export needs at least its header line")
+            encoding = csv.encoding if csv is not None else "utf8"
+            if head == b"\x1f\x8b" or encoding not in ("utf8", "utf8-lossy"):  # to plain UTF-8 on disk
+                local = _decoded_copy(local, encoding, _scratch_file(scratch, copies))
+            with open(local, "rb") as f:
+                start = f.read(HEADER_BYTES)
+            options, header = _csv_options(start, csv, columns)
+            if encoding not in ("utf8", "utf8-lossy"):
+                options.pop("encoding", None)
+            if header is None:
+                header = pl.read_csv(io.BytesIO(start), n_rows=0, **options).columns
+            names = match_columns(columns, header)
+            _check_required(required, names, header)
+            text = {actual: pl.Utf8 for actual, name in names.items() if name in text_columns}
+            scan = pl.scan_csv(local, schema_overrides=text, infer_schema_length=10_000, **options)
+            yield LandingTable(scan.select(list(names)).rename(names), local, len(header), options["separator"])
+        finally:
+            for copy in copies:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(copy)
 
     def _read_parquet_columns(
         self, path: UPath | str, columns: list[str] | None, size: int | None, required: Sequence[str] = ()
@@ -428,19 +496,65 @@ def _csv_options(data: bytes, csv: Any, columns: Sequence[str] | None) -> tuple[
     return options, chosen
 
 
-def _not_utf8(data: bytes) -> str:
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    try:
-        data.decode("utf-8")
-        where = ""
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        where = f" (byte {data[exc.start : exc.start + 1]!r} on line {line})"
+def csv_error(exc: Exception, text: Callable[[], IO[bytes]], columns: int, separator: str) -> Exception:
+    """A polars CSV error as the reason a user can act on (:class:`FileRejected`), or as it is.
+    ``text`` opens the file's bytes, read again only to say where it is not UTF-8."""
+    message = str(exc).lower()
+    if "utf-8" in message or "utf8" in message:
+        with text() as stream:
+            return FileRejected(_not_utf8(stream))
+    if "more fields than defined" in message:
+        return FileRejected(
+            f"a line has more fields than the header ({columns} columns, separator "
+            f"{separator!r}): an unquoted separator inside a value, or a wrong separator; "
+            "quote such values in the export, or set 'csv: {separator: ...}'"
+        )
+    return exc
+
+
+def _not_utf8(stream: IO[bytes]) -> str:
+    """Where a byte stream (gzipped or not) stops being UTF-8, read a MiB at a time."""
+    if stream.read(2) == b"\x1f\x8b":
+        stream.seek(0)
+        stream = gzip.GzipFile(fileobj=stream)
+    else:
+        stream.seek(0)
+    decoder, line, where = codecs.getincrementaldecoder("utf-8")(), 1, ""
+    while chunk := stream.read(HEADER_BYTES):
+        try:
+            decoder.decode(chunk)
+        except UnicodeDecodeError as exc:
+            start = max(0, exc.start - len(exc.object) + len(chunk))  # the decoder may hold bytes of the last chunk
+            line += chunk[:start].count(b"\n")
+            where = f" (byte {chunk[start : start + 1]!r} on line {line})"
+            break
+        line += chunk.count(b"\n")
     return (
         f"the file is not UTF-8 text{where}; set 'csv: {{encoding: ...}}' in the source, e.g. 'cp1252' for an "
         "Excel export on Windows or 'latin-1'"
     )
+
+
+def _scratch_file(scratch: str | os.PathLike, copies: list[str]) -> str:
+    os.makedirs(scratch, exist_ok=True)
+    copies.append(os.path.join(scratch, f"landing-{uuid.uuid4().hex}"))
+    return copies[-1]
+
+
+def _decoded_copy(source: str, encoding: str, target: str) -> str:
+    """A gzipped and/or non-UTF-8 CSV as plain UTF-8 text, streamed to ``target``."""
+    with open(source, "rb") as raw, open(target, "wb") as out:
+        stream: IO[bytes] = raw
+        if raw.read(2) == b"\x1f\x8b":
+            stream = gzip.GzipFile(fileobj=raw)
+        raw.seek(0)
+        if encoding in ("utf8", "utf8-lossy"):
+            shutil.copyfileobj(stream, out, HEADER_BYTES)
+        else:
+            reader = codecs.getreader(encoding)(stream)
+            while text := reader.read(HEADER_BYTES):
+                out.write(text.encode("utf-8"))
+    return target
 
 
 def _check_required(required: Sequence[str], names: dict[str, str], header: Sequence[str]) -> None:
