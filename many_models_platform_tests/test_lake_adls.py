@@ -8,6 +8,7 @@ import threading
 import polars as pl
 import pytest
 
+from many_models_platform.core.spec import CsvSpec
 from many_models_platform.storage.lake import Lake, adlfs_options
 from many_models_platform.storage.redaction import redact
 from many_models_platform.storage.settings import PlatformSettings
@@ -169,11 +170,9 @@ def test_a_large_landing_file_opens_as_a_local_copy_read_in_batches(azurite_lake
     """``open_table`` (raw's way with a file too large to hold) downloads the object, decodes a
     gzipped cp1252 CSV, and reads the same columns, names and types as ``read_table``; the
     local copies are gone afterwards."""
-    from types import SimpleNamespace
-
     lake = Lake(azurite_lake.url, {"connection_string": azurite_lake.connection_string})
     text = "Store;day;sales\n0012;2024-01-01;3,5\nMünchen;2024-01-02;4\n0012;2024-01-03;5\n"
-    csv_spec = SimpleNamespace(encoding="cp1252", decimal_comma=True, separator=None)
+    csv_spec = CsvSpec(encoding="cp1252", decimal_comma=True)
     lake.write_bytes(lake.path("landing", "uc", "a.csv.gz"), gzip.compress(text.encode("cp1252")))
     frame = pl.DataFrame({"store": ["b", "a", "c"], "day": [1, 2, 3]})
     lake.write_parquet(lake.path("landing", "uc", "b.parquet"), frame)

@@ -630,3 +630,77 @@ def test_a_large_file_rewritten_while_read_keeps_only_its_new_rows(settings, mon
     report, out = run_raw(settings, yearly(), keys=["se"])
     assert rewritten and report.summary["files"][0]["status"] == "ingested"
     assert bronze(settings, yearly(), "se")["y"].to_list() == [9.0] and out["se"].info["rows"] == 1
+
+
+def test_exports_in_other_encodings_with_a_detected_separator_and_odd_names_read_either_way(settings):
+    """A UTF-16 export and cp1252 ones whose header holds a non-ASCII column, the separator left
+    to detection; a bracketed file name (a glob pattern to polars) next to a file it would
+    match. Read whole and in batches alike (a decoded copy is UTF-8)."""
+    lake = Path(settings.lake_url) / "landing"
+    files = {
+        "u16/a.csv": ("mittel", 3, "utf-16"),
+        "win/b.csv": ("klein", 4, "cp1252"),
+        "utf8/c[1].csv": ("groß", 5, "utf-8"),
+        "utf8/c1.csv": ("groß", 6, "utf-8"),
+        "utf8/d[1].parquet": ("groß", 7, "parquet"),
+        "utf8/d1.parquet": ("groß", 8, "parquet"),
+    }
+    for name, (key, y, encoding) in files.items():
+        (lake / name).parent.mkdir(parents=True, exist_ok=True)
+        row = {"größe": [key], "year": [2015 + y], "x1": [1], "x2": [2], "y": [float(y)]}
+        if encoding == "parquet":
+            pl.DataFrame(row).write_parquet(lake / name)
+        else:
+            (lake / name).write_bytes(f"größe;year;x1;x2;y\n{key};{2015 + y};1;2;{y}\n".encode(encoding))
+    for folder, encoding, pattern in (("u16", "utf-16", "*.csv"), ("win", "cp1252", "*.csv"), ("utf8", "utf8", "*")):
+        source = {"path": f"landing/{folder}/{pattern}", "format": "csv", "csv": {"encoding": encoding}}
+        if folder == "utf8":  # CSV and Parquet: one format per source
+            for fmt in ("csv", "parquet"):
+                source = {"path": f"landing/{folder}/*.{fmt}", "format": fmt}
+                spec = make_spec(regression_body(source=source, keys=["größe"], time_column="year"), name=fmt)
+                report, _ = run_raw(settings, spec)
+                assert [f["status"] for f in report.summary["files"]] == ["ingested"] * 2
+                got = bronze(settings, spec, encode_key(["groß"]))["y"].to_list()
+                assert got == ([6.0, 5.0] if fmt == "csv" else [8.0, 7.0])  # name order: c1 before c[1], d1 before d[1]
+            continue
+        spec = make_spec(regression_body(source=source, keys=["größe"], time_column="year"), name=folder)
+        report, _ = run_raw(settings, spec)
+        assert [f["status"] for f in report.summary["files"]] == ["ingested"]
+        assert bronze(settings, spec, "klein" if folder == "win" else "mittel")["y"].to_list() == [
+            4.0 if folder == "win" else 3.0
+        ]
+
+
+def test_unreadable_large_files_are_rejected_and_the_stage_goes_on(settings):
+    """A cp1252 byte that is no character, a Parquet file with a broken footer and a truncated
+    gzip: each is rejected with its reason (in batches, these fail while the file is opened)."""
+    folder = Path(settings.lake_url) / "landing" / "bad"
+    folder.mkdir(parents=True)
+    (folder / "a.csv").write_bytes(b"country,year,x1,x2,y\nse,2020,1,2,\x81\n")
+    (folder / "b.csv.gz").write_bytes(gzip.compress(b"country,year,x1,x2,y\nse,2021,1,2,3\n" * 50)[:40])
+    (folder / "c.csv").write_bytes(b"country,year,x1,x2,y\nse,2022,1,2,5\n")
+    spec = yearly(
+        "landing/bad/*", name="bad", source={"path": "landing/bad/*", "format": "csv", "csv": {"encoding": "cp1252"}}
+    )
+    report, out = run_raw(settings, spec)
+    statuses = {f["file"].split("/")[-1]: f["status"] for f in report.summary["files"]}
+    assert statuses == {"a.csv": "rejected", "b.csv.gz": "rejected", "c.csv": "ingested"}, report.summary["files"]
+    assert out["se"].ok and out["se"].info["rows"] == 1
+    pq = Path(settings.lake_url) / "landing" / "pq"
+    pq.mkdir(parents=True)
+    pl.DataFrame({"country": ["se"], "year": [2020], "x1": [1], "x2": [2], "y": [3.0]}).write_parquet(pq / "a.parquet")
+    (pq / "b.parquet").write_bytes((pq / "a.parquet").read_bytes()[:-12] + b"\0" * 12)
+    report, out = run_raw(settings, yearly("landing/pq/*.parquet", name="pq"), keys=["se"])
+    assert [f["status"] for f in report.summary["files"]] == ["ingested", "rejected"] and out["se"].ok
+
+
+def test_a_full_spill_disk_fails_the_stage_instead_of_blaming_the_landing_file(settings, monkeypatch):
+    land(settings, "panel/a.csv", "country,year,x1,x2,y\nse,2020,1,2,3\n")
+
+    def full(path, frame):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(raw.pl.DataFrame, "write_ipc", lambda self, path, **kw: full(path, self))
+    with pytest.raises(raw.SpillFailed, match="No space left on device"):
+        run_raw(settings, yearly(), keys=["se"])
+    assert not (Path(settings.lake_url) / "rejected").exists()

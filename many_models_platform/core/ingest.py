@@ -360,6 +360,12 @@ class FileRules:
     time_kind: str | None  # "date" | "datetime" | "period"; None without a time column
     times: pl.DataFrame | None  # each distinct time value (SOURCE) -> parsed value (time column) and DROP
     numbers: tuple[str, ...]  # text features whose every value reads as a number
+    parsed: ParsedTime | None = None  # a whole file's time column, parsed row by row (rules of a frame)
+
+
+class RowsChanged(OSError):
+    """A batch holds a time value the pass over the whole file did not see: the file changed
+    while it was read. An OSError, so the reader tries the file again."""
 
 
 SOURCE = "__source"  # a time value as the file holds it, in FileRules.times
@@ -373,6 +379,9 @@ def _time_source(column: str, dtype: pl.DataType) -> pl.Expr:
 
 
 def _time_rules(data: pl.LazyFrame, spec: UseCaseSpec, prefer: str | None) -> tuple[str, pl.DataFrame | None]:
+    """A lazy file's time rules: nothing for a date or datetime column, else its distinct values
+    (with their counts) parsed once, to be looked up by every batch. The lookup holds one row
+    per distinct time value: weeks or days are few, a file of unaligned timestamps holds many."""
     column = spec.time_column
     dtype = data.collect_schema()[column]
     if dtype == pl.Date or isinstance(dtype, pl.Datetime):  # typed: nothing to decide, only whether any is set
@@ -409,8 +418,9 @@ def file_rules(
 ) -> FileRules:
     """Decide, over all of one landing file's rows, what needs the whole file: how its time
     values parse, which text features are numbers, and whether it is a file to reject
-    (:class:`FileRejected`). ``data`` may be lazy: only these answers are collected."""
-    data = data.lazy()
+    (:class:`FileRejected`). ``data`` may be lazy (a file read in batches): only these answers
+    are collected, and its time values are parsed once per distinct value."""
+    frame, data = data, data.lazy()
     schema = data.collect_schema()
     missing = [c for c in required_columns(spec, scoring) if c not in schema]
     if missing:
@@ -423,11 +433,22 @@ def file_rules(
             (pl.col(c).is_not_null() & to_number(pl.col(c), decimal_comma).is_null()).any() for c in numeric_text
         ).collect()
         numbers = tuple(c for c in numeric_text if not not_numbers[c].item())
-    kind, times = _time_rules(data, spec, prefer) if spec.time_column else (None, None)
+    kind, times, parsed = None, None, None
+    if spec.time_column and isinstance(frame, pl.DataFrame):  # held whole: parsed row by row, as always
+        parsed = parse_time(
+            frame[spec.time_column],
+            column=spec.time_column,
+            time_format=spec.time_format,
+            frequency=spec.frequency,
+            prefer=prefer,
+        )
+        kind = parsed.kind
+    elif spec.time_column:
+        kind, times = _time_rules(data, spec, prefer)
     target = spec.target
     if not scoring and target in schema and spec.task in ("forecast", "regression") and schema[target] != pl.Float64:
         _check_target_numbers(data, target, _target_number(target, schema[target], decimal_comma), decimal_comma)
-    return FileRules(kind, times, numbers)
+    return FileRules(kind, times, numbers, parsed)
 
 
 def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, scoring: bool = False) -> pl.DataFrame:
@@ -447,7 +468,11 @@ def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, 
     reasons = pl.when(pl.any_horizontal([pl.col(k).is_null() for k in spec.keys])).then(pl.lit(NULL_KEY))
     if spec.time_column:
         column = spec.time_column
-        if rules.times is None:  # a date or datetime column
+        if rules.parsed is not None:  # the whole file, parsed with its rules
+            if rules.parsed.values.len() != frame.height:
+                raise ValueError("rules parsed from another frame")
+            frame = frame.with_columns(rules.parsed.values, rules.parsed.bad)
+        elif rules.times is None:  # a date or datetime column
             bad = pl.when(pl.col(column).is_null()).then(pl.lit(MISSING_TIME)).otherwise(pl.lit(None, pl.Utf8))
             values = frame[column] if frame.schema[column] == pl.Date else _to_naive_utc(frame[column])
             frame = frame.with_columns(values, bad.alias(DROP))
@@ -455,6 +480,8 @@ def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, 
             looked_up = frame.select(_time_source(column, frame.schema[column]).alias(SOURCE)).join(
                 rules.times, on=SOURCE, how="left", nulls_equal=True, maintain_order="left"
             )
+            if looked_up.select((pl.col(column).is_null() & pl.col(DROP).is_null()).any()).item():
+                raise RowsChanged(f"time values of {column!r} that the pass over the whole file did not see")
             frame = frame.with_columns(looked_up[column], looked_up[DROP])
         reasons = reasons.when(pl.col(DROP).is_not_null()).then(pl.col(DROP))
     target = spec.target if spec.target in frame.columns else None

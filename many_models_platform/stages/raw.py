@@ -39,11 +39,18 @@ from .base import StageReport, StageRun, clear_state, crash_point, finish, write
 # written), is tried again after these pauses; then it is left for a later run, never rejected.
 RETRY_DELAYS: tuple[float, ...] = (0.2, 1.0)
 # A landing file larger than this is read in batches of BATCH_ROWS rows (whole, it would take
-# several times its size in memory: 2.4 GiB for a 450 MB CSV).
+# several times its size in memory: 2.4 GiB for a 450 MB CSV); Parquet and gzip files count
+# COMPRESSED_EXPANSION times their size.
 BATCHED_FILE_BYTES = 256 * 2**20
 BATCH_ROWS = 1_000_000
+COMPRESSED_EXPANSION = 4
 # Bumped when the way files are read changes, so earlier rejections are tried again.
-READER_VERSION = 2
+READER_VERSION = 3
+
+
+class SpillFailed(Exception):
+    """Writing to the local spill folder failed (a full disk): a problem of this run, never of
+    the landing file being read, so it is neither retried as a read nor a rejection."""
 
 
 class RetryLater(Exception):
@@ -138,8 +145,11 @@ class Spill:
 
     @staticmethod
     def write(path: Path, frame: pl.DataFrame) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        frame.write_ipc(path, compression="lz4")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            frame.write_ipc(path, compression="lz4")
+        except Exception as exc:  # local temp space (full?), not the landing file: the stage fails
+            raise SpillFailed(f"cannot write spilled rows to {path}: {type(exc).__name__}: {exc}") from exc
 
     def read(self, label: str, bucket: int, part: str, template: pl.DataFrame) -> pl.DataFrame | None:
         """A bucket's rows of one part, in file order, in the source's common column types (only
@@ -206,7 +216,7 @@ def read_with_retry(
     """``read()`` a landing file, trying again after I/O errors and when the file changed while
     it was read (``undo`` takes back what a try spilled); RetryLater after that. ``listed``: the
     file's signature from the listing, which saves asking for it before the first read."""
-    problem = ""
+    problem, changed = "", "the file changed while it was read (still being written?)"
     for attempt in range(len(RETRY_DELAYS) + 1):
         if attempt:
             time.sleep(RETRY_DELAYS[attempt - 1])
@@ -215,7 +225,11 @@ def read_with_retry(
             result = read()
             if lake.signature(path) == before:
                 return result
-            problem = "the file changed while it was read (still being written?)"
+            problem = changed
+        except core_ingest.FileRejected:
+            if lake.signature(path) == before:
+                raise
+            problem = changed  # rejected for what was half written: read it again
         except OSError as exc:
             problem = f"{type(exc).__name__}: {exc}"
         undo()
@@ -274,35 +288,47 @@ def _spill_file(
             out.template = frame.clear()
         spill.add(label, index, frame, batch)
 
-    if listed.size <= BATCHED_FILE_BYTES:
+    if _held_bytes(listed, source.file_format) <= BATCHED_FILE_BYTES:
         try:
             frame = lake.read_table(
                 path, source.file_format, spec.input_columns, text_columns, size=listed.size, **options
             )
-            rules = core_ingest.file_rules(frame, spec, scoring=scoring, prefer=prefer)
-        except (OSError, core_ingest.FileRejected):
+        except OSError:
             raise
         except Exception as exc:
             raise _unreadable(source.file_format, exc) from None
-        if frame.height:
-            spill.size(frame.height, listed.size, source_bytes)
+        try:
+            rules = core_ingest.file_rules(frame, spec, scoring=scoring, prefer=prefer)
+        except pl.exceptions.PolarsError as exc:  # e.g. a target of a type that has no number form
+            raise core_ingest.FileRejected(f"{type(exc).__name__}: {exc}"[:500]) from None
+        spill.size(frame.height, listed.size, source_bytes)
         spill_batch(frame, rules, 0)
         out.kind = rules.time_kind
         return out
-    scratch = spill.folder / "landing"
-    with lake.open_table(path, source.file_format, spec.input_columns, text_columns, scratch, **options) as table:
-        try:
-            rules = core_ingest.file_rules(table.data, spec, scoring=scoring, prefer=prefer)
-            if spill.buckets is None:
-                spill.size(table.data.select(pl.len()).collect().item(), listed.size, source_bytes)
-            for batch, frame in enumerate(table.batches(BATCH_ROWS)):
-                spill_batch(frame, rules, batch)
-        except (OSError, core_ingest.FileRejected):
-            raise
-        except Exception as exc:
-            raise _unreadable(source.file_format, table.error(exc)) from None
+    try:
+        with lake.open_table(
+            path, source.file_format, spec.input_columns, text_columns, spill.folder / "landing", **options
+        ) as table:
+            try:
+                rules = core_ingest.file_rules(table.data, spec, scoring=scoring, prefer=prefer)
+                if spill.buckets is None:
+                    spill.size(table.data.select(pl.len()).collect().item(), listed.size, source_bytes)
+                for batch, frame in enumerate(table.batches(BATCH_ROWS)):
+                    spill_batch(frame, rules, batch)
+            except pl.exceptions.ComputeError as exc:  # a bad row: said while the file is still open
+                raise table.error(exc) from None
+    except (OSError, SpillFailed):
+        raise
+    except Exception as exc:  # the file's content is the user's: say why it cannot be read
+        raise _unreadable(source.file_format, exc) from None
     out.kind = rules.time_kind
     return out
+
+
+def _held_bytes(listed: LandedFile, fmt: str) -> int:
+    """About what a landing file takes once read: compressed files (Parquet, gzip) several times their size."""
+    compressed = fmt == "parquet" or listed.name.endswith(".gz")
+    return listed.size * (COMPRESSED_EXPANSION if compressed else 1)
 
 
 def read_source(
@@ -407,7 +433,7 @@ def file_keys(spec: UseCaseSpec, lake: Lake, file: LandedFile, fmt: str, csv: An
     """The distinct encoded keys of one landing file, from its key columns only (on blob
     storage a Parquet file's footer and key column chunks, not the whole object), as ingest
     reads them (``core.ingest.key_values``); ``csv``: the source's dialect."""
-    if file.size > BATCHED_FILE_BYTES:  # streamed: only the distinct keys are held
+    if fmt != "parquet" and _held_bytes(file, fmt) > BATCHED_FILE_BYTES:  # streamed: only the distinct keys held
         with (
             tempfile.TemporaryDirectory(prefix=_spill_prefix(os.getpid())) as scratch,
             lake.open_table(file.name, fmt, spec.keys, spec.keys, scratch, csv=csv) as table,

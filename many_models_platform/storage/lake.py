@@ -382,7 +382,7 @@ class Lake:
                 header = list(pl.read_parquet_schema(local))
                 names = match_columns(columns, header)
                 _check_required(required, names, header)
-                yield LandingTable(pl.scan_parquet(local).select(list(names)).rename(names), local)
+                yield LandingTable(pl.scan_parquet(local, glob=False).select(list(names)).rename(names), local)
                 return
             with open(local, "rb") as f:
                 head = f.read(2)
@@ -391,17 +391,17 @@ class Lake:
             encoding = csv.encoding if csv is not None else "utf8"
             if head == b"\x1f\x8b" or encoding not in ("utf8", "utf8-lossy"):  # to plain UTF-8 on disk
                 local = _decoded_copy(local, encoding, _scratch_file(scratch, copies))
+                if encoding != "utf8-lossy" and csv is not None:
+                    csv = csv.model_copy(update={"encoding": "utf8"})  # the copy is UTF-8 now
             with open(local, "rb") as f:
                 start = f.read(HEADER_BYTES)
             options, header = _csv_options(start, csv, columns)
-            if encoding not in ("utf8", "utf8-lossy"):
-                options.pop("encoding", None)
             if header is None:
                 header = pl.read_csv(io.BytesIO(start), n_rows=0, **options).columns
             names = match_columns(columns, header)
             _check_required(required, names, header)
             text = {actual: pl.Utf8 for actual, name in names.items() if name in text_columns}
-            scan = pl.scan_csv(local, schema_overrides=text, infer_schema_length=10_000, **options)
+            scan = pl.scan_csv(local, schema_overrides=text, infer_schema_length=10_000, glob=False, **options)
             yield LandingTable(scan.select(list(names)).rename(names), local, len(header), options["separator"])
         finally:
             for copy in copies:
@@ -426,7 +426,7 @@ class Lake:
 
         if self.is_local:  # polars reads the footer and the wanted columns from the file itself
             names = wanted(list(pl.read_parquet_schema(full)))
-            return named(pl.read_parquet(full, columns=None if names is None else list(names)), names)
+            return named(pl.read_parquet(full, columns=None if names is None else list(names), glob=False), names)
         size = fs.size(full) if size is None else size
         if size <= SMALL_OBJECT:  # one request for all of it costs less than two ranged ones
             data = io.BytesIO(fs.cat_file(full))
@@ -520,13 +520,15 @@ def _not_utf8(stream: IO[bytes]) -> str:
     else:
         stream.seek(0)
     decoder, line, where = codecs.getincrementaldecoder("utf-8")(), 1, ""
-    while chunk := stream.read(HEADER_BYTES):
-        try:
-            decoder.decode(chunk)
+    while True:
+        chunk = stream.read(HEADER_BYTES)
+        try:  # exc.object is what the decoder held of the last chunk plus this one
+            decoder.decode(chunk, final=not chunk)
         except UnicodeDecodeError as exc:
-            start = max(0, exc.start - len(exc.object) + len(chunk))  # the decoder may hold bytes of the last chunk
-            line += chunk[:start].count(b"\n")
-            where = f" (byte {chunk[start : start + 1]!r} on line {line})"
+            line += exc.object[: exc.start].count(b"\n")
+            where = f" (byte {exc.object[exc.start : exc.start + 1]!r} on line {line})"
+            break
+        if not chunk:
             break
         line += chunk.count(b"\n")
     return (
