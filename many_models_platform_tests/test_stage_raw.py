@@ -446,6 +446,7 @@ def test_rows_are_resolved_a_bounded_bucket_at_a_time_with_the_results_of_one_pa
         land(settings, f"p/part{i}.csv", panel_csv(range(20 * i, 20 * i + 20), 50, repeat="s5"))
     spec = make_spec(forecast_body(source={"path": "landing/p/*.csv"}, lags=[], duplicates="mean"), name="p")
     keys = discover_keys(spec, Lake(settings.lake_url))
+    monkeypatch.setattr(raw, "BATCH_ROWS", max(raw.BATCH_ROWS, 300))  # read in batches: 4 per file, not 500
 
     monkeypatch.setattr(raw, "ROWS_PER_BUCKET", 10**9)  # one bucket: the whole landing zone at once
     whole, whole_out = run_raw(settings, spec, keys)
