@@ -176,19 +176,29 @@ def _root(url: str, options: tuple[tuple[str, Any], ...], pid: int) -> UPath:
 
 
 @dataclass(frozen=True)
+class CsvLayout:
+    """How a CSV is read, from its first bytes: polars options (dialect), the header, header
+    name -> configured name of the columns read, and the columns read as text."""
+
+    options: dict[str, Any]
+    header: list[str]
+    names: dict[str, str]
+    text: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class LandingTable:
     """A landing file opened by :meth:`Lake.open_table`: ``data`` is lazy, and a bad row only
     shows when it is collected, so :meth:`error` turns polars' error into the user's reason."""
 
     data: pl.LazyFrame
     local: str  # the local file read
-    columns: int = 0  # a CSV's header width
-    separator: str = ""  # a CSV's separator ("" for Parquet)
+    layout: CsvLayout | None = None  # a CSV's (None: Parquet)
 
     def error(self, exc: Exception) -> Exception:
-        if not self.separator or not isinstance(exc, pl.exceptions.ComputeError):
+        if self.layout is None or not isinstance(exc, pl.exceptions.ComputeError):
             return exc
-        return csv_error(exc, lambda: open(self.local, "rb"), self.columns, self.separator)
+        return csv_error(exc, lambda: open(self.local, "rb"), self.layout)
 
     def batches(self, rows: int) -> Iterator[pl.DataFrame]:
         """The file's rows, ``rows`` at a time, in file order (streamed: one batch is held)."""
@@ -337,23 +347,19 @@ class Lake:
             raise FileRejected("the file is empty (0 bytes); a CSV export needs at least its header line")
         if csv is not None and csv.encoding not in ("utf8", "utf8-lossy") and data[:2] == b"\x1f\x8b":
             data = gzip.decompress(data)  # polars decodes other encodings itself, after gunzip
-        options, header = _csv_options(data, csv, columns)
+        layout = None
         try:
-            if header is None:
-                header = pl.read_csv(io.BytesIO(data), n_rows=0, **options).columns
-            names = match_columns(columns, header) if columns is not None else {c: c for c in header}
-            _check_required(required, names, header)
-            text = {actual: pl.Utf8 for actual, name in names.items() if name in text_columns}
+            layout = _csv_layout(data, csv, columns, text_columns, required)
             frame = pl.read_csv(
                 io.BytesIO(data),
-                columns=list(names) if columns is not None else None,
-                schema_overrides=text,
+                columns=list(layout.names) if columns is not None else None,
+                schema_overrides=layout.text,
                 infer_schema_length=10_000,
-                **options,
+                **layout.options,
             )
         except pl.exceptions.ComputeError as exc:
-            raise csv_error(exc, lambda: io.BytesIO(data), len(header), options["separator"]) from None
-        return frame.rename(names)
+            raise csv_error(exc, lambda: io.BytesIO(data), layout) from None
+        return frame.rename(layout.names)
 
     @contextlib.contextmanager
     def open_table(
@@ -394,15 +400,11 @@ class Lake:
                 if encoding != "utf8-lossy" and csv is not None:
                     csv = csv.model_copy(update={"encoding": "utf8"})  # the copy is UTF-8 now
             with open(local, "rb") as f:
-                start = f.read(HEADER_BYTES)
-            options, header = _csv_options(start, csv, columns)
-            if header is None:
-                header = pl.read_csv(io.BytesIO(start), n_rows=0, **options).columns
-            names = match_columns(columns, header)
-            _check_required(required, names, header)
-            text = {actual: pl.Utf8 for actual, name in names.items() if name in text_columns}
-            scan = pl.scan_csv(local, schema_overrides=text, infer_schema_length=10_000, glob=False, **options)
-            yield LandingTable(scan.select(list(names)).rename(names), local, len(header), options["separator"])
+                layout = _csv_layout(f.read(HEADER_BYTES), csv, columns, text_columns, required)
+            scan = pl.scan_csv(
+                local, schema_overrides=layout.text, infer_schema_length=10_000, glob=False, **layout.options
+            )
+            yield LandingTable(scan.select(list(layout.names)).rename(layout.names), local, layout)
         finally:
             for copy in copies:
                 with contextlib.suppress(FileNotFoundError):
@@ -496,17 +498,32 @@ def _csv_options(data: bytes, csv: Any, columns: Sequence[str] | None) -> tuple[
     return options, chosen
 
 
-def csv_error(exc: Exception, text: Callable[[], IO[bytes]], columns: int, separator: str) -> Exception:
+def _csv_layout(
+    start: bytes, csv: Any, columns: Sequence[str] | None, text_columns: Sequence[str], required: Sequence[str]
+) -> CsvLayout:
+    """A CSV's layout from its first bytes; raises FileRejected naming the header when a
+    required column is missing (``columns`` None: every column)."""
+    options, header = _csv_options(start, csv, columns)
+    if header is None:
+        header = pl.read_csv(io.BytesIO(start), n_rows=0, **options).columns
+    names = match_columns(columns, header) if columns is not None else {c: c for c in header}
+    _check_required(required, names, header)
+    text = {actual: pl.Utf8 for actual, name in names.items() if name in text_columns}
+    return CsvLayout(options, list(header), names, text)
+
+
+def csv_error(exc: Exception, text: Callable[[], IO[bytes]], layout: CsvLayout | None) -> Exception:
     """A polars CSV error as the reason a user can act on (:class:`FileRejected`), or as it is.
-    ``text`` opens the file's bytes, read again only to say where it is not UTF-8."""
+    ``text`` opens the file's bytes, read again only to say where it is not UTF-8; ``layout``
+    is None when the error came while reading the header."""
     message = str(exc).lower()
     if "utf-8" in message or "utf8" in message:
         with text() as stream:
             return FileRejected(_not_utf8(stream))
-    if "more fields than defined" in message:
+    if "more fields than defined" in message and layout is not None:
         return FileRejected(
-            f"a line has more fields than the header ({columns} columns, separator "
-            f"{separator!r}): an unquoted separator inside a value, or a wrong separator; "
+            f"a line has more fields than the header ({len(layout.header)} columns, separator "
+            f"{layout.options['separator']!r}): an unquoted separator inside a value, or a wrong separator; "
             "quote such values in the export, or set 'csv: {separator: ...}'"
         )
     return exc
