@@ -8,6 +8,7 @@ What happens to each row is decided in :mod:`..core.ingest`, which counts every 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import glob
 import hashlib
@@ -245,10 +246,13 @@ class FileRead:
     kind: str | None = None
 
 
-def _normalised(frame: pl.DataFrame, spec: UseCaseSpec, rules: core_ingest.FileRules, scoring: bool) -> pl.DataFrame:
+@contextlib.contextmanager
+def _polars_rejects() -> Iterator[None]:
+    """A polars error while rules or rows are worked out rejects the file: e.g. a key column of
+    nested values that has no text form, or a target of a type that has no number form."""
     try:
-        return core_ingest.normalise_rows(frame, spec, rules, scoring=scoring)
-    except pl.exceptions.PolarsError as exc:  # e.g. a key column of nested values that has no text form
+        yield
+    except pl.exceptions.PolarsError as exc:
         raise core_ingest.FileRejected(f"{type(exc).__name__}: {exc}"[:500]) from None
 
 
@@ -281,7 +285,8 @@ def _spill_file(
     path, out = lake.path(*listed.name.split("/")), FileRead()
 
     def spill_batch(frame: pl.DataFrame, rules: core_ingest.FileRules, batch: int) -> None:
-        frame = _normalised(frame, spec, rules, scoring)
+        with _polars_rejects():
+            frame = core_ingest.normalise_rows(frame, spec, rules, scoring=scoring)
         frame = frame.with_columns(pl.lit(index, dtype=pl.Int32).alias(core_ingest.FILE))
         out.rows += frame.height
         if out.template is None:
@@ -297,10 +302,8 @@ def _spill_file(
             raise
         except Exception as exc:
             raise _unreadable(source.file_format, exc) from None
-        try:
+        with _polars_rejects():
             rules = core_ingest.file_rules(frame, spec, scoring=scoring, prefer=prefer)
-        except pl.exceptions.PolarsError as exc:  # e.g. a target of a type that has no number form
-            raise core_ingest.FileRejected(f"{type(exc).__name__}: {exc}"[:500]) from None
         spill.size(frame.height, listed.size, source_bytes)
         spill_batch(frame, rules, 0)
         out.kind = rules.time_kind
@@ -433,22 +436,17 @@ def file_keys(spec: UseCaseSpec, lake: Lake, file: LandedFile, fmt: str, csv: An
     """The distinct encoded keys of one landing file, from its key columns only (on blob
     storage a Parquet file's footer and key column chunks, not the whole object), as ingest
     reads them (``core.ingest.key_values``); ``csv``: the source's dialect."""
-    if fmt != "parquet" and _held_bytes(file, fmt) > BATCHED_FILE_BYTES:  # streamed: only the distinct keys held
-        with (
-            tempfile.TemporaryDirectory(prefix=_spill_prefix(os.getpid())) as scratch,
-            lake.open_table(file.name, fmt, spec.keys, spec.keys, scratch, csv=csv) as table,
-        ):
-            data = table.data
-            missing = [k for k in spec.keys if k not in data.collect_schema()]
-            if missing:
-                raise KeyColumnsMissing(f"missing required column(s) {missing}")
-            values = data.select(core_ingest.key_values(spec.keys, data.collect_schema())).unique().collect()
-    else:
-        frame = lake.read_table(file.name, fmt, columns=spec.keys, text_columns=spec.keys, size=file.size, csv=csv)
-        missing = [k for k in spec.keys if k not in frame.columns]
+    with contextlib.ExitStack() as opened:
+        if fmt != "parquet" and _held_bytes(file, fmt) > BATCHED_FILE_BYTES:  # streamed: only the distinct keys held
+            scratch = opened.enter_context(tempfile.TemporaryDirectory(prefix=_spill_prefix(os.getpid())))
+            data = opened.enter_context(lake.open_table(file.name, fmt, spec.keys, spec.keys, scratch, csv=csv)).data
+        else:
+            data = lake.read_table(file.name, fmt, spec.keys, spec.keys, size=file.size, csv=csv).lazy()
+        schema = data.collect_schema()
+        missing = [k for k in spec.keys if k not in schema]
         if missing:
             raise KeyColumnsMissing(f"missing required column(s) {missing}")
-        values = frame.select(core_ingest.key_values(spec.keys, frame.schema)).unique()
+        values = data.select(core_ingest.key_values(spec.keys, schema)).unique().collect()
     return sorted(encode_key(row) for row in values.drop_nulls().iter_rows())
 
 
