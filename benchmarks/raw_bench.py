@@ -20,13 +20,21 @@ import sys
 import time
 from pathlib import Path
 
+UNALIGNED = (  # each week_start moved by a random second of its week: about one distinct time per row
+    "import dataclasses, numpy as np, polars as pl;"
+    "late = pl.Series(np.random.default_rng(0).integers(0, 7 * 86400, d.history.height));"
+    "t = pl.col('week_start').cast(pl.Datetime('us')) + pl.duration(seconds=late);"
+    "d = dataclasses.replace(d, history=d.history.with_columns(t.dt.strftime('%Y-%m-%dT%H:%M:%S')));"
+)
 
-def _generate(home: Path, keys: int, rows: int, files: int) -> None:
+
+def _generate(home: Path, keys: int, rows: int, files: int, unaligned: bool) -> None:
     code = (
         "import sys; from pathlib import Path;"
         "from many_models_platform.core.generators import generate_retail_demand, write_landing;"
         f"d = generate_retail_demand(keys={keys}, rows={rows});"
-        f"write_landing(d, Path(sys.argv[1]) / 'landing/retail_demand', 'retail_demand', files={files}, fmt='csv')"
+        + (UNALIGNED if unaligned else "")
+        + f"write_landing(d, Path(sys.argv[1]) / 'landing/retail_demand', 'retail_demand', files={files}, fmt='csv')"
     )
     subprocess.run([sys.executable, "-c", code, str(home / "lake")], check=True)
 
@@ -38,6 +46,9 @@ def main() -> None:
     p.add_argument("--keys", type=int, default=1000)
     p.add_argument("--rows", type=int, default=4000)
     p.add_argument("--files", type=int, default=4)
+    p.add_argument(
+        "--unaligned-times", action="store_true", help="generate: ISO datetimes at random seconds, not week starts"
+    )
     p.add_argument("--subset", type=int, default=0, help="run only the first N discovered keys (a ranged run)")
     p.add_argument("--rows-per-bucket", type=int, help="override raw.ROWS_PER_BUCKET (when the stage has one)")
     p.add_argument(
@@ -50,7 +61,7 @@ def main() -> None:
     os.environ["MMP_HOME"] = str(args.home.resolve())
     if args.generate:
         t = time.perf_counter()
-        _generate(args.home, args.keys, args.rows, args.files)
+        _generate(args.home, args.keys, args.rows, args.files, args.unaligned_times)
         print(f"generated in {time.perf_counter() - t:.1f}s", flush=True)
 
     import polars as pl

@@ -75,6 +75,20 @@ def test_iso_text_dates_and_datetimes_with_offsets_become_naive_utc():
     ]
 
 
+def test_the_rule_decided_over_a_whole_file_reads_each_batch_as_the_whole_file():
+    """A file read in batches: the rule comes from all rows (lazily), and a batch holding only
+    one of the layouts, or a value the file itself fails on, reads exactly as in the whole."""
+    values = ["2020-01-01T03:00:00Z", "2020-01-02 04:00", "2020-01-03", "2020-01-03T01:02:03.5", "soon", None] * 3
+    whole = parsed(values)
+    rule = ingest.time_rule(pl.LazyFrame({"t": values}), column="t")
+    assert rule.kind == whole.kind == "datetime"
+    for start in range(len(values)):
+        batch = rule.apply(pl.DataFrame({"t": values[start : start + 1]}))
+        assert batch["t"].to_list() == whole.values[start : start + 1].to_list()
+        assert batch[ingest.DROP].to_list() == whole.bad[start : start + 1].to_list()
+    assert whole.bad.to_list()[4:6] == [ingest.UNPARSEABLE_TIME, ingest.MISSING_TIME]
+
+
 def test_tz_aware_datetimes_are_converted_to_utc_and_made_naive():
     s = pl.Series("t", [dt.datetime(2020, 7, 1, 12)]).dt.replace_time_zone("Europe/Paris")
     p = parse_time(s, column="t")

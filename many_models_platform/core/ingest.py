@@ -58,21 +58,47 @@ class ParsedTime:
     bad: pl.Series
 
 
+@dataclass(frozen=True)
+class TimeRule:
+    """How a file's time column becomes times: decided over all of its rows (:func:`time_rule`),
+    then applied alike to the whole file or to each batch of it. Expressions, not a lookup of
+    values, so memory does not follow the number of distinct time values."""
+
+    kind: str  # "date" | "datetime" | "period"
+    column: str
+    dtype: pl.DataType  # the column's type in the file the rule was decided on
+    values: pl.Expr  # the parsed time, named as the column
+    present: pl.Expr  # whether the file holds a time value in a row (parsed or not)
+
+    def apply(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """``frame`` with its time column read, and ``DROP`` saying why a row's time is unusable."""
+        if frame.schema[self.column] != self.dtype:  # e.g. a batch of nulls only
+            frame = frame.with_columns(pl.col(self.column).cast(self.dtype))
+        frame = frame.with_columns(self.present.alias(_PRESENT), self.values)
+        bad = pl.when(~pl.col(_PRESENT)).then(pl.lit(MISSING_TIME))
+        bad = bad.when(pl.col(self.column).is_null()).then(pl.lit(UNPARSEABLE_TIME))
+        return frame.with_columns(bad.otherwise(pl.lit(None, pl.Utf8)).alias(DROP)).drop(_PRESENT)
+
+
+_PRESENT = "__time_present"
+
+
 def _kind_of(dtype: pl.DataType) -> str:
     if dtype == pl.Date:
         return "date"
     return "datetime" if isinstance(dtype, pl.Datetime) else "period"
 
 
-def _to_naive_utc(values: pl.Series) -> pl.Series:
-    if isinstance(values.dtype, pl.Datetime) and values.dtype.time_zone is not None:
+def _naive_utc(values: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    if isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:
         values = values.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
     return values.dt.cast_time_unit("us")
 
 
-def _examples(source: pl.Series, failed: pl.Series) -> str:
-    shown = source.filter(failed).cast(pl.Utf8).unique(maintain_order=True).head(2).to_list()
-    return ", ".join(repr(v) for v in shown)
+def _to_datetime(text: pl.Expr, fmt: str) -> pl.Expr:
+    """Text parsed by ``fmt`` as naive UTC microseconds (an offset in the format gives UTC)."""
+    dtype = pl.Series([None], dtype=pl.Utf8).str.to_datetime(fmt, strict=False, time_unit="us").dtype
+    return _naive_utc(text.str.to_datetime(fmt, strict=False, time_unit="us"), dtype)
 
 
 def _numeric_width(fmt: str) -> int | None:
@@ -91,114 +117,222 @@ def _numeric_width(fmt: str) -> int | None:
     return width
 
 
-def _with_format(text: pl.Series, fmt: str) -> tuple[pl.Series, str, str]:
-    expected = f"in time_format {fmt!r}"
+def _with_format(text: pl.Expr, fmt: str) -> tuple[pl.Expr, str]:
     if _TIME_DIRECTIVES.search(fmt):
-        parsed, kind = _to_naive_utc(text.str.to_datetime(fmt, strict=False, time_unit="us")), "datetime"
+        parsed, kind = _to_datetime(text, fmt), "datetime"
     else:
         parsed, kind = text.str.to_date(fmt, strict=False), "date"
-    if "%y" in fmt:
-        parsed = _past_century(parsed)
-    return parsed, kind, expected
+    return (_past_century(parsed) if "%y" in fmt else parsed), kind
 
 
-def _past_century(parsed: pl.Series) -> pl.Series:
+def _past_century(parsed: pl.Expr) -> pl.Expr:
     """Two-digit years never land in the future: polars reads ``63`` as 2063, while a panel of
     ``63``..``92`` means 1963..1992. A year after the current one moves back a century."""
     this_year = dt.date.today().year
-    return (
-        pl.select(pl.when(parsed.dt.year() > this_year).then(parsed.dt.offset_by("-100y")).otherwise(parsed))
-        .to_series()
-        .alias(parsed.name)
-    )
-
-
-def _from_integers(
-    ints: pl.Series, column: str, frequency: str | None, prefer: str | None
-) -> tuple[pl.Series, str, str]:
-    """Integers are a period index (``frequency: period``, or not all 4-digit) or calendar years."""
-    if frequency == "period" or (frequency is None and prefer == "period"):
-        return ints, "period", "integers"
-    calendar = _calendar_integers(ints)
-    if calendar is not None:
-        return calendar
-    in_range = ints.is_between(*YEARS)
-    as_years = frequency == "yearly" or prefer in ("date", "datetime")
-    if frequency is None and not as_years:
-        as_years = bool(in_range.filter(ints.is_not_null()).all())
-        if not as_years:
-            return ints, "period", "integers"
-    if not as_years:
-        raise FileRejected(
-            f"time column {column!r} holds integers, which cannot be read as {frequency} times; set "
-            "'time_format' (e.g. '%Y%m%d' for 20190131, '%Y%m' for 201901) or 'frequency: period'"
-        )
-    years = pl.select(pl.when(in_range).then(pl.date(ints, 1, 1))).to_series()
-    return years, "date", f"years ({YEARS[0]}-{YEARS[1]})"
+    return pl.when(parsed.dt.year() > this_year).then(parsed.dt.offset_by("-100y")).otherwise(parsed)
 
 
 EPOCH_SECONDS = (10**9, 10**10)  # 2001-09-09 .. 2286: Unix time in seconds
 EPOCH_MILLIS = (10**12, 10**13)  # the same range in milliseconds
+_EPOCHS = ((EPOCH_SECONDS, "s", "seconds"), (EPOCH_MILLIS, "ms", "millis"))
 _ISO_WEEK = r"^(\d{4})-?W(\d{2})$"  # 2024-W05: the Monday of that ISO week
 
 
-def _calendar_integers(ints: pl.Series) -> tuple[pl.Series, str, str] | None:
-    """Integers that can only be calendar times: every value an 8-digit ``YYYYMMDD`` date, or
-    Unix time in seconds or milliseconds (10 or 13 digits); None when they may be a period index."""
-    present = ints.drop_nulls()
-    if present.is_empty():
-        return None
-    low, high = present.min(), present.max()
-    if low >= 10_000_000 and high <= 99_991_231:
-        dates = ints.cast(pl.Utf8).str.to_date("%Y%m%d", strict=False)
-        if dates.null_count() == ints.null_count():
-            return dates, "date", "dates as YYYYMMDD"
-    for (lo, hi), unit in ((EPOCH_SECONDS, "s"), (EPOCH_MILLIS, "ms")):
-        if lo <= low and high < hi:
-            return pl.from_epoch(ints, time_unit=unit).dt.cast_time_unit("us"), "datetime", f"Unix time ({unit})"
-    return None
-
-
-def _iso_weeks(text: pl.Series) -> pl.Series:
+def _iso_weeks(text: pl.Expr) -> pl.Expr:
     """``2024-W05`` (or ``2024W05``) -> the Monday of ISO week 5 of 2024; other values null."""
     parts = text.str.extract_groups(_ISO_WEEK)
     year, week = parts.struct.field("1").cast(pl.Int32), parts.struct.field("2").cast(pl.Int32)
     jan4 = pl.date(year, 1, 4)  # always in ISO week 1
     monday = jan4 - pl.duration(days=jan4.dt.weekday() - 1) + pl.duration(weeks=week - 1)
-    valid = week.is_between(1, 53) & (monday.dt.iso_year() == year)
-    return pl.select(pl.when(valid).then(monday)).to_series().alias(text.name)
+    return pl.when(week.is_between(1, 53) & (monday.dt.iso_year() == year)).then(monday)
 
 
-def _weighted(mask: pl.Series, counts: pl.Series | None) -> int:
-    """How many rows ``mask`` holds, when each value stands for ``counts`` rows (a file's
-    distinct time values with their counts) or for one."""
-    return int(mask.sum()) if counts is None else int(counts.filter(mask).sum())
+@dataclass(frozen=True)
+class _Readings:
+    """The ways a time column may be read, as expressions over the file: the first pass counts
+    how many values each reads (``asks``), and the rules of docs/use-cases.md#time-columns pick one."""
+
+    column: str
+    source: pl.Expr  # what presence is judged on: a float's NaN is missing
+    float_source: pl.Expr | None  # a float column before it became integers
+    reads: dict[str, tuple[pl.Expr, str]]  # name -> (parsed, kind), each null where it does not read
+    ints: pl.Expr | None  # the integers the column holds, for their range
+    # text the first pass leaves undecided: ISO weeks, or datetimes in the ISO layouts (more passes)
+    text: pl.Expr | None = None
+    datetimes: tuple[pl.Expr, ...] = ()
+
+    def asks(self) -> dict[str, pl.Expr]:
+        asks = {"rows": pl.len(), "present": self.source.is_not_null().sum()}
+        if self.float_source is not None:
+            finite = self.float_source.is_finite()
+            asks["fractional"] = (finite & (self.float_source != self.float_source.round(0))).any()
+        asks |= {f"n_{name}": parsed.is_not_null().sum() for name, (parsed, _) in self.reads.items()}
+        if self.ints is not None:
+            asks |= {"low": self.ints.min(), "high": self.ints.max()}
+        return asks
 
 
-def _from_text(
-    text: pl.Series, column: str, frequency: str | None, prefer: str | None, counts: pl.Series | None
-) -> tuple[pl.Series, str, str]:
+def _readings(column: str, dtype: pl.DataType, time_format: str | None) -> _Readings:
+    values, float_source = pl.col(column), None
+    if isinstance(dtype, pl.Categorical | pl.Enum) or dtype == pl.Null:  # a column of nulls holds no values
+        values, dtype = values.cast(pl.Utf8), pl.Utf8
+    if dtype.is_float():
+        float_source = values
+        values, dtype = values.fill_nan(None).cast(pl.Int64, strict=False), pl.Int64
+    if dtype == pl.Date or isinstance(dtype, pl.Datetime):
+        typed = values if dtype == pl.Date else _naive_utc(values, dtype)
+        return _Readings(column, values, float_source, {"typed": (typed, _kind_of(dtype))}, None)
+    if not (dtype.is_integer() or dtype == pl.Utf8):
+        raise FileRejected(f"time column {column!r} has type {dtype}, not a date, datetime, text or integer")
+    ints = values.cast(pl.Int64) if dtype.is_integer() else None
+    text = ints.cast(pl.Utf8) if ints is not None else values.str.strip_chars()
+    if time_format:
+        width = _numeric_width(time_format) if ints is not None else None
+        fmt = _with_format(text.str.zfill(width) if width else text, time_format)
+        return _Readings(column, values, float_source, {"format": fmt}, None)
+    reads: dict[str, tuple[pl.Expr, str]] = {}
+    undecided: tuple[pl.Expr | None, tuple[pl.Expr, ...]] = (None, ())
+    if ints is None:
+        reads["date"] = (text.str.to_date("%Y-%m-%d", strict=False), "date")
+        ints = text.cast(pl.Int64, strict=False)
+        spaced = text.str.replace("T", " ", literal=True)
+        undecided = (text, tuple(_to_datetime(spaced, f) for f in (*_ISO_NAIVE, *_ISO_AWARE)))
+    reads |= {
+        "int": (ints, "period"),
+        "ymd": (ints.cast(pl.Utf8).str.to_date("%Y%m%d", strict=False), "date"),
+        "years": (pl.when(ints.is_between(*YEARS)).then(pl.date(ints, 1, 1)), "date"),
+        **{name: (_epoch(ints, lo, hi, unit), "datetime") for (lo, hi), unit, name in _EPOCHS},
+    }
+    return _Readings(column, values, float_source, reads, ints, *undecided)
+
+
+def _epoch(ints: pl.Expr, low: int, high: int, unit: str) -> pl.Expr:
+    """Unix times in ``unit``, only in their range: others would overflow microseconds."""
+    return pl.when(ints.is_between(low, high - 1)).then(pl.from_epoch(ints, time_unit=unit).dt.cast_time_unit("us"))
+
+
+def _integers(
+    n: dict[str, int], low: int | None, high: int | None, column: str, frequency: str | None, prefer: str | None
+) -> tuple[str, str]:
+    """Integers are a period index (``frequency: period``, or not all 4-digit), calendar times
+    (all ``YYYYMMDD`` dates, or Unix seconds or milliseconds), or calendar years."""
+    if frequency == "period" or (frequency is None and prefer == "period"):
+        return "int", "integers"
+    if n["int"]:
+        if low >= 10_000_000 and high <= 99_991_231 and n["ymd"] == n["int"]:
+            return "ymd", "dates as YYYYMMDD"
+        for (lo, hi), unit, name in _EPOCHS:
+            if lo <= low and high < hi:
+                return name, f"Unix time ({unit})"
+    as_years = frequency == "yearly" or prefer in ("date", "datetime")
+    if frequency is None and not as_years:
+        as_years = n["years"] == n["int"]
+        if not as_years:
+            return "int", "integers"
+    if not as_years:
+        raise FileRejected(
+            f"time column {column!r} holds integers, which cannot be read as {frequency} times; set "
+            "'time_format' (e.g. '%Y%m%d' for 20190131, '%Y%m' for 201901) or 'frequency: period'"
+        )
+    return "years", f"years ({YEARS[0]}-{YEARS[1]})"
+
+
+def _choose(
+    data: pl.LazyFrame, r: _Readings, stats: dict, time_format: str | None, frequency: str | None, prefer: str | None
+) -> tuple[pl.Expr, str, str, int]:
+    """The reading the column's values follow: the parsed values, their kind, their description
+    for messages and how many values it reads."""
+    present, n = stats["present"], {name: stats[f"n_{name}"] for name in r.reads}
+
+    def reading(name: str, expected: str) -> tuple[pl.Expr, str, str, int]:
+        return *r.reads[name], expected, n[name]
+
+    if "typed" in r.reads:
+        return reading("typed", "dates")
+    if "format" in r.reads:
+        return reading("format", f"in time_format {time_format!r}")
     expected = "ISO-8601 dates, datetimes or integers"
-    present = _weighted(text.is_not_null(), counts)
-    dates = text.str.to_date("%Y-%m-%d", strict=False)
-    if _weighted(dates.is_not_null(), counts) == present:
-        return dates, "date", expected
-    weeks = _iso_weeks(text)
-    if _weighted(weeks.is_not_null(), counts) * 2 > present:
-        return weeks, "date", "ISO weeks (YYYY-Www)"
-    ints = text.cast(pl.Int64, strict=False)
-    if _weighted(ints.is_not_null(), counts) * 2 > present:
-        return _from_integers(ints, column, frequency, prefer)
-    spaced = text.str.replace("T", " ", literal=True)
-    parsed = pl.repeat(None, len(text), dtype=pl.Datetime("us"), eager=True)
-    for fmt in (*_ISO_NAIVE, *_ISO_AWARE):
-        missing = parsed.is_null() & text.is_not_null() & dates.is_null()
-        if not missing.any():
+    if "date" in r.reads:  # text
+        if n["date"] == present:
+            return reading("date", expected)
+        if n["int"] * 2 <= present:  # neither dates nor integers: ISO weeks or datetimes
+            return _weeks_or_datetimes(data, r, present, n["date"], expected)
+    return reading(*_integers(n, stats["low"], stats["high"], r.column, frequency, prefer))
+
+
+def _weeks_or_datetimes(
+    data: pl.LazyFrame, r: _Readings, present: int, n_dates: int, expected: str
+) -> tuple[pl.Expr, str, str, int]:
+    """Text that is neither all ISO dates nor mostly integers: ISO weeks when most values are,
+    else ISO datetimes (with any dates among them), each layout counted in a pass of its own
+    and only while some values are left unread, as parsing a layout costs about 0.35 µs a value."""
+    weeks = _iso_weeks(r.text)
+    shaped = data.select(r.text.str.contains(_ISO_WEEK).sum()).collect().item()  # at least as many as weeks
+    if shaped * 2 > present:
+        n_weeks = data.select(weeks.is_not_null().sum()).collect().item()
+        if n_weeks * 2 > present:
+            return weeks, "date", "ISO weeks (YYYY-Www)", n_weeks
+    dates = r.reads["date"][0]
+    used, n_read = [dates.cast(pl.Datetime("us"))] if n_dates else [], n_dates
+    for parsed in r.datetimes:
+        if n_read == present:  # every value is read: the later layouts would read none
             break
-        parsed = parsed.fill_null(_to_naive_utc(spaced.str.to_datetime(fmt, strict=False, time_unit="us")))
-    if parsed.is_null().all():
-        return dates, "date", expected
-    return parsed.fill_null(dates.cast(pl.Datetime("us"))), "datetime", expected
+        unread = pl.all_horizontal([dates.is_null(), *(u.is_null() for u in used)])
+        n = data.select((unread & parsed.is_not_null()).sum()).collect().item()
+        if n:
+            used, n_read = [*used, parsed], n_read + n
+    if n_read == n_dates:  # no datetime at all
+        return *r.reads["date"], expected, n_dates
+    return pl.coalesce(used), "datetime", expected, n_read
+
+
+def time_rule(
+    data: pl.LazyFrame,
+    *,
+    column: str,
+    time_format: str | None = None,
+    frequency: str | None = None,
+    prefer: str | None = None,
+    stats: dict | None = None,
+) -> TimeRule:
+    """Decide how one file's time column reads (rules: docs/use-cases.md#time-columns), from
+    counts over all of its rows: usually one pass, which :func:`file_rules` shares with its other
+    questions (``stats``: the answers to ``_readings(...).asks()``, already collected).
+
+    ``prefer`` is the kind an earlier landing file of the use case gave: it settles integers
+    that could be years or periods, and a file of another kind is rejected. Raises
+    :class:`FileRejected` when more than half of the non-null values do not parse.
+    """
+    dtype = data.collect_schema()[column]
+    r = _readings(column, dtype, time_format)
+    if stats is None:
+        stats = data.select(**r.asks()).collect().row(0, named=True)
+    if stats["rows"] and not stats["present"]:
+        raise FileRejected(f"time column {column!r} holds no values")
+    if stats.get("fractional"):
+        finite = r.float_source.is_finite()
+        fractional = finite & (r.float_source != r.float_source.round(0))
+        raise FileRejected(
+            f"time column {column!r} holds non-integer numbers (e.g. {_examples(data, r.float_source, fractional)})"
+        )
+    parsed, kind, expected, n_read = _choose(data, r, stats, time_format, frequency, prefer)
+    present, n_failed = stats["present"], stats["present"] - n_read
+    if n_failed * 2 > present:
+        hint = "set 'time_format' (strftime, e.g. '%d/%m/%Y') to read this layout"
+        if expected.startswith("years"):
+            hint = "set 'frequency: period' to read them as a period index, or 'time_format'"
+        failed = r.source.is_not_null() & parsed.is_null()
+        raise FileRejected(
+            f"time column {column!r}: {n_failed} of {present} values are not {expected} "
+            f"(e.g. {_examples(data, r.source, failed)}); {hint}"
+        )
+    _check_kind(column, kind, prefer)
+    return TimeRule(kind, column, dtype, parsed.alias(column), r.source.is_not_null())
+
+
+def _examples(data: pl.LazyFrame, source: pl.Expr, failed: pl.Expr) -> str:
+    shown = data.filter(failed).select(source.cast(pl.Utf8).alias("v")).unique(maintain_order=True).head(2)
+    return ", ".join(repr(v) for v in shown.collect()["v"].to_list())
 
 
 def parse_time(
@@ -208,69 +342,12 @@ def parse_time(
     time_format: str | None = None,
     frequency: str | None = None,
     prefer: str | None = None,
-    counts: pl.Series | None = None,
 ) -> ParsedTime:
-    """Normalise one file's time column (rules: docs/use-cases.md#time-columns).
-
-    ``counts``: each value stands for that many rows (a file's distinct values, see
-    :func:`file_rules`); every decision weighs the values by it, as over the rows themselves.
-
-    ``prefer`` is the kind an earlier landing file of the use case gave: it settles integers
-    that could be years or periods, and a file of another kind is rejected. Raises
-    :class:`FileRejected` when more than half of the non-null values do not parse.
-    """
-    if len(values) and values.null_count() == len(values):
-        raise FileRejected(f"time column {column!r} holds no values")
-    if isinstance(values.dtype, pl.Categorical | pl.Enum):
-        values = values.cast(pl.Utf8)
-    source = values
-    if values.dtype.is_float():
-        finite = values.filter(values.is_finite())
-        fractional = finite != finite.round(0)
-        if fractional.any():
-            raise FileRejected(
-                f"time column {column!r} holds non-integer numbers (e.g. {_examples(finite, fractional)})"
-            )
-        values = values.fill_nan(None).cast(pl.Int64, strict=False)
-        source = values
-    if values.dtype == pl.Date or isinstance(values.dtype, pl.Datetime):
-        parsed = values if values.dtype == pl.Date else _to_naive_utc(values)
-        kind, expected = _kind_of(values.dtype), "dates"
-    elif values.dtype.is_integer() or values.dtype == pl.Utf8:
-        if values.dtype.is_integer():
-            ints = values.cast(pl.Int64)
-            text = ints.cast(pl.Utf8)
-        else:
-            text = values.str.strip_chars()
-            ints = None
-        if time_format:
-            width = _numeric_width(time_format) if ints is not None else None
-            parsed, kind, expected = _with_format(text.str.zfill(width) if width else text, time_format)
-        elif ints is not None:
-            parsed, kind, expected = _from_integers(ints, column, frequency, prefer)
-        else:
-            parsed, kind, expected = _from_text(text, column, frequency, prefer, counts)
-    else:
-        raise FileRejected(f"time column {column!r} has type {values.dtype}, not a date, datetime, text or integer")
-
-    present = source.is_not_null()
-    failed = present & parsed.is_null()
-    n_present, n_failed = _weighted(present, counts), _weighted(failed, counts)
-    if n_present == 0 and len(values):
-        raise FileRejected(f"time column {column!r} holds no values")
-    if n_failed * 2 > n_present:
-        hint = "set 'time_format' (strftime, e.g. '%d/%m/%Y') to read this layout"
-        if expected.startswith("years"):
-            hint = "set 'frequency: period' to read them as a period index, or 'time_format'"
-        raise FileRejected(
-            f"time column {column!r}: {n_failed} of {n_present} values are not {expected} "
-            f"(e.g. {_examples(source, failed)}); {hint}"
-        )
-    _check_kind(column, kind, prefer)
-    bad = pl.select(
-        pl.when(~present).then(pl.lit(MISSING_TIME)).when(failed).then(pl.lit(UNPARSEABLE_TIME))
-    ).to_series()
-    return ParsedTime(parsed.alias(column), kind, bad.alias(DROP))
+    """One time column, parsed by the rule its own values give (:func:`time_rule`)."""
+    frame = values.alias(column).to_frame()
+    rule = time_rule(frame.lazy(), column=column, time_format=time_format, frequency=frequency, prefer=prefer)
+    out = rule.apply(frame)
+    return ParsedTime(out[column], rule.kind, out[DROP])
 
 
 def _check_kind(column: str, kind: str, prefer: str | None) -> None:
@@ -357,51 +434,12 @@ class FileRules:
     every row is then normalised alone (:func:`normalise_rows`), so the batches of a file too
     large to hold come out as the whole file would."""
 
-    time_kind: str | None  # "date" | "datetime" | "period"; None without a time column
-    times: pl.DataFrame | None  # each distinct time value (SOURCE) -> parsed value (time column) and DROP
+    time: TimeRule | None  # None without a time column
     numbers: tuple[str, ...]  # text features whose every value reads as a number
-    parsed: ParsedTime | None = None  # a whole file's time column, parsed row by row (rules of a frame)
 
-
-class RowsChanged(OSError):
-    """A batch holds a time value the pass over the whole file did not see: the file changed
-    while it was read. An OSError, so the reader tries the file again."""
-
-
-SOURCE = "__source"  # a time value as the file holds it, in FileRules.times
-
-
-def _time_source(column: str, dtype: pl.DataType) -> pl.Expr:
-    """The value a row's time is looked up by: categories as text, a float's NaN as missing."""
-    if isinstance(dtype, pl.Categorical | pl.Enum):
-        return pl.col(column).cast(pl.Utf8)
-    return pl.col(column).fill_nan(None) if dtype.is_float() else pl.col(column)
-
-
-def _time_rules(data: pl.LazyFrame, spec: UseCaseSpec, prefer: str | None) -> tuple[str, pl.DataFrame | None]:
-    """A lazy file's time rules: nothing for a date or datetime column, else its distinct values
-    (with their counts) parsed once, to be looked up by every batch. The lookup holds one row
-    per distinct time value: weeks or days are few, a file of unaligned timestamps holds many."""
-    column = spec.time_column
-    dtype = data.collect_schema()[column]
-    if dtype == pl.Date or isinstance(dtype, pl.Datetime):  # typed: nothing to decide, only whether any is set
-        rows, present = data.select(pl.len(), pl.col(column).is_not_null().sum().alias("present")).collect().row(0)
-        if rows and not present:
-            raise FileRejected(f"time column {column!r} holds no values")
-        _check_kind(column, _kind_of(dtype), prefer)
-        return _kind_of(dtype), None
-    distinct = (  # a file's distinct times are few (weeks, days) next to its rows
-        data.select(_time_source(column, dtype).alias(SOURCE)).group_by(SOURCE, maintain_order=True).len().collect()
-    )
-    parsed = parse_time(
-        distinct[SOURCE].alias(column),
-        column=column,
-        time_format=spec.time_format,
-        frequency=spec.frequency,
-        prefer=prefer,
-        counts=distinct["len"],
-    )
-    return parsed.kind, pl.DataFrame([distinct[SOURCE], parsed.values, parsed.bad])
+    @property
+    def time_kind(self) -> str | None:
+        return self.time.kind if self.time else None
 
 
 def _target_number(target: str, dtype: pl.DataType, decimal_comma: bool) -> pl.Expr:
@@ -417,38 +455,47 @@ def file_rules(
     data: pl.LazyFrame | pl.DataFrame, spec: UseCaseSpec, *, scoring: bool = False, prefer: str | None = None
 ) -> FileRules:
     """Decide, over all of one landing file's rows, what needs the whole file: how its time
-    values parse, which text features are numbers, and whether it is a file to reject
-    (:class:`FileRejected`). ``data`` may be lazy (a file read in batches): only these answers
-    are collected, and its time values are parsed once per distinct value."""
-    frame, data = data, data.lazy()
+    values read, which text features are numbers, and whether it is a file to reject
+    (:class:`FileRejected`). ``data`` may be lazy (a file read in batches): these questions are
+    answered in one pass over it, only a rare time layout (ISO weeks, datetimes) needs a second."""
+    data = data.lazy()
     schema = data.collect_schema()
     missing = [c for c in required_columns(spec, scoring) if c not in schema]
     if missing:
         raise FileRejected(f"missing required column(s) {missing}")
     decimal_comma = _decimal_comma(spec, scoring)
-    numbers: tuple[str, ...] = ()
+    asks: dict[str, pl.Expr] = {}
     numeric_text = [c for c in spec.features if schema.get(c) == pl.Utf8]
-    if numeric_text:  # "1,234.5" features become numbers when every value is one; else training_set says why
-        not_numbers = data.select(
-            (pl.col(c).is_not_null() & to_number(pl.col(c), decimal_comma).is_null()).any() for c in numeric_text
-        ).collect()
-        numbers = tuple(c for c in numeric_text if not not_numbers[c].item())
-    kind, times, parsed = None, None, None
-    if spec.time_column and isinstance(frame, pl.DataFrame):  # held whole: parsed row by row, as always
-        parsed = parse_time(
-            frame[spec.time_column],
+    for i, c in enumerate(numeric_text):  # "1,234.5" features become numbers when every value is one
+        asks[f"text {i}"] = (pl.col(c).is_not_null() & to_number(pl.col(c), decimal_comma).is_null()).any()
+    if spec.time_column:
+        readings = _readings(spec.time_column, schema[spec.time_column], spec.time_format)
+        asks |= {f"time {k}": v for k, v in readings.asks().items()}
+    target, failed_target = spec.target, None
+    if not scoring and target in schema and spec.task in ("forecast", "regression") and schema[target] != pl.Float64:
+        failed_target = pl.col(target).is_not_null() & _target_number(target, schema[target], decimal_comma).is_null()
+        asks |= {"target failed": failed_target.sum(), "target present": pl.col(target).is_not_null().sum()}
+    stats = data.select(**asks).collect().row(0, named=True) if asks else {}
+    numbers = tuple(c for i, c in enumerate(numeric_text) if not stats[f"text {i}"])  # else training_set says why
+    time = None
+    if spec.time_column:
+        time = time_rule(
+            data,
             column=spec.time_column,
             time_format=spec.time_format,
             frequency=spec.frequency,
             prefer=prefer,
+            stats={k.removeprefix("time "): v for k, v in stats.items() if k.startswith("time ")},
         )
-        kind = parsed.kind
-    elif spec.time_column:
-        kind, times = _time_rules(data, spec, prefer)
-    target = spec.target
-    if not scoring and target in schema and spec.task in ("forecast", "regression") and schema[target] != pl.Float64:
-        _check_target_numbers(data, target, _target_number(target, schema[target], decimal_comma), decimal_comma)
-    return FileRules(kind, times, numbers, parsed)
+    if failed_target is not None and stats["target failed"] * 2 > stats["target present"]:
+        # more than half of a file's targets not being numbers is a layout to fix, not bad rows
+        shown = data.filter(failed_target).select(pl.col(target).cast(pl.Utf8)).unique(maintain_order=True)
+        shown = shown.head(2).collect()[target].to_list()
+        raise FileRejected(
+            f"target {target!r}: {stats['target failed']} of {stats['target present']} values are not numbers "
+            f"(e.g. {', '.join(repr(v) for v in shown)}); {_number_hint(shown, decimal_comma)}"
+        )
+    return FileRules(time, numbers)
 
 
 def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, scoring: bool = False) -> pl.DataFrame:
@@ -467,22 +514,7 @@ def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, 
         frame = frame.with_columns(to_number(pl.col(c), decimal_comma) for c in rules.numbers)
     reasons = pl.when(pl.any_horizontal([pl.col(k).is_null() for k in spec.keys])).then(pl.lit(NULL_KEY))
     if spec.time_column:
-        column = spec.time_column
-        if rules.parsed is not None:  # the whole file, parsed with its rules
-            if rules.parsed.values.len() != frame.height:
-                raise ValueError("rules parsed from another frame")
-            frame = frame.with_columns(rules.parsed.values, rules.parsed.bad)
-        elif rules.times is None:  # a date or datetime column
-            bad = pl.when(pl.col(column).is_null()).then(pl.lit(MISSING_TIME)).otherwise(pl.lit(None, pl.Utf8))
-            values = frame[column] if frame.schema[column] == pl.Date else _to_naive_utc(frame[column])
-            frame = frame.with_columns(values, bad.alias(DROP))
-        else:
-            looked_up = frame.select(_time_source(column, frame.schema[column]).alias(SOURCE)).join(
-                rules.times, on=SOURCE, how="left", nulls_equal=True, maintain_order="left"
-            )
-            if looked_up.select((pl.col(column).is_null() & pl.col(DROP).is_null()).any()).item():
-                raise RowsChanged(f"time values of {column!r} that the pass over the whole file did not see")
-            frame = frame.with_columns(looked_up[column], looked_up[DROP])
+        frame = rules.time.apply(frame)
         reasons = reasons.when(pl.col(DROP).is_not_null()).then(pl.col(DROP))
     target = spec.target if spec.target in frame.columns else None
     if target:
@@ -509,22 +541,6 @@ def normalise_file(
     kind; raises :class:`FileRejected`."""
     rules = file_rules(frame, spec, scoring=scoring, prefer=prefer)
     return normalise_rows(frame, spec, rules, scoring=scoring), rules.time_kind
-
-
-def _check_target_numbers(data: pl.LazyFrame, target: str, as_number: pl.Expr, decimal_comma: bool) -> None:
-    """More than half of a file's targets not being numbers is a layout to fix, not bad rows."""
-    failed = pl.col(target).is_not_null() & as_number.is_null()
-    n_failed, n_present = (
-        data.select(failed.sum().alias("f"), pl.col(target).is_not_null().sum().alias("p")).collect().row(0)
-    )
-    if n_failed * 2 > n_present:
-        shown = (
-            data.filter(failed).select(pl.col(target).cast(pl.Utf8)).unique(maintain_order=True).head(2).collect()
-        )[target].to_list()
-        raise FileRejected(
-            f"target {target!r}: {n_failed} of {n_present} values are not numbers (e.g. "
-            f"{', '.join(repr(v) for v in shown)}); {_number_hint(shown, decimal_comma)}"
-        )
 
 
 def _empty_counts(keys: Sequence[str]) -> pl.DataFrame:
