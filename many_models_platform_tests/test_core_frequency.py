@@ -229,12 +229,19 @@ def test_text_in_a_numeric_feature_says_to_declare_it_categorical():
     with pytest.raises(F.KeyDataError) as err:
         F.build_training_set(_regression(), frame)
     assert str(err.value) == (
-        f"feature 'x1' holds text, e.g. 'Monday' ({N} of {N} rows); "
-        "declare it in 'categorical_features' to use it as a category"
+        f"feature 'x1' holds text, e.g. 'Monday' ({N} of {N} rows); if it is a number with a unit or "
+        "symbol ('12%', '$3.50'), strip it in the export; if it is a category, declare it in 'categorical_features'"
     )
     # numbers that arrive as text are still numbers
     as_text = _frame(SERIES["daily"][0], pl.Date).with_columns(pl.col("x1").cast(pl.Utf8))
     assert F.build_training_set(_regression(), as_text)["x1"].dtype == pl.Float64
+    # an infinite value is a missing one, imputed like a NaN, never given to a model as is
+    infinite = _frame(SERIES["daily"][0], pl.Date).with_columns(pl.col("x1").cast(pl.Float64))
+    infinite = infinite.with_columns(
+        pl.when(pl.int_range(pl.len()) % 7 == 0).then(float("inf")).otherwise("x1").alias("x1")
+    )
+    x1 = F.build_training_set(_regression(), infinite)["x1"]
+    assert x1.null_count() > 0 and x1.drop_nulls().is_finite().all()
 
 
 def test_a_legacy_calendar_column_is_rebuilt_for_an_old_model():
@@ -244,3 +251,12 @@ def test_a_legacy_calendar_column_is_rebuilt_for_an_old_model():
     rows = F.add_calendar(ts, "t", old_features)
     assert rows["cal_week"].to_list() == [float(t.isocalendar()[1]) for t in rows["t"]]
     assert F.calendar_of(old_features) == ["month", "week"]
+
+
+def test_a_key_shorter_than_its_longest_lag_fails_with_a_reason_not_an_expression_error():
+    history = pl.DataFrame({"t": list(range(30)), "price": [1.0] * 30, "y": [float(i % 7) for i in range(30)]})
+    spec = make_spec(forecast_body(time_column="t", target="y", lags=[4, 52], holdout={"periods": 3}, min_rows=10))
+    with pytest.raises(
+        F.KeyDataError, match=r"too few rows for the lags: no row has a value 52 periods before it \(30"
+    ):
+        F.prepare_training_set(spec, history)

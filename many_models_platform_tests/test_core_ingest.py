@@ -169,12 +169,13 @@ def test_keys_and_categoricals_become_text_and_bad_targets_are_marked():
 
 def test_text_in_a_numeric_target_is_counted_not_a_number_and_scoring_keeps_every_row():
     spec = make_spec(regression_body())
-    frame = pl.DataFrame({"segment": ["a", "a", "a"], "x1": [1, 2, 3], "x2": [1, 2, 3], "y": ["1.5", "n/a", None]})
+    y = ["1.5", "kg", None, "n/a", " NA ", "-", "?", "null", "."]  # an export's tokens for missing are null
+    frame = pl.DataFrame({"segment": ["a"] * 9, "x1": list(range(9)), "x2": list(range(9)), "y": y})
     out, _ = normalise_file(frame, spec)
-    assert out.schema["y"] == pl.Float64 and out["y"].to_list() == [1.5, None, None]
-    assert out[ingest.DROP].to_list() == [None, ingest.TARGET_TEXT, ingest.TARGET_NULL]
+    assert out.schema["y"] == pl.Float64 and out["y"].to_list() == [1.5] + [None] * 8
+    assert out[ingest.DROP].to_list() == [None, ingest.TARGET_TEXT] + [ingest.TARGET_NULL] * 7
     scoring, _ = normalise_file(frame.drop("y"), spec, scoring=True)
-    assert scoring[ingest.DROP].to_list() == [None, None, None]
+    assert scoring[ingest.DROP].to_list() == [None] * 9
     with pytest.raises(FileRejected, match=r"missing required column\(s\) \['y'\]"):
         normalise_file(frame.drop("y"), spec)
 
@@ -207,8 +208,11 @@ def test_a_target_that_is_mostly_text_rejects_the_file_with_what_to_set():
         normalise_file(frame, spec)
     with pytest.raises(FileRejected, match=r"'3 kg'.*strip units"):
         normalise_file(frame.with_columns(y=pl.lit("3 kg")), spec)
-    ok, _ = normalise_file(frame.with_columns(y=pl.Series(["1,234.5", "2", "n/a"])), spec)
+    ok, _ = normalise_file(frame.with_columns(y=pl.Series(["1,234.5", "2", "3 kg"])), spec)
     assert ok["y"].to_list() == [1234.5, 2.0, None] and ok[ingest.DROP].to_list() == [None, None, ingest.TARGET_TEXT]
+    # mostly missing is not mostly text: the rows are dropped as null targets, the file is read
+    missing, _ = normalise_file(frame.with_columns(y=pl.Series(["NA", "N/A", "3"])), spec)
+    assert missing[ingest.DROP].to_list() == [ingest.TARGET_NULL, ingest.TARGET_NULL, None]
     european = make_spec(regression_body(source={"path": "landing/x/*.csv", "csv": {"decimal_comma": True}}))
     out, _ = normalise_file(frame, european)
     assert out["y"].to_list() == [1.5, 2.5, 3.0]
@@ -219,6 +223,9 @@ def test_a_numeric_feature_of_formatted_numbers_becomes_numbers_but_real_text_st
     frame = pl.DataFrame({"segment": ["a"] * 2, "x1": ["1,000", "2,500.5"], "x2": ["1", "gold"], "y": [1.0, 2.0]})
     out, _ = normalise_file(frame, spec)
     assert out["x1"].to_list() == [1000.0, 2500.5] and out["x2"].to_list() == ["1", "gold"]
+    # an export's tokens for a missing value leave a feature numeric, with those values missing
+    out, _ = normalise_file(frame.with_columns(x2=pl.Series(["NA", " 3 "])), spec)
+    assert out["x2"].to_list() == [None, 3.0]
 
 
 def test_key_values_are_stripped_and_an_empty_key_is_a_missing_one():

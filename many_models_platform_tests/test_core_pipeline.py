@@ -33,6 +33,7 @@ USE_CASE = "group_regression"
 # outlier that made the mean the better predictor by RMSE
 ROWS, SHORT_ROWS = 120, 10
 HOSTILE = "seg/001, Zürich.."  # a key value that must survive paths, MLflow names and SQL
+LONG = "長い名前" * 15  # 540 characters encoded: too long for a file name or an MLflow name as it is
 SHORT = ["seg-011", "seg-012"]  # fewer rows than min_rows (30)
 ORPHAN = "seg-bad"  # only present in a malformed file
 DAY1, DAY2 = dt.date(2025, 1, 15), dt.date(2025, 1, 16)
@@ -75,7 +76,7 @@ def world(tmp_path_factory) -> World:
     spec = load_config().use_case(USE_CASE)
 
     history = generate_group_regression(keys=12, rows=ROWS, seed=0).history
-    history = history.with_columns(pl.col("segment_id").replace("seg-001", HOSTILE)).filter(
+    history = history.with_columns(pl.col("segment_id").replace({"seg-001": HOSTILE, "seg-002": LONG})).filter(
         ~pl.col("segment_id").is_in(SHORT) | (pl.int_range(0, pl.len()).over("segment_id") < SHORT_ROWS)
     )
     landing = Path(settings.lake_url) / "landing" / USE_CASE
@@ -101,7 +102,7 @@ def by_key(report: StageReport) -> dict[str, KeyOutcome]:
 def test_keys_are_discovered_from_readable_files_only(world):
     expected = sorted([*world.good, *(encode_key([s]) for s in SHORT), encode_key([ORPHAN])])
     assert world.keys == expected
-    assert encode_key([HOSTILE]) in world.keys
+    assert encode_key([HOSTILE]) in world.keys and encode_key([LONG]) in world.keys
     assert len(world.good) == 10
 
 
@@ -161,6 +162,8 @@ def test_key_status_table_records_every_stage_and_reason(world):
     assert ok_rows["reason"].null_count() == ok_rows.height
     hostile = status.filter(pl.col("key") == encode_key([HOSTILE]))
     assert hostile["key_label"].unique().to_list() == [f"segment_id={HOSTILE}"]
+    long = status.filter(pl.col("key") == encode_key([LONG]))  # published whole, though its files are named short
+    assert long["key_label"].unique().to_list() == [f"segment_id={LONG}"] and len(encode_key([LONG])) > 500
 
 
 def holdout_rows(world) -> dict[str, int]:

@@ -114,3 +114,10 @@ def test_evaluation_reports_the_metric_distribution_and_worst_keys_on_its_check(
     assert not instance.get_event_records(
         EventRecordsFilter(DagsterEventType.ASSET_OBSERVATION, asset_key=AssetKey(["group_regression", "evaluation"]))
     )
+
+
+def test_the_metric_chart_leaves_out_infinite_errors_instead_of_failing_the_stage():
+    from many_models_platform.defs.factory import metric_histogram
+
+    png = metric_histogram("rmse", [0.7, 1.2, float("inf"), float("nan"), 0.9], not_ok=2)
+    assert png.startswith(b"\x89PNG")

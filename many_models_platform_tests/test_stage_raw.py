@@ -592,7 +592,8 @@ def test_a_large_file_is_read_in_batches_by_rules_decided_over_the_whole_file(se
     assert got.equals(expected) and got.schema == expected.schema
     assert got.schema["year"] == pl.Datetime("us") and got.schema["x1"] == pl.Utf8
     assert got["year"].to_list()[0] == dt.datetime(2020, 1, 20, 10) and got["y"].to_list() == [5.0, 6.0, 7.0, 8.0]
-    assert out["se"].info == whole["se"].info and out["se"].info["drops"] == {"target is not a number": 2}
+    assert out["se"].info == whole["se"].info
+    assert out["se"].info["drops"] == {"target is null": 1, "target is not a number": 1}  # n/a is a missing value
     assert report.summary["files"][0]["status"] == "ingested"
 
 
@@ -705,3 +706,23 @@ def test_a_full_spill_disk_fails_the_stage_instead_of_blaming_the_landing_file(s
     with pytest.raises(raw.SpillFailed, match="No space left on device"):
         run_raw(settings, yearly(), keys=["se"])
     assert not (Path(settings.lake_url) / "rejected").exists()
+
+
+def test_a_csv_column_whose_values_change_type_after_the_first_10000_rows_is_read_not_rejected(settings, monkeypatch):
+    monkeypatch.setattr(raw, "BATCH_ROWS", max(raw.BATCH_ROWS, 1000))  # read in batches: 11 of them, not 5,000
+    lines = ["country,year,x1,x2,y"]
+    for i in range(10_050):  # 201 countries x 50 years; x1 integers and y decimals until row 10,000
+        lines.append(f"c{i // 50:03d},{1950 + i % 50},{i % 7},{i % 5},{i % 11}.5")
+    lines[10_021] = "c200,1970,2.5,1,3.5"  # a decimal in the integer feature
+    lines[10_031] = "c200,1980,1,NA,3.5"  # an export's missing value in the other one
+    lines[10_041] = "c200,1990,1,1,n/a"  # and in the target
+    land(settings, "panel/late.csv", "\n".join(lines) + "\n")
+    report, out = run_raw(settings, yearly())
+    assert not report.summary.get("rejected_files") and all(o.ok for o in out.values()) and len(out) == 201
+    late = bronze(settings, yearly(), "c200").sort("year")
+    assert late.schema["x1"] == late.schema["x2"] == pl.Float64
+    assert late.filter(pl.col("year") == D(1970, 1, 1))["x1"].item() == 2.5
+    assert late.filter(pl.col("year") == D(1980, 1, 1))["x2"].item() is None
+    assert late.height == 49 and out["c200"].info["drops"] == {"target is null": 1}
+    assert_balanced(out["c200"].info)
+    assert bronze(settings, yearly(), "c000")["x1"].to_list()[:3] == [0.0, 1.0, 2.0]

@@ -278,8 +278,13 @@ def check_numeric_features(spec: UseCaseSpec, frame: pl.DataFrame) -> None:
             if bad.len():
                 raise KeyDataError(
                     f"feature {c!r} holds text, e.g. {bad[0]!r} ({bad.len()} of {frame.height} rows); "
-                    "declare it in 'categorical_features' to use it as a category"
+                    "if it is a number with a unit or symbol ('12%', '$3.50'), strip it in the export; "
+                    "if it is a category, declare it in 'categorical_features'"
                 )
+
+
+def _finite(values: pl.Expr) -> pl.Expr:
+    return pl.when(values.is_infinite()).then(None).otherwise(values)
 
 
 def make_features(
@@ -298,7 +303,8 @@ def make_features(
     """
     t = spec.time_column
     check_numeric_features(spec, frame)
-    exprs: list[pl.Expr] = [pl.col(c).cast(pl.Float64, strict=False) for c in spec.features]
+    # an infinite feature value is a missing one (imputed), as a NaN is: the models cannot take it
+    exprs: list[pl.Expr] = [_finite(pl.col(c).cast(pl.Float64, strict=False)).alias(c) for c in spec.features]
     exprs += [pl.col(c).cast(pl.Utf8) for c in spec.categorical_features]
     if not t:
         return frame.with_columns(exprs)
@@ -427,6 +433,11 @@ def prepare_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> TrainingSet
     frame = make_features(spec, bronze, period=period)
     if spec.lags:
         frame = _drop(frame, [("no lag history", pl.col(f"lag_{max(spec.lags)}").is_null())], drops)
+        if frame.is_empty():  # every row is within the longest lag of the key's start
+            raise KeyDataError(
+                f"too few rows for the lags: no row has a value {max(spec.lags)} periods before it "
+                f"({bronze.height} rows); shorten 'lags' or add history"
+            )
     if not t:
         frame = frame.with_columns(pl.Series(ROW_HASH, row_hashes(frame, split_identity(spec)), dtype=pl.UInt64))
     frame = frame.with_columns(_split_expr(spec, frame, period))

@@ -398,6 +398,19 @@ _THOUSANDS_DC = r"^[+-]?\d{1,3}(\.\d{3})+(,\d*)?$"  # 1.234,5 (decimal comma)
 _DECIMAL_COMMA = r"^[+-]?\d*,\d+$"  # 3,5
 
 
+# What exports write for a missing value, in any case and with spaces around: read as missing
+# in numeric text (features and targets), never as a value that is "not a number".
+MISSING_TOKENS = ("", "na", "n/a", "#n/a", "nan", "null", "none", "nil", "missing", "-", "--", "?", ".")
+
+
+def is_written(values: pl.Expr, dtype: pl.DataType = pl.Utf8) -> pl.Expr:
+    """Whether a value is there: not null, and (text) not a token for a missing one (``NA``,
+    ``N/A``, ``null``, ``-``, ``?``, ...)."""
+    if dtype != pl.Utf8:
+        return values.is_not_null()
+    return values.is_not_null() & ~values.str.strip_chars().str.to_lowercase().is_in(MISSING_TOKENS)
+
+
 def to_number(text: pl.Expr, decimal_comma: bool = False) -> pl.Expr:
     """Numbers written as text, as spreadsheets export them: ``1,234.5`` (or ``1.234,5`` and
     ``3,5`` with a decimal comma) and surrounding spaces; anything else that is not a number is null."""
@@ -467,14 +480,15 @@ def file_rules(
     asks: dict[str, pl.Expr] = {}
     numeric_text = [c for c in spec.features if schema.get(c) == pl.Utf8]
     for i, c in enumerate(numeric_text):  # "1,234.5" features become numbers when every value is one
-        asks[f"text {i}"] = (pl.col(c).is_not_null() & to_number(pl.col(c), decimal_comma).is_null()).any()
+        asks[f"text {i}"] = (is_written(pl.col(c)) & to_number(pl.col(c), decimal_comma).is_null()).any()
     if spec.time_column:
         readings = _readings(spec.time_column, schema[spec.time_column], spec.time_format)
         asks |= {f"time {k}": v for k, v in readings.asks().items()}
     target, failed_target = spec.target, None
     if not scoring and target in schema and spec.task in ("forecast", "regression") and schema[target] != pl.Float64:
-        failed_target = pl.col(target).is_not_null() & _target_number(target, schema[target], decimal_comma).is_null()
-        asks |= {"target failed": failed_target.sum(), "target present": pl.col(target).is_not_null().sum()}
+        written = is_written(pl.col(target), schema[target])
+        failed_target = written & _target_number(target, schema[target], decimal_comma).is_null()
+        asks |= {"target failed": failed_target.sum(), "target present": written.sum()}
     stats = data.select(**asks).collect().row(0, named=True) if asks else {}
     numbers = tuple(c for i, c in enumerate(numeric_text) if not stats[f"text {i}"])  # else training_set says why
     time = None
@@ -521,7 +535,7 @@ def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, 
         source = pl.col(target)
         if spec.task in ("forecast", "regression") and frame.schema[target] != pl.Float64:
             as_number = _target_number(target, frame.schema[target], decimal_comma)
-            frame = frame.with_columns(as_number, source.is_not_null().alias("__t_present"))
+            frame = frame.with_columns(as_number, is_written(source, frame.schema[target]).alias("__t_present"))
             text = pl.col("__t_present") & pl.col(target).is_null()
         else:
             text = pl.lit(False)

@@ -15,6 +15,7 @@ key and an MLflow model name suffix.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from urllib.parse import quote, unquote
@@ -53,6 +54,19 @@ def is_encoded_key(key: str) -> bool:
     if not key or not _SAFE.fullmatch(key):
         return False
     return all(part and (part == EMPTY or EMPTY not in part) for part in key.split(SEPARATOR))
+
+
+NAME_LIMIT = 120  # the longest key that names its files, folders and models as it is
+
+
+def key_name(key: str) -> str:
+    """A key as it names files, folders and registered models: itself, or for a key longer than
+    NAME_LIMIT (40 CJK characters encode to 360) its first 80 characters, ``=`` and a digest of
+    all of it, so no name outgrows a file system's 255 bytes or MLflow's 256 characters.
+    ``=`` never occurs in an encoded key, so such a name is never another key's."""
+    if len(key) <= NAME_LIMIT:
+        return key
+    return f"{key[:80]}={hashlib.sha256(key.encode()).hexdigest()[:32]}"
 
 
 def key_label(columns: Sequence[str], key: str) -> str:

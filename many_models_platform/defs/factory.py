@@ -344,19 +344,21 @@ def _file_table(items: list, columns: tuple[str, ...]) -> str:
 
 
 def metric_histogram(metric: str, values: list[float], not_ok: int = 0) -> bytes:
-    """A small PNG of the metric over the run's ok keys (keys not ok, or with no value, are counted in the title)."""
+    """A small PNG of the metric over the run's ok keys (keys not ok, or with no finite value, are
+    counted in the title: one key's infinite error must not stop the chart of the others)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    vals = [v for v in values if v == v]
+    vals = [v for v in values if v is not None and math.isfinite(v)]
     fig, ax = plt.subplots(figsize=(5, 2.6), dpi=80)
     ax.hist(vals, bins=min(30, max(5, len(vals) // 5)), color="#4f46e5")
     ax.set_xlabel(metric)
     ax.set_ylabel("keys")
     missing = not_ok + len(values) - len(vals)
-    ax.set_title(f"{metric} over {len(vals)} keys" + (f" ({missing} not shown: not ok or no value)" if missing else ""))
+    shown = f" ({missing} not shown: not ok or no finite value)" if missing else ""
+    ax.set_title(f"{metric} over {len(vals)} keys{shown}")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from ..core import features as F
 from ..core.engine import KeyOutcome, map_keys
-from ..core.keys import key_label
+from ..core.keys import key_label, key_name
 from ..core.modeling import fit_key
 from ..core.spec import UseCaseSpec
 from ..storage.lake import Lake
@@ -44,7 +44,7 @@ def _train_one(key: str, spec: UseCaseSpec, lake: Lake, models_dir: str, templat
     ts_state = require_state(lake, spec.name, UPSTREAM["model"], key)
     ts = lake.read_parquet(lake.key_path("training", spec.name, key, ".parquet"))
     fitted = fit_key(spec, ts, ts_state.info.features)
-    folder = f"{models_dir}/{key}"
+    folder = f"{models_dir}/{key_name(key)}"
     # model.skops is what production serves: the refit on every row when the use case refits
     signature = model_signature(spec, ts, fitted.feature_columns)
     sha256 = write_model_dir(fitted.production_model or fitted.model, folder, template, trusted, signature)
@@ -157,13 +157,13 @@ def _train_in_run(
         o = fitted_by_key[key]
         o.info["version"] = version
         o.info["model_name"] = registered_model_name(spec.name, key)
-        o.info["source"] = f"{artifact_uri}/models/{key}"
+        o.info["source"] = f"{artifact_uri}/models/{key_name(key)}"
         crash_point("model")
         write_state(run.lake, spec.name, "model", o, run.run_id)
 
     def register(chunk: list[KeyOutcome]) -> None:
         fitted_by_key.update((o.key, o) for o in chunk)
-        items = [(o.key, f"{artifact_uri}/models/{o.key}", _candidate_tags(run, o)) for o in chunk if o.ok]
+        items = [(o.key, f"{artifact_uri}/models/{key_name(o.key)}", _candidate_tags(run, o)) for o in chunk if o.ok]
         if items:
             registered.update(registry.register_many(spec.name, items, mlflow_run_id, after=record))
 

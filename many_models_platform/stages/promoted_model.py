@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from ..core.engine import ByKey, KeyOutcome, SkipKey, map_keys
-from ..core.keys import key_label
+from ..core.keys import key_label, key_name
 from ..core.metrics import higher_is_worse, is_better
 from ..core.spec import UNLABELLED_METRICS, UseCaseSpec
 from ..storage.lake import Lake
@@ -494,4 +494,5 @@ def production_artifact_path(settings: PlatformSettings, use_case: str, key: str
     """Where a promoted model's files live: under the production artifact root, one folder per
     (candidate version, content hash), so promoting the same model twice reuses the folder.
     Both come from the candidate registry's record of the version promoted."""
-    return f"{settings.production_artifact_root.rstrip('/')}/{use_case}/{key}/candidate-v{version}-{sha[:12]}"
+    root = settings.production_artifact_root.rstrip("/")
+    return f"{root}/{use_case}/{key_name(key)}/candidate-v{version}-{sha[:12]}"

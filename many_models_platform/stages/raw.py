@@ -33,7 +33,7 @@ from ..core import ingest as core_ingest
 from ..core.engine import KeyOutcome
 from ..core.keys import decode_key, encode_key
 from ..core.spec import UseCaseSpec
-from ..storage.lake import Lake, LandedFile
+from ..storage.lake import Lake, LandedFile, LateColumnType
 from .base import StageReport, StageRun, clear_state, crash_point, finish, write_state
 
 # A read that fails with an OSError, or a file that changes while being read (still being
@@ -277,10 +277,33 @@ def _spill_file(
     """Read one landing file and spill its normalised rows as file ``index``. A file up to
     BATCHED_FILE_BYTES is read whole; a larger one in batches of BATCH_ROWS, by rules decided
     over the whole file first (``core.ingest.file_rules``), so memory follows the batch, not the
-    file, and the rows come out the same. Raises FileRejected, or OSError to be tried again."""
+    file, and the rows come out the same. A CSV column whose values stop fitting the type of its
+    first 10,000 rows is read again as text (``LateColumnType``). Raises FileRejected, or OSError
+    to be tried again."""
+    text_columns = [*spec.keys, *spec.categorical_features] + ([spec.time_column] if spec.time_column else [])
+    while True:
+        try:
+            return _spill_file_once(spec, lake, spill, listed, index, source_bytes, text_columns, scoring, prefer)
+        except LateColumnType as late:
+            if late.column in text_columns:
+                raise core_ingest.FileRejected(str(late)[:500]) from None
+            spill.discard("scoring_source" if scoring else "source", index)
+            text_columns = [*text_columns, late.column]
+
+
+def _spill_file_once(
+    spec: UseCaseSpec,
+    lake: Lake,
+    spill: Spill,
+    listed: LandedFile,
+    index: int,
+    source_bytes: int,
+    text_columns: list[str],
+    scoring: bool,
+    prefer: str | None,
+) -> FileRead:
     source = spec.scoring_source if scoring else spec.source
     label = "scoring_source" if scoring else "source"
-    text_columns = [*spec.keys, *spec.categorical_features] + ([spec.time_column] if spec.time_column else [])
     options = {"csv": source.csv, "required": core_ingest.required_columns(spec, scoring)}
     path, out = lake.path(*listed.name.split("/")), FileRead()
 
@@ -298,7 +321,7 @@ def _spill_file(
             frame = lake.read_table(
                 path, source.file_format, spec.input_columns, text_columns, size=listed.size, **options
             )
-        except OSError:
+        except (OSError, LateColumnType):
             raise
         except Exception as exc:
             raise _unreadable(source.file_format, exc) from None
@@ -320,7 +343,7 @@ def _spill_file(
                     spill_batch(frame, rules, batch)
             except pl.exceptions.ComputeError as exc:  # a bad row: said while the file is still open
                 raise table.error(exc) from None
-    except (OSError, SpillFailed):
+    except (OSError, SpillFailed, LateColumnType):
         raise
     except Exception as exc:  # the file's content is the user's: say why it cannot be read
         raise _unreadable(source.file_format, exc) from None

@@ -20,6 +20,7 @@ import gzip
 import io
 import json
 import os
+import re
 import shutil
 import stat
 import uuid
@@ -31,7 +32,7 @@ import polars as pl
 from upath import UPath
 
 from ..core.ingest import FileRejected, match_columns
-from ..core.keys import is_encoded_key
+from ..core.keys import is_encoded_key, key_name
 
 AZURE_SCHEMES = ("abfs://", "abfss://", "az://")
 # environment variable -> lake storage option (docs/configuration.md#adls)
@@ -239,10 +240,11 @@ class Lake:
         return self.root.joinpath(*parts)
 
     def key_path(self, area: str, use_case: str, key: str, suffix: str, subdir: str | None = None) -> UPath:
-        """``<area>/<use case>[/<subdir>]/<key><suffix>``; refuses anything but an encoded key."""
+        """``<area>/<use case>[/<subdir>]/<key><suffix>`` (a long key by ``core.keys.key_name``);
+        refuses anything but an encoded key."""
         if not is_encoded_key(key):
             raise ValueError(f"not an encoded partition key: {key!r}")
-        parts = [area, use_case, *([subdir] if subdir else []), f"{key}{suffix}"]
+        parts = [area, use_case, *([subdir] if subdir else []), f"{key_name(key)}{suffix}"]
         return self.path(*parts)
 
     def glob(self, pattern: str) -> list[UPath]:
@@ -512,10 +514,27 @@ def _csv_layout(
     return CsvLayout(options, list(header), names, text)
 
 
+class LateColumnType(FileRejected):
+    """A CSV column's values stop fitting the type inferred from its first 10,000 rows (a
+    decimal or an ``NA`` far down an integer column): the reader reads it again as text, and
+    ``core.ingest.file_rules`` decides over the whole file whether it is numbers."""
+
+    def __init__(self, message: str, column: str) -> None:
+        super().__init__(message)
+        self.column = column
+
+
+_LATE_TYPE = re.compile(r"could not parse `(.*?)` as dtype `(\w+)` at column '(.*?)'", re.S)
+
+
 def csv_error(exc: Exception, text: Callable[[], IO[bytes]], layout: CsvLayout | None) -> Exception:
     """A polars CSV error as the reason a user can act on (:class:`FileRejected`), or as it is.
     ``text`` opens the file's bytes, read again only to say where it is not UTF-8; ``layout``
     is None when the error came while reading the header."""
+    late = _LATE_TYPE.search(str(exc))
+    if late and layout is not None and late[3] in layout.names:
+        column = layout.names[late[3]]
+        return LateColumnType(f"column {column!r} holds {late[1]!r} after values read as {late[2]}", column)
     message = str(exc).lower()
     if "utf-8" in message or "utf8" in message:
         with text() as stream:

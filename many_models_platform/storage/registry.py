@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from ..core.keys import key_name
+
 if TYPE_CHECKING:
     from .settings import PlatformSettings
 
@@ -122,8 +124,9 @@ class ModelIntegrityError(RegistryError):
 def registered_model_name(use_case: str, key: str) -> str:
     """``<use case>.<encoded key>``: use-case names are ``[a-z][a-z0-9_]*`` and encoded keys
     use only ``[A-Za-z0-9_.%~-]`` (``core.keys``), so distinct (use case, key) pairs never share
-    a name and every name is valid in MLflow, in a URL path and in a filter string."""
-    return f"{use_case}.{key}"
+    a name and every name is valid in MLflow, in a URL path and in a filter string. A key too
+    long for a name gives its ``core.keys.key_name``; the version's ``key`` tag holds it whole."""
+    return f"{use_case}.{key_name(key)}"
 
 
 def run_metric_name(metric: str, key: str) -> str:
