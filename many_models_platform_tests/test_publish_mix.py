@@ -393,3 +393,27 @@ def test_a_key_whose_rows_cannot_be_built_fails_alone(settings, monkeypatch):
     assert sorted(preds["key"]) == [keys[0], keys[2]]
     assert report.summary["keys_failed"] == 1
     assert [o.info["published"] for o in report.outcomes] == [True, False, True]
+
+
+def test_a_key_too_long_for_the_warehouse_fails_alone_and_the_others_publish(settings):
+    """PostgreSQL and SQL Server refuse a key longer than its column: loading it would fail the
+    one transaction of every key, so it fails alone, with what to do."""
+    spec = spec_for("too_long")
+    run = StageRun(spec, settings, run_id="run-long", run_date=DAY)
+    keys = [encode_key(["0001", "a"]), encode_key(["0002", "長" * 60])]
+    assert len(keys[1]) > W.KEY_LENGTH
+    per_stage: dict[str, list[KeyOutcome]] = {stage: [] for stage in STAGES[:-1]}
+    for i, key in enumerate(keys):
+        for stage, outcome in ok_states(run, key, i).items():
+            per_stage[stage].append(outcome)
+        prediction_file(run, key, 0)
+    for stage, outcomes in per_stage.items():
+        write(run, stage, outcomes)
+    report = publish(run, keys)
+    by_key = {o.key: o for o in report.outcomes}
+    assert by_key[keys[0]].ok and by_key[keys[0]].info["published"]
+    assert by_key[keys[1]].status == "failed" and "longer than the warehouse's key column" in by_key[keys[1]].reason
+    published = query(settings, "SELECT DISTINCT key FROM key_status WHERE use_case = 'too_long'")
+    assert published["key"].to_list() == [keys[0]]
+    summary = query(settings, "SELECT keys_total, keys_failed FROM run_summary WHERE use_case = 'too_long'")
+    assert summary.rows() == [(2, 1)]

@@ -83,12 +83,19 @@ def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = No
     keys = list(dict.fromkeys(keys))
     common = {"use_case": spec.name, "run_date": run.run_date}
     tally = _Tally()
+    for key in (k for k in keys if len(k) > W.KEY_LENGTH):  # fails alone, not the transaction of all
+        reason = (
+            f"the encoded key is {len(key)} characters, longer than the warehouse's key column holds "
+            f"({W.KEY_LENGTH}): shorten the key values or use fewer key columns"
+        )
+        tally.outcomes.append(KeyOutcome(key, "failed", reason, {"published": False, "prediction_rows": 0}))
+    loadable = [k for k in keys if len(k) <= W.KEY_LENGTH]
     wh = warehouse or Warehouse(run.settings.warehouse_url)
     try:
         wh.ensure_schema()
         with wh.replacing(spec.name, run.run_date) as load:
-            for start in range(0, len(keys), PUBLISH_BATCH_KEYS):
-                batch = keys[start : start + PUBLISH_BATCH_KEYS]
+            for start in range(0, len(loadable), PUBLISH_BATCH_KEYS):
+                batch = loadable[start : start + PUBLISH_BATCH_KEYS]
                 frames, append = _batch_frames(run, batch, now, tally)
                 load(batch, frames, append)
                 tally.rows_written.update({name: frame.height for name, frame in {**frames, **append}.items()})

@@ -53,6 +53,7 @@ metadata = sa.MetaData(naming_convention={"pk": "pk_%(table_name)s"})
 # DDL does not depend on the server version the dialect detects.
 Ascii = sa.String
 Unicode = sa.Unicode
+KEY_LENGTH = 512  # the longest encoded key the tables hold (PostgreSQL and SQL Server enforce it)
 LONG_TEXT = sa.Text().with_variant(mssql.NVARCHAR("max"), "mssql")
 DATE = sa.Date().with_variant(mssql.DATE(), "mssql")
 TIMESTAMP = sa.DateTime().with_variant(mssql.DATETIME2(), "mssql")
@@ -63,7 +64,7 @@ def _key_cols() -> list[sa.Column]:
     """The three columns every per-key table starts with."""
     return [
         sa.Column("use_case", Ascii(64), nullable=False),
-        sa.Column("key", Ascii(512), nullable=False),  # the encoded key: [A-Za-z0-9_%~.-] only
+        sa.Column("key", Ascii(KEY_LENGTH), nullable=False),  # the encoded key: [A-Za-z0-9_%~.-] only
         sa.Column("run_date", DATE, nullable=False),
     ]
 
@@ -141,7 +142,7 @@ model_family = sa.Table(
     "model_family",
     metadata,
     sa.Column("use_case", Ascii(64), nullable=False),
-    sa.Column("key", Ascii(512), nullable=False),
+    sa.Column("key", Ascii(KEY_LENGTH), nullable=False),
     sa.Column("key_label", Unicode(1024), nullable=False),
     sa.Column("metric", Ascii(32), nullable=False),
     sa.Column("candidate_version", sa.Integer, nullable=True),
@@ -186,7 +187,7 @@ key_columns = sa.Table(
     "key_columns",
     metadata,
     sa.Column("use_case", Ascii(64), nullable=False),
-    sa.Column("key", Ascii(512), nullable=False),
+    sa.Column("key", Ascii(KEY_LENGTH), nullable=False),
     sa.Column("position", sa.Integer, nullable=False),  # 0-based, in the order of the use case's `keys`
     sa.Column("column_name", Unicode(256), nullable=False),
     sa.Column("value", Unicode(1024), nullable=False),
@@ -734,7 +735,7 @@ def key_table(use_case: str, names: Sequence[str]) -> sa.Table:
     return sa.Table(
         name,
         sa.MetaData(),
-        sa.Column("key", Ascii(512), nullable=False),
+        sa.Column("key", Ascii(KEY_LENGTH), nullable=False),
         sa.Column("key_label", Unicode(1024), nullable=False),
         *[sa.Column(c, Unicode(1024), nullable=False) for c in key_table_columns(names)],
         sa.PrimaryKeyConstraint("key", name=f"pk_{name}"[:_MAX_IDENTIFIER_BYTES]),
