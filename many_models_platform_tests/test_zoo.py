@@ -151,6 +151,18 @@ def european_export(rng: np.random.Generator) -> bytes:
     return ("\r\n".join(lines) + "\r\n").encode("cp1252")
 
 
+def excel_serial_days(rng: np.random.Generator) -> pl.DataFrame:
+    """A spreadsheet export whose dates are Excel serial day numbers (45292 is 2024-01-01): not
+    years, YYYYMMDD or Unix time, so a period index, each day one period."""
+    days = range(45_292, 45_352)
+    rows = [
+        {"shop": shop, "day": day, "sales": float(20 * s + 0.5 * (day - 45_292) + rng.normal())}
+        for s, shop in enumerate(("north", "south", "east"))
+        for day in days
+    ]
+    return pl.DataFrame(rows)
+
+
 def forecast_case(source: str, keys: list[str], time: str, target: str, **extra) -> dict:
     body = {
         "task": "forecast",
@@ -202,6 +214,7 @@ ZOO = {
         )
         for policy in ("sum", "mean", "last", "first", "error")
     },
+    "serial_days": forecast_case("landing/serial/*.csv", ["shop"], "day", "sales", lags=[3]),
     "counts": forecast_case(
         "landing/counts/*.csv", ["site"], "week", "visits", non_negative_target=True, candidates=[LINEAR]
     ),
@@ -248,6 +261,7 @@ def zoo(tmp_path_factory) -> Zoo:
         "flights": flights(rng),
         "dup": weekly_with_duplicates(rng),
         "counts": counts_near_zero(rng),
+        "serial": excel_serial_days(rng),
     }
     for folder, frame in data.items():
         if folder == "dup":
@@ -291,6 +305,7 @@ def test_the_zoo_runs_by_configuration_alone(zoo):
         "dup_first",
         "counts",
         "eu_export",
+        "serial_days",
     ):
         assert published_keys(zoo, use_case), f"{use_case} published nothing\n{out[-3000:]}"
 
@@ -430,3 +445,12 @@ def test_a_european_excel_export_runs_with_its_dialect_declared(zoo):
     assert bronze.schema["datum"] == pl.Date and bronze["datum"].min() == date(2023, 1, 2)  # 20230102
     assert bronze.height == 60 and bronze["umsatz"].min() > 900 and 2 <= bronze["preis"].min() < 3  # 1.016,43
     assert published_keys(zoo, "eu_export") == {"K%C3%B6ln", "Z%C3%BCrich"}
+
+
+def test_a_period_index_is_published_as_a_number_not_as_a_timestamp(zoo):
+    rows = zoo.sql(
+        "SELECT kind, min(period_index), max(period_index), count(period) FROM predictions "
+        "WHERE use_case = 'serial_days' AND key = 'north' GROUP BY kind ORDER BY kind"
+    )
+    # the last 3 days are the holdout, the next 3 the forecast; no period became a time of 1970
+    assert rows == [("forecast", 45_352, 45_354, 0), ("holdout", 45_349, 45_351, 0)]

@@ -125,8 +125,11 @@ def _prediction_rows(spec: UseCaseSpec, model, features: list[str], rows: pl.Dat
     x = model_input(model, rows, features)
     pred = predict(spec.task, model, x)
     period = rows[t] if t else pl.Series([None] * rows.height)
+    index = pl.Series([None] * rows.height, dtype=pl.Int64)
+    if period.dtype.is_integer():  # a period index is no time: published as a number, not as microseconds
+        period, index = pl.Series([None] * rows.height), period.cast(pl.Int64)
     kinds = pl.Series([kind] * rows.height, dtype=pl.Utf8)
-    out = pl.DataFrame({"period": period.cast(pl.Datetime("us")), "kind": kinds})
+    out = pl.DataFrame({"period": period.cast(pl.Datetime("us")), "period_index": index, "kind": kinds})
     if spec.task in ("forecast", "regression"):
         prediction = pl.Series(clip_predictions(spec, pred.astype(float)), dtype=pl.Float64)
         label = pl.Series([None] * rows.height, dtype=pl.Utf8)

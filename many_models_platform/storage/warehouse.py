@@ -76,6 +76,7 @@ predictions = sa.Table(
     sa.Column("row_index", sa.Integer, nullable=False),
     sa.Column("key_label", Unicode(1024), nullable=False),
     sa.Column("period", TIMESTAMP, nullable=True),
+    sa.Column("period_index", sa.BigInteger, nullable=True),  # an integer period (period NULL)
     sa.Column("kind", Ascii(16), nullable=False),  # forecast | holdout | scoring
     sa.Column("prediction", DOUBLE, nullable=True),
     sa.Column("predicted_label", Unicode(256), nullable=True),
@@ -196,7 +197,7 @@ key_columns = sa.Table(
 
 # The newest migration (migrations/versions/). Bump it with every new revision; a test checks
 # that it is Alembic's head. It only spares ensure_schema() the Alembic import when at head.
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 
 PER_KEY_TABLES = (predictions, key_metrics, key_status)
 HISTORY_TABLES = (promotion_history, run_summary)
@@ -778,12 +779,18 @@ def insert_statement(table: sa.Table) -> sa.Insert:
 
 def _prepare(table: sa.Table, frame: pl.DataFrame | None, defaults: dict[str, Any]) -> pl.DataFrame | None:
     """The frame's columns in table order and types (:func:`polars_schema`), timestamps as naive
-    UTC; rejects duplicate primary keys."""
+    UTC, a nullable column it lacks as NULL (files of an earlier version); rejects duplicate
+    primary keys."""
     if frame is None or frame.height == 0:
         return None
     missing = {k: v for k, v in defaults.items() if k not in frame.columns}
     if missing:
         frame = frame.with_columns([pl.lit(v).alias(k) for k, v in missing.items()])
+    frame = frame.with_columns(
+        pl.lit(None, dtype=_polars_type(c.type)).alias(c.name)
+        for c in table.columns
+        if c.nullable and c.name not in frame.columns
+    )
     absent = [c.name for c in table.columns if c.name not in frame.columns]
     if absent:
         raise ValueError(f"{table.name}: frame lacks columns {absent}")

@@ -33,6 +33,21 @@ PG_LOCK_ID = 0x6D6D_7077_6801  # "mmpwh" + revision lock 1
 MSSQL_LOCK_RESOURCE = "many_models_platform.warehouse.migrations"
 
 
+def column_names(bind: sa.Connection, table: str) -> set[str]:
+    """A table's column names as the database has them (for migrations that add columns a
+    warehouse made by ``metadata.create_all`` of a later version already has)."""
+    if bind.dialect.name == "sqlite":  # no information_schema; DuckDB cannot reflect columns
+        return {c["name"] for c in sa.inspect(bind).get_columns(table)}
+    schema = "SCHEMA_NAME()" if bind.dialect.name == "mssql" else "current_schema()"
+    rows = bind.execute(
+        sa.text(
+            f"SELECT column_name FROM information_schema.columns WHERE table_name = :table AND table_schema = {schema}"
+        ),
+        {"table": table},
+    )
+    return {r[0] for r in rows}
+
+
 class DuckDBImpl(DefaultImpl):
     """Alembic's DDL implementation for duckdb-engine: DuckDB has transactional DDL."""
 

@@ -21,6 +21,8 @@ import sqlalchemy as sa
 from alembic import context, op
 from sqlalchemy.dialects import mssql
 
+from many_models_platform.storage.migrations import column_names
+
 revision: str = "0002"
 down_revision: str | Sequence[str] | None = "0001"
 branch_labels: str | Sequence[str] | None = None
@@ -65,25 +67,12 @@ def upgrade() -> None:
     offline = context.is_offline_mode()
     bind = None if offline else op.get_bind()
     for table, columns in _new_columns().items():
-        present = set() if offline else _column_names(bind, table)
+        present = set() if offline else column_names(bind, table)
         for column in columns:
             if column.name not in present:
                 op.add_column(table, column)
     if offline or "key_columns" not in set(sa.inspect(bind).get_table_names()):
         op.create_table("key_columns", *_key_columns())
-
-
-def _column_names(bind: sa.Connection, table: str) -> set[str]:
-    if bind.dialect.name == "sqlite":  # no information_schema; DuckDB cannot reflect columns
-        return {c["name"] for c in sa.inspect(bind).get_columns(table)}
-    schema = "SCHEMA_NAME()" if bind.dialect.name == "mssql" else "current_schema()"
-    rows = bind.execute(
-        sa.text(
-            f"SELECT column_name FROM information_schema.columns WHERE table_name = :table AND table_schema = {schema}"
-        ),
-        {"table": table},
-    )
-    return {r[0] for r in rows}
 
 
 def downgrade() -> None:
