@@ -127,7 +127,13 @@ def test_yyyymmdd_integers_and_unix_times_are_calendar_times_without_a_time_form
         dt.datetime(2023, 11, 14, 23, 13, 20),
     ]
     assert parsed([1_700_000_000_000]).values.to_list() == [dt.datetime(2023, 11, 14, 22, 13, 20)]  # milliseconds
-    # what may be a period index stays one: an impossible date, Excel serials, a small index, or 'period'
+    # mostly dates: a stray value is a row dropped and counted, not every key read as a period index
+    p = parsed([20240131, 20240201, 20240202, 0, 20241345])
+    assert p.kind == "date" and p.values.to_list() == [D(2024, 1, 31), D(2024, 2, 1), D(2024, 2, 2), None, None]
+    assert p.bad.to_list() == [None, None, None, ingest.UNPARSEABLE_TIME, ingest.UNPARSEABLE_TIME]
+    p = parsed([1_700_000_000, 1_700_003_600, 0])
+    assert p.kind == "datetime" and p.bad.to_list() == [None, None, ingest.UNPARSEABLE_TIME]
+    # what may be a period index stays one: half impossible dates, Excel serials, a small index, or 'period'
     assert parsed([20240131, 20241345]).kind == "period"
     assert parsed([45000, 45001]).kind == "period"
     assert parsed([20240131, 20240201], frequency="period").values.to_list() == [20240131, 20240201]

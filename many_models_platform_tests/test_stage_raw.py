@@ -726,3 +726,19 @@ def test_a_csv_column_whose_values_change_type_after_the_first_10000_rows_is_rea
     assert late.height == 49 and out["c200"].info["drops"] == {"target is null": 1}
     assert_balanced(out["c200"].info)
     assert bronze(settings, yearly(), "c000")["x1"].to_list()[:3] == [0.0, 1.0, 2.0]
+
+
+def test_integer_ids_written_as_floats_in_a_csv_are_the_same_keys_as_the_integers(settings):
+    """pandas writes an integer id column with gaps as floats (12.0, and an empty cell): in a
+    CSV those are text, read as the integers they stand for when the whole column is such floats;
+    a file that also holds 12.5 keeps its ids as written."""
+    land(settings, "panel/a_jan.csv", "country,year,x1,x2,y\n12,2001,1,2,3\n7,2001,1,2,3\n")
+    land(settings, "panel/b_feb.csv", "country,year,x1,x2,y\n12.0,2002,1,2,4\n,2002,1,2,4\n7.0,2002,1,2,5\n")
+    land(settings, "panel/c_mar.csv", "country,year,x1,x2,y\n12.0,2003,1,2,4\n12.5,2003,1,2,6\n")
+    spec = yearly()
+    keys = ["12", "12%2E0", "12%2E5", "7"]  # encoded: c_mar.csv's 12.0 and 12.5 stay as written
+    assert discover_keys(spec, Lake(settings.lake_url)) == keys
+    _, out = run_raw(settings, spec)
+    assert set(out) == set(keys)
+    assert out["12"].info["rows_in"] == 2 and out["7"].info["rows_in"] == 2
+    assert bronze(settings, spec, "12")["year"].to_list() == [D(2001, 1, 1), D(2002, 1, 1)]

@@ -134,6 +134,7 @@ def _past_century(parsed: pl.Expr) -> pl.Expr:
 
 EPOCH_SECONDS = (10**9, 10**10)  # 2001-09-09 .. 2286: Unix time in seconds
 EPOCH_MILLIS = (10**12, 10**13)  # the same range in milliseconds
+_YYYYMMDD = (10_000_000, 99_991_231)
 _EPOCHS = ((EPOCH_SECONDS, "s", "seconds"), (EPOCH_MILLIS, "ms", "millis"))
 _ISO_WEEK = r"^(\d{4})-?W(\d{2})$"  # 2024-W05: the Monday of that ISO week
 
@@ -156,7 +157,6 @@ class _Readings:
     source: pl.Expr  # what presence is judged on: a float's NaN is missing
     float_source: pl.Expr | None  # a float column before it became integers
     reads: dict[str, tuple[pl.Expr, str]]  # name -> (parsed, kind), each null where it does not read
-    ints: pl.Expr | None  # the integers the column holds, for their range
     # text the first pass leaves undecided: ISO weeks, or datetimes in the ISO layouts (more passes)
     text: pl.Expr | None = None
     datetimes: tuple[pl.Expr, ...] = ()
@@ -167,8 +167,6 @@ class _Readings:
             finite = self.float_source.is_finite()
             asks["fractional"] = (finite & (self.float_source != self.float_source.round(0))).any()
         asks |= {f"n_{name}": parsed.is_not_null().sum() for name, (parsed, _) in self.reads.items()}
-        if self.ints is not None:
-            asks |= {"low": self.ints.min(), "high": self.ints.max()}
         return asks
 
 
@@ -181,7 +179,7 @@ def _readings(column: str, dtype: pl.DataType, time_format: str | None) -> _Read
         values, dtype = values.fill_nan(None).cast(pl.Int64, strict=False), pl.Int64
     if dtype == pl.Date or isinstance(dtype, pl.Datetime):
         typed = values if dtype == pl.Date else _naive_utc(values, dtype)
-        return _Readings(column, values, float_source, {"typed": (typed, _kind_of(dtype))}, None)
+        return _Readings(column, values, float_source, {"typed": (typed, _kind_of(dtype))})
     if not (dtype.is_integer() or dtype == pl.Utf8):
         raise FileRejected(f"time column {column!r} has type {dtype}, not a date, datetime, text or integer")
     ints = values.cast(pl.Int64) if dtype.is_integer() else None
@@ -189,7 +187,7 @@ def _readings(column: str, dtype: pl.DataType, time_format: str | None) -> _Read
     if time_format:
         width = _numeric_width(time_format) if ints is not None else None
         fmt = _with_format(text.str.zfill(width) if width else text, time_format)
-        return _Readings(column, values, float_source, {"format": fmt}, None)
+        return _Readings(column, values, float_source, {"format": fmt})
     reads: dict[str, tuple[pl.Expr, str]] = {}
     undecided: tuple[pl.Expr | None, tuple[pl.Expr, ...]] = (None, ())
     if ints is None:
@@ -199,11 +197,14 @@ def _readings(column: str, dtype: pl.DataType, time_format: str | None) -> _Read
         undecided = (text, tuple(_to_datetime(spaced, f) for f in (*_ISO_NAIVE, *_ISO_AWARE)))
     reads |= {
         "int": (ints, "period"),
-        "ymd": (ints.cast(pl.Utf8).str.to_date("%Y%m%d", strict=False), "date"),
+        "ymd": (
+            pl.when(ints.is_between(*_YYYYMMDD)).then(ints.cast(pl.Utf8).str.to_date("%Y%m%d", strict=False)),
+            "date",
+        ),
         "years": (pl.when(ints.is_between(*YEARS)).then(pl.date(ints, 1, 1)), "date"),
         **{name: (_epoch(ints, lo, hi, unit), "datetime") for (lo, hi), unit, name in _EPOCHS},
     }
-    return _Readings(column, values, float_source, reads, ints, *undecided)
+    return _Readings(column, values, float_source, reads, *undecided)
 
 
 def _epoch(ints: pl.Expr, low: int, high: int, unit: str) -> pl.Expr:
@@ -211,19 +212,17 @@ def _epoch(ints: pl.Expr, low: int, high: int, unit: str) -> pl.Expr:
     return pl.when(ints.is_between(low, high - 1)).then(pl.from_epoch(ints, time_unit=unit).dt.cast_time_unit("us"))
 
 
-def _integers(
-    n: dict[str, int], low: int | None, high: int | None, column: str, frequency: str | None, prefer: str | None
-) -> tuple[str, str]:
+def _integers(n: dict[str, int], column: str, frequency: str | None, prefer: str | None) -> tuple[str, str]:
     """Integers are a period index (``frequency: period``, or not all 4-digit), calendar times
-    (all ``YYYYMMDD`` dates, or Unix seconds or milliseconds), or calendar years."""
+    (mostly ``YYYYMMDD`` dates, or mostly Unix seconds or milliseconds: a stray ``0`` is a bad
+    row, dropped and counted, not a reason to read every key as a period index), or calendar years."""
     if frequency == "period" or (frequency is None and prefer == "period"):
         return "int", "integers"
-    if n["int"]:
-        if low >= 10_000_000 and high <= 99_991_231 and n["ymd"] == n["int"]:
-            return "ymd", "dates as YYYYMMDD"
-        for (lo, hi), unit, name in _EPOCHS:
-            if lo <= low and high < hi:
-                return name, f"Unix time ({unit})"
+    if n["ymd"] * 2 > n["int"]:
+        return "ymd", "dates as YYYYMMDD"
+    for _, unit, name in _EPOCHS:
+        if n[name] * 2 > n["int"]:
+            return name, f"Unix time ({unit})"
     as_years = frequency == "yearly" or prefer in ("date", "datetime")
     if frequency is None and not as_years:
         as_years = n["years"] == n["int"]
@@ -257,7 +256,7 @@ def _choose(
             return reading("date", expected)
         if n["int"] * 2 <= present:  # neither dates nor integers: ISO weeks or datetimes
             return _weeks_or_datetimes(data, r, present, n["date"], expected)
-    return reading(*_integers(n, stats["low"], stats["high"], r.column, frequency, prefer))
+    return reading(*_integers(n, r.column, frequency, prefer))
 
 
 def _weeks_or_datetimes(
@@ -377,20 +376,46 @@ def match_columns(wanted: Sequence[str], header: Sequence[str]) -> dict[str, str
     return names
 
 
-def key_values(keys: Sequence[str], schema: pl.Schema | dict | None = None) -> list[pl.Expr]:
+_FLOAT_INTEGER = r"^(-?\d+)\.0+$"  # 12.0: an integer id as pandas writes a column of them with gaps
+
+
+def key_values(
+    keys: Sequence[str], schema: pl.Schema | dict | None = None, float_text: Sequence[str] = ()
+) -> list[pl.Expr]:
     """Key columns as key text: surrounding spaces stripped (``"a "`` is ``"a"``, as padded
     fixed-width exports write it), and an empty value is a missing one. Case and leading
     zeros are kept: ``A``/``a`` and ``0012``/``12`` stay different keys. A float column
     (pandas writes an integer id column with gaps as floats) gives ``12`` for ``12.0``, and
-    NaN is missing, so the key matches the same id from an integer or text file."""
+    NaN is missing, so the key matches the same id from an integer or text file; so does a
+    text column of ``float_text`` (:func:`float_written_keys`: a CSV of such floats)."""
     out = []
     for k in keys:
         column = pl.col(k)
         if schema is not None and schema[k].is_float():
             column = column.fill_nan(None).cast(pl.Utf8).str.replace(r"^(-?\d+)\.0$", "${1}")
         text = column.cast(pl.Utf8).str.strip_chars()
+        if k in float_text:
+            text = text.str.replace(_FLOAT_INTEGER, "${1}")
         out.append(pl.when(text.str.len_bytes() > 0).then(text).alias(k))
     return out
+
+
+def _float_written(column: str) -> pl.Expr:
+    """Whether a text key column holds integers written as floats only (``12.0``, ``7.0``):
+    what pandas writes for an id column with gaps. Decided over a whole file, so ``12.0``
+    next to ``12.5`` stays as written."""
+    text = pl.col(column).cast(pl.Utf8).str.strip_chars()
+    written = text.str.len_bytes() > 0
+    return ((text.str.contains(_FLOAT_INTEGER) | ~written).all() & written.any()).fill_null(False)
+
+
+def float_written_keys(frame: pl.DataFrame, keys: Sequence[str]) -> tuple[str, ...]:
+    """The text key columns of a file (or of its distinct key values) holding floats written for integers."""
+    text = [k for k in keys if frame.schema[k] == pl.Utf8]
+    if not text:
+        return ()
+    found = frame.select(_float_written(k) for k in text).row(0)
+    return tuple(k for k, yes in zip(text, found, strict=True) if yes)
 
 
 _THOUSANDS = r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?$"  # 1,234.5
@@ -449,6 +474,7 @@ class FileRules:
 
     time: TimeRule | None  # None without a time column
     numbers: tuple[str, ...]  # text features whose every value reads as a number
+    float_keys: tuple[str, ...] = ()  # text key columns of integers written as floats (12.0 -> 12)
 
     @property
     def time_kind(self) -> str | None:
@@ -481,6 +507,9 @@ def file_rules(
     numeric_text = [c for c in spec.features if schema.get(c) == pl.Utf8]
     for i, c in enumerate(numeric_text):  # "1,234.5" features become numbers when every value is one
         asks[f"text {i}"] = (is_written(pl.col(c)) & to_number(pl.col(c), decimal_comma).is_null()).any()
+    text_keys = [k for k in spec.keys if schema[k] == pl.Utf8]
+    for i, k in enumerate(text_keys):
+        asks[f"key {i}"] = _float_written(k)
     if spec.time_column:
         readings = _readings(spec.time_column, schema[spec.time_column], spec.time_format)
         asks |= {f"time {k}": v for k, v in readings.asks().items()}
@@ -491,6 +520,7 @@ def file_rules(
         asks |= {"target failed": failed_target.sum(), "target present": written.sum()}
     stats = data.select(**asks).collect().row(0, named=True) if asks else {}
     numbers = tuple(c for i, c in enumerate(numeric_text) if not stats[f"text {i}"])  # else training_set says why
+    float_keys = tuple(k for i, k in enumerate(text_keys) if stats[f"key {i}"])
     time = None
     if spec.time_column:
         time = time_rule(
@@ -509,7 +539,7 @@ def file_rules(
             f"target {target!r}: {stats['target failed']} of {stats['target present']} values are not numbers "
             f"(e.g. {', '.join(repr(v) for v in shown)}); {_number_hint(shown, decimal_comma)}"
         )
-    return FileRules(time, numbers)
+    return FileRules(time, numbers, float_keys)
 
 
 def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, scoring: bool = False) -> pl.DataFrame:
@@ -521,7 +551,8 @@ def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, 
     """
     frame = frame.select([c for c in spec.input_columns if c in frame.columns])
     frame = frame.with_columns(
-        *key_values(spec.keys, frame.schema), *[pl.col(c).cast(pl.Utf8) for c in spec.categorical_features]
+        *key_values(spec.keys, frame.schema, rules.float_keys),
+        *[pl.col(c).cast(pl.Utf8) for c in spec.categorical_features],
     )
     decimal_comma = _decimal_comma(spec, scoring)
     if rules.numbers:

@@ -469,7 +469,9 @@ def file_keys(spec: UseCaseSpec, lake: Lake, file: LandedFile, fmt: str, csv: An
         missing = [k for k in spec.keys if k not in schema]
         if missing:
             raise KeyColumnsMissing(f"missing required column(s) {missing}")
-        values = data.select(core_ingest.key_values(spec.keys, schema)).unique().collect()
+        found = data.select(spec.keys).unique().collect()  # as written: floats for integers are decided over all
+        float_keys = core_ingest.float_written_keys(found, spec.keys)
+        values = found.select(core_ingest.key_values(spec.keys, found.schema, float_keys)).unique()
     return sorted(encode_key(row) for row in values.drop_nulls().iter_rows())
 
 
