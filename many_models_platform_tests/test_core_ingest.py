@@ -140,6 +140,16 @@ def test_yyyymmdd_integers_and_unix_times_are_calendar_times_without_a_time_form
     assert parsed([20240131], prefer="period").kind == "period"
 
 
+def test_month_and_quarter_text_is_the_first_day_of_that_period():
+    p = parsed(["2018-01", "2018-02", "2018/3", "2018-13", None])
+    assert p.kind == "date" and p.values.to_list() == [D(2018, 1, 1), D(2018, 2, 1), D(2018, 3, 1), None, None]
+    assert p.bad.to_list() == [None, None, None, ingest.UNPARSEABLE_TIME, ingest.MISSING_TIME]
+    p = parsed(["2020Q1", "2020-Q2", "2020 q3", "Q4 2020", "Q1-2021"])
+    assert p.values.to_list() == [D(2020, 1, 1), D(2020, 4, 1), D(2020, 7, 1), D(2020, 10, 1), D(2021, 1, 1)]
+    with pytest.raises(FileRejected, match=r"3 of 4 values are not quarters"):  # mostly quarter-shaped, not quarters
+        parsed(["2020Q1", "2020Q5", "2020Q6", "2020Q7"])
+
+
 def test_iso_week_text_is_the_monday_of_that_week():
     p = parsed(["2024-W05", "2024W01", "2020-W53", "2021-W53", None])
     assert p.kind == "date"

@@ -259,18 +259,46 @@ def _choose(
     return reading(*_integers(n, r.column, frequency, prefer))
 
 
+_MONTH = r"^(\d{4})[-/](\d{1,2})$"  # 2024-01, 2024/1: the first day of that month
+_QUARTER = r"^(\d{4})\s*-?\s*[Qq](\d)$"  # 2024Q1, 2024-Q1, 2024 q1: the first day of that quarter
+_QUARTER_FIRST = r"^[Qq](\d)\s*[-/ ]?\s*(\d{4})$"  # Q1 2024, Q1-2024
+
+
+def _months(text: pl.Expr) -> pl.Expr:
+    parts = text.str.extract_groups(_MONTH)
+    year, month = parts.struct.field("1").cast(pl.Int32), parts.struct.field("2").cast(pl.Int32)
+    return pl.when(month.is_between(1, 12)).then(pl.date(year, month, 1))
+
+
+def _quarters(text: pl.Expr) -> pl.Expr:
+    after, before = text.str.extract_groups(_QUARTER), text.str.extract_groups(_QUARTER_FIRST)
+    year = pl.coalesce(after.struct.field("1"), before.struct.field("2")).cast(pl.Int32)
+    quarter = pl.coalesce(after.struct.field("2"), before.struct.field("1")).cast(pl.Int32)
+    return pl.when(quarter.is_between(1, 4)).then(pl.date(year, 3 * quarter.clip(1, 4) - 2, 1))
+
+
+# Text periods, each read when more than half of a file's values have its shape (the shapes
+# are disjoint, so at most one can be): (description, shape, reading).
+_TEXT_PERIODS = (
+    ("ISO weeks (YYYY-Www)", _ISO_WEEK, _iso_weeks),
+    ("months (YYYY-MM)", _MONTH, _months),
+    ("quarters (YYYY-Qn)", f"{_QUARTER}|{_QUARTER_FIRST}", _quarters),
+)
+
+
 def _weeks_or_datetimes(
     data: pl.LazyFrame, r: _Readings, present: int, n_dates: int, expected: str
 ) -> tuple[pl.Expr, str, str, int]:
-    """Text that is neither all ISO dates nor mostly integers: ISO weeks when most values are,
-    else ISO datetimes (with any dates among them), each layout counted in a pass of its own
-    and only while some values are left unread, as parsing a layout costs about 0.35 µs a value."""
-    weeks = _iso_weeks(r.text)
-    shaped = data.select(r.text.str.contains(_ISO_WEEK).sum()).collect().item()  # at least as many as weeks
-    if shaped * 2 > present:
-        n_weeks = data.select(weeks.is_not_null().sum()).collect().item()
-        if n_weeks * 2 > present:
-            return weeks, "date", "ISO weeks (YYYY-Www)", n_weeks
+    """Text that is neither all ISO dates nor mostly integers: ISO weeks, months or quarters
+    when most values are, else ISO datetimes (with any dates among them), each layout counted
+    in a pass of its own and only while some values are left unread, as parsing a layout costs
+    about 0.35 µs a value."""
+    shapes = (r.text.str.contains(shape).sum().alias(str(i)) for i, (_, shape, _) in enumerate(_TEXT_PERIODS))
+    shaped = data.select(shapes).collect().row(0)
+    for (described, _, reading), n_shaped in zip(_TEXT_PERIODS, shaped, strict=True):
+        if n_shaped * 2 > present:  # no other layout can read most values: this one, or a rejection naming it
+            periods = reading(r.text)
+            return periods, "date", described, data.select(periods.is_not_null().sum()).collect().item()
     dates = r.reads["date"][0]
     used, n_read = [dates.cast(pl.Datetime("us"))] if n_dates else [], n_dates
     for parsed in r.datetimes:
@@ -540,6 +568,16 @@ def file_rules(
             f"(e.g. {', '.join(repr(v) for v in shown)}); {_number_hint(shown, decimal_comma)}"
         )
     return FileRules(time, numbers, float_keys)
+
+
+def without_blank_lines(frame: pl.DataFrame) -> pl.DataFrame:
+    """A CSV's rows without its blank lines (trailing empty lines, a line of spaces or of bare
+    separators): polars reads them as rows of nulls, which are no rows of the export."""
+    blank = [
+        pl.col(c).is_null() | (pl.col(c).str.strip_chars() == "") if dtype == pl.Utf8 else pl.col(c).is_null()
+        for c, dtype in frame.schema.items()
+    ]
+    return frame.filter(~pl.all_horizontal(blank)) if blank else frame
 
 
 def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, scoring: bool = False) -> pl.DataFrame:

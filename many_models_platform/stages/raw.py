@@ -309,6 +309,8 @@ def _spill_file_once(
 
     def spill_batch(frame: pl.DataFrame, rules: core_ingest.FileRules, batch: int) -> None:
         with _polars_rejects():
+            if source.file_format == "csv":
+                frame = core_ingest.without_blank_lines(frame)
             frame = core_ingest.normalise_rows(frame, spec, rules, scoring=scoring)
         frame = frame.with_columns(pl.lit(index, dtype=pl.Int32).alias(core_ingest.FILE))
         out.rows += frame.height
