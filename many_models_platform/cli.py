@@ -337,6 +337,22 @@ def _label(spec, key: str) -> str:
         return key
 
 
+def _print_reason_counts(first) -> None:
+    """The keys not ok by the first stage that is not ok and its reason (numbers that differ
+    shown as ``…``), the most common first: what thousands of failed keys have in common."""
+    from collections import Counter
+
+    from .stages.base import grouped_reasons
+
+    reasons = Counter(f"{r['stage']} {r['status']}: {r['reason'] or ''}" for r in first.iter_rows(named=True))
+    grouped = grouped_reasons(reasons).most_common()
+    console.print("  keys not ok, by reason:")
+    for reason, n in grouped[:5]:
+        console.print(f"    {n} key(s): {reason[:300]}", soft_wrap=True, highlight=False)
+    if len(grouped) > 5:
+        console.print(f"    and {len(grouped) - 5} other reason(s)")
+
+
 def _print_summary(settings, spec, result, run_date) -> None:
     from .stages import STAGES
     from .storage.warehouse import Warehouse
@@ -438,6 +454,7 @@ def _print_summary(settings, spec, result, run_date) -> None:
             )
         if len(failed_keys) > 10:
             console.print(f"  ... and {len(failed_keys) - 10} more (`mmp status -u {spec.name} --failed`)")
+            _print_reason_counts(failing.group_by("key", maintain_order=True).first())
     for err in result.errors:
         console.print(Text("step failed ", style="red") + Text(redact(err, settings.secrets())), soft_wrap=True)
 

@@ -103,6 +103,8 @@ def test_generate_run_and_status(tmp_path):
     stop = r"stopped at raw: no key left after raw: no rows for this key in the landing zone.*\(12 keys\)"
     assert re.search(stop, out), out
     assert "1 file(s) rejected" in out and "notes.csv" in out
+    # beyond the ten keys listed, what the keys not ok have in common, counted once
+    assert "... and 2 more" in out and re.search(r"keys not ok, by reason: 12 key\(s\): raw failed: no rows", out), out
     assert re.search(r"rows landed\s+│\s+0\s", stopped.stdout), stopped.stdout
     status = mmp("status", "-u", "group_regression", home=home).stdout
     assert re.search(r"raw\s+│\s+0\s+│\s+12\s+│\s+0\s+│\s+2031-01-02", status), status

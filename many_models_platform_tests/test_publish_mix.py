@@ -417,3 +417,24 @@ def test_a_key_too_long_for_the_warehouse_fails_alone_and_the_others_publish(set
     assert published["key"].to_list() == [keys[0]]
     summary = query(settings, "SELECT keys_total, keys_failed FROM run_summary WHERE use_case = 'too_long'")
     assert summary.rows() == [(2, 1)]
+
+
+def test_reasons_that_differ_only_in_their_numbers_are_counted_as_one():
+    from collections import Counter
+
+    from many_models_platform.stages.base import grouped_reasons, stop_reason
+
+    reasons = Counter({f"too few rows: {n} < min_rows 20": 1 for n in range(3, 16)})
+    reasons["constant target: every 'y' value is 0.0"] = 2
+    assert grouped_reasons(reasons) == {
+        "too few rows: … < min_rows 20": 13,
+        "constant target: every 'y' value is 0.0": 2,
+    }
+    assert stop_reason("training_set", reasons) == (
+        "no key left after training_set: too few rows: … < min_rows 20 (13 keys); "
+        "constant target: every 'y' value is 0.0 (2 keys)"
+    )
+    same = Counter({"too few rows: 40 < min_rows 500": 3})  # one wording: its numbers stay
+    assert (
+        stop_reason("training_set", same) == "no key left after training_set: too few rows: 40 < min_rows 500 (3 keys)"
+    )

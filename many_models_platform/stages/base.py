@@ -241,7 +241,7 @@ def write_run_record(run: StageRun, report: StageReport) -> None:
         "ok": counts["ok"],
         "failed": counts["failed"],
         "skipped": counts["skipped"],
-        "reasons": [[r[:_REASON_CHARS], n] for r, n in reasons.most_common(_TOP_REASONS)],
+        "reasons": [[r[:_REASON_CHARS], n] for r, n in grouped_reasons(reasons).most_common(_TOP_REASONS)],
         "stop_reason": stop_reason(report.stage, reasons) if report.outcomes and not counts["ok"] else None,
         "summary": report.summary,
     }
@@ -260,6 +260,28 @@ def _safe_name(run_id: str) -> str:
 # --- stopping when no key is left -----------------------------------------------------------
 _TOP_REASONS = 3
 _REASON_CHARS = 300
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def grouped_reasons(reasons: Counter[str]) -> Counter[str]:
+    """Reasons that differ only in their numbers as one, their keys summed, a number that
+    differs within a group shown as ``…``: 3,000 short keys read ``too few rows: … < min_rows 20``
+    once, not as thousands of reasons of which the first three are shown."""
+    groups: dict[str, Counter[str]] = {}
+    for reason, n in reasons.items():
+        groups.setdefault(_NUMBER.sub("#", reason), Counter())[reason] += n
+    out: Counter[str] = Counter()
+    for members in groups.values():
+        if len(members) == 1:
+            out.update(members)
+            continue
+        texts = [_NUMBER.split(r) for r in members]  # the same text between the numbers in a group
+        numbers = [_NUMBER.findall(r) for r in members]
+        shown = [texts[0][0]]
+        for i, between in enumerate(texts[0][1:]):
+            shown += [numbers[0][i] if len({ns[i] for ns in numbers}) == 1 else "…", between]
+        out["".join(shown)] += members.total()
+    return out
 
 
 def stop_reason(stage: str, reasons: Counter[str]) -> str:
@@ -269,8 +291,9 @@ def stop_reason(stage: str, reasons: Counter[str]) -> str:
     it is rather than nested one level deeper per stage."""
     if reasons and all(r.startswith(STOPPED) for r in reasons):
         return next(iter(reasons.most_common(1)))[0].removeprefix(STOPPED)
-    top = [f"{r[:_REASON_CHARS]} ({n} key{'s' if n != 1 else ''})" for r, n in reasons.most_common(_TOP_REASONS)]
-    more = len(reasons) - len(top)
+    grouped = grouped_reasons(reasons)
+    top = [f"{r[:_REASON_CHARS]} ({n} key{'s' if n != 1 else ''})" for r, n in grouped.most_common(_TOP_REASONS)]
+    more = len(grouped) - len(top)
     return f"no key left after {stage}: " + "; ".join(top) + (f"; and {more} other reason(s)" if more > 0 else "")
 
 
