@@ -94,6 +94,13 @@ def test_tz_aware_datetimes_are_converted_to_utc_and_made_naive():
     p = parse_time(s, column="t")
     assert p.kind == "datetime" and p.values.dtype == pl.Datetime("us", None)
     assert p.values.to_list() == [dt.datetime(2020, 7, 1, 10)]
+    # days exported with their zone (midnight where they were recorded) stay those days: in UTC
+    # they would be the evening before, and every weekday feature one off
+    days = pl.Series("t", [dt.datetime(2024, 3, d) for d in (29, 30, 31)]).dt.replace_time_zone("Europe/Berlin")
+    p = parse_time(days, column="t")
+    assert p.kind == "date" and p.values.to_list() == [D(2024, 3, 29), D(2024, 3, 30), D(2024, 3, 31)]
+    p = parse_time(days.dt.offset_by("1h"), column="t")  # one hour later: times, in UTC
+    assert p.kind == "datetime" and p.values.to_list()[0] == dt.datetime(2024, 3, 29)
 
 
 def test_a_few_impossible_dates_are_dropped_rows_but_a_mostly_unparseable_column_rejects_the_file():

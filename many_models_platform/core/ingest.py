@@ -179,7 +179,11 @@ def _readings(column: str, dtype: pl.DataType, time_format: str | None) -> _Read
         values, dtype = values.fill_nan(None).cast(pl.Int64, strict=False), pl.Int64
     if dtype == pl.Date or isinstance(dtype, pl.Datetime):
         typed = values if dtype == pl.Date else _naive_utc(values, dtype)
-        return _Readings(column, values, float_source, {"typed": (typed, _kind_of(dtype))})
+        reads = {"typed": (typed, _kind_of(dtype))}
+        if isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:  # days at local midnight
+            midnight = (values.dt.hour() == 0) & (values.dt.minute() == 0) & (values.dt.second() == 0)
+            reads["local_days"] = (pl.when(midnight & (values.dt.nanosecond() == 0)).then(values.dt.date()), "date")
+        return _Readings(column, values, float_source, reads)
     if not (dtype.is_integer() or dtype == pl.Utf8):
         raise FileRejected(f"time column {column!r} has type {dtype}, not a date, datetime, text or integer")
     ints = values.cast(pl.Int64) if dtype.is_integer() else None
@@ -246,6 +250,9 @@ def _choose(
     def reading(name: str, expected: str) -> tuple[pl.Expr, str, str, int]:
         return *r.reads[name], expected, n[name]
 
+    if "local_days" in r.reads and n["local_days"] == present:
+        # every value midnight where it was recorded: days, which UTC would move to the evening before
+        return reading("local_days", "dates")
     if "typed" in r.reads:
         return reading("typed", "dates")
     if "format" in r.reads:
