@@ -176,13 +176,16 @@ def test_a_cp1252_export_names_the_encoding_to_set_and_reads_once_it_is_set(sett
 def test_header_names_with_spaces_or_another_case_match_and_a_missing_column_shows_the_header(settings):
     land(settings, "hdr/a.csv", " Country ,YEAR,x1,X2,y\nse,2020,1,2,3\n")
     land(settings, "hdr/b.csv", "country,year,x1,y\nse,2021,1,4\n")
+    # a configured column named twice is ambiguous; an unused one named twice does not matter
+    land(settings, "hdr/c.csv", "country,year,x1,x2,y,x1\nse,2022,1,2,5,9\n")
+    land(settings, "hdr/d.csv", "country,year,x1,x2,y,note,note\nse,2023,1,2,6,a,b\n")
     spec = yearly("landing/hdr/*.csv", name="hdr")
     report, out = run_raw(settings, spec)
     assert out["se"].ok and bronze(settings, spec, "se").columns == ["country", "year", "x1", "x2", "y"]
-    (rejected,) = report.summary["rejected"]
-    assert (
-        rejected["reason"] == "missing required column(s) ['x2']; the file's columns are ['country', 'year', 'x1', 'y']"
-    )
+    assert bronze(settings, spec, "se")["y"].to_list() == [3, 6]
+    reasons = {r["file"].split("/")[-1]: r["reason"] for r in report.summary["rejected"]}
+    assert reasons["b.csv"] == "missing required column(s) ['x2']; the file's columns are ['country', 'year', 'x1', 'y']"
+    assert reasons["c.csv"].startswith("the header names column(s) ['x1'] more than once") and len(reasons) == 2
 
 
 def test_an_empty_file_and_a_ragged_line_are_rejected_saying_what_is_wrong(settings):

@@ -510,6 +510,14 @@ def _csv_layout(
         header = pl.read_csv(io.BytesIO(start), n_rows=0, **options).columns
     names = match_columns(columns, header) if columns is not None else {c: c for c in header}
     _check_required(required, names, header)
+    # polars names a repeated header "<name>_duplicated_<n>": a configured column named twice is ambiguous
+    repeated = {m[1] for m in (re.fullmatch(r"(.*)_duplicated_\d+", h) for h in header) if m}
+    twice = sorted(h for h in names if h in repeated)
+    if twice:
+        raise FileRejected(
+            f"the header names column(s) {twice} more than once, so which one is meant is unknown; "
+            "rename or drop the extra column in the export"
+        )
     text = {actual: pl.Utf8 for actual, name in names.items() if name in text_columns}
     return CsvLayout(options, list(header), names, text)
 
