@@ -91,6 +91,17 @@ def prediction_file(run: StageRun, key: str, kind: int) -> None:
     run.lake.write_parquet(run.lake.key_path("predictions", run.spec.name, key, ".parquet"), frame)
 
 
+def every_stage_ok(run: StageRun, keys: list[str]) -> None:
+    """Every stage before ``published`` ok for ``keys``, each with a predictions file."""
+    per_stage: dict[str, list[KeyOutcome]] = {stage: [] for stage in STAGES[:-1]}
+    for i, key in enumerate(keys):
+        for stage, outcome in ok_states(run, key, i).items():
+            per_stage[stage].append(outcome)
+        prediction_file(run, key, 0)
+    for stage, outcomes in per_stage.items():
+        write(run, stage, outcomes)
+
+
 def ok_states(run: StageRun, key: str, i: int) -> dict[str, KeyOutcome]:
     name = f"{run.spec.name}.{key}"
     return {
@@ -367,13 +378,7 @@ def test_a_key_whose_rows_cannot_be_built_fails_alone(settings, monkeypatch):
     spec = spec_for("one_bad")
     run = StageRun(spec, settings, run_id="run-bad", run_date=DAY)
     keys = [encode_key([f"{i:04d}", "a"]) for i in range(3)]
-    per_stage: dict[str, list[KeyOutcome]] = {stage: [] for stage in STAGES[:-1]}
-    for i, key in enumerate(keys):
-        for stage, outcome in ok_states(run, key, i).items():
-            per_stage[stage].append(outcome)
-        prediction_file(run, key, 0)
-    for stage, outcomes in per_stage.items():
-        write(run, stage, outcomes)
+    every_stage_ok(run, keys)
     metric_rows = published_stage._metric_rows
 
     def broken(spec, key, states):
@@ -402,13 +407,7 @@ def test_a_key_too_long_for_the_warehouse_fails_alone_and_the_others_publish(set
     run = StageRun(spec, settings, run_id="run-long", run_date=DAY)
     keys = [encode_key(["0001", "a"]), encode_key(["0002", "長" * 60])]
     assert len(keys[1]) > W.KEY_LENGTH
-    per_stage: dict[str, list[KeyOutcome]] = {stage: [] for stage in STAGES[:-1]}
-    for i, key in enumerate(keys):
-        for stage, outcome in ok_states(run, key, i).items():
-            per_stage[stage].append(outcome)
-        prediction_file(run, key, 0)
-    for stage, outcomes in per_stage.items():
-        write(run, stage, outcomes)
+    every_stage_ok(run, keys)
     report = publish(run, keys)
     by_key = {o.key: o for o in report.outcomes}
     assert by_key[keys[0]].ok and by_key[keys[0]].info["published"]

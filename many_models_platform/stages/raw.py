@@ -283,7 +283,7 @@ def _spill_file(
     text_columns = [*spec.keys, *spec.categorical_features] + ([spec.time_column] if spec.time_column else [])
     while True:
         try:
-            return _spill_file_once(spec, lake, spill, listed, index, source_bytes, text_columns, scoring, prefer)
+            return _read_file(spec, lake, spill, listed, (index, source_bytes), text_columns, scoring, prefer)
         except LateColumnType as late:
             if late.column in text_columns:
                 raise core_ingest.FileRejected(str(late)[:500]) from None
@@ -291,17 +291,19 @@ def _spill_file(
             text_columns = [*text_columns, late.column]
 
 
-def _spill_file_once(
+def _read_file(
     spec: UseCaseSpec,
     lake: Lake,
     spill: Spill,
     listed: LandedFile,
-    index: int,
-    source_bytes: int,
+    place: tuple[int, int],
     text_columns: list[str],
     scoring: bool,
     prefer: str | None,
 ) -> FileRead:
+    """One try of :func:`_spill_file`, with ``text_columns`` read as text; ``place``: the file's
+    index and the bytes of its source."""
+    index, source_bytes = place
     source = spec.scoring_source if scoring else spec.source
     label = "scoring_source" if scoring else "source"
     options = {"csv": source.csv, "required": core_ingest.required_columns(spec, scoring)}
