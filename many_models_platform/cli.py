@@ -442,6 +442,11 @@ def _print_summary(settings, spec, result, run_date) -> None:
             console.print(f"  predictions were still served by the production models of {served} key(s)")
     elif result.ingested_nothing:
         console.print(f"[red]{spec.name} ingested nothing[/red]: 0 rows in the landing zone ({spec.source.path})")
+    unpublished = (result.stage_counts.get("published") or {}).get("failed")
+    if unpublished:  # keys the warehouse could not take: they have no key_status rows to show
+        reasons = result.not_ok_reasons["published"].most_common(3) if "published" in result.not_ok_reasons else []
+        why = "; ".join(f"{r} ({n} key{'s' if n != 1 else ''})" for r, n in reasons)
+        console.print(f"[red]{unpublished} key(s) not in the warehouse[/red]: {why}", soft_wrap=True, highlight=False)
     if failed_keys:
         order = {s: i for i, s in enumerate(STAGES)}
         failing = failing.with_columns(failing["stage"].replace_strict(order, default=99).alias("_o")).sort("key", "_o")

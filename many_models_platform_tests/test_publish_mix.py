@@ -7,6 +7,7 @@ for real on a DuckDB warehouse.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import math
@@ -16,6 +17,7 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 from conftest_core import clear_platform_env, make_spec, regression_body
+from pg_helpers import postgres_database, sqlalchemy_url
 
 from many_models_platform.core.engine import KeyOutcome, pool_workers
 from many_models_platform.core.keys import encode_key, key_label
@@ -400,22 +402,31 @@ def test_a_key_whose_rows_cannot_be_built_fails_alone(settings, monkeypatch):
     assert [o.info["published"] for o in report.outcomes] == [True, False, True]
 
 
-def test_a_key_too_long_for_the_warehouse_fails_alone_and_the_others_publish(settings):
+@pytest.mark.parametrize("backend", ["duckdb", "postgres"])
+def test_a_key_too_long_for_the_warehouse_fails_alone_and_the_others_publish(settings, backend):
     """PostgreSQL and SQL Server refuse a key longer than its column: loading it would fail the
-    one transaction of every key, so it fails alone, with what to do."""
+    one transaction of every key, so it fails alone, with what to do. DuckDB takes it."""
     spec = spec_for("too_long")
     run = StageRun(spec, settings, run_id="run-long", run_date=DAY)
     keys = [encode_key(["0001", "a"]), encode_key(["0002", "長" * 60])]
     assert len(keys[1]) > W.KEY_LENGTH
     every_stage_ok(run, keys)
-    report = publish(run, keys)
-    by_key = {o.key: o for o in report.outcomes}
+    with contextlib.ExitStack() as stack:
+        url = settings.warehouse_url
+        if backend == "postgres":
+            url = sqlalchemy_url(stack.enter_context(postgres_database("mmp_long_keys")))
+        wh = Warehouse(url)
+        stack.callback(wh.dispose)
+        report = publish(run, keys, warehouse=wh)
+        by_key = {o.key: o for o in report.outcomes}
+        published = sorted(wh.query("SELECT DISTINCT key FROM key_status WHERE use_case = 'too_long'")["key"])
+        summary = wh.query("SELECT keys_total, keys_failed FROM run_summary WHERE use_case = 'too_long'").rows()
     assert by_key[keys[0]].ok and by_key[keys[0]].info["published"]
+    if backend == "duckdb":
+        assert by_key[keys[1]].ok and published == sorted(keys) and summary == [(2, 0)]
+        return
     assert by_key[keys[1]].status == "failed" and "longer than the warehouse's key column" in by_key[keys[1]].reason
-    published = query(settings, "SELECT DISTINCT key FROM key_status WHERE use_case = 'too_long'")
-    assert published["key"].to_list() == [keys[0]]
-    summary = query(settings, "SELECT keys_total, keys_failed FROM run_summary WHERE use_case = 'too_long'")
-    assert summary.rows() == [(2, 1)]
+    assert published == [keys[0]] and summary == [(2, 1)]
 
 
 def test_reasons_that_differ_only_in_their_numbers_are_counted_as_one():

@@ -84,6 +84,8 @@ class UseCaseRun:
     errors: list[str] = field(default_factory=list)
     # per stage, over the runs: keys, ok, failed, skipped (from the stages' run records)
     stage_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    # per stage, over the runs: the most common reasons of keys not ok (from the same records)
+    not_ok_reasons: dict[str, Counter[str]] = field(default_factory=dict)
     stopped_at_stage: str | None = None  # the first stage no key of the use case got through
     stop_reason: str | None = None
     # ingest, from the raw stage's summary: landing_rows, rows_dropped, rows_merged, rejected, files
@@ -212,6 +214,7 @@ def collect_records(result: UseCaseRun, lake: Lake, spec: UseCaseSpec) -> None:
                 result.keys_reused += (record.get("summary") or {}).get("keys_reused") or 0
             if stage == "raw":
                 result.ingest = ingest_summary(record.get("summary") or {})  # each range reads all landing
+    result.not_ok_reasons = reasons
     for stage in STAGES[:-1]:
         counts = result.stage_counts.get(stage)
         if counts and counts["keys"] and not counts["ok"]:

@@ -83,14 +83,16 @@ def publish(run: StageRun, keys: Sequence[str], warehouse: Warehouse | None = No
     keys = list(dict.fromkeys(keys))
     common = {"use_case": spec.name, "run_date": run.run_date}
     tally = _Tally()
-    for key in (k for k in keys if len(k) > W.KEY_LENGTH):  # fails alone, not the transaction of all
-        reason = (
-            f"the encoded key is {len(key)} characters, longer than the warehouse's key column holds "
-            f"({W.KEY_LENGTH}): shorten the key values or use fewer key columns"
-        )
-        tally.outcomes.append(KeyOutcome(key, "failed", reason, {"published": False, "prediction_rows": 0}))
-    loadable = [k for k in keys if len(k) <= W.KEY_LENGTH]
     wh = warehouse or Warehouse(run.settings.warehouse_url)
+    loadable = keys
+    if wh.enforces_lengths:  # a key longer than its column fails alone, not the transaction of every key
+        for key in (k for k in keys if len(k) > W.KEY_LENGTH):
+            reason = (
+                f"the encoded key is {len(key)} characters, longer than the warehouse's key column holds "
+                f"({W.KEY_LENGTH}): shorten the key values or use fewer key columns"
+            )
+            tally.outcomes.append(KeyOutcome(key, "failed", reason, {"published": False, "prediction_rows": 0}))
+        loadable = [k for k in keys if len(k) <= W.KEY_LENGTH]
     try:
         wh.ensure_schema()
         with wh.replacing(spec.name, run.run_date) as load:

@@ -268,6 +268,11 @@ class Warehouse:
             self._engine = create_warehouse_engine(self.url, self.read_only)
         return self._engine
 
+    @property
+    def enforces_lengths(self) -> bool:
+        """Whether the database refuses text longer than its column (DuckDB and SQLite do not)."""
+        return sa.make_url(self.url).get_backend_name() not in ("duckdb", "sqlite")
+
     def dispose(self) -> None:
         """Release the file lock (DuckDB allows one writer process) once a stage is done."""
         if self._engine is not None:
