@@ -155,6 +155,11 @@ def test_month_and_quarter_text_is_the_first_day_of_that_period():
     assert p.values.to_list() == [D(2020, 1, 1), D(2020, 4, 1), D(2020, 7, 1), D(2020, 10, 1), D(2021, 1, 1)]
     with pytest.raises(FileRejected, match=r"3 of 4 values are not quarters"):  # mostly quarter-shaped, not quarters
         parsed(["2020Q1", "2020Q5", "2020Q6", "2020Q7"])
+    # a time_format that reads nothing: the hint is to fix or drop it, not to set one
+    with pytest.raises(
+        FileRejected, match=r"not in time_format '%Y-Q%q'.*fix 'time_format' \(strftime\), or remove it"
+    ):
+        parsed(["2020-Q1", "2020-Q2"], time_format="%Y-Q%q")
 
 
 def test_iso_week_text_is_the_monday_of_that_week():

@@ -257,7 +257,7 @@ def _choose(
         return reading("typed", "dates")
     if "format" in r.reads:
         return reading("format", f"in time_format {time_format!r}")
-    expected = "ISO-8601 dates, datetimes or integers"
+    expected = "ISO-8601 dates or datetimes, weeks (2024-W05), months (2024-01), quarters (2024Q1) or integers"
     if "date" in r.reads:  # text
         if n["date"] == present:
             return reading("date", expected)
@@ -355,6 +355,8 @@ def time_rule(
         hint = "set 'time_format' (strftime, e.g. '%d/%m/%Y') to read this layout"
         if expected.startswith("years"):
             hint = "set 'frequency: period' to read them as a period index, or 'time_format'"
+        elif time_format:
+            hint = "fix 'time_format' (strftime), or remove it: ISO dates, weeks, months and quarters read without one"
         failed = r.source.is_not_null() & parsed.is_null()
         raise FileRejected(
             f"time column {column!r}: {n_failed} of {present} values are not {expected} "
