@@ -331,6 +331,7 @@ def _prediction(key, day, i, kind, period, prediction, actual=None) -> dict:
         "row_index": i,
         "key_label": f"k={key}",
         "period": period,
+        "period_index": None,
         "kind": kind,
         "prediction": prediction,
         "predicted_label": None,
@@ -432,6 +433,9 @@ def synthetic_warehouse() -> dict[str, list[dict]]:
             _prediction("k1", D2, 0, "holdout", ts(D2), 98.0, actual=105.0),
             _prediction("k1", D2, 1, "holdout", ts(D2 + dt.timedelta(days=6)), 40.0, actual=50.0),
             _prediction("k1", D2, 2, "forecast", ts(D3), 120.0),
+            # an integer period index: period NULL, the forecast of period 41 meets its actual by index
+            {**_prediction("k3", D1, 0, "forecast", None, 30.0), "period_index": 41},
+            {**_prediction("k3", D2, 0, "holdout", None, 33.0, actual=36.0), "period_index": 41},
         ],
         # mape per key: k2 doubles from 0.2 to 0.4 (degrading), k3 moves 0.30 -> 0.31 (within 10 %)
         "key_metrics": [
@@ -462,7 +466,10 @@ def test_marts_follow_their_definitions_and_a_bad_row_fails_a_dbt_test(backend, 
     insert(url, synthetic_warehouse())
     assert_all_green(build_bi_marts(settings))
 
-    fva = rows(url, "SELECT * FROM bi.fct_forecast_vs_actual ORDER BY run_date, row_index")
+    k3 = rows(url, "SELECT * FROM bi.fct_forecast_vs_actual WHERE key_id = 'k3' ORDER BY run_date")
+    got = [(r["run_date"], r["kind"], r["period"], r["period_index"], r["actual"], r["actual_run_date"]) for r in k3]
+    assert got == [(D1, "forecast", None, 41, 36.0, D2), (D2, "holdout", None, 41, 36.0, D2)]
+    fva = rows(url, "SELECT * FROM bi.fct_forecast_vs_actual WHERE key_id = 'k1' ORDER BY run_date, row_index")
     got = [
         (r["run_date"], r["kind"], r["period"].date(), r["week_start"], r["actual"], r["actual_run_date"]) for r in fva
     ]

@@ -1,6 +1,6 @@
--- Predictions next to actuals, one row per published prediction row that has a period and a
--- numeric prediction of the target (forecast and regression tasks; anomaly and classification
--- rows carry a label and are left out).
+-- Predictions next to actuals, one row per published prediction row that has a period (a time,
+-- or an integer period_index) and a numeric prediction of the target (forecast and regression
+-- tasks; anomaly and classification rows carry a label and are left out).
 --   kind = holdout / scoring: the actual is the row's own (known when the row was scored).
 --   kind = forecast: the actual is the newest one known for the same use case, key and period
 --     from the holdout or scoring rows of a LATER run date; NULL (pending) until one arrives.
@@ -13,13 +13,14 @@ with predictions as (
         row_index,
         kind,
         period,
+        period_index,
         prediction,
         actual,
         model_name,
         model_version,
         published_at
     from {{ ref('stg_predictions') }}
-    where period is not null
+    where (period is not null or period_index is not null)
         and prediction is not null
         and predicted_label is null
 ),
@@ -29,10 +30,12 @@ observed as (
         use_case,
         key_id,
         period,
+        period_index,
         actual,
         run_date as actual_run_date,
         row_number() over (
-            partition by use_case, key_id, period order by run_date desc, published_at desc, row_index desc
+            partition by use_case, key_id, period, period_index
+            order by run_date desc, published_at desc, row_index desc
         ) as newest_first
     from predictions
     where kind in ('holdout', 'scoring')
@@ -48,6 +51,7 @@ joined as (
         p.row_index,
         p.kind,
         p.period,
+        p.period_index,
         {{ mmp_week_start('p.period') }} as week_start,
         p.prediction,
         case when p.kind = 'forecast' then o.actual else p.actual end as actual,
@@ -61,7 +65,7 @@ joined as (
     left join observed as o
         on o.use_case = p.use_case
         and o.key_id = p.key_id
-        and o.period = p.period
+        and (o.period = p.period or o.period_index = p.period_index)  -- a use case has one or the other
         and o.newest_first = 1
         and o.actual_run_date > p.run_date
 )
@@ -74,6 +78,7 @@ select
     row_index,
     kind,
     period,
+    period_index,
     week_start,
     prediction,
     actual,

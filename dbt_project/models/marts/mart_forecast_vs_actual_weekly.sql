@@ -17,4 +17,5 @@ select
     sum(abs_error) / nullif(sum(abs(actual)), 0) as wape,
     avg(abs_pct_error) as mape
 from {{ ref('fct_forecast_vs_actual') }}
+where week_start is not null  -- an integer period index has no calendar week
 group by use_case, key_id, run_date, kind, week_start

@@ -6,6 +6,7 @@ select
     cast(run_date as date) as run_date,
     cast(row_index as {{ dbt.type_int() }}) as row_index,
     cast(period as {{ dbt.type_timestamp() }}) as period,
+    cast(period_index as {{ dbt.type_bigint() }}) as period_index,
     lower(kind) as kind,
     cast(prediction as {{ mmp_type_double() }}) as prediction,
     predicted_label,
