@@ -232,6 +232,12 @@ def test_text_in_a_numeric_feature_says_to_declare_it_categorical():
         f"feature 'x1' holds text, e.g. 'Monday' ({N} of {N} rows); if it is a number with a unit or "
         "symbol ('12%', '$3.50'), strip it in the export; if it is a category, declare it in 'categorical_features'"
     )
+    # the example and the count are of text, not of an export's token for a missing value
+    mixed = _frame(SERIES["daily"][0], pl.Date).with_columns(
+        pl.Series("x1", ["n/a", "abc"] + ["1.5"] * (N - 2), dtype=pl.Utf8)
+    )
+    with pytest.raises(F.KeyDataError, match=r"feature 'x1' holds text, e.g. 'abc' \(1 of"):
+        F.build_training_set(_regression(), mixed)
     # numbers that arrive as text are still numbers
     as_text = _frame(SERIES["daily"][0], pl.Date).with_columns(pl.col("x1").cast(pl.Utf8))
     assert F.build_training_set(_regression(), as_text)["x1"].dtype == pl.Float64

@@ -399,3 +399,23 @@ def test_an_unlabelled_anomaly_use_case_reads_no_target_and_keeps_simultaneous_e
     assert kind == "datetime" and out[ingest.DROP].to_list() == [None, None]
     res = resolve(out.with_columns(pl.lit(0, dtype=pl.Int32).alias(FILE)), spec)
     assert res.data.height == 2 and res.counts.is_empty()
+
+
+def test_text_labels_are_stripped_and_an_exports_missing_value_is_no_class():
+    spec = make_spec(regression_body(task="classification", metric="f1"))
+    labels = ["yes", " no", "N/A", "", "-", "yes ", None]
+    frame = pl.DataFrame({"segment": ["a"] * 7, "x1": list(range(7)), "x2": list(range(7)), "y": labels})
+    out, _ = normalise_file(frame, spec)
+    assert out["y"].to_list() == ["yes", "no", None, None, None, "yes", None]
+    assert out[ingest.DROP].to_list() == [None, None] + [ingest.TARGET_NULL] * 3 + [None, ingest.TARGET_NULL]
+
+
+def test_anomaly_labels_other_than_1_0_or_true_false_fail_the_key_saying_what_to_export():
+    from many_models_platform.core.features import KeyDataError, check_anomaly_labels
+
+    for fine in ([0, 1, None], [True, False], ["TRUE", "false"], [0.0, 1.0]):
+        check_anomaly_labels("y", pl.Series(fine))
+    with pytest.raises(KeyDataError, match=r"got 'anomaly', 'normal'$"):
+        check_anomaly_labels("y", pl.Series(["anomaly", "normal", "normal"]))
+    with pytest.raises(KeyDataError, match=r"got '-1'.*export -1, an outlier, as 1 and 1 as 0"):
+        check_anomaly_labels("y", pl.Series([-1, 1, 1]))

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from .ingest import is_written
 from .spec import UseCaseSpec
 
 SPLIT = "__split"
@@ -268,13 +269,32 @@ def feature_columns(
     return cols
 
 
+_ANOMALY_LABELS = {"0", "1", "0.0", "1.0", "true", "false"}
+
+
+def check_anomaly_labels(target: str, labels: pl.Series) -> None:
+    """An anomaly label is 1 or true for an anomaly, 0 or false for normal: other labels would
+    be scored as the wrong class (scikit-learn's -1/1) or not at all ("anomaly"/"normal")."""
+    found = set(labels.drop_nulls().cast(pl.Utf8).str.strip_chars().str.to_lowercase().unique().to_list())
+    other = sorted(found - _ANOMALY_LABELS)
+    if other:
+        hint = ""
+        if found <= {"-1", "1", "-1.0", "1.0"}:
+            hint = " (scikit-learn's convention: export -1, an outlier, as 1 and 1 as 0)"
+        raise KeyDataError(
+            f"anomaly labels in {target!r} must be 1 or true (an anomaly) and 0 or false (normal); "
+            f"got {', '.join(repr(v) for v in other[:5])}{hint}"
+        )
+
+
 def check_numeric_features(spec: UseCaseSpec, frame: pl.DataFrame) -> None:
     """A text value in a numeric feature is the user's to fix: say which column and show one."""
     for c in spec.features:
         dtype = frame.schema.get(c)
         if dtype == pl.Utf8 or isinstance(dtype, pl.Categorical | pl.Enum):
-            col = frame[c].cast(pl.Utf8)
-            bad = col.filter(col.is_not_null() & col.cast(pl.Float64, strict=False).is_null())
+            col = frame[c].cast(pl.Utf8)  # an export's token for a missing value (NA) is no text
+            written = frame.select(is_written(pl.col(c).cast(pl.Utf8))).to_series()
+            bad = col.filter(written & col.cast(pl.Float64, strict=False).is_null())
             if bad.len():
                 raise KeyDataError(
                     f"feature {c!r} holds text, e.g. {bad[0]!r} ({bad.len()} of {frame.height} rows); "
@@ -421,6 +441,8 @@ def prepare_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> TrainingSet
     if y and spec.task in ("forecast", "regression") and bronze[y].n_unique() < 2:
         raise KeyDataError(f"constant target: every {y!r} value is {bronze[y][0]!r}")
     check_numeric_features(spec, bronze)
+    if y and spec.task == "anomaly":
+        check_anomaly_labels(y, bronze[y])
     null_features = [
         c for c in spec.features if bronze[c].cast(pl.Float64, strict=False).fill_nan(None).is_null().all()
     ]

@@ -617,6 +617,9 @@ def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, 
             text = pl.col("__t_present") & pl.col(target).is_null()
         else:
             text = pl.lit(False)
+            if frame.schema[target] == pl.Utf8:  # text labels: " yes" is "yes", and "N/A" is no label
+                label = source.str.strip_chars()
+                frame = frame.with_columns(pl.when(is_written(source)).then(label).alias(target))
         if not scoring:
             reasons = reasons.when(text).then(pl.lit(TARGET_TEXT)).when(source.is_null()).then(pl.lit(TARGET_NULL))
             if frame.schema[target].is_float():
