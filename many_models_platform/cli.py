@@ -465,7 +465,8 @@ def _print_summary(settings, spec, result, run_date) -> None:
 
 
 def _print_ingest(ingest: dict, counts: bool = True) -> None:
-    """Rows landed/dropped/merged (unless the summary table had them) and every rejected file's reason."""
+    """Rows landed/dropped/merged (unless the summary table had them), every rejected file's
+    reason, and the files left for the next run (I/O errors, still being written)."""
     if counts and ingest.get("landing_rows") is not None:
         console.print(
             f"  rows landed {_int(ingest['landing_rows'])}, dropped {_int(ingest.get('rows_dropped'))}, "
@@ -479,6 +480,13 @@ def _print_ingest(ingest: dict, counts: bool = True) -> None:
             console.print(f"    {name}: {reason}", soft_wrap=True, markup=False, highlight=False)
         if len(rejected) > 20:
             console.print(f"    ... and {len(rejected) - 20} more (Dagster: the raw asset's run report)")
+    later = [f for f in ingest.get("files") or [] if f.get("status") == "retry_later"]
+    if later:
+        console.print(f"  {len(later)} file(s) not read, tried again on the next run:")
+        for item in later[:20]:
+            console.print(
+                f"    {item.get('file')}: {item.get('reason')}", soft_wrap=True, markup=False, highlight=False
+            )
 
 
 def _int(value) -> str:

@@ -153,3 +153,24 @@ def test_bad_config_and_unknown_key_give_clear_errors(tmp_path):
     assert proc.returncode == 2
     assert "did you mean" in proc.stdout and "segment_id=seg-002   (partition key seg-002)" in proc.stdout
     assert not (home / "lake" / "bronze").exists()  # nothing ran
+
+
+def test_files_left_for_the_next_run_are_listed_with_why():
+    """A file that could not be read now (an I/O error, a truncated gzip, still being written) is
+    neither rows nor a rejection: the summary says which and why, or it would go unseen."""
+    from many_models_platform import cli
+
+    ingest = {
+        "landing_rows": 3,
+        "rejected": [{"file": "landing/g/a.csv", "reason": "missing required column(s) ['y']"}],
+        "files": [
+            {"file": "landing/g/a.csv", "status": "rejected"},
+            {"file": "landing/g/b.csv.gz", "status": "retry_later", "reason": "OSError: unexpected end of file"},
+            {"file": "landing/g/c.csv", "status": "ingested"},
+        ],
+    }
+    with cli.console.capture() as captured:
+        cli._print_ingest(ingest)
+    out = captured.get()
+    assert "1 file(s) rejected" in out and "1 file(s) not read, tried again on the next run" in out
+    assert "landing/g/b.csv.gz: OSError: unexpected end of file" in out and "c.csv" not in out
