@@ -193,9 +193,11 @@ def test_an_empty_file_and_a_ragged_line_are_rejected_saying_what_is_wrong(setti
     land(settings, "bad/a.csv", "")
     land(settings, "bad/b.csv", "country,year,x1,x2,y\nse,2020,1,2,3\nse,2021,1,2,3,4\n")
     land(settings, "bad/c.csv", "country,year,x1,x2,y\nse,2022,1,2,3\n")
+    land(settings, "bad/~$lock.csv", "\x00\x00\x00\x01Bud1\x00\x00\x10\x00,\x00\x08\n\x00\x00\x00\n")  # valid UTF-8
     report, out = run_raw(settings, yearly("landing/bad/*.csv", name="bad"))
     reasons = {r["file"]: r["reason"] for r in report.summary["rejected"]}
     assert reasons["landing/bad/a.csv"].startswith("the file is empty (0 bytes)")
+    assert reasons["landing/bad/~$lock.csv"].startswith("the file is not CSV text (its first line holds binary bytes)")
     assert reasons["landing/bad/b.csv"].startswith("a line has more fields than the header (5 columns, separator ',')")
     assert out["se"].ok and out["se"].info["rows"] == 1
 

@@ -605,6 +605,11 @@ def _decoded_copy(source: str, encoding: str, target: str) -> str:
 
 def _check_required(required: Sequence[str], names: dict[str, str], header: Sequence[str]) -> None:
     missing = [c for c in required if c not in names.values()]
+    if missing and any(re.search(r"[\x00-\x08\x0e-\x1f]", h) for h in header):
+        raise FileRejected(
+            "the file is not CSV text (its first line holds binary bytes): keep other files (.DS_Store, "
+            "Excel lock files ~$...) out of the source's path, or narrow 'source.path' to the exports"
+        )
     if missing:
         shown = list(header[:20]) + (["..."] if len(header) > 20 else [])
         raise FileRejected(f"missing required column(s) {missing}; the file's columns are {shown}")
