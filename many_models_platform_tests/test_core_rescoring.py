@@ -66,3 +66,36 @@ def test_a_key_that_fails_ingest_today_is_not_forecast_from_yesterdays_bronze(tm
     assert day2["predictions"][bad].status == "skipped"
     assert "nothing fresh to score: raw failed: all" in day2["predictions"][bad].reason
     assert all(day2["predictions"][k].ok for k in scored if k != bad)
+
+
+def test_scoring_rows_dated_off_the_forecast_periods_are_counted_as_unused(tmp_path):
+    """A forecast takes a future row's features only on a forecast period: one dated a day off
+    (a Sunday export of Monday weeks) reaches no forecast, and says so in the key's row counts."""
+    from many_models_platform.stages.predictions import UNUSED_SCORING
+
+    settings = PlatformSettings.from_env(tmp_path)
+    settings.ensure_local_dirs()
+    spec = load_config().use_case("retail_demand")
+    landing = Path(settings.lake_url) / "landing/retail_demand"
+    write_landing(GENERATORS["retail_demand"](keys=3, rows=120), landing, spec.name, files=1)
+    (future_file,) = (Path(settings.lake_url) / "landing/retail_demand_future").iterdir()
+    future = pl.read_csv(future_file, schema_overrides={"store": pl.Utf8})
+    shifted = (future["store"].cast(pl.Utf8) + "." + future["brand"]).first()
+    future = future.with_columns(
+        pl.when(pl.col("store").cast(pl.Utf8) + "." + pl.col("brand") == shifted)
+        .then(pl.col("week_start").str.to_date() - pl.duration(days=1))
+        .otherwise(pl.col("week_start").str.to_date())
+        .alias("week_start")
+    )
+    future.write_csv(future_file)
+    keys = discover_keys(spec, Lake(settings.lake_url))
+    outcomes = run_all(spec, settings, "run-1", dt.date(2025, 1, 1), keys)["predictions"]
+    scored = {k: o.info for k, o in outcomes.items() if o.ok}
+    assert encode_key(shifted.split(".")) in scored and len(scored) >= 2, {k: o.reason for k, o in outcomes.items()}
+    for key, info in scored.items():
+        n = info["rows_in"]
+        assert n == spec.horizon
+        if key == encode_key(shifted.split(".")):
+            assert (info["rows_out"], info["rows_dropped"], info["drops"]) == (0, n, {UNUSED_SCORING: n})
+        else:
+            assert (info["rows_out"], info["rows_dropped"], info["drops"]) == (n, 0, {})

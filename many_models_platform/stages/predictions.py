@@ -29,6 +29,8 @@ from .base import (
     write_state,
 )
 
+UNUSED_SCORING = "scoring row on no forecast period"  # its features reach no forecast: dated off the grid
+
 
 def _score_one(
     key: str, spec: UseCaseSpec, lake: Lake, production: dict[str, dict], trusted, run_id: str, sources: dict
@@ -49,6 +51,7 @@ def _score_one(
     holdout_model = model
     if prod.get("eval_artifact_sha256"):
         holdout_model = load_model_from_source(prod["source"], prod["eval_artifact_sha256"], trusted, EVAL_MODEL_FILE)
+    counts: dict[str, object] = {}  # a forecast's scoring_source rows, used or not
     if spec.task == "forecast":
         t = spec.time_column
         bronze = lake.read_parquet(lake.key_path("bronze", spec.name, key, ".parquet"))
@@ -62,7 +65,13 @@ def _score_one(
             # the production model on today's holdout: forecast accuracy for BI, with actuals
             segments.append((holdout, "holdout"))
         calendar = F.calendar_of(features)  # the model's calendar features, whatever today's defaults
-        segments.append((F.future_frame(spec, bronze, exog, origin=origin, calendar=calendar), "forecast"))
+        forecast = F.future_frame(spec, bronze, exog, origin=origin, calendar=calendar)
+        segments.append((forecast, "forecast"))
+        if exog is not None and exog.height:  # rows off the forecast periods give no feature: counted
+            on_period = exog[t].cast(forecast.schema[t]).is_in(forecast[t].implode())
+            unused = exog.height - int(on_period.sum())
+            counts = {"rows_in": exog.height, "rows_out": exog.height - unused, "rows_dropped": unused}
+            counts |= {"rows_merged": 0, "drops": {UNUSED_SCORING: unused} if unused else {}}
     else:
         scoring_path = lake.key_path("bronze_scoring", spec.name, key, ".parquet")
         if spec.scoring_source and scoring_path.exists():
@@ -86,6 +95,7 @@ def _score_one(
     )
     kinds = {kind: rows.height for rows, kind in segments}
     info = {
+        **counts,
         "rows": out.height,
         "kind": ", ".join(kinds),  # e.g. "holdout, forecast"
         **{f"rows_{kind}": n for kind, n in kinds.items()},

@@ -155,7 +155,9 @@ class PromotedModelInfo(Info):
     decision_tag_error: str | None = None  # the candidate's decision tags could not be written
 
 
-class PredictionsInfo(Info):
+class PredictionsInfo(RowCounts):
+    """Row counts are of a forecast's scoring_source rows: those on no forecast period are unused."""
+
     rows: int | None = None
     kind: str | None = None
     rows_holdout: int | None = None
