@@ -242,6 +242,9 @@ def test_parse_config_uses_given_source_name():
 def test_source_format_inference():
     assert make_spec(regression_body(source={"path": "landing/x/*.parquet"})).source.file_format == "parquet"
     assert make_spec(regression_body(source={"path": "landing/x/*.csv.gz"})).source.file_format == "csv"
+    for path in ("landing/x/*.CSV", "landing/x/*.tsv", "landing/x/*.TXT.gz"):  # the separator is detected
+        assert make_spec(regression_body(source={"path": path})).source.file_format == "csv"
+    assert make_spec(regression_body(source={"path": "landing/x/*.PARQUET"})).source.file_format == "parquet"
     explicit = make_spec(regression_body(source={"path": "landing/x/*", "format": "parquet"}))
     assert explicit.source.file_format == "parquet"
     with pytest.raises(ValueError):

@@ -116,15 +116,16 @@ class SourceSpec(_Strict):
     def file_format(self) -> str:
         if self.format:
             return self.format
-        if self.path.endswith((".parquet", ".pq")):
+        path = self.path.lower()  # exports from Windows tools write SALES.CSV
+        if path.endswith((".parquet", ".pq")):
             return "parquet"
-        if self.path.endswith((".csv", ".csv.gz")):
+        if path.removesuffix(".gz").endswith((".csv", ".tsv", ".txt")):  # the separator is detected
             return "csv"
         raise ValueError(f"cannot infer the format of {self.path!r}: set 'format'")
 
     @model_validator(mode="after")
     def _csv_options_for_csv(self) -> SourceSpec:
-        if self.csv is not None and (self.format == "parquet" or self.path.endswith((".parquet", ".pq"))):
+        if self.csv is not None and (self.format == "parquet" or self.path.lower().endswith((".parquet", ".pq"))):
             raise ValueError("'csv' options apply to CSV files only")
         return self
 
