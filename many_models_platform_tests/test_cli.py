@@ -156,7 +156,7 @@ def test_bad_config_and_unknown_key_give_clear_errors(tmp_path):
 
 
 def test_files_left_for_the_next_run_are_listed_with_why():
-    """A file that could not be read now (an I/O error, a truncated gzip, still being written) is
+    """A file that could not be read now (an I/O error, a file changing while it is read) is
     neither rows nor a rejection: the summary says which and why, or it would go unseen."""
     from many_models_platform import cli
 

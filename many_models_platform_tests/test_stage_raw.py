@@ -703,6 +703,35 @@ def test_unreadable_large_files_are_rejected_and_the_stage_goes_on(settings):
     assert [f["status"] for f in report.summary["files"]] == ["ingested", "rejected"] and out["se"].ok
 
 
+def test_a_truncated_or_corrupt_small_gzip_is_rejected_until_it_changes(settings, monkeypatch):
+    """A gzip file that does not decompress and did not change while read is rejected with why,
+    on a local disk as on blob storage, not tried again as an I/O error on every run forever;
+    once it is replaced by a whole file, it is read."""
+    monkeypatch.setattr(raw, "RETRY_DELAYS", (0.0,))
+    folder = Path(settings.lake_url) / "landing" / "gz"
+    folder.mkdir(parents=True)
+    body = b"country,year,x1,x2,y\n" + b"".join(b"se,%d,1,2,3\n" % (1900 + i) for i in range(100))
+    (folder / "a.csv.gz").write_bytes(gzip.compress(body)[:-30])  # an upload cut short
+    (folder / "b.CSV.GZ").write_bytes(b"\x1f\x8b\x08\x00" + b"not deflate" * 20)
+    (folder / "c.csv").write_bytes(b"country,year,x1,x2,y\nse,2022,1,2,5\n")
+    spec = yearly("landing/gz/*", name="gz", source={"path": "landing/gz/*", "format": "csv"})
+    report, out = run_raw(settings, spec, keys=["se"])
+    files = {f["file"].split("/")[-1]: f for f in report.summary["files"]}
+    assert {n: f["status"] for n, f in files.items()} == {
+        "a.csv.gz": "rejected",
+        "b.CSV.GZ": "rejected",
+        "c.csv": "ingested",
+    }
+    assert "gzip file is truncated or corrupt" in files["a.csv.gz"]["reason"]
+    assert "gzip file is truncated or corrupt" in files["b.CSV.GZ"]["reason"]
+    assert out["se"].ok and out["se"].info["rows"] == 1
+    (folder / "a.csv.gz").write_bytes(gzip.compress(body))  # the upload finished
+    report, out = run_raw(settings, spec, keys=["se"])
+    files = {f["file"].split("/")[-1]: f for f in report.summary["files"]}
+    assert files["a.csv.gz"]["status"] == "ingested" and files["b.CSV.GZ"]["status"] == "unchanged_rejected"
+    assert out["se"].info["rows"] == 101
+
+
 def test_a_full_spill_disk_fails_the_stage_instead_of_blaming_the_landing_file(settings, monkeypatch):
     land(settings, "panel/a.csv", "country,year,x1,x2,y\nse,2020,1,2,3\n")
 

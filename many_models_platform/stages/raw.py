@@ -357,7 +357,7 @@ def _read_file(
 
 def _held_bytes(listed: LandedFile, fmt: str) -> int:
     """About what a landing file takes once read: compressed files (Parquet, gzip) several times their size."""
-    compressed = fmt == "parquet" or listed.name.endswith(".gz")
+    compressed = fmt == "parquet" or listed.name.lower().endswith(".gz")
     return listed.size * (COMPRESSED_EXPANSION if compressed else 1)
 
 

@@ -24,6 +24,7 @@ import re
 import shutil
 import stat
 import uuid
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -347,8 +348,9 @@ class Lake:
         data = self.read_bytes(path)
         if not data:
             raise FileRejected("the file is empty (0 bytes); a CSV export needs at least its header line")
-        if csv is not None and csv.encoding not in ("utf8", "utf8-lossy") and data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)  # polars decodes other encodings itself, after gunzip
+        if data[:2] == b"\x1f\x8b":  # polars decodes the text itself, after gunzip
+            with _gzip_rejects():
+                data = gzip.decompress(data)
         layout = None
         try:
             layout = _csv_layout(data, csv, columns, text_columns, required)
@@ -594,13 +596,29 @@ def _decoded_copy(source: str, encoding: str, target: str) -> str:
         if raw.read(2) == b"\x1f\x8b":
             stream = gzip.GzipFile(fileobj=raw)
         raw.seek(0)
-        if encoding in ("utf8", "utf8-lossy"):
-            shutil.copyfileobj(stream, out, HEADER_BYTES)
-        else:
-            reader = codecs.getreader(encoding)(stream)
-            while text := reader.read(HEADER_BYTES):
-                out.write(text.encode("utf-8"))
+        with _gzip_rejects():
+            _copy_decoded(stream, encoding, out)
     return target
+
+
+def _copy_decoded(stream: IO[bytes], encoding: str, out: IO[bytes]) -> None:
+    if encoding in ("utf8", "utf8-lossy"):
+        shutil.copyfileobj(stream, out, HEADER_BYTES)
+    else:
+        reader = codecs.getreader(encoding)(stream)
+        while text := reader.read(HEADER_BYTES):
+            out.write(text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def _gzip_rejects() -> Iterator[None]:
+    """A gzip file that does not decompress, on a read during which it did not change, is
+    truncated or corrupt: rejected (its rejection record is dropped once it changes), never an
+    I/O error tried again on every run."""
+    try:
+        yield
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise FileRejected(f"the gzip file is truncated or corrupt ({exc}); it is read again once it changes") from None
 
 
 def _check_required(required: Sequence[str], names: dict[str, str], header: Sequence[str]) -> None:
