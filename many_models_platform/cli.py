@@ -480,6 +480,10 @@ def _print_ingest(ingest: dict, counts: bool = True) -> None:
             console.print(f"    {name}: {reason}", soft_wrap=True, markup=False, highlight=False)
         if len(rejected) > 20:
             console.print(f"    ... and {len(rejected) - 20} more (Dagster: the raw asset's run report)")
+    titled = [f for f in ingest.get("files") or [] if f.get("lines_above_header")]
+    if titled:
+        lines = sum(int(f["lines_above_header"]) for f in titled)
+        console.print(f"  {len(titled)} file(s) with title lines above the header ({lines} line(s) skipped)")
     later = [f for f in ingest.get("files") or [] if f.get("status") == "retry_later"]
     if later:
         console.print(f"  {len(later)} file(s) not read, tried again on the next run:")

@@ -167,6 +167,7 @@ def test_files_left_for_the_next_run_are_listed_with_why():
             {"file": "landing/g/a.csv", "status": "rejected"},
             {"file": "landing/g/b.csv.gz", "status": "retry_later", "reason": "OSError: unexpected end of file"},
             {"file": "landing/g/c.csv", "status": "ingested"},
+            {"file": "landing/g/d.csv", "status": "ingested", "lines_above_header": 3},
         ],
     }
     with cli.console.capture() as captured:
@@ -174,3 +175,4 @@ def test_files_left_for_the_next_run_are_listed_with_why():
     out = captured.get()
     assert "1 file(s) rejected" in out and "1 file(s) not read, tried again on the next run" in out
     assert "landing/g/b.csv.gz: OSError: unexpected end of file" in out and "c.csv" not in out
+    assert "1 file(s) with title lines above the header (3 line(s) skipped)" in out

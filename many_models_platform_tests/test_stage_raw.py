@@ -732,6 +732,28 @@ def test_a_truncated_or_corrupt_small_gzip_is_rejected_until_it_changes(settings
     assert out["se"].info["rows"] == 101
 
 
+def test_a_report_exports_title_lines_above_the_header_are_skipped_and_shown(settings):
+    """Exports from reporting tools put a title, an export date or filter lines above the header
+    (with quotes and separators of their own): the header is found under them, in discovery as
+    in ingest, and the file's entry says how many lines were skipped; without such a header the
+    file is still rejected naming its first line's columns."""
+    land(
+        settings,
+        "panel/a.csv",
+        'Sales by country "all regions\nExported;2024-05-01\n\ncountry;year;x1;x2;y\n'
+        "0012;2020;1;2;3\n0012;2021;1;2;4\nse;2020;1;2;5\n",
+    )
+    land(settings, "panel/b.csv", "Report\ncountry,year,x1,x2\nfr,2020,1,2\n")
+    spec = yearly()
+    assert {"0012", "se"} <= set(discover_keys(spec, Lake(settings.lake_url)))
+    report, out = run_raw(settings, spec)
+    files = {f["file"].split("/")[-1]: f for f in report.summary["files"]}
+    assert files["a.csv"]["status"] == "ingested" and files["a.csv"]["lines_above_header"] == 2
+    assert files["a.csv"]["rows"] == 3 and files["a.csv"]["rows_dropped"] == 0
+    assert files["b.csv"]["status"] == "rejected" and "the file's columns are ['Report']" in files["b.csv"]["reason"]
+    assert out["0012"].info["rows"] == 2 and bronze(settings, spec, "0012")["y"].to_list() == [3.0, 4.0]
+
+
 def test_a_full_spill_disk_fails_the_stage_instead_of_blaming_the_landing_file(settings, monkeypatch):
     land(settings, "panel/a.csv", "country,year,x1,x2,y\nse,2020,1,2,3\n")
 

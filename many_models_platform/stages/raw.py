@@ -33,7 +33,7 @@ from ..core import ingest as core_ingest
 from ..core.engine import KeyOutcome
 from ..core.keys import decode_key, encode_key
 from ..core.spec import UseCaseSpec
-from ..storage.lake import Lake, LandedFile, LateColumnType
+from ..storage.lake import CsvLayout, Lake, LandedFile, LateColumnType
 from .base import StageReport, StageRun, clear_state, crash_point, finish, write_state
 
 # A read that fails with an OSError, or a file that changes while being read (still being
@@ -46,7 +46,7 @@ BATCHED_FILE_BYTES = 256 * 2**20
 BATCH_ROWS = 1_000_000
 COMPRESSED_EXPANSION = 4
 # Bumped when the way files are read changes, so earlier rejections are tried again.
-READER_VERSION = 4  # 4: late CSV types, missing-value tokens, months and quarters, mostly-YYYYMMDD integers
+READER_VERSION = 5  # 5: title lines above a CSV header, corrupt gzip rejected; 4: late CSV types, NA tokens
 
 
 class SpillFailed(Exception):
@@ -244,6 +244,7 @@ class FileRead:
     rows: int = 0
     template: pl.DataFrame | None = None
     kind: str | None = None
+    lines_above_header: int = 0  # a report export's title lines, skipped
 
 
 @contextlib.contextmanager
@@ -321,9 +322,16 @@ def _read_file(
         spill.add(label, index, frame, batch)
 
     if _held_bytes(listed, source.file_format) <= BATCHED_FILE_BYTES:
+        layouts: list[CsvLayout] = []
         try:
             frame = lake.read_table(
-                path, source.file_format, spec.input_columns, text_columns, size=listed.size, **options
+                path,
+                source.file_format,
+                spec.input_columns,
+                text_columns,
+                size=listed.size,
+                layout_seen=layouts,
+                **options,
             )
         except (OSError, LateColumnType):
             raise
@@ -334,6 +342,7 @@ def _read_file(
         spill.size(frame.height, listed.size, source_bytes)
         spill_batch(frame, rules, 0)
         out.kind = rules.time_kind
+        out.lines_above_header = layouts[0].lines_above_header if layouts else 0
         return out
     try:
         with lake.open_table(
@@ -341,6 +350,7 @@ def _read_file(
         ) as table:
             try:
                 rules = core_ingest.file_rules(table.data, spec, scoring=scoring, prefer=prefer)
+                out.lines_above_header = table.layout.lines_above_header if table.layout else 0
                 if spill.buckets is None:
                     spill.size(table.data.select(pl.len()).collect().item(), listed.size, source_bytes)
                 for batch, frame in enumerate(table.batches(BATCH_ROWS)):
@@ -406,6 +416,8 @@ def read_source(
             lake.delete(records[file_id(name)])  # it was fixed
         if not got.rows:  # a header-only export: no rows, and no say in column types or time kind
             continue
+        if got.lines_above_header:
+            entry["lines_above_header"] = got.lines_above_header
         read.kind = read.kind or got.kind
         entry["rows"] = got.rows
         templates.append(got.template)

@@ -105,6 +105,7 @@ def credential_values(options: dict[str, Any]) -> list[str]:
 # and the chunks of the wanted columns (pyarrow asks for the footer in one 64 KiB read).
 SMALL_OBJECT = 256 * 1024
 HEADER_BYTES = 2**20  # a CSV's header and dialect are read from its first MiB
+TITLE_LINES = 20  # a report's title, export date or filter lines above a CSV's header, at most
 
 
 class RangedObject(io.RawIOBase):
@@ -186,6 +187,11 @@ class CsvLayout:
     header: list[str]
     names: dict[str, str]
     text: dict[str, Any]
+
+    @property
+    def lines_above_header(self) -> int:
+        """Title lines skipped above the header (blank lines among them not counted)."""
+        return int(self.options.get("skip_lines", 0))
 
 
 @dataclass(frozen=True)
@@ -328,9 +334,10 @@ class Lake:
         *,
         csv: Any = None,
         required: Sequence[str] = (),
+        layout_seen: list[CsvLayout] | None = None,
     ) -> pl.DataFrame:
         """A landing file (a path, or a name relative to the root), with only those of ``columns``
-        it holds, named as in ``columns``.
+        it holds, named as in ``columns``; a CSV's layout is appended to ``layout_seen``.
 
         Parquet reads only what it needs: on blob storage the footer and the chunks of
         ``columns``, in ranged requests (``size``, known from a listing, saves asking for it).
@@ -363,6 +370,8 @@ class Lake:
             )
         except pl.exceptions.ComputeError as exc:
             raise csv_error(exc, lambda: io.BytesIO(data), layout) from None
+        if layout_seen is not None:
+            layout_seen.append(layout)
         return frame.rename(layout.names)
 
     @contextlib.contextmanager
@@ -470,11 +479,13 @@ class Lake:
 SEPARATORS = (",", ";", "\t", "|")
 
 
-def _csv_options(data: bytes, csv: Any, columns: Sequence[str] | None) -> tuple[dict[str, Any], list[str] | None]:
+def _csv_options(
+    data: bytes, csv: Any, columns: Sequence[str] | None, skip_lines: int = 0
+) -> tuple[dict[str, Any], list[str] | None]:
     """polars ``read_csv`` options for a source's dialect, and the header when detecting the
     separator read it: an unset separator is the one under which the header holds the most
-    wanted columns (a comma when none does better)."""
-    options: dict[str, Any] = {}
+    wanted columns (a comma when none does better). ``skip_lines``: lines above the header."""
+    options: dict[str, Any] = {"skip_lines": skip_lines} if skip_lines else {}
     if csv is not None:
         if csv.encoding != "utf8":
             options["encoding"] = csv.encoding
@@ -511,6 +522,10 @@ def _csv_layout(
     if header is None:
         header = pl.read_csv(io.BytesIO(start), n_rows=0, **options).columns
     names = match_columns(columns, header) if columns is not None else {c: c for c in header}
+    if columns is not None and _lacks(required or columns, names):
+        below = _header_below_title(start, csv, columns, required or columns)
+        if below is not None:
+            options, header, names = below
     _check_required(required, names, header)
     # polars names a repeated header "<name>_duplicated_<n>": a configured column named twice is ambiguous
     repeated = {m[1] for m in (re.fullmatch(r"(.*)_duplicated_\d+", h) for h in header) if m}
@@ -522,6 +537,29 @@ def _csv_layout(
         )
     text = {actual: pl.Utf8 for actual, name in names.items() if name in text_columns}
     return CsvLayout(options, list(header), names, text)
+
+
+def _lacks(required: Sequence[str], names: dict[str, str]) -> bool:
+    return not set(required) <= set(names.values())
+
+
+def _header_below_title(
+    start: bytes, csv: Any, columns: Sequence[str], required: Sequence[str]
+) -> tuple[dict[str, Any], list[str], dict[str, str]] | None:
+    """A report export's header under title lines (``Sales by store``, ``Exported 2024-05-01``):
+    the first of the next ``TITLE_LINES`` lines that holds every required column, read with
+    those lines skipped (``skip_lines``: quotes in a title do not matter)."""
+    for skip in range(1, min(TITLE_LINES, start.count(b"\n")) + 1):
+        try:
+            options, header = _csv_options(start, csv, columns, skip)
+            if header is None:
+                header = pl.read_csv(io.BytesIO(start), n_rows=0, **options).columns
+        except pl.exceptions.PolarsError:
+            continue
+        names = match_columns(columns, header)
+        if required and not _lacks(required, names):
+            return options, header, names
+    return None
 
 
 class LateColumnType(FileRejected):
