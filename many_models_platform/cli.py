@@ -400,6 +400,8 @@ def _print_summary(settings, spec, result, run_date) -> None:
         t.add_row(
             "rows dropped / merged at ingest", f"{_int(ingest.get('rows_dropped'))} / {_int(ingest.get('rows_merged'))}"
         )
+    if ingest.get("scoring_rows") is not None:
+        t.add_row("scoring rows landed", _scoring_rows(ingest))
     t.add_row("files rejected", str(len(ingest.get("rejected") or [])))
     if getattr(result, "keys_reused", 0):  # incremental: unchanged data and configuration (`--force` refits)
         t.add_row("models reused (unchanged)", _int(result.keys_reused))
@@ -472,6 +474,8 @@ def _print_ingest(ingest: dict, counts: bool = True) -> None:
             f"  rows landed {_int(ingest['landing_rows'])}, dropped {_int(ingest.get('rows_dropped'))}, "
             f"merged {_int(ingest.get('rows_merged'))}"
         )
+    if counts and ingest.get("scoring_rows") is not None:
+        console.print(f"  scoring rows landed {_scoring_rows(ingest)}")
     rejected = ingest.get("rejected") or []
     if rejected:
         console.print(f"  {len(rejected)} file(s) rejected (left where they are):")
@@ -491,6 +495,17 @@ def _print_ingest(ingest: dict, counts: bool = True) -> None:
             console.print(
                 f"    {item.get('file')}: {item.get('reason')}", soft_wrap=True, markup=False, highlight=False
             )
+
+
+def _scoring_rows(ingest: dict) -> str:
+    """The scoring source's rows: landed, dropped (of keys no training row has: nothing scores
+    them), merged."""
+    orphans = ingest.get("scoring_rows_without_training") or 0
+    return (
+        f"{_int(ingest['scoring_rows'])}, dropped {_int(ingest.get('scoring_rows_dropped'))}"
+        + (f" ({_int(orphans)} of keys without training rows)" if orphans else "")
+        + f", merged {_int(ingest.get('scoring_rows_merged'))}"
+    )
 
 
 def _int(value) -> str:

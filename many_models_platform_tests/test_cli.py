@@ -162,6 +162,10 @@ def test_files_left_for_the_next_run_are_listed_with_why():
 
     ingest = {
         "landing_rows": 3,
+        "scoring_rows": 10,
+        "scoring_rows_dropped": 4,
+        "scoring_rows_merged": 0,
+        "scoring_rows_without_training": 3,
         "rejected": [{"file": "landing/g/a.csv", "reason": "missing required column(s) ['y']"}],
         "files": [
             {"file": "landing/g/a.csv", "status": "rejected"},
@@ -176,3 +180,4 @@ def test_files_left_for_the_next_run_are_listed_with_why():
     assert "1 file(s) rejected" in out and "1 file(s) not read, tried again on the next run" in out
     assert "landing/g/b.csv.gz: OSError: unexpected end of file" in out and "c.csv" not in out
     assert "1 file(s) with title lines above the header (3 line(s) skipped)" in out
+    assert "scoring rows landed 10, dropped 4 (3 of keys without training rows), merged 0" in out

@@ -418,9 +418,38 @@ def test_scoring_source_goes_through_the_same_reading_without_a_target(settings)
     future = bronze(settings, spec, key, "bronze_scoring")
     assert future.schema["week_start"] == pl.Date and future["week_start"].to_list() == [D(2024, 1, 22), D(2024, 1, 29)]
     assert {f["source"] for f in report.summary["files"]} == {"source", "scoring_source"}
+    scoring_file = next(f for f in report.summary["files"] if f["source"] == "scoring_source")
+    assert scoring_file["rows"] == 3 and scoring_file["rows_dropped"] == 1
     (Path(settings.lake_url) / "landing/w_future/a.csv").unlink()
     run_raw(settings, spec, [key])  # no future rows any more: yesterday's are not scored
     assert not (Path(settings.lake_url) / "bronze_scoring/w" / f"{key}.parquet").exists()
+
+
+def test_scoring_rows_of_keys_without_training_rows_are_counted_per_file(settings):
+    """Nothing scores a key that only the scoring source has (no key is made from it): its rows
+    are counted as dropped in their file's entry, with the reason, whichever keys the run
+    writes; rows it drops for other reasons are not counted twice."""
+    land(settings, "w/a.csv", weekly_csv([("s1", f"2024-01-{d:02d}", d) for d in (1, 8, 15)]))
+    land(
+        settings,
+        "w_future/a.csv",
+        "store,brand,week_start,price\ns1,b,2024-01-22,2.0\nnew,b,2024-01-22,2.0\nnew,b,2024-01-29,2.0\n"
+        "new,b,soon,1.0\n",
+    )
+    spec = make_spec(
+        forecast_body(source={"path": "landing/w/*.csv"}, scoring_source={"path": "landing/w_future/*.csv"}, lags=[]),
+        name="w",
+    )
+    assert discover_keys(spec, Lake(settings.lake_url)) == [encode_key(["s1", "b"])]
+    for keys in ([encode_key(["s1", "b"])], []):  # a run of the key, and a run of no key
+        report, _ = run_raw(settings, spec, keys)
+        entry = next(f for f in report.summary["files"] if f["source"] == "scoring_source")
+        assert entry["rows"] == 4 and entry["rows_dropped"] == 3 and entry["rows_merged"] == 0, entry
+        assert entry["drops"] == {"unparseable time value": 1, "scoring row of a key without training rows": 2}
+        source = next(f for f in report.summary["files"] if f["source"] == "source")
+        assert source["rows_dropped"] == 0 and "scoring row of a key without training rows" not in source.get(
+            "drops", {}
+        )
 
 
 # --- bounded memory: rows resolved a bucket of keys at a time ---------------------------------

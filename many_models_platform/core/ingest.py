@@ -32,6 +32,7 @@ TARGET_NAN = "target is NaN"
 TARGET_INF = "target is inf"
 TARGET_TEXT = "target is not a number"
 LATER_FILE = "replaced by a later file"
+NO_TRAINING_ROWS = "scoring row of a key without training rows"
 
 YEARS = (1000, 9999)  # integers in this range are calendar years (unless frequency says otherwise)
 # Text time values without a time_format: ISO-8601 dates, then datetimes (a "T" or a space
@@ -638,14 +639,14 @@ def normalise_file(
     return normalise_rows(frame, spec, rules, scoring=scoring), rules.time_kind
 
 
-def _empty_counts(keys: Sequence[str]) -> pl.DataFrame:
+def empty_counts(keys: Sequence[str]) -> pl.DataFrame:
     return pl.DataFrame(schema={**{k: pl.Utf8 for k in keys}, **COUNT_SCHEMA})
 
 
-def _count(rows: pl.DataFrame, keys: Sequence[str], reason: str | pl.Expr, kind: str) -> pl.DataFrame:
+def count_rows(rows: pl.DataFrame, keys: Sequence[str], reason: str | pl.Expr, kind: str) -> pl.DataFrame:
     """Rows removed, counted per key, file and reason."""
     if rows.is_empty():
-        return _empty_counts(keys)
+        return empty_counts(keys)
     expr = pl.lit(reason) if isinstance(reason, str) else reason
     return (
         rows.group_by([*keys, FILE, expr.alias("reason")], maintain_order=True)
@@ -680,7 +681,7 @@ def resolve(
         data = data.filter(~null_key)
     rows_in = data.group_by(keys).agg(pl.len().cast(pl.Int64).alias("rows_in"))
     dropped = data.filter(pl.col(DROP).is_not_null())
-    counts = [_count(dropped, keys, pl.col(DROP), "dropped")]
+    counts = [count_rows(dropped, keys, pl.col(DROP), "dropped")]
     if not dropped.is_empty():
         data = data.filter(pl.col(DROP).is_null())
     data = data.drop(DROP)
@@ -690,7 +691,7 @@ def resolve(
         group = [*keys, time]
         if data[FILE].n_unique() > 1:
             latest = pl.col(FILE) == pl.col(FILE).max().over(group)
-            counts.append(_count(data.filter(~latest), keys, LATER_FILE, "merged"))
+            counts.append(count_rows(data.filter(~latest), keys, LATER_FILE, "merged"))
             data = data.filter(latest)
         data, more, failures = _apply_policy(data, spec, policy, file_names)
         counts += more
@@ -722,11 +723,11 @@ def _apply_policy(
     if policy in ("first", "last"):
         kept = position == 0 if policy == "first" else position == pl.len().over(group) - 1
         reason = f"duplicate (key, time) removed by policy {policy!r}"
-        return data.filter(kept), [_count(data.filter(~kept), keys, reason, "dropped")], {}
+        return data.filter(kept), [count_rows(data.filter(~kept), keys, reason, "dropped")], {}
     if policy in ("sum", "mean"):
         dup = pl.len().over(group) > 1
         single, multi = data.filter(~dup), data.filter(dup)
-        merged = _count(
+        merged = count_rows(
             multi.filter(position > 0), keys, f"duplicate (key, time) merged by policy {policy!r}", "merged"
         )
         aggs = []
@@ -755,7 +756,7 @@ def _apply_policy(
             f"of {', '.join(p for p in POLICIES if p != 'keep' or spec.task != 'forecast')}"
         )
     failing = per_key.select(keys)
-    dropped = _count(data.join(failing, on=keys, how="semi"), keys, "key failed: duplicate (key, time)", "dropped")
+    dropped = count_rows(data.join(failing, on=keys, how="semi"), keys, "key failed: duplicate (key, time)", "dropped")
     return data.join(failing, on=keys, how="anti"), [dropped], failures
 
 

@@ -575,21 +575,39 @@ def _failure_reasons(resolved: core_ingest.Resolved | None, prefix: str = "") ->
 
 def _resolve(
     spec: UseCaseSpec, spill: Spill, read: SourceRead | None, label: str, bucket: int, counts: list
-) -> core_ingest.Resolved | None:
+) -> tuple[core_ingest.Resolved | None, list[pl.DataFrame]]:
     """One bucket of one source: the run's keys' rows resolved; the counts of all its keys
-    (other keys' too, for the per-file totals) appended to ``counts``."""
+    (other keys' too, for the per-file totals) appended to ``counts``; and the kept rows of all
+    its keys, as keys and file index (for :func:`_scoring_without_training`)."""
     if read is None or read.template is None:
-        return None
-    names = [e["file"] for e in read.names]
+        return None, []
+    names, kept = [e["file"] for e in read.names], []
     rows = spill.read(label, bucket, "rows", read.template)
     resolved = None if rows is None else core_ingest.resolve(rows, spec, file_names=names)
     del rows
     if resolved is not None:
         counts.append(resolved.counts)
+        kept.append(resolved.data.select(*spec.keys, core_ingest.FILE))
     counted = spill.read(label, bucket, "counted", read.template)
     if counted is not None:
-        counts.append(core_ingest.resolve(counted, spec, file_names=names).counts)
-    return resolved
+        others = core_ingest.resolve(counted, spec, file_names=names)
+        counts.append(others.counts)
+        kept.append(others.data.select(*spec.keys, core_ingest.FILE))
+    return resolved, kept
+
+
+def _scoring_without_training(spec: UseCaseSpec, train: list[pl.DataFrame], future: list[pl.DataFrame]) -> pl.DataFrame:
+    """Per-file counts of the scoring rows whose key has no training row in the landing zone: no
+    key is made for them and nothing scores them, so they are dropped and counted, never lost.
+    One bucket's keys: a key's rows of both sources share a bucket."""
+    keys = list(spec.keys)
+    if not future:
+        return core_ingest.empty_counts(keys)
+    scoring = pl.concat(future, how="vertical_relaxed")
+    if train:
+        trained = pl.concat([f.select(keys) for f in train], how="vertical_relaxed").unique()
+        scoring = scoring.join(trained, on=keys, how="anti", nulls_equal=True)
+    return core_ingest.count_rows(scoring, keys, core_ingest.NO_TRAINING_ROWS, "dropped")
 
 
 def _resolved_buckets(
@@ -605,12 +623,15 @@ def _resolved_buckets(
         if spec.duplicate_policy in ("sum", "mean") and _runs_policy(spec, spill, read, label):
             merged[label] = core_ingest.merged_types(read.template, spec)
     for bucket in range(spill.buckets or 0):
-        results = []
+        results, kept = [], []
         for label, read in sources:
-            resolved = _resolve(spec, spill, read, label, bucket, counts[label])
+            resolved, rows = _resolve(spec, spill, read, label, bucket, counts[label])
             if resolved is not None and label in merged:
                 resolved.data = pl.concat([merged[label], resolved.data], how="vertical_relaxed")
             results.append(resolved)
+            kept.append(rows)
+        if future is not None:
+            counts["scoring_source"].append(_scoring_without_training(spec, *kept))
         yield bucket, *results
 
 
@@ -751,5 +772,14 @@ def ingest(run: StageRun, keys: Sequence[str]) -> StageReport:
         "rows_dropped": sum(f["rows_dropped"] for f in train.files),
         "rows_merged": sum(f["rows_merged"] for f in train.files),
     }
+    if future is not None:
+        summary |= {
+            "scoring_rows": sum(f["rows"] for f in future.files if f["status"] == "ingested"),
+            "scoring_rows_dropped": sum(f["rows_dropped"] for f in future.files),
+            "scoring_rows_merged": sum(f["rows_merged"] for f in future.files),
+            "scoring_rows_without_training": sum(
+                (f.get("drops") or {}).get(core_ingest.NO_TRAINING_ROWS, 0) for f in future.files
+            ),
+        }
     ordered = [outcomes[key] for key in keys]
     return finish(run, "raw", ordered, summary, written={o.key for o in ordered if o.ok})
