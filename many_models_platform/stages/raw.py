@@ -578,7 +578,7 @@ def _resolve(
 ) -> tuple[core_ingest.Resolved | None, list[pl.DataFrame]]:
     """One bucket of one source: the run's keys' rows resolved; the counts of all its keys
     (other keys' too, for the per-file totals) appended to ``counts``; and the kept rows of all
-    its keys, as keys and file index (for :func:`_scoring_without_training`)."""
+    its keys (for :func:`_scoring_without_training`)."""
     if read is None or read.template is None:
         return None, []
     names, kept = [e["file"] for e in read.names], []
@@ -587,13 +587,20 @@ def _resolve(
     del rows
     if resolved is not None:
         counts.append(resolved.counts)
-        kept.append(resolved.data.select(*spec.keys, core_ingest.FILE))
+        kept.append(_kept(spec, resolved, label))
     counted = spill.read(label, bucket, "counted", read.template)
     if counted is not None:
         others = core_ingest.resolve(counted, spec, file_names=names)
         counts.append(others.counts)
-        kept.append(others.data.select(*spec.keys, core_ingest.FILE))
+        kept.append(_kept(spec, others, label))
     return resolved, kept
+
+
+def _kept(spec: UseCaseSpec, resolved: core_ingest.Resolved, label: str) -> pl.DataFrame:
+    """The training source's keys (one row each), or the scoring source's kept rows (keys, file)."""
+    if label == "source":
+        return resolved.rows_in.select(spec.keys)
+    return resolved.data.select(*spec.keys, core_ingest.FILE)
 
 
 def _scoring_without_training(spec: UseCaseSpec, train: list[pl.DataFrame], future: list[pl.DataFrame]) -> pl.DataFrame:
@@ -605,7 +612,7 @@ def _scoring_without_training(spec: UseCaseSpec, train: list[pl.DataFrame], futu
         return core_ingest.empty_counts(keys)
     scoring = pl.concat(future, how="vertical_relaxed")
     if train:
-        trained = pl.concat([f.select(keys) for f in train], how="vertical_relaxed").unique()
+        trained = pl.concat(train, how="vertical_relaxed")
         scoring = scoring.join(trained, on=keys, how="anti", nulls_equal=True)
     return core_ingest.count_rows(scoring, keys, core_ingest.NO_TRAINING_ROWS, "dropped")
 
