@@ -163,6 +163,41 @@ def excel_serial_days(rng: np.random.Generator) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+def churn_report(rng: np.random.Generator) -> bytes:
+    """A CRM report export: two title lines above the header, text class labels with the
+    report's own missing-value token, no time column."""
+    lines = ["Churn by country (all segments)", 'Exported 2024-05-01 by "crm", filters: none', ""]
+    lines.append("country,tenure_months,monthly_fee,status")
+    for country in ("DE", "FR", "NL", "SE", "PL", "IT"):
+        for _ in range(150):
+            tenure, fee = int(rng.integers(1, 60)), round(float(rng.uniform(10, 90)), 2)
+            churned = rng.random() < 1 / (1 + np.exp(0.08 * tenure - 0.03 * fee))
+            status = "N/A" if rng.random() < 0.02 else ("churned" if churned else "stayed")
+            lines.append(f"{country},{tenure},{fee},{status}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def machine_alarms(rng: np.random.Generator) -> pl.DataFrame:
+    """Hourly machine readings with anomaly labels exported as TRUE/FALSE text (a BI tool's
+    boolean) with an N/A where a label is missing, which makes the column text; some spikes
+    labelled as anomalies."""
+    rows = []
+    start = datetime(2024, 3, 1)
+    for machine in ("M-01", "M-02", "M-03"):
+        for h in range(240):
+            spike = rng.random() < 0.04
+            rows.append(
+                {
+                    "machine": machine,
+                    "ts": (start + timedelta(hours=h)).strftime("%Y-%m-%d %H:%M"),
+                    "temperature": float(rng.normal(60, 2) + (25 if spike else 0)),
+                    "vibration": float(rng.normal(1, 0.1) + (2 if spike else 0)),
+                    "alarm": "N/A" if h == 5 else ("TRUE" if spike else "FALSE"),
+                }
+            )
+    return pl.DataFrame(rows)
+
+
 def forecast_case(source: str, keys: list[str], time: str, target: str, **extra) -> dict:
     body = {
         "task": "forecast",
@@ -222,6 +257,38 @@ ZOO = {
         **forecast_case("landing/eu/*.csv", ["filiale"], "datum", "umsatz", features=["preis"], lags=[3]),
         "source": {"path": "landing/eu/*.csv", "csv": {"decimal_comma": True, "encoding": "cp1252"}},
     },
+    "churn": {
+        "task": "classification",
+        "source": {"path": "landing/churn/*.csv"},
+        "keys": ["country"],
+        "target": "status",
+        "features": ["tenure_months", "monthly_fee"],
+        "holdout": {"fraction": 0.25},
+        "metric": "accuracy",
+        "min_rows": 40,
+        "candidates": [
+            {"name": "logistic", "estimator": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500}}
+        ],
+    },
+    "alarms": {
+        "task": "anomaly",
+        "source": {"path": "landing/alarms/*.csv"},
+        "keys": ["machine"],
+        "time_column": "ts",
+        "target": "alarm",
+        "features": ["temperature", "vibration"],
+        "calendar_features": False,
+        "holdout": {"fraction": 0.25},
+        "metric": "f1",
+        "min_rows": 48,
+        "candidates": [
+            {
+                "name": "isolation_forest",
+                "estimator": "sklearn.ensemble.IsolationForest",
+                "params": {"n_estimators": 50, "contamination": 0.04, "random_state": 0},
+            }
+        ],
+    },
 }
 # The same county file read by a second use case that needs a column the file does not have.
 REJECTING = {
@@ -276,6 +343,10 @@ def zoo(tmp_path_factory) -> Zoo:
             frame.write_csv(landing / folder / f"{folder}.csv")
     (landing / "eu").mkdir(parents=True)
     (landing / "eu" / "export.csv").write_bytes(european_export(rng))
+    (landing / "churn").mkdir(parents=True)
+    (landing / "churn" / "churn_report.csv").write_bytes(churn_report(rng))
+    (landing / "alarms").mkdir(parents=True)
+    machine_alarms(rng).write_csv(landing / "alarms" / "alarms.csv")
     config = home / "zoo.yaml"
     config.write_text(yaml.safe_dump({"use_cases": ZOO}, sort_keys=False))
     run = mmp("run", "--config", str(config), home=home)
@@ -306,6 +377,8 @@ def test_the_zoo_runs_by_configuration_alone(zoo):
         "counts",
         "eu_export",
         "serial_days",
+        "churn",
+        "alarms",
     ):
         assert published_keys(zoo, use_case), f"{use_case} published nothing\n{out[-3000:]}"
 
@@ -454,3 +527,33 @@ def test_a_period_index_is_published_as_a_number_not_as_a_timestamp(zoo):
     )
     # the last 3 days are the holdout, the next 3 the forecast; no period became a time of 1970
     assert rows == [("forecast", 45_352, 45_354, 0), ("holdout", 45_349, 45_351, 0)]
+
+
+def test_a_report_export_with_title_lines_and_text_classes_publishes_its_actual_classes(zoo):
+    """The churn report's title lines are skipped (and counted), its 'N/A' labels dropped and
+    counted, and every holdout row is published with its actual class next to the predicted one."""
+    rows = zoo.sql(
+        "SELECT predicted_label, actual_label, actual FROM predictions WHERE use_case = 'churn' AND kind = 'holdout'"
+    )
+    assert rows and all(r[1] in ("churned", "stayed") and r[0] in ("churned", "stayed") for r in rows), rows[:5]
+    assert all(r[2] is None for r in rows)  # a class is no number
+    agree = sum(r[0] == r[1] for r in rows) / len(rows)
+    accuracy = zoo.sql(
+        "SELECT avg(value) FROM key_metrics WHERE use_case = 'churn' AND metric = 'accuracy' "
+        "AND model_role = 'candidate'"
+    )[0][0]
+    assert abs(agree - accuracy) < 0.05, (agree, accuracy)  # what BI sees matches the reported metric
+    dropped = zoo.sql("SELECT sum(rows_dropped) FROM key_status WHERE use_case = 'churn' AND stage = 'raw'")[0][0]
+    assert dropped and dropped > 0  # the N/A labels
+    assert "1 file(s) with title lines above the header (2 line(s) skipped)" in zoo.run.stdout
+
+
+def test_text_true_false_anomaly_labels_are_scored_as_anomalies_not_as_text(zoo):
+    """'TRUE'/'FALSE' labels are 1/0 to the metrics: spikes this large are found, so F1 is far
+    above 0 (as text, no label ever equalled a prediction and F1 was undefined)."""
+    f1 = zoo.sql(
+        "SELECT min(value) FROM key_metrics WHERE use_case = 'alarms' AND metric = 'f1' AND model_role = 'candidate'"
+    )[0][0]
+    assert f1 is not None and f1 > 0.5, f1
+    labels = zoo.sql("SELECT DISTINCT actual_label FROM predictions WHERE use_case = 'alarms' AND kind = 'holdout'")
+    assert {r[0] for r in labels} <= {"0", "1"} and ("1",) in labels

@@ -287,6 +287,33 @@ def check_anomaly_labels(target: str, labels: pl.Series) -> None:
         )
 
 
+def anomaly_truth(labels: pl.Series) -> pl.Series:
+    """Text anomaly labels ('TRUE', ' false', '1.0') as 1 (an anomaly) and 0 (normal), which the
+    metrics compare with the detector's 1/0: text never equals a number. Numbers and booleans
+    already compare as 1/0 and are left as they are."""
+    if labels.dtype != pl.Utf8:
+        return labels
+    text = pl.col(labels.name).str.strip_chars().str.to_lowercase()
+    truth = (
+        pl.when(text.is_in(["1", "1.0", "true"]))
+        .then(pl.lit(1, pl.Int8))
+        .when(text.is_in(["0", "0.0", "false"]))
+        .then(pl.lit(0, pl.Int8))
+    )
+    return labels.to_frame().select(truth.alias(labels.name)).to_series()
+
+
+def label_text(values: pl.Series) -> pl.Series:
+    """Class labels as the text published (``predicted_label``, ``actual_label``): a whole float
+    as an integer (a Parquet export's 1.0 and a CSV's 1 are one class, '1'), text as it is."""
+    if values.dtype.is_float():
+        finite = values.is_finite().fill_null(False)
+        whole = finite & (values == values.round(0)).fill_null(False)
+        if bool(whole.eq(finite).all()):
+            return values.cast(pl.Int64, strict=False).cast(pl.Utf8)
+    return values.cast(pl.Utf8)
+
+
 def check_numeric_features(spec: UseCaseSpec, frame: pl.DataFrame) -> None:
     """A text value in a numeric feature is the user's to fix: say which column and show one."""
     for c in spec.features:
@@ -443,6 +470,7 @@ def prepare_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> TrainingSet
     check_numeric_features(spec, bronze)
     if y and spec.task == "anomaly":
         check_anomaly_labels(y, bronze[y])
+        bronze = bronze.with_columns(anomaly_truth(bronze[y]))
     null_features = [
         c for c in spec.features if bronze[c].cast(pl.Float64, strict=False).fill_nan(None).is_null().all()
     ]

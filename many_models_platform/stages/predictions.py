@@ -140,19 +140,26 @@ def _prediction_rows(spec: UseCaseSpec, model, features: list[str], rows: pl.Dat
         period, index = pl.Series([None] * rows.height), period.cast(pl.Int64)
     kinds = pl.Series([kind] * rows.height, dtype=pl.Utf8)
     out = pl.DataFrame({"period": period.cast(pl.Datetime("us")), "period_index": index, "kind": kinds})
+    nothing = pl.Series([None] * rows.height, dtype=pl.Utf8)
     if spec.task in ("forecast", "regression"):
         prediction = pl.Series(clip_predictions(spec, pred.astype(float)), dtype=pl.Float64)
-        label = pl.Series([None] * rows.height, dtype=pl.Utf8)
+        label = nothing
     elif spec.task == "anomaly":
-        prediction, label = pl.Series(anomaly_score(model, x), dtype=pl.Float64), pl.Series(pred.astype(str))
+        prediction, label = pl.Series(anomaly_score(model, x), dtype=pl.Float64), F.label_text(pl.Series(pred))
     else:
-        prediction, label = pl.Series([None] * rows.height, dtype=pl.Float64), pl.Series(pred.astype(str))
+        prediction, label = pl.Series([None] * rows.height, dtype=pl.Float64), F.label_text(pl.Series(pred))
     has_actual = kind != "forecast" and spec.target and spec.target in rows.columns
-    actual = rows[spec.target].cast(pl.Float64, strict=False) if has_actual else pl.Series([None] * rows.height)
+    truth = rows[spec.target] if has_actual else pl.Series(spec.target or "actual", [None] * rows.height)
+    if spec.task == "anomaly":  # 1 (an anomaly) or 0, as the predicted label
+        truth = F.anomaly_truth(truth)
+        truth = truth.cast(pl.Int8) if truth.dtype == pl.Boolean else truth
+    actual = truth.cast(pl.Float64, strict=False)
+    actual_label = F.label_text(truth) if spec.task in ("anomaly", "classification") else nothing
     return out.with_columns(
         prediction.alias("prediction"),
         label.cast(pl.Utf8).alias("predicted_label"),
         actual.cast(pl.Float64).alias("actual"),
+        actual_label.cast(pl.Utf8).alias("actual_label"),
         pl.lit(prod["name"]).alias("model_name"),
         pl.lit(prod["version"], dtype=pl.Int32).alias("model_version"),
     )

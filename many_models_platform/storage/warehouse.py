@@ -81,6 +81,7 @@ predictions = sa.Table(
     sa.Column("prediction", DOUBLE, nullable=True),
     sa.Column("predicted_label", Unicode(256), nullable=True),
     sa.Column("actual", DOUBLE, nullable=True),
+    sa.Column("actual_label", Unicode(256), nullable=True),  # classification/anomaly: the actual class
     sa.Column("model_name", Ascii(600), nullable=False),
     sa.Column("model_version", sa.Integer, nullable=False),
     sa.Column("dagster_run_id", Ascii(64), nullable=False),
@@ -197,7 +198,7 @@ key_columns = sa.Table(
 
 # The newest migration (migrations/versions/). Bump it with every new revision; a test checks
 # that it is Alembic's head. It only spares ensure_schema() the Alembic import when at head.
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 
 PER_KEY_TABLES = (predictions, key_metrics, key_status)
 HISTORY_TABLES = (promotion_history, run_summary)

@@ -11,6 +11,7 @@ select
     cast(prediction as {{ mmp_type_double() }}) as prediction,
     predicted_label,
     cast(actual as {{ mmp_type_double() }}) as actual,
+    actual_label,
     model_name,
     cast(model_version as {{ dbt.type_int() }}) as model_version,
     dagster_run_id,
