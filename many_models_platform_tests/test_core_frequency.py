@@ -34,6 +34,12 @@ def _months(start_year: int, n: int, every: int = 1) -> list[date]:
 SERIES = {
     "hourly": ([datetime(2025, 3, 1) + timedelta(hours=h) for h in range(N)], pl.Datetime("us")),
     "daily": ([date(2025, 3, 1) + timedelta(days=d) for d in range(N)], pl.Date),
+    "business_daily": (
+        pl.date_range(date(2025, 3, 3), date(2025, 5, 30), eager=True)
+        .filter(pl.date_range(date(2025, 3, 3), date(2025, 5, 30), eager=True).dt.weekday() <= 5)
+        .to_list()[:N],
+        pl.Date,
+    ),
     "weekly": ([date(2025, 3, 3) + timedelta(weeks=w) for w in range(N)], pl.Date),
     "monthly": (_months(2020, N), pl.Date),
     "quarterly": (_months(2010, N, every=3), pl.Date),
@@ -43,6 +49,7 @@ SERIES = {
 CALENDAR = {
     "hourly": {"cal_hour": lambda t: t.hour, "cal_dayofweek": lambda t: t.isoweekday()},
     "daily": {"cal_dayofweek": lambda t: t.isoweekday(), "cal_dayofyear": lambda t: t.timetuple().tm_yday},
+    "business_daily": {"cal_dayofweek": lambda t: t.isoweekday(), "cal_dayofyear": lambda t: t.timetuple().tm_yday},
     "weekly": {"cal_month": lambda t: t.month},
     "monthly": {"cal_month": lambda t: t.month},
     "quarterly": {"cal_quarter": lambda t: (t.month - 1) // 3 + 1},
@@ -189,6 +196,66 @@ def test_month_end_series_lag_by_calendar_month_and_forecast_on_month_ends():
     future = F.future_frame(spec, history, None, origin=ends[0])
     assert future["t"].to_list() == [date(2024, 1, 31), date(2024, 2, 29), date(2024, 3, 31)]
     assert future["lag_3"].to_list() == [133.0, 134.0, 135.0]
+
+
+def _business_days(start: date, n: int) -> list[date]:
+    days = pl.date_range(start, start + timedelta(days=2 * n), eager=True)
+    return days.filter(days.dt.weekday() <= 5).to_list()[:n]
+
+
+def test_business_day_series_lag_over_weekends_and_forecast_only_business_days():
+    """Trading days, a B2B order book: no Saturday or Sunday in weeks of daily values. Monday's
+    lag_3 is Wednesday's value (not an empty Friday-less weekend day), a 3-period holdout is the last three business
+    days, and the horizon after a Thursday is Friday, Monday, Tuesday, never a weekend."""
+    days = _business_days(date(2024, 1, 1), 59)  # Mon 2024-01-01 .. Thu 2024-03-21
+    assert days[-1] == date(2024, 3, 21)
+    history = pl.DataFrame({"t": days, "price": 1.0, "y": [float(i) for i in range(len(days))]})
+    spec = make_spec(
+        forecast_body(time_column="t", target="y", lags=[3, 5], holdout={"periods": 3}, horizon=3, min_rows=10)
+    )
+    prepared = F.prepare_training_set(spec, history)
+    ts = prepared.frame
+    assert prepared.frequency == "business_daily" and "irregular_gaps" not in prepared.info()
+    assert (ts["y"] - ts["lag_3"]).unique().to_list() == [3.0]  # Mondays included: no weekend in between
+    assert (ts["y"] - ts["lag_5"]).unique().to_list() == [5.0]  # a week back
+    assert prepared.drops == {"no lag history": 5}
+    assert ts.filter(pl.col(F.SPLIT) == F.HOLDOUT)["t"].to_list() == days[-3:]
+    assert ts[F.T_INDEX].to_list() == [float(i) for i in range(5, 59)]  # business days since the first
+    future = F.future_frame(spec, history, None, origin=days[0])
+    assert future["t"].to_list() == [date(2024, 3, 22), date(2024, 3, 25), date(2024, 3, 26)]
+    assert future["lag_3"].to_list() == [56.0, 57.0, 58.0]  # Tue, Wed, Thu before them
+    assert future[F.T_INDEX].to_list() == [59.0, 60.0, 61.0]
+    # the seasonal-naive baseline's season is a business week
+    assert F.season_length(prepared.frequency) == 5
+    # the same days with one Saturday are daily data with gaps, as before
+    odd = pl.concat([history, pl.DataFrame({"t": [date(2024, 1, 6)], "price": 1.0, "y": 0.5})]).sort("t")
+    assert F.prepare_training_set(spec, odd).frequency == "daily"
+    # declared, it is taken as it is
+    declared = make_spec(
+        forecast_body(
+            time_column="t",
+            target="y",
+            lags=[3],
+            horizon=3,
+            holdout={"periods": 3},
+            frequency="business_daily",
+            min_rows=2,
+        )
+    )
+    assert F.prepare_training_set(declared, history.head(8)).frequency == "business_daily"
+
+
+def test_a_statistical_forecaster_counts_business_days():
+    from many_models_platform.core import statistical
+
+    days = _business_days(date(2024, 1, 1), 40)
+    frame = pl.DataFrame({"t": days, "y": [float(i) for i in range(40)]})
+    period = F.FREQUENCY_PERIODS["business_daily"]
+    model = statistical.build("statsforecast.models.Naive", {}, "t", period, 5, 6)
+    model.fit(model.time_codes(frame), frame["y"].to_numpy())
+    assert model.filled_periods_ == 0  # weekends are no missing periods
+    ahead = pl.DataFrame({"t": [date(2024, 2, 26), date(2024, 2, 27)]})  # the two business days after Friday
+    assert model.predict(model.time_codes(ahead)).tolist() == [39.0, 39.0]
 
 
 def test_row_accounting_of_the_training_set():

@@ -163,6 +163,20 @@ def excel_serial_days(rng: np.random.Generator) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+def trading_days(rng: np.random.Generator) -> pl.DataFrame:
+    """Daily closing prices per ticker on trading days: no weekend, a market holiday (Good
+    Friday), ISO dates; a 'close' that follows its own last value (a random walk)."""
+    days = pl.date_range(date(2024, 1, 2), date(2024, 6, 28), eager=True)
+    days = days.filter((days.dt.weekday() <= 5) & (days != date(2024, 3, 29)))
+    rows = []
+    for ticker in ("ACME", "GLOBEX", "INITECH"):
+        close = float(rng.uniform(50, 150))
+        for day in days:
+            close += float(rng.normal(0, 1))
+            rows.append({"ticker": ticker, "date": day, "close": round(close, 2)})
+    return pl.DataFrame(rows)
+
+
 def churn_report(rng: np.random.Generator) -> bytes:
     """A CRM report export: two title lines above the header, text class labels with the
     report's own missing-value token, no time column."""
@@ -257,6 +271,9 @@ ZOO = {
         **forecast_case("landing/eu/*.csv", ["filiale"], "datum", "umsatz", features=["preis"], lags=[3]),
         "source": {"path": "landing/eu/*.csv", "csv": {"decimal_comma": True, "encoding": "cp1252"}},
     },
+    "stocks": forecast_case(
+        "landing/stocks/*.csv", ["ticker"], "date", "close", lags=[5], holdout={"periods": 5}, horizon=5
+    ),
     "churn": {
         "task": "classification",
         "source": {"path": "landing/churn/*.csv"},
@@ -329,6 +346,7 @@ def zoo(tmp_path_factory) -> Zoo:
         "dup": weekly_with_duplicates(rng),
         "counts": counts_near_zero(rng),
         "serial": excel_serial_days(rng),
+        "stocks": trading_days(rng),
     }
     for folder, frame in data.items():
         if folder == "dup":
@@ -379,6 +397,7 @@ def test_the_zoo_runs_by_configuration_alone(zoo):
         "serial_days",
         "churn",
         "alarms",
+        "stocks",
     ):
         assert published_keys(zoo, use_case), f"{use_case} published nothing\n{out[-3000:]}"
 
@@ -557,3 +576,22 @@ def test_text_true_false_anomaly_labels_are_scored_as_anomalies_not_as_text(zoo)
     assert f1 is not None and f1 > 0.5, f1
     labels = zoo.sql("SELECT DISTINCT actual_label FROM predictions WHERE use_case = 'alarms' AND kind = 'holdout'")
     assert {r[0] for r in labels} <= {"0", "1"} and ("1",) in labels
+
+
+def test_trading_days_forecast_business_days_not_weekends(zoo):
+    """A ticker's closes are business-day data: the horizon after Friday 2024-06-28 is the next
+    five weekdays, the holdout is the last five trading days, and lags skip weekends."""
+    periods = zoo.sql(
+        "SELECT DISTINCT CAST(period AS DATE) FROM predictions WHERE use_case = 'stocks' AND kind = 'forecast' "
+        "ORDER BY 1"
+    )
+    assert [p for (p,) in periods] == [date(2024, 7, d) for d in (1, 2, 3, 4, 5)]
+    holdout = zoo.sql(
+        "SELECT DISTINCT CAST(period AS DATE) FROM predictions WHERE use_case = 'stocks' AND kind = 'holdout' "
+        "ORDER BY 1"
+    )
+    assert [p for (p,) in holdout] == [date(2024, 6, d) for d in (24, 25, 26, 27, 28)]
+    # a lag of 5 periods drops the first five trading days and the one day whose lag falls on the
+    # holiday (Friday 5 April); as daily data every Thursday and Friday would have a weekend lag
+    dropped = zoo.sql("SELECT drop_detail FROM key_status WHERE use_case = 'stocks' AND stage = 'training_set'")
+    assert len(dropped) == 3 and all(d == "no lag history: 6" for (d,) in dropped), dropped

@@ -48,12 +48,13 @@ class KeyDataError(ValueError):
 @dataclass(frozen=True)
 class Period:
     """A series' period: whole calendar months (monthly, quarterly, yearly data), a fixed step
-    (hourly, daily, weekly), or an integer step of an integer time column (frequency 'period').
+    (hourly, daily, weekly), business days, or an integer step of an integer time column (frequency 'period').
     Lags and future periods move by periods, not by rows, so a missing week never shifts a lag."""
 
     months: int = 0
     step: dt.timedelta | None = None
     int_step: int = 0
+    business: bool = False  # one business day: Monday to Friday, a weekend is no period
 
     @property
     def frequency(self) -> str | None:
@@ -88,9 +89,11 @@ class Period:
         return f"{us // 86_400_000_000}d" if us % 86_400_000_000 == 0 else f"{us}us"
 
     def shift(self, t: pl.Expr, k: int) -> pl.Expr:
-        """``t`` moved by ``k`` periods (negative: back)."""
+        """``t`` moved by ``k`` periods (negative: back); by business days, Friday + 1 is Monday."""
         if self.int_step:
             return t + k * self.int_step
+        if self.business:  # a stray weekend value counts from the Friday before it
+            return t.dt.add_business_days(k, roll="backward")
         return t.dt.offset_by(self._offset(k))
 
     def lag_key(self, t: pl.Expr) -> pl.Expr:
@@ -107,6 +110,8 @@ class Period:
         """Periods since ``origin``: the trend feature."""
         if self.int_step:
             return ((t - origin) / self.int_step).round(0)
+        if self.business:
+            return pl.business_day_count(pl.lit(origin).cast(pl.Date), t.cast(pl.Date)).cast(pl.Float64)
         if self.months:
             months = (t.dt.year() * 12 + t.dt.month()) - (origin.year * 12 + origin.month)
             return (months / self.months).round(0)
@@ -125,6 +130,8 @@ class Period:
             distinct = times.drop_nulls().unique().sort()
             gaps = np.diff(pl.select(self.lag_key(pl.lit(distinct))).to_series().to_numpy())
             return int(np.count_nonzero(gaps % self.months) + np.count_nonzero(gaps == 0))
+        if self.business:  # every gap between weekdays is whole business days; a weekend value is not
+            return int((times.drop_nulls().unique().dt.weekday() > 5).sum())
         gaps = _gaps(times)
         step = self.int_step or round(self.step.total_seconds() * 1_000_000)
         return int(np.count_nonzero(gaps % step))
@@ -132,6 +139,8 @@ class Period:
     def describe(self) -> str:
         if self.int_step:
             return f"{self.int_step}"
+        if self.business:
+            return "1 business day"
         if self.months:
             return f"{self.months} month(s)"
         return _duration_text(self.step)
@@ -140,6 +149,7 @@ class Period:
 FREQUENCY_PERIODS: dict[str, Period] = {
     "hourly": Period(step=dt.timedelta(hours=1)),
     "daily": Period(step=dt.timedelta(days=1)),
+    "business_daily": Period(step=dt.timedelta(days=1), business=True),
     "weekly": Period(step=dt.timedelta(weeks=1)),
     "monthly": Period(months=1),
     "quarterly": Period(months=3),
@@ -176,11 +186,22 @@ def infer_period(times: pl.Series) -> Period | None:
     step = int(values[counts.argmax()])  # argmax: the first, so the smallest of the most common
     if times.dtype.is_integer():
         return Period(int_step=step)
+    if step == 86_400_000_000 and _weekdays_only(times):
+        return FREQUENCY_PERIODS["business_daily"]
     days = step / 86_400_000_000
     for months, (lo, hi) in {1: (28, 31), 3: (89, 92), 12: (365, 366)}.items():
         if lo <= days <= hi:
             return Period(months=months)
     return Period(step=dt.timedelta(microseconds=step))
+
+
+def _weekdays_only(times: pl.Series) -> bool:
+    """Daily values over two weeks or more, none on a Saturday or Sunday: business days (trading
+    days, a B2B order book), whose Monday follows the Friday before it."""
+    days = times.drop_nulls().unique()
+    if days.len() < 10 or (days.max() - days.min()) < dt.timedelta(days=14):
+        return False
+    return bool((days.dt.weekday() <= 5).all())
 
 
 def _mostly_irregular(period: Period, times: pl.Series) -> bool:
@@ -211,7 +232,7 @@ def key_period(spec: UseCaseSpec, times: pl.Series) -> Period | None:
         if not integer:
             raise KeyDataError(
                 f"frequency 'period' is for an integer time column, but {t!r} holds {dtype}; "
-                "use hourly, daily, weekly, monthly, quarterly or yearly"
+                "use hourly, daily, business_daily, weekly, monthly, quarterly or yearly"
             )
         return infer_period(times) or Period(int_step=1)
     if declared:

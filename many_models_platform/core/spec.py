@@ -32,7 +32,7 @@ MetricName = Literal[
     "flag_rate",
     "score_stability",
 ]
-Frequency = Literal["hourly", "daily", "weekly", "monthly", "quarterly", "yearly", "period"]
+Frequency = Literal["hourly", "daily", "business_daily", "weekly", "monthly", "quarterly", "yearly", "period"]
 DuplicatePolicy = Literal["keep", "last", "first", "sum", "mean", "error"]
 CalendarFeature = Literal["hour", "dayofweek", "dayofyear", "month", "quarter"]
 
@@ -49,6 +49,7 @@ TASK_METRICS: dict[str, frozenset[str]] = {
 CALENDAR_DEFAULTS: dict[str, tuple[str, ...]] = {
     "hourly": ("hour", "dayofweek"),
     "daily": ("dayofweek", "dayofyear"),
+    "business_daily": ("dayofweek", "dayofyear"),
     "weekly": ("month",),
     "monthly": ("month",),
     "quarterly": ("quarter",),
@@ -57,7 +58,14 @@ CALENDAR_DEFAULTS: dict[str, tuple[str, ...]] = {
 }
 # Periods in one season, per frequency: the seasonal-naive baseline, the MASE scale and the
 # default ``season_length`` of a statistical candidate. 1 (no season) when unknown.
-SEASON_LENGTHS: dict[str, int] = {"hourly": 24, "daily": 7, "weekly": 52, "monthly": 12, "quarterly": 4}
+SEASON_LENGTHS: dict[str, int] = {
+    "hourly": 24,
+    "daily": 7,
+    "business_daily": 5,
+    "weekly": 52,
+    "monthly": 12,
+    "quarterly": 4,
+}
 # Statistical forecasters are named by this import-path prefix and wrapped by core.statistical.
 STATISTICAL_PREFIX = "statsforecast.models."
 

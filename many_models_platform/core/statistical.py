@@ -33,8 +33,9 @@ class StatisticalForecaster(RegressorMixin, BaseEstimator):
 
     ``model``: the import path (``statsforecast.models.AutoETS``); ``params``: its constructor
     arguments; ``time_column``: the column whose values place rows in time; ``months`` /
-    ``step_us`` / ``int_step``: the key's period (calendar months, a fixed step in microseconds,
-    or an integer period step); ``cache_periods``: how many periods ahead are forecast at fit.
+    ``step_us`` / ``int_step`` / ``business_days``: the key's period (calendar months, a fixed step
+    in microseconds, an integer period step, or business days); ``cache_periods``: how many periods
+    ahead are forecast at fit.
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class StatisticalForecaster(RegressorMixin, BaseEstimator):
         step_us: int = 0,
         int_step: int = 0,
         cache_periods: int = 16,
+        business_days: bool = False,
     ):
         self.model = model
         self.params = params
@@ -54,6 +56,7 @@ class StatisticalForecaster(RegressorMixin, BaseEstimator):
         self.step_us = step_us
         self.int_step = int_step
         self.cache_periods = cache_periods
+        self.business_days = business_days
 
     # --- time ----------------------------------------------------------------------------------
     def time_codes(self, frame: pl.DataFrame) -> np.ndarray:
@@ -64,12 +67,14 @@ class StatisticalForecaster(RegressorMixin, BaseEstimator):
             return (t.dt.year().cast(pl.Int64) * 12 + t.dt.month().cast(pl.Int64)).to_numpy()
         if self.int_step:
             return t.cast(pl.Int64).to_numpy()
+        if getattr(self, "business_days", False):  # business days since 1970 (a model saved before: none)
+            return np.busday_count(np.datetime64("1970-01-01"), t.cast(pl.Date).to_numpy(), weekmask="1111100")
         if t.dtype == pl.Date:
             return t.cast(pl.Int64).to_numpy() * 86_400_000_000
         return t.dt.epoch("us").to_numpy()
 
     def _unit(self) -> int:
-        return self.months or self.int_step or self.step_us
+        return self.months or self.int_step or (1 if getattr(self, "business_days", False) else self.step_us)
 
     def _positions(self, codes: np.ndarray, last: int) -> np.ndarray:
         """Periods after ``last`` (0 = the last fitted period, negative = inside the fit)."""
@@ -152,4 +157,5 @@ def build(path: str, params: dict[str, Any], time_column: str, period: Any, seas
         step_us=step_us,
         int_step=period.int_step,
         cache_periods=cache_periods,
+        business_days=period.business,
     )
