@@ -169,6 +169,76 @@ def test_iso_week_text_is_the_monday_of_that_week():
     assert p.bad.to_list() == [None, None, None, ingest.UNPARSEABLE_TIME, ingest.MISSING_TIME]
 
 
+def _parts_spec(parts: dict[str, str]):
+    body = regression_body(time_column="when", time_parts=parts, holdout={"fraction": 0.25})
+    return make_spec(body)
+
+
+def test_a_time_spread_over_year_month_day_hour_columns_is_one_time_column():
+    """Exports that give Year, Month (number or name), Day and Hour in columns of their own: the
+    parts make the time column, and are gone from bronze; a month 13 or a 'Foo' is an
+    unparseable time (its parts shown), a missing part a missing time."""
+    spec = _parts_spec({"year": "Year", "month": "Month", "day": "Day", "hour": "Hour"})
+    assert spec.landing_columns == ["segment", "Year", "Month", "Day", "Hour", "x1", "x2", "y"]
+    frame = pl.DataFrame(
+        {
+            "segment": ["a"] * 6,
+            "Year": [2013, 2013, 2013, 2013, 2013, None],
+            "Month": ["3", "Mar", "March", "13", "3", "3"],
+            "Day": [1, 1, 2, 1, 31, 1],
+            "Hour": [0, 23, 7, 1, 2, 3],
+            "x1": [1.0] * 6,
+            "x2": [2.0] * 6,
+            "y": [1.0] * 6,
+        }
+    )
+    out, kind = normalise_file(frame, spec)
+    assert kind == "datetime" and "Year" not in out.columns and "Month" not in out.columns
+    assert out["when"].to_list() == [
+        dt.datetime(2013, 3, 1, 0),
+        dt.datetime(2013, 3, 1, 23),
+        dt.datetime(2013, 3, 2, 7),
+        None,
+        dt.datetime(2013, 3, 31, 2),
+        None,
+    ]
+    assert out[ingest.DROP].to_list() == [None, None, None, ingest.UNPARSEABLE_TIME, None, ingest.MISSING_TIME]
+
+
+def test_year_with_month_quarter_or_week_columns():
+    def times(parts: dict[str, str], **columns) -> list:
+        n = len(next(iter(columns.values())))
+        frame = pl.DataFrame({"segment": ["a"] * n, **columns, "x1": [1.0] * n, "x2": [1.0] * n, "y": [1.0] * n})
+        return normalise_file(frame, _parts_spec(parts))[0]["when"].to_list()
+
+    months = times({"year": "yr", "month": "mo"}, yr=["2020", "2020", "2021"], mo=["01", "dec", "2.0"])
+    assert months == [D(2020, 1, 1), D(2020, 12, 1), D(2021, 2, 1)]
+    quarters = times({"year": "yr", "quarter": "q"}, yr=[2020, 2020], q=["Q1", "4"])
+    assert quarters == [D(2020, 1, 1), D(2020, 10, 1)]
+    weeks = times({"year": "yr", "week": "wk"}, yr=[2024, 2024], wk=["5", "W01"])
+    assert weeks == [D(2024, 1, 29), D(2024, 1, 1)]
+    minutes = times(
+        {"year": "y4", "month": "m", "day": "d", "hour": "h", "minute": "mi"}, y4=[2024], m=[2], d=[29], h=[9], mi=[5]
+    )
+    assert minutes == [dt.datetime(2024, 2, 29, 9, 5)]
+
+
+@pytest.mark.parametrize(
+    "parts, error",
+    [
+        ({"month": "m", "day": "d"}, r"make no time; use one of: year\+quarter"),
+        ({"year": "y", "day": "d"}, "make no time"),
+        ({"year": "x1", "month": "m"}, "also key, feature or target"),
+        ({"year": "m", "month": "m"}, "names a column twice"),
+    ],
+)
+def test_time_parts_that_make_no_time_are_a_configuration_error(parts, error):
+    with pytest.raises(ValueError, match=error):
+        _parts_spec(parts)
+    with pytest.raises(ValueError, match="exclude each other"):
+        make_spec(regression_body(time_column="t", time_parts={"year": "y", "month": "m"}, time_format="%Y"))
+
+
 # --- one file's columns and row reasons -----------------------------------------------------
 def test_keys_and_categoricals_become_text_and_bad_targets_are_marked():
     spec = make_spec(regression_body(categorical_features=["day"]))

@@ -177,6 +177,23 @@ def trading_days(rng: np.random.Generator) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+def air_quality(rng: np.random.Generator) -> pl.DataFrame:
+    """Hourly readings per station with the time in four columns (year, month, day, hour), as
+    the Beijing multi-site air-quality export has it, and 'NA' where the sensor gave nothing."""
+    rows = []
+    start = datetime(2013, 3, 1)
+    for s, station in enumerate(("Aotizhongxin", "Changping", "Dingling")):
+        for h in range(24 * 20):
+            t = start + timedelta(hours=h)
+            level = 80 + 20 * s + 30 * np.sin(2 * np.pi * t.hour / 24) + rng.normal(0, 5)
+            pm = "NA" if rng.random() < 0.02 else f"{level:.1f}"
+            rows.append(
+                {"No": h + 1, "year": t.year, "month": t.month, "day": t.day, "hour": t.hour, "PM2.5": pm}
+                | {"TEMP": round(float(rng.normal(10, 3)), 1), "station": station}
+            )
+    return pl.DataFrame(rows)
+
+
 def churn_report(rng: np.random.Generator) -> bytes:
     """A CRM report export: two title lines above the header, text class labels with the
     report's own missing-value token, no time column."""
@@ -274,6 +291,13 @@ ZOO = {
     "stocks": forecast_case(
         "landing/stocks/*.csv", ["ticker"], "date", "close", lags=[5], holdout={"periods": 5}, horizon=5
     ),
+    "air": {
+        **forecast_case(
+            "landing/air/*.csv", ["station"], "hour_start", "PM2.5", lags=[6, 24], holdout={"periods": 6}, horizon=6
+        ),
+        "features": ["TEMP"],
+        "time_parts": {"year": "year", "month": "month", "day": "day", "hour": "hour"},
+    },
     "churn": {
         "task": "classification",
         "source": {"path": "landing/churn/*.csv"},
@@ -347,6 +371,7 @@ def zoo(tmp_path_factory) -> Zoo:
         "counts": counts_near_zero(rng),
         "serial": excel_serial_days(rng),
         "stocks": trading_days(rng),
+        "air": air_quality(rng),
     }
     for folder, frame in data.items():
         if folder == "dup":
@@ -398,6 +423,7 @@ def test_the_zoo_runs_by_configuration_alone(zoo):
         "churn",
         "alarms",
         "stocks",
+        "air",
     ):
         assert published_keys(zoo, use_case), f"{use_case} published nothing\n{out[-3000:]}"
 
@@ -595,3 +621,15 @@ def test_trading_days_forecast_business_days_not_weekends(zoo):
     # holiday (Friday 5 April); as daily data every Thursday and Friday would have a weekend lag
     dropped = zoo.sql("SELECT drop_detail FROM key_status WHERE use_case = 'stocks' AND stage = 'training_set'")
     assert len(dropped) == 3 and all(d == "no lag history: 6" for (d,) in dropped), dropped
+
+
+def test_a_time_in_year_month_day_hour_columns_forecasts_hourly(zoo):
+    """The four time columns make one hourly time: the forecast is the six hours after the last
+    reading (2013-03-20 23:00), the NA readings are dropped and counted."""
+    periods = zoo.sql("SELECT DISTINCT period FROM predictions WHERE use_case = 'air' AND kind = 'forecast' ORDER BY 1")
+    assert [p for (p,) in periods] == [datetime(2013, 3, 21, h) for h in range(6)]
+    bronze = zoo.bronze("air")
+    assert "hour_start" in bronze.columns and not {"year", "month", "day", "hour"} & set(bronze.columns)
+    na = (zoo.data["air"]["PM2.5"] == "NA").sum()
+    dropped = zoo.sql("SELECT sum(rows_dropped) FROM key_status WHERE use_case = 'air' AND stage = 'raw'")[0][0]
+    assert na > 0 and dropped == na

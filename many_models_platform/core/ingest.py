@@ -500,8 +500,69 @@ def _number_hint(examples: Sequence[str], decimal_comma: bool) -> str:
 
 
 def required_columns(spec: UseCaseSpec, scoring: bool) -> list[str]:
-    """Columns a landing file must hold: all inputs, except the target in a scoring source."""
-    return [c for c in spec.input_columns if not (scoring and c == spec.target)]
+    """Columns a landing file must hold: all inputs (a time's parts in place of the time),
+    except the target in a scoring source."""
+    return [c for c in spec.landing_columns if not (scoring and c == spec.target)]
+
+
+_MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+_MONTH_NAMES = {m: i for i, m in enumerate(_MONTHS, 1)}
+_PART_RANGES = {
+    "quarter": (1, 4),
+    "month": (1, 12),
+    "week": (1, 53),
+    "day": (1, 31),
+    "hour": (0, 23),
+    "minute": (0, 59),
+}
+
+
+def _time_part(part: str, column: str) -> tuple[pl.Expr, pl.Expr]:
+    """(the part as a number, or null; whether the row holds a value for it). Month names and
+    abbreviations (``Jan``, ``January``), ``Q1`` and ``W05`` read as their numbers, ``1.0`` as 1."""
+    text = pl.col(column).cast(pl.Utf8).str.strip_chars()
+    digits = text.str.replace(r"^[QqWw]", "").str.replace(r"\.0+$", "")
+    value = digits.cast(pl.Int64, strict=False)
+    if part == "month":
+        name = text.str.to_lowercase().str.slice(0, 3).replace_strict(_MONTH_NAMES, default=None, return_dtype=pl.Int64)
+        value = pl.coalesce(value, name)
+    if part in _PART_RANGES:
+        low, high = _PART_RANGES[part]
+        value = pl.when(value.is_between(low, high)).then(value)
+    return value, is_written(text)
+
+
+def compose_time(data: pl.LazyFrame | pl.DataFrame, spec: UseCaseSpec) -> pl.LazyFrame | pl.DataFrame:
+    """``time_column`` made of the time's part columns (``time_parts``) as text the time rule
+    reads (``2024-03``, ``2024Q1``, ``2024-W05``, ``2024-03-05 07:30``), the part columns
+    dropped. A row with a part that is written but no such part (month 13, ``Foo``) gets text
+    naming its parts, which no layout reads: an unparseable time, dropped and counted; a row
+    with a part missing gets no time."""
+    parts = spec.time_parts
+    if not parts:
+        return data
+    read = {p: _time_part(p, c) for p, c in parts.items()}
+    num = {p: v for p, (v, _) in read.items()}
+
+    def two(p: str) -> pl.Expr:
+        return num[p].cast(pl.Utf8).str.zfill(2)
+
+    if "quarter" in parts:
+        text = pl.format("{}Q{}", num["year"], num["quarter"])
+    elif "week" in parts:
+        text = pl.format("{}-W{}", num["year"], two("week"))
+    elif "day" not in parts:
+        text = pl.format("{}-{}", num["year"], two("month"))
+    else:
+        text = pl.format("{}-{}-{}", num["year"], two("month"), two("day"))
+        if "hour" in parts:
+            text = pl.format("{} {}:{}", text, two("hour"), two("minute") if "minute" in parts else pl.lit("00"))
+    bad = pl.any_horizontal([written & num[p].is_null() for p, (_, written) in read.items()])
+    shown = pl.concat_str([pl.format(f"{p}={{}}", pl.col(c).cast(pl.Utf8)) for p, c in parts.items()], separator=" ")
+    missing = pl.any_horizontal([~written for _, written in read.values()])
+    time = pl.when(bad).then(shown).when(missing).then(pl.lit(None, pl.Utf8)).otherwise(text)
+    drop = [c for c in parts.values() if c != spec.time_column]
+    return data.with_columns(time.alias(spec.time_column)).drop(drop)
 
 
 @dataclass(frozen=True)
@@ -540,6 +601,9 @@ def file_rules(
     missing = [c for c in required_columns(spec, scoring) if c not in schema]
     if missing:
         raise FileRejected(f"missing required column(s) {missing}")
+    if spec.time_parts:
+        data = compose_time(data, spec)
+        schema = data.collect_schema()
     decimal_comma = _decimal_comma(spec, scoring)
     asks: dict[str, pl.Expr] = {}
     numeric_text = [c for c in spec.features if schema.get(c) == pl.Utf8]
@@ -597,6 +661,7 @@ def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, 
     Key and categorical columns become text as they are; the target becomes Float64 for
     forecasts and regressions.
     """
+    frame = compose_time(frame, spec)
     frame = frame.select([c for c in spec.input_columns if c in frame.columns])
     frame = frame.with_columns(
         *key_values(spec.keys, frame.schema, rules.float_keys),

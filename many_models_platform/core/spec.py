@@ -11,7 +11,7 @@ import importlib
 import inspect
 from functools import cache, cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -35,6 +35,16 @@ MetricName = Literal[
 Frequency = Literal["hourly", "daily", "business_daily", "weekly", "monthly", "quarterly", "yearly", "period"]
 DuplicatePolicy = Literal["keep", "last", "first", "sum", "mean", "error"]
 CalendarFeature = Literal["hour", "dayofweek", "dayofyear", "month", "quarter"]
+TimePart = Literal["year", "quarter", "month", "week", "day", "hour", "minute"]
+# The sets of parts that make a time, each from a year down (docs/use-cases.md#time-from-several-columns).
+TIME_PART_SETS: tuple[frozenset[str], ...] = (
+    frozenset({"year", "quarter"}),
+    frozenset({"year", "week"}),
+    frozenset({"year", "month"}),
+    frozenset({"year", "month", "day"}),
+    frozenset({"year", "month", "day", "hour"}),
+    frozenset({"year", "month", "day", "hour", "minute"}),
+)
 
 LOWER_IS_BETTER: frozenset[str] = frozenset({"mape", "rmse", "mae", "wape", "smape", "mase"})
 # Metrics of an anomaly use case without labels: they describe a detector, they do not rank it.
@@ -474,6 +484,9 @@ class UseCaseSpec(_Strict):
     # strftime format of a text (or integer) time column, e.g. "%y" for two-digit years;
     # without it ISO-8601 text, dates, datetimes and integer years are recognised.
     time_format: str | None = None
+    # A time spread over several landing columns (Year, Month, Day, Hour): part -> column. The
+    # parts make ``time_column``, a column of bronze, not of the landing files.
+    time_parts: dict[TimePart, str] | None = None
     # Spacing of the time column; inferred per key when absent (docs/use-cases.md#time-columns).
     frequency: Frequency | None = None
     target: str | None = None
@@ -534,6 +547,8 @@ class UseCaseSpec(_Strict):
             raise ValueError("'time_format' needs a 'time_column'")
         if self.frequency and not self.time_column:
             raise ValueError("'frequency' needs a 'time_column'")
+        if self.time_parts is not None:
+            self._check_time_parts()
         if self.duplicates in ("sum", "mean") and self.task in ("classification", "anomaly") and self.target:
             raise ValueError(f"duplicates: {self.duplicates!r} cannot aggregate the labels of task {self.task!r}")
         if self.task == "forecast" and self.duplicates == "keep":
@@ -723,7 +738,7 @@ class UseCaseSpec(_Strict):
 
     @cached_property
     def input_columns(self) -> list[str]:
-        """Columns a landing file must provide."""
+        """Columns of a key's rows in bronze: keys, time, features, target."""
         cols = [*self.keys]
         if self.time_column:
             cols.append(self.time_column)
@@ -731,6 +746,31 @@ class UseCaseSpec(_Strict):
         if self.target:
             cols.append(self.target)
         return list(dict.fromkeys(cols))
+
+    @property
+    def landing_columns(self) -> list[str]:
+        """Columns a landing file must provide: the input columns, with the time's part columns
+        in place of ``time_column`` when the time is spread over several."""
+        if not self.time_parts:
+            return self.input_columns
+        parts = list(self.time_parts.values())
+        return list(dict.fromkeys(p for c in self.input_columns for p in (parts if c == self.time_column else [c])))
+
+    def _check_time_parts(self) -> None:
+        parts = self.time_parts or {}
+        if not self.time_column:
+            raise ValueError("'time_parts' needs a 'time_column': the name of the time the parts make")
+        if self.time_format:
+            raise ValueError("'time_parts' and 'time_format' exclude each other: the parts are read as numbers")
+        if frozenset(parts) not in TIME_PART_SETS:
+            sets = ", ".join("+".join(sorted(s, key=list(get_args(TimePart)).index)) for s in TIME_PART_SETS)
+            raise ValueError(f"'time_parts' {sorted(parts)} make no time; use one of: {sets}")
+        columns = list(parts.values())
+        if len(set(columns)) != len(columns):
+            raise ValueError(f"'time_parts' names a column twice: {columns}")
+        taken = sorted(set(columns) & {*self.keys, *self.features, *self.categorical_features, self.target})
+        if taken:
+            raise ValueError(f"time part column(s) {taken} are also key, feature or target columns")
 
 
 class RunSettings(_Strict):

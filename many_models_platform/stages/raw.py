@@ -182,7 +182,7 @@ def file_id(name: str) -> str:
 def reading_settings(spec: UseCaseSpec) -> str:
     """Everything that decides whether a file can be read; a change re-reads rejected files."""
     fields = spec.model_dump(
-        include={"task", "source", "scoring_source", "keys", "time_column", "time_format", "frequency"}
+        include={"task", "source", "scoring_source", "keys", "time_column", "time_format", "time_parts", "frequency"}
         | {"target", "features", "categorical_features"}
     )
     blob = json.dumps({"spec": fields, "reader": READER_VERSION}, sort_keys=True, default=str)
@@ -281,7 +281,8 @@ def _spill_file(
     file, and the rows come out the same. A CSV column whose values stop fitting the type of its
     first 10,000 rows is read again as text (``LateColumnType``). Raises FileRejected, or OSError
     to be tried again."""
-    text_columns = [*spec.keys, *spec.categorical_features] + ([spec.time_column] if spec.time_column else [])
+    time_columns = list(spec.time_parts.values()) if spec.time_parts else [spec.time_column] if spec.time_column else []
+    text_columns = [*spec.keys, *spec.categorical_features, *time_columns]
     while True:
         try:
             return _read_file(spec, lake, spill, listed, (index, source_bytes), text_columns, scoring, prefer)
@@ -327,7 +328,7 @@ def _read_file(
             frame = lake.read_table(
                 path,
                 source.file_format,
-                spec.input_columns,
+                spec.landing_columns,
                 text_columns,
                 size=listed.size,
                 layout_seen=layouts,
@@ -346,7 +347,7 @@ def _read_file(
         return out
     try:
         with lake.open_table(
-            path, source.file_format, spec.input_columns, text_columns, spill.folder / "landing", **options
+            path, source.file_format, spec.landing_columns, text_columns, spill.folder / "landing", **options
         ) as table:
             try:
                 rules = core_ingest.file_rules(table.data, spec, scoring=scoring, prefer=prefer)
