@@ -162,6 +162,28 @@ def test_month_and_quarter_text_is_the_first_day_of_that_period():
         parsed(["2020-Q1", "2020-Q2"], time_format="%Y-Q%q")
 
 
+def test_month_names_with_a_year_are_the_first_day_of_that_month():
+    """Excel's mmm-yy (Mar-24), report headers' 'January 2024', '2024-Jan': months without a
+    time_format; a two-digit year never lands in the future; a word that is no month is an
+    unparseable value, not a guess."""
+    p = parsed(
+        ["Jan 2024", "February-2024", "Mar-24", "2024-Apr", "2024 May", "Sept 2024", "Dec-99", "Janx 2024", None]
+    )
+    assert p.kind == "date"
+    assert p.values.to_list() == [
+        D(2024, 1, 1),
+        D(2024, 2, 1),
+        D(2024, 3, 1),
+        D(2024, 4, 1),
+        D(2024, 5, 1),
+        D(2024, 9, 1),
+        D(1999, 12, 1),
+        None,
+        None,
+    ]
+    assert p.bad.to_list()[-2:] == [ingest.UNPARSEABLE_TIME, ingest.MISSING_TIME]
+
+
 def test_iso_week_text_is_the_monday_of_that_week():
     p = parsed(["2024-W05", "2024W01", "2020-W53", "2021-W53", None])
     assert p.kind == "date"

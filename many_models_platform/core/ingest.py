@@ -258,7 +258,9 @@ def _choose(
         return reading("typed", "dates")
     if "format" in r.reads:
         return reading("format", f"in time_format {time_format!r}")
-    expected = "ISO-8601 dates or datetimes, weeks (2024-W05), months (2024-01), quarters (2024Q1) or integers"
+    expected = (
+        "ISO-8601 dates or datetimes, weeks (2024-W05), months (2024-01, Jan 2024), quarters (2024Q1) or integers"
+    )
     if "date" in r.reads:  # text
         if n["date"] == present:
             return reading("date", expected)
@@ -267,6 +269,12 @@ def _choose(
     return reading(*_integers(n, r.column, frequency, prefer))
 
 
+_MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+_MONTH_NAMES = {m: i for i, m in enumerate(_MONTHS, 1)}
+_MONTH_FULL = [
+    *("january", "february", "march", "april", "may", "june", "july", "august"),
+    *("september", "october", "november", "december", "sept"),
+]
 _MONTH = r"^(\d{4})[-/](\d{1,2})$"  # 2024-01, 2024/1: the first day of that month
 _QUARTER = r"^(\d{4})\s*-?\s*[Qq](\d)$"  # 2024Q1, 2024-Q1, 2024 q1: the first day of that quarter
 _QUARTER_FIRST = r"^[Qq](\d)\s*[-/ ]?\s*(\d{4})$"  # Q1 2024, Q1-2024
@@ -276,6 +284,24 @@ def _months(text: pl.Expr) -> pl.Expr:
     parts = text.str.extract_groups(_MONTH)
     year, month = parts.struct.field("1").cast(pl.Int32), parts.struct.field("2").cast(pl.Int32)
     return pl.when(month.is_between(1, 12)).then(pl.date(year, month, 1))
+
+
+_MONTH_NAME = r"^([A-Za-z]{3,9})\.?[-\s/']?\s*(\d{4}|\d{2})$"  # Jan 2024, January-2024, Jan-24 (Excel's mmm-yy)
+_MONTH_NAME_LAST = r"^(\d{4})[-\s/]\s*([A-Za-z]{3,9})$"  # 2024-Jan, 2024 January
+
+
+def _month_names(text: pl.Expr) -> pl.Expr:
+    """English month names or abbreviations with a year: the first day of that month. A two-digit
+    year never lands in the future, as with ``%y`` (``Mar-24`` is 2024, ``Dec-99`` 1999)."""
+    first, last = text.str.extract_groups(_MONTH_NAME), text.str.extract_groups(_MONTH_NAME_LAST)
+    name = pl.coalesce(first.struct.field("1"), last.struct.field("2")).str.to_lowercase()
+    year = pl.coalesce(first.struct.field("2"), last.struct.field("1"))
+    two_digits = year.str.len_chars() == 2
+    number = year.cast(pl.Int32) + pl.when(two_digits).then(2000).otherwise(0)
+    month = name.str.slice(0, 3).replace_strict(_MONTH_NAMES, default=None, return_dtype=pl.Int32)
+    full = pl.lit(_MONTH_FULL).list.contains(name) | (name.str.len_chars() == 3)  # "Janx" is no month
+    day = pl.date(number, month, 1)
+    return pl.when(month.is_not_null() & full).then(pl.when(two_digits).then(_past_century(day)).otherwise(day))
 
 
 def _quarters(text: pl.Expr) -> pl.Expr:
@@ -290,6 +316,7 @@ def _quarters(text: pl.Expr) -> pl.Expr:
 _TEXT_PERIODS = (
     ("ISO weeks (YYYY-Www)", _ISO_WEEK, _iso_weeks),
     ("months (YYYY-MM)", _MONTH, _months),
+    ("months (Jan 2024)", f"{_MONTH_NAME}|{_MONTH_NAME_LAST}", _month_names),
     ("quarters (YYYY-Qn)", f"{_QUARTER}|{_QUARTER_FIRST}", _quarters),
 )
 
@@ -505,8 +532,6 @@ def required_columns(spec: UseCaseSpec, scoring: bool) -> list[str]:
     return [c for c in spec.landing_columns if not (scoring and c == spec.target)]
 
 
-_MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
-_MONTH_NAMES = {m: i for i, m in enumerate(_MONTHS, 1)}
 _PART_RANGES = {
     "quarter": (1, 4),
     "month": (1, 12),
