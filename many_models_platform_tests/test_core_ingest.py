@@ -310,6 +310,19 @@ def test_numbers_written_as_text_with_thousands_separators_or_a_decimal_comma():
         None,
         None,
     ]
+    money = pl.Series(["$1,234.50", "-$12", "12%", " 3.5 % ", "(1,234.50)", "€ 7", "7 £", "$", "12 kg%", "(x)"])
+    assert pl.select(ingest.to_number(pl.lit(money))).to_series().to_list() == [
+        1234.5,
+        -12.0,
+        12.0,
+        3.5,
+        -1234.5,
+        7.0,
+        7.0,
+        None,
+        None,
+        None,
+    ]
     european = pl.Series(["1.234,5", "3,5", "7", "1,234.5"])
     assert pl.select(ingest.to_number(pl.lit(european), decimal_comma=True)).to_series().to_list() == [
         1234.5,
@@ -317,6 +330,9 @@ def test_numbers_written_as_text_with_thousands_separators_or_a_decimal_comma():
         7.0,
         None,
     ]
+    assert pl.select(
+        ingest.to_number(pl.lit(pl.Series(["1.234,50 €", "12,5%"])), decimal_comma=True)
+    ).to_series().to_list() == [1234.5, 12.5]
 
 
 def test_a_target_that_is_mostly_text_rejects_the_file_with_what_to_set():

@@ -501,10 +501,20 @@ def is_written(values: pl.Expr, dtype: pl.DataType = pl.Utf8) -> pl.Expr:
     return values.is_not_null() & ~values.str.strip_chars().str.to_lowercase().is_in(MISSING_TOKENS)
 
 
+_ACCOUNTING_NEGATIVE = r"^\((.*)\)$"  # (1,234.50): -1234.5, as accounting exports write a loss
+_CURRENCY_FIRST = r"^([+-]?)\s*[$€£¥]\s*"  # $1,234.50, -$12, € 3,5
+_CURRENCY_OR_PERCENT_LAST = r"\s*[$€£¥%]$"  # 12 €, 12%
+
+
 def to_number(text: pl.Expr, decimal_comma: bool = False) -> pl.Expr:
     """Numbers written as text, as spreadsheets export them: ``1,234.5`` (or ``1.234,5`` and
-    ``3,5`` with a decimal comma) and surrounding spaces; anything else that is not a number is null."""
+    ``3,5`` with a decimal comma), surrounding spaces, a currency symbol ($ € £ ¥) before or
+    after, a percent sign (``12%`` is 12, the number written) and an accounting negative
+    (``(1,234.50)``); anything else that is not a number is null."""
     t = text.str.strip_chars()
+    negative = t.str.contains(_ACCOUNTING_NEGATIVE)
+    t = t.str.replace(_ACCOUNTING_NEGATIVE, "${1}").str.strip_chars()
+    t = t.str.replace(_CURRENCY_FIRST, "${1}").str.replace(_CURRENCY_OR_PERCENT_LAST, "")
     if decimal_comma:
         t = (
             pl.when(t.str.contains(_THOUSANDS_DC))
@@ -515,7 +525,8 @@ def to_number(text: pl.Expr, decimal_comma: bool = False) -> pl.Expr:
         )
     else:
         t = pl.when(t.str.contains(_THOUSANDS)).then(t.str.replace_all(",", "", literal=True)).otherwise(t)
-    return t.cast(pl.Float64, strict=False)
+    number = t.cast(pl.Float64, strict=False)
+    return pl.when(negative).then(-number.abs()).otherwise(number)
 
 
 def _number_hint(examples: Sequence[str], decimal_comma: bool) -> str:
