@@ -258,6 +258,23 @@ def test_a_statistical_forecaster_counts_business_days():
     assert model.predict(model.time_codes(ahead)).tolist() == [39.0, 39.0]
 
 
+def test_too_few_rows_says_what_took_them_and_when_times_are_off_the_grid():
+    """A key left with too few rows says which drops took them, and when times sit off the key's
+    grid (transactions at 08:26 in daily data have no value exactly 7 days back) what to declare."""
+    days = [datetime(2024, 1, 1) + timedelta(days=d) for d in range(30)]
+    times = [t + timedelta(hours=8, minutes=26) if i % 6 == 0 else t for i, t in enumerate(days)]
+    history = pl.DataFrame({"t": times, "price": 1.0, "y": [float(i) for i in range(30)]})
+    spec = make_spec(
+        forecast_body(time_column="t", target="y", lags=[7], holdout={"periods": 7}, horizon=7, min_rows=20)
+    )
+    with pytest.raises(F.KeyDataError) as err:
+        F.prepare_training_set(spec, history)
+    message = str(err.value)
+    assert message.startswith("too few rows after features and split:")
+    assert "rows dropped: no lag history" in message
+    assert "gap(s) between times are not whole periods of 1 day" in message and "declare 'frequency'" in message
+
+
 def test_row_accounting_of_the_training_set():
     weeks = [date(2024, 1, 1) + timedelta(weeks=w) for w in range(30)]
     quantity = [float(10 + w) for w in range(30)]

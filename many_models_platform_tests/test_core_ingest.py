@@ -184,6 +184,43 @@ def test_month_names_with_a_year_are_the_first_day_of_that_month():
     assert p.bad.to_list()[-2:] == [ingest.UNPARSEABLE_TIME, ingest.MISSING_TIME]
 
 
+def test_pandas_float_written_integer_times_in_a_csv_read_as_the_integers():
+    """A CSV year or Unix-time column with a gap is written by pandas as 1970.0: the docs' whole
+    floats, read as the integers, as from a Parquet float column."""
+    p = parsed(["1970.0", "1971.0", None, "1972.0"])
+    assert p.kind == "date" and p.values.to_list() == [D(1970, 1, 1), D(1971, 1, 1), None, D(1972, 1, 1)]
+    p = parsed(["1714521600000.0", "1714608000000.0", ""])
+    assert p.kind == "datetime" and p.values.to_list()[:2] == [dt.datetime(2024, 5, 1), dt.datetime(2024, 5, 2)]
+
+
+def test_days_written_with_a_utc_offset_at_local_midnight_stay_those_days():
+    """pandas writes a tz-aware daily index as '2024-03-31 00:00:00+02:00': in UTC that is the
+    evening before (and after a DST change an hour earlier still); as with tz-aware Parquet,
+    values that are all local midnight are the local dates. One time of day keeps datetimes."""
+    p = parsed(["2024-01-01 00:00:00+01:00", "2024-03-31 00:00:00+02:00", "2024-04-01T00:00Z", None])
+    assert p.kind == "date" and p.values.to_list() == [D(2024, 1, 1), D(2024, 3, 31), D(2024, 4, 1), None]
+    p = parsed(["2024-01-01 00:00:00+01:00", "2024-01-01 05:00:00+01:00"])
+    assert p.kind == "datetime" and p.values.to_list() == [dt.datetime(2023, 12, 31, 23), dt.datetime(2024, 1, 1, 4)]
+
+
+def test_a_named_period_index_like_m5s_d_1_is_a_period_index_never_years():
+    p = parsed(["d_1", "d_2", "d_1941", None])
+    assert p.kind == "period" and p.values.to_list() == [1, 2, 1941, None]
+    p = parsed(["d_1000", "d_1001"])  # a later file's slice: in the years' range, still periods
+    assert p.kind == "period" and p.values.to_list() == [1000, 1001]
+
+
+def test_a_declared_daily_or_hourly_frequency_floors_times_of_day_to_the_period():
+    """Transactions at 08:26 and 14:02 are one day's rows of a daily use case: floored to the
+    day, the duplicates policy adds them up (and counts the merge); undeclared, times stay."""
+    p = parsed(["12/1/2010 8:26", "12/1/2010 14:02"], time_format="%m/%d/%Y %H:%M", frequency="daily")
+    assert p.values.to_list() == [dt.datetime(2010, 12, 1)] * 2
+    p = parsed(["2010-12-01 08:26", "2010-12-01 09:59:59"], frequency="hourly")
+    assert p.values.to_list() == [dt.datetime(2010, 12, 1, 8), dt.datetime(2010, 12, 1, 9)]
+    p = parsed(["2010-12-01 08:26", "2010-12-01 09:59:59"])
+    assert p.values.to_list() == [dt.datetime(2010, 12, 1, 8, 26), dt.datetime(2010, 12, 1, 9, 59, 59)]
+
+
 def test_iso_week_text_is_the_monday_of_that_week():
     p = parsed(["2024-W05", "2024W01", "2020-W53", "2021-W53", None])
     assert p.kind == "date"
@@ -333,6 +370,13 @@ def test_numbers_written_as_text_with_thousands_separators_or_a_decimal_comma():
     assert pl.select(
         ingest.to_number(pl.lit(pl.Series(["1.234,50 €", "12,5%"])), decimal_comma=True)
     ).to_series().to_list() == [1234.5, 12.5]
+    spaced = pl.Series(["12\u202f035,88", "1 234 567,5", "12\u00a0035", "12 35,5"])  # fr/sv/pl exports
+    assert pl.select(ingest.to_number(pl.lit(spaced), decimal_comma=True)).to_series().to_list() == [
+        12035.88,
+        1234567.5,
+        12035.0,
+        None,
+    ]
 
 
 def test_a_target_that_is_mostly_text_rejects_the_file_with_what_to_set():

@@ -517,6 +517,7 @@ def prepare_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> TrainingSet
     if n_train < spec.min_rows or n_holdout == 0:
         raise KeyDataError(
             f"too few rows after features and split: {n_train} train, {n_holdout} holdout (min_rows {spec.min_rows})"
+            + _why_so_few(drops, period, bronze[t] if t else None)
         )
     if spec.task == "classification" and frame.filter(pl.col(SPLIT) == TRAIN)[y].n_unique() < 2:
         (only,) = frame.filter(pl.col(SPLIT) == TRAIN)[y].unique().to_list()
@@ -538,6 +539,23 @@ def prepare_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> TrainingSet
         frequency=frequency,
         irregular_gaps=period.irregular_gaps(bronze[t]) if period else 0,
     )
+
+
+def _why_so_few(drops: dict[str, int], period: Period | None, times: pl.Series | None) -> str:
+    """What took the rows (the drops), and times off the key's grid, which leave lags nothing
+    exactly k periods back (transactions at 08:26 in a daily use case)."""
+    out = ""
+    taken = {reason: n for reason, n in drops.items() if n}
+    if taken:
+        out += "; rows dropped: " + ", ".join(f"{reason} {n:,}" for reason, n in taken.items())
+    off = period.irregular_gaps(times) if period is not None and times is not None else 0
+    if off:
+        out += (
+            f"; {off:,} gap(s) between times are not whole periods of {period.describe()}: times off the "
+            "grid (a time of day in daily data) have no lag; declare 'frequency' to floor each time to "
+            "its period, with 'duplicates: sum' to add up a period's rows"
+        )
+    return out
 
 
 def build_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> pl.DataFrame:

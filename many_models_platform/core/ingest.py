@@ -197,7 +197,7 @@ def _readings(column: str, dtype: pl.DataType, time_format: str | None) -> _Read
     undecided: tuple[pl.Expr | None, tuple[pl.Expr, ...]] = (None, ())
     if ints is None:
         reads["date"] = (text.str.to_date("%Y-%m-%d", strict=False), "date")
-        ints = text.cast(pl.Int64, strict=False)
+        ints = text.str.replace(_FLOAT_INTEGER, "${1}").cast(pl.Int64, strict=False)  # 1970.0: pandas' ints with gaps
         spaced = text.str.replace("T", " ", literal=True)
         undecided = (text, tuple(_to_datetime(spaced, f) for f in (*_ISO_NAIVE, *_ISO_AWARE)))
     reads |= {
@@ -321,6 +321,14 @@ _TEXT_PERIODS = (
 )
 
 
+_LOCAL_MIDNIGHT = r"^\d{4}-\d{2}-\d{2}[T ]00:00(:00(\.0+)?)?\s*(Z|[+-]\d{2}(:?\d{2})?)$"  # 2024-03-31 00:00:00+02:00
+_PREFIXED_INDEX = r"^[A-Za-z]+_(\d{1,9})$"  # d_1: M5's day index
+
+
+def _prefixed(text: pl.Expr) -> pl.Expr:
+    return text.str.extract(_PREFIXED_INDEX, 1).cast(pl.Int64, strict=False)
+
+
 def _weeks_or_datetimes(
     data: pl.LazyFrame, r: _Readings, present: int, n_dates: int, expected: str
 ) -> tuple[pl.Expr, str, str, int]:
@@ -328,12 +336,18 @@ def _weeks_or_datetimes(
     when most values are, else ISO datetimes (with any dates among them), each layout counted
     in a pass of its own and only while some values are left unread, as parsing a layout costs
     about 0.35 µs a value."""
-    shapes = (r.text.str.contains(shape).sum().alias(str(i)) for i, (_, shape, _) in enumerate(_TEXT_PERIODS))
-    shaped = data.select(shapes).collect().row(0)
+    shapes = [r.text.str.contains(shape).sum().alias(str(i)) for i, (_, shape, _) in enumerate(_TEXT_PERIODS)]
+    shapes += [r.text.str.contains(_LOCAL_MIDNIGHT).sum().alias("local"), _prefixed(r.text).is_not_null().sum()]
+    *shaped, n_local, n_prefixed = data.select(shapes).collect().row(0)
     for (described, _, reading), n_shaped in zip(_TEXT_PERIODS, shaped, strict=True):
         if n_shaped * 2 > present:  # no other layout can read most values: this one, or a rejection naming it
             periods = reading(r.text)
             return periods, "date", described, data.select(periods.is_not_null().sum()).collect().item()
+    if n_prefixed * 2 > present:  # d_1 .. d_1941 (M5): a period index with a name, never years
+        return _prefixed(r.text), "period", "period indexes (d_1, t_12)", n_prefixed
+    if n_local == present:  # every value midnight where it was recorded: days, not the evening before in UTC
+        days = r.text.str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
+        return days, "date", "dates at local midnight", data.select(days.is_not_null().sum()).collect().item()
     dates = r.reads["date"][0]
     used, n_read = [dates.cast(pl.Datetime("us"))] if n_dates else [], n_dates
     for parsed in r.datetimes:
@@ -391,7 +405,15 @@ def time_rule(
             f"(e.g. {_examples(data, r.source, failed)}); {hint}"
         )
     _check_kind(column, kind, prefer)
+    if kind == "datetime" and frequency in _FLOORS:  # declared: a time of day below it is no other period
+        parsed = parsed.dt.truncate(_FLOORS[frequency])
     return TimeRule(kind, column, dtype, parsed.alias(column), r.source.is_not_null())
+
+
+# Declared frequencies whose period a datetime is floored to: invoices at 08:26 and 14:02 are
+# one day's rows of a daily use case (the duplicates policy then adds them up, or says so).
+# Weekly and longer periods are anchored by the data (a Sunday week), so they are not floored.
+_FLOORS = {"hourly": "1h", "daily": "1d", "business_daily": "1d"}
 
 
 def _examples(data: pl.LazyFrame, source: pl.Expr, failed: pl.Expr) -> str:
@@ -504,17 +526,20 @@ def is_written(values: pl.Expr, dtype: pl.DataType = pl.Utf8) -> pl.Expr:
 _ACCOUNTING_NEGATIVE = r"^\((.*)\)$"  # (1,234.50): -1234.5, as accounting exports write a loss
 _CURRENCY_FIRST = r"^([+-]?)\s*[$€£¥]\s*"  # $1,234.50, -$12, € 3,5
 _CURRENCY_OR_PERCENT_LAST = r"\s*[$€£¥%]$"  # 12 €, 12%
+_SPACED_THOUSANDS = r"^[+-]?\d{1,3}([ \u00a0\u202f]\d{3})+([.,]\d*)?$"  # 12 035,88 (fr, sv, pl: a (thin) space)
 
 
 def to_number(text: pl.Expr, decimal_comma: bool = False) -> pl.Expr:
     """Numbers written as text, as spreadsheets export them: ``1,234.5`` (or ``1.234,5`` and
-    ``3,5`` with a decimal comma), surrounding spaces, a currency symbol ($ € £ ¥) before or
+    ``3,5`` with a decimal comma), thousands set apart by a space, a no-break or a thin space
+    (``12 035,88``), surrounding spaces, a currency symbol ($ € £ ¥) before or
     after, a percent sign (``12%`` is 12, the number written) and an accounting negative
     (``(1,234.50)``); anything else that is not a number is null."""
     t = text.str.strip_chars()
     negative = t.str.contains(_ACCOUNTING_NEGATIVE)
     t = t.str.replace(_ACCOUNTING_NEGATIVE, "${1}").str.strip_chars()
     t = t.str.replace(_CURRENCY_FIRST, "${1}").str.replace(_CURRENCY_OR_PERCENT_LAST, "")
+    t = pl.when(t.str.contains(_SPACED_THOUSANDS)).then(t.str.replace_all(r"[ \u00a0\u202f]", "")).otherwise(t)
     if decimal_comma:
         t = (
             pl.when(t.str.contains(_THOUSANDS_DC))
