@@ -783,6 +783,29 @@ def test_a_report_exports_title_lines_above_the_header_are_skipped_and_shown(set
     assert out["0012"].info["rows"] == 2 and bronze(settings, spec, "0012")["y"].to_list() == [3.0, 4.0]
 
 
+def test_key_columns_written_into_folder_names_are_read_from_them(settings):
+    """Spark and pandas' partition_cols write a column into the folder names instead of the
+    files (country=se/part-0.parquet): the column is read from there, in discovery and ingest,
+    for Parquet and CSV; a file that has the column itself keeps its own values."""
+    root = Path(settings.lake_url) / "landing" / "hive"
+    rows = pl.DataFrame({"year": [2020, 2021, 2022, 2023], "x1": [1, 2, 3, 4], "x2": [2, 2, 2, 2], "y": [3.0, 4, 5, 6]})
+    (root / "country=se").mkdir(parents=True)
+    rows.write_parquet(root / "country=se" / "part-0.parquet")
+    (root / "country=South%20Africa").mkdir(parents=True)
+    rows.write_csv(root / "country=South%20Africa" / "part-0.csv")
+    (root / "country=fr").mkdir(parents=True)
+    rows.with_columns(country=pl.lit("de")).write_parquet(root / "country=fr" / "part-1.parquet")
+    parquet = yearly("landing/hive/*/*.parquet", name="hive_pq")
+    assert sorted(discover_keys(parquet, Lake(settings.lake_url))) == ["de", "se"]
+    _, out = run_raw(settings, parquet)
+    assert {k for k, o in out.items() if o.ok} == {"se", "de"} and out["se"].info["rows"] == 4
+    assert bronze(settings, parquet, "se")["country"].to_list() == ["se"] * 4
+    csv = yearly("landing/hive/*/*.csv", name="hive_csv")
+    assert discover_keys(csv, Lake(settings.lake_url)) == [encode_key(["South Africa"])]
+    _, out = run_raw(settings, csv)
+    assert out[encode_key(["South Africa"])].ok and out[encode_key(["South Africa"])].info["rows"] == 4
+
+
 def test_a_full_spill_disk_fails_the_stage_instead_of_blaming_the_landing_file(settings, monkeypatch):
     land(settings, "panel/a.csv", "country,year,x1,x2,y\nse,2020,1,2,3\n")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import dataclasses
 import functools
 import glob
 import gzip
@@ -23,6 +24,7 @@ import os
 import re
 import shutil
 import stat
+import urllib.parse
 import uuid
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -350,8 +352,10 @@ class Lake:
         decides between ``,``, ``;``, tab and ``|``. Raises :class:`FileRejected` naming the
         file's header when a column of ``required`` is missing.
         """
+        folders = _folder_values(self._located(path)[1], columns)
+        required = [c for c in required if c not in folders]
         if fmt == "parquet":
-            return self._read_parquet_columns(path, columns, size, required)
+            return _with_folders(self._read_parquet_columns(path, columns, size, required, bool(folders)), folders)
         data = self.read_bytes(path)
         if not data:
             raise FileRejected("the file is empty (0 bytes); a CSV export needs at least its header line")
@@ -361,6 +365,8 @@ class Lake:
         layout = None
         try:
             layout = _csv_layout(data, csv, columns, text_columns, required)
+            if folders:
+                layout = dataclasses.replace(layout, names=_row_holder(layout.names, layout.header))
             frame = pl.read_csv(
                 io.BytesIO(data),
                 columns=list(layout.names) if columns is not None else None,
@@ -372,7 +378,7 @@ class Lake:
             raise csv_error(exc, lambda: io.BytesIO(data), layout) from None
         if layout_seen is not None:
             layout_seen.append(layout)
-        return frame.rename(layout.names)
+        return _with_folders(frame.rename(layout.names), folders)
 
     @contextlib.contextmanager
     def open_table(
@@ -391,6 +397,8 @@ class Lake:
         CSV's types are inferred from its first 10,000 rows either way). A remote file is
         downloaded, and a gzipped or non-UTF-8 CSV decoded, into ``scratch`` (removed after)."""
         fs, full = self._located(path)
+        folders = _folder_values(full, columns)
+        required = [c for c in required if c not in folders]
         copies: list[str] = []
         try:
             local = full
@@ -401,7 +409,9 @@ class Lake:
                 header = list(pl.read_parquet_schema(local))
                 names = match_columns(columns, header)
                 _check_required(required, names, header)
-                yield LandingTable(pl.scan_parquet(local, glob=False).select(list(names)).rename(names), local)
+                names = _row_holder(names, header) if folders else names
+                scan = pl.scan_parquet(local, glob=False).select(list(names)).rename(names)
+                yield LandingTable(_with_folders(scan, folders), local)
                 return
             with open(local, "rb") as f:
                 head = f.read(2)
@@ -414,17 +424,25 @@ class Lake:
                     csv = csv.model_copy(update={"encoding": "utf8"})  # the copy is UTF-8 now
             with open(local, "rb") as f:
                 layout = _csv_layout(f.read(HEADER_BYTES), csv, columns, text_columns, required)
+            if folders:
+                layout = dataclasses.replace(layout, names=_row_holder(layout.names, layout.header))
             scan = pl.scan_csv(
                 local, schema_overrides=layout.text, infer_schema_length=10_000, glob=False, **layout.options
             )
-            yield LandingTable(scan.select(list(layout.names)).rename(layout.names), local, layout)
+            scan = _with_folders(scan.select(list(layout.names)).rename(layout.names), folders)
+            yield LandingTable(scan, local, layout)
         finally:
             for copy in copies:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(copy)
 
     def _read_parquet_columns(
-        self, path: UPath | str, columns: list[str] | None, size: int | None, required: Sequence[str] = ()
+        self,
+        path: UPath | str,
+        columns: list[str] | None,
+        size: int | None,
+        required: Sequence[str] = (),
+        folders: bool = False,
     ) -> pl.DataFrame:
         fs, full = self._located(path)
 
@@ -434,7 +452,7 @@ class Lake:
                 return None
             names = match_columns(columns, list(header))
             _check_required(required, names, list(header))
-            return names
+            return _row_holder(names, header) if folders else names
 
         def named(frame: pl.DataFrame, names: dict[str, str] | None) -> pl.DataFrame:
             return frame if names is None else frame.rename(names)
@@ -657,6 +675,44 @@ def _gzip_rejects() -> Iterator[None]:
         yield
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise FileRejected(f"the gzip file is truncated or corrupt ({exc}); it is read again once it changes") from None
+
+
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+
+
+def _folder_values(full: str, columns: Sequence[str] | None) -> dict[str, str | None]:
+    """Configured columns written into the file's folder names instead of the file, as Spark and
+    pandas' ``partition_cols`` write them (``sales/store=7/part-0.parquet``): column -> value.
+    Matched as header names are (case, surrounding spaces); the file's own column wins."""
+    if not columns:
+        return {}
+    hive: dict[str, str | None] = {}
+    for part in full.split("/")[:-1]:
+        name, eq, value = part.partition("=")
+        if eq and name and value:
+            value = urllib.parse.unquote(value)
+            hive[urllib.parse.unquote(name)] = None if value == HIVE_NULL else value
+    if not hive:
+        return {}
+    return {configured: hive[h] for h, configured in match_columns(columns, list(hive)).items()}
+
+
+ROW_HOLDER = "__rows"  # a column read only for its rows, when every wanted column is in the folder names
+
+
+def _row_holder(names: dict[str, str], header: Sequence[str]) -> dict[str, str]:
+    """``names`` with one more file column read under ``ROW_HOLDER``: a frame of no columns has no
+    rows, and the folder-named columns need the file's rows to be repeated on."""
+    spare = next((h for h in header if h not in names), None)
+    return {**names, spare: ROW_HOLDER} if spare is not None and not names else names
+
+
+def _with_folders(frame: Any, folders: dict[str, str | None]) -> Any:
+    """A frame (eager or lazy) with the folder-named columns it lacks, as text."""
+    have = set(frame.collect_schema().names())
+    added = [pl.lit(v, pl.Utf8).alias(c) for c, v in folders.items() if c not in have]
+    frame = frame.with_columns(added) if added else frame
+    return frame.drop(ROW_HOLDER) if ROW_HOLDER in have else frame
 
 
 def _check_required(required: Sequence[str], names: dict[str, str], header: Sequence[str]) -> None:
