@@ -181,3 +181,25 @@ def test_files_left_for_the_next_run_are_listed_with_why():
     assert "landing/g/b.csv.gz: OSError: unexpected end of file" in out and "c.csv" not in out
     assert "1 file(s) with title lines above the header (3 line(s) skipped)" in out
     assert "scoring rows landed 10, dropped 4 (3 of keys without training rows), merged 0" in out
+
+
+def test_a_run_that_finds_no_key_leaves_its_trace_in_the_warehouse(tmp_path):
+    """Every landing file rejected: no key, no partition, no stage ran; the run still writes a
+    run_summary row (0 keys, stopped at raw, why, the rejected-file count), so `mmp status` and
+    BI show the run that published nothing."""
+    home = tmp_path / "home"
+    landing = home / "lake" / "landing" / "group_regression"
+    landing.mkdir(parents=True)
+    (landing / "export.csv").write_text("segment,x1,x2\nseg-1,1,2\n")  # no key column, no target
+    proc = mmp("run", "-u", "group_regression", "--run-date", "2031-01-02", home=home, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "no keys" in proc.stdout and "1 file(s) rejected" in proc.stdout
+    con = duckdb.connect(str(home / "warehouse" / "warehouse.duckdb"), read_only=True)
+    row = con.execute(
+        "SELECT keys_total, files_rejected, stopped_at_stage, stop_reason FROM run_summary "
+        "WHERE use_case = 'group_regression' AND run_date = DATE '2031-01-02'"
+    ).fetchone()
+    con.close()
+    assert row[:3] == (0, 1, "raw") and "no keys" in row[3] and "export.csv: missing required column(s)" in row[3]
+    status = " ".join(mmp("status", "-u", "group_regression", home=home).stdout.split())
+    assert "stopped at raw" in status, status

@@ -16,6 +16,7 @@ from dagster import DagsterEventType, DagsterInstance, Definitions
 from ..core.spec import PlatformConfig, UseCaseSpec
 from ..stages import STAGES, StageRun, run_stage
 from ..stages.base import read_run_record, stop_reason
+from ..stages.published import publish_no_keys
 from ..storage.lake import Lake
 from ..storage.redaction import redact
 from ..storage.settings import PlatformSettings
@@ -137,6 +138,7 @@ def run_use_case(
     if not selected:  # nothing to partition on: read the landing zone once, to say why
         run = StageRun(spec, settings, run_id=f"mmp-no-keys-{uuid.uuid4().hex[:12]}", run_date=run_date)
         result.ingest = ingest_summary(run_stage("raw", run, []).summary)
+        publish_no_keys(run, result.ingest)  # the warehouse, where BI and `mmp status` look, says so too
         return result
     for start, end in key_ranges(ordered, selected, config.run.max_keys_per_run):
         res = job.execute_in_process(
@@ -237,6 +239,7 @@ def ingest_summary(summary: dict[str, Any]) -> dict[str, Any]:
         "rows_merged": summary.get("rows_merged"),
         "rejected": rejected,
         "files": summary.get("files") or [],
+        **{k: v for k, v in summary.items() if k.startswith("scoring_rows")},
     }
 
 

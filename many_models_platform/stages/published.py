@@ -335,6 +335,47 @@ def _count(value: Any) -> int:
         return 0
 
 
+def publish_no_keys(run: StageRun, ingest: dict[str, Any]) -> None:
+    """A run_summary row for a run that found no key at all (every landing file rejected, or no
+    rows): keys_total 0, stopped at raw, and why, so the warehouse records the run that
+    published nothing instead of holding no trace of it."""
+    spec, now = run.spec, dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    rejected = ingest.get("rejected") or []
+    why = f"no keys: the landing zone has no readable rows for it ({spec.source.path})"
+    if rejected:
+        first = rejected[0]
+        why += f"; {len(rejected)} file(s) rejected, e.g. {first.get('file')}: {first.get('reason')}"
+    row = {
+        "dagster_run_id": run.run_id,
+        "keys_total": 0,
+        "keys_published": 0,
+        "keys_failed": 0,
+        "keys_promoted": 0,
+        "metric": spec.metric,
+        "metric_p10": None,
+        "metric_p50": None,
+        "metric_p90": None,
+        "published_at": now,
+        "rows_landed": ingest.get("landing_rows"),
+        "rows_dropped": ingest.get("rows_dropped"),
+        "rows_merged": ingest.get("rows_merged"),
+        "files_rejected": len(rejected),
+        "stopped_at_stage": "raw",
+        "stop_reason": why[:4000],
+    }
+    wh = Warehouse(run.settings.warehouse_url)
+    try:
+        wh.ensure_schema()
+        with wh.replacing(spec.name, run.run_date) as load:
+            load(
+                [],
+                None,
+                {"run_summary": W.records_frame(W.run_summary, [row], use_case=spec.name, run_date=run.run_date)},
+            )
+    finally:
+        wh.dispose()
+
+
 def ingest_counts(run: StageRun, raw_runs: Counter[str]) -> dict[str, Any]:
     """What ingest saw, from the raw stage's record of this run (or, when raw ran in another run,
     of the run that ingested most of these keys): landing rows, rows dropped and merged, and the
