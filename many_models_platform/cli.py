@@ -484,6 +484,11 @@ def _print_ingest(ingest: dict, counts: bool = True) -> None:
             console.print(f"    {name}: {reason}", soft_wrap=True, markup=False, highlight=False)
         if len(rejected) > 20:
             console.print(f"    ... and {len(rejected) - 20} more (Dagster: the raw asset's run report)")
+    similar = ingest.get("keys_differing_in_case") or []
+    if similar:
+        console.print(f"  {len(similar)} group(s) of keys differ only in case (kept apart, rows split between them):")
+        for group in similar[:5]:
+            console.print(f"    {' | '.join(group)}", soft_wrap=True, markup=False, highlight=False)
     titled = [f for f in ingest.get("files") or [] if f.get("lines_above_header")]
     if titled:
         lines = sum(int(f["lines_above_header"]) for f in titled)

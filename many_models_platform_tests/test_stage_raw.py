@@ -806,6 +806,13 @@ def test_key_columns_written_into_folder_names_are_read_from_them(settings):
     assert out[encode_key(["South Africa"])].ok and out[encode_key(["South Africa"])].info["rows"] == 4
 
 
+def test_keys_that_differ_only_in_case_are_kept_apart_and_shown(settings):
+    land(settings, "panel/a.csv", "country,year,x1,x2,y\nSe,2020,1,2,3\nSE ,2021,1,2,4\nse,2022,1,2,5\nfr,2020,1,2,3\n")
+    report, out = run_raw(settings, yearly())
+    assert {"Se", "SE", "se", "fr"} == set(out)  # case is data: three keys, surrounding spaces stripped
+    assert report.summary["keys_differing_in_case"] == [["country=SE", "country=Se", "country=se"]]
+
+
 def test_a_full_spill_disk_fails_the_stage_instead_of_blaming_the_landing_file(settings, monkeypatch):
     land(settings, "panel/a.csv", "country,year,x1,x2,y\nse,2020,1,2,3\n")
 

@@ -31,7 +31,7 @@ from upath import UPath
 
 from ..core import ingest as core_ingest
 from ..core.engine import KeyOutcome
-from ..core.keys import decode_key, encode_key
+from ..core.keys import decode_key, encode_key, key_label
 from ..core.spec import UseCaseSpec
 from ..storage.lake import CsvLayout, Lake, LandedFile, LateColumnType
 from .base import StageReport, StageRun, clear_state, crash_point, finish, write_state
@@ -523,6 +523,17 @@ def discover_keys(spec: UseCaseSpec, lake: Lake) -> list[str]:
     return sorted(found)
 
 
+def keys_differing_in_case(spec: UseCaseSpec, keys: Sequence[str], limit: int = 20) -> list[list[str]]:
+    """Keys that are one key up to case (``Store A``, ``STORE A``): kept apart, as the export
+    wrote them (case is data), but shown, since it usually is one entity typed two ways whose
+    rows are split between two keys. Readable labels, at most ``limit`` groups."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for key in keys:
+        groups.setdefault(tuple(v.casefold() for v in decode_key(key)), []).append(key)
+    similar = [sorted(g) for g in groups.values() if len(g) > 1][:limit]
+    return [[key_label(spec.keys, k) for k in group] for group in similar]
+
+
 def _wanted(spec: UseCaseSpec, keys: Sequence[str]) -> pl.DataFrame:
     rows = [decode_key(k) for k in keys]
     return pl.DataFrame(rows, schema={k: pl.Utf8 for k in spec.keys}, orient="row")
@@ -780,6 +791,9 @@ def ingest(run: StageRun, keys: Sequence[str]) -> StageReport:
         "rows_dropped": sum(f["rows_dropped"] for f in train.files),
         "rows_merged": sum(f["rows_merged"] for f in train.files),
     }
+    similar = keys_differing_in_case(spec, keys)
+    if similar:
+        summary["keys_differing_in_case"] = similar
     if future is not None:
         summary |= {
             "scoring_rows": sum(f["rows"] for f in future.files if f["status"] == "ingested"),
