@@ -473,19 +473,26 @@ class KeyColumnsMissing(Exception):
 
 
 def file_keys(spec: UseCaseSpec, lake: Lake, file: LandedFile, fmt: str, csv: Any = None) -> list[str]:
-    """The distinct encoded keys of one landing file, from its key columns only (on blob
-    storage a Parquet file's footer and key column chunks, not the whole object), as ingest
-    reads them (``core.ingest.key_values``); ``csv``: the source's dialect."""
+    """The distinct encoded keys of one landing file, from its key and time columns only (on
+    blob storage a Parquet file's footer and those column chunks, not the whole object), as
+    ingest reads them (``core.ingest.key_values``); ``csv``: the source's dialect. A row without
+    a time value makes no key: a report's footer line, or a total row, is no entity to model
+    (ingest still reads and counts it)."""
+    times = list(spec.time_parts.values()) if spec.time_parts else [spec.time_column] if spec.time_column else []
+    columns = list(dict.fromkeys([*spec.keys, *times]))
     with contextlib.ExitStack() as opened:
         if fmt != "parquet" and _held_bytes(file, fmt) > BATCHED_FILE_BYTES:  # streamed: only the distinct keys held
             scratch = opened.enter_context(tempfile.TemporaryDirectory(prefix=_spill_prefix(os.getpid())))
-            data = opened.enter_context(lake.open_table(file.name, fmt, spec.keys, spec.keys, scratch, csv=csv)).data
+            data = opened.enter_context(lake.open_table(file.name, fmt, columns, columns, scratch, csv=csv)).data
         else:
-            data = lake.read_table(file.name, fmt, spec.keys, spec.keys, size=file.size, csv=csv).lazy()
+            data = lake.read_table(file.name, fmt, columns, columns, size=file.size, csv=csv).lazy()
         schema = data.collect_schema()
         missing = [k for k in spec.keys if k not in schema]
         if missing:
             raise KeyColumnsMissing(f"missing required column(s) {missing}")
+        timed = [core_ingest.is_written(pl.col(t), schema[t]) for t in times if t in schema]
+        if timed:  # a footer line ("Source: ...", "(c) 2024, ...") has no time: no key of its own
+            data = data.filter(pl.all_horizontal(timed))
         found = data.select(spec.keys).unique().collect()  # as written: floats for integers are decided over all
         float_keys = core_ingest.float_written_keys(found, spec.keys)
         values = found.select(core_ingest.key_values(spec.keys, found.schema, float_keys)).unique()
