@@ -489,6 +489,11 @@ def _print_ingest(ingest: dict, counts: bool = True) -> None:
         console.print(f"  {len(similar)} group(s) of keys differ only in case (kept apart, rows split between them):")
         for group in similar[:5]:
             console.print(f"    {' | '.join(group)}", soft_wrap=True, markup=False, highlight=False)
+    labels = ingest.get("labels_differing_in_case") or []
+    if labels:
+        console.print(f"  {len(labels)} group(s) of class labels differ only in case (separate classes):")
+        for group in labels[:5]:
+            console.print(f"    {' | '.join(group)}", soft_wrap=True, markup=False, highlight=False)
     titled = [f for f in ingest.get("files") or [] if f.get("lines_above_header")]
     if titled:
         lines = sum(int(f["lines_above_header"]) for f in titled)

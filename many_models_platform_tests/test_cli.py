@@ -167,6 +167,7 @@ def test_files_left_for_the_next_run_are_listed_with_why():
         "scoring_rows_merged": 0,
         "scoring_rows_without_training": 3,
         "keys_differing_in_case": [["store=Store A", "store=STORE A"]],
+        "labels_differing_in_case": [["GOLD", "Gold", "gold"]],
         "rejected": [{"file": "landing/g/a.csv", "reason": "missing required column(s) ['y']"}],
         "files": [
             {"file": "landing/g/a.csv", "status": "rejected"},
@@ -183,6 +184,7 @@ def test_files_left_for_the_next_run_are_listed_with_why():
     assert "1 file(s) with title lines above the header (3 line(s) skipped)" in out
     assert "scoring rows landed 10, dropped 4 (3 of keys without training rows), merged 0" in out
     assert "1 group(s) of keys differ only in case" in out and "store=Store A | store=STORE A" in out
+    assert "1 group(s) of class labels differ only in case" in out and "GOLD | Gold | gold" in out
 
 
 def test_a_run_that_finds_no_key_leaves_its_trace_in_the_warehouse(tmp_path):

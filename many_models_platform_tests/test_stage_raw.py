@@ -831,6 +831,20 @@ def test_a_reports_footer_lines_make_no_keys_and_are_counted(settings):
     assert set(out) == {"fr", "se"} and out["se"].info["rows"] == 2
 
 
+def test_class_labels_that_differ_only_in_case_are_shown(settings):
+    land(
+        settings,
+        "labels/a.csv",
+        "segment,x1,x2,y\na,1,2,Gold\na,2,2,gold\nb,1,2,GOLD \nb,3,2,Silver\nb,4,2,Bronze\n",
+    )
+    spec = make_spec(
+        regression_body(source={"path": "landing/labels/*.csv"}, task="classification", metric="accuracy"),
+        name="labels",
+    )
+    report, _ = run_raw(settings, spec)
+    assert report.summary["labels_differing_in_case"] == [["GOLD", "Gold", "gold"]]
+
+
 def test_a_full_spill_disk_fails_the_stage_instead_of_blaming_the_landing_file(settings, monkeypatch):
     land(settings, "panel/a.csv", "country,year,x1,x2,y\nse,2020,1,2,3\n")
 

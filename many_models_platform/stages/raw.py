@@ -530,6 +530,15 @@ def discover_keys(spec: UseCaseSpec, lake: Lake) -> list[str]:
     return sorted(found)
 
 
+def differing_in_case(values: set[str], limit: int = 20) -> list[list[str]]:
+    """Groups of values that are one value up to case (class labels Gold, gold, GOLD): kept
+    apart, as written, but shown, as they usually are one class typed several ways."""
+    groups: dict[str, list[str]] = {}
+    for value in values:
+        groups.setdefault(value.casefold(), []).append(value)
+    return sorted(sorted(g) for g in groups.values() if len(g) > 1)[:limit]
+
+
 def keys_differing_in_case(spec: UseCaseSpec, keys: Sequence[str], limit: int = 20) -> list[list[str]]:
     """Keys that are one key up to case (``Store A``, ``STORE A``): kept apart, as the export
     wrote them (case is data), but shown, since it usually is one entity typed two ways whose
@@ -750,6 +759,7 @@ def ingest(run: StageRun, keys: Sequence[str]) -> StageReport:
     wanted = _wanted(spec, keys)
     outcomes: dict[str, KeyOutcome] = {}
     counts: dict[str, list] = {"source": [], "scoring_source": []}
+    classes: set[str] = set()  # a classification's text labels, for those differing only in case
     _remove_stale_spills(tempfile.gettempdir())
     with tempfile.TemporaryDirectory(prefix=_spill_prefix(os.getpid())) as folder:
         spill = Spill(spec, wanted, folder)
@@ -766,6 +776,8 @@ def ingest(run: StageRun, keys: Sequence[str]) -> StageReport:
                 # the previous bucket's writes end before this one is split per key: one bucket's
                 # per-key frames at a time
                 _collect(run, writing, outcomes)
+                if spec.task == "classification" and res is not None and res.data[spec.target].dtype == pl.Utf8:
+                    classes.update(res.data[spec.target].drop_nulls().unique().to_list())
                 parts, rows_in, key_counts = _per_key(spec, res)
                 f_parts, _, f_counts = _per_key(spec, fut)
                 failures = {**_failure_reasons(fut, "scoring_source: "), **_failure_reasons(res)}
@@ -801,6 +813,9 @@ def ingest(run: StageRun, keys: Sequence[str]) -> StageReport:
     similar = keys_differing_in_case(spec, keys)
     if similar:
         summary["keys_differing_in_case"] = similar
+    labels = differing_in_case(classes)
+    if labels:
+        summary["labels_differing_in_case"] = labels
     if future is not None:
         summary |= {
             "scoring_rows": sum(f["rows"] for f in future.files if f["status"] == "ingested"),
