@@ -484,11 +484,14 @@ def _print_ingest(ingest: dict, counts: bool = True) -> None:
             console.print(f"    {name}: {reason}", soft_wrap=True, markup=False, highlight=False)
         if len(rejected) > 20:
             console.print(f"    ... and {len(rejected) - 20} more (Dagster: the raw asset's run report)")
-    similar = ingest.get("keys_differing_in_case") or []
-    if similar:
-        console.print(f"  {len(similar)} group(s) of keys differ only in case (kept apart, rows split between them):")
-        for group in similar[:5]:
-            console.print(f"    {' | '.join(group)}", soft_wrap=True, markup=False, highlight=False)
+    for field, what in (("keys_differing_in_case", "case"), ("keys_differing_in_leading_zeros", "leading zeros")):
+        similar = ingest.get(field) or []
+        if similar:
+            console.print(
+                f"  {len(similar)} group(s) of keys differ only in {what} (kept apart, rows split between them):"
+            )
+            for group in similar[:5]:
+                console.print(f"    {' | '.join(group)}", soft_wrap=True, markup=False, highlight=False)
     labels = ingest.get("labels_differing_in_case") or []
     if labels:
         console.print(f"  {len(labels)} group(s) of class labels differ only in case (separate classes):")

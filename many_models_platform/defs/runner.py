@@ -239,7 +239,7 @@ def ingest_summary(summary: dict[str, Any]) -> dict[str, Any]:
         "rows_merged": summary.get("rows_merged"),
         "rejected": rejected,
         "files": summary.get("files") or [],
-        **{k: v for k, v in summary.items() if k.startswith("scoring_rows") or k.endswith("_differing_in_case")},
+        **{k: v for k, v in summary.items() if k.startswith("scoring_rows") or "_differing_in_" in k},
     }
 
 

@@ -539,15 +539,23 @@ def differing_in_case(values: set[str], limit: int = 20) -> list[list[str]]:
     return sorted(sorted(g) for g in groups.values() if len(g) > 1)[:limit]
 
 
-def keys_differing_in_case(spec: UseCaseSpec, keys: Sequence[str], limit: int = 20) -> list[list[str]]:
-    """Keys that are one key up to case (``Store A``, ``STORE A``): kept apart, as the export
-    wrote them (case is data), but shown, since it usually is one entity typed two ways whose
-    rows are split between two keys. Readable labels, at most ``limit`` groups."""
+def keys_differing_in_case(
+    spec: UseCaseSpec, keys: Sequence[str], limit: int = 20, fold: Callable[[str], str] = str.casefold
+) -> list[list[str]]:
+    """Keys that are one key up to case (``Store A``, ``STORE A``), or with ``fold`` up to
+    something else: kept apart, as the export wrote them (case is data), but shown, since it
+    usually is one entity typed two ways whose rows are split between two keys. Readable
+    labels, at most ``limit`` groups."""
     groups: dict[tuple[str, ...], list[str]] = {}
     for key in keys:
-        groups.setdefault(tuple(v.casefold() for v in decode_key(key)), []).append(key)
+        groups.setdefault(tuple(fold(v) for v in decode_key(key)), []).append(key)
     similar = [sorted(g) for g in groups.values() if len(g) > 1][:limit]
     return [[key_label(spec.keys, k) for k in group] for group in similar]
+
+
+def _unpadded(value: str) -> str:
+    """A digit string without its leading zeros (``007`` -> ``7``); other text as it is."""
+    return (value.lstrip("0") or "0") if value.isdigit() else value
 
 
 def _wanted(spec: UseCaseSpec, keys: Sequence[str]) -> pl.DataFrame:
@@ -813,6 +821,9 @@ def ingest(run: StageRun, keys: Sequence[str]) -> StageReport:
     similar = keys_differing_in_case(spec, keys)
     if similar:
         summary["keys_differing_in_case"] = similar
+    padded = keys_differing_in_case(spec, keys, fold=_unpadded)
+    if padded:  # 7 from an integer column, 007 from a text one: usually one id
+        summary["keys_differing_in_leading_zeros"] = padded
     labels = differing_in_case(classes)
     if labels:
         summary["labels_differing_in_case"] = labels
