@@ -484,19 +484,16 @@ def _print_ingest(ingest: dict, counts: bool = True) -> None:
             console.print(f"    {name}: {reason}", soft_wrap=True, markup=False, highlight=False)
         if len(rejected) > 20:
             console.print(f"    ... and {len(rejected) - 20} more (Dagster: the raw asset's run report)")
-    for field, what in (("keys_differing_in_case", "case"), ("keys_differing_in_leading_zeros", "leading zeros")):
+    for field, what in (
+        ("keys_differing_in_case", "keys differ only in case (kept apart, rows split between them)"),
+        ("keys_differing_in_leading_zeros", "keys differ only in leading zeros (kept apart, rows split between them)"),
+        ("labels_differing_in_case", "class labels differ only in case (separate classes)"),
+    ):
         similar = ingest.get(field) or []
         if similar:
-            console.print(
-                f"  {len(similar)} group(s) of keys differ only in {what} (kept apart, rows split between them):"
-            )
+            console.print(f"  {len(similar)} group(s) of {what}:")
             for group in similar[:5]:
                 console.print(f"    {' | '.join(group)}", soft_wrap=True, markup=False, highlight=False)
-    labels = ingest.get("labels_differing_in_case") or []
-    if labels:
-        console.print(f"  {len(labels)} group(s) of class labels differ only in case (separate classes):")
-        for group in labels[:5]:
-            console.print(f"    {' | '.join(group)}", soft_wrap=True, markup=False, highlight=False)
     titled = [f for f in ingest.get("files") or [] if f.get("lines_above_header")]
     if titled:
         lines = sum(int(f["lines_above_header"]) for f in titled)

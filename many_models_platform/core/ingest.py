@@ -290,6 +290,11 @@ _MONTH_NAME = r"^([A-Za-z]{3,9})\.?[-\s/']?\s*(\d{4}|\d{2})$"  # Jan 2024, Janua
 _MONTH_NAME_LAST = r"^(\d{4})[-\s/]\s*([A-Za-z]{3,9})$"  # 2024-Jan, 2024 January
 
 
+def _month_number(name: pl.Expr) -> pl.Expr:
+    """1-12 for a lower-case English month name or abbreviation, by its first three letters."""
+    return name.str.slice(0, 3).replace_strict(_MONTH_NAMES, default=None, return_dtype=pl.Int64)
+
+
 def _month_names(text: pl.Expr) -> pl.Expr:
     """English month names or abbreviations with a year: the first day of that month. A two-digit
     year never lands in the future, as with ``%y`` (``Mar-24`` is 2024, ``Dec-99`` 1999)."""
@@ -298,7 +303,7 @@ def _month_names(text: pl.Expr) -> pl.Expr:
     year = pl.coalesce(first.struct.field("2"), last.struct.field("1"))
     two_digits = year.str.len_chars() == 2
     number = year.cast(pl.Int32) + pl.when(two_digits).then(2000).otherwise(0)
-    month = name.str.slice(0, 3).replace_strict(_MONTH_NAMES, default=None, return_dtype=pl.Int32)
+    month = _month_number(name)
     full = pl.lit(_MONTH_FULL).list.contains(name) | (name.str.len_chars() == 3)  # "Janx" is no month
     day = pl.date(number, month, 1)
     return pl.when(month.is_not_null() & full).then(pl.when(two_digits).then(_past_century(day)).otherwise(day))
@@ -582,11 +587,10 @@ def _time_part(part: str, column: str) -> tuple[pl.Expr, pl.Expr]:
     """(the part as a number, or null; whether the row holds a value for it). Month names and
     abbreviations (``Jan``, ``January``), ``Q1`` and ``W05`` read as their numbers, ``1.0`` as 1."""
     text = pl.col(column).cast(pl.Utf8).str.strip_chars()
-    digits = text.str.replace(r"^[QqWw]", "").str.replace(r"\.0+$", "")
+    digits = text.str.replace(r"^[QqWw]", "").str.replace(_FLOAT_INTEGER, "${1}")
     value = digits.cast(pl.Int64, strict=False)
     if part == "month":
-        name = text.str.to_lowercase().str.slice(0, 3).replace_strict(_MONTH_NAMES, default=None, return_dtype=pl.Int64)
-        value = pl.coalesce(value, name)
+        value = pl.coalesce(value, _month_number(text.str.to_lowercase()))
     if part in _PART_RANGES:
         low, high = _PART_RANGES[part]
         value = pl.when(value.is_between(low, high)).then(value)

@@ -748,12 +748,19 @@ class UseCaseSpec(_Strict):
         return list(dict.fromkeys(cols))
 
     @property
+    def landing_time_columns(self) -> list[str]:
+        """The landing columns the time is read from: its parts' columns, or ``time_column``."""
+        if self.time_parts:
+            return list(self.time_parts.values())
+        return [self.time_column] if self.time_column else []
+
+    @property
     def landing_columns(self) -> list[str]:
         """Columns a landing file must provide: the input columns, with the time's part columns
         in place of ``time_column`` when the time is spread over several."""
         if not self.time_parts:
             return self.input_columns
-        parts = list(self.time_parts.values())
+        parts = self.landing_time_columns
         return list(dict.fromkeys(p for c in self.input_columns for p in (parts if c == self.time_column else [c])))
 
     def _check_time_parts(self) -> None:

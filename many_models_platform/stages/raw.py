@@ -20,7 +20,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,8 +281,7 @@ def _spill_file(
     file, and the rows come out the same. A CSV column whose values stop fitting the type of its
     first 10,000 rows is read again as text (``LateColumnType``). Raises FileRejected, or OSError
     to be tried again."""
-    time_columns = list(spec.time_parts.values()) if spec.time_parts else [spec.time_column] if spec.time_column else []
-    text_columns = [*spec.keys, *spec.categorical_features, *time_columns]
+    text_columns = [*spec.keys, *spec.categorical_features, *spec.landing_time_columns]
     while True:
         try:
             return _read_file(spec, lake, spill, listed, (index, source_bytes), text_columns, scoring, prefer)
@@ -478,7 +477,7 @@ def file_keys(spec: UseCaseSpec, lake: Lake, file: LandedFile, fmt: str, csv: An
     ingest reads them (``core.ingest.key_values``); ``csv``: the source's dialect. A row without
     a time value makes no key: a report's footer line, or a total row, is no entity to model
     (ingest still reads and counts it)."""
-    times = list(spec.time_parts.values()) if spec.time_parts else [spec.time_column] if spec.time_column else []
+    times = spec.landing_time_columns
     columns = list(dict.fromkeys([*spec.keys, *times]))
     with contextlib.ExitStack() as opened:
         if fmt != "parquet" and _held_bytes(file, fmt) > BATCHED_FILE_BYTES:  # streamed: only the distinct keys held
@@ -530,13 +529,18 @@ def discover_keys(spec: UseCaseSpec, lake: Lake) -> list[str]:
     return sorted(found)
 
 
+def _alike(values: Iterable[Any], fold: Callable[[Any], Any]) -> list[list[Any]]:
+    """Groups of two or more values that ``fold`` makes one, each sorted, in first-seen order."""
+    groups: dict[Any, list[Any]] = {}
+    for value in values:
+        groups.setdefault(fold(value), []).append(value)
+    return [sorted(g) for g in groups.values() if len(g) > 1]
+
+
 def differing_in_case(values: set[str], limit: int = 20) -> list[list[str]]:
     """Groups of values that are one value up to case (class labels Gold, gold, GOLD): kept
     apart, as written, but shown, as they usually are one class typed several ways."""
-    groups: dict[str, list[str]] = {}
-    for value in values:
-        groups.setdefault(value.casefold(), []).append(value)
-    return sorted(sorted(g) for g in groups.values() if len(g) > 1)[:limit]
+    return sorted(_alike(values, str.casefold))[:limit]
 
 
 def keys_differing_in_case(
@@ -546,10 +550,7 @@ def keys_differing_in_case(
     something else: kept apart, as the export wrote them (case is data), but shown, since it
     usually is one entity typed two ways whose rows are split between two keys. Readable
     labels, at most ``limit`` groups."""
-    groups: dict[tuple[str, ...], list[str]] = {}
-    for key in keys:
-        groups.setdefault(tuple(fold(v) for v in decode_key(key)), []).append(key)
-    similar = [sorted(g) for g in groups.values() if len(g) > 1][:limit]
+    similar = _alike(keys, lambda key: tuple(fold(v) for v in decode_key(key)))[:limit]
     return [[key_label(spec.keys, k) for k in group] for group in similar]
 
 
