@@ -822,19 +822,22 @@ def test_keys_that_differ_only_in_case_are_kept_apart_and_shown(settings):
 
 def test_a_reports_footer_lines_make_no_keys_and_are_counted(settings):
     """Lines under the data ('Source: Statistics Office (table 12)', a 'Total' row) have no
-    time: they make no key (no partition failing on every run), and ingest counts them as rows
+    time, or text without a digit where it would be ('(c) 2024, all rights reserved' puts
+    ' all rights reserved' there): they make no key (no partition failing on every run), and ingest counts them as rows
     dropped for their missing time, in their file's entry."""
     land(
         settings,
         "panel/a.csv",
         "country,year,x1,x2,y\nse,2020,1,2,3\nse,2021,1,2,4\nfr,2020,1,2,5\n\n"
-        "Source: Statistics Office (table 12)\n(c) 2024 all rights reserved\nTotal,,,,12\n",
+        "Source: Statistics Office (table 12)\n(c) 2024 all rights reserved\nTotal,,,,12\n"
+        "(c) 2024, all rights reserved\n",
     )
     spec = yearly()
     assert discover_keys(spec, Lake(settings.lake_url)) == ["fr", "se"]
     report, out = run_raw(settings, spec)
     entry = report.summary["files"][0]
-    assert entry["rows"] == 6 and entry["rows_dropped"] == 3 and entry["drops"] == {"missing time value": 3}
+    assert entry["rows"] == 7 and entry["rows_dropped"] == 4
+    assert entry["drops"] == {"missing time value": 3, "unparseable time value": 1}
     assert set(out) == {"fr", "se"} and out["se"].info["rows"] == 2
 
 

@@ -475,8 +475,8 @@ def file_keys(spec: UseCaseSpec, lake: Lake, file: LandedFile, fmt: str, csv: An
     """The distinct encoded keys of one landing file, from its key and time columns only (on
     blob storage a Parquet file's footer and those column chunks, not the whole object), as
     ingest reads them (``core.ingest.key_values``); ``csv``: the source's dialect. A row without
-    a time value makes no key: a report's footer line, or a total row, is no entity to model
-    (ingest still reads and counts it)."""
+    a time value (or with text in it that holds no digit, which no time is) makes no key: a
+    report's footer line, or a total row, is no entity to model (ingest still reads and counts it)."""
     times = spec.landing_time_columns
     columns = list(dict.fromkeys([*spec.keys, *times]))
     with contextlib.ExitStack() as opened:
@@ -490,7 +490,9 @@ def file_keys(spec: UseCaseSpec, lake: Lake, file: LandedFile, fmt: str, csv: An
         if missing:
             raise KeyColumnsMissing(f"missing required column(s) {missing}")
         timed = [core_ingest.is_written(pl.col(t), schema[t]) for t in times if t in schema]
-        if timed:  # a footer line ("Source: ...", "(c) 2024, ...") has no time: no key of its own
+        if len(times) == 1 and schema.get(times[0]) == pl.Utf8:  # a time is never written without a digit
+            timed.append(pl.col(times[0]).str.contains(r"\d"))
+        if timed:  # a footer line ("Source: ...", "(c) 2024, all rights reserved") has no time: no key of its own
             data = data.filter(pl.all_horizontal(timed))
         found = data.select(spec.keys).unique().collect()  # as written: floats for integers are decided over all
         float_keys = core_ingest.float_written_keys(found, spec.keys)
