@@ -182,6 +182,10 @@ def test_month_names_with_a_year_are_the_first_day_of_that_month():
         None,
     ]
     assert p.bad.to_list()[-2:] == [ingest.UNPARSEABLE_TIME, ingest.MISSING_TIME]
+    # a word and a number that is no month ('soon12', 'batch 2024') is not taken for one: the
+    # rejection lists every layout tried, not 'not months (Jan 2024)'
+    with pytest.raises(FileRejected, match=r"2 of 2 values are not ISO-8601 dates or datetimes, weeks"):
+        parsed(["soon12", "batch 2024"])
 
 
 def test_pandas_float_written_integer_times_in_a_csv_read_as_the_integers():

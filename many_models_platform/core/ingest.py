@@ -286,8 +286,10 @@ def _months(text: pl.Expr) -> pl.Expr:
     return pl.when(month.is_between(1, 12)).then(pl.date(year, month, 1))
 
 
-_MONTH_NAME = r"^([A-Za-z]{3,9})\.?[-\s/']?\s*(\d{4}|\d{2})$"  # Jan 2024, January-2024, Jan-24 (Excel's mmm-yy)
-_MONTH_NAME_LAST = r"^(\d{4})[-\s/]\s*([A-Za-z]{3,9})$"  # 2024-Jan, 2024 January
+# a word that starts like a month: "Janx 2024" has a month's shape (and is unparseable), "soon12" none
+_MONTH_WORD = r"(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[A-Za-z]{0,6}"
+_MONTH_NAME = rf"^({_MONTH_WORD})\.?[-\s/']?\s*(\d{{4}}|\d{{2}})$"  # Jan 2024, January-2024, Jan-24 (Excel's mmm-yy)
+_MONTH_NAME_LAST = rf"^(\d{{4}})[-\s/]\s*({_MONTH_WORD})$"  # 2024-Jan, 2024 January
 
 
 def _month_number(name: pl.Expr) -> pl.Expr:
