@@ -855,6 +855,21 @@ def test_class_labels_that_differ_only_in_case_are_shown(settings):
     assert report.summary["labels_differing_in_case"] == [["GOLD", "Gold", "gold"]]
 
 
+def test_class_labels_written_1_in_one_file_and_1_0_in_another_are_one_class(settings):
+    """January's export holds 0/1 and an N/A (a text column); February's, from pandas with a gap,
+    0.0/1.0 (a float column): one class '1', not '1' and '1.0' (which scored a model on classes it
+    never saw). Text written '1.0' is '1' too."""
+    land(settings, "labels/a.csv", "segment,x1,x2,y\na,1,2,0\na,2,2,1\na,3,2,N/A\nb,1,2,1.0\n")
+    land(settings, "labels/b.csv", "segment,x1,x2,y\na,4,2,0.0\na,5,2,1.0\nb,2,2,0.0\n")
+    spec = make_spec(
+        regression_body(source={"path": "landing/labels/*.csv"}, task="classification", metric="accuracy"),
+        name="labels",
+    )
+    run_raw(settings, spec)
+    assert sorted(bronze(settings, spec, "a")["y"].to_list()) == ["0", "0", "1", "1"]
+    assert sorted(bronze(settings, spec, "b")["y"].to_list()) == ["0", "1"]
+
+
 def test_a_full_spill_disk_fails_the_stage_instead_of_blaming_the_landing_file(settings, monkeypatch):
     land(settings, "panel/a.csv", "country,year,x1,x2,y\nse,2020,1,2,3\n")
 

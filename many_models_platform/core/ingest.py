@@ -750,8 +750,8 @@ def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, 
             text = pl.col("__t_present") & pl.col(target).is_null()
         else:
             text = pl.lit(False)
-            if frame.schema[target] == pl.Utf8:  # text labels: " yes" is "yes", and "N/A" is no label
-                label = source.str.strip_chars()
+            if frame.schema[target] == pl.Utf8:  # text labels: " yes" is "yes", "1.0" is "1", "N/A" is no label
+                label = source.str.strip_chars().str.replace(_FLOAT_INTEGER, "${1}")
                 frame = frame.with_columns(pl.when(is_written(source)).then(label).alias(target))
         if not scoring:
             reasons = reasons.when(text).then(pl.lit(TARGET_TEXT)).when(source.is_null()).then(pl.lit(TARGET_NULL))
@@ -759,7 +759,19 @@ def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, 
                 reasons = reasons.when(source.is_nan()).then(pl.lit(TARGET_NAN))
                 reasons = reasons.when(source.is_infinite()).then(pl.lit(TARGET_INF))
     frame = frame.with_columns(reasons.otherwise(pl.lit(None, dtype=pl.Utf8)).alias(DROP))
+    if target and spec.task in ("classification", "anomaly") and frame.schema[target].is_float():
+        frame = _whole_labels(frame, target)
     return frame.drop("__t_present", strict=False)
+
+
+def _whole_labels(frame: pl.DataFrame, target: str) -> pl.DataFrame:
+    """Float class labels that are all whole (0.0/1.0, as pandas writes an integer column with a
+    gap) as integers, after the drop reasons (NaN, inf) are set: combined with another file's
+    text labels they become "1", the class that file writes, not "1.0", a class of their own."""
+    kept = frame.filter(pl.col(DROP).is_null())[target]
+    if kept.is_empty() or not bool((kept == kept.round(0)).all()):
+        return frame
+    return frame.with_columns(pl.col(target).cast(pl.Int64, strict=False))
 
 
 def normalise_file(
