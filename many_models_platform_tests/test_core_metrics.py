@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from many_models_platform.core.metrics import (
+    explain_undefined,
     flag_rate,
     higher_is_worse,
     is_better,
@@ -77,6 +78,33 @@ def test_multiclass_metrics_are_macro_averaged():
     assert m["precision"] == pytest.approx(0.5)
     assert m["recall"] == pytest.approx(0.5)
     assert m["f1"] == pytest.approx(0.5)
+
+
+def test_a_model_and_a_baseline_are_averaged_over_the_keys_classes_whatever_each_predicts():
+    """Three classes in training, the holdout without c: a model that predicts some c and the
+    majority baseline that predicts only b are both macro-averaged over a, b, c (c undefined for
+    both, left out), not the model over three classes and the baseline as a binary b-vs-rest."""
+    classes = np.array(["a", "b", "c"])
+    actual = np.array(["a", "a", "b", "b", "b"])
+    model = label_metrics(actual, np.array(["a", "c", "b", "b", "a"]), classes=classes)
+    majority = label_metrics(actual, np.array(["b"] * 5), classes=classes)
+    # model: a P=1/2 R=1/2 F1=1/2, b P=1 R=2/3 F1=4/5, c P=0 (F1 undefined): F1 (1/2 + 4/5) / 2
+    assert model["f1"] == pytest.approx(0.65) and model["accuracy"] == pytest.approx(0.6)
+    # majority: a F1=0, b P=3/5 R=1 F1=3/4: (0 + 3/4) / 2, below the model as its accuracy is
+    assert majority["f1"] == pytest.approx(0.375) and majority["accuracy"] == pytest.approx(0.6)
+    # without the key's classes the baseline looked binary: b's F1 alone, 0.75, above the model
+    assert label_metrics(actual, np.array(["b"] * 5))["f1"] == pytest.approx(0.75)
+
+
+def test_an_undefined_f1_names_the_keys_positive_class_or_its_only_class():
+    """yes/no labels, a holdout of 'no' only: the positive class is 'yes' (from the key's
+    classes), not the default 1; a key whose labels are one class says so."""
+    actual = np.array(["no"] * 4)
+    m = label_metrics(actual, actual.copy(), classes=np.array(["no", "yes"]))
+    notes = explain_undefined("classification", actual, actual.copy(), m, classes=np.array(["no", "yes"]))
+    assert notes["f1"] == "the holdout holds no positive (class 'yes')"
+    notes = explain_undefined("classification", actual, actual.copy(), m, classes=np.array(["no"]))
+    assert notes["f1"].startswith("the key's labels are all 'no'")
 
 
 def test_perfect_predictions_score_perfect_f1_whatever_the_labels():

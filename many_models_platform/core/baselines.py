@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from .features import Period, labels, parse_time_text, season_length
+from .features import Period, key_classes, labels, parse_time_text, season_length
 from .metrics import is_better, label_metrics, positive_class, task_metrics
 
 
@@ -90,6 +90,7 @@ def baselines(
     if spec.task == "forecast":
         return forecast_baselines(spec, train, holdout, period, scale)
     actual = labels(holdout, spec.target)
+    classes = key_classes(spec, pl.concat([train.select(spec.target), holdout.select(spec.target)]))
     if spec.task == "regression":
         mean = float(train[spec.target].cast(pl.Float64).mean())
         return {"mean": task_metrics("regression", actual, np.full(len(actual), mean), scale)}
@@ -99,7 +100,9 @@ def baselines(
         top = max(shares.values())
         majority = sorted((c for c, s in shares.items() if s == top), key=str)[0]
         return {
-            "majority": label_metrics(actual, np.full(len(actual), majority, dtype=np.asarray(actual).dtype)),
+            "majority": label_metrics(
+                actual, np.full(len(actual), majority, dtype=np.asarray(actual).dtype), classes=classes
+            ),
             "chance": chance_metrics(actual, shares),
         }
     rate = flag_rate if flag_rate is not None else shares.get(1, 0.0)

@@ -780,6 +780,15 @@ def labels(frame: pl.DataFrame, column: str) -> np.ndarray:
     return frame[column].to_numpy()
 
 
+def key_classes(spec: UseCaseSpec, training_set: pl.DataFrame) -> np.ndarray | None:
+    """A classification key's classes, every label of its training set (training and holdout
+    rows): what its models and baselines are all scored over, so a model that predicts a class
+    the holdout lacks and a baseline that predicts one class are averaged alike. None otherwise."""
+    if spec.task != "classification" or spec.target not in training_set.columns:
+        return None
+    return labels(training_set.select(pl.col(spec.target).unique().sort()).drop_nulls(), spec.target)
+
+
 def split(frame: pl.DataFrame) -> Mapping[str, pl.DataFrame]:
     return {TRAIN: frame.filter(pl.col(SPLIT) == TRAIN), HOLDOUT: frame.filter(pl.col(SPLIT) == HOLDOUT)}
 

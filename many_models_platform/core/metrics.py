@@ -59,17 +59,30 @@ def mase_scale(history: np.ndarray, season: int) -> float:
     return float(np.mean(np.abs(y[season:] - y[:-season])))
 
 
-def positive_class(actual: np.ndarray, predicted: np.ndarray, positive: object = 1) -> object:
+def class_set(actual: np.ndarray, predicted: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
+    """The classes a metric is taken over: the key's (``classes``: every label of its training
+    set) and the actuals', so a model, a baseline and a champion scored on the same rows are
+    averaged over the same classes whatever each predicts; without ``classes``, the actuals'
+    and the predictions'."""
+    return np.unique(np.concatenate([np.asarray(actual), np.asarray(predicted if classes is None else classes)]))
+
+
+def positive_class(
+    actual: np.ndarray, predicted: np.ndarray, positive: object = 1, classes: np.ndarray | None = None
+) -> object:
     """The class precision/recall/F1 score: ``positive`` when present, else the larger of two labels."""
-    classes = np.unique(np.concatenate([np.asarray(actual), np.asarray(predicted)]))
-    if len(classes) == 2 and positive not in classes:
-        return classes[-1]  # e.g. "yes" of {"no", "yes"}, 2 of {0, 2}
+    found = class_set(actual, predicted, classes)
+    if len(found) == 2 and positive not in found:
+        return found[-1]  # e.g. "yes" of {"no", "yes"}, 2 of {0, 2}
     return positive
 
 
-def label_metrics(actual: np.ndarray, predicted: np.ndarray, positive: object = 1) -> dict[str, float]:
+def label_metrics(
+    actual: np.ndarray, predicted: np.ndarray, positive: object = 1, classes: np.ndarray | None = None
+) -> dict[str, float]:
     """Accuracy plus precision/recall/F1 of the positive class (``positive``, else the larger of
-    two labels); macro-averaged over classes when there are more than two.
+    two labels); macro-averaged over classes when there are more than two (``classes``: see
+    ``class_set``).
 
     Undefined is NaN, not 0 (scikit-learn's ``zero_division=nan``): precision when nothing is
     predicted positive, recall and F1 when the actuals hold no positive. A macro average leaves
@@ -77,8 +90,8 @@ def label_metrics(actual: np.ndarray, predicted: np.ndarray, positive: object = 
     """
     a = np.asarray(actual)
     p = np.asarray(predicted)
-    classes = np.unique(np.concatenate([a, p]))
-    positive = positive_class(a, p, positive)
+    classes = class_set(a, p, classes)
+    positive = positive_class(a, p, positive, classes)
     accuracy = float(np.mean(a == p)) if len(a) else math.nan
     targets = [positive] if len(classes) <= 2 else list(classes)
     precisions, recalls, f1s = [], [], []
@@ -103,7 +116,12 @@ def _nanmean(values: list[float]) -> float:
 
 
 def explain_undefined(
-    task: str, actual: np.ndarray, predicted: np.ndarray, metrics: dict[str, float], scale: float | None = None
+    task: str,
+    actual: np.ndarray,
+    predicted: np.ndarray,
+    metrics: dict[str, float],
+    scale: float | None = None,
+    classes: np.ndarray | None = None,
 ) -> dict[str, str]:
     """Why each NaN metric is undefined, for the report and the promotion reason."""
     a, p = np.asarray(actual), np.asarray(predicted)
@@ -123,8 +141,11 @@ def explain_undefined(
             "mase": "the training part has no seasonal-naive error to scale by "
             + ("(its series is constant at that season)" if scale == 0 else "(too short for one season)"),
         }
+    elif classes is not None and len(found := class_set(a, p, classes)) == 1:
+        only = f"the key's labels are all {_plain(found[0])!r}: there is no other class to tell it from"
+        reasons = dict.fromkeys(("precision", "recall", "f1"), only)
     else:
-        c = positive_class(a, p)
+        c = _plain(positive_class(a, p, classes=classes))
         reasons = {
             "precision": f"nothing in the holdout was predicted positive (class {c!r})",
             "recall": f"the holdout holds no positive (class {c!r})",
@@ -134,6 +155,11 @@ def explain_undefined(
         if m in reasons:
             out[m] = reasons[m]
     return out
+
+
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python value it holds, so a message shows 'yes', not np.str_('yes')."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def flag_rate(flags: np.ndarray) -> float:
@@ -162,10 +188,12 @@ def higher_is_worse(metric: str) -> bool:
     return metric in LOWER_IS_BETTER or metric == "flag_rate"
 
 
-def task_metrics(task: str, actual: np.ndarray, predicted: np.ndarray, scale: float | None = None) -> dict[str, float]:
+def task_metrics(
+    task: str, actual: np.ndarray, predicted: np.ndarray, scale: float | None = None, classes: np.ndarray | None = None
+) -> dict[str, float]:
     if task in ("forecast", "regression"):
         return regression_metrics(actual, predicted, scale)
-    return label_metrics(actual, predicted)
+    return label_metrics(actual, predicted, classes=classes)
 
 
 def is_better(candidate: float, reference: float, metric: str) -> bool:

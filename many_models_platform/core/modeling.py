@@ -28,6 +28,7 @@ from .features import (
     KeyDataError,
     Period,
     frame_input,
+    key_classes,
     key_period,
     labels,
     season_length,
@@ -174,19 +175,21 @@ def evaluate(
     holdout: pl.DataFrame,
     scale: float | None = None,
     notes: dict[str, str] | None = None,
+    classes: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Holdout metrics. Anomaly tasks always report ``flag_rate`` and a ``score_stability``
     placeholder (NaN: it needs a champion, see ``stability``); the label metrics need labels.
     ``scale`` is the MASE denominator of the training part (``training_scale``); ``notes``, when
-    given, receives why each undefined metric is undefined."""
+    given, receives why each undefined metric is undefined; ``classes``: a classification key's
+    labels (``key_classes``), which every model and baseline of the key is scored over."""
     x = model_input(model, holdout, feature_columns)
     predicted = predict(spec.task, model, x)
     metrics: dict[str, float] = {}
     if spec.labelled:
         actual, shown = labels(holdout, spec.target), clip_predictions(spec, predicted)
-        metrics = task_metrics(spec.task, actual, shown, scale)
+        metrics = task_metrics(spec.task, actual, shown, scale, classes)
         if notes is not None:
-            notes.update(explain_undefined(spec.task, actual, shown, metrics, scale))
+            notes.update(explain_undefined(spec.task, actual, shown, metrics, scale, classes))
     if spec.task == "anomaly":
         metrics |= {"flag_rate": flag_rate(predicted), "score_stability": math.nan}
     return metrics
@@ -277,6 +280,7 @@ def fit_key(spec: UseCaseSpec, training_set: pl.DataFrame, feature_columns: list
     frequency = period.frequency if period else None
     categorical = [c for c in feature_columns if c in set(spec.categorical_features)]
     unranked = spec.metric in UNLABELLED_METRICS
+    classes = key_classes(spec, training_set)
     scores: dict[str, float] = {}
     errors: dict[str, str] = {}
     folds = []
@@ -295,9 +299,8 @@ def fit_key(spec: UseCaseSpec, training_set: pl.DataFrame, feature_columns: list
                 per_window = []
                 for fold in folds:
                     model = _fit(spec, cand.name, fold.fit, feature_columns, categorical, period)
-                    per_window.append(
-                        evaluate(spec, model, feature_columns, fold.validate, training_scale(spec, fold.fit, frequency))
-                    )
+                    scale = training_scale(spec, fold.fit, frequency)
+                    per_window.append(evaluate(spec, model, feature_columns, fold.validate, scale, classes=classes))
             except Exception as exc:  # one bad candidate must not sink the key
                 errors[cand.name] = f"{type(exc).__name__}: {exc}"
                 continue
@@ -323,7 +326,8 @@ def fit_key(spec: UseCaseSpec, training_set: pl.DataFrame, feature_columns: list
         errors[winner] = f"{type(exc).__name__}: {exc}"
         raise KeyDataError("every candidate failed: " + "; ".join(f"{k}: {v}" for k, v in errors.items())) from None
     undefined: dict[str, str] = {}
-    metrics = evaluate(spec, model, feature_columns, holdout, training_scale(spec, train, frequency), undefined)
+    scale = training_scale(spec, train, frequency)
+    metrics = evaluate(spec, model, feature_columns, holdout, scale, undefined, classes)
     return FittedKey(
         model=model,
         candidate=winner,

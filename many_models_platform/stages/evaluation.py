@@ -79,7 +79,8 @@ def _evaluate_one(
     # the model fitted without the holdout: with refit, production's model.skops has seen it
     model = _load(pins["candidate_source"], pins, trusted)
     undefined: dict[str, str] = {}
-    metrics = evaluate(spec, model, cand.features, holdout, scale, undefined)
+    classes = F.key_classes(spec, ts)
+    metrics = evaluate(spec, model, cand.features, holdout, scale, undefined, classes)
     estimator = model.steps[-1][1] if hasattr(model, "steps") else model
     scored = baselines(spec, train, holdout, period, scale, expected_flag_rate(estimator))
     baseline_name, baseline_metrics = best_baseline(spec.metric, scored)
@@ -106,7 +107,7 @@ def _evaluate_one(
     if champ:
         report["champion_version"] = champ["version"]
         report["champion_source_version"] = champ.get("source_version")
-        _compare(spec, report, model, cand.features, champ, holdout, scale, trusted)
+        _compare(spec, report, model, cand.features, champ, holdout, scale, trusted, classes)
     return report | pins
 
 
@@ -118,7 +119,7 @@ def _load(source: str, lineage: dict, trusted):
     return load_model_from_source(source, lineage.get("artifact_sha256"), trusted, file=MODEL_FILE)
 
 
-def _compare(spec: UseCaseSpec, report: dict, model, features, champ: dict, holdout, scale, trusted) -> None:
+def _compare(spec: UseCaseSpec, report: dict, model, features, champ: dict, holdout, scale, trusted, classes) -> None:
     """The champion against the candidate on the holdout rows neither was fitted on. The
     champion's compared model is its evaluated twin (fitted without its own holdout) when it
     was refitted, else its production model; a champion fitted before lineage was recorded,
@@ -145,8 +146,8 @@ def _compare(spec: UseCaseSpec, report: dict, model, features, champ: dict, hold
         report["champion_note"] = f"champion cannot be loaded, not compared: {exc}"
         return
     try:
-        champ_metrics = evaluate(spec, champ_model, champ_features, champ_rows, scale)
-        ours = evaluate(spec, model, features, rows, scale)
+        champ_metrics = evaluate(spec, champ_model, champ_features, champ_rows, scale, classes=classes)
+        ours = evaluate(spec, model, features, rows, scale, classes=classes)
         if spec.task == "anomaly":
             champ_metrics.pop("score_stability", None)  # a property of the pair, reported on the candidate
             pair = stability(model, features, champ_model, champ_features, rows, champ_rows)
