@@ -486,7 +486,7 @@ def _print_ingest(ingest: dict, counts: bool = True) -> None:
             console.print(f"    ... and {len(rejected) - 20} more (Dagster: the raw asset's run report)")
     for field, what in (
         ("keys_differing_in_case", "keys differ only in case (kept apart, rows split between them)"),
-        ("keys_differing_in_leading_zeros", "keys differ only in leading zeros (kept apart, rows split between them)"),
+        ("keys_differing_in_leading_zeros", "keys differ only in leading zeros or a .0 (kept apart, rows split)"),
         ("labels_differing_in_case", "class labels differ only in case (separate classes)"),
     ):
         similar = ingest.get(field) or []

@@ -812,11 +812,17 @@ def test_keys_that_differ_only_in_case_are_kept_apart_and_shown(settings):
     assert {"Se", "SE", "se", "fr"} == set(out)  # case is data: three keys, surrounding spaces stripped
     assert report.summary["keys_differing_in_case"] == [["country=SE", "country=Se", "country=se"]]
     assert "keys_differing_in_leading_zeros" not in report.summary
-    land(settings, "panel/b.csv", "country,year,x1,x2,y\n007,2020,1,2,3\n7,2021,1,2,4\n0,2021,1,2,4\n00,2021,1,2,4\n")
+    land(
+        settings,
+        "panel/b.csv",
+        "country,year,x1,x2,y\n007,2020,1,2,3\n7,2021,1,2,4\n0,2021,1,2,4\n00,2021,1,2,4\n"
+        "12,2021,1,2,4\n12.0,2022,1,2,4\n12.5,2022,1,2,4\n",
+    )
     report, _ = run_raw(settings, yearly())
     assert report.summary["keys_differing_in_leading_zeros"] == [
         ["country=0", "country=00"],
         ["country=007", "country=7"],
+        ["country=12", "country=12.0"],  # a text column with 12 and 12.0 (one pandas export with a gap)
     ]
 
 

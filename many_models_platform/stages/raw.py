@@ -557,8 +557,12 @@ def keys_differing_in_case(
 
 
 def _unpadded(value: str) -> str:
-    """A digit string without its leading zeros (``007`` -> ``7``); other text as it is."""
-    return (value.lstrip("0") or "0") if value.isdigit() else value
+    """A whole number written as digits without its leading zeros or a ``.0`` (``007`` and
+    ``7.0`` -> ``7``, as an id exported by pandas with a gap reads); other text as it is."""
+    whole, dot, fraction = value.partition(".")
+    if whole.isdigit() and (not dot or (fraction and not fraction.strip("0"))):
+        return whole.lstrip("0") or "0"
+    return value
 
 
 def _wanted(spec: UseCaseSpec, keys: Sequence[str]) -> pl.DataFrame:
