@@ -198,6 +198,25 @@ def test_month_end_series_lag_by_calendar_month_and_forecast_on_month_ends():
     assert future["lag_3"].to_list() == [133.0, 134.0, 135.0]
 
 
+def test_a_month_stamped_twice_by_two_exports_fails_the_forecast_key_saying_so():
+    """The 2023 file stamps months on the 1st, a re-export from July 2023 on stamps them on
+    the last day: the later file replaced nothing (other dates), so six months are there twice and
+    lags and the holdout would count them twice. The key fails, naming a month and both dates."""
+    starts = pl.date_range(date(2020, 1, 1), date(2023, 12, 1), "1mo", eager=True)
+    ends = pl.date_range(date(2023, 7, 1), date(2024, 6, 1), "1mo", eager=True).dt.month_end()
+    times = pl.concat([starts, ends])
+    history = pl.DataFrame({"t": times, "price": 1.0, "y": [float(100 + i % 7) for i in range(len(times))]})
+    spec = make_spec(
+        forecast_body(time_column="t", target="y", lags=[3], holdout={"periods": 3}, horizon=3, min_rows=10)
+    )
+    with pytest.raises(
+        F.KeyDataError, match=r"^6 month\(s\) hold more than one date \(e.g. 2023-07-01 and 2023-07-31\)"
+    ):
+        F.prepare_training_set(spec, history)
+    # one stamp per month (the first file alone) is a monthly series
+    assert F.prepare_training_set(spec, history.filter(pl.col("t").dt.day() == 1)).frequency == "monthly"
+
+
 def _business_days(start: date, n: int) -> list[date]:
     days = pl.date_range(start, start + timedelta(days=2 * n), eager=True)
     return days.filter(days.dt.weekday() <= 5).to_list()[:n]

@@ -501,6 +501,8 @@ def prepare_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> TrainingSet
     if null_categories:
         raise KeyDataError(f"all-null categorical features: {null_categories}")
     period = key_period(spec, bronze[t]) if t else None
+    if period is not None and period.months and (spec.task == "forecast" or spec.holdout.periods is not None):
+        _check_one_date_per_period(t, bronze[t], period)
     frame = make_features(spec, bronze, period=period)
     if spec.lags:
         frame = _drop(frame, [("no lag history", pl.col(f"lag_{max(spec.lags)}").is_null())], drops)
@@ -538,6 +540,31 @@ def prepare_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> TrainingSet
         drops=drops,
         frequency=frequency,
         irregular_gaps=period.irregular_gaps(bronze[t]) if period else 0,
+    )
+
+
+def _check_one_date_per_period(t: str, times: pl.Series, period: Period) -> None:
+    """A monthly (quarterly, yearly) series has one date per period. Two (2023-07-01 in one
+    file, 2023-07-31 in a re-export) are two stampings of one month: a later file replaces an
+    earlier one's rows only at the same date, so both stayed, and lags and the holdout would
+    count the month twice."""
+    distinct = times.drop_nulls().unique().sort().to_frame()
+    bucket = (period.lag_key(pl.col(t)) - 1) // period.months
+    shared = (
+        distinct.group_by(bucket.alias("period"))
+        .agg(pl.col(t).min().alias("first"), pl.col(t).max().alias("last"), pl.len().alias("n"))
+        .filter(pl.col("n") > 1)
+        .sort("period")
+    )
+    if shared.is_empty():
+        return
+    first = shared.row(0, named=True)
+    name = {1: "month", 3: "quarter", 12: "year"}.get(period.months, f"{period.months}-month period")
+    raise KeyDataError(
+        f"{shared.height} {name}(s) hold more than one date (e.g. {time_text(first['first'])} and "
+        f"{time_text(first['last'])}): a {period.name} series has one row per {name}. Landing files that stamp "
+        f"the {name} differently (its first and its last day) do not replace each other's rows; re-export "
+        f"the older file with the same stamp, or remove it"
     )
 
 
