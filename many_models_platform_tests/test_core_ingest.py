@@ -402,6 +402,25 @@ def test_a_target_that_is_mostly_text_rejects_the_file_with_what_to_set():
     assert out["y"].to_list() == [1.5, 2.5, 3.0]
 
 
+def test_a_column_writing_a_separator_both_as_thousands_and_as_a_decimal_mark_rejects_the_file():
+    """'56,300' alone is 56300 and '0,25' alone is not a number; together the column writes ','
+    as a decimal mark, so 56,300 may be 56.3: the file is rejected, not read 1000x off. With
+    decimal_comma declared, '1.810' beside '1.5' is the same clash; '1,234.5' beside '12,345'
+    (a thousands separator and a decimal point) is none."""
+    spec = make_spec(regression_body())
+    frame = pl.DataFrame({"segment": ["a"] * 3, "x1": [1, 2, 3], "x2": [1, 2, 3], "y": ["56,300", "0,25", "12"]})
+    with pytest.raises(
+        FileRejected,
+        match=r"target 'y': '56,300' would read as thousands .*as a decimal mark \('0,25'\).*decimal_comma: true",
+    ):
+        normalise_file(frame, spec)
+    european = make_spec(regression_body(source={"path": "landing/x/*.csv", "csv": {"decimal_comma": True}}))
+    with pytest.raises(FileRejected, match=r"feature 'x1': '1.810' would read as thousands .*\('1.5'\)"):
+        normalise_file(frame.with_columns(x1=pl.Series(["1.810", "1.5", "2"]), y=pl.Series(["1", "2", "3"])), european)
+    out, _ = normalise_file(frame.with_columns(y=pl.Series(["1,234.5", "12,345", "3"])), spec)
+    assert out["y"].to_list() == [1234.5, 12345.0, 3.0]
+
+
 def test_a_numeric_feature_of_formatted_numbers_becomes_numbers_but_real_text_stays_for_training_set_to_name():
     spec = make_spec(regression_body())
     frame = pl.DataFrame({"segment": ["a"] * 2, "x1": ["1,000", "2,500.5"], "x2": ["1", "gold"], "y": [1.0, 2.0]})

@@ -561,6 +561,45 @@ def to_number(text: pl.Expr, decimal_comma: bool = False) -> pl.Expr:
     return pl.when(negative).then(-number.abs()).otherwise(number)
 
 
+# A number whose one separator is followed by exactly three digits (56,300; 1.810) reads as
+# thousands, which is right only when the file never writes that separator as a decimal mark:
+# (ambiguous, what shows the separator is a decimal mark) for each setting of decimal_comma.
+_SEPARATOR_CLASHES = {
+    False: (r"^[+-]?\d{1,3}(,\d{3})+$", r"^[+-]?\d*,(\d{1,2}|\d{4,})$|^[+-]?\d{1,3}(\.\d{3})+,\d+$"),
+    True: (r"^[+-]?\d{1,3}(\.\d{3})+$", r"^[+-]?\d*\.(\d{1,2}|\d{4,})$|^[+-]?\d{1,3}(,\d{3})+\.\d+$"),
+}
+
+
+def _separator_clash(column: str, decimal_comma: bool) -> pl.Expr:
+    """Whether one file's text column writes a separator both as thousands (``56,300``) and as a
+    decimal mark (``0,25``): each value alone reads, the column together cannot be trusted."""
+    ambiguous, decimal = _SEPARATOR_CLASHES[decimal_comma]
+    text = pl.col(column).str.strip_chars()
+    return text.str.contains(ambiguous).any() & text.str.contains(decimal).any()
+
+
+def _clash_message(data: pl.LazyFrame, column: str, what: str, decimal_comma: bool) -> str:
+    ambiguous, decimal = _SEPARATOR_CLASHES[decimal_comma]
+    text = pl.col(column).str.strip_chars()
+    first = data.select(
+        text.filter(text.str.contains(ambiguous)).first().alias("a"),
+        text.filter(text.str.contains(decimal)).first().alias("d"),
+    )
+    a, d = first.collect().row(0)
+    sep, other = ("'.'", "','") if decimal_comma else ("','", "'.'")
+    fix = (
+        "the file writes decimal points: re-export it with decimal commas, or give it a source of its own "
+        "without 'decimal_comma'"
+        if decimal_comma
+        else "set 'csv: {decimal_comma: true}' in the source if the file writes decimal commas"
+    )
+    return (
+        f"{what} {column!r}: {a!r} would read as thousands ({sep} a thousands separator), but the same column "
+        f"writes {sep} as a decimal mark ({d!r}), so which numbers are thousands cannot be told; {fix} "
+        f"(a decimal mark is {other} with decimal_comma {'on' if decimal_comma else 'off'})"
+    )
+
+
 def _number_hint(examples: Sequence[str], decimal_comma: bool) -> str:
     if not decimal_comma and any(
         re.match(_DECIMAL_COMMA, e.strip()) or re.match(_THOUSANDS_DC, e.strip()) for e in examples
@@ -676,6 +715,7 @@ def file_rules(
     numeric_text = [c for c in spec.features if schema.get(c) == pl.Utf8]
     for i, c in enumerate(numeric_text):  # "1,234.5" features become numbers when every value is one
         asks[f"text {i}"] = (is_written(pl.col(c)) & to_number(pl.col(c), decimal_comma).is_null()).any()
+        asks[f"clash {i}"] = _separator_clash(c, decimal_comma)
     text_keys = [k for k in spec.keys if schema[k] == pl.Utf8]
     for i, k in enumerate(text_keys):
         asks[f"key {i}"] = _float_written(k)
@@ -687,7 +727,14 @@ def file_rules(
         written = is_written(pl.col(target), schema[target])
         failed_target = written & _target_number(target, schema[target], decimal_comma).is_null()
         asks |= {"target failed": failed_target.sum(), "target present": written.sum()}
+        if schema[target] == pl.Utf8:
+            asks["target clash"] = _separator_clash(target, decimal_comma)
     stats = data.select(**asks).collect().row(0, named=True) if asks else {}
+    if stats.get("target clash"):
+        raise FileRejected(_clash_message(data, target, "target", decimal_comma))
+    for i, c in enumerate(numeric_text):
+        if stats[f"clash {i}"]:
+            raise FileRejected(_clash_message(data, c, "feature", decimal_comma))
     numbers = tuple(c for i, c in enumerate(numeric_text) if not stats[f"text {i}"])  # else training_set says why
     float_keys = tuple(k for i, k in enumerate(text_keys) if stats[f"key {i}"])
     time = None
