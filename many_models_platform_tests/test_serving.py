@@ -614,3 +614,12 @@ def test_schemathesis_finds_no_server_error_in_the_openapi_document(world):
                     except Unsatisfiable:  # nothing to make negative (no parameters, no body)
                         assert mode == GenerationMode.NEGATIVE
         assert checked > 60
+
+
+def test_a_category_sent_as_2_0_scores_as_the_category_2_that_ingest_wrote():
+    """Ingest writes a category code 2, 2.0 or '2.0' as '2'; a request's 2.0 (JSON has one number
+    type) or '2.0' must reach the model as that same category, not as an unseen one."""
+    from many_models_platform.serving.inputs import feature_frame
+
+    frame = feature_frame({"kind": [2.0, "2.0", 2, "x", None, 2.5, "-3.00"]}, ["kind"], ["kind"])
+    assert frame["kind"].to_list() == ["2", "2", "2", "x", None, "2.5", "-3"]

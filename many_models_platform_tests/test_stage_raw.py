@@ -876,6 +876,17 @@ def test_class_labels_written_1_in_one_file_and_1_0_in_another_are_one_class(set
     assert sorted(bronze(settings, spec, "b")["y"].to_list()) == ["0", "1"]
 
 
+def test_a_category_code_written_2_in_one_file_and_2_0_in_another_is_one_category(settings):
+    """A store type exported as 2 by one tool and as 2.0 by pandas (a float column with a gap,
+    or text '2.0'): one category '2', so the model does not split it, nor take 2.0 for unseen."""
+    land(settings, "cats/a.csv", "segment,x1,x2,y,kind\na,1,2,3,2\na,2,2,4,3\n")
+    land(settings, "cats/b.csv", "segment,x1,x2,y,kind\na,3,2,5,2.0\na,4,2,6,\n")
+    land(settings, "cats/c.csv", "segment,x1,x2,y,kind\na,5,2,7,3.0\na,6,2,8,x\n")
+    spec = make_spec(regression_body(source={"path": "landing/cats/*.csv"}, categorical_features=["kind"]), name="cats")
+    run_raw(settings, spec)
+    assert bronze(settings, spec, "a")["kind"].to_list() == ["2", "3", "2", None, "3", "x"]
+
+
 def test_a_full_spill_disk_fails_the_stage_instead_of_blaming_the_landing_file(settings, monkeypatch):
     land(settings, "panel/a.csv", "country,year,x1,x2,y\nse,2020,1,2,3\n")
 

@@ -779,7 +779,7 @@ def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, 
     frame = frame.select([c for c in spec.input_columns if c in frame.columns])
     frame = frame.with_columns(
         *key_values(spec.keys, frame.schema, rules.float_keys),
-        *[pl.col(c).cast(pl.Utf8) for c in spec.categorical_features],
+        *[_category_text(c, frame.schema[c]) for c in spec.categorical_features if c in frame.columns],
     )
     decimal_comma = _decimal_comma(spec, scoring)
     if rules.numbers:
@@ -819,6 +819,18 @@ def _whole_labels(frame: pl.DataFrame, target: str) -> pl.DataFrame:
     if kept.is_empty() or not bool((kept == kept.round(0)).all()):
         return frame
     return frame.with_columns(pl.col(target).cast(pl.Int64, strict=False))
+
+
+def _category_text(column: str, dtype: pl.DataType) -> pl.Expr:
+    """A category code as text, one way however the export wrote it: a store type 2 is '2'
+    from an integer column, a float one (2.0, as pandas writes integers with a gap) and text
+    written '2.0' alike, so a scoring file's 2.0 is no unseen category."""
+    if dtype.is_float():
+        whole = pl.col(column).is_finite() & (pl.col(column) == pl.col(column).round(0))
+        text = pl.when(whole).then(pl.col(column).cast(pl.Int64, strict=False).cast(pl.Utf8))
+        return text.otherwise(pl.col(column).cast(pl.Utf8)).alias(column)
+    text = pl.col(column).cast(pl.Utf8)
+    return text.str.replace(_FLOAT_INTEGER, "${1}").alias(column) if dtype == pl.Utf8 else text
 
 
 def normalise_file(
