@@ -39,6 +39,20 @@ def test_integers_that_are_not_all_years_are_a_period_index_unless_frequency_say
         parsed([1, 2], frequency="monthly")
 
 
+def test_yyyymm_integers_are_months_and_unix_micro_and_nanoseconds_are_datetimes():
+    """202412 (a statistics office's month) was a period index whose next periods were 202413
+    and 202414; Unix times in µs (Spark) and ns (pandas' int64) were period indexes too."""
+    p = parsed([202311, 202312, 202401, 202413, None])
+    assert p.kind == "date" and p.values.to_list() == [D(2023, 11, 1), D(2023, 12, 1), D(2024, 1, 1), None, None]
+    assert p.bad.to_list()[3] == ingest.UNPARSEABLE_TIME
+    assert parsed(["202401", "202402"]).values.to_list() == [D(2024, 1, 1), D(2024, 2, 1)]  # CSV text
+    us, ns = 1_709_251_200_000_000, 1_709_251_200_000_000_000  # 2024-03-01 00:00 UTC
+    for values in ([us, us + 3_600_000_000], [ns, ns + 3_600_000_000_000]):
+        p = parsed(values)
+        assert p.kind == "datetime" and p.values.to_list() == [dt.datetime(2024, 3, 1), dt.datetime(2024, 3, 1, 1)]
+    assert parsed([1, 2, 3]).kind == "period"
+
+
 def test_whole_float_years_from_a_pandas_export_are_years():
     p = parsed([1980.0, float("nan"), 1982.0])
     assert p.values.to_list() == [D(1980, 1, 1), None, D(1982, 1, 1)]

@@ -135,8 +135,16 @@ def _past_century(parsed: pl.Expr) -> pl.Expr:
 
 EPOCH_SECONDS = (10**9, 10**10)  # 2001-09-09 .. 2286: Unix time in seconds
 EPOCH_MILLIS = (10**12, 10**13)  # the same range in milliseconds
+EPOCH_MICROS = (10**15, 10**16)  # and microseconds (Spark, BigQuery)
+EPOCH_NANOS = (10**18, 2**63 - 1)  # and nanoseconds (pandas' datetime64[ns] as integers)
 _YYYYMMDD = (10_000_000, 99_991_231)
-_EPOCHS = ((EPOCH_SECONDS, "s", "seconds"), (EPOCH_MILLIS, "ms", "millis"))
+_YYYYMM = (100_001, 999_912)  # 202401: a month, as statistics offices number them
+_EPOCHS = (
+    (EPOCH_SECONDS, "s", "seconds"),
+    (EPOCH_MILLIS, "ms", "millis"),
+    (EPOCH_MICROS, "us", "micros"),
+    (EPOCH_NANOS, "ns", "nanos"),
+)
 _ISO_WEEK = r"^(\d{4})-?W(\d{2})$"  # 2024-W05: the Monday of that ISO week
 
 
@@ -206,6 +214,12 @@ def _readings(column: str, dtype: pl.DataType, time_format: str | None) -> _Read
             pl.when(ints.is_between(*_YYYYMMDD)).then(ints.cast(pl.Utf8).str.to_date("%Y%m%d", strict=False)),
             "date",
         ),
+        "ym": (
+            pl.when(ints.is_between(*_YYYYMM) & (ints % 100).is_between(1, 12)).then(
+                pl.date(ints // 100, ints % 100, 1)
+            ),
+            "date",
+        ),
         "years": (pl.when(ints.is_between(*YEARS)).then(pl.date(ints, 1, 1)), "date"),
         **{name: (_epoch(ints, lo, hi, unit), "datetime") for (lo, hi), unit, name in _EPOCHS},
     }
@@ -225,6 +239,8 @@ def _integers(n: dict[str, int], column: str, frequency: str | None, prefer: str
         return "int", "integers"
     if n["ymd"] * 2 > n["int"]:
         return "ymd", "dates as YYYYMMDD"
+    if n["ym"] * 2 > n["int"]:
+        return "ym", "months as YYYYMM"
     for _, unit, name in _EPOCHS:
         if n[name] * 2 > n["int"]:
             return name, f"Unix time ({unit})"
