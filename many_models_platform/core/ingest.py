@@ -535,7 +535,11 @@ _DECIMAL_COMMA = r"^[+-]?\d*,\d+$"  # 3,5
 
 # What exports write for a missing value, in any case and with spaces around: read as missing
 # in numeric text (features and targets), never as a value that is "not a number".
-MISSING_TOKENS = ("", "na", "n/a", "#n/a", "nan", "null", "none", "nil", "missing", "-", "--", "?", ".")
+MISSING_TOKENS = (
+    *("", "na", "n/a", "#n/a", "nan", "null", "none", "nil", "missing", "-", "--", "?", "."),
+    *("\\n", "(null)", "<null>"),  # MySQL's \N, psql's and other clients' nulls
+    *("#div/0!", "#value!", "#num!", "#ref!", "#name?", "#null!"),  # Excel's errors: no value
+)
 
 
 def is_written(values: pl.Expr, dtype: pl.DataType = pl.Utf8) -> pl.Expr:
@@ -547,6 +551,7 @@ def is_written(values: pl.Expr, dtype: pl.DataType = pl.Utf8) -> pl.Expr:
 
 
 _ACCOUNTING_NEGATIVE = r"^\((.*)\)$"  # (1,234.50): -1234.5, as accounting exports write a loss
+_TRAILING_MINUS = r"^([\d.,\s]*\d)-$"  # 12.50-: -12.5, as SAP exports write a negative
 _CURRENCY_FIRST = r"^([+-]?)\s*[$€£¥]\s*"  # $1,234.50, -$12, € 3,5
 _CURRENCY_OR_PERCENT_LAST = r"\s*[$€£¥%]$"  # 12 €, 12%
 _SPACED_THOUSANDS = r"^[+-]?\d{1,3}([ \u00a0\u202f]\d{3})+([.,]\d*)?$"  # 12 035,88 (fr, sv, pl: a (thin) space)
@@ -558,9 +563,9 @@ def to_number(text: pl.Expr, decimal_comma: bool = False) -> pl.Expr:
     (``12 035,88``), surrounding spaces, a currency symbol ($ € £ ¥) before or
     after, a percent sign (``12%`` is 12, the number written) and an accounting negative
     (``(1,234.50)``); anything else that is not a number is null."""
-    t = text.str.strip_chars()
-    negative = t.str.contains(_ACCOUNTING_NEGATIVE)
-    t = t.str.replace(_ACCOUNTING_NEGATIVE, "${1}").str.strip_chars()
+    t = text.str.strip_chars().str.replace("\u2212", "-", literal=True)  # a typographic minus (U+2212)
+    negative = t.str.contains(_ACCOUNTING_NEGATIVE) | t.str.contains(_TRAILING_MINUS)
+    t = t.str.replace(_ACCOUNTING_NEGATIVE, "${1}").str.replace(_TRAILING_MINUS, "${1}").str.strip_chars()
     t = t.str.replace(_CURRENCY_FIRST, "${1}").str.replace(_CURRENCY_OR_PERCENT_LAST, "")
     t = pl.when(t.str.contains(_SPACED_THOUSANDS)).then(t.str.replace_all(r"[ \u00a0\u202f]", "")).otherwise(t)
     if decimal_comma:
