@@ -887,6 +887,19 @@ def test_a_category_code_written_2_in_one_file_and_2_0_in_another_is_one_categor
     assert bronze(settings, spec, "a")["kind"].to_list() == ["2", "3", "2", None, "3", "x"]
 
 
+def test_the_side_files_spark_and_macos_leave_beside_exports_are_not_landing_files(settings):
+    """A Spark output folder read with 'path: spark/*' holds _SUCCESS, .crc checksums and a
+    _metadata summary beside its part files; a Mac adds .DS_Store. None is read or rejected."""
+    frame = pl.DataFrame({"country": ["se"] * 4, "year": [2020, 2021, 2022, 2023], "x1": 1.0, "x2": 2.0, "y": 1.0})
+    land(settings, "spark/part-00000.parquet", frame)
+    for side in ("_SUCCESS", ".part-00000.parquet.crc", "_metadata", ".DS_Store", "_committed_123"):
+        land(settings, f"spark/{side}", "\x00binary")
+    spec = yearly("landing/spark/*", name="spark", source={"path": "landing/spark/*", "format": "parquet"})
+    assert [f.name for f in Lake(settings.lake_url).listing(spec.source.path)] == ["landing/spark/part-00000.parquet"]
+    report, out = run_raw(settings, spec)
+    assert report.summary["rejected"] == [] and out["se"].ok and out["se"].info["rows"] == 4
+
+
 def test_a_full_spill_disk_fails_the_stage_instead_of_blaming_the_landing_file(settings, monkeypatch):
     land(settings, "panel/a.csv", "country,year,x1,x2,y\nse,2020,1,2,3\n")
 

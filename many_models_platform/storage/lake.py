@@ -215,6 +215,17 @@ class LandingTable:
         return iter(self.data.collect_batches(chunk_size=rows))
 
 
+# What Spark, Hadoop, Parquet writers and macOS leave beside the data: markers, checksums and
+# summaries that no export holds rows in (a `*` glob matches them), never read as landing files.
+_SIDE_FILES = re.compile(r"^(_SUCCESS|_metadata|_common_metadata|_(committed|started)_.*|\..*\.crc|\.DS_Store|\._.*)$")
+
+
+def is_side_file(path: str) -> bool:
+    """A writer's marker, checksum or summary file beside the exports (``_SUCCESS``,
+    ``.part-0.parquet.crc``, ``_metadata``, ``.DS_Store``), by its name."""
+    return bool(_SIDE_FILES.match(path.rsplit("/", 1)[-1]))
+
+
 @dataclass(frozen=True)
 class Lake:
     """A picklable handle on the lake root, passed as-is to worker processes."""
@@ -263,7 +274,8 @@ class Lake:
 
     def listing(self, pattern: str) -> list[LandedFile]:
         """Files matching ``pattern`` (relative to the root) with size and change stamp, sorted
-        by name. Remote: one listing request per 5,000 objects, never one request per file,
+        by name, without the side files writers leave beside exports (``is_side_file``). Remote:
+        one listing request per 5,000 objects, never one request per file,
         and never from a cached listing (other processes land files)."""
         if self.is_local:
             base = self.root.path.rstrip("/")
@@ -273,7 +285,7 @@ class Lake:
                     st = os.stat(p)
                 except FileNotFoundError:  # removed between the listing and the stat
                     continue
-                if stat.S_ISREG(st.st_mode):
+                if stat.S_ISREG(st.st_mode) and not is_side_file(p):
                     out.append(LandedFile(p[len(base) + 1 :], st.st_size, str(st.st_mtime_ns)))
             return sorted(out, key=lambda f: f.name)
         root = self.root
@@ -284,7 +296,7 @@ class Lake:
         out = [
             LandedFile(path[len(base) + 1 :], int(info.get("size") or 0), _stamp(info))
             for path, info in found.items()
-            if info.get("type") == "file" and path.startswith(base + "/")
+            if info.get("type") == "file" and path.startswith(base + "/") and not is_side_file(path)
         ]
         return sorted(out, key=lambda f: f.name)
 
