@@ -219,6 +219,19 @@ def test_future_frame_fills_weeks_missing_from_scoring_data(retail):
     assert future["price"].to_list() == [*partial["price"].to_list(), *[last_price] * (RETAIL.horizon - 3)]
 
 
+def test_future_frame_names_text_in_a_numeric_feature_of_the_scoring_rows(retail):
+    """'ten' in a scoring file's price fails the key with the feature-holds-text reason, not
+    polars' 'conversion from str to f64' cast error."""
+    bronze, exog = _keys(retail.history)[0], _keys(retail.future)[0]
+    texty = exog.with_columns(pl.col("price").cast(pl.Utf8)).with_columns(
+        pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("ten")).otherwise(pl.col("price")).alias("price")
+    )
+    with pytest.raises(
+        F.KeyDataError, match=r"^the scoring_source rows of this key: feature 'price' holds text, e.g. 'ten'"
+    ):
+        F.future_frame(RETAIL, bronze, texty, origin=bronze["week_start"].min())
+
+
 def test_future_frame_rows_have_every_model_feature(retail):
     bronze = _keys(retail.history)[0]
     target_at = dict(zip(bronze["week_start"].to_list(), bronze["quantity"].to_list(), strict=True))

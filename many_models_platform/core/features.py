@@ -762,6 +762,10 @@ def future_frame(
     future = pl.DataFrame(times)
     features = spec.all_features
     if future_exog is not None and future_exog.height:
+        try:  # a number column holding text ('ten') in the scoring file: said, not a cast error
+            check_numeric_features(spec, future_exog)
+        except KeyDataError as exc:
+            raise KeyDataError(f"the scoring_source rows of this key: {exc}") from None
         exog_cols = [c for c in features if c in future_exog.columns]
         exog = future_exog.select(pl.col(t).cast(dtype), *exog_cols).unique(subset=[t], keep="last")
         future = future.join(exog, on=t, how="left")
