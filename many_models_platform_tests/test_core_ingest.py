@@ -461,6 +461,18 @@ def test_key_values_are_stripped_and_an_empty_key_is_a_missing_one():
     assert out[ingest.DROP].to_list() == [None] * 4 + [ingest.NULL_KEY] * 3
 
 
+def test_one_key_written_two_ways_by_unicode_forms_or_excels_formula_text_is_one_key():
+    """'Zürich' composed (Windows) and decomposed (macOS, NFD) were two keys both shown as
+    Zürich; Excel's '="0012"' (how it keeps leading zeros) was a key apart from 0012."""
+    import unicodedata
+
+    spec = make_spec(regression_body())
+    values = ["Z\u00fcrich", unicodedata.normalize("NFD", "Z\u00fcrich"), '="0012"', "0012", '=""', "=x"]
+    frame = pl.DataFrame({"segment": values, "x1": [1] * 6, "x2": [1] * 6, "y": [1.0] * 6})
+    out, _ = normalise_file(frame, spec)
+    assert out["segment"].to_list() == ["Z\u00fcrich", "Z\u00fcrich", "0012", "0012", None, "=x"]
+
+
 def test_a_float_key_column_from_pandas_gives_the_integer_ids_and_nan_is_missing():
     spec = make_spec(regression_body())
     frame = pl.DataFrame(

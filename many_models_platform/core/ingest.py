@@ -497,13 +497,16 @@ def key_values(
     zeros are kept: ``A``/``a`` and ``0012``/``12`` stay different keys. A float column
     (pandas writes an integer id column with gaps as floats) gives ``12`` for ``12.0``, and
     NaN is missing, so the key matches the same id from an integer or text file; so does a
-    text column of ``float_text`` (:func:`float_written_keys`: a CSV of such floats)."""
+    text column of ``float_text`` (:func:`float_written_keys`: a CSV of such floats). Text
+    that is one string written two ways is one key: Unicode's composed and decomposed forms
+    (``Zürich`` from Windows and from macOS) are composed (NFC), and Excel's way of keeping
+    leading zeros, ``="0012"``, is ``0012``."""
     out = []
     for k in keys:
         column = pl.col(k)
         if schema is not None and schema[k].is_float():
             column = column.fill_nan(None).cast(pl.Utf8).str.replace(r"^(-?\d+)\.0$", "${1}")
-        text = column.cast(pl.Utf8).str.strip_chars()
+        text = column.cast(pl.Utf8).str.strip_chars().str.normalize("NFC").str.replace(r'^="(.*)"$', "${1}")
         if k in float_text:
             text = text.str.replace(_FLOAT_INTEGER, "${1}")
         out.append(pl.when(text.str.len_bytes() > 0).then(text).alias(k))
