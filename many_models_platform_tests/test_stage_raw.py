@@ -173,6 +173,27 @@ def test_a_cp1252_export_names_the_encoding_to_set_and_reads_once_it_is_set(sett
     assert out[encode_key(["Zürich"])].info["rows"] == 2
 
 
+def test_a_utf8_file_among_declared_cp1252_ones_and_an_undeclared_utf16_one_read_as_what_they_are(settings):
+    """January is a cp1252 export (declared), March comes from a tool that writes UTF-8: read
+    as cp1252 its 'ü' became 'Ã¼', a second key. Excel's 'Unicode Text' is UTF-16 with a
+    byte-order mark, which says so: read without a declaration."""
+    folder = Path(settings.lake_url) / "landing" / "drift"
+    folder.mkdir(parents=True)
+    (folder / "01.csv").write_bytes("country,year,x1,x2,y\nZürich,2020,1,2,3\n".encode("cp1252"))
+    (folder / "03.csv").write_bytes("country,year,x1,x2,y\nZürich,2021,1,2,4\n".encode())
+    spec = yearly(source={"path": "landing/drift/*.csv", "csv": {"encoding": "cp1252"}}, name="drift")
+    assert discover_keys(spec, Lake(settings.lake_url)) == [encode_key(["Zürich"])]
+    _, out = run_raw(settings, spec)
+    assert list(out) == [encode_key(["Zürich"])] and out[encode_key(["Zürich"])].info["rows"] == 2
+    land(settings, "u16/a.txt", "")
+    (Path(settings.lake_url) / "landing" / "u16" / "a.txt").write_bytes(
+        "country\tyear\tx1\tx2\ty\r\nse\t2020\t1\t2\t3\r\n".encode("utf-16")
+    )
+    spec = yearly("landing/u16/*.txt", name="u16")
+    report, out = run_raw(settings, spec)
+    assert report.summary["rejected"] == [] and out["se"].info["rows"] == 1
+
+
 def test_header_names_with_spaces_or_another_case_match_and_a_missing_column_shows_the_header(settings):
     land(settings, "hdr/a.csv", " Country ,YEAR,x1,X2,y\nse,2020,1,2,3\n")
     land(settings, "hdr/b.csv", "country,year,x1,y\nse,2021,1,4\n")

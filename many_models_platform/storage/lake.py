@@ -36,6 +36,7 @@ from upath import UPath
 
 from ..core.ingest import FileRejected, match_columns
 from ..core.keys import is_encoded_key, key_name
+from ..core.spec import CsvSpec
 
 AZURE_SCHEMES = ("abfs://", "abfss://", "az://")
 # environment variable -> lake storage option (docs/configuration.md#adls)
@@ -374,6 +375,7 @@ class Lake:
         if data[:2] == b"\x1f\x8b":  # polars decodes the text itself, after gunzip
             with _gzip_rejects():
                 data = gzip.decompress(data)
+        csv = file_encoding(csv, data[:HEADER_BYTES], lambda: _is_utf8(io.BytesIO(data)))
         layout = None
         try:
             layout = _csv_layout(data, csv, columns, text_columns, required)
@@ -429,6 +431,11 @@ class Lake:
                 head = f.read(2)
             if not head:
                 raise FileRejected("the file is empty (0 bytes); a CSV export needs at least its header line")
+            with open(local, "rb") as f, _gzip_rejects():
+                stream: IO[bytes] = gzip.GzipFile(fileobj=f) if head == b"\x1f\x8b" else f
+                start = stream.read(HEADER_BYTES)
+                stream.seek(0)
+                csv = file_encoding(csv, start, lambda: _is_utf8(stream))
             encoding = csv.encoding if csv is not None else "utf8"
             if head == b"\x1f\x8b" or encoding not in ("utf8", "utf8-lossy"):  # to plain UTF-8 on disk
                 local = _decoded_copy(local, encoding, _scratch_file(scratch, copies))
@@ -624,6 +631,37 @@ def csv_error(exc: Exception, text: Callable[[], IO[bytes]], layout: CsvLayout |
             "quote such values in the export, or set 'csv: {separator: ...}'"
         )
     return exc
+
+
+def file_encoding(csv: Any, start: bytes, is_utf8: Callable[[], bool]) -> Any:
+    """The source's dialect with the encoding this file is in. A byte-order mark says it
+    (Excel's 'Unicode Text' is UTF-16 with one); a declared encoding other than UTF-8 is for
+    the files that are not UTF-8: one that is (a tool changed in March) is read as UTF-8, as
+    cp1252 would read its 'ü' as 'Ã¼' and make a second key. ``start``: the file's first bytes."""
+    declared = csv.encoding if csv is not None else "utf8"
+    if start.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding = "utf-16"
+    elif start.startswith(codecs.BOM_UTF8) or declared in ("utf8", "utf8-lossy"):
+        encoding = "utf8" if declared != "utf8-lossy" else declared
+    elif b"\x00" not in start and is_utf8():  # UTF-16 text without a mark holds NUL bytes
+        encoding = "utf8"
+    else:
+        encoding = declared
+    if encoding == declared:
+        return csv
+    return (csv or CsvSpec()).model_copy(update={"encoding": encoding})
+
+
+def _is_utf8(stream: IO[bytes]) -> bool:
+    """Whether a (decompressed) byte stream is UTF-8 text, read a MiB at a time."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        while chunk := stream.read(HEADER_BYTES):
+            decoder.decode(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _not_utf8(stream: IO[bytes]) -> str:
