@@ -46,7 +46,7 @@ BATCHED_FILE_BYTES = 256 * 2**20
 BATCH_ROWS = 1_000_000
 COMPRESSED_EXPANSION = 4
 # Bumped when the way files are read changes, so earlier rejections are tried again.
-READER_VERSION = 5  # 5: title lines, corrupt gzip, month names, time_parts; 4: late CSV types, NA tokens
+READER_VERSION = 6  # 6: byte-order marks, UTF-8 among declared encodings, Excel errors, \N; 5: title lines, corrupt gzip, month names, time_parts
 
 
 class SpillFailed(Exception):
