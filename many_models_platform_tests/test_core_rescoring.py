@@ -99,3 +99,24 @@ def test_scoring_rows_dated_off_the_forecast_periods_are_counted_as_unused(tmp_p
             assert (info["rows_out"], info["rows_dropped"], info["drops"]) == (0, n, {UNUSED_SCORING: n})
         else:
             assert (info["rows_out"], info["rows_dropped"], info["drops"]) == (n, 0, {})
+
+
+def test_a_key_scored_without_its_scoring_rows_says_so_and_names_the_rejected_scoring_file(tmp_path):
+    """The future file lost a column today, so it is rejected: the keys are still forecast (their
+    exogenous features carried forward), ok, but their predictions record says why, and which
+    scoring file was rejected, instead of looking like forecasts from the scoring rows."""
+    from many_models_platform.stages.base import read_state
+
+    spec, settings, landing, _, keys, day1 = day_one(tmp_path, "retail_demand", keys=3, rows=120)
+    lake = Lake(settings.lake_url)
+    scored = [k for k in keys if day1["predictions"][k].ok]
+    assert scored and all(not read_state(lake, spec.name, "predictions", k).reason for k in scored)
+    future = Path(f"{landing}_future")
+    (part,) = future.iterdir()
+    pl.read_csv(part).drop("feat").write_csv(part)
+    day2 = run_all(spec, settings, "run-2", dt.date(2025, 1, 2), keys)
+    for key in scored:
+        assert day2["predictions"][key].ok
+        reason = read_state(lake, spec.name, "predictions", key).reason
+        assert reason.startswith("no scoring_source rows for this key: its future features are its last observed")
+        assert f"scoring_source 1 file(s) rejected for this use case: {part.parent.name}/{part.name}" in reason

@@ -52,6 +52,7 @@ def _score_one(
     if prod.get("eval_artifact_sha256"):
         holdout_model = load_model_from_source(prod["source"], prod["eval_artifact_sha256"], trusted, EVAL_MODEL_FILE)
     counts: dict[str, object] = {}  # a forecast's scoring_source rows, used or not
+    note = ""  # why an ok key's predictions are not what its scoring_source would have given
     if spec.task == "forecast":
         t = spec.time_column
         bronze = lake.read_parquet(lake.key_path("bronze", spec.name, key, ".parquet"))
@@ -67,6 +68,8 @@ def _score_one(
         calendar = F.calendar_of(features)  # the model's calendar features, whatever today's defaults
         forecast = F.future_frame(spec, bronze, exog, origin=origin, calendar=calendar)
         segments.append((forecast, "forecast"))
+        if spec.scoring_source and spec.all_features and (exog is None or not exog.height):
+            note = _without_scoring_rows(spec, lake, key, "its future features are its last observed values")
         if exog is not None and exog.height:  # rows off the forecast periods give no feature: counted
             on_period = exog[t].cast(forecast.schema[t]).is_in(forecast[t].implode())
             unused = exog.height - int(on_period.sum())
@@ -84,6 +87,8 @@ def _score_one(
                 why = f"{ts_state.status}: {ts_state.reason}" if ts_state else "has not run"
                 raise SkipKey(f"nothing to score: no scoring_source rows and training_set {why}")
             segments.append((F.add_calendar(holdout, spec.time_column, features), "holdout"))
+            if spec.scoring_source:
+                note = _without_scoring_rows(spec, lake, key, "its holdout is scored instead")
     out = pl.concat(
         [
             _prediction_rows(spec, holdout_model if kind == "holdout" else model, features, rows, kind, prod)
@@ -108,8 +113,16 @@ def _score_one(
     clear_state(lake, spec.name, "predictions", key)
     lake.write_parquet(lake.key_path("predictions", spec.name, key, ".parquet"), out)
     crash_point("predictions")
-    write_state(lake, spec.name, "predictions", KeyOutcome(key, "ok", info=info), run_id)
+    write_state(lake, spec.name, "predictions", KeyOutcome(key, "ok", note, info=info), run_id)
     return info
+
+
+def _without_scoring_rows(spec: UseCaseSpec, lake: Lake, key: str, instead: str) -> str:
+    """The note on a key of a use case with a scoring_source that has no scoring rows today:
+    what was scored instead and, when scoring files were rejected, which (its rows may be there)."""
+    raw = read_state(lake, spec.name, "raw", key)
+    rejected = raw.info.model_dump().get("scoring_rejected") if raw else None
+    return f"no scoring_source rows for this key: {instead}" + (f"; scoring_source {rejected}" if rejected else "")
 
 
 def _require_fresh_bronze(lake: Lake, spec: UseCaseSpec, key: str) -> None:

@@ -599,13 +599,16 @@ def _row_info(rows_in: int, rows_out: int, counts: dict) -> dict[str, Any]:
     return {"rows_in": rows_in, "rows_out": rows_out, "rows_dropped": dropped, "rows_merged": merged, "drops": drops}
 
 
+def _rejected_text(rejected: list[dict]) -> str:
+    shown = "; ".join(f"{f['file']}: {f['reason'][:300]}" for f in rejected[:2])
+    more = f"; and {len(rejected) - 2} more" if len(rejected) > 2 else ""
+    return f"{len(rejected)} file(s) rejected for this use case: {shown}{more}"
+
+
 def _no_rows_reason(read: SourceRead) -> str:
     reason = "no rows for this key in the landing zone"
-    rejected = read.rejected
-    if rejected:
-        shown = "; ".join(f"{f['file']}: {f['reason'][:300]}" for f in rejected[:2])
-        more = f"; and {len(rejected) - 2} more" if len(rejected) > 2 else ""
-        reason += f"; {len(rejected)} file(s) rejected for this use case: {shown}{more}"
+    if read.rejected:
+        reason += f"; {_rejected_text(read.rejected)}"
     later = read.retry_later
     if later:
         reason += f"; {len(later)} file(s) could not be read now and will be tried again: {later[0]['file']}"
@@ -701,7 +704,9 @@ def _runs_policy(spec: UseCaseSpec, spill: Spill, read: SourceRead | None, label
     return False
 
 
-def _outcome(run: StageRun, key: str, train: SourceRead, found: dict[str, Any]) -> KeyOutcome:
+def _outcome(
+    run: StageRun, key: str, train: SourceRead, found: dict[str, Any], future: SourceRead | None = None
+) -> KeyOutcome:
     """One key's outcome; its bronze (and future rows) written when it has rows."""
     spec, lake = run.spec, run.lake
     frame, fut, counts, f_counts = (found.get(n) for n in ("frame", "future", "counts", "future_counts"))
@@ -709,6 +714,8 @@ def _outcome(run: StageRun, key: str, train: SourceRead, found: dict[str, Any]) 
     info |= {"rows": info["rows_out"], "scoring_rows": 0 if fut is None else fut.height}
     if f_counts:
         info["scoring_drops"] = _row_info(0, 0, f_counts)["drops"]
+    if fut is None and future is not None and future.rejected:  # its scoring rows may be in those files
+        info["scoring_rejected"] = _rejected_text(future.rejected)
     if found.get("failure"):
         return KeyOutcome(key, "failed", found["failure"], info)
     if frame is None and not info["rows_in"]:
@@ -802,14 +809,14 @@ def ingest(run: StageRun, keys: Sequence[str]) -> StageReport:
                     found = {"frame": parts.get(key), "future": f_parts.get(key), "rows_in": rows_in.get(key, 0)}
                     found |= {"counts": key_counts.get(key), "future_counts": f_counts.get(key)}
                     found["failure"] = failures.get(key)
-                    writing.append((key, writers.submit(_outcome, run, key, train, found)))
+                    writing.append((key, writers.submit(_outcome, run, key, train, found, future)))
                 del parts, f_parts, res, fut
             _collect(run, writing, outcomes)
         finally:  # on an error, the writes not yet started are not started
             writers.shutdown(wait=True, cancel_futures=True)
         for key in keys:
             if key not in outcomes:  # no bucket holds its rows
-                outcomes[key] = _outcome(run, key, train, {})
+                outcomes[key] = _outcome(run, key, train, {}, future)
                 if run.progress:
                     run.progress(1)
         _file_totals(spec, lake, spill, train, "source", counts["source"])

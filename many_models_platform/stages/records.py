@@ -80,6 +80,7 @@ class RawInfo(RowCounts):
     rows: int | None = None
     scoring_rows: int | None = None
     scoring_drops: dict[str, int] | None = None
+    scoring_rejected: str | None = None  # no scoring rows, and scoring files were rejected: which
 
 
 class TrainingSetInfo(RowCounts):
