@@ -119,4 +119,4 @@ def test_a_key_scored_without_its_scoring_rows_says_so_and_names_the_rejected_sc
         assert day2["predictions"][key].ok
         reason = read_state(lake, spec.name, "predictions", key).reason
         assert reason.startswith("no scoring_source rows for this key: its future features are its last observed")
-        assert f"scoring_source 1 file(s) rejected for this use case: {part.parent.name}/{part.name}" in reason
+        assert f"1 file(s) rejected for this use case: landing/{part.parent.name}/{part.name}: missing" in reason
