@@ -194,6 +194,26 @@ def test_a_utf8_file_among_declared_cp1252_ones_and_an_undeclared_utf16_one_read
     assert report.summary["rejected"] == [] and out["se"].info["rows"] == 1
 
 
+def test_mac_line_ends_and_a_separator_ending_every_row_read_and_an_extra_value_still_rejects(settings):
+    """Excel's 'CSV (Macintosh)' ends lines with a carriage return alone (polars saw one line);
+    some exporters end each data row, not the header, with a separator (polars: more fields
+    than the header). Both read, whole and in batches. A row whose extra field holds a value
+    is a shifted row, still rejected."""
+    land(settings, "mac/a.csv", "country,year,x1,x2,y\rse,2020,1,2,3\rse,2021,1,2,4\r")
+    _, out = run_raw(settings, yearly("landing/mac/*.csv", name="mac"))
+    assert out["se"].ok and out["se"].info["rows"] == 2
+    land(settings, "trail/a.csv", "country,year,x1,x2,y\nse,2020,1,2,3,\nse,2021,1,2,4,\n")
+    land(settings, "trail/b.csv", "Sales report\ncountry;year;x1;x2;y\r\nfr;2020;1;2;5;\r\nfr;2021;1;2;6;\r\n")
+    spec = yearly("landing/trail/*.csv", name="trail")
+    report, out = run_raw(settings, spec)
+    assert [f["status"] for f in report.summary["files"]] == ["ingested", "ingested"]
+    assert bronze(settings, spec, "se")["y"].to_list() == [3.0, 4.0]
+    assert bronze(settings, spec, "fr")["y"].to_list() == [5.0, 6.0]
+    land(settings, "shifted/a.csv", "country,year,x1,x2,y\nse,2020,1,2,3,\nse,2021,1,2,4,9\n")
+    report, _ = run_raw(settings, yearly("landing/shifted/*.csv", name="shifted"))
+    assert report.summary["rejected"][0]["reason"].startswith("a line has more fields than the header")
+
+
 def test_header_names_with_spaces_or_another_case_match_and_a_missing_column_shows_the_header(settings):
     land(settings, "hdr/a.csv", " Country ,YEAR,x1,X2,y\nse,2020,1,2,3\n")
     land(settings, "hdr/b.csv", "country,year,x1,y\nse,2021,1,4\n")

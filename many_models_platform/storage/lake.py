@@ -190,6 +190,7 @@ class CsvLayout:
     header: list[str]
     names: dict[str, str]
     text: dict[str, Any]
+    trailing_separator: bool = False  # rows end with a separator the header lacks (TRAILING_COLUMN)
 
     @property
     def lines_above_header(self) -> int:
@@ -376,9 +377,13 @@ class Lake:
             with _gzip_rejects():
                 data = gzip.decompress(data)
         csv = file_encoding(csv, data[:HEADER_BYTES], lambda: _is_utf8(io.BytesIO(data)))
+        if _cr_line_ends(data[:HEADER_BYTES]):
+            data = data.replace(b"\r", b"\n")
         layout = None
         try:
             layout = _csv_layout(data, csv, columns, text_columns, required)
+            if layout.trailing_separator:
+                data = _with_header_column(data, layout)
             if folders:
                 layout = dataclasses.replace(layout, names=_row_holder(layout.names, layout.header))
             frame = pl.read_csv(
@@ -437,12 +442,15 @@ class Lake:
                 stream.seek(0)
                 csv = file_encoding(csv, start, lambda: _is_utf8(stream))
             encoding = csv.encoding if csv is not None else "utf8"
-            if head == b"\x1f\x8b" or encoding not in ("utf8", "utf8-lossy"):  # to plain UTF-8 on disk
-                local = _decoded_copy(local, encoding, _scratch_file(scratch, copies))
+            cr = _cr_line_ends(start)
+            if head == b"\x1f\x8b" or encoding not in ("utf8", "utf8-lossy") or cr:  # to plain UTF-8 on disk
+                local = _decoded_copy(local, encoding, _scratch_file(scratch, copies), cr_line_ends=cr)
                 if encoding != "utf8-lossy" and csv is not None:
                     csv = csv.model_copy(update={"encoding": "utf8"})  # the copy is UTF-8 now
             with open(local, "rb") as f:
                 layout = _csv_layout(f.read(HEADER_BYTES), csv, columns, text_columns, required)
+            if layout.trailing_separator:  # a copy whose header names the column the rows end with
+                local = _header_column_copy(local, layout, _scratch_file(scratch, copies))
             if folders:
                 layout = dataclasses.replace(layout, names=_row_holder(layout.names, layout.header))
             scan = pl.scan_csv(
@@ -573,7 +581,9 @@ def _csv_layout(
             "rename or drop the extra column in the export"
         )
     text = {actual: pl.Utf8 for actual, name in names.items() if name in text_columns}
-    return CsvLayout(options, list(header), names, text)
+    wide = csv is not None and csv.encoding.lower().replace("_", "-").startswith(("utf-16", "utf16", "utf-32", "utf32"))
+    trailing = not wide and _trailing_separator(start, options, header)
+    return CsvLayout(options, list(header), names, text, trailing)
 
 
 def _lacks(required: Sequence[str], names: dict[str, str]) -> bool:
@@ -695,25 +705,77 @@ def _scratch_file(scratch: str | os.PathLike, copies: list[str]) -> str:
     return copies[-1]
 
 
-def _decoded_copy(source: str, encoding: str, target: str) -> str:
-    """A gzipped and/or non-UTF-8 CSV as plain UTF-8 text, streamed to ``target``."""
+def _decoded_copy(source: str, encoding: str, target: str, cr_line_ends: bool = False) -> str:
+    """A gzipped and/or non-UTF-8 CSV as plain UTF-8 text, streamed to ``target``; with
+    ``cr_line_ends``, its lines ending in ``\\n``."""
     with open(source, "rb") as raw, open(target, "wb") as out:
         stream: IO[bytes] = raw
         if raw.read(2) == b"\x1f\x8b":
             stream = gzip.GzipFile(fileobj=raw)
         raw.seek(0)
         with _gzip_rejects():
-            _copy_decoded(stream, encoding, out)
+            _copy_decoded(stream, encoding, out, cr_line_ends)
     return target
 
 
-def _copy_decoded(stream: IO[bytes], encoding: str, out: IO[bytes]) -> None:
+def _copy_decoded(stream: IO[bytes], encoding: str, out: IO[bytes], cr_line_ends: bool = False) -> None:
     if encoding in ("utf8", "utf8-lossy"):
-        shutil.copyfileobj(stream, out, HEADER_BYTES)
+        if not cr_line_ends:
+            shutil.copyfileobj(stream, out, HEADER_BYTES)
+        while chunk := stream.read(HEADER_BYTES) if cr_line_ends else b"":
+            out.write(chunk.replace(b"\r", b"\n"))
     else:
         reader = codecs.getreader(encoding)(stream)
         while text := reader.read(HEADER_BYTES):
-            out.write(text.encode("utf-8"))
+            out.write((text.replace("\r", "\n") if cr_line_ends else text).encode("utf-8"))
+
+
+def _cr_line_ends(start: bytes) -> bool:
+    """Whether a CSV's lines end in a carriage return alone, as Excel's 'CSV (Macintosh)' and
+    old Mac tools write them: polars would read the whole file as one line."""
+    return b"\r" in start and b"\n" not in start
+
+
+TRAILING_COLUMN = "_after_trailing_separator"  # the empty column a separator at each row's end opens
+
+
+def _trailing_separator(start: bytes, options: dict[str, Any], header: Sequence[str]) -> bool:
+    """Whether the data rows end with a separator the header line lacks (``a,b`` then ``1,2,``),
+    as some exporters write them: every row one empty field longer than the header, in the
+    first rows. polars rejects such a file as having more fields than its header."""
+    import csv as csv_module
+
+    skip = options.get("skip_lines", 0)
+    lines = start.decode("utf-8", errors="replace").splitlines()[skip : skip + 101]
+    if len(start) >= HEADER_BYTES:
+        lines = lines[:-1]  # the last line may be cut by the first MiB
+    rows = [r for r in csv_module.reader(lines[1:], delimiter=options["separator"]) if r]
+    n = len(header)
+    return bool(rows) and all(len(r) == n + 1 and not r[-1].strip() for r in rows)
+
+
+def _header_line_end(data: bytes, skip: int) -> int:
+    """The byte offset where the header line (after ``skip`` title lines) ends, before its line end."""
+    end = -1
+    for _ in range(skip + 1):
+        end = data.find(b"\n", end + 1)
+        if end < 0:
+            return len(data)
+    return end - 1 if end > 0 and data[end - 1 : end] == b"\r" else end
+
+
+def _with_header_column(data: bytes, layout: CsvLayout) -> bytes:
+    """The CSV's bytes with a name for the column its rows' trailing separator opens."""
+    at = _header_line_end(data, layout.options.get("skip_lines", 0))
+    return data[:at] + f"{layout.options['separator']}{TRAILING_COLUMN}".encode() + data[at:]
+
+
+def _header_column_copy(source: str, layout: CsvLayout, target: str) -> str:
+    """A UTF-8 CSV copied with a name for its rows' trailing column (``_with_header_column``)."""
+    with open(source, "rb") as f, open(target, "wb") as out:
+        out.write(_with_header_column(f.read(HEADER_BYTES), layout))
+        shutil.copyfileobj(f, out, HEADER_BYTES)
+    return target
 
 
 @contextlib.contextmanager
