@@ -290,8 +290,37 @@ def test_too_few_rows_says_what_took_them_and_when_times_are_off_the_grid():
         F.prepare_training_set(spec, history)
     message = str(err.value)
     assert message.startswith("too few rows after features and split:")
-    assert "rows dropped: no lag history" in message
+    # the five 08:26 rows are off the grid (no lag, no step); the others lack 7 days of history
+    assert "rows dropped: time off the key's grid 5, no lag history" in message
     assert "gap(s) between times are not whole periods of 1 day" in message and "declare 'frequency'" in message
+
+
+def test_a_weekly_key_whose_last_week_is_stamped_a_day_early_forecasts_on_its_own_weekday():
+    """Sunday weeks whose last row is a Saturday (an export taken a day early): the Saturday is
+    off the key's grid, dropped and counted as such (not as 'no lag history'), the holdout is the
+    latest Sundays, and the forecast goes on Sundays after it, where the scoring rows are."""
+    sundays = [date(2024, 1, 7) + timedelta(weeks=w) for w in range(40)]
+    times = [*sundays, sundays[-1] + timedelta(days=6)]
+    history = pl.DataFrame({"t": times, "price": 1.0, "y": [float(10 + i % 5) for i in range(len(times))]})
+    spec = make_spec(
+        forecast_body(time_column="t", target="y", lags=[4], holdout={"periods": 4}, horizon=4, min_rows=10)
+    )
+    prepared = F.prepare_training_set(spec, history)
+    assert prepared.drops == {F.OFF_GRID: 1, "no lag history": 4}
+    holdout = prepared.frame.filter(pl.col(F.SPLIT) == F.HOLDOUT)["t"].to_list()
+    assert holdout == sundays[-4:]
+    future = F.future_frame(spec, history, None, origin=sundays[0])
+    assert future["t"].to_list() == [sundays[-1] + timedelta(weeks=k) for k in range(1, 5)]
+
+
+def test_monthly_forecasts_keep_the_keys_month_stamp_after_a_month_to_date_row():
+    """Months stamped on the 1st, then a month-to-date row on the 15th: forecasts on the 1st of
+    the next months (where the scoring rows are), not on the 15th."""
+    firsts = pl.date_range(date(2022, 1, 1), date(2024, 5, 1), "1mo", eager=True).to_list()
+    history = pl.DataFrame({"t": [*firsts, date(2024, 6, 15)], "price": 1.0, "y": [float(i) for i in range(30)]})
+    spec = make_spec(forecast_body(time_column="t", target="y", lags=[4], horizon=3, min_rows=10))
+    future = F.future_frame(spec, history, None, origin=firsts[0])
+    assert future["t"].to_list() == [date(2024, 7, 1), date(2024, 8, 1), date(2024, 9, 1)]
 
 
 def test_row_accounting_of_the_training_set():

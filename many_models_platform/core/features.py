@@ -136,6 +136,20 @@ class Period:
         step = self.int_step or round(self.step.total_seconds() * 1_000_000)
         return int(np.count_nonzero(gaps % step))
 
+    def off_grid(self, times: pl.Series) -> pl.Series:
+        """Times off the key's grid: a fixed step's times that sit a fraction of a step from
+        the most common phase (a Saturday among Sunday weeks, 08:26 among midnights), a
+        weekend among business days. Calendar months are matched by month number: none."""
+        if self.months or times.is_empty():
+            return pl.Series(times.name, [False] * times.len())
+        if self.business:
+            return (times.dt.weekday() > 5).fill_null(False)
+        values = times if times.dtype.is_integer() else times.dt.epoch("us")
+        step = self.int_step or round(self.step.total_seconds() * 1_000_000)
+        phase = values % step
+        mode = phase.drop_nulls().mode().sort()
+        return (phase != mode[0]).fill_null(False) if mode.len() else pl.Series(times.name, [False] * times.len())
+
     def describe(self) -> str:
         if self.int_step:
             return f"{self.int_step}"
@@ -501,8 +515,12 @@ def prepare_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> TrainingSet
     if null_categories:
         raise KeyDataError(f"all-null categorical features: {null_categories}")
     period = key_period(spec, bronze[t]) if t else None
-    if period is not None and period.months and (spec.task == "forecast" or spec.holdout.periods is not None):
+    exact = spec.task == "forecast" or spec.holdout.periods is not None
+    if period is not None and period.months and exact:
         _check_one_date_per_period(t, bronze[t], period)
+    landed = bronze[t] if t else None  # the times as landed, off-grid ones included (for the reasons)
+    if period is not None and exact:  # lags and holdouts step along the grid: a stray time has none
+        bronze = _drop(bronze, [(OFF_GRID, pl.lit(period.off_grid(bronze[t])))], drops)
     frame = make_features(spec, bronze, period=period)
     if spec.lags:
         frame = _drop(frame, [("no lag history", pl.col(f"lag_{max(spec.lags)}").is_null())], drops)
@@ -519,7 +537,7 @@ def prepare_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> TrainingSet
     if n_train < spec.min_rows or n_holdout == 0:
         raise KeyDataError(
             f"too few rows after features and split: {n_train} train, {n_holdout} holdout (min_rows {spec.min_rows})"
-            + _why_so_few(drops, period, bronze[t] if t else None)
+            + _why_so_few(drops, period, landed)
         )
     if spec.task == "classification" and frame.filter(pl.col(SPLIT) == TRAIN)[y].n_unique() < 2:
         (only,) = frame.filter(pl.col(SPLIT) == TRAIN)[y].unique().to_list()
@@ -539,8 +557,11 @@ def prepare_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> TrainingSet
         rows_in=rows_in,
         drops=drops,
         frequency=frequency,
-        irregular_gaps=period.irregular_gaps(bronze[t]) if period else 0,
+        irregular_gaps=period.irregular_gaps(landed) if period else 0,
     )
+
+
+OFF_GRID = "time off the key's grid"  # a Saturday among Sunday weeks: no lag, no step, no forecast origin
 
 
 def _check_one_date_per_period(t: str, times: pl.Series, period: Period) -> None:
@@ -754,11 +775,12 @@ def future_frame(
     if period is None:
         raise KeyDataError("cannot infer the period length from a single time value")
     dtype = history.schema[t]
-    last = history[t].max()
+    on_grid = history[t].filter(~period.off_grid(history[t]))  # a last Saturday among Sundays: weeks go on Sundays
+    last = on_grid.max() if on_grid.len() else history[t].max()
     steps = [period.shift(pl.lit(last, dtype=dtype), k).alias(str(k)) for k in range(1, spec.horizon + 1)]
     times = pl.Series(t, list(pl.select(steps).row(0)), dtype=dtype)
-    if period.months and _is_temporal(dtype) and pl.select(pl.lit(last, dtype=dtype).dt.month_end()).item() == last:
-        times = times.dt.month_end()  # month-end data stays on month ends (Nov 30 -> Dec 31, not Dec 30)
+    if period.months and _is_temporal(dtype):
+        times = _month_stamps(history[t], times, last)
     future = pl.DataFrame(times)
     features = spec.all_features
     if future_exog is not None and future_exog.height:
@@ -780,7 +802,19 @@ def future_frame(
     cols = [t, *features, spec.target]
     combined = pl.concat([history.select(cols), future.select(cols)])
     featured = make_features(spec, combined, origin=origin, period=period, calendar=calendar)
-    return featured.filter(pl.col(t) > last)
+    return featured.filter(pl.col(t).is_in(times.implode()) & pl.col(spec.target).is_null())
+
+
+def _month_stamps(history: pl.Series, times: pl.Series, last: Any) -> pl.Series:
+    """Forecast months stamped as the key's months are: on month ends when most of its dates
+    are (Nov 30 -> Dec 31, not Dec 30), on the 1st when most are, whatever day its last date is
+    (a month-to-date row on the 15th); else as its last date."""
+    dates = history.drop_nulls()
+    if (dates == dates.dt.month_end()).mean() > 0.5:
+        return times.dt.month_end()
+    if (dates.dt.day() == 1).mean() > 0.5:
+        return times.dt.month_start()
+    return times.dt.month_end() if pl.select(pl.lit(last).dt.month_end()).item() == last else times
 
 
 def fingerprint(frame: pl.DataFrame) -> str:
