@@ -941,6 +941,31 @@ def test_the_side_files_spark_and_macos_leave_beside_exports_are_not_landing_fil
     assert report.summary["rejected"] == [] and out["se"].ok and out["se"].info["rows"] == 4
 
 
+def test_a_parquet_file_whose_text_columns_are_binary_reads_them_as_text(settings):
+    """Hive and older writers store text as BINARY without the UTF8 annotation: the time column
+    was rejected ('type Binary'), and a Binary target could not be a number."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "country": pa.array([b"se", b"se"], pa.binary()),
+            "year": pa.array([b"2020", b"2021"], pa.binary()),
+            "x1": [1.0, 2.0],
+            "x2": [2.0, 3.0],
+            "y": pa.array([b"3.5", b"4"], pa.binary()),
+        }
+    )
+    path = Path(settings.lake_url) / "landing" / "hive" / "a.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(table, path)
+    spec = yearly("landing/hive/*.parquet", name="hive")
+    report, out = run_raw(settings, spec)
+    assert report.summary["rejected"] == [] and out["se"].ok
+    b = bronze(settings, spec, "se")
+    assert b["year"].to_list() == [D(2020, 1, 1), D(2021, 1, 1)] and b["y"].to_list() == [3.5, 4.0]
+
+
 def test_a_full_spill_disk_fails_the_stage_instead_of_blaming_the_landing_file(settings, monkeypatch):
     land(settings, "panel/a.csv", "country,year,x1,x2,y\nse,2020,1,2,3\n")
 

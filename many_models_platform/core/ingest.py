@@ -14,10 +14,13 @@ import datetime as dt
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import polars as pl
 
 from .spec import UseCaseSpec
+
+FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
 FILE = "__file"  # index of the landing file, in name order
 DROP = "__drop"  # why a row is removed (null: the row is kept)
@@ -719,6 +722,11 @@ def _decimal_comma(spec: UseCaseSpec, scoring: bool) -> bool:
     return bool(source_spec.csv and source_spec.csv.decimal_comma)
 
 
+def binary_as_text(frame: FrameT) -> FrameT:
+    """Parquet BINARY columns (Hive and older writers store text so) as the text they hold."""
+    return frame.with_columns(pl.col(pl.Binary).cast(pl.Utf8, strict=False))
+
+
 def file_rules(
     data: pl.LazyFrame | pl.DataFrame, spec: UseCaseSpec, *, scoring: bool = False, prefer: str | None = None
 ) -> FileRules:
@@ -726,7 +734,7 @@ def file_rules(
     values read, which text features are numbers, and whether it is a file to reject
     (:class:`FileRejected`). ``data`` may be lazy (a file read in batches): these questions are
     answered in one pass over it, only a rare time layout (ISO weeks, datetimes) needs a second."""
-    data = data.lazy()
+    data = binary_as_text(data.lazy())
     schema = data.collect_schema()
     missing = [c for c in required_columns(spec, scoring) if c not in schema]
     if missing:
@@ -799,7 +807,7 @@ def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, 
     Key and categorical columns become text as they are; the target becomes Float64 for
     forecasts and regressions.
     """
-    frame = compose_time(frame, spec)
+    frame = compose_time(binary_as_text(frame), spec)
     frame = frame.select([c for c in spec.input_columns if c in frame.columns])
     frame = frame.with_columns(
         *key_values(spec.keys, frame.schema, rules.float_keys),

@@ -487,6 +487,7 @@ def file_keys(spec: UseCaseSpec, lake: Lake, file: LandedFile, fmt: str, csv: An
             data = opened.enter_context(lake.open_table(file.name, fmt, columns, columns, scratch, csv=csv)).data
         else:
             data = lake.read_table(file.name, fmt, columns, columns, size=file.size, csv=csv).lazy()
+        data = core_ingest.binary_as_text(data)
         schema = data.collect_schema()
         missing = [k for k in spec.keys if k not in schema]
         if missing:
