@@ -966,6 +966,14 @@ def test_a_parquet_file_whose_text_columns_are_binary_reads_them_as_text(setting
     assert b["year"].to_list() == [D(2020, 1, 1), D(2021, 1, 1)] and b["y"].to_list() == [3.5, 4.0]
 
 
+def test_an_inch_mark_in_an_unquoted_value_rejects_the_file_saying_what_to_quote(settings):
+    lines = ["country,year,x1,x2,y,comment"] + [f"se,{2000 + i},1,2,3,ok" for i in range(30)]
+    lines[5] = 'se,2004,1,2,3,TV 55" screen'
+    land(settings, "inch/a.csv", "\n".join(lines) + "\n")
+    report, _ = run_raw(settings, yearly("landing/inch/*.csv", name="inch"))
+    assert report.summary["rejected"][0]["reason"].startswith("the file's quoting does not close: a quote character")
+
+
 def test_a_full_spill_disk_fails_the_stage_instead_of_blaming_the_landing_file(settings, monkeypatch):
     land(settings, "panel/a.csv", "country,year,x1,x2,y\nse,2020,1,2,3\n")
 

@@ -634,6 +634,12 @@ def csv_error(exc: Exception, text: Callable[[], IO[bytes]], layout: CsvLayout |
     if "utf-8" in message or "utf8" in message:
         with text() as stream:
             return FileRejected(_not_utf8(stream))
+    if "malformed" in message:  # polars' "CSV malformed: expected 130 rows, actual 270 rows"
+        return FileRejected(
+            "the file's quoting does not close: a quote character (\") in a value that is not quoted (an inch "
+            'mark: 55" screen) or a quoted value that never closes joins lines into one; quote such values in the '
+            'export, doubling the quote inside them ("55"" screen"), or leave that column out of the export'
+        )
     if "more fields than defined" in message and layout is not None:
         return FileRejected(
             f"a line has more fields than the header ({len(layout.header)} columns, separator "
