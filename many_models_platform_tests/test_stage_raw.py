@@ -466,6 +466,28 @@ def test_scoring_source_goes_through_the_same_reading_without_a_target(settings)
     assert not (Path(settings.lake_url) / "bronze_scoring/w" / f"{key}.parquet").exists()
 
 
+def test_a_repeated_week_in_the_scoring_file_drops_the_keys_scoring_rows_not_its_training(settings):
+    """The future file repeats a week of s1 (two tills) under the default 'error' policy: which
+    future price is meant is unknown, so s1's scoring rows are dropped and counted, and its
+    raw record says why; its training rows are fine and it goes on (it failed at raw before)."""
+    land(settings, "w/a.csv", weekly_csv([(s, f"2024-01-{d:02d}", d) for s in ("s1", "s2") for d in (1, 8, 15)]))
+    land(
+        settings,
+        "w_future/a.csv",
+        "store,brand,week_start,price\ns1,b,2024-01-22,2.0\ns1,b,2024-01-22,2.5\ns2,b,2024-01-22,3.0\n",
+    )
+    spec = make_spec(
+        forecast_body(source={"path": "landing/w/*.csv"}, scoring_source={"path": "landing/w_future/*.csv"}, lags=[]),
+        name="w",
+    )
+    s1, s2 = encode_key(["s1", "b"]), encode_key(["s2", "b"])
+    _, out = run_raw(settings, spec, [s1, s2])
+    assert out[s1].ok and out[s1].info["rows"] == 3 and out[s1].info["scoring_rows"] == 0
+    assert out[s1].info["scoring_drops"] == {"key failed: duplicate (key, time)": 2}
+    assert out[s1].info["scoring_note"].startswith("scoring_source: 1 row(s) repeat a (store, brand, week_start)")
+    assert out[s2].ok and out[s2].info["scoring_rows"] == 1 and "scoring_note" not in out[s2].info
+
+
 def test_scoring_rows_of_keys_without_training_rows_are_counted_per_file(settings):
     """Nothing scores a key that only the scoring source has (no key is made from it): its rows
     are counted as dropped in their file's entry, with the reason, whichever keys the run

@@ -119,10 +119,11 @@ def _score_one(
 
 def _without_scoring_rows(spec: UseCaseSpec, lake: Lake, key: str, instead: str) -> str:
     """The note on a key of a use case with a scoring_source that has no scoring rows today:
-    what was scored instead and, when scoring files were rejected, which (its rows may be there)."""
+    what was scored instead and, from ``raw``, why: its scoring rows failed the duplicates
+    policy, or scoring files were rejected (its rows may be there)."""
     raw = read_state(lake, spec.name, "raw", key)
-    rejected = raw.info.model_dump().get("scoring_rejected") if raw else None
-    return f"no scoring_source rows for this key: {instead}" + (f"; scoring_source {rejected}" if rejected else "")
+    why = raw.info.model_dump().get("scoring_note") if raw else None
+    return f"no scoring_source rows for this key: {instead}" + (f"; {why}" if why else "")
 
 
 def _require_fresh_bronze(lake: Lake, spec: UseCaseSpec, key: str) -> None:

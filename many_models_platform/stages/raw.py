@@ -715,8 +715,10 @@ def _outcome(
     info |= {"rows": info["rows_out"], "scoring_rows": 0 if fut is None else fut.height}
     if f_counts:
         info["scoring_drops"] = _row_info(0, 0, f_counts)["drops"]
-    if fut is None and future is not None and future.rejected:  # its scoring rows may be in those files
-        info["scoring_rejected"] = _rejected_text(future.rejected)
+    if found.get("scoring_failure"):  # its scoring rows were dropped (counted): say why
+        info["scoring_note"] = found["scoring_failure"]
+    elif fut is None and future is not None and future.rejected:  # its scoring rows may be in those files
+        info["scoring_note"] = f"scoring_source {_rejected_text(future.rejected)}"
     if found.get("failure"):
         return KeyOutcome(key, "failed", found["failure"], info)
     if frame is None and not info["rows_in"]:
@@ -805,11 +807,12 @@ def ingest(run: StageRun, keys: Sequence[str]) -> StageReport:
                     classes.update(res.data[spec.target].drop_nulls().unique().to_list())
                 parts, rows_in, key_counts = _per_key(spec, res)
                 f_parts, _, f_counts = _per_key(spec, fut)
-                failures = {**_failure_reasons(fut, "scoring_source: "), **_failure_reasons(res)}
+                failures, scoring_failures = _failure_reasons(res), _failure_reasons(fut, "scoring_source: ")
                 for key in by_bucket.get(bucket, ()):
                     found = {"frame": parts.get(key), "future": f_parts.get(key), "rows_in": rows_in.get(key, 0)}
                     found |= {"counts": key_counts.get(key), "future_counts": f_counts.get(key)}
                     found["failure"] = failures.get(key)
+                    found["scoring_failure"] = scoring_failures.get(key)  # its scoring rows only: it still trains
                     writing.append((key, writers.submit(_outcome, run, key, train, found, future)))
                 del parts, f_parts, res, fut
             _collect(run, writing, outcomes)

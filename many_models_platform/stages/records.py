@@ -80,7 +80,7 @@ class RawInfo(RowCounts):
     rows: int | None = None
     scoring_rows: int | None = None
     scoring_drops: dict[str, int] | None = None
-    scoring_rejected: str | None = None  # no scoring rows, and scoring files were rejected: which
+    scoring_note: str | None = None  # why it has no scoring rows: their duplicates, or rejected scoring files
 
 
 class TrainingSetInfo(RowCounts):
