@@ -368,6 +368,8 @@ def test_numbers_written_as_text_with_thousands_separators_or_a_decimal_comma():
     # SAP writes a negative with its minus last, typesetting tools with U+2212; '12-3' is no number
     signs = pl.Series(["12.50-", "1,234.5-", "\u221212.5", "12-3", "-3-"])
     assert pl.select(ingest.to_number(pl.lit(signs))).to_series().to_list() == [-12.5, -1234.5, -12.5, None, None]
+    flags = pl.Series(["t", "F", "TRUE", "false", "yes"])  # PostgreSQL's t/f and true/false are 1/0
+    assert pl.select(ingest.to_number(pl.lit(flags))).to_series().to_list() == [1.0, 0.0, 1.0, 0.0, None]
     # database clients' nulls and Excel's error values are missing values, not text
     tokens = pl.Series(["\\N", "(null)", "#DIV/0!", "#VALUE!", "#REF!", "#NAME?", "gold"])
     assert pl.select(ingest.is_written(pl.lit(tokens))).to_series().to_list() == [False] * 6 + [True]

@@ -567,8 +567,9 @@ def to_number(text: pl.Expr, decimal_comma: bool = False) -> pl.Expr:
     """Numbers written as text, as spreadsheets export them: ``1,234.5`` (or ``1.234,5`` and
     ``3,5`` with a decimal comma), thousands set apart by a space, a no-break or a thin space
     (``12 035,88``), surrounding spaces, a currency symbol ($ € £ ¥) before or
-    after, a percent sign (``12%`` is 12, the number written) and an accounting negative
-    (``(1,234.50)``); anything else that is not a number is null."""
+    after, a percent sign (``12%`` is 12, the number written), an accounting negative
+    (``(1,234.50)``) or SAP's (``12.50-``), and a flag (``t``/``f``, ``true``/``false``: 1/0);
+    anything else that is not a number is null."""
     t = text.str.strip_chars().str.replace("\u2212", "-", literal=True)  # a typographic minus (U+2212)
     negative = t.str.contains(_ACCOUNTING_NEGATIVE) | t.str.contains(_TRAILING_MINUS)
     t = t.str.replace(_ACCOUNTING_NEGATIVE, "${1}").str.replace(_TRAILING_MINUS, "${1}").str.strip_chars()
@@ -585,6 +586,10 @@ def to_number(text: pl.Expr, decimal_comma: bool = False) -> pl.Expr:
     else:
         t = pl.when(t.str.contains(_THOUSANDS)).then(t.str.replace_all(",", "", literal=True)).otherwise(t)
     number = t.cast(pl.Float64, strict=False)
+    flag = t.str.to_lowercase()  # PostgreSQL's t/f (COPY, psql) and true/false: 1 and 0
+    number = pl.coalesce(
+        number, pl.when(flag.is_in(["t", "true"])).then(1.0).when(flag.is_in(["f", "false"])).then(0.0)
+    )
     return pl.when(negative).then(-number.abs()).otherwise(number)
 
 
