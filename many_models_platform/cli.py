@@ -494,6 +494,12 @@ def _print_ingest(ingest: dict, counts: bool = True) -> None:
             console.print(f"  {len(similar)} group(s) of {what}:")
             for group in similar[:5]:
                 console.print(f"    {' | '.join(group)}", soft_wrap=True, markup=False, highlight=False)
+    early = ingest.get("keys_ending_early") or []
+    if early:  # forecasts of periods the other keys already have data for
+        n = ingest.get("keys_ending_early_count") or len(early)
+        console.print(f"  {n} key(s) whose data ends before the others' (forecast into periods already past):")
+        for item in early[:5]:
+            console.print(f"    {item}", soft_wrap=True, markup=False, highlight=False)
     titled = [f for f in ingest.get("files") or [] if f.get("lines_above_header")]
     if titled:
         lines = sum(int(f["lines_above_header"]) for f in titled)

@@ -398,3 +398,20 @@ def test_a_key_shorter_than_its_longest_lag_fails_with_a_reason_not_an_expressio
         F.KeyDataError, match=r"too few rows for the lags: no row has a value 52 periods before it \(30"
     ):
         F.prepare_training_set(spec, history)
+
+
+def test_keys_whose_forecast_horizon_ends_before_the_others_latest_data_are_found():
+    """A store closed in 2018 is forecast for 2019 beside stores forecast for next week: listed.
+    A key one week behind (its horizon still reaches the latest week) is not."""
+    weeks = lambda first, n: pl.Series("t", [first + timedelta(weeks=w) for w in range(n)])  # noqa: E731
+    ends = {
+        "open": F.series_end(weeks(date(2020, 1, 5), 235)),
+        "a_week_behind": F.series_end(weeks(date(2020, 1, 5), 234)),
+        "closed": F.series_end(weeks(date(2015, 1, 4), 209)),
+        "periods": F.series_end(pl.Series("t", [1, 2, 3])),
+    }
+    assert ends["closed"][2] == "2018-12-30" and ends["periods"][:2] == (3.0, 1.0)
+    assert F.series_end(pl.Series("t", [date(2020, 1, 1)])) is None
+    del ends["periods"]
+    assert F.ending_early(ends, horizon=4) == ["closed"]
+    assert F.ending_early({}, horizon=4) == []

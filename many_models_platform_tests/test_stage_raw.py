@@ -869,6 +869,16 @@ def test_key_columns_written_into_folder_names_are_read_from_them(settings):
     assert out[encode_key(["South Africa"])].ok and out[encode_key(["South Africa"])].info["rows"] == 4
 
 
+def test_a_forecast_key_whose_data_ends_long_before_the_others_is_listed(settings):
+    weeks = [(D(2024, 1, 1) + dt.timedelta(weeks=w)).isoformat() for w in range(20)]
+    rows = [("s1", w, 1 + i) for i, w in enumerate(weeks)] + [("s2", w, 2 + i) for i, w in enumerate(weeks[:6])]
+    land(settings, "w/a.csv", weekly_csv(rows))
+    spec = make_spec(forecast_body(source={"path": "landing/w/*.csv"}, lags=[], horizon=4), name="w")
+    report, _ = run_raw(settings, spec, [encode_key(["s1", "b"]), encode_key(["s2", "b"])])
+    assert report.summary["keys_ending_early"] == ["store=s2, brand=b (last 2024-02-05)"]
+    assert report.summary["keys_ending_early_count"] == 1
+
+
 def test_keys_that_differ_only_in_case_are_kept_apart_and_shown(settings):
     land(settings, "panel/a.csv", "country,year,x1,x2,y\nSe,2020,1,2,3\nSE ,2021,1,2,4\nse,2022,1,2,5\nfr,2020,1,2,3\n")
     report, out = run_raw(settings, yearly())

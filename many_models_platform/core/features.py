@@ -817,6 +817,26 @@ def _month_stamps(history: pl.Series, times: pl.Series, last: Any) -> pl.Series:
     return times.dt.month_end() if pl.select(pl.lit(last).dt.month_end()).item() == last else times
 
 
+def series_end(times: pl.Series) -> tuple[float, float, str] | None:
+    """A key's last time and its median step between times, as numbers (microseconds, or the
+    units of integer periods), and the last time as text; None with fewer than two times."""
+    distinct = times.drop_nulls().unique().sort()
+    if distinct.len() < 2:
+        return None
+    values = distinct if distinct.dtype.is_integer() else distinct.cast(pl.Datetime("us")).dt.epoch("us")
+    step = float(np.median(np.diff(values.to_numpy())))
+    return float(values[-1]), step, str(time_text(distinct[-1]))
+
+
+def ending_early(ends: Mapping[str, tuple[float, float, str]], horizon: int) -> list[str]:
+    """Keys whose forecast horizon ends before the latest time of the others: a series that
+    stopped (a store closed in 2018) is forecast for 2019, beside forecasts for next week."""
+    if not ends:
+        return []
+    latest = max(last for last, _, _ in ends.values())
+    return [key for key, (last, step, _) in ends.items() if last + horizon * step < latest]
+
+
 def fingerprint(frame: pl.DataFrame) -> str:
     """A content hash of a key's data: the 'data version' tag on registered models."""
     buf = io.BytesIO()

@@ -239,7 +239,11 @@ def ingest_summary(summary: dict[str, Any]) -> dict[str, Any]:
         "rows_merged": summary.get("rows_merged"),
         "rejected": rejected,
         "files": summary.get("files") or [],
-        **{k: v for k, v in summary.items() if k.startswith("scoring_rows") or "_differing_in_" in k},
+        **{
+            k: v
+            for k, v in summary.items()
+            if k.startswith(("scoring_rows", "keys_ending_early")) or "_differing_in_" in k
+        },
     }
 
 

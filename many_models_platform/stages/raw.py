@@ -31,6 +31,7 @@ from upath import UPath
 
 from ..core import ingest as core_ingest
 from ..core.engine import KeyOutcome
+from ..core.features import ending_early, series_end
 from ..core.keys import decode_key, encode_key, key_label
 from ..core.spec import UseCaseSpec
 from ..storage.lake import CsvLayout, Lake, LandedFile, LateColumnType
@@ -787,6 +788,8 @@ def ingest(run: StageRun, keys: Sequence[str]) -> StageReport:
     outcomes: dict[str, KeyOutcome] = {}
     counts: dict[str, list] = {"source": [], "scoring_source": []}
     classes: set[str] = set()  # a classification's text labels, for those differing only in case
+    ends: dict[str, tuple[float, float, str]] = {}  # a forecast key's last time and step
+    t = spec.time_column
     _remove_stale_spills(tempfile.gettempdir())
     with tempfile.TemporaryDirectory(prefix=_spill_prefix(os.getpid())) as folder:
         spill = Spill(spec, wanted, folder)
@@ -809,6 +812,8 @@ def ingest(run: StageRun, keys: Sequence[str]) -> StageReport:
                 f_parts, _, f_counts = _per_key(spec, fut)
                 failures, scoring_failures = _failure_reasons(res), _failure_reasons(fut, "scoring_source: ")
                 for key in by_bucket.get(bucket, ()):
+                    if spec.task == "forecast" and key in parts and (end := series_end(parts[key][t])):
+                        ends[key] = end
                     found = {"frame": parts.get(key), "future": f_parts.get(key), "rows_in": rows_in.get(key, 0)}
                     found |= {"counts": key_counts.get(key), "future_counts": f_counts.get(key)}
                     found["failure"] = failures.get(key)
@@ -847,6 +852,10 @@ def ingest(run: StageRun, keys: Sequence[str]) -> StageReport:
     labels = differing_in_case(classes)
     if labels:
         summary["labels_differing_in_case"] = labels
+    early = ending_early(ends, spec.horizon)
+    if early:  # forecast into periods the other keys already have data for
+        summary["keys_ending_early"] = [f"{key_label(spec.keys, k)} (last {ends[k][2]})" for k in early[:20]]
+        summary["keys_ending_early_count"] = len(early)
     if future is not None:
         summary |= {
             "scoring_rows": sum(f["rows"] for f in future.files if f["status"] == "ingested"),
