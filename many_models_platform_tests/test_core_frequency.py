@@ -313,6 +313,16 @@ def test_a_weekly_key_whose_last_week_is_stamped_a_day_early_forecasts_on_its_ow
     assert future["t"].to_list() == [sundays[-1] + timedelta(weeks=k) for k in range(1, 5)]
 
 
+def test_daily_rows_stored_as_utc_instants_of_local_midnight_stay_on_the_grid_across_dst():
+    """Spark and pandas store a day as the UTC instant of its local midnight: 23:00 in winter,
+    22:00 after the March change in Berlin. One grid: no row is off it; 08:26 is."""
+    days = [datetime(2024, 3, 1, 23) + timedelta(days=d) for d in range(60)]
+    days = [t - timedelta(hours=1) if t >= datetime(2024, 3, 30, 23) else t for t in days]
+    assert not F.FREQUENCY_PERIODS["daily"].off_grid(pl.Series("t", days)).any()
+    stray = [*days[:-1], days[-1] + timedelta(hours=9, minutes=26)]
+    assert F.FREQUENCY_PERIODS["daily"].off_grid(pl.Series("t", stray)).to_list() == [False] * 59 + [True]
+
+
 def test_monthly_forecasts_keep_the_keys_month_stamp_after_a_month_to_date_row():
     """Months stamped on the 1st, then a month-to-date row on the 15th: forecasts on the 1st of
     the next months (where the scoring rows are), not on the 15th."""

@@ -148,7 +148,14 @@ class Period:
         step = self.int_step or round(self.step.total_seconds() * 1_000_000)
         phase = values % step
         mode = phase.drop_nulls().mode().sort()
-        return (phase != mode[0]).fill_null(False) if mode.len() else pl.Series(times.name, [False] * times.len())
+        if not mode.len():
+            return pl.Series(times.name, [False] * times.len())
+        away = (phase - mode[0]).abs()
+        away = pl.select(pl.min_horizontal(pl.lit(away), step - pl.lit(away))).to_series()  # around the clock
+        # days and longer stored as UTC instants of local midnights (Spark, pandas) move an hour
+        # with daylight saving time: 23:00 in winter, 22:00 in summer are one grid
+        slack = _HOUR_US if not self.int_step and step >= _DAY_US else 0
+        return (away > slack).fill_null(False)
 
     def describe(self) -> str:
         if self.int_step:
@@ -159,6 +166,8 @@ class Period:
             return f"{self.months} month(s)"
         return _duration_text(self.step)
 
+
+_HOUR_US, _DAY_US = 3_600_000_000, 86_400_000_000
 
 FREQUENCY_PERIODS: dict[str, Period] = {
     "hourly": Period(step=dt.timedelta(hours=1)),
