@@ -463,6 +463,20 @@ def test_key_values_are_stripped_and_an_empty_key_is_a_missing_one():
     assert out[ingest.DROP].to_list() == [None] * 4 + [ingest.NULL_KEY] * 3
 
 
+def test_anomaly_rows_without_a_label_are_kept_for_the_detector():
+    """A detector is fitted on features alone: a row nobody labelled (null, NaN, N/A) still
+    trains it, so ingest keeps it (its label null); an inf label is no label and is dropped."""
+    spec = make_spec(regression_body(task="anomaly", metric="f1"))
+    frame = pl.DataFrame(
+        {"segment": ["a"] * 5, "x1": [1] * 5, "x2": [1] * 5, "y": [1.0, None, float("nan"), 0.0, float("inf")]}
+    )
+    out, _ = normalise_file(frame, spec)
+    assert out[ingest.DROP].to_list() == [None, None, None, None, ingest.TARGET_INF]
+    assert out["y"].to_list()[:4] == [1, None, None, 0]
+    text, _ = normalise_file(frame.with_columns(y=pl.Series(["TRUE", "N/A", "", "false", "1"])), spec)
+    assert text[ingest.DROP].to_list() == [None] * 5 and text["y"].to_list() == ["TRUE", None, None, "false", "1"]
+
+
 def test_one_key_written_two_ways_by_unicode_forms_or_excels_formula_text_is_one_key():
     """'Zürich' composed (Windows) and decomposed (macOS, NFD) were two keys both shown as
     Zürich; Excel's '="0012"' (how it keeps leading zeros) was a key apart from 0012."""

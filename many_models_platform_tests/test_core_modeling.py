@@ -171,6 +171,47 @@ def test_anomaly_detector_flags_injected_outliers():
     assert min(scores[2:]) > max(scores[:2])  # higher = more anomalous
 
 
+def test_an_anomaly_key_labelled_on_some_rows_trains_on_all_and_is_scored_on_the_labelled():
+    """Labels exist for the outliers and a few normal rows only (someone reviewed the alarms):
+    the detector, fitted on features alone, trains on every row, not on the anomaly-rich
+    labelled few (a flag rate of 20 % for a 5 % contamination); metrics and baselines use the
+    labelled holdout rows; a holdout without labels says so."""
+    spec = make_spec(
+        regression_body(
+            task="anomaly",
+            features=["value"],
+            metric="f1",
+            min_rows=20,
+            candidates=[
+                {
+                    "name": "iforest",
+                    "estimator": "sklearn.ensemble.IsolationForest",
+                    "params": {"contamination": 0.05, "random_state": 0, "n_estimators": 50},
+                }
+            ],
+        )
+    )
+    frame, outliers = anomaly_data()
+    reviewed = np.zeros(frame.height, dtype=bool)
+    reviewed[outliers] = True
+    reviewed[::10] = True
+    partial = frame.with_columns(pl.when(pl.Series(reviewed)).then(pl.col("y")).alias("y"))
+    ts = F.build_training_set(spec, partial)
+    assert ts.height == frame.height  # no row dropped for its missing label
+    fitted = fit_key(spec, ts, ["value"])
+    assert fitted.metrics["recall"] == 1.0 and fitted.metrics["precision"] > 0.5
+    holdout = F.split(ts)[F.HOLDOUT]
+    labelled = holdout.filter(pl.col("y").is_not_null())
+    on_all, on_labelled = (evaluate(spec, fitted.model, ["value"], h) for h in (holdout, labelled))
+    label_metrics = ("accuracy", "precision", "recall", "f1")
+    assert [on_all[m] for m in label_metrics] == [on_labelled[m] for m in label_metrics]
+    assert on_all["flag_rate"] < 0.2 < on_labelled["flag_rate"]  # the flag rate is of every holdout row
+    notes: dict[str, str] = {}
+    unlabelled = holdout.with_columns(pl.lit(None, dtype=pl.Int8).alias("y"))
+    evaluate(spec, fitted.model, ["value"], unlabelled, notes=notes)
+    assert notes["f1"] == f"none of the {holdout.height} holdout rows has a label"
+
+
 class _Stub:
     def __init__(self, raw):
         self.raw = np.asarray(raw)

@@ -89,6 +89,11 @@ def baselines(
         return {}
     if spec.task == "forecast":
         return forecast_baselines(spec, train, holdout, period, scale)
+    if spec.task == "anomaly":  # scored on the labelled rows, as the detector is (modeling.evaluate)
+        train, holdout = (
+            train.filter(pl.col(spec.target).is_not_null()),
+            holdout.filter(pl.col(spec.target).is_not_null()),
+        )
     actual = labels(holdout, spec.target)
     classes = key_classes(spec, pl.concat([train.select(spec.target), holdout.select(spec.target)]))
     if spec.task == "regression":

@@ -495,7 +495,7 @@ def prepare_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> TrainingSet
     rows_in, drops = bronze.height, {}
     t, y = spec.time_column, spec.target
     reasons = [("time is null", pl.col(t).is_null())] if t else []
-    if y:  # ingest removes these already; a training set must never fit on them
+    if y and spec.task != "anomaly":  # ingest removes these already; a training set must never fit on them
         reasons.append(("target is null", pl.col(y).is_null()))
         if bronze.schema[y].is_float():
             reasons += [("target is NaN", pl.col(y).is_nan()), ("target is inf", pl.col(y).is_infinite())]

@@ -837,7 +837,12 @@ def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, 
             if frame.schema[target] == pl.Utf8:  # text labels: " yes" is "yes", "1.0" is "1", "N/A" is no label
                 label = source.str.strip_chars().str.replace(_FLOAT_INTEGER, "${1}")
                 frame = frame.with_columns(pl.when(is_written(source)).then(label).alias(target))
-        if not scoring:
+        if spec.task == "anomaly" and frame.schema[target].is_float():  # NaN: no label, as null
+            frame = frame.with_columns(pl.col(target).fill_nan(None))
+        if not scoring and spec.task == "anomaly":  # a row without a label still trains the detector
+            if frame.schema[target].is_float():
+                reasons = reasons.when(source.is_infinite()).then(pl.lit(TARGET_INF))
+        elif not scoring:
             reasons = reasons.when(text).then(pl.lit(TARGET_TEXT)).when(source.is_null()).then(pl.lit(TARGET_NULL))
             if frame.schema[target].is_float():
                 reasons = reasons.when(source.is_nan()).then(pl.lit(TARGET_NAN))

@@ -187,9 +187,14 @@ def evaluate(
     metrics: dict[str, float] = {}
     if spec.labelled:
         actual, shown = labels(holdout, spec.target), clip_predictions(spec, predicted)
+        if spec.task == "anomaly":  # rows without a label trained the detector; the labelled ones score it
+            labelled = holdout[spec.target].is_not_null().to_numpy()
+            actual, shown = actual[labelled], shown[labelled]
         metrics = task_metrics(spec.task, actual, shown, scale, classes)
         if notes is not None:
             notes.update(explain_undefined(spec.task, actual, shown, metrics, scale, classes))
+            if not len(actual) and holdout.height:
+                notes.update(dict.fromkeys(notes, f"none of the {holdout.height} holdout rows has a label"))
     if spec.task == "anomaly":
         metrics |= {"flag_rate": flag_rate(predicted), "score_stability": math.nan}
     return metrics
