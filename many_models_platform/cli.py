@@ -500,6 +500,8 @@ def _print_ingest(ingest: dict, counts: bool = True) -> None:
         console.print(f"  {n} key(s) whose data ends before the others' (forecast into periods already past):")
         for item in early[:5]:
             console.print(f"    {item}", soft_wrap=True, markup=False, highlight=False)
+        if n > 5:
+            console.print(f"    ... and {n - 5} more (Dagster: the raw asset's run report)")
     titled = [f for f in ingest.get("files") or [] if f.get("lines_above_header")]
     if titled:
         lines = sum(int(f["lines_above_header"]) for f in titled)

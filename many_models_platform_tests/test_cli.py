@@ -168,8 +168,8 @@ def test_files_left_for_the_next_run_are_listed_with_why():
         "scoring_rows_without_training": 3,
         "keys_differing_in_case": [["store=Store A", "store=STORE A"]],
         "labels_differing_in_case": [["GOLD", "Gold", "gold"]],
-        "keys_ending_early": ["store=closed (last 2018-12-30)"],
-        "keys_ending_early_count": 1,
+        "keys_ending_early": [f"store=closed{i} (last 2018-12-30)" for i in range(7)],
+        "keys_ending_early_count": 7,
         "rejected": [{"file": "landing/g/a.csv", "reason": "missing required column(s) ['y']"}],
         "files": [
             {"file": "landing/g/a.csv", "status": "rejected"},
@@ -187,7 +187,8 @@ def test_files_left_for_the_next_run_are_listed_with_why():
     assert "scoring rows landed 10, dropped 4 (3 of keys without training rows), merged 0" in out
     assert "1 group(s) of keys differ only in case" in out and "store=Store A | store=STORE A" in out
     assert "1 group(s) of class labels differ only in case" in out and "GOLD | Gold | gold" in out
-    assert "1 key(s) whose data ends before the others'" in out and "store=closed (last 2018-12-30)" in out
+    assert "7 key(s) whose data ends before the others'" in out and "store=closed4 (last 2018-12-30)" in out
+    assert "store=closed5" not in out and "... and 2 more" in out
     # what the raw summary holds reaches the CLI's ingest summary
     from many_models_platform.defs.runner import ingest_summary
 

@@ -425,3 +425,7 @@ def test_keys_whose_forecast_horizon_ends_before_the_others_latest_data_are_foun
     del ends["periods"]
     assert F.ending_early(ends, horizon=4) == ["closed"]
     assert F.ending_early({}, horizon=4) == []
+    # a quarter stamped on its last day (30 September) is no later data than weeks through June
+    quarters = pl.Series("t", [date(2023, 12, 31), date(2024, 3, 31), date(2024, 6, 30), date(2024, 9, 30)])
+    mixed = {"weekly": F.series_end(weeks(date(2020, 1, 5), 235)), "quarterly": F.series_end(quarters)}
+    assert F.ending_early(mixed, horizon=3) == []

@@ -838,12 +838,15 @@ def series_end(times: pl.Series) -> tuple[float, float, str] | None:
 
 
 def ending_early(ends: Mapping[str, tuple[float, float, str]], horizon: int) -> list[str]:
-    """Keys whose forecast horizon ends before the latest time of the others: a series that
-    stopped (a store closed in 2018) is forecast for 2019, beside forecasts for next week."""
+    """Keys whose forecast horizon ends before the latest time of the others, by more than the
+    longest step among them: a series that stopped (a store closed in 2018) is forecast for
+    2019, beside forecasts for next week. The longest step's slack keeps a quarter stamped on
+    its last day (30 September) from making weekly keys that end in June look stale."""
     if not ends:
         return []
     latest = max(last for last, _, _ in ends.values())
-    return [key for key, (last, step, _) in ends.items() if last + horizon * step < latest]
+    slack = max(step for _, step, _ in ends.values())
+    return [key for key, (last, step, _) in ends.items() if last + horizon * step + slack < latest]
 
 
 def fingerprint(frame: pl.DataFrame) -> str:
