@@ -172,13 +172,19 @@ class _Readings:
     # text the first pass leaves undecided: ISO weeks, or datetimes in the ISO layouts (more passes)
     text: pl.Expr | None = None
     datetimes: tuple[pl.Expr, ...] = ()
+    # name -> where a read gives a value, when that is cheaper to tell than the value itself
+    # (a range test, not a date built for every row of a file that holds none)
+    reads_where: dict[str, pl.Expr] = field(default_factory=dict)
 
     def asks(self) -> dict[str, pl.Expr]:
         asks = {"rows": pl.len(), "present": self.source.is_not_null().sum()}
         if self.float_source is not None:
             finite = self.float_source.is_finite()
             asks["fractional"] = (finite & (self.float_source != self.float_source.round(0))).any()
-        asks |= {f"n_{name}": parsed.is_not_null().sum() for name, (parsed, _) in self.reads.items()}
+        asks |= {
+            f"n_{name}": self.reads_where.get(name, parsed.is_not_null()).sum()
+            for name, (parsed, _) in self.reads.items()
+        }
         return asks
 
 
@@ -211,22 +217,20 @@ def _readings(column: str, dtype: pl.DataType, time_format: str | None) -> _Read
         ints = text.str.replace(_FLOAT_INTEGER, "${1}").cast(pl.Int64, strict=False)  # 1970.0: pandas' ints with gaps
         spaced = text.str.replace("T", " ", literal=True)
         undecided = (text, tuple(_to_datetime(spaced, f) for f in (*_ISO_NAIVE, *_ISO_AWARE)))
+    month = ints.is_between(*_YYYYMM) & (ints % 100).is_between(1, 12)
+    where = {"ym": month, "years": ints.is_between(*YEARS)}
+    where |= {name: ints.is_between(lo, hi - 1).fill_null(False) for (lo, hi), _, name in _EPOCHS}
     reads |= {
         "int": (ints, "period"),
         "ymd": (
             pl.when(ints.is_between(*_YYYYMMDD)).then(ints.cast(pl.Utf8).str.to_date("%Y%m%d", strict=False)),
             "date",
         ),
-        "ym": (
-            pl.when(ints.is_between(*_YYYYMM) & (ints % 100).is_between(1, 12)).then(
-                pl.date(ints // 100, ints % 100, 1)
-            ),
-            "date",
-        ),
-        "years": (pl.when(ints.is_between(*YEARS)).then(pl.date(ints, 1, 1)), "date"),
+        "ym": (pl.when(month).then(pl.date(ints // 100, ints % 100, 1)), "date"),
+        "years": (pl.when(where["years"]).then(pl.date(ints, 1, 1)), "date"),
         **{name: (_epoch(ints, lo, hi, unit), "datetime") for (lo, hi), unit, name in _EPOCHS},
     }
-    return _Readings(column, values, float_source, reads, *undecided)
+    return _Readings(column, values, float_source, reads, *undecided, reads_where=where)
 
 
 def _epoch(ints: pl.Expr, low: int, high: int, unit: str) -> pl.Expr:
@@ -509,11 +513,22 @@ def key_values(
         column = pl.col(k)
         if schema is not None and schema[k].is_float():
             column = column.fill_nan(None).cast(pl.Utf8).str.replace(r"^(-?\d+)\.0$", "${1}")
-        text = column.cast(pl.Utf8).str.strip_chars().str.normalize("NFC").str.replace(r'^="(.*)"$', "${1}")
+        text = column.cast(pl.Utf8).str.strip_chars().map_batches(_one_spelling, return_dtype=pl.Utf8)
         if k in float_text:
             text = text.str.replace(_FLOAT_INTEGER, "${1}")
         out.append(pl.when(text.str.len_bytes() > 0).then(text).alias(k))
     return out
+
+
+def _one_spelling(values: pl.Series) -> pl.Series:
+    """Key text written one way: composed Unicode (NFC), Excel's ``="0012"`` as ``0012``. Each
+    costs about a quarter of a microsecond a value, so it runs only on a batch that needs it
+    (non-ASCII text, a value starting ``="``): most keys are neither."""
+    if (values.str.len_bytes() != values.str.len_chars()).any():
+        values = values.str.normalize("NFC")
+    if values.str.starts_with('="').any():
+        values = values.str.replace(r'^="(.*)"$', "${1}")
+    return values
 
 
 def _float_written(column: str) -> pl.Expr:
@@ -872,7 +887,12 @@ def _category_text(column: str, dtype: pl.DataType) -> pl.Expr:
         text = pl.when(whole).then(pl.col(column).cast(pl.Int64, strict=False).cast(pl.Utf8))
         return text.otherwise(pl.col(column).cast(pl.Utf8)).alias(column)
     text = pl.col(column).cast(pl.Utf8)
-    return text.str.replace(_FLOAT_INTEGER, "${1}").alias(column) if dtype == pl.Utf8 else text
+    return text.map_batches(_whole_codes, return_dtype=pl.Utf8).alias(column) if dtype == pl.Utf8 else text
+
+
+def _whole_codes(values: pl.Series) -> pl.Series:
+    """'2.0' as '2', on a batch that holds a '.' at all (a regex over every value costs more)."""
+    return values.str.replace(_FLOAT_INTEGER, "${1}") if values.str.contains(".", literal=True).any() else values
 
 
 def normalise_file(
