@@ -140,22 +140,20 @@ def anomaly_data(n: int = 240, seed: int = 1):
     return pl.DataFrame({"value": value, "y": label}), outliers
 
 
-def test_anomaly_detector_flags_injected_outliers():
-    spec = make_spec(
-        regression_body(
-            task="anomaly",
-            features=["value"],
-            metric="f1",
-            min_rows=20,
-            candidates=[
-                {
-                    "name": "iforest",
-                    "estimator": "sklearn.ensemble.IsolationForest",
-                    "params": {"contamination": 0.05, "random_state": 0, "n_estimators": 50},
-                }
-            ],
-        )
+def labelled_detector_spec():
+    """An isolation forest on 'value', scored by F1 against the 'y' labels."""
+    iforest = {
+        "name": "iforest",
+        "estimator": "sklearn.ensemble.IsolationForest",
+        "params": {"contamination": 0.05, "random_state": 0, "n_estimators": 50},
+    }
+    return make_spec(
+        regression_body(task="anomaly", features=["value"], metric="f1", min_rows=20, candidates=[iforest])
     )
+
+
+def test_anomaly_detector_flags_injected_outliers():
+    spec = labelled_detector_spec()
     frame, outliers = anomaly_data()
     ts = F.build_training_set(spec, frame)
     fitted = fit_key(spec, ts, ["value"])
@@ -176,21 +174,7 @@ def test_an_anomaly_key_labelled_on_some_rows_trains_on_all_and_is_scored_on_the
     the detector, fitted on features alone, trains on every row, not on the anomaly-rich
     labelled few (a flag rate of 20 % for a 5 % contamination); metrics and baselines use the
     labelled holdout rows; a holdout without labels says so."""
-    spec = make_spec(
-        regression_body(
-            task="anomaly",
-            features=["value"],
-            metric="f1",
-            min_rows=20,
-            candidates=[
-                {
-                    "name": "iforest",
-                    "estimator": "sklearn.ensemble.IsolationForest",
-                    "params": {"contamination": 0.05, "random_state": 0, "n_estimators": 50},
-                }
-            ],
-        )
-    )
+    spec = labelled_detector_spec()
     frame, outliers = anomaly_data()
     reviewed = np.zeros(frame.height, dtype=bool)
     reviewed[outliers] = True
