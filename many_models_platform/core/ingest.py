@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -175,16 +175,19 @@ class _Readings:
     # name -> where a read gives a value, when that is cheaper to tell than the value itself
     # (a range test, not a date built for every row of a file that holds none)
     reads_where: dict[str, pl.Expr] = field(default_factory=dict)
+    # reads counted only when the first pass leaves them to decide (text that is mostly integers):
+    # each costs a pass over every value of a file that is, most often, all ISO dates
+    deferred: tuple[str, ...] = ()
+
+    def counts(self, names: Iterable[str]) -> dict[str, pl.Expr]:
+        return {f"n_{name}": self.reads_where.get(name, self.reads[name][0].is_not_null()).sum() for name in names}
 
     def asks(self) -> dict[str, pl.Expr]:
         asks = {"rows": pl.len(), "present": self.source.is_not_null().sum()}
         if self.float_source is not None:
             finite = self.float_source.is_finite()
             asks["fractional"] = (finite & (self.float_source != self.float_source.round(0))).any()
-        asks |= {
-            f"n_{name}": self.reads_where.get(name, parsed.is_not_null()).sum()
-            for name, (parsed, _) in self.reads.items()
-        }
+        asks |= self.counts(name for name in self.reads if name not in self.deferred)
         return asks
 
 
@@ -230,7 +233,8 @@ def _readings(column: str, dtype: pl.DataType, time_format: str | None) -> _Read
         "years": (pl.when(where["years"]).then(pl.date(ints, 1, 1)), "date"),
         **{name: (_epoch(ints, lo, hi, unit), "datetime") for (lo, hi), unit, name in _EPOCHS},
     }
-    return _Readings(column, values, float_source, reads, *undecided, reads_where=where)
+    deferred = tuple(name for name in reads if name not in ("int", "date")) if "date" in reads else ()
+    return _Readings(column, values, float_source, reads, *undecided, reads_where=where, deferred=deferred)
 
 
 def _epoch(ints: pl.Expr, low: int, high: int, unit: str) -> pl.Expr:
@@ -269,7 +273,7 @@ def _choose(
 ) -> tuple[pl.Expr, str, str, int]:
     """The reading the column's values follow: the parsed values, their kind, their description
     for messages and how many values it reads."""
-    present, n = stats["present"], {name: stats[f"n_{name}"] for name in r.reads}
+    present, n = stats["present"], {name: stats[f"n_{name}"] for name in r.reads if name not in r.deferred}
 
     def reading(name: str, expected: str) -> tuple[pl.Expr, str, str, int]:
         return *r.reads[name], expected, n[name]
@@ -289,6 +293,9 @@ def _choose(
             return reading("date", expected)
         if n["int"] * 2 <= present:  # neither dates nor integers: ISO weeks or datetimes
             return _weeks_or_datetimes(data, r, present, n["date"], expected)
+    if r.deferred:  # mostly integers written as text: which kind, in a pass of its own
+        counted = data.select(**r.counts(r.deferred)).collect().row(0, named=True)
+        n |= {name: counted[f"n_{name}"] for name in r.deferred}
     return reading(*_integers(n, r.column, frequency, prefer))
 
 
