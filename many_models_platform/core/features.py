@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from .ingest import is_written
+from .ingest import all_whole, is_written
 from .spec import UseCaseSpec
 
 SPLIT = "__split"
@@ -350,11 +350,8 @@ def anomaly_truth(labels: pl.Series) -> pl.Series:
 def label_text(values: pl.Series) -> pl.Series:
     """Class labels as the text published (``predicted_label``, ``actual_label``): a whole float
     as an integer (a Parquet export's 1.0 and a CSV's 1 are one class, '1'), text as it is."""
-    if values.dtype.is_float():
-        finite = values.is_finite().fill_null(False)
-        whole = finite & (values == values.round(0)).fill_null(False)
-        if bool(whole.eq(finite).all()):
-            return values.cast(pl.Int64, strict=False).cast(pl.Utf8)
+    if values.dtype.is_float() and all_whole(values):
+        return values.cast(pl.Int64, strict=False).cast(pl.Utf8)
     return values.cast(pl.Utf8)
 
 

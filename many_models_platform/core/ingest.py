@@ -838,7 +838,7 @@ def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, 
     frame = frame.select([c for c in spec.input_columns if c in frame.columns])
     frame = frame.with_columns(
         *key_values(spec.keys, frame.schema, rules.float_keys),
-        *[_category_text(c, frame.schema[c]) for c in spec.categorical_features if c in frame.columns],
+        *[_category_text(c) for c in spec.categorical_features if c in frame.columns],
     )
     decimal_comma = _decimal_comma(spec, scoring)
     if rules.numbers:
@@ -880,25 +880,28 @@ def _whole_labels(frame: pl.DataFrame, target: str) -> pl.DataFrame:
     gap) as integers, after the drop reasons (NaN, inf) are set: combined with another file's
     text labels they become "1", the class that file writes, not "1.0", a class of their own."""
     kept = frame.filter(pl.col(DROP).is_null())[target]
-    if kept.is_empty() or not bool((kept == kept.round(0)).all()):
+    if kept.is_empty() or not all_whole(kept):
         return frame
     return frame.with_columns(pl.col(target).cast(pl.Int64, strict=False))
 
 
-def _category_text(column: str, dtype: pl.DataType) -> pl.Expr:
+def all_whole(values: pl.Series) -> bool:
+    """Whether every finite value of a float series is a whole number (0.0/1.0: integers as
+    pandas writes a column of them with a gap)."""
+    finite = values.filter(values.is_finite())
+    return bool((finite == finite.round(0)).all())
+
+
+def _category_text(column: str) -> pl.Expr:
     """A category code as text, one way however the export wrote it: a store type 2 is '2'
     from an integer column, a float one (2.0, as pandas writes integers with a gap) and text
     written '2.0' alike, so a scoring file's 2.0 is no unseen category."""
-    if dtype.is_float():
-        whole = pl.col(column).is_finite() & (pl.col(column) == pl.col(column).round(0))
-        text = pl.when(whole).then(pl.col(column).cast(pl.Int64, strict=False).cast(pl.Utf8))
-        return text.otherwise(pl.col(column).cast(pl.Utf8)).alias(column)
-    text = pl.col(column).cast(pl.Utf8)
-    return text.map_batches(_whole_codes, return_dtype=pl.Utf8).alias(column) if dtype == pl.Utf8 else text
+    return pl.col(column).cast(pl.Utf8).map_batches(whole_number_text, return_dtype=pl.Utf8).alias(column)
 
 
-def _whole_codes(values: pl.Series) -> pl.Series:
-    """'2.0' as '2', on a batch that holds a '.' at all (a regex over every value costs more)."""
+def whole_number_text(values: pl.Series) -> pl.Series:
+    """Text of whole numbers without a fraction of zeros ('2.0' and '-3.00' as '2' and '-3'),
+    on a batch that holds a '.' at all (a regex over every value costs more)."""
     return values.str.replace(_FLOAT_INTEGER, "${1}") if values.str.contains(".", literal=True).any() else values
 
 

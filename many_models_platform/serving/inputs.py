@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from ..core.ingest import whole_number_text
+
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
 
@@ -113,21 +115,14 @@ def feature_frame(columns: dict[str, list], features: Sequence[str], categorical
         if f in cats:
             if not all(v is None or isinstance(v, str | int | float) for v in values):
                 raise InputError(f"column {f!r} must hold text (or null)")
-            out[f] = pl.Series(f, [None if v is None else _category(v) for v in values], dtype=pl.Utf8)
+            # written as ingest writes a category: 2, 2.0 and '2.0' are '2'
+            text = pl.Series(f, [None if v is None else str(v) for v in values], dtype=pl.Utf8)
+            out[f] = whole_number_text(text)
             continue
         if not all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in values):
             raise InputError(f"column {f!r} must hold numbers (or null)")
         out[f] = pl.Series(f, np.array(values, dtype=np.float64), nan_to_null=False)
     return pl.DataFrame(out)
-
-
-def _category(value: str | int | float) -> str:
-    """A category as ingest writes it: 2, 2.0 and '2.0' are '2' (core.ingest's category text)."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    text = str(value)
-    whole, dot, zeros = text.partition(".")
-    return whole if dot and zeros and not zeros.strip("0") and whole.lstrip("-").isdigit() else text
 
 
 def float_matrix(columns: dict[str, list], features: Sequence[str]) -> np.ndarray:
