@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import polars as pl
 import pytest
@@ -407,11 +408,12 @@ def test_numbers_written_as_text_with_thousands_separators_or_a_decimal_comma():
 
 def test_a_target_that_is_mostly_text_rejects_the_file_with_what_to_set():
     spec = make_spec(regression_body())
+    points = make_spec(regression_body(source={"path": "landing/x/*.csv", "csv": {"decimal_comma": False}}))
     frame = pl.DataFrame({"segment": ["a"] * 3, "x1": [1, 2, 3], "x2": [1, 2, 3], "y": ["1,5", "2,5", "3"]})
     with pytest.raises(
         FileRejected, match=r"target 'y': 2 of 3 values are not numbers \(e.g. '1,5', '2,5'\); .*decimal_comma: true"
     ):
-        normalise_file(frame, spec)
+        normalise_file(frame, points)  # declared a decimal point: the commas are not numbers
     with pytest.raises(FileRejected, match=r"'3 kg'.*strip units"):
         normalise_file(frame.with_columns(y=pl.lit("3 kg")), spec)
     ok, _ = normalise_file(frame.with_columns(y=pl.Series(["1,234.5", "2", "3 kg"])), spec)
@@ -420,8 +422,9 @@ def test_a_target_that_is_mostly_text_rejects_the_file_with_what_to_set():
     missing, _ = normalise_file(frame.with_columns(y=pl.Series(["NA", "N/A", "3"])), spec)
     assert missing[ingest.DROP].to_list() == [ingest.TARGET_NULL, ingest.TARGET_NULL, None]
     european = make_spec(regression_body(source={"path": "landing/x/*.csv", "csv": {"decimal_comma": True}}))
-    out, _ = normalise_file(frame, european)
-    assert out["y"].to_list() == [1.5, 2.5, 3.0]
+    for declared in (european, spec):  # undeclared, the file's '1,5' shows its decimal comma
+        out, _ = normalise_file(frame, declared)
+        assert out["y"].to_list() == [1.5, 2.5, 3.0]
 
 
 def test_a_column_writing_a_separator_both_as_thousands_and_as_a_decimal_mark_rejects_the_file():
@@ -429,18 +432,54 @@ def test_a_column_writing_a_separator_both_as_thousands_and_as_a_decimal_mark_re
     as a decimal mark, so 56,300 may be 56.3: the file is rejected, not read 1000x off. With
     decimal_comma declared, '1.810' beside '1.5' is the same clash; '1,234.5' beside '12,345'
     (a thousands separator and a decimal point) is none."""
-    spec = make_spec(regression_body())
+    spec = make_spec(regression_body(source={"path": "landing/x/*.csv", "csv": {"decimal_comma": False}}))
     frame = pl.DataFrame({"segment": ["a"] * 3, "x1": [1, 2, 3], "x2": [1, 2, 3], "y": ["56,300", "0,25", "12"]})
     with pytest.raises(
         FileRejected,
         match=r"target 'y': '56,300' would read as thousands .*as a decimal mark \('0,25'\).*decimal_comma: true",
     ):
         normalise_file(frame, spec)
+    # undeclared, '0,25' shows the file's decimal comma, of which 56,300 is one too
+    out, _ = normalise_file(frame, make_spec(regression_body()))
+    assert out["y"].to_list() == [56.3, 0.25, 12.0]
     european = make_spec(regression_body(source={"path": "landing/x/*.csv", "csv": {"decimal_comma": True}}))
     with pytest.raises(FileRejected, match=r"feature 'x1': '1.810' would read as thousands .*\('1.5'\)"):
         normalise_file(frame.with_columns(x1=pl.Series(["1.810", "1.5", "2"]), y=pl.Series(["1", "2", "3"])), european)
     out, _ = normalise_file(frame.with_columns(y=pl.Series(["1,234.5", "12,345", "3"])), spec)
     assert out["y"].to_list() == [1234.5, 12345.0, 3.0]
+
+
+def test_an_undeclared_decimal_mark_is_the_one_each_file_shows_and_a_semicolon_file_showing_none_is_rejected():
+    """Without 'decimal_comma', a file's text numbers decide: a comma with other than three digits
+    after it (3,5; 0,125) or after dot groups (1.234,5) shows a decimal comma, the same swapped a
+    decimal point. A ';'-separated export (Europe's) writing only 1.234-like numbers cannot be
+    read without a guess a thousand times off half the time: rejected, naming both readings."""
+    spec = make_spec(regression_body())
+
+    def rules(y: list[str], x1: list[str], separator: str | None, use: Any = spec) -> Any:
+        frame = pl.DataFrame({"segment": ["a"] * len(y), "x1": x1, "x2": [1] * len(y), "y": y})
+        found = ingest.file_rules(frame, use, separator=separator)
+        out = ingest.normalise_rows(frame, use, found)
+        return found.decimal_comma, out["y"].to_list(), out["x1"].to_list()
+
+    german = (["1.234", "12.500", "987"], ["1,5", "2", "0,125"])
+    assert rules(*german, ";") == (True, [1234.0, 12500.0, 987.0], [1.5, 2.0, 0.125])
+    assert rules(["1.234.567", "2"], ["1", "2"], ";") == (True, [1234567.0, 2.0], [1.0, 2.0])
+    assert rules(["1.234", "0.5", "1234.567"], ["1", "2", "3"], ";") == (False, [1.234, 0.5, 1234.567], [1, 2, 3])
+    # nothing shown: a comma file's 1.234 is a decimal, as ever; a ';' file's is rejected
+    assert rules(["1.234", "12.500"], ["1", "2"], ",") == (False, [1.234, 12.5], [1.0, 2.0])
+    for value, comma, point in (("1.234", "1234", "1.234"), ("1,234", "1.234", "1234")):
+        with pytest.raises(FileRejected) as rejected:
+            rules([value, "987"], ["1", "2"], ";")
+        assert str(rejected.value).startswith(
+            f"column 'y' writes '{value}': {comma} with a decimal comma, {point} with a decimal point"
+        )
+        assert "'csv: {decimal_comma: true}'" in str(rejected.value)
+    for declared, y in ((True, [1234.0, 987.0]), (False, [1.234, 987.0])):
+        body = regression_body(source={"path": "landing/x/*.csv", "csv": {"decimal_comma": declared}})
+        assert rules(["1.234", "987"], ["1", "2"], ";", make_spec(body))[:2] == (declared, y)
+    # a file showing both keeps the decimal point; its comma column is then text, said by training_set
+    assert rules(["1.5", "2"], ["1,5", "2"], ";") == (False, [1.5, 2.0], ["1,5", "2"])
 
 
 def test_a_numeric_feature_of_formatted_numbers_becomes_numbers_but_real_text_stays_for_training_set_to_name():

@@ -146,18 +146,29 @@ def test_partly_unparseable_times_are_counted_per_key_and_a_wholly_unparseable_f
 
 # --- landing files are never moved ----------------------------------------------------------
 # --- CSV dialects and headers ---------------------------------------------------------------
-def test_a_european_excel_export_reads_with_its_separator_detected_and_decimal_comma_declared(settings):
+def test_a_european_excel_export_reads_with_its_separator_and_decimal_comma_found_in_the_file(settings):
+    """';' and '1.234,5' need no setting; a file of the same folder written by another tool with
+    decimal points reads by its own. A ';' file of whole counts (1.234, 987: German thousands, or
+    decimals with three digits) shows neither: rejected until declared, then read again."""
     land(settings, "eu/a.csv", "country;year;x1;x2;y\nde;2020;1,5;2;1.234,5\nde;2021;2,5;3;7,25\n")
+    land(settings, "eu/b.csv", "country;year;x1;x2;y\nat;2020;1.5;2;1.25\nat;2021;2;3;7\n")
     spec = yearly("landing/eu/*.csv", name="eu")
     report, out = run_raw(settings, spec)
-    assert not out["de"].ok  # the separator is found, the decimal comma must be declared
-    assert "values are not numbers (e.g. '1.234,5', '7,25')" in report.summary["rejected"][0]["reason"]
-    assert "csv: {decimal_comma: true}" in report.summary["rejected"][0]["reason"]
-    spec = yearly(source={"path": "landing/eu/*.csv", "csv": {"decimal_comma": True}}, name="eu")
-    report, out = run_raw(settings, spec)  # a change of reading settings: read again
-    assert out["de"].ok and report.summary["rejected"] == []
+    assert out["de"].ok and out["at"].ok and report.summary["rejected"] == []
     b = bronze(settings, spec, "de")
     assert b["y"].to_list() == [1234.5, 7.25] and b["x1"].to_list() == [1.5, 2.5]
+    assert bronze(settings, spec, "at")["y"].to_list() == [1.25, 7.0]
+    land(settings, "counts/a.csv", "country;year;x1;x2;y\nch;2020;1;2;1.234\nch;2021;2;3;987\n")
+    spec = yearly("landing/counts/*.csv", name="counts")
+    report, out = run_raw(settings, spec)
+    assert not out["ch"].ok
+    assert report.summary["rejected"][0]["reason"].startswith(
+        "column 'y' writes '1.234': 1234 with a decimal comma, 1.234 with a decimal point"
+    )
+    spec = yearly(source={"path": "landing/counts/*.csv", "csv": {"decimal_comma": True}}, name="counts")
+    report, out = run_raw(settings, spec)  # a change of reading settings: read again
+    assert out["ch"].ok and report.summary["rejected"] == []
+    assert bronze(settings, spec, "ch")["y"].to_list() == [1234.0, 987.0]
 
 
 def test_a_cp1252_export_names_the_encoding_to_set_and_reads_once_it_is_set(settings):

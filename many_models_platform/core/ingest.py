@@ -585,6 +585,17 @@ _CURRENCY_OR_PERCENT_LAST = r"\s*[$€£¥%]$"  # 12 €, 12%
 _SPACED_THOUSANDS = r"^[+-]?\d{1,3}([ \u00a0\u202f]\d{3})+([.,]\d*)?$"  # 12 035,88 (fr, sv, pl: a (thin) space)
 
 
+def _number_parts(text: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+    """(whether the text writes a negative, its digits and separators with the rest taken off:
+    spaces, currency, percent, the accounting, SAP and typographic ways of a minus)."""
+    t = text.str.strip_chars().str.replace("\u2212", "-", literal=True)  # a typographic minus (U+2212)
+    negative = t.str.contains(_ACCOUNTING_NEGATIVE) | t.str.contains(_TRAILING_MINUS)
+    t = t.str.replace(_ACCOUNTING_NEGATIVE, "${1}").str.replace(_TRAILING_MINUS, "${1}").str.strip_chars()
+    t = t.str.replace(_CURRENCY_FIRST, "${1}").str.replace(_CURRENCY_OR_PERCENT_LAST, "")
+    t = pl.when(t.str.contains(_SPACED_THOUSANDS)).then(t.str.replace_all(r"[ \u00a0\u202f]", "")).otherwise(t)
+    return negative, t
+
+
 def to_number(text: pl.Expr, decimal_comma: bool = False) -> pl.Expr:
     """Numbers written as text, as spreadsheets export them: ``1,234.5`` (or ``1.234,5`` and
     ``3,5`` with a decimal comma), thousands set apart by a space, a no-break or a thin space
@@ -592,11 +603,7 @@ def to_number(text: pl.Expr, decimal_comma: bool = False) -> pl.Expr:
     after, a percent sign (``12%`` is 12, the number written), an accounting negative
     (``(1,234.50)``) or SAP's (``12.50-``), and a flag (``t``/``f``, ``true``/``false``: 1/0);
     anything else that is not a number is null."""
-    t = text.str.strip_chars().str.replace("\u2212", "-", literal=True)  # a typographic minus (U+2212)
-    negative = t.str.contains(_ACCOUNTING_NEGATIVE) | t.str.contains(_TRAILING_MINUS)
-    t = t.str.replace(_ACCOUNTING_NEGATIVE, "${1}").str.replace(_TRAILING_MINUS, "${1}").str.strip_chars()
-    t = t.str.replace(_CURRENCY_FIRST, "${1}").str.replace(_CURRENCY_OR_PERCENT_LAST, "")
-    t = pl.when(t.str.contains(_SPACED_THOUSANDS)).then(t.str.replace_all(r"[ \u00a0\u202f]", "")).otherwise(t)
+    negative, t = _number_parts(text)
     if decimal_comma:
         t = (
             pl.when(t.str.contains(_THOUSANDS_DC))
@@ -622,6 +629,42 @@ _SEPARATOR_CLASHES = {
     False: (r"^[+-]?\d{1,3}(,\d{3})+$", r"^[+-]?\d*,(\d{1,2}|\d{4,})$|^[+-]?\d{1,3}(\.\d{3})+,\d+$"),
     True: (r"^[+-]?\d{1,3}(\.\d{3})+$", r"^[+-]?\d*\.(\d{1,2}|\d{4,})$|^[+-]?\d{1,3}(,\d{3})+\.\d+$"),
 }
+
+
+# What a number shows of its file's decimal mark when the source does not declare it
+# (decimal_comma unset): a comma with other than three digits after it (3,5; 0,125), a comma
+# after four digits or a lone 0, or after dot groups (1.234,5; 1.234.567), is a decimal comma;
+# the same with the separators swapped is a decimal point. 1.234 and 1,234 show nothing.
+_SHOWS_DECIMAL = {
+    True: r"^[+-]?(\d*,(\d{1,2}|\d{4,})|(0|\d{4,}),\d+|\d{1,3}(\.\d{3})+,\d+|\d{1,3}(\.\d{3}){2,})$",
+    False: r"^[+-]?(\d*\.(\d{1,2}|\d{4,})|(0|\d{4,})\.\d+|\d{1,3}(,\d{3})+\.\d+|\d{1,3}(,\d{3}){2,})$",
+}
+_ONE_GROUP = r"^[+-]?[1-9]\d{0,2}[.,]\d{3}$"  # 1.234 or 1,234: thousands, or a decimal with three digits
+
+
+def _decimal_evidence(columns: Sequence[str]) -> dict[str, pl.Expr]:
+    """Whether any of a file's text number ``columns`` shows a decimal comma ("comma"), a decimal
+    point ("point"), or writes a number only three digits after one separator ("group")."""
+    parts = [_number_parts(pl.col(c))[1] for c in columns]
+    found = {"comma": _SHOWS_DECIMAL[True], "point": _SHOWS_DECIMAL[False], "group": _ONE_GROUP}
+    return {f"evidence {what}": pl.any_horizontal(t.str.contains(p).any() for t in parts) for what, p in found.items()}
+
+
+def _undecided_decimal(data: pl.LazyFrame, columns: Sequence[str]) -> FileRejected:
+    """A ';'-separated file (a European export's separator) whose numbers do not show whether
+    ``1.234`` is 1234 or 1.234: a guess would be a thousand times off half the time."""
+    for c in columns:
+        t = _number_parts(pl.col(c))[1]
+        value = data.select(t.filter(t.str.contains(_ONE_GROUP)).first()).collect().item()
+        if value is not None:
+            break
+    digits = value.replace(".", "").replace(",", "")
+    as_comma, as_point = (digits, value) if "." in value else (value.replace(",", "."), digits)
+    return FileRejected(
+        f"column {c!r} writes {value!r}: {as_comma} with a decimal comma, {as_point} with a decimal point, and no "
+        "number in this ';'-separated file shows which it writes; declare it in the source: "
+        "'csv: {decimal_comma: true}' (as European exports write numbers) or 'csv: {decimal_comma: false}'"
+    )
 
 
 def _separator_clash(column: str, decimal_comma: bool) -> pl.Expr:
@@ -660,6 +703,11 @@ def _number_hint(examples: Sequence[str], decimal_comma: bool) -> str:
     ):
         return "they look like decimal commas: set 'csv: {decimal_comma: true}' in the source"
     return "strip units and other text in the export, or use a column that holds the number"
+
+
+def number_columns(spec: UseCaseSpec) -> list[str]:
+    """The columns that hold numbers: numeric features, and a forecast's or regression's target."""
+    return [*spec.features, *([spec.target] if spec.task in ("forecast", "regression") and spec.target else [])]
 
 
 def required_columns(spec: UseCaseSpec, scoring: bool) -> list[str]:
@@ -734,6 +782,7 @@ class FileRules:
     time: TimeRule | None  # None without a time column
     numbers: tuple[str, ...]  # text features whose every value reads as a number
     float_keys: tuple[str, ...] = ()  # text key columns of integers written as floats (12.0 -> 12)
+    decimal_comma: bool = False  # the file's text numbers write a decimal comma (declared, or shown)
 
     @property
     def time_kind(self) -> str | None:
@@ -744,9 +793,10 @@ def _target_number(target: str, dtype: pl.DataType, decimal_comma: bool) -> pl.E
     return to_number(pl.col(target), decimal_comma) if dtype == pl.Utf8 else pl.col(target).cast(pl.Float64)
 
 
-def _decimal_comma(spec: UseCaseSpec, scoring: bool) -> bool:
+def declared_decimal_comma(spec: UseCaseSpec, scoring: bool) -> bool | None:
+    """The source's decimal mark as declared (True: a comma), None when each file decides."""
     source_spec = spec.scoring_source if scoring and spec.scoring_source else spec.source
-    return bool(source_spec.csv and source_spec.csv.decimal_comma)
+    return source_spec.csv.decimal_comma if source_spec.csv else None
 
 
 def binary_as_text(frame: FrameT) -> FrameT:
@@ -755,12 +805,18 @@ def binary_as_text(frame: FrameT) -> FrameT:
 
 
 def file_rules(
-    data: pl.LazyFrame | pl.DataFrame, spec: UseCaseSpec, *, scoring: bool = False, prefer: str | None = None
+    data: pl.LazyFrame | pl.DataFrame,
+    spec: UseCaseSpec,
+    *,
+    scoring: bool = False,
+    prefer: str | None = None,
+    separator: str | None = None,
 ) -> FileRules:
     """Decide, over all of one landing file's rows, what needs the whole file: how its time
-    values read, which text features are numbers, and whether it is a file to reject
-    (:class:`FileRejected`). ``data`` may be lazy (a file read in batches): these questions are
-    answered in one pass over it, only a rare time layout (ISO weeks, datetimes) needs a second."""
+    values read, which text features are numbers, its decimal mark when the source does not
+    declare it, and whether it is a file to reject (:class:`FileRejected`). ``data`` may be lazy
+    (a file read in batches): these questions are answered in one pass over it, only a rare
+    time layout (ISO weeks, datetimes) needs a second. ``separator``: a CSV's field separator."""
     data = binary_as_text(data.lazy())
     schema = data.collect_schema()
     missing = [c for c in required_columns(spec, scoring) if c not in schema]
@@ -769,32 +825,45 @@ def file_rules(
     if spec.time_parts:
         data = compose_time(data, spec)
         schema = data.collect_schema()
-    decimal_comma = _decimal_comma(spec, scoring)
+    declared = declared_decimal_comma(spec, scoring)
+    settings = (declared,) if declared is not None else (False, True)  # unset: asked both ways, decided below
     asks: dict[str, pl.Expr] = {}
     numeric_text = [c for c in spec.features if schema.get(c) == pl.Utf8]
     for i, c in enumerate(numeric_text):  # "1,234.5" features become numbers when every value is one
-        asks[f"text {i}"] = (is_written(pl.col(c)) & to_number(pl.col(c), decimal_comma).is_null()).any()
-        asks[f"clash {i}"] = _separator_clash(c, decimal_comma)
+        for dc in settings:
+            asks[f"text {i} {dc}"] = (is_written(pl.col(c)) & to_number(pl.col(c), dc).is_null()).any()
+            asks[f"clash {i} {dc}"] = _separator_clash(c, dc)
     text_keys = [k for k in spec.keys if schema[k] == pl.Utf8]
     for i, k in enumerate(text_keys):
         asks[f"key {i}"] = _float_written(k)
     if spec.time_column:
         readings = _readings(spec.time_column, schema[spec.time_column], spec.time_format)
         asks |= {f"time {k}": v for k, v in readings.asks().items()}
-    target, failed_target = spec.target, None
-    if not scoring and target in schema and spec.task in ("forecast", "regression") and schema[target] != pl.Float64:
+    target, written = spec.target, None
+    numeric_target = not scoring and target in schema and spec.task in ("forecast", "regression")
+    if numeric_target and schema[target] != pl.Float64:
         written = is_written(pl.col(target), schema[target])
-        failed_target = written & _target_number(target, schema[target], decimal_comma).is_null()
-        asks |= {"target failed": failed_target.sum(), "target present": written.sum()}
-        if schema[target] == pl.Utf8:
-            asks["target clash"] = _separator_clash(target, decimal_comma)
+        asks["target present"] = written.sum()
+        for dc in settings:
+            asks[f"target failed {dc}"] = (written & _target_number(target, schema[target], dc).is_null()).sum()
+            if schema[target] == pl.Utf8:
+                asks[f"target clash {dc}"] = _separator_clash(target, dc)
+    number_text = [*numeric_text, *([target] if numeric_target and schema[target] == pl.Utf8 else [])]
+    if declared is None and number_text:
+        asks |= _decimal_evidence(number_text)
     stats = data.select(**asks).collect().row(0, named=True) if asks else {}
-    if stats.get("target clash"):
+    decimal_comma = bool(declared)
+    if declared is None and number_text:
+        decimal_comma = stats["evidence comma"] and not stats["evidence point"]
+        if separator == ";" and stats["evidence group"] and not (stats["evidence comma"] or stats["evidence point"]):
+            raise _undecided_decimal(data, number_text)
+    if stats.get(f"target clash {decimal_comma}"):
         raise FileRejected(_clash_message(data, target, "target", decimal_comma))
     for i, c in enumerate(numeric_text):
-        if stats[f"clash {i}"]:
+        if stats[f"clash {i} {decimal_comma}"]:
             raise FileRejected(_clash_message(data, c, "feature", decimal_comma))
-    numbers = tuple(c for i, c in enumerate(numeric_text) if not stats[f"text {i}"])  # else training_set says why
+    # a feature with a value that is not a number stays text: training_set says why
+    numbers = tuple(c for i, c in enumerate(numeric_text) if not stats[f"text {i} {decimal_comma}"])
     float_keys = tuple(k for i, k in enumerate(text_keys) if stats[f"key {i}"])
     time = None
     if spec.time_column:
@@ -806,15 +875,16 @@ def file_rules(
             prefer=prefer,
             stats={k.removeprefix("time "): v for k, v in stats.items() if k.startswith("time ")},
         )
-    if failed_target is not None and stats["target failed"] * 2 > stats["target present"]:
+    if written is not None and stats[f"target failed {decimal_comma}"] * 2 > stats["target present"]:
         # more than half of a file's targets not being numbers is a layout to fix, not bad rows
-        shown = data.filter(failed_target).select(pl.col(target).cast(pl.Utf8)).unique(maintain_order=True)
+        failed = written & _target_number(target, schema[target], decimal_comma).is_null()
+        shown = data.filter(failed).select(pl.col(target).cast(pl.Utf8)).unique(maintain_order=True)
         shown = shown.head(2).collect()[target].to_list()
         raise FileRejected(
-            f"target {target!r}: {stats['target failed']} of {stats['target present']} values are not numbers "
-            f"(e.g. {', '.join(repr(v) for v in shown)}); {_number_hint(shown, decimal_comma)}"
+            f"target {target!r}: {stats[f'target failed {decimal_comma}']} of {stats['target present']} values are "
+            f"not numbers (e.g. {', '.join(repr(v) for v in shown)}); {_number_hint(shown, decimal_comma)}"
         )
-    return FileRules(time, numbers, float_keys)
+    return FileRules(time, numbers, float_keys, decimal_comma)
 
 
 def without_blank_lines(frame: pl.DataFrame) -> pl.DataFrame:
@@ -840,7 +910,7 @@ def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, 
         *key_values(spec.keys, frame.schema, rules.float_keys),
         *[_category_text(c) for c in spec.categorical_features if c in frame.columns],
     )
-    decimal_comma = _decimal_comma(spec, scoring)
+    decimal_comma = rules.decimal_comma
     if rules.numbers:
         frame = frame.with_columns(to_number(pl.col(c), decimal_comma) for c in rules.numbers)
     reasons = pl.when(pl.any_horizontal([pl.col(k).is_null() for k in spec.keys])).then(pl.lit(NULL_KEY))

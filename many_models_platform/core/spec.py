@@ -91,11 +91,13 @@ class _Strict(BaseModel):
 class CsvSpec(_Strict):
     """How a CSV export is written when it is not plain UTF-8 with commas (docs/use-cases.md#csv-dialects).
 
-    The separator is detected from the header when unset; a decimal comma and an encoding
-    cannot be told reliably from the bytes, so they are declared."""
+    The separator is detected from the header when unset; so is each file's decimal mark, from
+    its numbers (``3,5`` shows a comma), when ``decimal_comma`` is unset: a ';'-separated file
+    whose numbers show nothing (only ``1.234``) is rejected until it is declared. An encoding
+    other than UTF-8 cannot be told reliably from the bytes, so it is declared."""
 
     separator: str | None = Field(default=None, min_length=1, max_length=1)
-    decimal_comma: bool = False
+    decimal_comma: bool | None = None  # None: each file's numbers decide
     encoding: str = "utf8"
 
     @field_validator("encoding")

@@ -47,9 +47,10 @@ BATCHED_FILE_BYTES = 256 * 2**20
 BATCH_ROWS = 1_000_000
 COMPRESSED_EXPANSION = 4
 # Bumped when the way files are read changes, so earlier rejections are tried again.
-# 6: byte-order marks, UTF-8 among declared encodings, Excel errors, \N, YYYYMM, CR line ends,
-# rows ending in a separator; 5: title lines, corrupt gzip, month names, time_parts
-READER_VERSION = 6
+# 7: the decimal mark each file's numbers show, when undeclared; 6: byte-order marks, UTF-8
+# among declared encodings, Excel errors, \N, YYYYMM, CR line ends, rows ending in a separator;
+# 5: title lines, corrupt gzip, month names, time_parts
+READER_VERSION = 7
 
 
 class SpillFailed(Exception):
@@ -310,7 +311,11 @@ def _read_file(
     index, source_bytes = place
     source = spec.scoring_source if scoring else spec.source
     label = "scoring_source" if scoring else "source"
-    options = {"csv": source.csv, "required": core_ingest.required_columns(spec, scoring)}
+    options = {
+        "csv": source.csv,
+        "required": core_ingest.required_columns(spec, scoring),
+        "number_columns": core_ingest.number_columns(spec),
+    }
     path, out = lake.path(*listed.name.split("/")), FileRead()
 
     def spill_batch(frame: pl.DataFrame, rules: core_ingest.FileRules, batch: int) -> None:
@@ -341,7 +346,8 @@ def _read_file(
         except Exception as exc:
             raise _unreadable(source.file_format, exc) from None
         with _polars_rejects():
-            rules = core_ingest.file_rules(frame, spec, scoring=scoring, prefer=prefer)
+            separator = layouts[0].options["separator"] if layouts else None
+            rules = core_ingest.file_rules(frame, spec, scoring=scoring, prefer=prefer, separator=separator)
         spill.size(frame.height, listed.size, source_bytes)
         spill_batch(frame, rules, 0)
         out.kind = rules.time_kind
@@ -352,7 +358,8 @@ def _read_file(
             path, source.file_format, spec.landing_columns, text_columns, spill.folder / "landing", **options
         ) as table:
             try:
-                rules = core_ingest.file_rules(table.data, spec, scoring=scoring, prefer=prefer)
+                separator = table.layout.options["separator"] if table.layout else None
+                rules = core_ingest.file_rules(table.data, spec, scoring=scoring, prefer=prefer, separator=separator)
                 out.lines_above_header = table.layout.lines_above_header if table.layout else 0
                 if spill.buckets is None:
                     spill.size(table.data.select(pl.len()).collect().item(), listed.size, source_bytes)

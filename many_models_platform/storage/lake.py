@@ -350,6 +350,7 @@ class Lake:
         *,
         csv: Any = None,
         required: Sequence[str] = (),
+        number_columns: Sequence[str] = (),
         layout_seen: list[CsvLayout] | None = None,
     ) -> pl.DataFrame:
         """A landing file (a path, or a name relative to the root), with only those of ``columns``
@@ -363,8 +364,9 @@ class Lake:
         A header name differing only by case or surrounding spaces (`` Store ``) matches the
         configured name (``store``) when no other header does. ``csv`` is the source's
         ``CsvSpec`` (separator, decimal comma, encoding); without a separator the header
-        decides between ``,``, ``;``, tab and ``|``. Raises :class:`FileRejected` naming the
-        file's header when a column of ``required`` is missing.
+        decides between ``,``, ``;``, tab and ``|``. ``number_columns`` are read as text too in
+        a ';'-separated file whose decimal mark is not declared, for ingest to tell it. Raises
+        :class:`FileRejected` naming the file's header when a column of ``required`` is missing.
         """
         folders = _folder_values(self._located(path)[1], columns)
         required = [c for c in required if c not in folders]
@@ -381,7 +383,7 @@ class Lake:
             data = data.replace(b"\r", b"\n")
         layout = None
         try:
-            layout = _csv_layout(data, csv, columns, text_columns, required)
+            layout = _csv_layout(data, csv, columns, text_columns, required, number_columns)
             if layout.trailing_separator:
                 data = _with_header_column(data, layout)
             if folders:
@@ -410,6 +412,7 @@ class Lake:
         *,
         csv: Any = None,
         required: Sequence[str] = (),
+        number_columns: Sequence[str] = (),
     ) -> Iterator[LandingTable]:
         """A landing file too large to hold, as a lazy frame over a local file, to read in
         batches: the same columns, names, dialect and types as :meth:`read_table` gives (the
@@ -448,7 +451,7 @@ class Lake:
                 if encoding != "utf8-lossy" and csv is not None:
                     csv = csv.model_copy(update={"encoding": "utf8"})  # the copy is UTF-8 now
             with open(local, "rb") as f:
-                layout = _csv_layout(f.read(HEADER_BYTES), csv, columns, text_columns, required)
+                layout = _csv_layout(f.read(HEADER_BYTES), csv, columns, text_columns, required, number_columns)
             if layout.trailing_separator:  # a copy whose header names the column the rows end with
                 local = _header_column_copy(local, layout, _scratch_file(scratch, copies))
             if folders:
@@ -559,10 +562,17 @@ def _csv_options(
 
 
 def _csv_layout(
-    start: bytes, csv: Any, columns: Sequence[str] | None, text_columns: Sequence[str], required: Sequence[str]
+    start: bytes,
+    csv: Any,
+    columns: Sequence[str] | None,
+    text_columns: Sequence[str],
+    required: Sequence[str],
+    number_columns: Sequence[str] = (),
 ) -> CsvLayout:
     """A CSV's layout from its first bytes; raises FileRejected naming the header when a
-    required column is missing (``columns`` None: every column)."""
+    required column is missing (``columns`` None: every column). ``number_columns`` are read as
+    text when the separator is ';' and the decimal mark is not declared: polars would read
+    ``1.234`` as 1.234 where the file may mean 1234, and ingest decides over the whole file."""
     options, header = _csv_options(start, csv, columns)
     if header is None:
         header = pl.read_csv(io.BytesIO(start), n_rows=0, **options).columns
@@ -580,6 +590,8 @@ def _csv_layout(
             f"the header names column(s) {twice} more than once, so which one is meant is unknown; "
             "rename or drop the extra column in the export"
         )
+    if options["separator"] == ";" and (csv is None or csv.decimal_comma is None):
+        text_columns = [*text_columns, *number_columns]
     text = {actual: pl.Utf8 for actual, name in names.items() if name in text_columns}
     wide = csv is not None and csv.encoding.lower().replace("_", "-").startswith(("utf-16", "utf16", "utf-32", "utf32"))
     trailing = not wide and _trailing_separator(start, options, header)
