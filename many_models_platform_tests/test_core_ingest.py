@@ -397,6 +397,10 @@ def test_numbers_written_as_text_with_thousands_separators_or_a_decimal_comma():
     assert pl.select(
         ingest.to_number(pl.lit(pl.Series(["1.234,50 €", "12,5%"])), decimal_comma=True)
     ).to_series().to_list() == [1234.5, 12.5]
+    # a leading zero is no thousands group: 0,125 is a decimal comma's number, never 125
+    zero = pl.Series(["0,125", "0.125"])
+    assert pl.select(ingest.to_number(pl.lit(zero))).to_series().to_list() == [None, 0.125]
+    assert pl.select(ingest.to_number(pl.lit(zero), decimal_comma=True)).to_series().to_list() == [0.125, 0.125]
     spaced = pl.Series(["12\u202f035,88", "1 234 567,5", "12\u00a0035", "12 35,5"])  # fr/sv/pl exports
     assert pl.select(ingest.to_number(pl.lit(spaced), decimal_comma=True)).to_series().to_list() == [
         12035.88,
@@ -447,6 +451,22 @@ def test_a_column_writing_a_separator_both_as_thousands_and_as_a_decimal_mark_re
         normalise_file(frame.with_columns(x1=pl.Series(["1.810", "1.5", "2"]), y=pl.Series(["1", "2", "3"])), european)
     out, _ = normalise_file(frame.with_columns(y=pl.Series(["1,234.5", "12,345", "3"])), spec)
     assert out["y"].to_list() == [1234.5, 12345.0, 3.0]
+
+
+def test_pandas_periods_of_any_frequency_are_the_times_they_start_at():
+    """pandas numbers periods its own way per frequency (weeks from a Monday, business days):
+    pandas itself turns them into start dates (times, under a day); a missing one stays missing."""
+    import pandas as pd
+    import pyarrow as pa
+
+    def read(values: list[str | None], freq: str) -> list[Any]:
+        table = pa.Table.from_pandas(pd.DataFrame({"p": pd.PeriodIndex(values, freq=freq)}))
+        return ingest.binary_as_text(pl.from_arrow(table)).to_series().to_list()
+
+    assert read(["2024-01", None, "2024-12"], "M") == [dt.date(2024, 1, 1), None, dt.date(2024, 12, 1)]
+    assert read(["2024Q2"], "Q") == [dt.date(2024, 4, 1)]
+    assert read(["2024-01-03"], "W-SUN") == [dt.date(2024, 1, 1)]  # the week (Mon-Sun) holding it
+    assert read(["2024-01-03 07:00"], "h") == [dt.datetime(2024, 1, 3, 7)]
 
 
 def test_an_undeclared_decimal_mark_is_the_one_each_file_shows_and_a_semicolon_file_showing_none_is_rejected():

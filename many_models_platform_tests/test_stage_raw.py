@@ -1009,6 +1009,30 @@ def test_a_parquet_file_whose_text_columns_are_binary_reads_them_as_text(setting
     assert b["year"].to_list() == [D(2020, 1, 1), D(2021, 1, 1)] and b["y"].to_list() == [3.5, 4.0]
 
 
+def test_a_pandas_period_column_in_parquet_reads_as_the_times_its_periods_start(settings):
+    """pandas saves ``dt.to_period('Y')`` as period numbers (54 for 2024) with its frequency
+    beside them: the time column was rejected ('type Extension(pandas.period ...)')."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "country": ["se", "se", "se"],
+            "year": pd.PeriodIndex(["2020", "2021", None], freq="Y"),
+            "x1": [1.0, 2.0, 3.0],
+            "x2": [2.0, 3.0, 4.0],
+            "y": [3.5, 4.0, 5.0],
+        }
+    )
+    path = Path(settings.lake_url) / "landing" / "periods" / "a.parquet"
+    path.parent.mkdir(parents=True)
+    frame.to_parquet(path)
+    spec = yearly("landing/periods/*.parquet", name="periods")
+    report, out = run_raw(settings, spec)
+    assert report.summary["rejected"] == [] and out["se"].ok
+    assert bronze(settings, spec, "se")["year"].to_list() == [D(2020, 1, 1), D(2021, 1, 1)]
+    assert out["se"].info["drops"] == {"missing time value": 1}
+
+
 def test_an_inch_mark_in_an_unquoted_value_rejects_the_file_saying_what_to_quote(settings):
     lines = ["country,year,x1,x2,y,comment"] + [f"se,{2000 + i},1,2,3,ok" for i in range(30)]
     lines[5] = 'se,2004,1,2,3,TV 55" screen'

@@ -11,6 +11,7 @@ Parquet too), and whole-file problems raise :class:`FileRejected` with a message
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -556,8 +557,8 @@ def float_written_keys(frame: pl.DataFrame, keys: Sequence[str]) -> tuple[str, .
     return tuple(k for k, yes in zip(text, found, strict=True) if yes)
 
 
-_THOUSANDS = r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?$"  # 1,234.5
-_THOUSANDS_DC = r"^[+-]?\d{1,3}(\.\d{3})+(,\d*)?$"  # 1.234,5 (decimal comma)
+_THOUSANDS = r"^[+-]?[1-9]\d{0,2}(,\d{3})+(\.\d*)?$"  # 1,234.5 (0,125 is no thousands)
+_THOUSANDS_DC = r"^[+-]?[1-9]\d{0,2}(\.\d{3})+(,\d*)?$"  # 1.234,5 (decimal comma)
 _DECIMAL_COMMA = r"^[+-]?\d*,\d+$"  # 3,5
 
 
@@ -622,15 +623,6 @@ def to_number(text: pl.Expr, decimal_comma: bool = False) -> pl.Expr:
     return pl.when(negative).then(-number.abs()).otherwise(number)
 
 
-# A number whose one separator is followed by exactly three digits (56,300; 1.810) reads as
-# thousands, which is right only when the file never writes that separator as a decimal mark:
-# (ambiguous, what shows the separator is a decimal mark) for each setting of decimal_comma.
-_SEPARATOR_CLASHES = {
-    False: (r"^[+-]?\d{1,3}(,\d{3})+$", r"^[+-]?\d*,(\d{1,2}|\d{4,})$|^[+-]?\d{1,3}(\.\d{3})+,\d+$"),
-    True: (r"^[+-]?\d{1,3}(\.\d{3})+$", r"^[+-]?\d*\.(\d{1,2}|\d{4,})$|^[+-]?\d{1,3}(,\d{3})+\.\d+$"),
-}
-
-
 # What a number shows of its file's decimal mark when the source does not declare it
 # (decimal_comma unset): a comma with other than three digits after it (3,5; 0,125), a comma
 # after four digits or a lone 0, or after dot groups (1.234,5; 1.234.567), is a decimal comma;
@@ -640,6 +632,15 @@ _SHOWS_DECIMAL = {
     False: r"^[+-]?(\d*\.(\d{1,2}|\d{4,})|(0|\d{4,})\.\d+|\d{1,3}(,\d{3})+\.\d+|\d{1,3}(,\d{3}){2,})$",
 }
 _ONE_GROUP = r"^[+-]?[1-9]\d{0,2}[.,]\d{3}$"  # 1.234 or 1,234: thousands, or a decimal with three digits
+
+
+# A number whose one separator is followed by exactly three digits (56,300; 1.810) reads as
+# thousands, which is right only when the file never writes that separator as a decimal mark:
+# (ambiguous, what shows the separator is a decimal mark) for each setting of decimal_comma.
+_SEPARATOR_CLASHES = {
+    False: (r"^[+-]?[1-9]\d{0,2}(,\d{3})+$", _SHOWS_DECIMAL[True]),
+    True: (r"^[+-]?[1-9]\d{0,2}(\.\d{3})+$", _SHOWS_DECIMAL[False]),
+}
 
 
 def _decimal_evidence(columns: Sequence[str]) -> dict[str, pl.Expr]:
@@ -800,8 +801,35 @@ def declared_decimal_comma(spec: UseCaseSpec, scoring: bool) -> bool | None:
 
 
 def binary_as_text(frame: FrameT) -> FrameT:
-    """Parquet BINARY columns (Hive and older writers store text so) as the text they hold."""
-    return frame.with_columns(pl.col(pl.Binary).cast(pl.Utf8, strict=False))
+    """Parquet columns in types ingest reads: BINARY (Hive and older writers store text so) as
+    the text it holds, and pandas' Period columns (``dt.to_period('M')`` saved with
+    ``to_parquet``: period numbers, 648 for 2024-01) as the dates (datetimes, for periods
+    shorter than a day) their periods start at."""
+    frame = frame.with_columns(pl.col(pl.Binary).cast(pl.Utf8, strict=False))
+    for column, dtype in frame.collect_schema().items():
+        if isinstance(dtype, pl.Extension) and dtype.ext_name() == "pandas.period":
+            frame = frame.with_columns(_period_starts(frame, column, dtype))
+    return frame
+
+
+def _period_starts(frame: pl.DataFrame | pl.LazyFrame, column: str, dtype: pl.Extension) -> pl.Expr:
+    """A pandas Period column's start times, from its period numbers and the frequency pandas
+    stores beside them, by pandas itself (a week, a business day or a fiscal quarter each
+    number periods their own way); one lookup per distinct period."""
+    import warnings
+
+    import pandas as pd
+
+    number = pl.col(column).ext.storage()
+    numbers = frame.lazy().select(number.unique().drop_nulls()).collect().to_series()
+    freq = json.loads(dtype.ext_metadata() or "{}").get("freq")
+    with warnings.catch_warnings():  # pandas deprecates business-day periods, which still read
+        warnings.simplefilter("ignore", FutureWarning)
+        starts = pd.PeriodIndex.from_ordinals(numbers.to_list(), freq=freq).to_timestamp(how="start")
+    # periods of a day or longer are dates, as the same periods written as text read
+    dtype = pl.Datetime("us") if re.fullmatch(r"\d*(h|H|min|T|s|S|ms|L|us|U|ns|N)", freq or "") else pl.Date
+    starts = pl.Series(list(starts.to_pydatetime()), dtype=pl.Datetime("us")).cast(dtype)
+    return number.replace_strict(numbers, starts, default=None, return_dtype=dtype)
 
 
 def file_rules(
