@@ -217,6 +217,12 @@ def test_future_frame_fills_weeks_missing_from_scoring_data(retail):
     assert future.height == RETAIL.horizon
     last_price = bronze.sort("week_start")["price"][-1]
     assert future["price"].to_list() == [*partial["price"].to_list(), *[last_price] * (RETAIL.horizon - 3)]
+    # what stood in is counted: the weeks without a row, and a value missing in a row
+    assert F.carried_forward(RETAIL, partial, future["week_start"]) == (RETAIL.horizon - 3, 0)
+    gap = partial.with_columns(
+        pl.when(pl.int_range(pl.len()) == 0).then(None).otherwise(pl.col("price")).alias("price")
+    )
+    assert F.carried_forward(RETAIL, gap, future["week_start"]) == (RETAIL.horizon - 3, 1)
 
 
 def test_future_frame_names_text_in_a_numeric_feature_of_the_scoring_rows(retail):

@@ -92,13 +92,20 @@ def test_scoring_rows_dated_off_the_forecast_periods_are_counted_as_unused(tmp_p
     outcomes = run_all(spec, settings, "run-1", dt.date(2025, 1, 1), keys)["predictions"]
     scored = {k: o.info for k, o in outcomes.items() if o.ok}
     assert encode_key(shifted.split(".")) in scored and len(scored) >= 2, {k: o.reason for k, o in outcomes.items()}
+    from many_models_platform.stages.base import read_state
+
     for key, info in scored.items():
         n = info["rows_in"]
         assert n == spec.horizon
-        if key == encode_key(shifted.split(".")):
+        reason = read_state(Lake(settings.lake_url), spec.name, "predictions", key).reason
+        if key == encode_key(shifted.split(".")):  # its features are the last observed ones: said
             assert (info["rows_out"], info["rows_dropped"], info["drops"]) == (0, n, {UNUSED_SCORING: n})
+            assert info["periods_without_scoring_row"] == n
+            said = f"{n} of {n} forecast periods have no scoring_source row: the key's last observed values stand in"
+            assert reason == f"{said} for them"
         else:
             assert (info["rows_out"], info["rows_dropped"], info["drops"]) == (n, 0, {})
+            assert (info["periods_without_scoring_row"], info["scoring_values_missing"], reason) == (0, 0, "")
 
 
 def test_a_key_scored_without_its_scoring_rows_says_so_and_names_the_rejected_scoring_file(tmp_path):

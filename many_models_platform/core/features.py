@@ -811,6 +811,19 @@ def future_frame(
     return featured.filter(pl.col(t).is_in(times.implode()) & pl.col(spec.target).is_null())
 
 
+def carried_forward(spec: UseCaseSpec, future_exog: pl.DataFrame, times: pl.Series) -> tuple[int, int]:
+    """(forecast periods ``times`` without a scoring row, feature values missing in the rows of
+    the others): :func:`future_frame` gives both the key's last observed values, which a user
+    should be told, not find out from a flat forecast."""
+    t = spec.time_column
+    features = [c for c in spec.all_features if c in future_exog.columns]
+    rows = future_exog.select(pl.col(t).cast(times.dtype), *features).unique(subset=[t], keep="last")
+    joined = pl.DataFrame({t: times}).join(rows.with_columns(pl.lit(True).alias("__row")), on=t, how="left")
+    has_row = joined["__row"].is_not_null()
+    missing = joined.filter(has_row).select(pl.sum_horizontal(pl.col(c).is_null() for c in features)).to_series()
+    return int((~has_row).sum()), int(missing.sum()) if features else 0
+
+
 def _month_stamps(history: pl.Series, times: pl.Series, last: Any) -> pl.Series:
     """Forecast months stamped as the key's months are: on month ends when most of its dates
     are (Nov 30 -> Dec 31, not Dec 30), on the 1st when most are, whatever day its last date is

@@ -75,6 +75,7 @@ def _score_one(
             unused = exog.height - int(on_period.sum())
             counts = {"rows_in": exog.height, "rows_out": exog.height - unused, "rows_dropped": unused}
             counts |= {"rows_merged": 0, "drops": {UNUSED_SCORING: unused} if unused else {}}
+            note = _carried_forward(spec, exog, forecast[t], counts)
     else:
         scoring_path = lake.key_path("bronze_scoring", spec.name, key, ".parquet")
         if spec.scoring_source and scoring_path.exists():
@@ -115,6 +116,19 @@ def _score_one(
     crash_point("predictions")
     write_state(lake, spec.name, "predictions", KeyOutcome(key, "ok", note, info=info), run_id)
     return info
+
+
+def _carried_forward(spec: UseCaseSpec, exog: pl.DataFrame, times: pl.Series, counts: dict) -> str:
+    """The note on a forecast whose scoring rows leave periods or feature values out (the last
+    observed values stand in), with both counted in ``counts``; empty when nothing is left out."""
+    periods, values = F.carried_forward(spec, exog, times) if spec.all_features else (0, 0)
+    counts |= {"periods_without_scoring_row": periods, "scoring_values_missing": values}
+    said = []
+    if periods:
+        said.append(f"{periods} of {times.len()} forecast periods have no scoring_source row")
+    if values:
+        said.append(f"{values} feature value(s) are missing in its scoring_source rows")
+    return f"{' and '.join(said)}: the key's last observed values stand in for them" if said else ""
 
 
 def _without_scoring_rows(spec: UseCaseSpec, lake: Lake, key: str, instead: str) -> str:
