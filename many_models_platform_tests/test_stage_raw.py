@@ -1033,12 +1033,44 @@ def test_a_pandas_period_column_in_parquet_reads_as_the_times_its_periods_start(
     assert out["se"].info["drops"] == {"missing time value": 1}
 
 
-def test_an_inch_mark_in_an_unquoted_value_rejects_the_file_saying_what_to_quote(settings):
-    lines = ["country,year,x1,x2,y,comment"] + [f"se,{2000 + i},1,2,3,ok" for i in range(30)]
-    lines[5] = 'se,2004,1,2,3,TV 55" screen'
+def test_an_inch_mark_in_an_unquoted_value_reads_as_itself_and_a_quote_that_never_closes_rejects(settings):
+    """polars cannot follow ``TV 55" screen`` (a quote inside a value that is not quoted); CSV
+    readers such as Python's take it as the character it is, and so does the platform, beside
+    properly quoted values. A quoted value that never closes is rejected naming its line."""
+    lines = ["country,year,x1,x2,y,comment"] + [f"se,{2000 + i},1,2,{i},ok" for i in range(30)]
+    lines[5] = 'se,2004,1,2,4,TV 55" screen'
+    lines[6] = 'se,2005,1,2,5,"a, quoted ""value"""'
     land(settings, "inch/a.csv", "\n".join(lines) + "\n")
-    report, _ = run_raw(settings, yearly("landing/inch/*.csv", name="inch"))
-    assert report.summary["rejected"][0]["reason"].startswith("the file's quoting does not close: a quote character")
+    spec = yearly("landing/inch/*.csv", name="inch", features=["x1", "x2"], categorical_features=["comment"])
+    report, out = run_raw(settings, spec)
+    assert report.summary["rejected"] == [] and out["se"].info["rows"] == 30
+    b = bronze(settings, spec, "se")
+    assert b["comment"].to_list()[4:6] == ['TV 55" screen', 'a, quoted "value"'] and b["y"].sum() == sum(range(30))
+    # two inch marks ending values of a column not read: polars joined the lines between them
+    # into one value and, reading only the wanted columns, lost those rows without an error
+    ends = list(lines)
+    ends[5], ends[6], ends[9] = 'se,2004,1,2,4,TV 55"', "se,2005,1,2,5,ok", 'se,2008,1,2,8,12"'
+    land(settings, "ends/a.csv", "\n".join(ends) + "\n")
+    report, out = run_raw(settings, yearly("landing/ends/*.csv", name="ends"))
+    assert report.summary["rejected"] == [] and out["se"].info["rows"] == 30
+    lines[8] = 'se,2007,1,2,7,"never closes'
+    land(settings, "unclosed/a.csv", "\n".join(lines) + "\n")
+    report, _ = run_raw(settings, yearly("landing/unclosed/*.csv", name="unclosed"))
+    reason = report.summary["rejected"][0]["reason"]
+    assert reason.startswith("the file's quoting does not close: a quoted value that never closes")
+    assert "(the row from line 9 on: unexpected end of data)" in reason, reason
+
+
+def test_stray_quotes_are_told_from_csv_quoting_across_the_chunks_a_large_file_is_scanned_in(monkeypatch):
+    from many_models_platform.storage import lake as lake_module
+
+    layout = lake_module.CsvLayout({"separator": ";"}, [], {}, {})
+    quoted = b'a;b\n"x;1";2\n"say ""hi""";3\n'
+    stray = {b'a;b\n1;TV 55" screen\n', b'a;b\n1;55"\n2;3\n', b'a;b\n"x";55"\n', b'a;b\n1;55"\n2;3'}
+    for chunk in (3, 7, 2**20):  # a quote's neighbours and the quotes before a line end, over chunk edges
+        monkeypatch.setattr(lake_module, "_QUOTE_SCAN", chunk)
+        assert not lake_module._stray_quotes(quoted, layout)
+        assert all(lake_module._stray_quotes(data, layout) for data in stray)
 
 
 def test_a_full_spill_disk_fails_the_stage_instead_of_blaming_the_landing_file(settings, monkeypatch):

@@ -34,7 +34,7 @@ from ..core.engine import KeyOutcome
 from ..core.features import ending_early, series_end
 from ..core.keys import decode_key, encode_key, key_label
 from ..core.spec import UseCaseSpec
-from ..storage.lake import CsvLayout, Lake, LandedFile, LateColumnType
+from ..storage.lake import CsvLayout, Lake, LandedFile, LateColumnType, QuoteInValue
 from .base import StageReport, StageRun, clear_state, crash_point, finish, write_state
 
 # A read that fails with an OSError, or a file that changes while being read (still being
@@ -286,14 +286,21 @@ def _spill_file(
     first 10,000 rows is read again as text (``LateColumnType``). Raises FileRejected, or OSError
     to be tried again."""
     text_columns = [*spec.keys, *spec.categorical_features, *spec.landing_time_columns]
+    requote = False
     while True:
         try:
-            return _read_file(spec, lake, spill, listed, (index, source_bytes), text_columns, scoring, prefer)
+            return _read_file(
+                spec, lake, spill, listed, (index, source_bytes), text_columns, scoring, prefer, requote=requote
+            )
         except LateColumnType as late:
             if late.column in text_columns:
                 raise core_ingest.FileRejected(str(late)[:500]) from None
-            spill.discard("scoring_source" if scoring else "source", index)
             text_columns = [*text_columns, late.column]
+        except QuoteInValue:
+            if requote:
+                raise
+            requote = True
+        spill.discard("scoring_source" if scoring else "source", index)
 
 
 def _read_file(
@@ -305,9 +312,12 @@ def _read_file(
     text_columns: list[str],
     scoring: bool,
     prefer: str | None,
+    *,
+    requote: bool = False,
 ) -> FileRead:
-    """One try of :func:`_spill_file`, with ``text_columns`` read as text; ``place``: the file's
-    index and the bytes of its source."""
+    """One try of :func:`_spill_file`, with ``text_columns`` read as text (and the CSV's quoting
+    through Python's csv module with ``requote``); ``place``: the file's index and the bytes of
+    its source."""
     index, source_bytes = place
     source = spec.scoring_source if scoring else spec.source
     label = "scoring_source" if scoring else "source"
@@ -315,6 +325,7 @@ def _read_file(
         "csv": source.csv,
         "required": core_ingest.required_columns(spec, scoring),
         "number_columns": core_ingest.number_columns(spec),
+        "requote": requote,
     }
     path, out = lake.path(*listed.name.split("/")), FileRead()
 
@@ -341,7 +352,7 @@ def _read_file(
                 layout_seen=layouts,
                 **options,
             )
-        except (OSError, LateColumnType):
+        except (OSError, LateColumnType, QuoteInValue):
             raise
         except Exception as exc:
             raise _unreadable(source.file_format, exc) from None
@@ -367,7 +378,7 @@ def _read_file(
                     spill_batch(frame, rules, batch)
             except pl.exceptions.ComputeError as exc:  # a bad row: said while the file is still open
                 raise table.error(exc) from None
-    except (OSError, SpillFailed, LateColumnType):
+    except (OSError, SpillFailed, LateColumnType, QuoteInValue):
         raise
     except Exception as exc:  # the file's content is the user's: say why it cannot be read
         raise _unreadable(source.file_format, exc) from None
@@ -481,20 +492,27 @@ class KeyColumnsMissing(Exception):
     pass
 
 
-def file_keys(spec: UseCaseSpec, lake: Lake, file: LandedFile, fmt: str, csv: Any = None) -> list[str]:
+def file_keys(
+    spec: UseCaseSpec, lake: Lake, file: LandedFile, fmt: str, csv: Any = None, *, requote: bool = False
+) -> list[str]:
     """The distinct encoded keys of one landing file, from its key and time columns only (on
     blob storage a Parquet file's footer and those column chunks, not the whole object), as
     ingest reads them (``core.ingest.key_values``); ``csv``: the source's dialect. A row without
     a time value (or with text in it that holds no digit, which no time is) makes no key: a
-    report's footer line, or a total row, is no entity to model (ingest still reads and counts it)."""
+    report's footer line, or a total row, is no entity to model (ingest still reads and counts it).
+    ``requote``: a CSV's quoting read through Python's csv module (``QuoteInValue``)."""
     times = spec.landing_time_columns
     columns = list(dict.fromkeys([*spec.keys, *times]))
     with contextlib.ExitStack() as opened:
         if fmt != "parquet" and _held_bytes(file, fmt) > BATCHED_FILE_BYTES:  # streamed: only the distinct keys held
             scratch = opened.enter_context(tempfile.TemporaryDirectory(prefix=_spill_prefix(os.getpid())))
-            data = opened.enter_context(lake.open_table(file.name, fmt, columns, columns, scratch, csv=csv)).data
+            table = opened.enter_context(
+                lake.open_table(file.name, fmt, columns, columns, scratch, csv=csv, requote=requote)
+            )
+            data = table.data
         else:
-            data = lake.read_table(file.name, fmt, columns, columns, size=file.size, csv=csv).lazy()
+            data = lake.read_table(file.name, fmt, columns, columns, size=file.size, csv=csv, requote=requote).lazy()
+            table = None
         data = core_ingest.binary_as_text(data)
         schema = data.collect_schema()
         missing = [k for k in spec.keys if k not in schema]
@@ -505,7 +523,10 @@ def file_keys(spec: UseCaseSpec, lake: Lake, file: LandedFile, fmt: str, csv: An
             timed.append(pl.col(times[0]).str.contains(r"\d"))
         if timed:  # a footer line ("Source: ...", "(c) 2024, all rights reserved") has no time: no key of its own
             data = data.filter(pl.all_horizontal(timed))
-        found = data.select(spec.keys).unique().collect()  # as written: floats for integers are decided over all
+        try:  # as written: floats for integers are decided over all
+            found = data.select(spec.keys).unique().collect()
+        except pl.exceptions.ComputeError as exc:  # a streamed file's bad row shows only now
+            raise table.error(exc) if table is not None else exc from None
         float_keys = core_ingest.float_written_keys(found, spec.keys)
         values = found.select(core_ingest.key_values(spec.keys, found.schema, float_keys)).unique()
     return sorted(encode_key(row) for row in values.drop_nulls().iter_rows())
@@ -529,7 +550,10 @@ def discover_keys(spec: UseCaseSpec, lake: Lake) -> list[str]:
         try:
             if still_rejected(lake, records, file.name, file.signature, settings) is not None:
                 return []
-            return file_keys(spec, lake, file, fmt, spec.source.csv)
+            try:
+                return file_keys(spec, lake, file, fmt, spec.source.csv)
+            except QuoteInValue:
+                return file_keys(spec, lake, file, fmt, spec.source.csv, requote=True)
         except Exception:  # one unreadable file never hides the others' keys
             return []
 

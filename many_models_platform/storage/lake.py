@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import numpy as np
 import polars as pl
 from upath import UPath
 
@@ -352,6 +353,7 @@ class Lake:
         required: Sequence[str] = (),
         number_columns: Sequence[str] = (),
         layout_seen: list[CsvLayout] | None = None,
+        requote: bool = False,
     ) -> pl.DataFrame:
         """A landing file (a path, or a name relative to the root), with only those of ``columns``
         it holds, named as in ``columns``; a CSV's layout is appended to ``layout_seen``.
@@ -366,7 +368,8 @@ class Lake:
         ``CsvSpec`` (separator, decimal comma, encoding); without a separator the header
         decides between ``,``, ``;``, tab and ``|``. ``number_columns`` are read as text too in
         a ';'-separated file whose decimal mark is not declared, for ingest to tell it. Raises
-        :class:`FileRejected` naming the file's header when a column of ``required`` is missing.
+        :class:`FileRejected` naming the file's header when a column of ``required`` is missing,
+        :class:`QuoteInValue` when polars cannot follow the quoting: read again with ``requote``.
         """
         folders = _folder_values(self._located(path)[1], columns)
         required = [c for c in required if c not in folders]
@@ -386,6 +389,8 @@ class Lake:
             layout = _csv_layout(data, csv, columns, text_columns, required, number_columns)
             if layout.trailing_separator:
                 data = _with_header_column(data, layout)
+            if requote or _stray_quotes(data, layout):
+                data, layout = _requoted_bytes(data, layout), _requoted_layout(layout)
             if folders:
                 layout = dataclasses.replace(layout, names=_row_holder(layout.names, layout.header))
             frame = pl.read_csv(
@@ -413,6 +418,7 @@ class Lake:
         csv: Any = None,
         required: Sequence[str] = (),
         number_columns: Sequence[str] = (),
+        requote: bool = False,
     ) -> Iterator[LandingTable]:
         """A landing file too large to hold, as a lazy frame over a local file, to read in
         batches: the same columns, names, dialect and types as :meth:`read_table` gives (the
@@ -454,6 +460,9 @@ class Lake:
                 layout = _csv_layout(f.read(HEADER_BYTES), csv, columns, text_columns, required, number_columns)
             if layout.trailing_separator:  # a copy whose header names the column the rows end with
                 local = _header_column_copy(local, layout, _scratch_file(scratch, copies))
+            if requote or _stray_quotes(np.memmap(local, dtype=np.uint8, mode="r"), layout):
+                local = _requoted_copy(local, layout, _scratch_file(scratch, copies))  # a copy polars can follow
+                layout = _requoted_layout(layout)
             if folders:
                 layout = dataclasses.replace(layout, names=_row_holder(layout.names, layout.header))
             scan = pl.scan_csv(
@@ -631,6 +640,19 @@ class LateColumnType(FileRejected):
         self.column = column
 
 
+class QuoteInValue(FileRejected):
+    """polars cannot follow a CSV's quoting: usually a quote character inside a value that is
+    not quoted (an inch mark, ``TV 55" screen``), which CSV readers such as Python's take as the
+    character it is. The reader reads the file again through Python's csv module (``requote``),
+    which rejects only a quoted value that never closes, naming its line."""
+
+
+UNCLOSED_QUOTE = (
+    "the file's quoting does not close: a quoted value that never closes, or a quote character (\") "
+    "inside a quoted value that is not doubled, joins lines into one; quote such values in the export, "
+    'doubling the quote inside them ("55"" screen"), or leave that column out of the export'
+)
+
 _LATE_TYPE = re.compile(r"could not parse `(.*?)` as dtype `(\w+)` at column '(.*?)'", re.S)
 
 
@@ -647,11 +669,7 @@ def csv_error(exc: Exception, text: Callable[[], IO[bytes]], layout: CsvLayout |
         with text() as stream:
             return FileRejected(_not_utf8(stream))
     if "malformed" in message:  # polars' "CSV malformed: expected 130 rows, actual 270 rows"
-        return FileRejected(
-            "the file's quoting does not close: a quote character (\") in a value that is not quoted (an inch "
-            'mark: 55" screen) or a quoted value that never closes joins lines into one; quote such values in the '
-            'export, doubling the quote inside them ("55"" screen"), or leave that column out of the export'
-        )
+        return QuoteInValue(UNCLOSED_QUOTE)
     if "more fields than defined" in message and layout is not None:
         return FileRejected(
             f"a line has more fields than the header ({len(layout.header)} columns, separator "
@@ -793,6 +811,82 @@ def _header_column_copy(source: str, layout: CsvLayout, target: str) -> str:
     with open(source, "rb") as f, open(target, "wb") as out:
         out.write(_with_header_column(f.read(HEADER_BYTES), layout))
         shutil.copyfileobj(f, out, HEADER_BYTES)
+    return target
+
+
+_QUOTE_SCAN = 16 * 2**20  # bytes looked at at once for stray quotes
+
+
+def _stray_quotes(data: bytes | np.ndarray, layout: CsvLayout) -> bool:
+    """Whether a CSV holds a quote that is no CSV quoting (an inch mark, ``TV 55" screen``,
+    ``12"``): one inside a value, neither opening nor closing one, or an odd number of quotes on
+    a line (also a quoted value over several lines, which the csv module reads as polars does).
+    polars joins the lines between two such quotes into one value, and a read of some of the
+    columns loses those rows without an error. Not told for UTF-16 and UTF-32 text, whose
+    characters are several bytes (polars' own checks remain)."""
+    encoding = str(layout.options.get("encoding", "utf8")).lower().replace("_", "-")
+    if encoding.startswith(("utf-16", "utf16", "utf-32", "utf32")):
+        return False
+    array = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
+    edges = np.frombuffer(b'\n\r"' + layout.options["separator"].encode(), dtype=np.uint8)
+    quotes_before = 0  # quotes before the chunk: even at every line end in CSV quoting
+    for start in range(0, array.size, _QUOTE_SCAN):
+        chunk = array[start : start + _QUOTE_SCAN]
+        at = np.flatnonzero(chunk == ord('"'))
+        inside = at[(at + start > 0) & (at + start < array.size - 1)] + start
+        if (~np.isin(array[inside - 1], edges) & ~np.isin(array[inside + 1], edges)).any():
+            return True
+        if (at.size or quotes_before % 2) and (
+            (np.searchsorted(at, np.flatnonzero(chunk == ord("\n"))) + quotes_before) % 2
+        ).any():
+            return True
+        quotes_before += at.size
+    return False
+
+
+def _requote(source: IO[str], out: IO[str], layout: CsvLayout) -> None:
+    """A CSV's text written again by Python's csv module, which reads a quote inside a value that
+    is not quoted (``TV 55" screen``) as the character it is, quoting each value that needs it,
+    so polars reads what Python read; raises FileRejected at a quoted value that never closes.
+    Title lines above the header are copied as they are."""
+    import csv as csv_module
+
+    skip = layout.options.get("skip_lines", 0)
+    for _ in range(skip):
+        out.write(source.readline())
+    reader = csv_module.reader(source, delimiter=layout.options["separator"], strict=True)
+    writer = csv_module.writer(out, delimiter=layout.options["separator"], lineterminator="\n")
+    done = 0  # lines read up to the last whole row
+    try:
+        for row in reader:
+            writer.writerow(row)
+            done = reader.line_num
+    except csv_module.Error as exc:
+        raise FileRejected(f"{UNCLOSED_QUOTE} (the row from line {done + 1 + skip} on: {exc})") from None
+
+
+def _requoted_layout(layout: CsvLayout) -> CsvLayout:
+    """The layout of a requoted copy: UTF-8 text."""
+    return dataclasses.replace(layout, options={k: v for k, v in layout.options.items() if k != "encoding"})
+
+
+def _text_codec(layout: CsvLayout) -> tuple[str, str]:
+    """(Python codec, errors) of the text polars would decode under ``layout``."""
+    encoding = layout.options.get("encoding", "utf8")
+    return ("utf-8", "replace") if encoding == "utf8-lossy" else ("utf-8" if encoding == "utf8" else encoding, "strict")
+
+
+def _requoted_bytes(data: bytes, layout: CsvLayout) -> bytes:
+    codec, errors = _text_codec(layout)
+    out = io.StringIO()
+    _requote(io.StringIO(data.decode(codec, errors), newline=""), out, layout)
+    return out.getvalue().encode()
+
+
+def _requoted_copy(source: str, layout: CsvLayout, target: str) -> str:
+    codec, errors = _text_codec(layout)
+    with open(source, encoding=codec, errors=errors, newline="") as f, open(target, "w", encoding="utf-8") as out:
+        _requote(f, out, layout)
     return target
 
 
