@@ -414,10 +414,12 @@ def test_a_target_that_is_mostly_text_rejects_the_file_with_what_to_set():
     spec = make_spec(regression_body())
     points = make_spec(regression_body(source={"path": "landing/x/*.csv", "csv": {"decimal_comma": False}}))
     frame = pl.DataFrame({"segment": ["a"] * 3, "x1": [1, 2, 3], "x2": [1, 2, 3], "y": ["1,5", "2,5", "3"]})
+    with pytest.raises(FileRejected, match=r"column 'y' writes '1,5', a decimal comma, where the source declares a"):
+        normalise_file(frame, points)  # declared a decimal point, and the file shows commas only
     with pytest.raises(
         FileRejected, match=r"target 'y': 2 of 3 values are not numbers \(e.g. '1,5', '2,5'\); .*decimal_comma: true"
-    ):
-        normalise_file(frame, points)  # declared a decimal point: the commas are not numbers
+    ):  # with a decimal point beside them, the commas are not numbers
+        normalise_file(frame.with_columns(x1=pl.Series(["1.5", "2", "3"])), points)
     with pytest.raises(FileRejected, match=r"'3 kg'.*strip units"):
         normalise_file(frame.with_columns(y=pl.lit("3 kg")), spec)
     ok, _ = normalise_file(frame.with_columns(y=pl.Series(["1,234.5", "2", "3 kg"])), spec)
@@ -498,6 +500,11 @@ def test_an_undeclared_decimal_mark_is_the_one_each_file_shows_and_a_semicolon_f
     for declared, y in ((True, [1234.0, 987.0]), (False, [1.234, 987.0])):
         body = regression_body(source={"path": "landing/x/*.csv", "csv": {"decimal_comma": declared}})
         assert rules(["1.234", "987"], ["1", "2"], ";", make_spec(body))[:2] == (declared, y)
+    # a file of another tool among declared ones: its 1.250 beside another column's 1.5 was 1250
+    commas = make_spec(regression_body(source={"path": "landing/x/*.csv", "csv": {"decimal_comma": True}}))
+    with pytest.raises(FileRejected, match=r"column 'x1' writes '1.5', a decimal point, where the source declares a "):
+        rules(["1.250", "2.500"], ["1.5", "2"], ";", commas)
+    assert rules(["1.25", "2"], ["1.5", "2"], ";", commas) == (True, [1.25, 2.0], [1.5, 2.0])  # nothing misread
     # a file showing both keeps the decimal point; its comma column is then text, said by training_set
     assert rules(["1.5", "2"], ["1,5", "2"], ";") == (False, [1.5, 2.0], ["1,5", "2"])
 

@@ -668,6 +668,24 @@ def _undecided_decimal(data: pl.LazyFrame, columns: Sequence[str]) -> FileReject
     )
 
 
+def _declared_otherwise(data: pl.LazyFrame, columns: Sequence[str], declared: bool) -> FileRejected:
+    """A file whose numbers show only the decimal mark its source declares it does not write (a
+    tool writing 1.5 among German exports): read by the declaration, its 1.250 would be 1250, or
+    its 3,5 no number."""
+    shown = _SHOWS_DECIMAL[not declared]
+    for c in columns:
+        t = _number_parts(pl.col(c))[1]
+        value = data.select(t.filter(t.str.contains(shown)).first()).collect().item()
+        if value is not None:
+            break
+    mark, other = ("a comma", "a point") if declared else ("a point", "a comma")
+    return FileRejected(
+        f"column {c!r} writes {value!r}, a decimal {other[2:]}, where the source declares {mark} as the decimal "
+        f"mark ('csv: {{decimal_comma: {str(declared).lower()}}}'), and no number in the file shows {mark}; "
+        "unset 'decimal_comma' so that each file's numbers decide, or give this tool's files a source of their own"
+    )
+
+
 def _separator_clash(column: str, decimal_comma: bool) -> pl.Expr:
     """Whether one file's text column writes a separator both as thousands (``56,300``) and as a
     decimal mark (``0,25``): each value alone reads, the column together cannot be trusted."""
@@ -877,19 +895,24 @@ def file_rules(
             if schema[target] == pl.Utf8:
                 asks[f"target clash {dc}"] = _separator_clash(target, dc)
     number_text = [*numeric_text, *([target] if numeric_target and schema[target] == pl.Utf8 else [])]
-    if declared is None and number_text:
+    if number_text:
         asks |= _decimal_evidence(number_text)
     stats = data.select(**asks).collect().row(0, named=True) if asks else {}
     decimal_comma = bool(declared)
+    comma, point = stats.get("evidence comma"), stats.get("evidence point")
     if declared is None and number_text:
-        decimal_comma = stats["evidence comma"] and not stats["evidence point"]
-        if separator == ";" and stats["evidence group"] and not (stats["evidence comma"] or stats["evidence point"]):
+        decimal_comma = comma and not point
+        if separator == ";" and stats["evidence group"] and not (comma or point):
             raise _undecided_decimal(data, number_text)
     if stats.get(f"target clash {decimal_comma}"):
         raise FileRejected(_clash_message(data, target, "target", decimal_comma))
     for i, c in enumerate(numeric_text):
         if stats[f"clash {i} {decimal_comma}"]:
             raise FileRejected(_clash_message(data, c, "feature", decimal_comma))
+    # a file showing only the undeclared mark: its commas are no numbers, or its 1.250 is 1250
+    shows_other = declared is not None and number_text and (comma, point) == (not declared, declared)
+    if shows_other and (not declared or stats["evidence group"]):
+        raise _declared_otherwise(data, number_text, declared)
     # a feature with a value that is not a number stays text: training_set says why
     numbers = tuple(c for i, c in enumerate(numeric_text) if not stats[f"text {i} {decimal_comma}"])
     float_keys = tuple(k for i, k in enumerate(text_keys) if stats[f"key {i}"])
