@@ -851,6 +851,7 @@ def _requote(source: IO[str], out: IO[str], layout: CsvLayout) -> None:
     Title lines above the header are copied as they are."""
     import csv as csv_module
 
+    csv_module.field_size_limit(2**31 - 1)  # a long value is a value (the limit is 128 KiB)
     skip = layout.options.get("skip_lines", 0)
     for _ in range(skip):
         out.write(source.readline())
@@ -879,14 +880,21 @@ def _text_codec(layout: CsvLayout) -> tuple[str, str]:
 def _requoted_bytes(data: bytes, layout: CsvLayout) -> bytes:
     codec, errors = _text_codec(layout)
     out = io.StringIO()
-    _requote(io.StringIO(data.decode(codec, errors), newline=""), out, layout)
+    try:
+        _requote(io.StringIO(data.decode(codec, errors), newline=""), out, layout)
+    except UnicodeDecodeError:
+        raise FileRejected(_not_utf8(io.BytesIO(data))) from None
     return out.getvalue().encode()
 
 
 def _requoted_copy(source: str, layout: CsvLayout, target: str) -> str:
     codec, errors = _text_codec(layout)
-    with open(source, encoding=codec, errors=errors, newline="") as f, open(target, "w", encoding="utf-8") as out:
-        _requote(f, out, layout)
+    try:
+        with open(source, encoding=codec, errors=errors, newline="") as f, open(target, "w", encoding="utf-8") as out:
+            _requote(f, out, layout)
+    except UnicodeDecodeError:
+        with open(source, "rb") as raw:
+            raise FileRejected(_not_utf8(raw)) from None
     return target
 
 
