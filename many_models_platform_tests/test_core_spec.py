@@ -278,3 +278,13 @@ def test_trusted_types_name_estimators_where_they_are_defined():
         "sklearn.linear_model._base.LinearRegression",
         "xgboost",
     ]
+
+
+def test_a_wide_exports_unpivot_names_columns_the_use_case_uses():
+    wide = {"columns": "MT_*", "name": "meter", "value": "load"}
+    body = forecast_body(source={"path": "landing/m/*.csv", "unpivot": wide}, keys=["meter"], target="load")
+    assert make_spec(body).source.unpivot.name == "meter"
+    with pytest.raises(ValueError, match=r"unpivot name 'client' is none of the use case's columns"):
+        make_spec({**body, "source": {"path": "landing/m/*.csv", "unpivot": {**wide, "name": "client"}}})
+    with pytest.raises(ValueError, match=r"'name' and 'value' must be two different columns"):
+        make_spec({**body, "source": {"path": "landing/m/*.csv", "unpivot": {**wide, "name": "load"}}})

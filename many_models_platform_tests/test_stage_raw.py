@@ -1073,6 +1073,56 @@ def test_stray_quotes_are_told_from_csv_quoting_across_the_chunks_a_large_file_i
         assert all(lake_module._stray_quotes(data, layout) for data in stray)
 
 
+def test_wide_exports_read_as_rows_by_configuration(settings):
+    """One column per meter (a ';' export with decimal commas whose time column, pandas' index,
+    has an empty header) and one column per year (a World Bank table, a gap in it): each value
+    a row, its header a key or the time. CSV and Parquet alike; a file with no such column is
+    rejected naming its columns."""
+    import pandas as pd
+
+    meters = ['"";"MT_001";"MT_002";"note"'] + [f'"2024-01-{d:02d}";{d},5;{10 + d};x' for d in range(1, 11)]
+    land(settings, "meters/a.txt", "\n".join(meters) + "\n")
+    body = forecast_body(
+        source={"path": "landing/meters/*.txt", "unpivot": {"columns": "MT_*", "name": "meter", "value": "load"}},
+        keys=["meter"],
+        time_column="Unnamed: 0",
+        target="load",
+        features=[],
+        lags=[2, 3],
+        holdout={"periods": 2},
+        horizon=2,
+        min_rows=5,
+    )
+    spec = make_spec(body, name="meters")
+    assert discover_keys(spec, Lake(settings.lake_url)) == ["MT_001", "MT_002"]
+    report, out = run_raw(settings, spec)
+    assert report.summary["rejected"] == [] and out["MT_001"].info["rows"] == out["MT_002"].info["rows"] == 10
+    b = bronze(settings, spec, "MT_001").sort("Unnamed: 0")
+    assert b["Unnamed: 0"][0] == D(2024, 1, 1) and b["load"].to_list()[:2] == [1.5, 2.5]
+    assert bronze(settings, spec, "MT_002")["load"].sum() == sum(10 + d for d in range(1, 11))
+
+    years = [str(y) for y in range(2000, 2010)]
+    table = pd.DataFrame({"Country Name": ["Sweden", "Korea, Rep."], "Country Code": ["SWE", "KOR"]})
+    table = table.assign(**{y: [100.0 + i, 200.0 + i] for i, y in enumerate(years)})
+    table.loc[1, "2003"] = None
+    (Path(settings.lake_url) / "landing" / "wb").mkdir(parents=True)
+    table.to_csv(Path(settings.lake_url) / "landing" / "wb" / "gdp.csv", index=False)
+    table.to_parquet(Path(settings.lake_url) / "landing" / "wb" / "gdp.parquet")
+    for ext in ("csv", "parquet"):
+        unpivot = {"columns": "[12][0-9][0-9][0-9]", "name": "year", "value": "gdp"}
+        source = {"path": f"landing/wb/*.{ext}", "unpivot": unpivot}
+        body = regression_body(source=source, keys=["Country Code"], time_column="year", target="gdp")
+        wb = make_spec({**body, "features": [], "holdout": {"fraction": 0.25}}, name=f"wb_{ext}")
+        report, out = run_raw(settings, wb)
+        assert report.summary["rejected"] == [] and out["KOR"].info["drops"] == {"target is null": 1}
+        b = bronze(settings, wb, "KOR").sort("year")
+        assert b["year"][0] == D(2000, 1, 1) and b["gdp"].to_list()[:3] == [200.0, 201.0, 202.0] and b.height == 9
+    land(settings, "flat/a.csv", "country,year,x1,x2,y\nse,2020,1,2,3\n")
+    flat = yearly(source={"path": "landing/flat/*.csv", "unpivot": {"columns": "MT_*", "name": "x1", "value": "x2"}})
+    report, _ = run_raw(settings, flat, keys=["se"])
+    assert report.summary["rejected"][0]["reason"].startswith("no column's name matches unpivot columns 'MT_*'")
+
+
 def test_a_full_spill_disk_fails_the_stage_instead_of_blaming_the_landing_file(settings, monkeypatch):
     land(settings, "panel/a.csv", "country,year,x1,x2,y\nse,2020,1,2,3\n")
 

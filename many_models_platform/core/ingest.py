@@ -487,12 +487,17 @@ def _check_kind(column: str, kind: str, prefer: str | None) -> None:
 def match_columns(wanted: Sequence[str], header: Sequence[str]) -> dict[str, str]:
     """header name -> configured name, for the configured columns the header holds. An exact
     name wins; otherwise a header equal up to case and surrounding spaces (`` Store Id `` for
-    ``store id``), when exactly one header is."""
+    ``store id``), when exactly one header is. ``Unnamed: 0`` is an empty header in that place,
+    as pandas names it (``to_csv`` writes a frame's index so, a time index included)."""
     present = set(header)
     names: dict[str, str] = {}
     for name in dict.fromkeys(wanted):
         if name in present:
             names[name] = name
+            continue
+        unnamed = re.fullmatch(r"Unnamed: (\d+)", name)  # pandas' name for a header left empty
+        if unnamed and int(unnamed[1]) < len(header) and not header[int(unnamed[1])].strip():
+            names[header[int(unnamed[1])]] = name
             continue
         folded = name.strip().casefold()
         near = [h for h in header if h.strip().casefold() == folded and h not in names]

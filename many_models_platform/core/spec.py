@@ -118,12 +118,30 @@ class CsvSpec(_Strict):
         return self
 
 
+class UnpivotSpec(_Strict):
+    """A wide export, one column per entity or per period (``MT_001``…``MT_370`` meters, years
+    ``1960``…``2020`` as World Bank tables write them), read as rows: each value of the columns
+    whose header matches ``columns`` becomes a row, its header in ``name`` and the value in
+    ``value``, beside the file's other columns (docs/use-cases.md#wide-exports)."""
+
+    columns: str = Field(min_length=1)  # a glob over header names: "MT_*", "[12][0-9][0-9][0-9]"
+    name: str = Field(min_length=1)  # the column the headers become: a key or the time column
+    value: str = Field(min_length=1)  # the column the values become: usually the target
+
+    @model_validator(mode="after")
+    def _two_columns(self) -> UnpivotSpec:
+        if self.name == self.value:
+            raise ValueError("'name' and 'value' must be two different columns")
+        return self
+
+
 class SourceSpec(_Strict):
     """A CSV or Parquet glob, relative to the lake root (usually under ``landing/``)."""
 
     path: str
     format: Literal["csv", "parquet"] | None = None
     csv: CsvSpec | None = None  # CSV dialect; None = UTF-8, separator detected, decimal point
+    unpivot: UnpivotSpec | None = None  # a wide export's columns as rows
 
     @field_validator("path")
     @classmethod
@@ -551,6 +569,9 @@ class UseCaseSpec(_Strict):
             raise ValueError("'frequency' needs a 'time_column'")
         if self.time_parts is not None:
             self._check_time_parts()
+        for src in (self.source, self.scoring_source):
+            if src is not None and src.unpivot is not None:
+                self._check_unpivot(src.unpivot, scoring=src is self.scoring_source)
         if self.duplicates in ("sum", "mean") and self.task in ("classification", "anomaly") and self.target:
             raise ValueError(f"duplicates: {self.duplicates!r} cannot aggregate the labels of task {self.task!r}")
         if self.task == "forecast" and self.duplicates == "keep":
@@ -764,6 +785,16 @@ class UseCaseSpec(_Strict):
             return self.input_columns
         parts = self.landing_time_columns
         return list(dict.fromkeys(p for c in self.input_columns for p in (parts if c == self.time_column else [c])))
+
+    def _check_unpivot(self, unpivot: UnpivotSpec, scoring: bool) -> None:
+        used = [c for c in self.landing_columns if not (scoring and c == self.target)]
+        for role in ("name", "value"):
+            column = getattr(unpivot, role)
+            if column not in used:
+                raise ValueError(
+                    f"unpivot {role} {column!r} is none of the use case's columns ({', '.join(used)}): "
+                    "name the key, time, target or feature column it holds"
+                )
 
     def _check_time_parts(self) -> None:
         parts = self.time_parts or {}

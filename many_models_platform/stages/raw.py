@@ -326,6 +326,7 @@ def _read_file(
         "required": core_ingest.required_columns(spec, scoring),
         "number_columns": core_ingest.number_columns(spec),
         "requote": requote,
+        "unpivot": source.unpivot,
     }
     path, out = lake.path(*listed.name.split("/")), FileRead()
 
@@ -503,15 +504,14 @@ def file_keys(
     ``requote``: a CSV's quoting read through Python's csv module (``QuoteInValue``)."""
     times = spec.landing_time_columns
     columns = list(dict.fromkeys([*spec.keys, *times]))
+    options = {"csv": csv, "requote": requote, "unpivot": spec.source.unpivot}
     with contextlib.ExitStack() as opened:
         if fmt != "parquet" and _held_bytes(file, fmt) > BATCHED_FILE_BYTES:  # streamed: only the distinct keys held
             scratch = opened.enter_context(tempfile.TemporaryDirectory(prefix=_spill_prefix(os.getpid())))
-            table = opened.enter_context(
-                lake.open_table(file.name, fmt, columns, columns, scratch, csv=csv, requote=requote)
-            )
+            table = opened.enter_context(lake.open_table(file.name, fmt, columns, columns, scratch, **options))
             data = table.data
         else:
-            data = lake.read_table(file.name, fmt, columns, columns, size=file.size, csv=csv, requote=requote).lazy()
+            data = lake.read_table(file.name, fmt, columns, columns, size=file.size, **options).lazy()
             table = None
         data = core_ingest.binary_as_text(data)
         schema = data.collect_schema()

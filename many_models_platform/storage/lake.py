@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import dataclasses
+import fnmatch
 import functools
 import glob
 import gzip
@@ -192,6 +193,7 @@ class CsvLayout:
     names: dict[str, str]
     text: dict[str, Any]
     trailing_separator: bool = False  # rows end with a separator the header lacks (TRAILING_COLUMN)
+    wide: tuple[str, ...] = ()  # a wide export's value columns, read as text and unpivoted
 
     @property
     def lines_above_header(self) -> int:
@@ -354,6 +356,7 @@ class Lake:
         number_columns: Sequence[str] = (),
         layout_seen: list[CsvLayout] | None = None,
         requote: bool = False,
+        unpivot: Any = None,
     ) -> pl.DataFrame:
         """A landing file (a path, or a name relative to the root), with only those of ``columns``
         it holds, named as in ``columns``; a CSV's layout is appended to ``layout_seen``.
@@ -370,11 +373,14 @@ class Lake:
         a ';'-separated file whose decimal mark is not declared, for ingest to tell it. Raises
         :class:`FileRejected` naming the file's header when a column of ``required`` is missing,
         :class:`QuoteInValue` when polars cannot follow the quoting: read again with ``requote``.
+        ``unpivot`` (a source's ``UnpivotSpec``): the columns whose header matches its glob become
+        rows, their header in its ``name`` column and their value in its ``value`` column.
         """
         folders = _folder_values(self._located(path)[1], columns)
-        required = [c for c in required if c not in folders]
+        columns, required = _index_columns(columns, required, unpivot, folders)
         if fmt == "parquet":
-            return _with_folders(self._read_parquet_columns(path, columns, size, required, bool(folders)), folders)
+            frame, wide = self._read_parquet_columns(path, columns, size, required, bool(folders), unpivot)
+            return _unpivoted(_with_folders(frame, folders), wide, unpivot)
         data = self.read_bytes(path)
         if not data:
             raise FileRejected("the file is empty (0 bytes); a CSV export needs at least its header line")
@@ -386,7 +392,7 @@ class Lake:
             data = data.replace(b"\r", b"\n")
         layout = None
         try:
-            layout = _csv_layout(data, csv, columns, text_columns, required, number_columns)
+            layout = _csv_layout(data, csv, columns, text_columns, required, number_columns, unpivot)
             if layout.trailing_separator:
                 data = _with_header_column(data, layout)
             if requote or _stray_quotes(data, layout):
@@ -404,7 +410,7 @@ class Lake:
             raise csv_error(exc, lambda: io.BytesIO(data), layout) from None
         if layout_seen is not None:
             layout_seen.append(layout)
-        return _with_folders(frame.rename(layout.names), folders)
+        return _unpivoted(_with_folders(frame.rename(layout.names), folders), layout.wide, unpivot)
 
     @contextlib.contextmanager
     def open_table(
@@ -419,6 +425,7 @@ class Lake:
         required: Sequence[str] = (),
         number_columns: Sequence[str] = (),
         requote: bool = False,
+        unpivot: Any = None,
     ) -> Iterator[LandingTable]:
         """A landing file too large to hold, as a lazy frame over a local file, to read in
         batches: the same columns, names, dialect and types as :meth:`read_table` gives (the
@@ -426,7 +433,7 @@ class Lake:
         downloaded, and a gzipped or non-UTF-8 CSV decoded, into ``scratch`` (removed after)."""
         fs, full = self._located(path)
         folders = _folder_values(full, columns)
-        required = [c for c in required if c not in folders]
+        columns, required = _index_columns(columns, required, unpivot, folders)
         copies: list[str] = []
         try:
             local = full
@@ -437,9 +444,10 @@ class Lake:
                 header = list(pl.read_parquet_schema(local))
                 names = match_columns(columns, header)
                 _check_required(required, names, header)
-                names = _row_holder(names, header) if folders else names
+                wide = _wide_names(header, unpivot, names)
+                names = (_row_holder(names, header) if folders else names) | {h: h for h in wide}
                 scan = pl.scan_parquet(local, glob=False).select(list(names)).rename(names)
-                yield LandingTable(_with_folders(scan, folders), local)
+                yield LandingTable(_unpivoted(_with_folders(scan, folders), wide, unpivot), local)
                 return
             with open(local, "rb") as f:
                 head = f.read(2)
@@ -457,7 +465,9 @@ class Lake:
                 if encoding != "utf8-lossy" and csv is not None:
                     csv = csv.model_copy(update={"encoding": "utf8"})  # the copy is UTF-8 now
             with open(local, "rb") as f:
-                layout = _csv_layout(f.read(HEADER_BYTES), csv, columns, text_columns, required, number_columns)
+                layout = _csv_layout(
+                    f.read(HEADER_BYTES), csv, columns, text_columns, required, number_columns, unpivot
+                )
             if layout.trailing_separator:  # a copy whose header names the column the rows end with
                 local = _header_column_copy(local, layout, _scratch_file(scratch, copies))
             if requote or _stray_quotes(np.memmap(local, dtype=np.uint8, mode="r"), layout):
@@ -469,7 +479,7 @@ class Lake:
                 local, schema_overrides=layout.text, infer_schema_length=10_000, glob=False, **layout.options
             )
             scan = _with_folders(scan.select(list(layout.names)).rename(layout.names), folders)
-            yield LandingTable(scan, local, layout)
+            yield LandingTable(_unpivoted(scan, layout.wide, unpivot), local, layout)
         finally:
             for copy in copies:
                 with contextlib.suppress(FileNotFoundError):
@@ -482,8 +492,11 @@ class Lake:
         size: int | None,
         required: Sequence[str] = (),
         folders: bool = False,
-    ) -> pl.DataFrame:
+        unpivot: Any = None,
+    ) -> tuple[pl.DataFrame, list[str]]:
+        """The frame, and a wide export's value columns (``unpivot``) in it."""
         fs, full = self._located(path)
+        wide: list[str] = []
 
         def wanted(header: Sequence[str]) -> dict[str, str] | None:
             """header name -> configured name of the columns to read (None: all of them)."""
@@ -491,10 +504,11 @@ class Lake:
                 return None
             names = match_columns(columns, list(header))
             _check_required(required, names, list(header))
-            return _row_holder(names, header) if folders else names
+            wide.extend(_wide_names(header, unpivot, names))
+            return (_row_holder(names, header) if folders else names) | {h: h for h in wide}
 
-        def named(frame: pl.DataFrame, names: dict[str, str] | None) -> pl.DataFrame:
-            return frame if names is None else frame.rename(names)
+        def named(frame: pl.DataFrame, names: dict[str, str] | None) -> tuple[pl.DataFrame, list[str]]:
+            return (frame if names is None else frame.rename(names)), wide
 
         if self.is_local:  # polars reads the footer and the wanted columns from the file itself
             names = wanted(list(pl.read_parquet_schema(full)))
@@ -537,11 +551,12 @@ SEPARATORS = (",", ";", "\t", "|")
 
 
 def _csv_options(
-    data: bytes, csv: Any, columns: Sequence[str] | None, skip_lines: int = 0
+    data: bytes, csv: Any, columns: Sequence[str] | None, skip_lines: int = 0, unpivot: Any = None
 ) -> tuple[dict[str, Any], list[str] | None]:
     """polars ``read_csv`` options for a source's dialect, and the header when detecting the
     separator read it: an unset separator is the one under which the header holds the most
-    wanted columns (a comma when none does better). ``skip_lines``: lines above the header."""
+    wanted columns (a comma when none does better; a wide export's value columns, ``unpivot``,
+    count as one). ``skip_lines``: lines above the header."""
     options: dict[str, Any] = {"skip_lines": skip_lines} if skip_lines else {}
     if csv is not None:
         if csv.encoding != "utf8":
@@ -560,9 +575,11 @@ def _csv_options(
                 except pl.exceptions.PolarsError:
                     continue
                 found = len(wanted & set(match_columns(columns, header).values()))
+                if unpivot is not None:  # a wide export's value columns count as one column found
+                    found += any(fnmatch.fnmatchcase(h.strip(), unpivot.columns) for h in header)
                 if found > best:
                     separator, best, chosen = candidate, found, header
-                if found == len(wanted):
+                if found == len(wanted) + (unpivot is not None):
                     break
         if separator == "," and options.get("decimal_comma"):
             separator, chosen = ";", None
@@ -577,12 +594,13 @@ def _csv_layout(
     text_columns: Sequence[str],
     required: Sequence[str],
     number_columns: Sequence[str] = (),
+    unpivot: Any = None,
 ) -> CsvLayout:
     """A CSV's layout from its first bytes; raises FileRejected naming the header when a
     required column is missing (``columns`` None: every column). ``number_columns`` are read as
     text when the separator is ';' and the decimal mark is not declared: polars would read
     ``1.234`` as 1.234 where the file may mean 1234, and ingest decides over the whole file."""
-    options, header = _csv_options(start, csv, columns)
+    options, header = _csv_options(start, csv, columns, unpivot=unpivot)
     if header is None:
         header = pl.read_csv(io.BytesIO(start), n_rows=0, **options).columns
     names = match_columns(columns, header) if columns is not None else {c: c for c in header}
@@ -602,9 +620,11 @@ def _csv_layout(
     if options["separator"] == ";" and (csv is None or csv.decimal_comma is None):
         text_columns = [*text_columns, *number_columns]
     text = {actual: pl.Utf8 for actual, name in names.items() if name in text_columns}
+    values = _wide_names(header, unpivot, names)  # read as text: one type for all of them
+    names, text = names | {h: h for h in values}, text | {h: pl.Utf8 for h in values}
     wide = csv is not None and csv.encoding.lower().replace("_", "-").startswith(("utf-16", "utf16", "utf-32", "utf32"))
     trailing = not wide and _trailing_separator(start, options, header)
-    return CsvLayout(options, list(header), names, text, trailing)
+    return CsvLayout(options, list(header), names, text, trailing, tuple(values))
 
 
 def _lacks(required: Sequence[str], names: dict[str, str]) -> bool:
@@ -939,6 +959,44 @@ def _row_holder(names: dict[str, str], header: Sequence[str]) -> dict[str, str]:
     return {**names, spare: ROW_HOLDER} if spare is not None and not names else names
 
 
+def _index_columns(
+    columns: list[str] | None, required: Sequence[str], unpivot: Any, folders: dict[str, str | None]
+) -> tuple[list[str] | None, list[str]]:
+    """(the columns to read by name, those of them a file must hold): without a wide export's
+    ``name`` and ``value`` columns, which its value columns make, and folder-named columns."""
+    made = (unpivot.name, unpivot.value) if unpivot is not None else ()
+    if columns is not None:
+        columns = [c for c in columns if c not in made]
+    return columns, [c for c in required if c not in folders and c not in made]
+
+
+def _wide_names(header: Sequence[str], unpivot: Any, names: dict[str, str]) -> list[str]:
+    """A wide export's value columns: the headers matching ``unpivot.columns`` (a glob, spaces
+    around a header ignored) that are not read by name; FileRejected when there are none."""
+    if unpivot is None:
+        return []
+    wide = [h for h in header if h not in names and fnmatch.fnmatchcase(h.strip(), unpivot.columns)]
+    if not wide:
+        shown = list(header[:20]) + (["..."] if len(header) > 20 else [])
+        raise FileRejected(
+            f"no column's name matches unpivot columns {unpivot.columns!r}; the file's columns are {shown}"
+        )
+    return wide
+
+
+def _unpivoted(frame: Any, wide: Sequence[str], unpivot: Any) -> Any:
+    """A frame (eager or lazy) with its ``wide`` columns as rows: each value one row, its header
+    in ``unpivot.name`` and itself in ``unpivot.value`` (Float64 when every such column holds
+    numbers, else text), beside the other columns' values of its row."""
+    if unpivot is None:
+        return frame
+    schema = frame.collect_schema()
+    common = pl.Float64 if all(schema[c].is_numeric() for c in wide) else pl.Utf8
+    index = [c for c in schema.names() if c not in set(wide)]
+    frame = frame.with_columns(pl.col(*wide).cast(common))
+    return frame.unpivot(on=list(wide), index=index, variable_name=unpivot.name, value_name=unpivot.value)
+
+
 def _with_folders(frame: Any, folders: dict[str, str | None]) -> Any:
     """A frame (eager or lazy) with the folder-named columns it lacks, as text."""
     have = set(frame.collect_schema().names())
@@ -956,4 +1014,6 @@ def _check_required(required: Sequence[str], names: dict[str, str], header: Sequ
         )
     if missing:
         shown = list(header[:20]) + (["..."] if len(header) > 20 else [])
-        raise FileRejected(f"missing required column(s) {missing}; the file's columns are {shown}")
+        empty = [i for i, h in enumerate(header) if not h.strip()]
+        hint = f"; the header of column {empty[0] + 1} is empty: name it 'Unnamed: {empty[0]}'" if empty else ""
+        raise FileRejected(f"missing required column(s) {missing}; the file's columns are {shown}{hint}")
