@@ -490,11 +490,13 @@ def test_an_undeclared_decimal_mark_is_the_one_each_file_shows_and_a_semicolon_f
     assert rules(["1.234", "0.5", "1234.567"], ["1", "2", "3"], ";") == (False, [1.234, 0.5, 1234.567], [1, 2, 3])
     # nothing shown: a comma file's 1.234 is a decimal, as ever; a ';' file's is rejected
     assert rules(["1.234", "12.500"], ["1", "2"], ",") == (False, [1.234, 12.5], [1.0, 2.0])
-    for value, comma, point in (("1.234", "1234", "1.234"), ("1,234", "1.234", "1234")):
-        with pytest.raises(FileRejected) as rejected:
-            rules([value, "987"], ["1", "2"], ";")
+    shapes = (("1.234", "1234", "1.234", ";", "';'"), ("1,234", "1.234", "1234", "|", "'|'"))
+    for value, comma, point, separator, named in (*shapes, ("1.005", "1005", "1.005", "\t", "tab")):
+        with pytest.raises(FileRejected) as rejected:  # ';', '|' and tab exports alike
+            rules([value, "987"], ["1", "2"], separator)
         assert str(rejected.value).startswith(
-            f"column 'y' writes '{value}': {comma} with a decimal comma, {point} with a decimal point"
+            f"column 'y' writes '{value}': {comma} with a decimal comma, {point} with a decimal point, and no number "
+            f"in this {named}-separated file"
         )
         assert "'csv: {decimal_comma: true}'" in str(rejected.value)
     for declared, y in ((True, [1234.0, 987.0]), (False, [1.234, 987.0])):

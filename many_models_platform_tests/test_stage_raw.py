@@ -148,8 +148,8 @@ def test_partly_unparseable_times_are_counted_per_key_and_a_wholly_unparseable_f
 # --- CSV dialects and headers ---------------------------------------------------------------
 def test_a_european_excel_export_reads_with_its_separator_and_decimal_comma_found_in_the_file(settings):
     """';' and '1.234,5' need no setting; a file of the same folder written by another tool with
-    decimal points reads by its own. A ';' file of whole counts (1.234, 987: German thousands, or
-    decimals with three digits) shows neither: rejected until declared, then read again."""
+    decimal points reads by its own. A tab-separated file of whole counts (1.234, 987: German
+    thousands, or decimals with three digits) shows neither: rejected until declared, then read again."""
     land(settings, "eu/a.csv", "country;year;x1;x2;y\nde;2020;1,5;2;1.234,5\nde;2021;2,5;3;7,25\n")
     land(settings, "eu/b.csv", "country;year;x1;x2;y\nat;2020;1.5;2;1.25\nat;2021;2;3;7\n")
     spec = yearly("landing/eu/*.csv", name="eu")
@@ -158,7 +158,7 @@ def test_a_european_excel_export_reads_with_its_separator_and_decimal_comma_foun
     b = bronze(settings, spec, "de")
     assert b["y"].to_list() == [1234.5, 7.25] and b["x1"].to_list() == [1.5, 2.5]
     assert bronze(settings, spec, "at")["y"].to_list() == [1.25, 7.0]
-    land(settings, "counts/a.csv", "country;year;x1;x2;y\nch;2020;1;2;1.234\nch;2021;2;3;987\n")
+    land(settings, "counts/a.csv", "country\tyear\tx1\tx2\ty\nch\t2020\t1\t2\t1.234\nch\t2021\t2\t3\t987\n")
     spec = yearly("landing/counts/*.csv", name="counts")
     report, out = run_raw(settings, spec)
     assert not out["ch"].ok

@@ -656,9 +656,13 @@ def _decimal_evidence(columns: Sequence[str]) -> dict[str, pl.Expr]:
     return {f"evidence {what}": pl.any_horizontal(t.str.contains(p).any() for t in parts) for what, p in found.items()}
 
 
-def _undecided_decimal(data: pl.LazyFrame, columns: Sequence[str]) -> FileRejected:
-    """A ';'-separated file (a European export's separator) whose numbers do not show whether
-    ``1.234`` is 1234 or 1.234: a guess would be a thousand times off half the time."""
+_SEPARATOR_NAMES = {";": "';'", "\t": "tab", "|": "'|'"}
+
+
+def _undecided_decimal(data: pl.LazyFrame, columns: Sequence[str], separator: str) -> FileRejected:
+    """A file separated otherwise than by ',' (';' and tab are European exports' separators)
+    whose numbers do not show whether ``1.234`` is 1234 or 1.234: a guess would be a thousand
+    times off half the time."""
     for c in columns:
         t = _number_parts(pl.col(c))[1]
         value = data.select(t.filter(t.str.contains(_ONE_GROUP)).first()).collect().item()
@@ -668,7 +672,8 @@ def _undecided_decimal(data: pl.LazyFrame, columns: Sequence[str]) -> FileReject
     as_comma, as_point = (digits, value) if "." in value else (value.replace(",", "."), digits)
     return FileRejected(
         f"column {c!r} writes {value!r}: {as_comma} with a decimal comma, {as_point} with a decimal point, and no "
-        "number in this ';'-separated file shows which it writes; declare it in the source: "
+        f"number in this {_SEPARATOR_NAMES.get(separator, repr(separator))}-separated file shows which it writes; "
+        "declare it in the source: "
         "'csv: {decimal_comma: true}' (as European exports write numbers) or 'csv: {decimal_comma: false}'"
     )
 
@@ -907,8 +912,8 @@ def file_rules(
     comma, point = stats.get("evidence comma"), stats.get("evidence point")
     if declared is None and number_text:
         decimal_comma = comma and not point
-        if separator == ";" and stats["evidence group"] and not (comma or point):
-            raise _undecided_decimal(data, number_text)
+        if separator not in (None, ",") and stats["evidence group"] and not (comma or point):
+            raise _undecided_decimal(data, number_text, separator)
     if stats.get(f"target clash {decimal_comma}"):
         raise FileRejected(_clash_message(data, target, "target", decimal_comma))
     for i, c in enumerate(numeric_text):

@@ -370,7 +370,7 @@ class Lake:
         configured name (``store``) when no other header does. ``csv`` is the source's
         ``CsvSpec`` (separator, decimal comma, encoding); without a separator the header
         decides between ``,``, ``;``, tab and ``|``. ``number_columns`` are read as text too in
-        a ';'-separated file whose decimal mark is not declared, for ingest to tell it. Raises
+        a file not separated by ',' whose decimal mark is not declared, for ingest to tell it. Raises
         :class:`FileRejected` naming the file's header when a column of ``required`` is missing,
         :class:`QuoteInValue` when polars cannot follow the quoting: read again with ``requote``.
         ``unpivot`` (a source's ``UnpivotSpec``): the columns whose header matches its glob become
@@ -598,8 +598,9 @@ def _csv_layout(
 ) -> CsvLayout:
     """A CSV's layout from its first bytes; raises FileRejected naming the header when a
     required column is missing (``columns`` None: every column). ``number_columns`` are read as
-    text when the separator is ';' and the decimal mark is not declared: polars would read
-    ``1.234`` as 1.234 where the file may mean 1234, and ingest decides over the whole file."""
+    text when the separator is not ',' (';', tab, '|': European exports among them) and the
+    decimal mark is not declared: polars would read ``1.234`` as 1.234 where the file may mean
+    1234, and ingest decides over the whole file."""
     options, header = _csv_options(start, csv, columns, unpivot=unpivot)
     if header is None:
         header = pl.read_csv(io.BytesIO(start), n_rows=0, **options).columns
@@ -617,7 +618,7 @@ def _csv_layout(
             f"the header names column(s) {twice} more than once, so which one is meant is unknown; "
             "rename or drop the extra column in the export"
         )
-    if options["separator"] == ";" and (csv is None or csv.decimal_comma is None):
+    if options["separator"] != "," and (csv is None or csv.decimal_comma is None):
         text_columns = [*text_columns, *number_columns]
     text = {actual: pl.Utf8 for actual, name in names.items() if name in text_columns}
     values = _wide_names(header, unpivot, names)  # read as text: one type for all of them
