@@ -401,6 +401,23 @@ def weekly_csv(rows: list[tuple]) -> str:
     return "store,brand,week_start,price,quantity\n" + "".join(f"{s},b,{w},1.0,{q}\n" for s, w, q in rows)
 
 
+def test_numbered_exports_replace_rows_in_the_order_of_their_numbers(settings):
+    """export_10 re-sends export_9's last week corrected: by plain name order export_10 came
+    before export_9, whose older values then replaced the corrections."""
+    w1, w2 = "2024-01-01", "2024-01-08"
+    land(settings, "num/export_9.csv", weekly_csv([("s1", w1, 1), ("s1", w2, 2)]))
+    land(settings, "num/export_10.csv", weekly_csv([("s1", w2, 20)]))
+    spec = make_spec(forecast_body(source={"path": "landing/num/*.csv"}), name="num")
+    assert [f.name for f in Lake(settings.lake_url).listing("landing/num/*.csv")] == [
+        "landing/num/export_9.csv",
+        "landing/num/export_10.csv",
+    ]
+    _, out = run_raw(settings, spec)
+    key = encode_key(["s1", "b"])
+    assert bronze(settings, spec, key).sort("week_start")["quantity"].to_list() == [1.0, 20.0]
+    assert out[key].info["drops"] == {raw.core_ingest.LATER_FILE: 1}
+
+
 def test_duplicate_policies_in_the_stage_with_exact_counts_within_and_across_files(settings):
     w1, w2 = "2024-01-01", "2024-01-08"
     land(settings, "w/a.csv", weekly_csv([("s1", w1, 1), ("s1", w2, 2), ("s2", w1, 3), ("s2", w1, 4)]))

@@ -225,6 +225,14 @@ class LandingTable:
 _SIDE_FILES = re.compile(r"^(_SUCCESS|_metadata|_common_metadata|_(committed|started)_.*|\..*\.crc|\.DS_Store|\._.*)$")
 
 
+def natural_order(name: str) -> tuple[tuple[str | int, ...], str]:
+    """A sort key that orders numbers in names by value: ``export_9.csv`` before
+    ``export_10.csv``, as exporters number their files (by plain name order, export_10 came
+    first and its newer rows were replaced by export_9's older ones)."""
+    parts = re.split(r"(\d+)", name)
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
+
+
 def is_side_file(path: str) -> bool:
     """A writer's marker, checksum or summary file beside the exports (``_SUCCESS``,
     ``.part-0.parquet.crc``, ``_metadata``, ``.DS_Store``), by its name."""
@@ -274,12 +282,13 @@ class Lake:
 
     def glob(self, pattern: str) -> list[UPath]:
         if self.is_local:
-            return sorted(p for p in self.root.glob(pattern) if p.is_file())
+            return sorted((p for p in self.root.glob(pattern) if p.is_file()), key=lambda p: natural_order(p.path))
         return [self.root.joinpath(f.name) for f in self.listing(pattern)]
 
     def listing(self, pattern: str) -> list[LandedFile]:
-        """Files matching ``pattern`` (relative to the root) with size and change stamp, sorted
-        by name, without the side files writers leave beside exports (``is_side_file``). Remote:
+        """Files matching ``pattern`` (relative to the root) with size and change stamp, in
+        :func:`natural_order`, without the side files writers leave beside exports
+        (``is_side_file``). Remote:
         one listing request per 5,000 objects, never one request per file,
         and never from a cached listing (other processes land files)."""
         if self.is_local:
@@ -292,7 +301,7 @@ class Lake:
                     continue
                 if stat.S_ISREG(st.st_mode) and not is_side_file(p):
                     out.append(LandedFile(p[len(base) + 1 :], st.st_size, str(st.st_mtime_ns)))
-            return sorted(out, key=lambda f: f.name)
+            return sorted(out, key=lambda f: natural_order(f.name))
         root = self.root
         fs = root.fs
         fs.invalidate_cache()
@@ -303,7 +312,7 @@ class Lake:
             for path, info in found.items()
             if info.get("type") == "file" and path.startswith(base + "/") and not is_side_file(path)
         ]
-        return sorted(out, key=lambda f: f.name)
+        return sorted(out, key=lambda f: natural_order(f.name))
 
     # --- reading and writing -------------------------------------------------------------
     def write_bytes(self, path: UPath, data: bytes) -> None:
