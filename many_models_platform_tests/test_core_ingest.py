@@ -710,3 +710,29 @@ def test_anomaly_labels_other_than_1_0_or_true_false_fail_the_key_saying_what_to
         check_anomaly_labels("y", pl.Series(["anomaly", "normal", "normal"]))
     with pytest.raises(KeyDataError, match=r"got '-1'.*export -1, an outlier, as 1 and 1 as 0"):
         check_anomaly_labels("y", pl.Series([-1, 1, 1]))
+
+
+def test_dates_as_locales_write_them_read_with_the_order_the_file_shows():
+    """US, European, dotted German, year-first, SAS, Oracle and 'Mar 15, 2024' dates need no
+    time_format; whether the day or the month comes first, a number above 12 shows, and a file
+    where none does (or where both do) is rejected naming the formats to choose from."""
+
+    def read(values: list[str]) -> tuple[list[Any], str]:
+        parsed = parse_time(pl.Series(values), column="t")
+        return parsed.values.to_list(), parsed.kind
+
+    d = dt.date
+    assert read(["1/22/20", "12/31/20"]) == ([d(2020, 1, 22), d(2020, 12, 31)], "date")  # JHU's month first
+    assert read(["15/03/2024", "01/04/2024"]) == ([d(2024, 3, 15), d(2024, 4, 1)], "date")  # day first
+    assert read(["01.04.2024", "02.04.2024"]) == ([d(2024, 4, 1), d(2024, 4, 2)], "date")  # dotted: day first
+    assert read(["2024/03/15", "2024/04/01"])[0] == [d(2024, 3, 15), d(2024, 4, 1)]
+    assert read(["15-Mar-2024", "15MAR2024", "15-MAR-24", "Mar 15, 2024", "March 15 2024"])[0] == [d(2024, 3, 15)] * 5
+    assert read(["03/15/2024 02:00 PM", "03/16/2024 12:00 AM"]) == (
+        [dt.datetime(2024, 3, 15, 14), dt.datetime(2024, 3, 16)],
+        "datetime",
+    )
+    assert read(["31/04/2024", "15/03/2024", "16/03/2024"])[0] == [None, d(2024, 3, 15), d(2024, 3, 16)]
+    with pytest.raises(FileRejected, match=r"'01/02/2024' could be day/month or month/day.*'%d/%m/%Y'.*'%m/%d/%Y'"):
+        read(["01/02/2024", "02/03/2024"])
+    with pytest.raises(FileRejected, match=r"some dates give the day first .* and others the month"):
+        read(["15/03/2024", "03/15/2024"])
