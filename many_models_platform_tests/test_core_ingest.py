@@ -736,3 +736,22 @@ def test_dates_as_locales_write_them_read_with_the_order_the_file_shows():
         read(["01/02/2024", "02/03/2024"])
     with pytest.raises(FileRejected, match=r"some dates give the day first .* and others the month"):
         read(["15/03/2024", "03/15/2024"])
+
+
+def test_excel_serial_dates_read_with_time_format_excel_and_are_named_where_integers_fail():
+    def read(values: list[Any], **kw: Any) -> tuple[list[Any], str]:
+        parsed = parse_time(pl.Series(values), column="t", **kw)
+        return parsed.values.to_list(), parsed.kind
+
+    assert read([45366, 45367], time_format="excel") == ([dt.date(2024, 3, 15), dt.date(2024, 3, 16)], "date")
+    assert read([45366.0, float("nan"), 45367.25], time_format="excel") == (
+        [dt.datetime(2024, 3, 15), None, dt.datetime(2024, 3, 16, 6)],
+        "datetime",
+    )
+    noon = dt.datetime(2024, 3, 16, 12)
+    assert read(["45366", "45367,5"], time_format="excel")[0] == [dt.datetime(2024, 3, 15), noon]
+    with pytest.raises(FileRejected, match=r"cannot be read as daily times; set 'time_format: excel' for Excel"):
+        read([45366, 45367], frequency="daily")
+    with pytest.raises(FileRejected) as rejected:
+        read([1, 2], frequency="daily")
+    assert "excel" not in str(rejected.value)

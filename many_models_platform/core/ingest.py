@@ -206,6 +206,9 @@ def _readings(column: str, dtype: pl.DataType, time_format: str | None) -> _Read
             midnight = (values.dt.hour() == 0) & (values.dt.minute() == 0) & (values.dt.second() == 0)
             reads["local_days"] = (pl.when(midnight & (values.dt.nanosecond() == 0)).then(values.dt.date()), "date")
         return _Readings(column, values, float_source, reads)
+    if time_format == EXCEL and (dtype.is_numeric() or dtype == pl.Utf8):
+        source = pl.col(column) if float_source is None else float_source
+        return _Readings(column, values, None, {"format": (_excel_days(source, dtype), "datetime")})
     if not (dtype.is_integer() or dtype == pl.Utf8):
         raise FileRejected(f"time column {column!r} has type {dtype}, not a date, datetime, text or integer")
     ints = values.cast(pl.Int64) if dtype.is_integer() else None
@@ -222,7 +225,7 @@ def _readings(column: str, dtype: pl.DataType, time_format: str | None) -> _Read
         spaced = text.str.replace("T", " ", literal=True)
         undecided = (text, tuple(_to_datetime(spaced, f) for f in (*_ISO_NAIVE, *_ISO_AWARE)))
     month = ints.is_between(*_YYYYMM) & (ints % 100).is_between(1, 12)
-    where = {"ym": month, "years": ints.is_between(*YEARS)}
+    where = {"ym": month, "years": ints.is_between(*YEARS), "excel": ints.is_between(*_EXCEL_SERIALS)}
     where |= {name: ints.is_between(lo, hi - 1).fill_null(False) for (lo, hi), _, name in _EPOCHS}
     reads |= {
         "int": (ints, "period"),
@@ -232,10 +235,26 @@ def _readings(column: str, dtype: pl.DataType, time_format: str | None) -> _Read
         ),
         "ym": (pl.when(month).then(pl.date(ints // 100, ints % 100, 1)), "date"),
         "years": (pl.when(where["years"]).then(pl.date(ints, 1, 1)), "date"),
+        "excel": (_excel_days(pl.when(where["excel"]).then(ints), pl.Int64), "datetime"),  # counted, for hints
         **{name: (_epoch(ints, lo, hi, unit), "datetime") for (lo, hi), unit, name in _EPOCHS},
     }
     deferred = tuple(name for name in reads if name not in ("int", "date")) if "date" in reads else ()
     return _Readings(column, values, float_source, reads, *undecided, reads_where=where, deferred=deferred)
+
+
+EXCEL = "excel"  # time_format for Excel's serial dates: days since 1899-12-30, a fraction the time of day
+_EXCEL_DAYS = (1, 2_958_465)  # 1900-01-01 .. 9999-12-31
+_EXCEL_SERIALS = (20_000, 80_000)  # 1954 .. 2119: integers that look like Excel dates, named in hints
+
+
+def _excel_days(values: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """Excel serial dates (``45366`` is 2024-03-15, ``45366.5`` its noon), as numbers or text
+    (a decimal comma too), to the microsecond; null outside Excel's calendar."""
+    days = values.str.strip_chars().str.replace(",", ".", literal=True) if dtype == pl.Utf8 else values
+    days = days.cast(pl.Float64, strict=False)
+    micros = (days * 86_400_000_000).round(0).cast(pl.Int64, strict=False)
+    at = pl.lit(dt.datetime(1899, 12, 30)).cast(pl.Datetime("us")) + pl.duration(microseconds=micros)
+    return pl.when(days.is_between(*_EXCEL_DAYS)).then(at)
 
 
 def _epoch(ints: pl.Expr, low: int, high: int, unit: str) -> pl.Expr:
@@ -262,8 +281,11 @@ def _integers(n: dict[str, int], column: str, frequency: str | None, prefer: str
         if not as_years:
             return "int", "integers"
     if not as_years:
+        excel = (
+            "'time_format: excel' for Excel's serial dates (45366 is 2024-03-15), " if n["excel"] * 2 > n["int"] else ""
+        )
         raise FileRejected(
-            f"time column {column!r} holds integers, which cannot be read as {frequency} times; set "
+            f"time column {column!r} holds integers, which cannot be read as {frequency} times; set {excel}"
             "'time_format' (e.g. '%Y%m%d' for 20190131, '%Y%m' for 201901) or 'frequency: period'"
         )
     return "years", f"years ({YEARS[0]}-{YEARS[1]})"
@@ -538,6 +560,8 @@ def time_rule(
             f"time column {column!r}: {n_failed} of {present} values are not {expected} "
             f"(e.g. {_examples(data, r.source, failed)}); {hint}"
         )
+    if time_format == EXCEL and not data.select((parsed != parsed.dt.truncate("1d")).any()).collect().item():
+        parsed, kind = parsed.dt.date(), "date"  # whole serials: days, as Excel shows them
     _check_kind(column, kind, prefer)
     if kind == "datetime" and frequency in _FLOORS:  # declared: a time of day below it is no other period
         parsed = parsed.dt.truncate(_FLOORS[frequency])
