@@ -127,6 +127,22 @@ def test_too_few_periods_for_the_holdout():
         F.build_training_set(spec, bronze)
 
 
+def test_a_key_whose_rows_are_mostly_off_its_grid_says_so_where_lags_or_the_holdout_fail():
+    """Twice-monthly rows (the 1st and the 15th) have a 14-day step and most rows off it: the
+    lag failure said 'shorten lags', and the holdout failure nothing, of the rows taken."""
+    days = [date(2023, m, d) for m in range(1, 13) for d in (1, 15)]
+    bronze = pl.DataFrame({"week_start": days, "quantity": [float(i) for i in range(24)], "price": [1.0] * 24})
+    with pytest.raises(F.KeyDataError) as lags:
+        F.build_training_set(make_spec(forecast_body(lags=[4, 5], holdout={"periods": 4})), bronze)
+    assert "most of its rows are off the key's grid" in str(lags.value) and "shorten" not in str(lags.value)
+    assert "rows dropped: time off the key's grid 20" in str(lags.value)
+    with pytest.raises(F.KeyDataError) as holdout:
+        F.build_training_set(make_spec(forecast_body(lags=[], holdout={"periods": 4}, min_rows=2)), bronze)
+    assert "no training data before the 4-period holdout; rows dropped: time off the key's grid 20" in str(
+        holdout.value
+    )
+
+
 def test_classification_with_one_class_in_train_is_rejected():
     spec = make_spec(
         regression_body(

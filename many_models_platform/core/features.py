@@ -531,13 +531,17 @@ def prepare_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> TrainingSet
     if spec.lags:
         frame = _drop(frame, [("no lag history", pl.col(f"lag_{max(spec.lags)}").is_null())], drops)
         if frame.is_empty():  # every row is within the longest lag of the key's start
+            advice = "shorten 'lags' or add history" if not drops.get(OFF_GRID) else _OFF_GRID_ADVICE
             raise KeyDataError(
                 f"too few rows for the lags: no row has a value {max(spec.lags)} periods before it "
-                f"({bronze.height} rows); shorten 'lags' or add history"
+                f"({bronze.height} rows); {advice}" + _why_so_few(drops, period, landed)
             )
     if not t:
         frame = frame.with_columns(pl.Series(ROW_HASH, row_hashes(frame, split_identity(spec)), dtype=pl.UInt64))
-    frame = frame.with_columns(_split_expr(spec, frame, period))
+    try:
+        frame = frame.with_columns(_split_expr(spec, frame, period))
+    except KeyDataError as exc:  # what took the rows, as below
+        raise KeyDataError(f"{exc}{_why_so_few(drops, period, landed)}") from None
     n_train = int((frame[SPLIT] == TRAIN).sum())
     n_holdout = frame.height - n_train
     if n_train < spec.min_rows or n_holdout == 0:
@@ -593,6 +597,12 @@ def _check_one_date_per_period(t: str, times: pl.Series, period: Period) -> None
         f"the {name} differently (its first and its last day) do not replace each other's rows; re-export "
         f"the older file with the same stamp, or remove it"
     )
+
+
+_OFF_GRID_ADVICE = (
+    "most of its rows are off the key's grid (counted below): declare 'frequency' (or a 'time_format' that reads "
+    "the times as dates) so that the step between its times is one period"
+)
 
 
 def _why_so_few(drops: dict[str, int], period: Period | None, times: pl.Series | None) -> str:
