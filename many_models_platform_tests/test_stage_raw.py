@@ -231,6 +231,7 @@ def test_header_names_with_spaces_or_another_case_match_and_a_missing_column_sho
     # a configured column named twice is ambiguous; an unused one named twice does not matter
     land(settings, "hdr/c.csv", "country,year,x1,x2,y,x1\nse,2022,1,2,5,9\n")
     land(settings, "hdr/d.csv", "country,year,x1,x2,y,note,note\nse,2023,1,2,6,a,b\n")
+    land(settings, "hdr/e.csv", "country,year,x1,X2, x2 ,y\nse,2024,1,2,2,7\n")  # which x2 is unknown
     spec = yearly("landing/hdr/*.csv", name="hdr")
     report, out = run_raw(settings, spec)
     assert out["se"].ok and bronze(settings, spec, "se").columns == ["country", "year", "x1", "x2", "y"]
@@ -238,7 +239,10 @@ def test_header_names_with_spaces_or_another_case_match_and_a_missing_column_sho
     reasons = {r["file"].split("/")[-1]: r["reason"] for r in report.summary["rejected"]}
     header = "['country', 'year', 'x1', 'y']"
     assert reasons["b.csv"] == f"missing required column(s) ['x2']; the file's columns are {header}"
-    assert reasons["c.csv"].startswith("the header names column(s) ['x1'] more than once") and len(reasons) == 2
+    assert reasons["c.csv"].startswith("the header names column(s) ['x1'] more than once") and len(reasons) == 3
+    assert reasons["e.csv"].endswith(
+        "['X2', ' x2 '] all match 'x2' up to case or spaces: name one exactly in the use case"
+    )
 
 
 def test_an_empty_file_and_a_ragged_line_are_rejected_saying_what_is_wrong(settings):

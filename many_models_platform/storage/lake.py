@@ -1026,4 +1026,8 @@ def _check_required(required: Sequence[str], names: dict[str, str], header: Sequ
         shown = list(header[:20]) + (["..."] if len(header) > 20 else [])
         empty = [i for i, h in enumerate(header) if not h.strip()]
         hint = f"; the header of column {empty[0] + 1} is empty: name it 'Unnamed: {empty[0]}'" if empty else ""
+        for c in missing:  # 'Revenue' and 'REVENUE': which one is meant is unknown
+            alike = [h for h in header if h.strip().casefold() == c.strip().casefold()]
+            if len(alike) > 1:
+                hint += f"; {alike} all match {c!r} up to case or spaces: name one exactly in the use case"
         raise FileRejected(f"missing required column(s) {missing}; the file's columns are {shown}{hint}")
