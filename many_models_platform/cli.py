@@ -398,7 +398,8 @@ def _print_summary(settings, spec, result, run_date) -> None:
     if ingest.get("landing_rows") is not None:
         t.add_row("rows landed", _int(ingest["landing_rows"]))
         t.add_row(
-            "rows dropped / merged at ingest", f"{_int(ingest.get('rows_dropped'))} / {_int(ingest.get('rows_merged'))}"
+            "rows dropped / merged at ingest",
+            f"{_int(ingest.get('rows_dropped'))} / {_int(ingest.get('rows_merged'))}{_top_reasons(ingest)}",
         )
     if ingest.get("scoring_rows") is not None:
         t.add_row("scoring rows landed", _scoring_rows(ingest))
@@ -428,8 +429,11 @@ def _print_summary(settings, spec, result, run_date) -> None:
         t.add_row("keys not published", str(len(run_keys - served)))
         t.add_row("keys with a stage not ok", str(len(failed_keys)))
         if metrics.height and metrics["value"].drop_nulls().len():
-            q = metrics["value"].drop_nulls().quantile
-            t.add_row(f"{spec.metric} p10 / p50 / p90", " / ".join(f"{q(p):.4g}" for p in (0.1, 0.5, 0.9)))
+            values = metrics["value"].drop_nulls()
+            over = "" if values.len() == len(run_keys) else f" ({values.len()} of {len(run_keys)} keys)"
+            t.add_row(
+                f"{spec.metric} p10 / p50 / p90{over}", " / ".join(f"{values.quantile(p):.4g}" for p in (0.1, 0.5, 0.9))
+            )
         if promo.height:
             t.add_row("promotion", ", ".join(f"{r['decision']}: {r['n']}" for r in promo.iter_rows(named=True)))
     t.add_row("time per stage", ", ".join(f"{s} {sec:.1f}s" for s, sec in result.stage_seconds.items()))
@@ -464,6 +468,17 @@ def _print_summary(settings, spec, result, run_date) -> None:
             _print_reason_counts(failing.group_by("key", maintain_order=True).first())
     for err in result.errors:
         console.print(Text("step failed ", style="red") + Text(redact(err, settings.secrets())), soft_wrap=True)
+
+
+def _top_reasons(ingest: dict, shown: int = 3) -> str:
+    """The commonest reasons rows were dropped or merged at ingest, over the training files."""
+    totals: dict[str, int] = {}
+    for f in ingest.get("files") or []:
+        if f.get("source") == "source":
+            for reason, n in (f.get("drops") or {}).items():
+                totals[reason] = totals.get(reason, 0) + int(n or 0)
+    top = sorted(((n, r) for r, n in totals.items() if n), reverse=True)[:shown]
+    return f" ({', '.join(f'{r} {_int(n)}' for n, r in top)})" if top else ""
 
 
 def _print_ingest(ingest: dict, counts: bool = True) -> None:

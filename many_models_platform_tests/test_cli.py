@@ -215,3 +215,15 @@ def test_a_run_that_finds_no_key_leaves_its_trace_in_the_warehouse(tmp_path):
     assert row[:3] == (0, 1, "raw") and "no keys" in row[3] and "export.csv: missing required column(s)" in row[3]
     status = " ".join(mmp("status", "-u", "group_regression", home=home).stdout.split())
     assert "stopped at raw" in status, status
+
+
+def test_the_run_summary_names_the_commonest_reasons_rows_were_dropped_or_merged():
+    from many_models_platform.cli import _top_reasons
+
+    files = [
+        {"source": "source", "drops": {"null key": 30, "target is null": 2}},
+        {"source": "source", "drops": {"null key": 6, "replaced by a later file": 4, "missing time value": 1}},
+        {"source": "scoring_source", "drops": {"null key": 99}},  # the training source's rows only
+    ]
+    assert _top_reasons({"files": files}) == " (null key 36, replaced by a later file 4, target is null 2)"
+    assert _top_reasons({"files": [{"source": "source", "drops": {}}]}) == ""
