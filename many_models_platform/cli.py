@@ -509,6 +509,12 @@ def _print_ingest(ingest: dict, counts: bool = True) -> None:
             console.print(f"  {len(similar)} group(s) of {what}:")
             for group in similar[:5]:
                 console.print(f"    {' | '.join(group)}", soft_wrap=True, markup=False, highlight=False)
+    apart = ingest.get("label_sets_apart") or []
+    if apart:  # 0/1 in one export, no/yes in another: four classes where two were meant
+        console.print("  files write class labels that share none with each other's (each label is its own class):")
+        for item in apart:
+            shown = f"    {item['file']}: {', '.join(item['labels'])}"
+            console.print(shown, soft_wrap=True, markup=False, highlight=False)
     early = ingest.get("keys_ending_early") or []
     if early:  # forecasts of periods the other keys already have data for
         n = ingest.get("keys_ending_early_count") or len(early)

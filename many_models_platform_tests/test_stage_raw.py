@@ -976,9 +976,23 @@ def test_class_labels_written_1_in_one_file_and_1_0_in_another_are_one_class(set
         regression_body(source={"path": "landing/labels/*.csv"}, task="classification", metric="accuracy"),
         name="labels",
     )
-    run_raw(settings, spec)
+    report, _ = run_raw(settings, spec)
     assert sorted(bronze(settings, spec, "a")["y"].to_list()) == ["0", "0", "1", "1"]
     assert sorted(bronze(settings, spec, "b")["y"].to_list()) == ["0", "1"]
+    assert "label_sets_apart" not in report.summary  # one set of labels, however written
+
+
+def test_files_whose_class_labels_share_none_are_shown(settings):
+    """0/1 in January's export and no/yes in February's: four classes where two were meant."""
+    land(settings, "sets/a.csv", "segment,x1,x2,y\na,1,2,0\na,2,2,1\n")
+    land(settings, "sets/b.csv", "segment,x1,x2,y\na,3,2,no\na,4,2,yes\n")
+    land(settings, "sets/c.csv", "segment,x1,x2,y\na,5,2,yes\n")  # one label: nothing to compare
+    body = regression_body(source={"path": "landing/sets/*.csv"}, task="classification", metric="accuracy")
+    report, _ = run_raw(settings, make_spec(body, name="sets"))
+    assert report.summary["label_sets_apart"] == [
+        {"file": "landing/sets/a.csv", "labels": ["0", "1"]},
+        {"file": "landing/sets/b.csv", "labels": ["no", "yes"]},
+    ]
 
 
 def test_a_category_code_written_2_in_one_file_and_2_0_in_another_is_one_category(settings):

@@ -31,7 +31,7 @@ from upath import UPath
 
 from ..core import ingest as core_ingest
 from ..core.engine import KeyOutcome
-from ..core.features import ending_early, series_end
+from ..core.features import ending_early, label_text, series_end
 from ..core.keys import decode_key, encode_key, key_label
 from ..core.spec import UseCaseSpec
 from ..storage.lake import CsvLayout, Lake, LandedFile, LateColumnType, QuoteInValue
@@ -249,6 +249,11 @@ class FileRead:
     template: pl.DataFrame | None = None
     kind: str | None = None
     lines_above_header: int = 0  # a report export's title lines, skipped
+    labels: set[str] = field(default_factory=set)  # a classification file's class labels, while few
+    many_labels: bool = False  # more than LABELS_TRACKED: not compared with other files'
+
+
+LABELS_TRACKED = 50
 
 
 @contextlib.contextmanager
@@ -336,6 +341,8 @@ def _read_file(
                 frame = core_ingest.without_blank_lines(frame)
             frame = core_ingest.normalise_rows(frame, spec, rules, scoring=scoring)
         frame = frame.with_columns(pl.lit(index, dtype=pl.Int32).alias(core_ingest.FILE))
+        if spec.task == "classification" and not scoring and spec.target in frame.columns:
+            _add_labels(out, frame[spec.target])
         out.rows += frame.height
         if out.template is None:
             out.template = frame.clear()
@@ -385,6 +392,15 @@ def _read_file(
         raise _unreadable(source.file_format, exc) from None
     out.kind = rules.time_kind
     return out
+
+
+def _add_labels(out: FileRead, labels: pl.Series) -> None:
+    """Add a batch's class labels to the file's, as written (``label_text``), while few."""
+    if not out.many_labels:
+        out.labels |= set(label_text(labels.drop_nulls().unique()).to_list())
+        out.many_labels = len(out.labels) > LABELS_TRACKED
+        if out.many_labels:
+            out.labels = set()
 
 
 def _held_bytes(listed: LandedFile, fmt: str) -> int:
@@ -440,6 +456,8 @@ def read_source(
             continue
         if got.lines_above_header:
             entry["lines_above_header"] = got.lines_above_header
+        if got.labels:  # compared with other files' (label_sets_apart)
+            entry["labels"] = sorted(got.labels)
         read.kind = read.kind or got.kind
         entry["rows"] = got.rows
         templates.append(got.template)
@@ -572,6 +590,18 @@ def _alike(values: Iterable[Any], fold: Callable[[Any], Any]) -> list[list[Any]]
     for value in values:
         groups.setdefault(fold(value), []).append(value)
     return [sorted(g) for g in groups.values() if len(g) > 1]
+
+
+def label_sets_apart(files: Sequence[dict], limit: int = 5) -> list[dict]:
+    """Training files whose class labels (two or more) share none with another such file's: 0/1
+    in one export and no/yes in the next make four classes where two were meant. One file per
+    set of labels, with its labels."""
+    sets: dict[tuple[str, ...], str] = {}
+    for f in files:
+        if f.get("source") == "source" and len(f.get("labels") or ()) >= 2:
+            sets.setdefault(tuple(f["labels"]), f["file"])
+    apart = [(labels, name) for labels, name in sets.items() if any(not set(labels) & set(o) for o in sets)]
+    return [{"file": name, "labels": list(labels)} for labels, name in apart[:limit]]
 
 
 def differing_in_case(values: set[str], limit: int = 20) -> list[list[str]]:
@@ -883,6 +913,9 @@ def ingest(run: StageRun, keys: Sequence[str]) -> StageReport:
     labels = differing_in_case(classes)
     if labels:
         summary["labels_differing_in_case"] = labels
+    apart = label_sets_apart(train.files)
+    if apart:  # each label its own class: usually two exports' ways of writing the same classes
+        summary["label_sets_apart"] = apart
     early = ending_early(ends, spec.horizon)
     if early:  # forecast into periods the other keys already have data for
         summary["keys_ending_early"] = [f"{key_label(spec.keys, k)} (last {ends[k][2]})" for k in early[:20]]
