@@ -477,8 +477,11 @@ def _top_reasons(ingest: dict, shown: int = 3) -> str:
         if f.get("source") == "source":
             for reason, n in (f.get("drops") or {}).items():
                 totals[reason] = totals.get(reason, 0) + int(n or 0)
-    top = sorted(((n, r) for r, n in totals.items() if n), reverse=True)[:shown]
-    return f" ({', '.join(f'{r} {_int(n)}' for n, r in top)})" if top else ""
+    ranked = sorted(((n, r) for r, n in totals.items() if n), reverse=True)
+    said = [f"{r} {_int(n)}" for n, r in ranked[:shown]]
+    if len(ranked) > shown:
+        said.append(f"{len(ranked) - shown} more reason(s) {_int(sum(n for n, _ in ranked[shown:]))}")
+    return f" ({', '.join(said)})" if said else ""
 
 
 def _print_ingest(ingest: dict, counts: bool = True) -> None:

@@ -168,6 +168,10 @@ def test_files_left_for_the_next_run_are_listed_with_why():
         "scoring_rows_without_training": 3,
         "keys_differing_in_case": [["store=Store A", "store=STORE A"]],
         "labels_differing_in_case": [["GOLD", "Gold", "gold"]],
+        "label_sets_apart": [
+            {"file": "landing/g/jan.csv", "labels": ["0", "1"]},
+            {"file": "landing/g/feb.csv", "labels": ["no", "yes"]},
+        ],
         "keys_ending_early": [f"store=closed{i} (last 2018-12-30)" for i in range(7)],
         "keys_ending_early_count": 7,
         "rejected": [{"file": "landing/g/a.csv", "reason": "missing required column(s) ['y']"}],
@@ -187,12 +191,14 @@ def test_files_left_for_the_next_run_are_listed_with_why():
     assert "scoring rows landed 10, dropped 4 (3 of keys without training rows), merged 0" in out
     assert "1 group(s) of keys differ only in case" in out and "store=Store A | store=STORE A" in out
     assert "1 group(s) of class labels differ only in case" in out and "GOLD | Gold | gold" in out
+    assert "class labels that share none with each other's" in out and "landing/g/jan.csv: 0, 1" in out
     assert "7 key(s) whose data ends before the others'" in out and "store=closed4 (last 2018-12-30)" in out
     assert "store=closed5" not in out and "... and 2 more" in out
     # what the raw summary holds reaches the CLI's ingest summary
     from many_models_platform.defs.runner import ingest_summary
 
     assert ingest_summary({"keys_ending_early": ["x"], "keys_ending_early_count": 1})["keys_ending_early_count"] == 1
+    assert ingest_summary(ingest)["label_sets_apart"] == ingest["label_sets_apart"]
 
 
 def test_a_run_that_finds_no_key_leaves_its_trace_in_the_warehouse(tmp_path):
@@ -225,5 +231,7 @@ def test_the_run_summary_names_the_commonest_reasons_rows_were_dropped_or_merged
         {"source": "source", "drops": {"null key": 6, "replaced by a later file": 4, "missing time value": 1}},
         {"source": "scoring_source", "drops": {"null key": 99}},  # the training source's rows only
     ]
-    assert _top_reasons({"files": files}) == " (null key 36, replaced by a later file 4, target is null 2)"
+    assert _top_reasons({"files": files}) == (
+        " (null key 36, replaced by a later file 4, target is null 2, 1 more reason(s) 1)"
+    )
     assert _top_reasons({"files": [{"source": "source", "drops": {}}]}) == ""

@@ -748,6 +748,11 @@ def test_excel_serial_dates_read_with_time_format_excel_and_are_named_where_inte
         [dt.datetime(2024, 3, 15), None, dt.datetime(2024, 3, 16, 6)],
         "datetime",
     )
+    # a time of day written with six decimals is the second it is 29 ms from, on an hourly grid
+    assert read([45366.041667, 45366.083333], time_format="excel")[0] == [
+        dt.datetime(2024, 3, 15, 1),
+        dt.datetime(2024, 3, 15, 2),
+    ]
     noon = dt.datetime(2024, 3, 16, 12)
     assert read(["45366", "45367,5"], time_format="excel")[0] == [dt.datetime(2024, 3, 15), noon]
     with pytest.raises(FileRejected, match=r"cannot be read as daily times; set 'time_format: excel' for Excel"):

@@ -600,8 +600,8 @@ def _check_one_date_per_period(t: str, times: pl.Series, period: Period) -> None
 
 
 _OFF_GRID_ADVICE = (
-    "most of its rows are off the key's grid (counted below): declare 'frequency' (or a 'time_format' that reads "
-    "the times as dates) so that the step between its times is one period"
+    "most of its rows are off the key's grid (counted below), the step inferred from its times: declare the "
+    "'frequency' its data has (or a 'time_format' that reads its times as dates)"
 )
 
 
@@ -616,8 +616,8 @@ def _why_so_few(drops: dict[str, int], period: Period | None, times: pl.Series |
     if off:
         out += (
             f"; {off:,} gap(s) between times are not whole periods of {period.describe()}: times off the "
-            "grid (a time of day in daily data) have no lag; declare 'frequency' to floor each time to "
-            "its period, with 'duplicates: sum' to add up a period's rows"
+            "grid have no lag (a time of day in daily data: declare 'frequency' to floor each time to its "
+            "period, with 'duplicates: sum' to add up a period's rows)"
         )
     return out
 

@@ -249,11 +249,13 @@ _EXCEL_SERIALS = (20_000, 80_000)  # 1954 .. 2119: integers that look like Excel
 
 def _excel_days(values: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     """Excel serial dates (``45366`` is 2024-03-15, ``45366.5`` its noon), as numbers or text
-    (a decimal comma too), to the microsecond; null outside Excel's calendar."""
+    (a decimal comma too), to the nearest second: a time of day written with six decimals
+    (``45366.041667``, 01:00) is 29 ms off it, and would be off an hourly grid; null outside
+    Excel's calendar."""
     days = values.str.strip_chars().str.replace(",", ".", literal=True) if dtype == pl.Utf8 else values
     days = days.cast(pl.Float64, strict=False)
-    micros = (days * 86_400_000_000).round(0).cast(pl.Int64, strict=False)
-    at = pl.lit(dt.datetime(1899, 12, 30)).cast(pl.Datetime("us")) + pl.duration(microseconds=micros)
+    seconds = (days * 86_400).round(0).cast(pl.Int64, strict=False)
+    at = pl.lit(dt.datetime(1899, 12, 30)).cast(pl.Datetime("us")) + pl.duration(seconds=seconds)
     return pl.when(days.is_between(*_EXCEL_DAYS)).then(at)
 
 

@@ -242,7 +242,7 @@ def ingest_summary(summary: dict[str, Any]) -> dict[str, Any]:
         **{
             k: v
             for k, v in summary.items()
-            if k.startswith(("scoring_rows", "keys_ending_early")) or "_differing_in_" in k
+            if k.startswith(("scoring_rows", "keys_ending_early", "label_sets_apart")) or "_differing_in_" in k
         },
     }
 
