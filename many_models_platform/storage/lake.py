@@ -21,6 +21,7 @@ import glob
 import gzip
 import io
 import json
+import mmap
 import os
 import re
 import shutil
@@ -479,7 +480,7 @@ class Lake:
                 )
             if layout.trailing_separator:  # a copy whose header names the column the rows end with
                 local = _header_column_copy(local, layout, _scratch_file(scratch, copies))
-            if requote or _stray_quotes(np.memmap(local, dtype=np.uint8, mode="r"), layout):
+            if requote or _stray_quoted_file(local, layout):
                 local = _requoted_copy(local, layout, _scratch_file(scratch, copies))  # a copy polars can follow
                 layout = _requoted_layout(layout)
             if folders:
@@ -847,7 +848,7 @@ def _header_column_copy(source: str, layout: CsvLayout, target: str) -> str:
 _QUOTE_SCAN = 16 * 2**20  # bytes looked at at once for stray quotes
 
 
-def _stray_quotes(data: bytes | np.ndarray, layout: CsvLayout) -> bool:
+def _stray_quotes(data: bytes | mmap.mmap, layout: CsvLayout) -> bool:
     """Whether a CSV holds a quote that is no CSV quoting (an inch mark, ``TV 55" screen``,
     ``12"``): one inside a value, neither opening nor closing one, or an odd number of quotes on
     a line (also a quoted value over several lines, which the csv module reads as polars does).
@@ -857,7 +858,9 @@ def _stray_quotes(data: bytes | np.ndarray, layout: CsvLayout) -> bool:
     encoding = str(layout.options.get("encoding", "utf8")).lower().replace("_", "-")
     if encoding.startswith(("utf-16", "utf16", "utf-32", "utf32")):
         return False
-    array = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
+    if data.find(b'"') < 0:  # memchr: most exports hold no quote at all
+        return False
+    array = np.frombuffer(data, dtype=np.uint8)
     edges = np.frombuffer(b'\n\r"' + layout.options["separator"].encode(), dtype=np.uint8)
     quotes_before = 0  # quotes before the chunk: even at every line end in CSV quoting
     for start in range(0, array.size, _QUOTE_SCAN):
@@ -872,6 +875,12 @@ def _stray_quotes(data: bytes | np.ndarray, layout: CsvLayout) -> bool:
             return True
         quotes_before += at.size
     return False
+
+
+def _stray_quoted_file(path: str, layout: CsvLayout) -> bool:
+    """:func:`_stray_quotes` of a file on disk, mapped rather than read."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        return _stray_quotes(mapped, layout)
 
 
 def _requote(source: IO[str], out: IO[str], layout: CsvLayout) -> None:
