@@ -628,11 +628,14 @@ def _csv_layout(
             f"the header names column(s) {twice} more than once, so which one is meant is unknown; "
             "rename or drop the extra column in the export"
         )
-    if options["separator"] != "," and (csv is None or csv.decimal_comma is None):
+    undecided = options["separator"] != "," and (csv is None or csv.decimal_comma is None)
+    if undecided:
         text_columns = [*text_columns, *number_columns]
     text = {actual: pl.Utf8 for actual, name in names.items() if name in text_columns}
-    values = _wide_names(header, unpivot, names)  # read as text: one type for all of them
-    names, text = names | {h: h for h in values}, text | {h: pl.Utf8 for h in values}
+    values = _wide_names(header, unpivot, names)
+    names = names | {h: h for h in values}
+    if values and (undecided or unpivot.value not in number_columns):  # else numbers, as polars reads them
+        text |= {h: pl.Utf8 for h in values}
     wide = csv is not None and csv.encoding.lower().replace("_", "-").startswith(("utf-16", "utf16", "utf-32", "utf32"))
     trailing = not wide and _trailing_separator(start, options, header)
     return CsvLayout(options, list(header), names, text, trailing, tuple(values))
