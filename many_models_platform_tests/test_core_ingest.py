@@ -463,7 +463,7 @@ def test_pandas_periods_of_any_frequency_are_the_times_they_start_at():
 
     def read(values: list[str | None], freq: str) -> list[Any]:
         table = pa.Table.from_pandas(pd.DataFrame({"p": pd.PeriodIndex(values, freq=freq)}))
-        return ingest.binary_as_text(pl.from_arrow(table)).to_series().to_list()
+        return ingest.parquet_types(pl.from_arrow(table)).to_series().to_list()
 
     assert read(["2024-01", None, "2024-12"], "M") == [dt.date(2024, 1, 1), None, dt.date(2024, 12, 1)]
     assert read(["2024Q2"], "Q") == [dt.date(2024, 4, 1)]

@@ -473,6 +473,12 @@ def test_a_policy_other_than_keep_without_a_time_column_is_a_config_error():
         make_spec(regression_body(source={"path": "landing/g/*.csv"}, duplicates="last"), name="g")
 
 
+def weekly_with_future():
+    """A weekly forecast of landing/w with its future prices in landing/w_future."""
+    body = forecast_body(source={"path": "landing/w/*.csv"}, scoring_source={"path": "landing/w_future/*.csv"}, lags=[])
+    return make_spec(body, name="w")
+
+
 def test_scoring_source_goes_through_the_same_reading_without_a_target(settings):
     land(settings, "w/a.csv", weekly_csv([("s1", f"2024-01-{d:02d}", d) for d in (1, 8, 15)]))
     land(
@@ -480,10 +486,7 @@ def test_scoring_source_goes_through_the_same_reading_without_a_target(settings)
         "w_future/a.csv",
         "store,brand,week_start,price\ns1,b,2024-01-22,2.0\ns1,b,2024-02-30,2.0\ns1,b,2024-01-29,2.5\n",
     )
-    spec = make_spec(
-        forecast_body(source={"path": "landing/w/*.csv"}, scoring_source={"path": "landing/w_future/*.csv"}, lags=[]),
-        name="w",
-    )
+    spec = weekly_with_future()
     key = encode_key(["s1", "b"])
     report, out = run_raw(settings, spec, [key])
     info = out[key].info
@@ -508,10 +511,7 @@ def test_a_repeated_week_in_the_scoring_file_drops_the_keys_scoring_rows_not_its
         "w_future/a.csv",
         "store,brand,week_start,price\ns1,b,2024-01-22,2.0\ns1,b,2024-01-22,2.5\ns2,b,2024-01-22,3.0\n",
     )
-    spec = make_spec(
-        forecast_body(source={"path": "landing/w/*.csv"}, scoring_source={"path": "landing/w_future/*.csv"}, lags=[]),
-        name="w",
-    )
+    spec = weekly_with_future()
     s1, s2 = encode_key(["s1", "b"]), encode_key(["s2", "b"])
     _, out = run_raw(settings, spec, [s1, s2])
     assert out[s1].ok and out[s1].info["rows"] == 3 and out[s1].info["scoring_rows"] == 0
@@ -531,10 +531,7 @@ def test_scoring_rows_of_keys_without_training_rows_are_counted_per_file(setting
         "store,brand,week_start,price\ns1,b,2024-01-22,2.0\nnew,b,2024-01-22,2.0\nnew,b,2024-01-29,2.0\n"
         "new,b,soon,1.0\n",
     )
-    spec = make_spec(
-        forecast_body(source={"path": "landing/w/*.csv"}, scoring_source={"path": "landing/w_future/*.csv"}, lags=[]),
-        name="w",
-    )
+    spec = weekly_with_future()
     assert discover_keys(spec, Lake(settings.lake_url)) == [encode_key(["s1", "b"])]
     for keys in ([encode_key(["s1", "b"])], []):  # a run of the key, and a run of no key
         report, _ = run_raw(settings, spec, keys)

@@ -827,11 +827,13 @@ def carried_forward(spec: UseCaseSpec, future_exog: pl.DataFrame, times: pl.Seri
     should be told, not find out from a flat forecast."""
     t = spec.time_column
     features = [c for c in spec.all_features if c in future_exog.columns]
+    if not features:  # nothing is carried forward
+        return 0, 0
     rows = future_exog.select(pl.col(t).cast(times.dtype), *features).unique(subset=[t], keep="last")
     joined = pl.DataFrame({t: times}).join(rows.with_columns(pl.lit(True).alias("__row")), on=t, how="left")
     has_row = joined["__row"].is_not_null()
     missing = joined.filter(has_row).select(pl.sum_horizontal(pl.col(c).is_null() for c in features)).to_series()
-    return int((~has_row).sum()), int(missing.sum()) if features else 0
+    return int((~has_row).sum()), int(missing.sum())
 
 
 def _month_stamps(history: pl.Series, times: pl.Series, last: Any) -> pl.Series:

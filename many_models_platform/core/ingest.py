@@ -781,15 +781,22 @@ def _decimal_evidence(columns: Sequence[str]) -> dict[str, pl.Expr]:
 _SEPARATOR_NAMES = {";": "';'", "\t": "tab", "|": "'|'"}
 
 
+def _first_number(data: pl.LazyFrame, columns: Sequence[str], shape: str) -> tuple[str, str]:
+    """(column, value): the first number of ``columns`` (as :func:`_number_parts` leaves it)
+    with ``shape``, for a message; the caller knows one exists."""
+    for c in columns:
+        t = _number_parts(pl.col(c))[1]
+        value = data.select(t.filter(t.str.contains(shape)).first()).collect().item()
+        if value is not None:
+            return c, value
+    raise AssertionError(f"no value of {list(columns)} has the shape {shape!r}")
+
+
 def _undecided_decimal(data: pl.LazyFrame, columns: Sequence[str], separator: str) -> FileRejected:
     """A file separated otherwise than by ',' (';' and tab are European exports' separators)
     whose numbers do not show whether ``1.234`` is 1234 or 1.234: a guess would be a thousand
     times off half the time."""
-    for c in columns:
-        t = _number_parts(pl.col(c))[1]
-        value = data.select(t.filter(t.str.contains(_ONE_GROUP)).first()).collect().item()
-        if value is not None:
-            break
+    c, value = _first_number(data, columns, _ONE_GROUP)
     digits = value.replace(".", "").replace(",", "")
     as_comma, as_point = (digits, value) if "." in value else (value.replace(",", "."), digits)
     return FileRejected(
@@ -804,12 +811,7 @@ def _declared_otherwise(data: pl.LazyFrame, columns: Sequence[str], declared: bo
     """A file whose numbers show only the decimal mark its source declares it does not write (a
     tool writing 1.5 among German exports): read by the declaration, its 1.250 would be 1250, or
     its 3,5 no number."""
-    shown = _SHOWS_DECIMAL[not declared]
-    for c in columns:
-        t = _number_parts(pl.col(c))[1]
-        value = data.select(t.filter(t.str.contains(shown)).first()).collect().item()
-        if value is not None:
-            break
+    c, value = _first_number(data, columns, _SHOWS_DECIMAL[not declared])
     mark, other = ("a comma", "a point") if declared else ("a point", "a comma")
     return FileRejected(
         f"column {c!r} writes {value!r}, a decimal {other[2:]}, where the source declares {mark} as the decimal "
@@ -950,7 +952,7 @@ def declared_decimal_comma(spec: UseCaseSpec, scoring: bool) -> bool | None:
     return source_spec.csv.decimal_comma if source_spec.csv else None
 
 
-def binary_as_text(frame: FrameT) -> FrameT:
+def parquet_types(frame: FrameT) -> FrameT:
     """Parquet columns in types ingest reads: BINARY (Hive and older writers store text so) as
     the text it holds, and pandas' Period columns (``dt.to_period('M')`` saved with
     ``to_parquet``: period numbers, 648 for 2024-01) as the dates (datetimes, for periods
@@ -995,7 +997,7 @@ def file_rules(
     declare it, and whether it is a file to reject (:class:`FileRejected`). ``data`` may be lazy
     (a file read in batches): these questions are answered in one pass over it, only a rare
     time layout (ISO weeks, datetimes) needs a second. ``separator``: a CSV's field separator."""
-    data = binary_as_text(data.lazy())
+    data = parquet_types(data.lazy())
     schema = data.collect_schema()
     missing = [c for c in required_columns(spec, scoring) if c not in schema]
     if missing:
@@ -1087,7 +1089,7 @@ def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, 
     Key and categorical columns become text as they are; the target becomes Float64 for
     forecasts and regressions.
     """
-    frame = compose_time(binary_as_text(frame), spec)
+    frame = compose_time(parquet_types(frame), spec)
     frame = frame.select([c for c in spec.input_columns if c in frame.columns])
     frame = frame.with_columns(
         *key_values(spec.keys, frame.schema, rules.float_keys),

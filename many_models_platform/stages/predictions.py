@@ -121,7 +121,7 @@ def _score_one(
 def _carried_forward(spec: UseCaseSpec, exog: pl.DataFrame, times: pl.Series, counts: dict) -> str:
     """The note on a forecast whose scoring rows leave periods or feature values out (the last
     observed values stand in), with both counted in ``counts``; empty when nothing is left out."""
-    periods, values = F.carried_forward(spec, exog, times) if spec.all_features else (0, 0)
+    periods, values = F.carried_forward(spec, exog, times)
     counts |= {"periods_without_scoring_row": periods, "scoring_values_missing": values}
     said = []
     if periods:

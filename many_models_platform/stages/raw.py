@@ -249,8 +249,8 @@ class FileRead:
     template: pl.DataFrame | None = None
     kind: str | None = None
     lines_above_header: int = 0  # a report export's title lines, skipped
-    labels: set[str] = field(default_factory=set)  # a classification file's class labels, while few
-    many_labels: bool = False  # more than LABELS_TRACKED: not compared with other files'
+    # a classification file's class labels; None once more than LABELS_TRACKED (not compared)
+    labels: set[str] | None = field(default_factory=set)
 
 
 LABELS_TRACKED = 50
@@ -396,11 +396,10 @@ def _read_file(
 
 def _add_labels(out: FileRead, labels: pl.Series) -> None:
     """Add a batch's class labels to the file's, as written (``label_text``), while few."""
-    if not out.many_labels:
+    if out.labels is not None:
         out.labels |= set(label_text(labels.drop_nulls().unique()).to_list())
-        out.many_labels = len(out.labels) > LABELS_TRACKED
-        if out.many_labels:
-            out.labels = set()
+        if len(out.labels) > LABELS_TRACKED:
+            out.labels = None
 
 
 def _held_bytes(listed: LandedFile, fmt: str) -> int:
@@ -531,7 +530,7 @@ def file_keys(
         else:
             data = lake.read_table(file.name, fmt, columns, columns, size=file.size, **options).lazy()
             table = None
-        data = core_ingest.binary_as_text(data)
+        data = core_ingest.parquet_types(data)
         schema = data.collect_schema()
         missing = [k for k in spec.keys if k not in schema]
         if missing:

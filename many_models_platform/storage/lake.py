@@ -636,8 +636,7 @@ def _csv_layout(
     names = names | {h: h for h in values}
     if values and (undecided or unpivot.value not in number_columns):  # else numbers, as polars reads them
         text |= {h: pl.Utf8 for h in values}
-    wide = csv is not None and csv.encoding.lower().replace("_", "-").startswith(("utf-16", "utf16", "utf-32", "utf32"))
-    trailing = not wide and _trailing_separator(start, options, header)
+    trailing = not (csv is not None and _wide_encoding(csv.encoding)) and _trailing_separator(start, options, header)
     return CsvLayout(options, list(header), names, text, trailing, tuple(values))
 
 
@@ -848,6 +847,12 @@ def _header_column_copy(source: str, layout: CsvLayout, target: str) -> str:
     return target
 
 
+def _wide_encoding(encoding: str) -> bool:
+    """UTF-16 or UTF-32: characters of several bytes, which byte-level looks at lines and
+    quotes would misread."""
+    return str(encoding).lower().replace("_", "-").startswith(("utf-16", "utf16", "utf-32", "utf32"))
+
+
 _QUOTE_SCAN = 16 * 2**20  # bytes looked at at once for stray quotes
 
 
@@ -858,8 +863,7 @@ def _stray_quotes(data: bytes | mmap.mmap, layout: CsvLayout) -> bool:
     polars joins the lines between two such quotes into one value, and a read of some of the
     columns loses those rows without an error. Not told for UTF-16 and UTF-32 text, whose
     characters are several bytes (polars' own checks remain)."""
-    encoding = str(layout.options.get("encoding", "utf8")).lower().replace("_", "-")
-    if encoding.startswith(("utf-16", "utf16", "utf-32", "utf32")):
+    if _wide_encoding(layout.options.get("encoding", "utf8")):
         return False
     if data.find(b'"') < 0:  # memchr: most exports hold no quote at all
         return False
