@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import daemon_pace
 import pytest
 import yaml
 from dagster import AssetKey, DagsterRunStatus, RunsFilter
@@ -40,7 +41,8 @@ def daemon(platform, tmp_path, monkeypatch):
     # a busy test machine can take minutes to start the code server (Dagster's default wait: 180 s)
     dagster_yaml["code_servers"] = {"local_startup_timeout": 900}
     instance_yaml.write_text(yaml.safe_dump(dagster_yaml))
-    env = {**os.environ, **DAGSTER_ENV, "MMP_CONFIG": str(config), "PYTHONUNBUFFERED": "1"}
+    # the daemon as deployed, its fixed 30 s backfill loop paced to 2 s (daemon_pace.py)
+    env = daemon_pace.env({**os.environ, **DAGSTER_ENV, "MMP_CONFIG": str(config), "PYTHONUNBUFFERED": "1"})
     log = open(tmp_path / "daemon.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(REPO_ROOT / "workspace.yaml")],

@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import daemon_pace
 import pytest
 from dagster import AssetKey
 from dagster_helpers import land_generated, run_pipeline
@@ -69,7 +70,8 @@ def graphql(port: int, query: str, variables: dict) -> dict:
 @contextlib.contextmanager
 def serving(cmd: list[str], port: int, settings):
     """Run a Dagster server process group on this instance until the block ends."""
-    env = {**os.environ, "DAGSTER_HOME": os.environ["DAGSTER_HOME"], "MMP_HOME": settings.home}
+    # `dagster dev` starts the daemon with this environment: its 30 s backfill loop paced to 2 s
+    env = daemon_pace.env({**os.environ, "DAGSTER_HOME": os.environ["DAGSTER_HOME"], "MMP_HOME": settings.home})
     server = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
