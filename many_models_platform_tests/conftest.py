@@ -27,18 +27,31 @@ ENV_VARS = (
 # Modules that take minutes, longest first: under --dist loadfile each module runs whole on one
 # worker, so they start at once and the short modules fill in around them instead of one of them
 # starting last on an otherwise idle machine.
-LONGEST_FIRST = (  # measured with -n 2 --durations on 2 cores, 2026-12-05
-    "test_automation_daemon.py",
+LONGEST_FIRST = (  # measured with -n 2 --durations on 2 cores, 2026-12-07
     "test_cli.py",
+    "test_automation_daemon.py",
     "test_dagster_pipeline.py",
     "test_dbt.py",
-    "test_dagster_ui.py",
     "test_zoo.py",
+    "test_dagster_ui.py",
     "test_deploy_daemon.py",
+    "test_pipeline_bench.py",
     "test_no_secrets.py",
+    "test_stage_raw.py",
+    "test_registry.py",
     "test_trust_chain.py",
 )
 MAX_WORKERS = 4  # beyond this, PostgreSQL, Dagster and the loky pools only contend
+
+
+def pytest_configure(config):
+    """The platform's own modules compiled once (uv compiles only the installed packages): with
+    PYTHONDONTWRITEBYTECODE set, every `mmp`, daemon, code server and run process of the suite
+    would compile them again. Once per session, by the controller, not by each xdist worker."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        import compileall
+
+        compileall.compile_dir(Path(__file__).resolve().parents[1] / "many_models_platform", quiet=2)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -115,23 +115,32 @@ def test_generate_run_and_status(tmp_path):
     assert failed.count("no rows for this key in") == 12
 
 
-def test_user_mistakes_exit_2_with_a_message_and_no_traceback(tmp_path):
-    home = tmp_path / "home"
+def test_user_mistakes_exit_2_with_a_message_and_no_traceback(tmp_path, mmp_home):
+    """One mistake through the real entry point; the other commands' in process (typer's runner,
+    exceptions not caught: a traceback would fail the test), as each process costs seconds."""
+    from typer.testing import CliRunner
+
+    from many_models_platform.cli import app
+
+    proc = mmp("run", "-u", "no_such_case", home=tmp_path / "home", check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "unknown use case 'no_such_case'" in proc.stdout and "group_regression" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+    runner = CliRunner()
     for args in (
-        ("run", "-u", "no_such_case"),
         ("status", "-u", "no_such_case"),
         ("models", "no_such_case"),
         ("generate", "no_such_case"),
         ("promote", "no_such_case", "k", "--rollback"),
     ):
-        proc = mmp(*args, home=home, check=False)
-        assert proc.returncode == 2, (args, proc.stdout + proc.stderr)
-        assert "unknown use case 'no_such_case'" in proc.stdout and "group_regression" in proc.stdout, args
-        assert "Traceback" not in proc.stdout + proc.stderr, args
-    proc = mmp("run", "-u", "group_regression", "--run-date", "2025-13-45", home=home, check=False)
-    assert proc.returncode == 2
-    assert "--run-date '2025-13-45' is not a date" in proc.stdout and "YYYY-MM-DD" in proc.stdout
-    assert "Traceback" not in proc.stdout + proc.stderr
+        result = runner.invoke(app, list(args), catch_exceptions=False, env={"COLUMNS": "200"})
+        assert result.exit_code == 2, (args, result.output)
+        assert "unknown use case 'no_such_case'" in result.output and "group_regression" in result.output, args
+    date = ["run", "-u", "group_regression", "--run-date", "2025-13-45"]
+    result = runner.invoke(app, date, catch_exceptions=False, env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert "--run-date '2025-13-45' is not a date" in result.output and "YYYY-MM-DD" in result.output
+    assert not mmp_home.exists() or not (mmp_home / "lake" / "bronze").exists()  # nothing ran
 
 
 def test_bad_config_and_unknown_key_give_clear_errors(tmp_path):
