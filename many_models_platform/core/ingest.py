@@ -324,12 +324,24 @@ def _choose(
     return reading(*_integers(n, r.column, frequency, prefer))
 
 
-_MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
-_MONTH_NAMES = {m: i for i, m in enumerate(_MONTHS, 1)}
-_MONTH_FULL = [
-    *("january", "february", "march", "april", "may", "june", "july", "august"),
-    *("september", "october", "november", "december", "sept"),
-]
+# Month names and abbreviations as exports write them (lower case, without a trailing dot), in
+# English, German, French, Spanish, Italian, Dutch and Portuguese: no two languages give one word
+# two months (French juin/juillet share 'jui', so whole words, never a prefix, are looked up).
+_MONTH_WORDS = {
+    1: "jan january januar jän jänner janv janvier ene enero gen gennaio januari janeiro",
+    2: "feb february februar fév fev févr fevr février fevrier febr febrero febbraio februari fevereiro",
+    3: "mar march märz maerz mär mrz mars marzo maart mrt março marco",
+    4: "apr april avr avril abr abril aprile",
+    5: "may mai mayo mag maggio mei maio",
+    6: "jun june juni juin junio giu giugno junho",
+    7: "jul july juli juil juillet julio lug luglio julho",
+    8: "aug august août aout aoû aou ago agosto augustus",
+    9: "sep sept september septembre septiembre setiembre set settembre setembro",
+    10: "oct october okt oktober octobre octubre ott ottobre out outubro",
+    11: "nov november novembre noviembre novembro",
+    12: "dec december dez dezember déc décembre decembre dic diciembre dicembre dezembro",
+}
+_MONTH_NAMES = {word: month for month, words in _MONTH_WORDS.items() for word in words.split()}
 _MONTH = r"^(\d{4})[-/](\d{1,2})$"  # 2024-01, 2024/1: the first day of that month
 _QUARTER = r"^(\d{4})\s*-?\s*[Qq](\d)$"  # 2024Q1, 2024-Q1, 2024 q1: the first day of that quarter
 _QUARTER_FIRST = r"^[Qq](\d)\s*[-/ ]?\s*(\d{4})$"  # Q1 2024, Q1-2024
@@ -342,28 +354,28 @@ def _months(text: pl.Expr) -> pl.Expr:
 
 
 # a word that starts like a month: "Janx 2024" has a month's shape (and is unparseable), "soon12" none
-_MONTH_WORD = r"(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[A-Za-z]{0,6}"
+_MONTH_WORD = rf"(?i:{'|'.join(sorted({w[:3] for w in _MONTH_NAMES}))})\p{{L}}{{0,8}}"
 _MONTH_NAME = rf"^({_MONTH_WORD})\.?[-\s/']?\s*(\d{{4}}|\d{{2}})$"  # Jan 2024, January-2024, Jan-24 (Excel's mmm-yy)
 _MONTH_NAME_LAST = rf"^(\d{{4}})[-\s/]\s*({_MONTH_WORD})$"  # 2024-Jan, 2024 January
 
 
 def _month_number(name: pl.Expr) -> pl.Expr:
-    """1-12 for a lower-case English month name or abbreviation, by its first three letters."""
-    return name.str.slice(0, 3).replace_strict(_MONTH_NAMES, default=None, return_dtype=pl.Int64)
+    """1-12 for a month name or abbreviation of ``_MONTH_WORDS`` (any case), null for another word."""
+    word = name.str.to_lowercase().str.strip_chars_end(".")  # Sept., févr.
+    return word.replace_strict(_MONTH_NAMES, default=None, return_dtype=pl.Int64)
 
 
 def _month_names(text: pl.Expr) -> pl.Expr:
-    """English month names or abbreviations with a year: the first day of that month. A two-digit
-    year never lands in the future, as with ``%y`` (``Mar-24`` is 2024, ``Dec-99`` 1999)."""
+    """Month names or abbreviations (``_MONTH_WORDS``) with a year: the first day of that month. A
+    two-digit year never lands in the future, as with ``%y`` (``Mar-24`` is 2024, ``Dec-99`` 1999)."""
     first, last = text.str.extract_groups(_MONTH_NAME), text.str.extract_groups(_MONTH_NAME_LAST)
-    name = pl.coalesce(first.struct.field("1"), last.struct.field("2")).str.to_lowercase()
+    name = pl.coalesce(first.struct.field("1"), last.struct.field("2"))
     year = pl.coalesce(first.struct.field("2"), last.struct.field("1"))
     two_digits = year.str.len_chars() == 2
     number = year.cast(pl.Int32) + pl.when(two_digits).then(2000).otherwise(0)
-    month = _month_number(name)
-    full = pl.lit(_MONTH_FULL).list.contains(name) | (name.str.len_chars() == 3)  # "Janx" is no month
+    month = _month_number(name)  # null for "Janx": no month
     day = pl.date(number, month, 1)
-    return pl.when(month.is_not_null() & full).then(pl.when(two_digits).then(_past_century(day)).otherwise(day))
+    return pl.when(month.is_not_null()).then(pl.when(two_digits).then(_past_century(day)).otherwise(day))
 
 
 def _quarters(text: pl.Expr) -> pl.Expr:
@@ -429,7 +441,7 @@ def _written_dates(
         return _with_clock(data, parts, 4, day, "dates (2024/03/15)")
     if counts["named"] * 2 > present:
         first, last = text.str.extract_groups(_DAY_NAMED), text.str.extract_groups(_NAMED_DAY)
-        month = _month_number(pl.coalesce(first.struct.field("2"), last.struct.field("1")).str.to_lowercase())
+        month = _month_number(pl.coalesce(first.struct.field("2"), last.struct.field("1")))
         year = pl.coalesce(first.struct.field("3"), last.struct.field("3"))
         day = _calendar_day(year, month, pl.coalesce(first.struct.field("1"), last.struct.field("2")))
         parts = pl.when(first.struct.field("1").is_not_null()).then(first).otherwise(last)
@@ -886,7 +898,7 @@ def _time_part(part: str, column: str) -> tuple[pl.Expr, pl.Expr]:
     digits = text.str.replace(r"^[QqWw]", "").str.replace(_FLOAT_INTEGER, "${1}")
     value = digits.cast(pl.Int64, strict=False)
     if part == "month":
-        value = pl.coalesce(value, _month_number(text.str.to_lowercase()))
+        value = pl.coalesce(value, _month_number(text))
     if part in _PART_RANGES:
         low, high = _PART_RANGES[part]
         value = pl.when(value.is_between(low, high)).then(value)

@@ -47,10 +47,11 @@ BATCHED_FILE_BYTES = 256 * 2**20
 BATCH_ROWS = 1_000_000
 COMPRESSED_EXPANSION = 4
 # Bumped when the way files are read changes, so earlier rejections are tried again.
+# 8: month names in German, French, Spanish, Italian, Dutch and Portuguese;
 # 7: the decimal mark each file's numbers show, when undeclared, pandas Periods, stray quotes;
 # 6: byte-order marks, UTF-8 among declared encodings, Excel errors, \N, YYYYMM, CR line ends,
 # rows ending in a separator; 5: title lines, corrupt gzip, month names, time_parts
-READER_VERSION = 7
+READER_VERSION = 8
 
 
 class SpillFailed(Exception):
