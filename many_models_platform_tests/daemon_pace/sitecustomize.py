@@ -1,20 +1,16 @@
 """Test-only pacing of the real Dagster daemon, for processes started with this folder on
-PYTHONPATH (``daemon_pace.env``): the backfill daemon sleeps a fixed 30 s between iterations and
-the sensor daemon at least 5 s, as module constants no instance setting reaches
-(``dagster._daemon.controller.DEFAULT_DAEMON_INTERVAL_SECONDS``, ``dagster._daemon.sensor
-.MIN_INTERVAL_LOOP_TIME``). A test waiting on an asset backfill then waits 30 s per step for
-nothing; here the loops run every ``MMP_TEST_BACKFILL_LOOP_SECONDS`` / ``MMP_TEST_SENSOR_LOOP_SECONDS``.
-The daemon, its threads, its code server and its runs are otherwise untouched."""
+PYTHONPATH (``daemon_pace.env``): the backfill daemon sleeps a fixed 30 s between iterations, a
+module constant no instance setting reaches (``dagster._daemon.controller
+.DEFAULT_DAEMON_INTERVAL_SECONDS``). A test waiting on an asset backfill then waits 30 s per step
+for nothing; here the loop runs every ``MMP_TEST_BACKFILL_LOOP_SECONDS``. The daemon, its
+threads, its code server and its runs are otherwise untouched."""
 
 import importlib.abc
 import importlib.machinery
 import os
 import sys
 
-PACE = {
-    "dagster._daemon.controller": ("DEFAULT_DAEMON_INTERVAL_SECONDS", "MMP_TEST_BACKFILL_LOOP_SECONDS"),
-    "dagster._daemon.sensor": ("MIN_INTERVAL_LOOP_TIME", "MMP_TEST_SENSOR_LOOP_SECONDS"),
-}
+PACE = {"dagster._daemon.controller": ("DEFAULT_DAEMON_INTERVAL_SECONDS", "MMP_TEST_BACKFILL_LOOP_SECONDS")}
 
 
 class _PacedLoader(importlib.abc.Loader):
