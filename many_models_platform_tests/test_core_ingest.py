@@ -631,7 +631,7 @@ def test_duplicate_policies_inside_one_file(policy, rows, reason, kind):
 
 def test_error_policy_fails_only_the_key_with_duplicates():
     files = [[("s1", W1, 1.0, 1.0), ("s1", W1, 2.0, 1.0), ("s1", W2, 3.0, 1.0), ("s2", W1, 4.0, 1.0)]]
-    res = resolve(landed(files), weekly(), file_names=["landing/x/a.csv"])
+    res = resolve(landed(files), weekly(), file_names={0: "landing/x/a.csv"})
     assert weekly().duplicate_policy == "error"
     assert res.data["store"].to_list() == ["s2"]
     (reason,) = res.failures.values()
@@ -713,8 +713,8 @@ def test_anomaly_labels_other_than_1_0_or_true_false_fail_the_key_saying_what_to
 
 
 def test_month_names_of_german_french_spanish_italian_dutch_and_portuguese_exports():
-    """'1. Januar 2024', '15 mars 2024', '14 juil. 2024', 'März 2024': a European export's month
-    names read as English ones do, whole words only (French juin and juillet share their first
+    """'1. Januar 2024', '15 mars 2024', '14 juil. 2024', 'März 2024', '15 de marzo de 2024': a
+    European export's month names read as English ones do, whole words only (French juin and juillet share their first
     three letters); a word no language has is no month."""
 
     d = dt.date
@@ -726,6 +726,8 @@ def test_month_names_of_german_french_spanish_italian_dutch_and_portuguese_expor
         "es it nl": {"15 marzo 2024": d(2024, 3, 15), "1 mei 2024": d(2024, 5, 1), "3 mrt 2024": d(2024, 3, 3)},
         "months": {"Januar 2024": d(2024, 1, 1), "juin 2024": d(2024, 6, 1), "juillet 2024": d(2024, 7, 1)},
         "it pt": {"gennaio 2024": d(2024, 1, 1), "outubro 2024": d(2024, 10, 1), "Juix 2024": None},
+        "es pt de": {"15 de marzo de 2024": d(2024, 3, 15), "1 De Abr. Del 2024": d(2024, 4, 1)},
+        "pt de": {"2 de maio de 24": d(2024, 5, 2), "9 de dezembro de 2024": d(2024, 12, 9)},
     }
     for name, expected in files.items():
         assert parse_time(pl.Series(list(expected)), column="t").values.to_list() == list(expected.values()), name
@@ -734,10 +736,11 @@ def test_month_names_of_german_french_spanish_italian_dutch_and_portuguese_expor
 def test_dates_as_locales_write_them_read_with_the_order_the_file_shows():
     """US, European, dotted German, year-first, SAS, Oracle and 'Mar 15, 2024' dates need no
     time_format; whether the day or the month comes first, a number above 12 shows, and a file
-    where none does (or where both do) is rejected naming the formats to choose from."""
+    where none does (or where both do) is rejected naming the formats to choose from, unless the
+    use case's other files showed the order (``day_first``)."""
 
-    def read(values: list[str]) -> tuple[list[Any], str]:
-        parsed = parse_time(pl.Series(values), column="t")
+    def read(values: list[str], day_first: bool | None = None) -> tuple[list[Any], str]:
+        parsed = parse_time(pl.Series(values), column="t", day_first=day_first)
         return parsed.values.to_list(), parsed.kind
 
     d = dt.date
@@ -755,6 +758,9 @@ def test_dates_as_locales_write_them_read_with_the_order_the_file_shows():
         read(["01/02/2024", "02/03/2024"])
     with pytest.raises(FileRejected, match=r"some dates give the day first .* and others the month"):
         read(["15/03/2024", "03/15/2024"])
+    # the order other files showed reads a file that shows none, never one that shows its own
+    assert read(["01/02/2024", "02/02/2024"], day_first=False)[0] == [d(2024, 1, 2), d(2024, 2, 2)]
+    assert read(["01/02/2024", "13/02/2024"], day_first=False)[0] == [d(2024, 2, 1), d(2024, 2, 13)]
 
 
 def test_excel_serial_dates_read_with_time_format_excel_and_are_named_where_integers_fail():

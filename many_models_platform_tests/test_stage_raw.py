@@ -501,6 +501,42 @@ def test_scoring_source_goes_through_the_same_reading_without_a_target(settings)
     assert not (Path(settings.lake_url) / "bronze_scoring/w" / f"{key}.parquet").exists()
 
 
+def test_dates_that_show_no_day_order_take_the_order_the_other_files_show_in_this_run_or_a_later_one(settings):
+    """A weekly file of 01/01 and 08/01 could be either order; it is rejected while no other file
+    shows one, read in the order a later file shows (its own rows still losing to that later
+    file's, by name), and the scoring source's 05/02 follows the training files' order."""
+    spec = weekly_with_future()
+    key = encode_key(["s1", "b"])
+    land(settings, "w/2024-01-01.csv", weekly_csv([("s1", "01/01/2024", 1), ("s1", "08/01/2024", 2)]))
+    first, out = run_raw(settings, spec)
+    assert [f["status"] for f in first.summary["files"]] == ["rejected"]
+    assert "could be day/month or month/day" in out[key].reason  # discovered, and failed saying why
+
+    land(settings, "w/2024-01-15.csv", weekly_csv([("s1", "08/01/2024", 20), ("s1", "15/01/2024", 3)]))
+    land(settings, "w_future/a.csv", "store,brand,week_start,price\ns1,b,05/02/2024,2.0\n")
+    second, out = run_raw(settings, spec)
+    assert out[key].ok, out[key].reason
+    b = bronze(settings, spec, key).sort("week_start")
+    assert b["week_start"].to_list() == [D(2024, 1, 1), D(2024, 1, 8), D(2024, 1, 15)]
+    assert b["quantity"].to_list() == [1.0, 20.0, 3.0]  # the later file's correction wins, though read last
+    assert out[key].info["drops"] == {raw.core_ingest.LATER_FILE: 1}
+    files = {f["file"]: f for f in second.summary["files"]}
+    assert files["landing/w/2024-01-01.csv"]["status"] == "ingested"
+    assert files["landing/w/2024-01-01.csv"]["day_order"] == "day first"
+    assert "day_order" not in files["landing/w/2024-01-15.csv"]  # it showed its own
+    assert files["landing/w_future/a.csv"]["day_order"] == "day first"
+    assert bronze(settings, spec, key, "bronze_scoring")["week_start"].to_list() == [D(2024, 2, 5)]
+    assert not list((Path(settings.lake_url) / "rejected" / spec.name).glob("*.json"))
+
+    both = make_spec(forecast_body(source={"path": "landing/both/*.csv"}, lags=[]), name="both")
+    land(settings, "both/a.csv", weekly_csv([("s1", "01/01/2024", 1)]))
+    land(settings, "both/b.csv", weekly_csv([("s1", "15/01/2024", 1)]))
+    land(settings, "both/c.csv", weekly_csv([("s2", "01/15/2024", 1)]))
+    report, _ = run_raw(settings, both)
+    (rejected,) = report.summary["rejected"]
+    assert rejected["file"] == "landing/both/a.csv" and rejected["reason"].endswith("show both orders")
+
+
 def test_a_repeated_week_in_the_scoring_file_drops_the_keys_scoring_rows_not_its_training(settings):
     """The future file repeats a week of s1 (two tills) under the default 'error' policy: which
     future price is meant is unknown, so s1's scoring rows are dropped and counted, and its

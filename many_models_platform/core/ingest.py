@@ -13,9 +13,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import polars as pl
 
@@ -53,6 +53,12 @@ class FileRejected(ValueError):
     """A landing file this use case cannot use; the message is the reason shown to the user."""
 
 
+class DayOrderUnknown(FileRejected):
+    """Numeric dates none of which shows whether the day or the month comes first (01/02/2024,
+    a daily file of the 1st to the 12th): the use case's other landing files may show it, and
+    ``stages.raw`` then reads this one again in their order (``day_first``)."""
+
+
 @dataclass(frozen=True)
 class ParsedTime:
     """A time column normalised to ``pl.Date``, ``pl.Datetime("us")`` (UTC, naive) or ``pl.Int64``
@@ -74,6 +80,9 @@ class TimeRule:
     dtype: pl.DataType  # the column's type in the file the rule was decided on
     values: pl.Expr  # the parsed time, named as the column
     present: pl.Expr  # whether the file holds a time value in a row (parsed or not)
+    # numeric dates: the order their numbers show (True for 15/03, False for 03/15); None when
+    # they show none (the file then read in the order given, or rejected with DayOrderUnknown)
+    day_first: bool | None = None
 
     def apply(self, frame: pl.DataFrame) -> pl.DataFrame:
         """``frame`` with its time column read, and ``DROP`` saying why a row's time is unusable."""
@@ -293,15 +302,30 @@ def _integers(n: dict[str, int], column: str, frequency: str | None, prefer: str
     return "years", f"years ({YEARS[0]}-{YEARS[1]})"
 
 
+class _Choice(NamedTuple):
+    """The reading a time column's values follow (:func:`_choose`)."""
+
+    parsed: pl.Expr
+    kind: str
+    expected: str  # its description, for messages
+    n_read: int  # how many values it reads
+    day_first: bool | None = None  # the order numeric dates show (TimeRule.day_first)
+
+
 def _choose(
-    data: pl.LazyFrame, r: _Readings, stats: dict, time_format: str | None, frequency: str | None, prefer: str | None
-) -> tuple[pl.Expr, str, str, int]:
-    """The reading the column's values follow: the parsed values, their kind, their description
-    for messages and how many values it reads."""
+    data: pl.LazyFrame,
+    r: _Readings,
+    stats: dict,
+    time_format: str | None,
+    frequency: str | None,
+    prefer: str | None,
+    day_first: bool | None,
+) -> _Choice:
+    """The reading the column's values follow."""
     present, n = stats["present"], {name: stats[f"n_{name}"] for name in r.reads if name not in r.deferred}
 
-    def reading(name: str, expected: str) -> tuple[pl.Expr, str, str, int]:
-        return *r.reads[name], expected, n[name]
+    def reading(name: str, expected: str) -> _Choice:
+        return _Choice(*r.reads[name], expected, n[name])
 
     if "local_days" in r.reads and n["local_days"] == present:
         # every value midnight where it was recorded: days, which UTC would move to the evening before
@@ -317,7 +341,7 @@ def _choose(
         if n["date"] == present:
             return reading("date", expected)
         if n["int"] * 2 <= present:  # neither dates nor integers: ISO weeks or datetimes
-            return _weeks_or_datetimes(data, r, present, n["date"], expected)
+            return _weeks_or_datetimes(data, r, present, n["date"], expected, day_first)
     if r.deferred:  # mostly integers written as text: which kind, in a pass of its own
         counted = data.select(**r.counts(r.deferred)).collect().row(0, named=True)
         n |= {name: counted[f"n_{name}"] for name in r.deferred}
@@ -399,7 +423,9 @@ _TEXT_PERIODS = (
 _CLOCK = r"(?:[ T]+(\d{1,2}):(\d{2})(?::(\d{2})(?:[.,]\d+)?)?(?:\s*([AaPp])\.?[Mm]\.?)?)?$"
 _NUMERIC_DATE = r"^(\d{1,2})([/.\-])(\d{1,2})[/.\-](\d{4}|\d{2})" + _CLOCK  # 15/03/2024, 03/15/24, 15.03.2024
 _YEAR_FIRST = r"^(\d{4})[/.](\d{1,2})[/.](\d{1,2})" + _CLOCK  # 2024/03/15, 2024.03.15
-_DAY_NAMED = rf"^(\d{{1,2}})[-\s/.]*({_MONTH_WORD})\.?[-\s/.,]*(\d{{4}}|\d{{2}})" + _CLOCK  # 15-Mar-2024, 15MAR2024
+# 15-Mar-2024, 15MAR2024, and Spanish and Portuguese '15 de marzo de 2024', '1 de mar. del 2024'
+_OF = r"(?:(?i:de|del)\s+)?"
+_DAY_NAMED = rf"^(\d{{1,2}})[-\s/.]*{_OF}({_MONTH_WORD})\.?[-\s/.,]*{_OF}(\d{{4}}|\d{{2}})" + _CLOCK
 _NAMED_DAY = rf"^({_MONTH_WORD})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+(\d{{4}})" + _CLOCK  # Mar 15, 2024
 
 
@@ -427,25 +453,27 @@ def _calendar_day(year: pl.Expr, month: pl.Expr, day: pl.Expr) -> pl.Expr:
 
 
 def _written_dates(
-    data: pl.LazyFrame, text: pl.Expr, counts: dict[str, int], present: int, column: str
+    data: pl.LazyFrame, text: pl.Expr, counts: dict[str, int], present: int, column: str, day_first: bool | None
 ) -> tuple | None:
     """Dates written as locales write them, when most values have one such shape (``counts``):
     15/03/2024 or 03/15/2024 (whether the day or the month comes first, the file's values show:
     a first number above 12 is a day, a second one above 12 too; dotted dates, 15.03.2024, are
-    day first), 2024/03/15, 15-Mar-2024 and Mar 15, 2024, each with a time of day or none.
-    (parsed, kind, description) or None; FileRejected when the order cannot be told."""
+    day first; else the order other files showed, ``day_first``), 2024/03/15, 15-Mar-2024 and
+    Mar 15, 2024, each with a time of day or none. (parsed, kind, description, the order the
+    file's own numbers show) or None; FileRejected when the order cannot be told
+    (DayOrderUnknown when only other files could tell it)."""
     if counts["year_first"] * 2 > present:
         parts = text.str.extract_groups(_YEAR_FIRST)
         g = parts.struct.field
         day = _calendar_day(g("1"), g("2"), g("3"))
-        return _with_clock(data, parts, 4, day, "dates (2024/03/15)")
+        return *_with_clock(data, parts, 4, day, "dates (2024/03/15)"), None
     if counts["named"] * 2 > present:
         first, last = text.str.extract_groups(_DAY_NAMED), text.str.extract_groups(_NAMED_DAY)
         month = _month_number(pl.coalesce(first.struct.field("2"), last.struct.field("1")))
         year = pl.coalesce(first.struct.field("3"), last.struct.field("3"))
         day = _calendar_day(year, month, pl.coalesce(first.struct.field("1"), last.struct.field("2")))
         parts = pl.when(first.struct.field("1").is_not_null()).then(first).otherwise(last)
-        return _with_clock(data, parts, 4, day, "dates (15-Mar-2024, Mar 15, 2024)")
+        return *_with_clock(data, parts, 4, day, "dates (15-Mar-2024, Mar 15, 2024)"), None
     if counts["numeric"] * 2 <= present:
         return None
     parts = text.str.extract_groups(_NUMERIC_DATE)
@@ -460,21 +488,27 @@ def _written_dates(
         .collect()
         .row(0, named=True)
     )
-    day_first = asked["day_first"] or (asked["dotted"] * 2 > counts["numeric"] and not asked["month_first"])
+    shown = True if asked["day_first"] else False if asked["month_first"] else None
     if asked["day_first"] and asked["month_first"]:
         raise FileRejected(
             f"time column {column!r}: some dates give the day first (a first number above 12) and others the month "
             "(a second number above 12); set 'time_format' to the one export's layout, e.g. '%d/%m/%Y'"
         )
-    if not day_first and not asked["month_first"]:
-        raise FileRejected(
+    order, told = shown, ""
+    if order is None and asked["dotted"] * 2 > counts["numeric"]:
+        order = True  # 15.03.2024: written so where the day comes first
+    elif order is None and day_first is not None:
+        order, told = day_first, " as the use case's other landing files show"
+    if order is None:
+        raise DayOrderUnknown(
             f"time column {column!r}: {asked['shown']!r} could be day/month or month/day, and no date of the file "
             "shows which (none has a number above 12 before or after the first separator); set 'time_format': "
             "'%d/%m/%Y' (day first) or '%m/%d/%Y' (month first), with '%y' for two-digit years"
         )
-    day, month = (a, b) if day_first else (b, a)
-    described = "dates, day first (15/03/2024)" if day_first else "dates, month first (03/15/2024)"
-    return _with_clock(data, parts, 5, _calendar_day(parts.struct.field("4"), month, day), described)
+    day, month = (a, b) if order else (b, a)
+    described = ("dates, day first" if order else "dates, month first") + told
+    described += " (15/03/2024)" if order else " (03/15/2024)"
+    return *_with_clock(data, parts, 5, _calendar_day(parts.struct.field("4"), month, day), described), shown
 
 
 def _with_clock(data: pl.LazyFrame, parts: pl.Expr, first: int, day: pl.Expr, described: str) -> tuple:
@@ -492,8 +526,8 @@ def _prefixed(text: pl.Expr) -> pl.Expr:
 
 
 def _weeks_or_datetimes(
-    data: pl.LazyFrame, r: _Readings, present: int, n_dates: int, expected: str
-) -> tuple[pl.Expr, str, str, int]:
+    data: pl.LazyFrame, r: _Readings, present: int, n_dates: int, expected: str, day_first: bool | None
+) -> _Choice:
     """Text that is neither all ISO dates nor mostly integers: ISO weeks, months or quarters
     when most values are, else ISO datetimes (with any dates among them), each layout counted
     in a pass of its own and only while some values are left unread, as parsing a layout costs
@@ -505,12 +539,12 @@ def _weeks_or_datetimes(
     for (described, _, reading), n_shaped in zip(_TEXT_PERIODS, shaped, strict=True):
         if n_shaped * 2 > present:  # no other layout can read most values: this one, or a rejection naming it
             periods = reading(r.text)
-            return periods, "date", described, data.select(periods.is_not_null().sum()).collect().item()
+            return _Choice(periods, "date", described, data.select(periods.is_not_null().sum()).collect().item())
     if n_prefixed * 2 > present:  # d_1 .. d_1941 (M5): a period index with a name, never years
-        return _prefixed(r.text), "period", "period indexes (d_1, t_12)", n_prefixed
+        return _Choice(_prefixed(r.text), "period", "period indexes (d_1, t_12)", n_prefixed)
     if n_local == present:  # every value midnight where it was recorded: days, not the evening before in UTC
         days = r.text.str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
-        return days, "date", "dates at local midnight", data.select(days.is_not_null().sum()).collect().item()
+        return _Choice(days, "date", "dates at local midnight", data.select(days.is_not_null().sum()).collect().item())
     dates = r.reads["date"][0]
     used, n_read = [dates.cast(pl.Datetime("us"))] if n_dates else [], n_dates
     for parsed in r.datetimes:
@@ -523,13 +557,13 @@ def _weeks_or_datetimes(
     if n_read * 2 <= present:  # not ISO: dates as locales write them, counted only now (ISO files pay nothing)
         written = {"numeric": _NUMERIC_DATE, "year_first": _YEAR_FIRST, "named": f"{_DAY_NAMED}|{_NAMED_DAY}"}
         counts = data.select(r.text.str.contains(shape).sum().alias(name) for name, shape in written.items())
-        found = _written_dates(data, r.text, counts.collect().row(0, named=True), present, r.column)
+        found = _written_dates(data, r.text, counts.collect().row(0, named=True), present, r.column, day_first)
         if found is not None:
-            parsed, kind, described = found
-            return parsed, kind, described, data.select(parsed.is_not_null().sum()).collect().item()
+            parsed, kind, described, shown = found
+            return _Choice(parsed, kind, described, data.select(parsed.is_not_null().sum()).collect().item(), shown)
     if n_read == n_dates:  # no datetime at all
-        return *r.reads["date"], expected, n_dates
-    return pl.coalesce(used), "datetime", expected, n_read
+        return _Choice(*r.reads["date"], expected, n_dates)
+    return _Choice(pl.coalesce(used), "datetime", expected, n_read)
 
 
 def time_rule(
@@ -539,6 +573,7 @@ def time_rule(
     time_format: str | None = None,
     frequency: str | None = None,
     prefer: str | None = None,
+    day_first: bool | None = None,
     stats: dict | None = None,
 ) -> TimeRule:
     """Decide how one file's time column reads (rules: docs/use-cases.md#time-columns), from
@@ -546,7 +581,8 @@ def time_rule(
     questions (``stats``: the answers to ``_readings(...).asks()``, already collected).
 
     ``prefer`` is the kind an earlier landing file of the use case gave: it settles integers
-    that could be years or periods, and a file of another kind is rejected. Raises
+    that could be years or periods, and a file of another kind is rejected. ``day_first`` is the
+    order the use case's other files' numeric dates show, for a file whose own show none. Raises
     :class:`FileRejected` when more than half of the non-null values do not parse.
     """
     dtype = data.collect_schema()[column]
@@ -561,7 +597,8 @@ def time_rule(
         raise FileRejected(
             f"time column {column!r} holds non-integer numbers (e.g. {_examples(data, r.float_source, fractional)})"
         )
-    parsed, kind, expected, n_read = _choose(data, r, stats, time_format, frequency, prefer)
+    choice = _choose(data, r, stats, time_format, frequency, prefer, day_first)
+    parsed, kind, expected, n_read = choice[:4]
     present, n_failed = stats["present"], stats["present"] - n_read
     if n_failed * 2 > present:
         hint = "set 'time_format' (strftime, e.g. '%d/%m/%Y') to read this layout"
@@ -579,7 +616,7 @@ def time_rule(
     _check_kind(column, kind, prefer)
     if kind == "datetime" and frequency in _FLOORS:  # declared: a time of day below it is no other period
         parsed = parsed.dt.truncate(_FLOORS[frequency])
-    return TimeRule(kind, column, dtype, parsed.alias(column), r.source.is_not_null())
+    return TimeRule(kind, column, dtype, parsed.alias(column), r.source.is_not_null(), choice.day_first)
 
 
 # Declared frequencies whose period a datetime is floored to: invoices at 08:26 and 14:02 are
@@ -600,10 +637,13 @@ def parse_time(
     time_format: str | None = None,
     frequency: str | None = None,
     prefer: str | None = None,
+    day_first: bool | None = None,
 ) -> ParsedTime:
     """One time column, parsed by the rule its own values give (:func:`time_rule`)."""
     frame = values.alias(column).to_frame()
-    rule = time_rule(frame.lazy(), column=column, time_format=time_format, frequency=frequency, prefer=prefer)
+    rule = time_rule(
+        frame.lazy(), column=column, time_format=time_format, frequency=frequency, prefer=prefer, day_first=day_first
+    )
     out = rule.apply(frame)
     return ParsedTime(out[column], rule.kind, out[DROP])
 
@@ -953,6 +993,10 @@ class FileRules:
     def time_kind(self) -> str | None:
         return self.time.kind if self.time else None
 
+    @property
+    def day_first(self) -> bool | None:
+        return self.time.day_first if self.time else None
+
 
 def _target_number(target: str, dtype: pl.DataType, decimal_comma: bool) -> pl.Expr:
     return to_number(pl.col(target), decimal_comma) if dtype == pl.Utf8 else pl.col(target).cast(pl.Float64)
@@ -1003,12 +1047,14 @@ def file_rules(
     scoring: bool = False,
     prefer: str | None = None,
     separator: str | None = None,
+    day_first: bool | None = None,
 ) -> FileRules:
     """Decide, over all of one landing file's rows, what needs the whole file: how its time
     values read, which text features are numbers, its decimal mark when the source does not
     declare it, and whether it is a file to reject (:class:`FileRejected`). ``data`` may be lazy
     (a file read in batches): these questions are answered in one pass over it, only a rare
-    time layout (ISO weeks, datetimes) needs a second. ``separator``: a CSV's field separator."""
+    time layout (ISO weeks, datetimes) needs a second. ``separator``: a CSV's field separator;
+    ``prefer`` and ``day_first``: what the use case's other files showed (:func:`time_rule`)."""
     data = parquet_types(data.lazy())
     schema = data.collect_schema()
     missing = [c for c in required_columns(spec, scoring) if c not in schema]
@@ -1070,6 +1116,7 @@ def file_rules(
             time_format=spec.time_format,
             frequency=spec.frequency,
             prefer=prefer,
+            day_first=day_first,
             stats={k.removeprefix("time "): v for k, v in stats.items() if k.startswith("time ")},
         )
     if written is not None and stats[f"target failed {decimal_comma}"] * 2 > stats["target present"]:
@@ -1211,7 +1258,7 @@ class Resolved:
 
 
 def resolve(
-    data: pl.DataFrame, spec: UseCaseSpec, *, policy: str | None = None, file_names: Sequence[str] = ()
+    data: pl.DataFrame, spec: UseCaseSpec, *, policy: str | None = None, file_names: Mapping[int, str] | None = None
 ) -> Resolved:
     """Drop the rows marked in ``__drop``, let a later file replace earlier rows of the same
     (key, time), then apply the duplicate policy inside each file; count everything."""
@@ -1235,7 +1282,7 @@ def resolve(
             latest = pl.col(FILE) == pl.col(FILE).max().over(group)
             counts.append(count_rows(data.filter(~latest), keys, LATER_FILE, "merged"))
             data = data.filter(latest)
-        data, more, failures = _apply_policy(data, spec, policy, file_names)
+        data, more, failures = _apply_policy(data, spec, policy, file_names or {})
         counts += more
     return Resolved(data, null_rows, rows_in, pl.concat(counts), failures, ran)
 
@@ -1255,7 +1302,7 @@ def _has_duplicates(data: pl.DataFrame, group: list[str]) -> bool:
 
 
 def _apply_policy(
-    data: pl.DataFrame, spec: UseCaseSpec, policy: str, file_names: Sequence[str]
+    data: pl.DataFrame, spec: UseCaseSpec, policy: str, file_names: Mapping[int, str]
 ) -> tuple[pl.DataFrame, list[pl.DataFrame], dict[tuple, str]]:
     keys, time = list(spec.keys), spec.time_column
     group = [*keys, time]
@@ -1291,7 +1338,7 @@ def _apply_policy(
     )
     failures = {}
     for row in per_key.iter_rows(named=True):
-        where = file_names[row["file"]] if row["file"] < len(file_names) else f"file #{row['file']}"
+        where = file_names.get(row["file"], f"file #{row['file']}")
         failures[tuple(row[k] for k in keys)] = (
             f"{row['n']} row(s) repeat a ({', '.join(keys)}, {time}) of an earlier row in the same landing file "
             f"({where}), e.g. {time}={row['example']}; the duplicates policy is 'error': set 'duplicates' to one "

@@ -51,7 +51,7 @@ COMPRESSED_EXPANSION = 4
 # 7: the decimal mark each file's numbers show, when undeclared, pandas Periods, stray quotes;
 # 6: byte-order marks, UTF-8 among declared encodings, Excel errors, \N, YYYYMM, CR line ends,
 # rows ending in a separator; 5: title lines, corrupt gzip, month names, time_parts
-READER_VERSION = 8
+READER_VERSION = 9
 
 
 class SpillFailed(Exception):
@@ -70,7 +70,8 @@ class SourceRead:
 
     files: list[dict[str, Any]] = field(default_factory=list)
     kind: str | None = None  # the time column's kind: date, datetime or period
-    names: list[dict[str, Any]] = field(default_factory=list)  # entries of the files with rows, by __file
+    day_orders: set[bool] = field(default_factory=set)  # the day/month orders the files' numeric dates show
+    names: dict[int, dict[str, Any]] = field(default_factory=dict)  # entries of the files with rows, by __file
     template: pl.DataFrame | None = None  # no rows; None when no file has rows
 
     @property
@@ -249,6 +250,7 @@ class FileRead:
     rows: int = 0
     template: pl.DataFrame | None = None
     kind: str | None = None
+    day_first: bool | None = None  # the order the file's numeric dates show (core.ingest.TimeRule)
     lines_above_header: int = 0  # a report export's title lines, skipped
     # a classification file's class labels; None once more than LABELS_TRACKED (not compared)
     labels: set[str] | None = field(default_factory=set)
@@ -270,7 +272,7 @@ def _polars_rejects() -> Iterator[None]:
 def _unreadable(fmt: str, exc: Exception) -> core_ingest.FileRejected:
     """The file's content is the user's: say why it cannot be read."""
     if isinstance(exc, core_ingest.FileRejected):
-        return core_ingest.FileRejected(str(exc)[:500])
+        return type(exc)(str(exc)[:500])  # DayOrderUnknown stays one
     return core_ingest.FileRejected(f"cannot read as {fmt}: {exc}"[:500])
 
 
@@ -284,6 +286,7 @@ def _spill_file(
     *,
     scoring: bool,
     prefer: str | None,
+    day_first: bool | None = None,
 ) -> FileRead:
     """Read one landing file and spill its normalised rows as file ``index``. A file up to
     BATCHED_FILE_BYTES is read whole; a larger one in batches of BATCH_ROWS, by rules decided
@@ -296,7 +299,7 @@ def _spill_file(
     while True:
         try:
             return _read_file(
-                spec, lake, spill, listed, (index, source_bytes), text_columns, scoring, prefer, requote=requote
+                spec, lake, spill, listed, (index, source_bytes), text_columns, scoring, (prefer, day_first), requote
             )
         except LateColumnType as late:
             if late.column in text_columns:
@@ -317,14 +320,14 @@ def _read_file(
     place: tuple[int, int],
     text_columns: list[str],
     scoring: bool,
-    prefer: str | None,
-    *,
+    shown: tuple[str | None, bool | None],
     requote: bool = False,
 ) -> FileRead:
     """One try of :func:`_spill_file`, with ``text_columns`` read as text (and the CSV's quoting
     through Python's csv module with ``requote``); ``place``: the file's index and the bytes of
-    its source."""
+    its source; ``shown``: the time kind and day order other files showed."""
     index, source_bytes = place
+    prefer, day_first = shown
     source = spec.scoring_source if scoring else spec.source
     label = "scoring_source" if scoring else "source"
     options = {
@@ -367,10 +370,12 @@ def _read_file(
             raise _unreadable(source.file_format, exc) from None
         with _polars_rejects():
             separator = layouts[0].options["separator"] if layouts else None
-            rules = core_ingest.file_rules(frame, spec, scoring=scoring, prefer=prefer, separator=separator)
+            rules = core_ingest.file_rules(
+                frame, spec, scoring=scoring, prefer=prefer, separator=separator, day_first=day_first
+            )
         spill.size(frame.height, listed.size, source_bytes)
         spill_batch(frame, rules, 0)
-        out.kind = rules.time_kind
+        out.kind, out.day_first = rules.time_kind, rules.day_first
         out.lines_above_header = layouts[0].lines_above_header if layouts else 0
         return out
     try:
@@ -379,7 +384,9 @@ def _read_file(
         ) as table:
             try:
                 separator = table.layout.options["separator"] if table.layout else None
-                rules = core_ingest.file_rules(table.data, spec, scoring=scoring, prefer=prefer, separator=separator)
+                rules = core_ingest.file_rules(
+                    table.data, spec, scoring=scoring, prefer=prefer, separator=separator, day_first=day_first
+                )
                 out.lines_above_header = table.layout.lines_above_header if table.layout else 0
                 if spill.buckets is None:
                     spill.size(table.data.select(pl.len()).collect().item(), listed.size, source_bytes)
@@ -391,7 +398,7 @@ def _read_file(
         raise
     except Exception as exc:  # the file's content is the user's: say why it cannot be read
         raise _unreadable(source.file_format, exc) from None
-    out.kind = rules.time_kind
+    out.kind, out.day_first = rules.time_kind, rules.day_first
     return out
 
 
@@ -410,50 +417,60 @@ def _held_bytes(listed: LandedFile, fmt: str) -> int:
 
 
 def read_source(
-    spec: UseCaseSpec, lake: Lake, spill: Spill, *, scoring: bool = False, prefer: str | None = None
+    spec: UseCaseSpec, lake: Lake, spill: Spill, *, scoring: bool = False, earlier: SourceRead | None = None
 ) -> SourceRead:
     """Read every landing file of one source once, one file at a time: rejected files are
     recorded and skipped, the others' rows go to ``spill`` (at most one file, or one batch of a
-    large file, is held at a time)."""
-    source = spec.scoring_source if scoring else spec.source
+    large file, is held at a time). A file of numeric dates that show no day/month order
+    (``DayOrderUnknown``: a daily file of the 3rd of a month) is read last, in the order the
+    other files' dates show when they all show one; one rejected so earlier is read again then.
+    ``earlier``: the training source, for the scoring source (its time kind, its day order)."""
     label = "scoring_source" if scoring else "source"
     settings = reading_settings(spec)
     records = rejection_records(lake, spec.name)
-    read = SourceRead(kind=prefer)
-    listing = lake.listing(source.path)  # names, sizes and change stamps: no request per file
+    read = SourceRead(kind=earlier.kind if earlier else None, day_orders=set(earlier.day_orders) if earlier else set())
+    listing = lake.listing((spec.scoring_source if scoring else spec.source).path)  # no request per file
     source_bytes = sum(listed.size for listed in listing)
-    templates = []
-    for listed in listing:
-        name, signature = listed.name, listed.signature
-        entry: dict[str, Any] = {"file": name, "source": label, "rows": 0, "status": "ingested", "reason": ""}
-        entry |= {"rows_dropped": 0, "rows_merged": 0}
-        read.files.append(entry)
-        record = still_rejected(lake, records, name, signature, settings)
-        if record is not None:
-            entry |= {"status": "unchanged_rejected", "reason": record["reason"]}
-            continue
-        index = len(read.names)
+    templates: list[pl.DataFrame] = []
+    orders = read.day_orders
+    waiting: list[tuple[int, LandedFile, dict, str, bool]] = []  # (..., reason, recorded earlier)
+
+    def take(index: int, listed: LandedFile, entry: dict, order: bool | None = None) -> None:
+        """Read one file (``order``: the day order other files show); its index is its place in
+        the listing, so later files win in name order whenever a file is read."""
         try:
             got = read_with_retry(
                 lake,
-                lake.path(*name.split("/")),
-                signature,
-                lambda listed=listed, index=index: _spill_file(
-                    spec, lake, spill, listed, index, source_bytes, scoring=scoring, prefer=read.kind
+                lake.path(*listed.name.split("/")),
+                listed.signature,
+                lambda: _spill_file(
+                    spec, lake, spill, listed, index, source_bytes, scoring=scoring, prefer=read.kind, day_first=order
                 ),
-                lambda index=index: spill.discard(label, index),
+                lambda: spill.discard(label, index),
             )
         except RetryLater as exc:
             entry |= {"status": "retry_later", "reason": str(exc)}
-            continue
+            return
+        except core_ingest.DayOrderUnknown as exc:
+            spill.discard(label, index)
+            if order is None:
+                waiting.append((index, listed, entry, str(exc), False))
+                return
+            reject(lake, spec.name, entry, listed.signature, settings, str(exc))
+            return
         except core_ingest.FileRejected as exc:
             spill.discard(label, index)
-            reject(lake, spec.name, entry, signature, settings, str(exc))
-            continue
-        if file_id(name) in records:
-            lake.delete(records[file_id(name)])  # it was fixed
+            reject(lake, spec.name, entry, listed.signature, settings, str(exc))
+            return
+        if file_id(listed.name) in records:
+            lake.delete(records[file_id(listed.name)])  # it was fixed
+        if got.day_first is not None:
+            orders.add(got.day_first)
+        if order is not None:
+            entry["day_order"] = "day first" if order else "month first"
+            entry["day_order_from"] = "the use case's other landing files"
         if not got.rows:  # a header-only export: no rows, and no say in column types or time kind
-            continue
+            return
         if got.lines_above_header:
             entry["lines_above_header"] = got.lines_above_header
         if got.labels:  # compared with other files' (label_sets_apart)
@@ -461,14 +478,38 @@ def read_source(
         read.kind = read.kind or got.kind
         entry["rows"] = got.rows
         templates.append(got.template)
-        read.names.append(entry)
+        read.names[index] = entry
+
+    for index, listed in enumerate(listing):
+        entry: dict[str, Any] = {"file": listed.name, "source": label, "rows": 0, "status": "ingested", "reason": ""}
+        entry |= {"rows_dropped": 0, "rows_merged": 0}
+        read.files.append(entry)
+        record = still_rejected(lake, records, listed.name, listed.signature, settings)
+        if record is not None and record.get("day_order_unknown"):
+            waiting.append((index, listed, entry, record["reason"], True))
+        elif record is not None:
+            entry |= {"status": "unchanged_rejected", "reason": record["reason"]}
+        else:
+            take(index, listed, entry)
+    for index, listed, entry, reason, recorded in waiting:
+        if len(orders) == 1:
+            take(index, listed, entry, next(iter(orders)))
+        elif recorded:
+            entry |= {"status": "unchanged_rejected", "reason": reason}
+        else:
+            if orders:
+                reason += "; the use case's other landing files show both orders"
+            reject(lake, spec.name, entry, listed.signature, settings, reason, day_order_unknown=True)
     if templates:  # the column types the files' rows take together, as one concatenation would give
         read.template = pl.concat(templates, how="diagonal_relaxed")
     return read
 
 
-def reject(lake: Lake, use_case: str, entry: dict, signature: dict, settings: str, reason: str) -> None:
-    """Record a landing file as unusable for this use case; the file itself stays where it is."""
+def reject(
+    lake: Lake, use_case: str, entry: dict, signature: dict, settings: str, reason: str, day_order_unknown: bool = False
+) -> None:
+    """Record a landing file as unusable for this use case; the file itself stays where it is.
+    ``day_order_unknown``: a later run reads it again once other files show the order."""
     entry |= {"status": "rejected", "reason": reason}
     record = {
         "file": entry["file"],
@@ -478,6 +519,8 @@ def reject(lake: Lake, use_case: str, entry: dict, signature: dict, settings: st
         "settings": settings,
         "first_seen": dt.datetime.now(dt.UTC).isoformat(),
     }
+    if day_order_unknown:
+        record["day_order_unknown"] = True
     lake.write_json(lake.path("rejected", use_case, f"{file_id(entry['file'])}.json"), record)
 
 
@@ -566,7 +609,8 @@ def discover_keys(spec: UseCaseSpec, lake: Lake) -> list[str]:
 
     def keys_of(file: LandedFile) -> list[str]:
         try:
-            if still_rejected(lake, records, file.name, file.signature, settings) is not None:
+            record = still_rejected(lake, records, file.name, file.signature, settings)
+            if record is not None and not record.get("day_order_unknown"):  # that one may be read later
                 return []
             try:
                 return file_keys(spec, lake, file, fmt, spec.source.csv)
@@ -692,7 +736,7 @@ def _resolve(
     its keys (for :func:`_scoring_without_training`)."""
     if read is None or read.template is None:
         return None, []
-    names, kept = [e["file"] for e in read.names], []
+    names, kept = {index: e["file"] for index, e in read.names.items()}, []
     rows = spill.read(label, bucket, "rows", read.template)
     resolved = None if rows is None else core_ingest.resolve(rows, spec, file_names=names)
     del rows
@@ -855,7 +899,7 @@ def ingest(run: StageRun, keys: Sequence[str]) -> StageReport:
     with tempfile.TemporaryDirectory(prefix=_spill_prefix(os.getpid())) as folder:
         spill = Spill(spec, wanted, folder)
         train = read_source(spec, lake, spill)
-        future = read_source(spec, lake, spill, scoring=True, prefer=train.kind) if spec.scoring_source else None
+        future = read_source(spec, lake, spill, scoring=True, earlier=train) if spec.scoring_source else None
         by_bucket: dict[int, list[str]] = {}
         if spill.buckets:
             for key, bucket in zip(keys, wanted.select(spill.bucket()).to_series(), strict=True):
