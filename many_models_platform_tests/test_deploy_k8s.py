@@ -5,6 +5,7 @@ per lane, every kustomization rendered by kubectl and validated by kubernetes-va
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -294,6 +295,11 @@ def test_the_images_install_step_installs_the_locked_runtime_into_a_clean_venv(t
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("manifest.json")
+    # the editable project's own modules compiled too (uv compiles only installed packages)
+    (compile_step,) = re.findall(r"python -m compileall -q (\S+)", parse)
+    assert compile_step == "many_models_platform"
+    done = subprocess.run([str(python), "-m", "compileall", "-q", compile_step], cwd=REPO, env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_submit_usage_mistakes_exit_2(mmp_home):
