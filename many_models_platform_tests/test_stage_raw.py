@@ -1141,6 +1141,30 @@ def test_stray_quotes_are_told_from_csv_quoting_across_the_chunks_a_large_file_i
         assert all(lake_module._stray_quotes(data, layout) for data in stray)
 
 
+def test_a_wide_file_is_read_in_batches_when_its_rows_would_be_many_times_its_size(settings, monkeypatch):
+    """One column per day (M5): unpivoted, a file takes about UNPIVOT_EXPANSION times its size,
+    so one far below BATCHED_FILE_BYTES is streamed in batches, by discovery and ingest alike."""
+    days = [f"d_{d}" for d in range(1, 31)]
+    lines = ["item_id,store_id," + ",".join(days)] + [
+        f"i{i},CA_1," + ",".join(str((i + d) % 4) for d in range(30)) for i in range(3)
+    ]
+    path = land(settings, "m5/sales.csv", "\n".join(lines) + "\n")
+    monkeypatch.setattr(raw, "BATCHED_FILE_BYTES", path.stat().st_size * 4)  # a flat file this size is read whole
+    opened: list[str] = []
+    open_table = Lake.open_table
+    monkeypatch.setattr(
+        Lake, "open_table", lambda self, p, *a, **kw: opened.append(str(p)) or open_table(self, p, *a, **kw)
+    )
+    unpivot = {"columns": "d_*", "name": "d", "value": "sales"}
+    body = forecast_body(source={"path": "landing/m5/*.csv", "unpivot": unpivot}, keys=["item_id", "store_id"])
+    spec = make_spec({**body, "time_column": "d", "target": "sales", "features": [], "lags": [4]}, name="m5")
+    report, out = run_raw(settings, spec)
+    assert len(opened) == 2  # discovery's read of the key columns and ingest's
+    key = encode_key(["i1", "CA_1"])
+    assert report.summary["rejected"] == [] and out[key].info["rows"] == 30
+    assert bronze(settings, spec, key).sort("d")["sales"].to_list()[:5] == [1.0, 2.0, 3.0, 0.0, 1.0]
+
+
 def test_wide_exports_read_as_rows_by_configuration(settings):
     """One column per meter (a ';' export with decimal commas whose time column, pandas' index,
     has an empty header) and one column per year (a World Bank table, a gap in it): each value

@@ -46,7 +46,11 @@ RETRY_DELAYS: tuple[float, ...] = (0.2, 1.0)
 BATCHED_FILE_BYTES = 256 * 2**20
 BATCH_ROWS = 1_000_000
 COMPRESSED_EXPANSION = 4
+# A wide file (``source.unpivot``) becomes one row per value: an M5-shaped CSV of 118 MB took
+# 3.3 GB as rows, 28 times its size, before normalising; the full M5 read whole did not fit.
+UNPIVOT_EXPANSION = 32
 # Bumped when the way files are read changes, so earlier rejections are tried again.
+# 9: a day/month order other files show, '15 de marzo de 2024';
 # 8: month names in German, French, Spanish, Italian, Dutch and Portuguese;
 # 7: the decimal mark each file's numbers show, when undeclared, pandas Periods, stray quotes;
 # 6: byte-order marks, UTF-8 among declared encodings, Excel errors, \N, YYYYMM, CR line ends,
@@ -352,7 +356,7 @@ def _read_file(
             out.template = frame.clear()
         spill.add(label, index, frame, batch)
 
-    if _held_bytes(listed, source.file_format) <= BATCHED_FILE_BYTES:
+    if _held_bytes(listed, source.file_format, source.unpivot) <= BATCHED_FILE_BYTES:
         layouts: list[CsvLayout] = []
         try:
             frame = lake.read_table(
@@ -410,10 +414,12 @@ def _add_labels(out: FileRead, labels: pl.Series) -> None:
             out.labels = None
 
 
-def _held_bytes(listed: LandedFile, fmt: str) -> int:
-    """About what a landing file takes once read: compressed files (Parquet, gzip) several times their size."""
+def _held_bytes(listed: LandedFile, fmt: str, unpivot: Any = None) -> int:
+    """About what a landing file takes once read: compressed files (Parquet, gzip) several times
+    their size, and a wide one (``unpivot``) many times more."""
     compressed = fmt == "parquet" or listed.name.lower().endswith(".gz")
-    return listed.size * (COMPRESSED_EXPANSION if compressed else 1)
+    wide = unpivot is not None
+    return listed.size * (COMPRESSED_EXPANSION if compressed else 1) * (UNPIVOT_EXPANSION if wide else 1)
 
 
 def read_source(
@@ -567,7 +573,7 @@ def file_keys(
     columns = list(dict.fromkeys([*spec.keys, *times]))
     options = {"csv": csv, "requote": requote, "unpivot": spec.source.unpivot}
     with contextlib.ExitStack() as opened:
-        if fmt != "parquet" and _held_bytes(file, fmt) > BATCHED_FILE_BYTES:  # streamed: only the distinct keys held
+        if fmt != "parquet" and _held_bytes(file, fmt, spec.source.unpivot) > BATCHED_FILE_BYTES:  # streamed
             scratch = opened.enter_context(tempfile.TemporaryDirectory(prefix=_spill_prefix(os.getpid())))
             table = opened.enter_context(lake.open_table(file.name, fmt, columns, columns, scratch, **options))
             data = table.data
@@ -622,7 +628,8 @@ def discover_keys(spec: UseCaseSpec, lake: Lake) -> list[str]:
     files = lake.listing(spec.source.path)
     threads = min(DISCOVERY_THREADS, len(files))
     if fmt != "parquet":  # a file above BATCHED_FILE_BYTES is streamed, not held
-        threads = min(threads, DISCOVERY_CSV_BYTES // max([1, *(min(f.size, BATCHED_FILE_BYTES) for f in files)]))
+        held = [min(_held_bytes(f, fmt, spec.source.unpivot), BATCHED_FILE_BYTES) for f in files]
+        threads = min(threads, DISCOVERY_CSV_BYTES // max([1, *held]))
     with ThreadPoolExecutor(max(1, threads)) as pool:
         found = {k for keys in pool.map(keys_of, files) for k in keys}
     return sorted(found)
