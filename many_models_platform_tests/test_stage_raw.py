@@ -205,6 +205,26 @@ def test_a_utf8_file_among_declared_cp1252_ones_and_an_undeclared_utf16_one_read
     assert report.summary["rejected"] == [] and out["se"].info["rows"] == 1
 
 
+def test_a_utf8_byte_order_mark_before_a_quoted_header_is_no_part_of_its_first_name(settings):
+    """Excel's 'CSV UTF-8' starts with a byte-order mark; before a quoted header polars read
+    the first name as '\\ufeff"country"' and the file was rejected. ',' and ';', and with Mac
+    line ends (read through a copy when large) alike."""
+    bom = "\ufeff".encode()
+    rows = ['"country","year","x1","x2","y"', '"se","2020",1,2,3', '"se","2021",1,2,4']
+    (Path(land(settings, "bom/a.csv", "")).write_bytes(bom + "\n".join(rows).encode() + b"\n"))
+    later = "\r".join(r.replace(",", ";").replace("202", "203") for r in rows)  # 2030, 2031
+    (Path(land(settings, "bom/b.csv", "")).write_bytes(bom + later.encode()))
+    spec = yearly("landing/bom/*.csv", name="bom")
+    assert discover_keys(spec, Lake(settings.lake_url)) == ["se"]
+    report, out = run_raw(settings, spec)
+    assert report.summary["rejected"] == [] and out["se"].info["rows"] == 4
+    # a reason polars gives is shown without the query plan it appends
+    with pytest.raises(pl.exceptions.ColumnNotFoundError) as caught:
+        pl.LazyFrame({"a": [1]}).select("b").collect()
+    said = raw._said(caught.value)
+    assert said.startswith('unable to find column "b"') and "Resolved plan" not in said and "FAILED HERE" not in said
+
+
 def test_mac_line_ends_and_a_separator_ending_every_row_read_and_an_extra_value_still_rejects(settings):
     """Excel's 'CSV (Macintosh)' ends lines with a carriage return alone (polars saw one line);
     some exporters end each data row, not the header, with a separator (polars: more fields

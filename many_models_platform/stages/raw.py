@@ -270,14 +270,19 @@ def _polars_rejects() -> Iterator[None]:
     try:
         yield
     except pl.exceptions.PolarsError as exc:
-        raise core_ingest.FileRejected(f"{type(exc).__name__}: {exc}"[:500]) from None
+        raise core_ingest.FileRejected(f"{type(exc).__name__}: {_said(exc)}"[:500]) from None
+
+
+def _said(exc: Exception) -> str:
+    """An error's message without the query plan polars appends (no reason a user can act on)."""
+    return str(exc).split("\n\nResolved plan until failure", 1)[0].strip()
 
 
 def _unreadable(fmt: str, exc: Exception) -> core_ingest.FileRejected:
     """The file's content is the user's: say why it cannot be read."""
     if isinstance(exc, core_ingest.FileRejected):
         return type(exc)(str(exc)[:500])  # DayOrderUnknown stays one
-    return core_ingest.FileRejected(f"cannot read as {fmt}: {exc}"[:500])
+    return core_ingest.FileRejected(f"cannot read as {fmt}: {_said(exc)}"[:500])
 
 
 def _spill_file(

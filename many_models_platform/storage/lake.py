@@ -398,6 +398,7 @@ class Lake:
             with _gzip_rejects():
                 data = gzip.decompress(data)
         csv = file_encoding(csv, data[:HEADER_BYTES], lambda: _is_utf8(io.BytesIO(data)))
+        data = data.removeprefix(codecs.BOM_UTF8)  # polars reads '\ufeff"region"' before a quoted header
         if _cr_line_ends(data[:HEADER_BYTES]):
             data = data.replace(b"\r", b"\n")
         layout = None
@@ -470,7 +471,8 @@ class Lake:
                 csv = file_encoding(csv, start, lambda: _is_utf8(stream))
             encoding = csv.encoding if csv is not None else "utf8"
             cr = _cr_line_ends(start)
-            if head == b"\x1f\x8b" or encoding not in ("utf8", "utf8-lossy") or cr:  # to plain UTF-8 on disk
+            bom = start.startswith(codecs.BOM_UTF8)  # which polars reads into a quoted first header name
+            if head == b"\x1f\x8b" or encoding not in ("utf8", "utf8-lossy") or cr or bom:  # to plain UTF-8 on disk
                 local = _decoded_copy(local, encoding, _scratch_file(scratch, copies), cr_line_ends=cr)
                 if encoding != "utf8-lossy" and csv is not None:
                     csv = csv.model_copy(update={"encoding": "utf8"})  # the copy is UTF-8 now
@@ -788,11 +790,15 @@ def _decoded_copy(source: str, encoding: str, target: str, cr_line_ends: bool = 
 
 
 def _copy_decoded(stream: IO[bytes], encoding: str, out: IO[bytes], cr_line_ends: bool = False) -> None:
+    """UTF-8 text without a byte-order mark (and with ``\n`` line ends when ``cr_line_ends``)."""
     if encoding in ("utf8", "utf8-lossy"):
+        chunk = stream.read(HEADER_BYTES).removeprefix(codecs.BOM_UTF8)
         if not cr_line_ends:
+            out.write(chunk)
             shutil.copyfileobj(stream, out, HEADER_BYTES)
-        while chunk := stream.read(HEADER_BYTES) if cr_line_ends else b"":
+        while cr_line_ends and chunk:
             out.write(chunk.replace(b"\r", b"\n"))
+            chunk = stream.read(HEADER_BYTES)
     else:
         reader = codecs.getreader(encoding)(stream)
         while text := reader.read(HEADER_BYTES):
