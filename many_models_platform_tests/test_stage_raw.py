@@ -557,6 +557,32 @@ def test_dates_that_show_no_day_order_take_the_order_the_other_files_show_in_thi
     assert rejected["file"] == "landing/both/a.csv" and rejected["reason"].endswith("show both orders")
 
 
+def test_a_scoring_file_beside_the_training_files_is_read_as_the_scoring_source_only(settings):
+    """Kaggle's layout: train.csv and test.csv in one folder, ``source.path`` its ``*.csv``.
+    test.csv has no target: read as a training file it was rejected, and that rejection hid it
+    from the scoring source too. It is the scoring source's; a rejection recorded for it as a
+    training file never hides it from the scoring source."""
+    land(settings, "k/train.csv", weekly_csv([("s1", f"2024-01-{d:02d}", d) for d in (1, 8, 15)]))
+    land(settings, "k/test.csv", "store,brand,week_start,price\ns1,b,2024-01-22,2.0\n")
+    body = forecast_body(source={"path": "landing/k/*.csv"}, scoring_source={"path": "landing/k/test.csv"}, lags=[])
+    spec = make_spec(body, name="k")
+    key = encode_key(["s1", "b"])
+    report, out = run_raw(settings, spec)
+    assert report.summary["rejected"] == [] and out[key].info["rows"] == 3 and out[key].info["scoring_rows"] == 1
+    files = {f["file"]: f["source"] for f in report.summary["files"]}
+    assert files == {"landing/k/train.csv": "source", "landing/k/test.csv": "scoring_source"}
+
+    test = Lake(settings.lake_url).listing("landing/k/test.csv")[0]
+    entry = {"file": test.name, "source": "source"}
+    raw.reject(Lake(settings.lake_url), "k", entry, test.signature, raw.reading_settings(spec), "missing ['quantity']")
+    report, out = run_raw(settings, spec)
+    assert out[key].info["scoring_rows"] == 1
+    # the same files in both paths: their rows with a target train, those without are scored
+    same = make_spec({**body, "scoring_source": {"path": "landing/k/*.csv"}}, name="same")
+    training, scoring = (raw.source_files(same, Lake(settings.lake_url), scoring=s) for s in (False, True))
+    assert [f.name for f in training] == [f.name for f in scoring] == ["landing/k/test.csv", "landing/k/train.csv"]
+
+
 def test_a_repeated_week_in_the_scoring_file_drops_the_keys_scoring_rows_not_its_training(settings):
     """The future file repeats a week of s1 (two tills) under the default 'error' policy: which
     future price is meant is unknown, so s1's scoring rows are dropped and counted, and its

@@ -28,7 +28,15 @@ from typing import Any
 from ..core.ingest import FileRejected
 from ..core.spec import UseCaseSpec
 from ..storage.lake import Lake, LandedFile, transient_errors
-from .raw import KeyColumnsMissing, file_keys, reading_settings, reject, rejection_records, still_rejected
+from .raw import (
+    KeyColumnsMissing,
+    file_keys,
+    reading_settings,
+    reject,
+    rejection_records,
+    source_files,
+    still_rejected,
+)
 
 SEEN_FORMAT = 1
 # Files read at once: blob reads are latency-bound (one or a few requests each) and parsing a
@@ -97,7 +105,7 @@ def scan_landing(
     sources = [(spec.source, "source")] + ([(spec.scoring_source, "scoring_source")] if spec.scoring_source else [])
     listed: dict[str, tuple[LandedFile, str, str]] = {}
     for source, label in sources:
-        for f in lake.listing(source.path):
+        for f in source_files(spec, lake, scoring=label == "scoring_source"):
             listed.setdefault(f.name, (f, source.file_format, label))
     todo = [
         (f, fmt, label)
@@ -128,7 +136,7 @@ def scan_landing(
         f, fmt, label = item
         csv = (spec.source if label == "source" else spec.scoring_source).csv
         try:
-            if still_rejected(lake, records, f.name, f.signature, settings) is not None:
+            if still_rejected(lake, records, f.name, f.signature, settings, label) is not None:
                 return "rejected_before", None
             return "ok", file_keys(spec, lake, f, fmt, csv)
         except transient as exc:  # maybe passing (network, throttling, a file being written): next tick

@@ -207,8 +207,11 @@ def rejection_records(lake: Lake, use_case: str) -> dict[str, UPath]:
     return {p.name.removesuffix(".json"): p for p in folder.glob("*.json")}
 
 
-def still_rejected(lake: Lake, records: dict[str, UPath], name: str, signature: dict, settings: str) -> dict | None:
-    """The file's rejection record when neither the file nor the reading settings changed."""
+def still_rejected(
+    lake: Lake, records: dict[str, UPath], name: str, signature: dict, settings: str, source: str = "source"
+) -> dict | None:
+    """The file's rejection record when neither the file nor the reading settings changed, and it
+    was rejected as a file of ``source`` (``source`` or ``scoring_source``)."""
     path = records.get(file_id(name))
     if path is None:
         return None
@@ -217,6 +220,7 @@ def still_rejected(lake: Lake, records: dict[str, UPath], name: str, signature: 
     except (OSError, ValueError):
         return None
     same = record.get("size") == signature["size"] and record.get("modified") == signature["modified"]
+    same = same and record.get("source", source) == source
     return record if same and record.get("settings") == settings else None
 
 
@@ -427,6 +431,21 @@ def _held_bytes(listed: LandedFile, fmt: str, unpivot: Any = None) -> int:
     return listed.size * (COMPRESSED_EXPANSION if compressed else 1) * (UNPIVOT_EXPANSION if wide else 1)
 
 
+def source_files(spec: UseCaseSpec, lake: Lake, *, scoring: bool = False) -> list[LandedFile]:
+    """The landing files of one source, in name order. A file both paths match (train.csv and
+    test.csv in one folder, ``source.path`` its ``*.csv``) is the scoring source's: its rows are
+    the ones to score, without a target. Unless every source file is: both sources are then the
+    same files, their rows with and without a target."""
+    if scoring:
+        return lake.listing(spec.scoring_source.path)
+    files = lake.listing(spec.source.path)
+    if spec.scoring_source is None:
+        return files
+    scored = {f.name for f in lake.listing(spec.scoring_source.path)}
+    training = [f for f in files if f.name not in scored]
+    return training if training else files
+
+
 def read_source(
     spec: UseCaseSpec, lake: Lake, spill: Spill, *, scoring: bool = False, earlier: SourceRead | None = None
 ) -> SourceRead:
@@ -440,7 +459,7 @@ def read_source(
     settings = reading_settings(spec)
     records = rejection_records(lake, spec.name)
     read = SourceRead(kind=earlier.kind if earlier else None, day_orders=set(earlier.day_orders) if earlier else set())
-    listing = lake.listing((spec.scoring_source if scoring else spec.source).path)  # no request per file
+    listing = source_files(spec, lake, scoring=scoring)  # names, sizes and change stamps: no request per file
     source_bytes = sum(listed.size for listed in listing)
     templates: list[pl.DataFrame] = []
     orders = read.day_orders
@@ -495,7 +514,7 @@ def read_source(
         entry: dict[str, Any] = {"file": listed.name, "source": label, "rows": 0, "status": "ingested", "reason": ""}
         entry |= {"rows_dropped": 0, "rows_merged": 0}
         read.files.append(entry)
-        record = still_rejected(lake, records, listed.name, listed.signature, settings)
+        record = still_rejected(lake, records, listed.name, listed.signature, settings, label)
         if record is not None and record.get("day_order_unknown"):
             waiting.append((index, listed, entry, record["reason"], True))
         elif record is not None:
@@ -630,7 +649,7 @@ def discover_keys(spec: UseCaseSpec, lake: Lake) -> list[str]:
         except Exception:  # one unreadable file never hides the others' keys
             return []
 
-    files = lake.listing(spec.source.path)
+    files = source_files(spec, lake)
     threads = min(DISCOVERY_THREADS, len(files))
     if fmt != "parquet":  # a file above BATCHED_FILE_BYTES is streamed, not held
         held = [min(_held_bytes(f, fmt, spec.source.unpivot), BATCHED_FILE_BYTES) for f in files]
