@@ -243,6 +243,13 @@ def test_mac_line_ends_and_a_separator_ending_every_row_read_and_an_extra_value_
     land(settings, "shifted/a.csv", "country,year,x1,x2,y\nse,2020,1,2,3,\nse,2021,1,2,4,9\n")
     report, _ = run_raw(settings, yearly("landing/shifted/*.csv", name="shifted"))
     assert report.summary["rejected"][0]["reason"].startswith("a line has more fields than the header")
+    # a header padded with empty names pads its rows too: every row one field longer is a value
+    # with an unquoted separator in it (y = 1,501), rejected, never read as y = 1
+    land(settings, "padded/a.csv", "country,year,x1,x2,y,,,\nse,2020,1,2,3,,,\n")
+    land(settings, "padded/b.csv", "country,year,x1,x2,y,,,\nfr,2020,1,2,1,501,,,\nfr,2021,1,2,1,502,,,\n")
+    report, out = run_raw(settings, yearly("landing/padded/*.csv", name="padded"))
+    assert out["se"].ok and [r["file"] for r in report.summary["rejected"]] == ["landing/padded/b.csv"]
+    assert report.summary["rejected"][0]["reason"].startswith("a line has more fields than the header")
 
 
 def test_header_names_with_spaces_or_another_case_match_and_a_missing_column_shows_the_header(settings):

@@ -638,7 +638,10 @@ def _csv_layout(
     names = names | {h: h for h in values}
     if values and (undecided or unpivot.value not in number_columns):  # else numbers, as polars reads them
         text |= {h: pl.Utf8 for h in values}
-    trailing = not (csv is not None and _wide_encoding(csv.encoding)) and _trailing_separator(start, options, header)
+    trailing = False
+    if not (csv is not None and _wide_encoding(csv.encoding)):
+        trailing = _trailing_separator(start, options, header)
+        _longer_row(start, options, len(header) + trailing)
     return CsvLayout(options, list(header), names, text, trailing, tuple(values))
 
 
@@ -814,19 +817,46 @@ def _cr_line_ends(start: bytes) -> bool:
 TRAILING_COLUMN = "_after_trailing_separator"  # the empty column a separator at each row's end opens
 
 
+def _first_rows(start: bytes, options: dict[str, Any], limit: int | None = 101) -> list[list[str]]:
+    """The header and the first rows of a CSV's first bytes, as fields (``limit`` lines at most)."""
+    import csv as csv_module
+
+    skip = options.get("skip_lines", 0)
+    lines = start.decode("utf-8", errors="replace").splitlines()[skip : skip + limit if limit else None]
+    if len(start) >= HEADER_BYTES:
+        lines = lines[:-1]  # the last line may be cut by the first MiB
+    return [r for r in csv_module.reader(lines, delimiter=options["separator"]) if r]
+
+
+def _longer_row(start: bytes, options: dict[str, Any], fields: int) -> None:
+    """FileRejected when a row in the file's first MiB has more than ``fields`` fields: an
+    unquoted separator in a value ('1,501'). polars says so only when it reads every column; the
+    columns a use case reads would take the shifted values (units = 1) without a word. Empty
+    fields past the header's end are no value ('a,b' then '1,2,,'), unless the header ends in
+    empty names itself ('a,b,,'): then it was padded to the rows, and a longer row is shifted."""
+    rows = _first_rows(start, options, None)
+    padded = bool(rows) and not rows[0][-1].strip()
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) > fields and (padded or any(f.strip() for f in row[fields:])):
+            raise FileRejected(
+                f"a line has more fields than the header ({fields} columns, separator {options['separator']!r}): "
+                f"an unquoted separator inside a value, or a wrong separator (line {number} of the table has "
+                f"{len(row)}: {options['separator'].join(row)[:80]!r}); quote such values in the export, or set "
+                "'csv: {separator: ...}'"
+            )
+
+
 def _trailing_separator(start: bytes, options: dict[str, Any], header: Sequence[str]) -> bool:
     """Whether the data rows end with a separator the header line lacks (``a,b`` then ``1,2,``),
     as some exporters write them: every row one empty field longer than the header, in the
     first rows. polars rejects such a file as having more fields than its header."""
-    import csv as csv_module
-
-    skip = options.get("skip_lines", 0)
-    lines = start.decode("utf-8", errors="replace").splitlines()[skip : skip + 101]
-    if len(start) >= HEADER_BYTES:
-        lines = lines[:-1]  # the last line may be cut by the first MiB
-    rows = [r for r in csv_module.reader(lines[1:], delimiter=options["separator"]) if r]
+    rows = _first_rows(start, options)
+    if not rows or not rows[0][-1].strip():
+        # a header ending in empty names ('a,b,c,,,') pads the rows itself: a row one field
+        # longer holds an unquoted separator ('1,501'), which a header column would hide
+        return False
     n = len(header)
-    return bool(rows) and all(len(r) == n + 1 and not r[-1].strip() for r in rows)
+    return len(rows) > 1 and all(len(r) == n + 1 and not r[-1].strip() for r in rows[1:])
 
 
 def _header_line_end(data: bytes, skip: int) -> int:
