@@ -171,6 +171,20 @@ def test_a_european_excel_export_reads_with_its_separator_and_decimal_comma_foun
     assert bronze(settings, spec, "ch")["y"].to_list() == [1234.0, 987.0]
 
 
+def test_decimal_comma_declared_for_a_comma_separated_file_says_so_and_undeclared_reads_it(settings):
+    """'decimal_comma: true' needs a separator other than ',': on a comma-separated file the
+    separator silently became ';' and every column went missing. The reason says what to do,
+    and without the declaration the file's quoted '3,5' reads as 3.5."""
+    land(settings, "dc/a.csv", 'country,year,x1,x2,y\nse,2020,1,2,"3,5"\nse,2021,1,2,"4,25"\n')
+    source = {"path": "landing/dc/*.csv", "csv": {"decimal_comma": True}}
+    report, _ = run_raw(settings, yearly(name="declared", source=source), keys=["se"])
+    said = "separated by ',' and the source declares 'csv: {decimal_comma: true}'"
+    assert said in report.summary["rejected"][0]["reason"]
+    found = yearly("landing/dc/*.csv", name="found")
+    report, _ = run_raw(settings, found)
+    assert report.summary["rejected"] == [] and bronze(settings, found, "se")["y"].to_list() == [3.5, 4.25]
+
+
 def test_a_cp1252_export_names_the_encoding_to_set_and_reads_once_it_is_set(settings):
     path = Path(settings.lake_url) / "landing" / "enc" / "a.csv.gz"
     path.parent.mkdir(parents=True)

@@ -581,9 +581,10 @@ def _csv_options(
         separator, best = ",", -1
         if columns:
             wanted = set(columns)
+            header_options = {k: v for k, v in options.items() if k != "decimal_comma"}  # polars refuses it with ','
             for candidate in SEPARATORS:
                 try:
-                    header = pl.read_csv(io.BytesIO(data), n_rows=0, separator=candidate, **options).columns
+                    header = pl.read_csv(io.BytesIO(data), n_rows=0, separator=candidate, **header_options).columns
                 except pl.exceptions.PolarsError:
                     continue
                 found = len(wanted & set(match_columns(columns, header).values()))
@@ -593,6 +594,12 @@ def _csv_options(
                     separator, best, chosen = candidate, found, header
                 if found == len(wanted) + (unpivot is not None):
                     break
+        if separator == "," and options.get("decimal_comma") and best > 0:
+            raise FileRejected(
+                "the file is separated by ',' and the source declares 'csv: {decimal_comma: true}', which needs "
+                "another separator; remove 'decimal_comma': a comma-separated file's quoted decimal commas "
+                "('\"12,5\"') are found from its numbers"
+            )
         if separator == "," and options.get("decimal_comma"):
             separator, chosen = ";", None
     options["separator"] = separator
