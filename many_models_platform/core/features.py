@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from .ingest import all_whole, is_written
+from .ingest import all_whole, is_written, to_number
 from .spec import UseCaseSpec
 
 SPLIT = "__split"
@@ -360,14 +360,25 @@ def check_numeric_features(spec: UseCaseSpec, frame: pl.DataFrame) -> None:
     for c in spec.features:
         dtype = frame.schema.get(c)
         if dtype == pl.Utf8 or isinstance(dtype, pl.Categorical | pl.Enum):
-            col = frame[c].cast(pl.Utf8)  # an export's token for a missing value (NA) is no text
-            written = frame.select(is_written(pl.col(c).cast(pl.Utf8))).to_series()
-            bad = col.filter(written & col.cast(pl.Float64, strict=False).is_null())
+            text = pl.col(c).cast(pl.Utf8)  # an export's token for a missing value (NA) is no text
+            point, comma = to_number(text, False), to_number(text, True)
+            marks = frame.select(
+                bad=is_written(text) & point.is_null() & comma.is_null(),
+                one_mark=point.is_null() != comma.is_null(),  # '12,5' reads with a decimal comma only
+            )
+            bad = frame[c].cast(pl.Utf8).filter(marks["bad"])
             if bad.len():
                 raise KeyDataError(
                     f"feature {c!r} holds text, e.g. {bad[0]!r} ({bad.len()} of {frame.height} rows); "
-                    "if it is a number with a unit or symbol ('12%', '$3.50'), strip it in the export; "
-                    "if it is a category, declare it in 'categorical_features'"
+                    "if it is a number with a unit or symbol other than % or a currency ('12 kg'), strip it "
+                    "in the export; if it is a category, declare it in 'categorical_features'"
+                )
+            shown = frame[c].cast(pl.Utf8).filter(marks["one_mark"])
+            if shown.len():  # every value a number, left as text: some read only with the mark their file did not
+                raise KeyDataError(
+                    f"feature {c!r} holds numbers such as {shown[0]!r} ({shown.len()} of {frame.height} rows) that "
+                    "read only with the other decimal mark than the rest of their file's numbers, so it was read "
+                    "as text; export one decimal mark, or declare it: 'csv: {decimal_comma: ...}'"
                 )
 
 
