@@ -578,10 +578,12 @@ def test_a_report_export_with_title_lines_and_text_classes_publishes_its_actual_
     """The churn report's title lines are skipped (and counted), its 'N/A' labels dropped and
     counted, and every holdout row is published with its actual class next to the predicted one."""
     rows = zoo.sql(
-        "SELECT predicted_label, actual_label, actual FROM predictions WHERE use_case = 'churn' AND kind = 'holdout'"
+        "SELECT predicted_label, actual_label, actual, prediction FROM predictions "
+        "WHERE use_case = 'churn' AND kind = 'holdout'"
     )
     assert rows and all(r[1] in ("churned", "stayed") and r[0] in ("churned", "stayed") for r in rows), rows[:5]
     assert all(r[2] is None for r in rows)  # a class is no number
+    assert all(0.5 <= r[3] <= 1.0 for r in rows)  # the probability of the predicted one of two classes
     agree = sum(r[0] == r[1] for r in rows) / len(rows)
     accuracy = zoo.sql(
         "SELECT avg(value) FROM key_metrics WHERE use_case = 'churn' AND metric = 'accuracy' "

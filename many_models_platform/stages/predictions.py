@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import polars as pl
 
 from ..core import features as F
@@ -174,8 +175,11 @@ def _prediction_rows(spec: UseCaseSpec, model, features: list[str], rows: pl.Dat
         label = nothing
     elif spec.task == "anomaly":
         prediction, label = pl.Series(anomaly_score(model, x), dtype=pl.Float64), F.label_text(pl.Series(pred))
-    else:
-        prediction, label = pl.Series([None] * rows.height, dtype=pl.Float64), F.label_text(pl.Series(pred))
+    else:  # classification: the probability the model gives the class it predicts, when it gives any
+        label = F.label_text(pl.Series(pred))
+        prediction = pl.Series([None] * rows.height, dtype=pl.Float64)
+        if rows.height and hasattr(model, "predict_proba"):
+            prediction = pl.Series(np.asarray(model.predict_proba(x)).max(axis=1), dtype=pl.Float64)
     has_actual = kind != "forecast" and spec.target and spec.target in rows.columns
     truth = rows[spec.target] if has_actual else pl.Series(spec.target or "actual", [None] * rows.height)
     if spec.task == "anomaly":  # 1 (an anomaly) or 0, as the predicted label
