@@ -52,6 +52,11 @@ def test_yyyymm_integers_are_months_and_unix_micro_and_nanoseconds_are_datetimes
         p = parsed(values)
         assert p.kind == "datetime" and p.values.to_list() == [dt.datetime(2024, 3, 1), dt.datetime(2024, 3, 1, 1)]
     assert parsed([1, 2, 3]).kind == "period"
+    # seconds with a fraction, as time.time() and devices write them, as text or as floats (Parquet)
+    at = dt.datetime(2023, 11, 14, 22, 13, 20, 421000)
+    for values in (["1700000000.421", "1700000060", "soon"], [1700000000.421, 1700000060.0, float("nan")]):
+        p = parsed(values)
+        assert p.kind == "datetime" and p.values.to_list() == [at, dt.datetime(2023, 11, 14, 22, 14, 20), None]
 
 
 def test_whole_float_years_from_a_pandas_export_are_years():

@@ -268,6 +268,13 @@ def _excel_days(values: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     return pl.when(days.is_between(*_EXCEL_DAYS)).then(at)
 
 
+def _epoch_fractions(numbers: pl.Expr) -> pl.Expr:
+    """Unix times in seconds with a fraction (``1700000000.421``, as Python's ``time.time()``
+    and many devices write them), to the microsecond; null outside ``EPOCH_SECONDS``."""
+    micros = (numbers * 1_000_000).round(0).cast(pl.Int64, strict=False)
+    return pl.when(numbers.is_between(*EPOCH_SECONDS, closed="left")).then(pl.from_epoch(micros, time_unit="us"))
+
+
 def _epoch(ints: pl.Expr, low: int, high: int, unit: str) -> pl.Expr:
     """Unix times in ``unit``, only in their range: others would overflow microseconds."""
     return pl.when(ints.is_between(low, high - 1)).then(pl.from_epoch(ints, time_unit=unit).dt.cast_time_unit("us"))
@@ -554,6 +561,11 @@ def _weeks_or_datetimes(
         n = data.select((unread & parsed.is_not_null()).sum()).collect().item()
         if n:
             used, n_read = [*used, parsed], n_read + n
+    if n_read * 2 <= present:  # Unix seconds with a fraction, as text
+        seconds = _epoch_fractions(r.text.cast(pl.Float64, strict=False))
+        n_seconds = data.select(seconds.is_not_null().sum()).collect().item()
+        if n_seconds * 2 > present:
+            return _Choice(seconds, "datetime", "Unix times in seconds (1700000000.421)", n_seconds)
     if n_read * 2 <= present:  # not ISO: dates as locales write them, counted only now (ISO files pay nothing)
         written = {"numeric": _NUMERIC_DATE, "year_first": _YEAR_FIRST, "named": f"{_DAY_NAMED}|{_NAMED_DAY}"}
         counts = data.select(r.text.str.contains(shape).sum().alias(name) for name, shape in written.items())
@@ -591,13 +603,19 @@ def time_rule(
         stats = data.select(**r.asks()).collect().row(0, named=True)
     if stats["rows"] and not stats["present"]:
         raise FileRejected(f"time column {column!r} holds no values")
-    if stats.get("fractional"):
+    choice = None
+    if stats.get("fractional") and time_format is None:  # Unix seconds with a fraction, or no time
+        seconds = _epoch_fractions(r.float_source)
+        n_seconds = data.select(seconds.is_not_null().sum()).collect().item()
+        if n_seconds * 2 > stats["present"]:
+            choice = _Choice(seconds, "datetime", "Unix times in seconds (1700000000.421)", n_seconds)
+    if stats.get("fractional") and choice is None:
         finite = r.float_source.is_finite()
         fractional = finite & (r.float_source != r.float_source.round(0))
         raise FileRejected(
             f"time column {column!r} holds non-integer numbers (e.g. {_examples(data, r.float_source, fractional)})"
         )
-    choice = _choose(data, r, stats, time_format, frequency, prefer, day_first)
+    choice = choice or _choose(data, r, stats, time_format, frequency, prefer, day_first)
     parsed, kind, expected, n_read = choice[:4]
     present, n_failed = stats["present"], stats["present"] - n_read
     if n_failed * 2 > present:

@@ -50,7 +50,7 @@ COMPRESSED_EXPANSION = 4
 # 3.3 GB as rows, 28 times its size, before normalising; the full M5 read whole did not fit.
 UNPIVOT_EXPANSION = 32
 # Bumped when the way files are read changes, so earlier rejections are tried again.
-# 9: a day/month order other files show, '15 de marzo de 2024';
+# 9: a day/month order other files show, '15 de marzo de 2024', Unix seconds with a fraction;
 # 8: month names in German, French, Spanish, Italian, Dutch and Portuguese;
 # 7: the decimal mark each file's numbers show, when undeclared, pandas Periods, stray quotes;
 # 6: byte-order marks, UTF-8 among declared encodings, Excel errors, \N, YYYYMM, CR line ends,
