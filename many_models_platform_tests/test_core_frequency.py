@@ -345,10 +345,12 @@ def test_row_accounting_of_the_training_set():
     prepared = F.prepare_training_set(spec, bronze)
     info = prepared.info()
     assert info["rows_in"] == 30
-    # no lag_5: weeks 0-4 but the dropped week 3, and weeks 8, 12, 16 whose lag_5 is a dropped target
-    assert info["drops"] == {"target is null": 1, "target is NaN": 1, "target is inf": 1, "no lag history": 7}
-    assert info["rows_out"] == prepared.frame.height == 30 - 3 - 7
-    assert info["rows_dropped"] == 10 and info["rows_merged"] == 0
+    # no lag_5 history: weeks 0-4 but the dropped week 3. Weeks 8, 12 and 16, whose lag_5 is a dropped
+    # target, are gaps in the series after it started: kept, their lag_5 null (imputed by the model)
+    assert info["drops"] == {"target is null": 1, "target is NaN": 1, "target is inf": 1, "no lag history": 4}
+    assert info["rows_out"] == prepared.frame.height == 30 - 3 - 4
+    assert prepared.frame.filter(pl.col("lag_5").is_null())["week_start"].to_list() == [weeks[8], weeks[12], weeks[16]]
+    assert info["rows_dropped"] == 7 and info["rows_merged"] == 0
     assert info["rows_in"] == info["rows_out"] + info["rows_dropped"] + info["rows_merged"]
     assert prepared.frame["quantity"].is_finite().all()
     assert info["frequency"] == "weekly"

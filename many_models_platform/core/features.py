@@ -540,7 +540,10 @@ def prepare_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> TrainingSet
         bronze = _drop(bronze, [(OFF_GRID, pl.lit(period.off_grid(bronze[t])))], drops)
     frame = make_features(spec, bronze, period=period)
     if spec.lags:
-        frame = _drop(frame, [("no lag history", pl.col(f"lag_{max(spec.lags)}").is_null())], drops)
+        # the key's first rows, before any has its longest lag; a null lag after them is a gap
+        # in the series (a missing reading), imputed like a missing feature, never a dropped row
+        started = pl.col(f"lag_{max(spec.lags)}").is_not_null().cast(pl.Int8).cum_max() == 1
+        frame = _drop(frame, [("no lag history", ~started)], drops)
         if frame.is_empty():  # every row is within the longest lag of the key's start
             advice = "shorten 'lags' or add history" if not drops.get(OFF_GRID) else _OFF_GRID_ADVICE
             raise KeyDataError(
