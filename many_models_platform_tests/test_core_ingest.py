@@ -765,6 +765,14 @@ def test_dates_as_locales_write_them_read_with_the_order_the_file_shows():
         read(["15/03/2024", "03/15/2024"])
     # the order other files showed reads a file that shows none, never one that shows its own
     assert read(["01/02/2024", "02/02/2024"], day_first=False)[0] == [d(2024, 1, 2), d(2024, 2, 2)]
+    # mostly ISO, the newest rows in a locale's layout (the export tool changed): both read, the
+    # locale's order from its own values; an ambiguous rest stays unparseable (counted), never guessed
+    assert read(["2024-03-19", "2024-03-20", "2024-03-21", "21/03/2024", "22/03/2024"]) == (
+        [d(2024, 3, 19), d(2024, 3, 20), d(2024, 3, 21), d(2024, 3, 21), d(2024, 3, 22)],
+        "date",
+    )
+    assert read(["2024-03-19T10:00", "2024-03-20T11:00", "03/21/2024 1:00 PM"])[0][2] == dt.datetime(2024, 3, 21, 13)
+    assert read(["2024-03-19", "2024-03-20", "2024-03-21", "01/02/2024"])[0][3] is None
     assert read(["01/02/2024", "13/02/2024"], day_first=False)[0] == [d(2024, 2, 1), d(2024, 2, 13)]
 
 

@@ -518,6 +518,16 @@ def _written_dates(
     return *_with_clock(data, parts, 5, _calendar_day(parts.struct.field("4"), month, day), described), shown
 
 
+def _written_counts(data: pl.LazyFrame, text: pl.Expr) -> dict[str, int]:
+    """How many values have each shape :func:`_written_dates` reads."""
+    written = {"numeric": _NUMERIC_DATE, "year_first": _YEAR_FIRST, "named": f"{_DAY_NAMED}|{_NAMED_DAY}"}
+    return (
+        data.select(text.str.contains(shape).sum().alias(name) for name, shape in written.items())
+        .collect()
+        .row(0, named=True)
+    )
+
+
 def _with_clock(data: pl.LazyFrame, parts: pl.Expr, first: int, day: pl.Expr, described: str) -> tuple:
     """(parsed, kind, description): datetimes when any value has a time of day, else dates."""
     timed = data.select(parts.struct.field(str(first)).is_not_null().any()).collect().item()
@@ -567,12 +577,25 @@ def _weeks_or_datetimes(
         if n_seconds * 2 > present:
             return _Choice(seconds, "datetime", "Unix times in seconds (1700000000.421)", n_seconds)
     if n_read * 2 <= present:  # not ISO: dates as locales write them, counted only now (ISO files pay nothing)
-        written = {"numeric": _NUMERIC_DATE, "year_first": _YEAR_FIRST, "named": f"{_DAY_NAMED}|{_NAMED_DAY}"}
-        counts = data.select(r.text.str.contains(shape).sum().alias(name) for name, shape in written.items())
-        found = _written_dates(data, r.text, counts.collect().row(0, named=True), present, r.column, day_first)
+        found = _written_dates(data, r.text, _written_counts(data, r.text), present, r.column, day_first)
         if found is not None:
             parsed, kind, described, shown = found
             return _Choice(parsed, kind, described, data.select(parsed.is_not_null().sum()).collect().item(), shown)
+    elif n_read < present:  # mostly ISO: the rest may be one locale's dates (a tool changed, rows were retyped)
+        unread = r.text.is_not_null() & pl.all_horizontal([dates.is_null(), *(u.is_null() for u in used)])
+        rest = data.filter(unread)
+        n_rest = rest.select(pl.len()).collect().item()
+        try:
+            found = _written_dates(rest, r.text, _written_counts(rest, r.text), n_rest, r.column, day_first)
+        except FileRejected:  # their day/month order unknown: unparseable rows, counted
+            found = None
+        if found is not None:
+            parsed, kind, described, shown = found
+            n = data.select((unread & parsed.is_not_null()).sum()).collect().item()
+            both = f"{expected}, and {described}"
+            if n_read == n_dates and kind == "date":  # dates in two layouts: still dates
+                return _Choice(pl.coalesce(dates, parsed), "date", both, n_read + n, shown)
+            return _Choice(pl.coalesce([*used, parsed.cast(pl.Datetime("us"))]), "datetime", both, n_read + n, shown)
     if n_read == n_dates:  # no datetime at all
         return _Choice(*r.reads["date"], expected, n_dates)
     return _Choice(pl.coalesce(used), "datetime", expected, n_read)
