@@ -41,6 +41,7 @@ from many_models_platform.storage.registry import HASH_TAG, production_registry
 from many_models_platform.storage.settings import PlatformSettings
 
 TOKEN = "test-serving-token-7c1f"
+HOSTILE_SEGMENT = "zone 9/north"  # encoded 'zone%209%2Fnorth': a space and a slash, sorted last
 AUTH = {"X-API-Key": TOKEN}
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 DAY = dt.date(2025, 3, 3)
@@ -134,7 +135,9 @@ def world(tmp_path_factory) -> World:
     landing = Path(settings.lake_url) / "landing"
     write_landing(generate_retail_demand(keys=2, rows=70, seed=1), landing / "demand", "demand")
     write_landing(generate_sensor_anomaly(keys=2, rows=120, seed=1), landing / "sensors", "sensors")
-    write_landing(generate_group_regression(keys=10, rows=40, seed=1), landing / "segments", "segments")
+    segments = generate_group_regression(keys=10, rows=40, seed=1).history  # the last one named as users do
+    segments = segments.with_columns(pl.col("segment_id").replace("seg-010", HOSTILE_SEGMENT))
+    write_landing(GeneratedData(segments), landing / "segments", "segments")
     cls = generate_group_regression(keys=2, rows=60, seed=2).history
     cls = cls.with_columns(
         level=pl.when(pl.col("y") > pl.col("y").median().over("segment_id"))
@@ -398,6 +401,23 @@ def test_only_an_artifact_whose_hash_matches_the_registry_is_served(world):
 
 
 # --- security -------------------------------------------------------------------------------
+def test_a_key_is_sent_in_the_url_as_the_warehouse_shows_it(world):
+    """'zone 9/north' is 'zone%209%2Fnorth' in the warehouse and `mmp models --json`: sent so, the
+    server saw the decoded 'zone 9/north' (400, and a slash that split the route: 404). Encoded
+    once more, as clients did to get through, it still answers."""
+    key = world.keys["segments"][-1]
+    assert key == "zone%209%2Fnorth"
+    rows = world.training("segments", key).head(2)
+    body = {"dataframe_records": rows.select(world.specs["segments"].features).to_dicts()}
+    with serving(world) as (base, _app):
+        for sent in (key, key.replace("%", "%25")):
+            answer = httpx.post(predict_url(base, "segments", sent), json=body, headers=AUTH)
+            assert answer.status_code == 200 and answer.json()["key"] == key, answer.text
+            assert len(answer.json()["predictions"]) == 2
+        unknown = httpx.post(predict_url(base, "segments", "zone%209%2Fsouth"), json=body, headers=AUTH)
+        assert unknown.status_code == 404, unknown.text
+
+
 def test_every_route_but_health_requires_a_valid_key(world):
     with serving(world) as (base, app), httpx.Client() as client:
         routes = {(m, r.path) for r in app.routes for m in getattr(r, "methods", ()) if m in ("GET", "POST")}

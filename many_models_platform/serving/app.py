@@ -22,6 +22,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 import orjson
@@ -33,6 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core import features as F
+from ..core.keys import is_encoded_key
 from ..core.modeling import anomaly_score, clip_predictions, model_input, predict
 from ..core.spec import UseCaseSpec, load_config
 from ..core.statistical import StatisticalForecaster
@@ -182,7 +184,10 @@ class Guard:
                         message = f"the body exceeds the limit of {self.limit} bytes"
                         return await send_json(send, 413, orjson.dumps({"error": message}))
             if scope["method"] == "POST" and path.startswith("/v1/use-cases/"):
-                parts = path.split("/")  # "", "v1", "use-cases", use case, "keys", key, route
+                # the path as sent: an encoded key ('Los%20Angeles', 'New%20York%2FNJ') is the key, where
+                # the decoded path would hold 'Los Angeles' and split 'New York/NJ' in two
+                sent = scope.get("raw_path")
+                parts = (sent.decode("latin-1") if sent else path).split("/")  # "", v1, use-cases, uc, keys, key, route
                 if len(parts) == 7 and parts[4] == "keys" and parts[6] in self.scoring:
                     route = PREDICT if parts[6] == "predict" else FORECAST
                     status = await self._score(receive, send, parts, content_type)
@@ -356,6 +361,9 @@ def create_app(settings: ServeSettings, specs: dict[str, UseCaseSpec] | None = N
             spec = store.check_key(use_case, key)
             return spec, await store.get(use_case, key)
         except NotFound as exc:
+            once = unquote(key)
+            if once != key and is_encoded_key(once):  # a client that encoded the encoded key once more
+                return await served(use_case, once)
             raise ApiError(404, f"{use_case}: {exc}") from None
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None

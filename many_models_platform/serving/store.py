@@ -114,7 +114,8 @@ class ModelStore:
         if not is_encoded_key(key) or len(decode_key(key)) != len(spec.keys):
             raise ValueError(
                 f"the key is not an encoded key of use case {use_case!r}: {len(spec.keys)} value(s) "
-                f"({', '.join(spec.keys)}) percent-encoded and joined with '.', as `mmp models` shows them"
+                f"({', '.join(spec.keys)}) percent-encoded and joined with '.', as the warehouse's `key` "
+                "column and `mmp models --json` show them (sent in the URL as they are: 'Los%20Angeles')"
             )
         return spec
 
