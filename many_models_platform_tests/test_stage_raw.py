@@ -578,6 +578,20 @@ def test_dates_that_show_no_day_order_take_the_order_the_other_files_show_in_thi
     assert rejected["file"] == "landing/both/a.csv" and rejected["reason"].endswith("show both orders")
 
 
+def test_a_scoring_source_with_its_own_time_format_beside_iso_history(settings):
+    """Future values from another tool ('01/29/2024', every number 12 or less but the day) beside
+    an ISO history: a use-case 'time_format' would reject the history, so the scoring source
+    takes its own; the history still reads without one."""
+    land(settings, "h/a.csv", weekly_csv([("s1", f"2024-01-{d:02d}", d) for d in (1, 8, 15, 22)]))
+    land(settings, "h_future/a.csv", "store,brand,week_start,price\ns1,b,01/29/2024,2.0\ns1,b,02/05/2024,2.5\n")
+    source = {"path": "landing/h_future/*.csv", "time_format": "%m/%d/%Y"}
+    spec = make_spec(forecast_body(source={"path": "landing/h/*.csv"}, scoring_source=source, lags=[]), name="h")
+    key = encode_key(["s1", "b"])
+    report, out = run_raw(settings, spec, [key])
+    assert report.summary["rejected"] == [] and out[key].info["rows"] == 4 and out[key].info["scoring_rows"] == 2
+    assert bronze(settings, spec, key, "bronze_scoring")["week_start"].to_list() == [D(2024, 1, 29), D(2024, 2, 5)]
+
+
 def test_a_scoring_file_beside_the_training_files_is_read_as_the_scoring_source_only(settings):
     """Kaggle's layout: train.csv and test.csv in one folder, ``source.path`` its ``*.csv``.
     test.csv has no target: read as a training file it was rejected, and that rejection hid it

@@ -510,7 +510,8 @@ def _written_dates(
         raise DayOrderUnknown(
             f"time column {column!r}: {asked['shown']!r} could be day/month or month/day, and no date of the file "
             "shows which (none has a number above 12 before or after the first separator); set 'time_format': "
-            "'%d/%m/%Y' (day first) or '%m/%d/%Y' (month first), with '%y' for two-digit years"
+            "'%d/%m/%Y' (day first) or '%m/%d/%Y' (month first), with '%y' for two-digit years (under 'source' or "
+            "'scoring_source' when only that source's files are written so)"
         )
     day, month = (a, b) if order else (b, a)
     described = ("dates, day first" if order else "dates, month first") + told
@@ -1115,8 +1116,10 @@ def file_rules(
     text_keys = [k for k in spec.keys if schema[k] == pl.Utf8]
     for i, k in enumerate(text_keys):
         asks[f"key {i}"] = _float_written(k)
+    source_spec = spec.scoring_source if scoring and spec.scoring_source else spec.source
+    time_format = source_spec.time_format or spec.time_format  # the source's own, else the use case's
     if spec.time_column:
-        readings = _readings(spec.time_column, schema[spec.time_column], spec.time_format)
+        readings = _readings(spec.time_column, schema[spec.time_column], time_format)
         asks |= {f"time {k}": v for k, v in readings.asks().items()}
     target, written = spec.target, None
     numeric_target = not scoring and target in schema and spec.task in ("forecast", "regression")
@@ -1154,7 +1157,7 @@ def file_rules(
         time = time_rule(
             data,
             column=spec.time_column,
-            time_format=spec.time_format,
+            time_format=time_format,
             frequency=spec.frequency,
             prefer=prefer,
             day_first=day_first,

@@ -142,6 +142,9 @@ class SourceSpec(_Strict):
     format: Literal["csv", "parquet"] | None = None
     csv: CsvSpec | None = None  # CSV dialect; None = UTF-8, separator detected, decimal point
     unpivot: UnpivotSpec | None = None  # a wide export's columns as rows
+    # this source's files' time layout, where it differs from the use case's 'time_format' (future
+    # values written by another tool: '01/07/2025' beside a history of ISO dates)
+    time_format: str | None = None
 
     @field_validator("path")
     @classmethod
@@ -563,8 +566,12 @@ class UseCaseSpec(_Strict):
             )
         if self.metric in UNLABELLED_METRICS and self.task != "anomaly":
             raise ValueError(f"metric {self.metric!r} only applies to task 'anomaly'")
-        if self.time_format and not self.time_column:
-            raise ValueError("'time_format' needs a 'time_column'")
+        sources = [("source", self.source), ("scoring_source", self.scoring_source)]
+        for label, source in [("", self)] + [(f"{n}.", s) for n, s in sources if s is not None]:
+            if source.time_format and not self.time_column:
+                raise ValueError(f"'{label}time_format' needs a 'time_column'")
+            if label and source.time_format and self.time_parts is not None:
+                raise ValueError(f"'time_parts' and '{label}time_format' exclude each other: the parts are numbers")
         if self.frequency and not self.time_column:
             raise ValueError("'frequency' needs a 'time_column'")
         if self.time_parts is not None:
