@@ -102,6 +102,10 @@ def _column_dict(data: dict, max_rows: int, max_columns: int, fmt: str) -> dict[
     return dict(data)
 
 
+# Unlike a landing file, a request is typed: its numbers are JSON numbers, a missing value null
+NUMBERS_AS_JSON = "send JSON numbers ('1200.5', '12 %' or 'N/A' as text are not read), and null for a missing value"
+
+
 def feature_frame(columns: dict[str, list], features: Sequence[str], categorical: Sequence[str]) -> pl.DataFrame:
     """The model's feature columns as a polars frame: numbers (null for missing) or, for the
     use case's categorical features, text. Extra columns are ignored; a missing one is an error."""
@@ -120,7 +124,7 @@ def feature_frame(columns: dict[str, list], features: Sequence[str], categorical
             out[f] = whole_number_text(text)
             continue
         if not all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in values):
-            raise InputError(f"column {f!r} must hold numbers (or null)")
+            raise InputError(f"column {f!r} must hold numbers (or null): {NUMBERS_AS_JSON}")
         out[f] = pl.Series(f, np.array(values, dtype=np.float64), nan_to_null=False)
     return pl.DataFrame(out)
 
@@ -133,7 +137,7 @@ def float_matrix(columns: dict[str, list], features: Sequence[str]) -> np.ndarra
         raise InputError(f"the rows lack the model's feature column(s) {missing}; it takes {list(features)}")
     for f in features:
         if not all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in columns[f]):
-            raise InputError(f"column {f!r} must hold numbers (or null)")
+            raise InputError(f"column {f!r} must hold numbers (or null): {NUMBERS_AS_JSON}")
     # column-major, as polars' to_numpy (to_matrix) and pandas give it: BLAS sums in an order
     # that depends on the layout, and the last bit of a prediction with it
     return np.array([columns[f] for f in features], dtype=np.float64).T
@@ -154,7 +158,7 @@ def records_frame(columns: dict[str, list], schema: dict[str, pl.DataType], keep
                 series = pl.Series(name, values, dtype=pl.Utf8).str.to_datetime(strict=True).cast(dtype)
             elif dtype.is_numeric():
                 if not all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in values):
-                    raise InputError(f"column {name!r} must hold numbers (or null)")
+                    raise InputError(f"column {name!r} must hold numbers (or null): {NUMBERS_AS_JSON}")
                 series = pl.Series(name, values, dtype=pl.Float64).cast(dtype, strict=True)
             else:
                 series = pl.Series(name, [None if v is None else str(v) for v in values], dtype=pl.Utf8).cast(dtype)
