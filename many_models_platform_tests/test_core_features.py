@@ -98,6 +98,7 @@ def test_rows_with_missing_target_are_dropped_before_counting():
         (lambda b: b.with_columns(pl.lit(5.0).alias("quantity")), "constant target"),
         (lambda b: b.with_columns(pl.lit(None, dtype=pl.Float64).alias("price")), "all-NaN features: ['price']"),
         (lambda b: b.with_columns(pl.lit(None, dtype=pl.String).alias("deal")), "all-NaN features: ['deal']"),
+        (lambda b: b.with_columns(pl.lit("N/A").alias("deal")), "['deal']: no row of this key (110) has a value"),
     ],
 )
 def test_unusable_keys_raise_key_data_error_with_reason(retail, mutate, reason):

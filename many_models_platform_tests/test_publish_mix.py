@@ -448,3 +448,7 @@ def test_reasons_that_differ_only_in_their_numbers_are_counted_as_one():
     assert (
         stop_reason("training_set", same) == "no key left after training_set: too few rows: 40 < min_rows 500 (3 keys)"
     )
+    # a long reason is cut at a word and marked, never mid-word ('withou')
+    long = Counter({"time column 't': 600 of 600 values are not in time_format; " + "fix it or remove it " * 20: 3})
+    said = stop_reason("raw", long)
+    assert said.endswith("it… (3 keys)") and len(said) < 360, said

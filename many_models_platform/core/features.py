@@ -527,7 +527,10 @@ def prepare_training_set(spec: UseCaseSpec, bronze: pl.DataFrame) -> TrainingSet
         c for c in spec.features if bronze[c].cast(pl.Float64, strict=False).fill_nan(None).is_null().all()
     ]
     if null_features:
-        raise KeyDataError(f"all-NaN features: {null_features}")
+        raise KeyDataError(
+            f"all-NaN features: {null_features}: no row of this key ({bronze.height}) has a value in them (empty, "
+            "NaN or an export's token for none such as 'N/A'); drop them from 'features', or fill them in the export"
+        )
     null_categories = [c for c in spec.categorical_features if bronze[c].is_null().all()]
     if null_categories:
         raise KeyDataError(f"all-null categorical features: {null_categories}")

@@ -284,6 +284,13 @@ def grouped_reasons(reasons: Counter[str]) -> Counter[str]:
     return out
 
 
+def _shortened(reason: str) -> str:
+    """At most ``_REASON_CHARS`` characters, cut at a word and marked, never mid-word."""
+    if len(reason) <= _REASON_CHARS:
+        return reason
+    return reason[: _REASON_CHARS - 1].rsplit(" ", 1)[0].rstrip(" ,;:") + "…"
+
+
 def stop_reason(stage: str, reasons: Counter[str]) -> str:
     """``no key left after <stage>: <reason> (<n> keys); ...``: the most common reasons first.
 
@@ -292,7 +299,7 @@ def stop_reason(stage: str, reasons: Counter[str]) -> str:
     if reasons and all(r.startswith(STOPPED) for r in reasons):
         return next(iter(reasons.most_common(1)))[0].removeprefix(STOPPED)
     grouped = grouped_reasons(reasons)
-    top = [f"{r[:_REASON_CHARS]} ({n} key{'s' if n != 1 else ''})" for r, n in grouped.most_common(_TOP_REASONS)]
+    top = [f"{_shortened(r)} ({n} key{'s' if n != 1 else ''})" for r, n in grouped.most_common(_TOP_REASONS)]
     more = len(grouped) - len(top)
     return f"no key left after {stage}: " + "; ".join(top) + (f"; and {more} other reason(s)" if more > 0 else "")
 
