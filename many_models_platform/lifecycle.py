@@ -108,7 +108,7 @@ def resolve_key(spec: UseCaseSpec, text: str, known: Sequence[str] = ()) -> str:
     as shown in reports, or the plain value of a single-column key."""
     if text in known:
         return text
-    label = re.fullmatch(", ".join(f"{re.escape(c)}=(.*)" for c in spec.keys), text, flags=re.S)
+    label = re.fullmatch(r",\s*".join(f"{re.escape(c)}=(.*)" for c in spec.keys), text, flags=re.S)  # ', ' or ',
     if label:
         return encode_key(list(label.groups()))
     if is_encoded_key(text) and len(decode_key(text)) == len(spec.keys):

@@ -322,6 +322,14 @@ def test_hostile_keys_map_to_valid_distinct_registry_names(world):
     assert resolve_key(world.spec, f"segment={HOSTILE}") == HOSTILE_KEY
 
 
+def test_a_key_of_two_columns_reads_with_or_without_a_space_after_the_comma():
+    from conftest_core import forecast_body, make_spec
+
+    spec = make_spec(forecast_body())  # keys store, brand
+    for text in ("store=CON, brand=z y", "store=CON,brand=z y", "store=CON,   brand=z y"):
+        assert resolve_key(spec, text) == "CON.z%20y", text
+
+
 def test_models_load_with_mlflow_itself(world):
     """The directories we write are real MLflow skops models: MLflow loads them with the
     trusted types recorded in MLmodel."""
