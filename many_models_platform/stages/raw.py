@@ -597,7 +597,8 @@ def file_keys(
     columns = list(dict.fromkeys([*spec.keys, *times]))
     options = {"csv": csv, "requote": requote, "unpivot": spec.source.unpivot}
     with contextlib.ExitStack() as opened:
-        if fmt != "parquet" and _held_bytes(file, fmt, spec.source.unpivot) > BATCHED_FILE_BYTES:  # streamed
+        wide = spec.source.unpivot is not None  # a wide Parquet file's keys or times may be its value columns
+        if (fmt != "parquet" or wide) and _held_bytes(file, fmt, spec.source.unpivot) > BATCHED_FILE_BYTES:
             scratch = opened.enter_context(tempfile.TemporaryDirectory(prefix=_spill_prefix(os.getpid())))
             table = opened.enter_context(lake.open_table(file.name, fmt, columns, columns, scratch, **options))
             data = table.data
@@ -651,7 +652,7 @@ def discover_keys(spec: UseCaseSpec, lake: Lake) -> list[str]:
 
     files = source_files(spec, lake)
     threads = min(DISCOVERY_THREADS, len(files))
-    if fmt != "parquet":  # a file above BATCHED_FILE_BYTES is streamed, not held
+    if fmt != "parquet" or spec.source.unpivot is not None:  # a file above BATCHED_FILE_BYTES is streamed, not held
         held = [min(_held_bytes(f, fmt, spec.source.unpivot), BATCHED_FILE_BYTES) for f in files]
         threads = min(threads, DISCOVERY_CSV_BYTES // max([1, *held]))
     with ThreadPoolExecutor(max(1, threads)) as pool:
