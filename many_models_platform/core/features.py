@@ -366,14 +366,15 @@ def check_numeric_features(spec: UseCaseSpec, frame: pl.DataFrame) -> None:
                 bad=is_written(text) & point.is_null() & comma.is_null(),
                 one_mark=point.is_null() != comma.is_null(),  # '12,5' reads with a decimal comma only
             )
-            bad = frame[c].cast(pl.Utf8).filter(marks["bad"])
+            values = frame[c].cast(pl.Utf8)
+            bad = values.filter(marks["bad"])
             if bad.len():
                 raise KeyDataError(
                     f"feature {c!r} holds text, e.g. {bad[0]!r} ({bad.len()} of {frame.height} rows); "
                     "if it is a number with a unit or symbol other than % or a currency ('12 kg'), strip it "
                     "in the export; if it is a category, declare it in 'categorical_features'"
                 )
-            shown = frame[c].cast(pl.Utf8).filter(marks["one_mark"])
+            shown = values.filter(marks["one_mark"])
             if shown.len():  # every value a number, left as text: some read only with the mark their file did not
                 raise KeyDataError(
                     f"feature {c!r} holds numbers such as {shown[0]!r} ({shown.len()} of {frame.height} rows) that "

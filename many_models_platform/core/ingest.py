@@ -275,6 +275,15 @@ def _epoch_fractions(numbers: pl.Expr) -> pl.Expr:
     return pl.when(numbers.is_between(*EPOCH_SECONDS, closed="left")).then(pl.from_epoch(micros, time_unit="us"))
 
 
+def _epoch_seconds_choice(data: pl.LazyFrame, numbers: pl.Expr, present: int) -> _Choice | None:
+    """Unix seconds with a fraction, when they are more than half of the values; else None."""
+    seconds = _epoch_fractions(numbers)
+    n_seconds = data.select(seconds.is_not_null().sum()).collect().item()
+    if n_seconds * 2 > present:
+        return _Choice(seconds, "datetime", "Unix times in seconds (1700000000.421)", n_seconds)
+    return None
+
+
 def _epoch(ints: pl.Expr, low: int, high: int, unit: str) -> pl.Expr:
     """Unix times in ``unit``, only in their range: others would overflow microseconds."""
     return pl.when(ints.is_between(low, high - 1)).then(pl.from_epoch(ints, time_unit=unit).dt.cast_time_unit("us"))
@@ -572,12 +581,10 @@ def _weeks_or_datetimes(
         n = data.select((unread & parsed.is_not_null()).sum()).collect().item()
         if n:
             used, n_read = [*used, parsed], n_read + n
-    if n_read * 2 <= present:  # Unix seconds with a fraction, as text
-        seconds = _epoch_fractions(r.text.cast(pl.Float64, strict=False))
-        n_seconds = data.select(seconds.is_not_null().sum()).collect().item()
-        if n_seconds * 2 > present:
-            return _Choice(seconds, "datetime", "Unix times in seconds (1700000000.421)", n_seconds)
-    if n_read * 2 <= present:  # not ISO: dates as locales write them, counted only now (ISO files pay nothing)
+    if n_read * 2 <= present:  # not ISO: Unix seconds with a fraction, as text, or dates as locales write them
+        seconds = _epoch_seconds_choice(data, r.text.cast(pl.Float64, strict=False), present)
+        if seconds is not None:
+            return seconds
         found = _written_dates(data, r.text, _written_counts(data, r.text), present, r.column, day_first)
         if found is not None:
             parsed, kind, described, shown = found
@@ -629,10 +636,7 @@ def time_rule(
         raise FileRejected(f"time column {column!r} holds no values")
     choice = None
     if stats.get("fractional") and time_format is None:  # Unix seconds with a fraction, or no time
-        seconds = _epoch_fractions(r.float_source)
-        n_seconds = data.select(seconds.is_not_null().sum()).collect().item()
-        if n_seconds * 2 > stats["present"]:
-            choice = _Choice(seconds, "datetime", "Unix times in seconds (1700000000.421)", n_seconds)
+        choice = _epoch_seconds_choice(data, r.float_source, stats["present"])
     if stats.get("fractional") and choice is None:
         finite = r.float_source.is_finite()
         fractional = finite & (r.float_source != r.float_source.round(0))

@@ -647,8 +647,9 @@ def _csv_layout(
         text |= {h: pl.Utf8 for h in values}
     trailing = False
     if not (csv is not None and _wide_encoding(csv.encoding)):
-        trailing = _trailing_separator(start, options, header)
-        _longer_row(start, options, len(header) + trailing)
+        rows = _first_rows(start, options)  # parsed once for both checks
+        trailing = _trailing_separator(rows, header)
+        _longer_row(rows, options["separator"], len(header) + trailing)
     return CsvLayout(options, list(header), names, text, trailing, tuple(values))
 
 
@@ -824,46 +825,46 @@ def _cr_line_ends(start: bytes) -> bool:
 TRAILING_COLUMN = "_after_trailing_separator"  # the empty column a separator at each row's end opens
 
 
-def _first_rows(start: bytes, options: dict[str, Any], limit: int | None = 101) -> list[list[str]]:
-    """The header and the first rows of a CSV's first bytes, as fields (``limit`` lines at most)."""
+def _first_rows(start: bytes, options: dict[str, Any]) -> list[tuple[int, list[str]]]:
+    """The header and the rows of a CSV's first bytes, as (line of the table it ends on, fields)."""
     import csv as csv_module
 
     skip = options.get("skip_lines", 0)
-    lines = start.decode("utf-8", errors="replace").splitlines()[skip : skip + limit if limit else None]
+    lines = start.decode("utf-8", errors="replace").splitlines()[skip:]
     if len(start) >= HEADER_BYTES:
         lines = lines[:-1]  # the last line may be cut by the first MiB
-    return [r for r in csv_module.reader(lines, delimiter=options["separator"]) if r]
+    reader = csv_module.reader(lines, delimiter=options["separator"])
+    return [(reader.line_num, r) for r in reader if r]
 
 
-def _longer_row(start: bytes, options: dict[str, Any], fields: int) -> None:
+def _longer_row(rows: list[tuple[int, list[str]]], separator: str, fields: int) -> None:
     """FileRejected when a row in the file's first MiB has more than ``fields`` fields: an
     unquoted separator in a value ('1,501'). polars says so only when it reads every column; the
     columns a use case reads would take the shifted values (units = 1) without a word. Empty
     fields past the header's end are no value ('a,b' then '1,2,,'), unless the header ends in
     empty names itself ('a,b,,'): then it was padded to the rows, and a longer row is shifted."""
-    rows = _first_rows(start, options, None)
-    padded = bool(rows) and not rows[0][-1].strip()
-    for number, row in enumerate(rows[1:], start=2):
+    padded = bool(rows) and not rows[0][1][-1].strip()
+    for number, row in rows[1:]:
         if len(row) > fields and (padded or any(f.strip() for f in row[fields:])):
             raise FileRejected(
-                f"a line has more fields than the header ({fields} columns, separator {options['separator']!r}): "
+                f"a line has more fields than the header ({fields} columns, separator {separator!r}): "
                 f"an unquoted separator inside a value, or a wrong separator (line {number} of the table has "
-                f"{len(row)}: {options['separator'].join(row)[:80]!r}); quote such values in the export, or set "
+                f"{len(row)}: {separator.join(row)[:80]!r}); quote such values in the export, or set "
                 "'csv: {separator: ...}'"
             )
 
 
-def _trailing_separator(start: bytes, options: dict[str, Any], header: Sequence[str]) -> bool:
+def _trailing_separator(rows: list[tuple[int, list[str]]], header: Sequence[str]) -> bool:
     """Whether the data rows end with a separator the header line lacks (``a,b`` then ``1,2,``),
     as some exporters write them: every row one empty field longer than the header, in the
-    first rows. polars rejects such a file as having more fields than its header."""
-    rows = _first_rows(start, options)
-    if not rows or not rows[0][-1].strip():
+    first 101 lines (``_first_rows``). polars rejects such a file as having more fields than its header."""
+    first = [row for line, row in rows if line <= 101]
+    if not first or not first[0][-1].strip():
         # a header ending in empty names ('a,b,c,,,') pads the rows itself: a row one field
         # longer holds an unquoted separator ('1,501'), which a header column would hide
         return False
     n = len(header)
-    return len(rows) > 1 and all(len(r) == n + 1 and not r[-1].strip() for r in rows[1:])
+    return len(first) > 1 and all(len(r) == n + 1 and not r[-1].strip() for r in first[1:])
 
 
 def _header_line_end(data: bytes, skip: int) -> int:
