@@ -661,6 +661,56 @@ def test_scoring_rows_of_keys_without_training_rows_are_counted_per_file(setting
         )
 
 
+def test_a_scoring_row_id_is_kept_as_written_and_a_file_without_it_is_rejected(settings):
+    """``scoring_source.row_id`` names each scoring row: read as text as keys are (zeros kept,
+    spaces stripped, an empty one is none), carried into the key's scoring rows; a scoring file
+    without the column is rejected saying so, and one too long for the warehouse is a counted drop."""
+    land(settings, "w/a.csv", weekly_csv([("s1", f"2024-01-{d:02d}", d) for d in (1, 8, 15)]))
+    land(
+        settings,
+        "w_future/a.csv",
+        "store,brand,week_start,price,order\ns1,b,2024-01-22,2.0, 0012\ns1,b,2024-01-29,2.5,\n"
+        f"s1,b,2024-02-05,2.5,{'x' * 257}\n",
+    )
+    land(settings, "w_future/b.csv", "store,brand,week_start,price\ns1,b,2024-02-12,2.0\n")
+    body = forecast_body(
+        source={"path": "landing/w/*.csv"}, scoring_source={"path": "landing/w_future/*.csv", "row_id": "order"}
+    )
+    spec = make_spec({**body, "lags": []}, name="w")
+    key = encode_key(["s1", "b"])
+    report, out = run_raw(settings, spec, [key])
+    future = bronze(settings, spec, key, "bronze_scoring").sort("week_start")
+    assert future["order"].to_list() == ["0012", None]
+    assert "order" not in bronze(settings, spec, key).columns  # the training rows have no row id
+    assert out[key].info["scoring_drops"] == {raw.core_ingest.ROW_ID_TOO_LONG: 1}
+    (rejected,) = report.summary["rejected"]
+    assert rejected["file"] == "landing/w_future/b.csv" and "missing required column(s) ['order']" in rejected["reason"]
+
+
+def test_rows_folded_by_sum_have_no_row_id_and_last_keeps_the_kept_rows():
+    """A row id names one row: rows that ``sum`` folds into one have none (they are counted as
+    merged), while ``last`` keeps the id of the row it keeps."""
+    from many_models_platform.core import ingest as core_ingest
+
+    rows = pl.DataFrame(
+        {
+            "store": ["s1", "s1", "s1"],
+            "brand": ["b"] * 3,
+            "week_start": [D(2024, 1, 1), D(2024, 1, 1), D(2024, 1, 8)],
+            "price": [1.0, 3.0, 2.0],
+            "order": ["a", "b", "c"],
+            core_ingest.DROP: pl.Series([None] * 3, dtype=pl.Utf8),
+            core_ingest.FILE: pl.Series([0] * 3, dtype=pl.Int32),
+        }
+    )
+    body = forecast_body(scoring_source={"path": "landing/f/*.csv", "row_id": "order"})
+    cases = {"sum": ([None, "c"], [2.0, 2.0]), "last": (["b", "c"], [3.0, 2.0]), "first": (["a", "c"], [1.0, 2.0])}
+    for policy, (ids, prices) in cases.items():
+        spec = make_spec({**body, "duplicates": policy})
+        kept = core_ingest.resolve(rows, spec).data.sort("week_start")
+        assert (kept["order"].to_list(), kept["price"].to_list()) == (ids, prices), policy
+
+
 # --- bounded memory: rows resolved a bucket of keys at a time ---------------------------------
 def panel_csv(keys: range, weeks: int, repeat: str | None = None) -> str:
     """Weekly rows with an integer price; ``repeat``: a store whose first week appears twice."""

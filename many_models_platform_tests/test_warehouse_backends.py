@@ -232,8 +232,8 @@ def migrate(url: str) -> None:
 
 
 def test_schema_is_created_by_alembic_and_matches_the_tables(wh):
-    assert wh.current_revision() == head_revision() == W.SCHEMA_REVISION == "0004"
-    assert wh.query("SELECT version_num FROM alembic_version").rows() == [("0004",)]
+    assert wh.current_revision() == head_revision() == W.SCHEMA_REVISION == "0005"
+    assert wh.query("SELECT version_num FROM alembic_version").rows() == [("0005",)]
     assert {t.name for t in W.metadata.sorted_tables} | {"alembic_version"} == set(wh.table_names())
     doubles = {"double", "double precision"}
     for table in W.metadata.sorted_tables:
@@ -320,9 +320,9 @@ def test_concurrent_ensure_schema_on_postgres_from_several_processes(pg_url, tmp
             p.kill()
     for p, (out, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err
-        assert out.strip() == "0004"
+        assert out.strip() == "0005"
     wh = Warehouse(pg_url)
-    assert wh.query("SELECT version_num FROM alembic_version").rows() == [("0004",)]
+    assert wh.query("SELECT version_num FROM alembic_version").rows() == [("0005",)]
     wh.dispose()
 
 
@@ -347,7 +347,7 @@ def test_concurrent_ensure_schema_from_threads(url):
         w.dispose()
     assert errors == []
     wh = Warehouse(url)
-    assert wh.current_revision() == "0004"
+    assert wh.current_revision() == "0005"
     wh.dispose()
 
 
@@ -367,7 +367,7 @@ def test_a_warehouse_migrated_by_newer_code_is_refused(tmp_path):
 # -- adopting a warehouse made before migrations --------------------------------------------------
 
 
-ADDED_SINCE_0003 = {"predictions": ("period_index", "actual_label")}  # revisions 0003 and 0004
+ADDED_SINCE_0003 = {"predictions": ("period_index", "actual_label", "row_id")}  # revisions 0003 to 0005
 ADDED_IN_0002 = {
     "key_status": ("rows_in", "rows_out", "rows_dropped", "rows_merged", "drop_detail"),
     "run_summary": (
@@ -386,7 +386,7 @@ def old_metadata(shape: str) -> sa.MetaData:
 
     ``current``: the last pre-Alembic code (same tables as revision 0001, unnamed keys).
     ``oldest``: 4-byte REAL values, no ``decided_by``, no ``model_family``.
-    Neither has what revisions 0002 to 0004 added.
+    Neither has what revisions 0002 to 0005 added.
     """
     md = sa.MetaData()
     for table in W.metadata.sorted_tables:
@@ -418,7 +418,7 @@ def test_a_pre_alembic_warehouse_is_adopted_with_its_rows(url, shape):
     wh = Warehouse(url)
     assert wh.current_revision() is None
     wh.ensure_schema()
-    assert wh.current_revision() == "0004"
+    assert wh.current_revision() == "0005"
     assert {"model_family", "key_columns"} <= set(wh.table_names())
     assert "decided_by" in column_types(wh, "promotion_history")
     assert column_types(wh, "predictions")["prediction"][0] in {"double", "double precision"}
@@ -473,7 +473,7 @@ def test_a_0001_warehouse_with_rows_is_upgraded_to_the_head(url):
     wh = Warehouse(url)
     assert wh.current_revision() == "0001"
     wh.ensure_schema()
-    assert wh.current_revision() == "0004"
+    assert wh.current_revision() == "0005"
     assert "key_columns" in set(wh.table_names())
     for table, added in {**ADDED_IN_0002, **ADDED_SINCE_0003}.items():
         got = column_types(wh, table)

@@ -37,6 +37,8 @@ TARGET_INF = "target is inf"
 TARGET_TEXT = "target is not a number"
 LATER_FILE = "replaced by a later file"
 NO_TRAINING_ROWS = "scoring row of a key without training rows"
+ROW_ID_LENGTH = 256  # the width of predictions.row_id in the warehouse
+ROW_ID_TOO_LONG = f"row id longer than {ROW_ID_LENGTH} characters"
 
 YEARS = (1000, 9999)  # integers in this range are calendar years (unless frequency says otherwise)
 # Text time values without a time_format: ISO-8601 dates, then datetimes (a "T" or a space
@@ -961,10 +963,16 @@ def number_columns(spec: UseCaseSpec) -> list[str]:
     return [*spec.features, *([spec.target] if spec.task in ("forecast", "regression") and spec.target else [])]
 
 
+def _id_columns(spec: UseCaseSpec, scoring: bool) -> list[str]:
+    """The columns read as key text: the keys, and a scoring source's row id (``0012`` stays
+    ``0012``, a float id ``12.0`` is ``12``, so a row id reads as the user wrote it)."""
+    return [*spec.keys, spec.row_id] if scoring and spec.row_id else list(spec.keys)
+
+
 def required_columns(spec: UseCaseSpec, scoring: bool) -> list[str]:
     """Columns a landing file must hold: all inputs (a time's parts in place of the time),
-    except the target in a scoring source."""
-    return [c for c in spec.landing_columns if not (scoring and c == spec.target)]
+    except the target in a scoring source, which holds its row id when the use case names one."""
+    return [c for c in spec.source_columns(scoring) if not (scoring and c == spec.target)]
 
 
 _PART_RANGES = {
@@ -1117,7 +1125,7 @@ def file_rules(
         for dc in settings:
             asks[f"text {i} {dc}"] = (is_written(pl.col(c)) & to_number(pl.col(c), dc).is_null()).any()
             asks[f"clash {i} {dc}"] = _separator_clash(c, dc)
-    text_keys = [k for k in spec.keys if schema[k] == pl.Utf8]
+    text_keys = [k for k in _id_columns(spec, scoring) if schema[k] == pl.Utf8]
     for i, k in enumerate(text_keys):
         asks[f"key {i}"] = _float_written(k)
     source_spec = spec.scoring_source if scoring and spec.scoring_source else spec.source
@@ -1197,15 +1205,18 @@ def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, 
     forecasts and regressions.
     """
     frame = compose_time(parquet_types(frame), spec)
-    frame = frame.select([c for c in spec.input_columns if c in frame.columns])
+    ids = _id_columns(spec, scoring)
+    frame = frame.select([c for c in dict.fromkeys([*spec.input_columns, *ids]) if c in frame.columns])
     frame = frame.with_columns(
-        *key_values(spec.keys, frame.schema, rules.float_keys),
+        *key_values(ids, frame.schema, rules.float_keys),
         *[_category_text(c) for c in spec.categorical_features if c in frame.columns],
     )
     decimal_comma = rules.decimal_comma
     if rules.numbers:
         frame = frame.with_columns(to_number(pl.col(c), decimal_comma) for c in rules.numbers)
     reasons = pl.when(pl.any_horizontal([pl.col(k).is_null() for k in spec.keys])).then(pl.lit(NULL_KEY))
+    if spec.row_id in frame.columns:  # a scoring row: its id must fit the warehouse's column
+        reasons = reasons.when(pl.col(spec.row_id).str.len_chars() > ROW_ID_LENGTH).then(pl.lit(ROW_ID_TOO_LONG))
     if spec.time_column:
         frame = rules.time.apply(frame)
         reasons = reasons.when(pl.col(DROP).is_not_null()).then(pl.col(DROP))
@@ -1371,7 +1382,9 @@ def _apply_policy(
         for col in data.columns:
             if col in (*group, FILE):
                 continue
-            if col == spec.target and data.schema[col].is_numeric():
+            if col == spec.row_id:  # rows folded into one are no one row: no id of theirs stands for it
+                aggs.append(pl.lit(None, dtype=pl.Utf8).alias(col))
+            elif col == spec.target and data.schema[col].is_numeric():
                 aggs.append(pl.col(col).sum() if policy == "sum" else pl.col(col).mean())
             elif data.schema[col].is_numeric():
                 aggs.append(pl.col(col).mean())

@@ -145,6 +145,10 @@ class SourceSpec(_Strict):
     # this source's files' time layout, where it differs from the use case's 'time_format' (future
     # values written by another tool: '01/07/2025' beside a history of ISO dates)
     time_format: str | None = None
+    # scoring_source only: the column that names each row (a customer id, a Kaggle test.csv's
+    # 'id'), read as text as keys are and published beside its prediction, so scored rows join
+    # back to the rows the user sent
+    row_id: str | None = None
 
     @field_validator("path")
     @classmethod
@@ -574,6 +578,7 @@ class UseCaseSpec(_Strict):
                 raise ValueError(f"'time_parts' and '{label}time_format' exclude each other: the parts are numbers")
         if self.frequency and not self.time_column:
             raise ValueError("'frequency' needs a 'time_column'")
+        self._check_row_id()
         if self.time_parts is not None:
             self._check_time_parts()
         for src in (self.source, self.scoring_source):
@@ -792,6 +797,27 @@ class UseCaseSpec(_Strict):
             return self.input_columns
         parts = self.landing_time_columns
         return list(dict.fromkeys(p for c in self.input_columns for p in (parts if c == self.time_column else [c])))
+
+    @property
+    def row_id(self) -> str | None:
+        """The scoring source's row id column, if it names one."""
+        return self.scoring_source.row_id if self.scoring_source else None
+
+    def source_columns(self, scoring: bool) -> list[str]:
+        """The landing columns read from one source's files: the scoring source's row id too."""
+        return [*self.landing_columns, self.row_id] if scoring and self.row_id else self.landing_columns
+
+    def _check_row_id(self) -> None:
+        if self.source.row_id:
+            raise ValueError(
+                "'source.row_id' is not read: a row id names the rows of 'scoring_source' (set it there), "
+                "whose predictions carry it"
+            )
+        if self.row_id and self.row_id in self.landing_columns:
+            raise ValueError(
+                f"'scoring_source.row_id' {self.row_id!r} is already a key, time, feature or target column: "
+                "a row id is a column of its own, published as it is"
+            )
 
     def _check_unpivot(self, unpivot: UnpivotSpec, scoring: bool) -> None:
         used = [c for c in self.landing_columns if not (scoring and c == self.target)]

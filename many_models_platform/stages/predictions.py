@@ -77,6 +77,7 @@ def _score_one(
             counts = {"rows_in": exog.height, "rows_out": exog.height - unused, "rows_dropped": unused}
             counts |= {"rows_merged": 0, "drops": {UNUSED_SCORING: unused} if unused else {}}
             note = _carried_forward(spec, exog, forecast[t], counts)
+            segments[-1] = (_with_row_ids(spec, forecast, exog), "forecast")
     else:
         scoring_path = lake.key_path("bronze_scoring", spec.name, key, ".parquet")
         if spec.scoring_source and scoring_path.exists():
@@ -117,6 +118,17 @@ def _score_one(
     crash_point("predictions")
     write_state(lake, spec.name, "predictions", KeyOutcome(key, "ok", note, info=info), run_id)
     return info
+
+
+def _with_row_ids(spec: UseCaseSpec, forecast: pl.DataFrame, exog: pl.DataFrame) -> pl.DataFrame:
+    """The forecast rows with the row id of the scoring row each period's features came from
+    (the last of a period's rows, as ``future_frame`` takes them); none where a period has no
+    scoring row."""
+    if not spec.row_id or spec.row_id not in exog.columns:
+        return forecast
+    t = spec.time_column
+    ids = exog.select(pl.col(t).cast(forecast.schema[t]), spec.row_id).unique(subset=[t], keep="last")
+    return forecast.join(ids, on=t, how="left", maintain_order="left")
 
 
 def _carried_forward(spec: UseCaseSpec, exog: pl.DataFrame, times: pl.Series, counts: dict) -> str:
@@ -168,7 +180,11 @@ def _prediction_rows(spec: UseCaseSpec, model, features: list[str], rows: pl.Dat
     if period.dtype.is_integer():  # a period index is no time: published as a number, not as microseconds
         period, index = pl.Series([None] * rows.height), period.cast(pl.Int64)
     kinds = pl.Series([kind] * rows.height, dtype=pl.Utf8)
-    out = pl.DataFrame({"period": period.cast(pl.Datetime("us")), "period_index": index, "kind": kinds})
+    # the scoring row's own id, as the user wrote it (holdout rows and periods without a scoring row: none)
+    ids = rows[spec.row_id] if spec.row_id in rows.columns else pl.Series([None] * rows.height, dtype=pl.Utf8)
+    out = pl.DataFrame(
+        {"row_id": ids.cast(pl.Utf8), "period": period.cast(pl.Datetime("us")), "period_index": index, "kind": kinds}
+    )
     nothing = pl.Series([None] * rows.height, dtype=pl.Utf8)
     if spec.task in ("forecast", "regression"):
         prediction = pl.Series(clip_predictions(spec, pred.astype(float)), dtype=pl.Float64)

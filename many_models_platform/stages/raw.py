@@ -308,6 +308,8 @@ def _spill_file(
     first 10,000 rows is read again as text (``LateColumnType``). Raises FileRejected, or OSError
     to be tried again."""
     text_columns = [*spec.keys, *spec.categorical_features, *spec.landing_time_columns]
+    if scoring and spec.row_id:  # as written: '0012' keeps its zeros
+        text_columns.append(spec.row_id)
     requote = False
     while True:
         try:
@@ -371,7 +373,7 @@ def _read_file(
             frame = lake.read_table(
                 path,
                 source.file_format,
-                spec.landing_columns,
+                spec.source_columns(scoring),
                 text_columns,
                 size=listed.size,
                 layout_seen=layouts,
@@ -393,7 +395,7 @@ def _read_file(
         return out
     try:
         with lake.open_table(
-            path, source.file_format, spec.landing_columns, text_columns, spill.folder / "landing", **options
+            path, source.file_format, spec.source_columns(scoring), text_columns, spill.folder / "landing", **options
         ) as table:
             try:
                 separator = table.layout.options["separator"] if table.layout else None
@@ -718,7 +720,7 @@ def _per_key(spec: UseCaseSpec, resolved: core_ingest.Resolved | None) -> tuple[
     keys, data = spec.keys, resolved.data
     parts = {}
     if not data.is_empty():
-        columns = [c for c in spec.input_columns if c in data.columns]
+        columns = [c for c in dict.fromkeys([*spec.input_columns, spec.row_id]) if c in data.columns]
         for values, frame in data.partition_by(keys, as_dict=True, maintain_order=True).items():
             parts[encode_key(values)] = frame.select(columns)
     rows_in = {encode_key(row[:-1]): row[-1] for row in resolved.rows_in.iter_rows()}

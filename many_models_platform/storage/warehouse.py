@@ -54,6 +54,7 @@ metadata = sa.MetaData(naming_convention={"pk": "pk_%(table_name)s"})
 Ascii = sa.String
 Unicode = sa.Unicode
 KEY_LENGTH = 512  # the longest encoded key the tables hold (PostgreSQL and SQL Server enforce it)
+ROW_ID_LENGTH = 256  # the longest row id (scoring_source.row_id) predictions hold; raw drops longer ones, counted
 LONG_TEXT = sa.Text().with_variant(mssql.NVARCHAR("max"), "mssql")
 DATE = sa.Date().with_variant(mssql.DATE(), "mssql")
 TIMESTAMP = sa.DateTime().with_variant(mssql.DATETIME2(), "mssql")
@@ -75,6 +76,7 @@ predictions = sa.Table(
     *_key_cols(),
     sa.Column("row_index", sa.Integer, nullable=False),
     sa.Column("key_label", Unicode(1024), nullable=False),
+    sa.Column("row_id", Unicode(ROW_ID_LENGTH), nullable=True),  # the scoring row's id (scoring_source.row_id)
     sa.Column("period", TIMESTAMP, nullable=True),
     sa.Column("period_index", sa.BigInteger, nullable=True),  # an integer period (period NULL)
     sa.Column("kind", Ascii(16), nullable=False),  # forecast | holdout | scoring
@@ -198,7 +200,7 @@ key_columns = sa.Table(
 
 # The newest migration (migrations/versions/). Bump it with every new revision; a test checks
 # that it is Alembic's head. It only spares ensure_schema() the Alembic import when at head.
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0005"
 
 PER_KEY_TABLES = (predictions, key_metrics, key_status)
 HISTORY_TABLES = (promotion_history, run_summary)

@@ -5,6 +5,7 @@ select
     key_label,
     cast(run_date as date) as run_date,
     cast(row_index as {{ dbt.type_int() }}) as row_index,
+    row_id,
     cast(period as {{ dbt.type_timestamp() }}) as period,
     cast(period_index as {{ dbt.type_bigint() }}) as period_index,
     lower(kind) as kind,
