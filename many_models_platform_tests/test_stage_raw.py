@@ -266,6 +266,33 @@ def test_mac_line_ends_and_a_separator_ending_every_row_read_and_an_extra_value_
     assert report.summary["rejected"][0]["reason"].startswith("a line has more fields than the header")
 
 
+def test_a_shifted_row_far_down_a_large_file_is_rejected_like_one_near_its_top(settings):
+    """The first MiB's rows are checked as parsed; past it, each line's fields are counted (its
+    quoted values taken out): '1,501' in a row 12,000 lines down was read as y = 1 without a
+    word. Quoted separators, empty fields past the header's end and a trailing separator on
+    every row are no shift there either."""
+    pad = "n" * 90  # an unread column, so the file passes the first MiB
+    rows = [f"se,{2000 + i % 20},1,2,{i % 7},{pad}" for i in range(12_000)]
+    header = "country,year,x1,x2,y,note\n"
+    fine = [*rows[:11000], 'se,2030,1,2,3,"a, quoted note"', "se,2031,1,2,3,note,, ,", *rows[11000:]]
+    land(settings, "big/fine.csv", header + "\n".join(fine) + "\n")
+    shifted = [*rows[:11000], "fr,2020,1,2,1,501,note", *rows[11000:]]
+    land(settings, "big/shifted.csv", header + "\n".join(shifted) + "\n")
+    trailing = "".join(f"{r}," + "\n" for r in [*rows, "fr,2021,1,2,4,x,9"])
+    land(settings, "big/trailing.csv", header + trailing)
+    sizes = [(Path(settings.lake_url) / "landing/big" / f).stat().st_size for f in ("fine.csv", "shifted.csv")]
+    assert min(sizes) > 2**20
+    report, out = run_raw(settings, yearly("landing/big/*.csv", name="big"))
+    reasons = {r["file"]: r["reason"] for r in report.summary["rejected"]}
+    assert sorted(reasons) == ["landing/big/shifted.csv", "landing/big/trailing.csv"]
+    assert reasons["landing/big/shifted.csv"].startswith(
+        "a line has more fields than the header (6 columns, separator ','): an unquoted separator inside a value, "
+        "or a wrong separator (line 11002 of the file has 7: 'fr,2020,1,2,1,501,note')"
+    )
+    assert "line 12002 of the file has 8: 'fr,2021,1,2,4,x,9,'" in reasons["landing/big/trailing.csv"]
+    assert out["se"].ok and "fr" not in out
+
+
 def test_header_names_with_spaces_or_another_case_match_and_a_missing_column_shows_the_header(settings):
     land(settings, "hdr/a.csv", " Country ,YEAR,x1,X2,y\nse,2020,1,2,3\n")
     land(settings, "hdr/b.csv", "country,year,x1,y\nse,2021,1,4\n")

@@ -195,6 +195,9 @@ class CsvLayout:
     text: dict[str, Any]
     trailing_separator: bool = False  # rows end with a separator the header lacks (TRAILING_COLUMN)
     wide: tuple[str, ...] = ()  # a wide export's value columns, read as text and unpivoted
+    # the fields a row may hold, whether the header was padded with empty names, and the first
+    # line the first MiB's check did not see (``_longer_line``); None: nothing left to check
+    row_check: tuple[int, bool, int] | None = None
 
     @property
     def lines_above_header(self) -> int:
@@ -404,6 +407,7 @@ class Lake:
         layout = None
         try:
             layout = _csv_layout(data, csv, columns, text_columns, required, number_columns, unpivot)
+            _longer_line(data, layout)
             if layout.trailing_separator:
                 data = _with_header_column(data, layout)
             if requote or _stray_quotes(data, layout):
@@ -480,6 +484,7 @@ class Lake:
                 layout = _csv_layout(
                     f.read(HEADER_BYTES), csv, columns, text_columns, required, number_columns, unpivot
                 )
+            _longer_line(local, layout)
             if layout.trailing_separator:  # a copy whose header names the column the rows end with
                 local = _header_column_copy(local, layout, _scratch_file(scratch, copies))
             if requote or _stray_quoted_file(local, layout):
@@ -619,7 +624,9 @@ def _csv_layout(
     required column is missing (``columns`` None: every column). ``number_columns`` are read as
     text when the separator is not ',' (';', tab, '|': European exports among them) and the
     decimal mark is not declared: polars would read ``1.234`` as 1.234 where the file may mean
-    1234, and ingest decides over the whole file."""
+    1234, and ingest decides over the whole file. ``start`` may be the whole file: only its
+    first MiB is looked at (``_longer_line`` checks the rest's rows when the file is read)."""
+    start = start[:HEADER_BYTES]
     options, header = _csv_options(start, csv, columns, unpivot=unpivot)
     if header is None:
         header = pl.read_csv(io.BytesIO(start), n_rows=0, **options).columns
@@ -645,12 +652,16 @@ def _csv_layout(
     names = names | {h: h for h in values}
     if values and (undecided or unpivot.value not in number_columns):  # else numbers, as polars reads them
         text |= {h: pl.Utf8 for h in values}
-    trailing = False
+    trailing, row_check = False, None
     if not (csv is not None and _wide_encoding(csv.encoding)):
         rows = _first_rows(start, options)  # parsed once for both checks
         trailing = _trailing_separator(rows, header)
-        _longer_row(rows, options["separator"], len(header) + trailing)
-    return CsvLayout(options, list(header), names, text, trailing, tuple(values))
+        # a value past the header's columns is a shift: the empty field a trailing separator leaves is none
+        fields, padded = len(header), bool(rows) and not rows[0][1][-1].strip()
+        _longer_row(rows, options["separator"], fields, padded)
+        if len(start) >= HEADER_BYTES:  # the rest of the file, when the file is read
+            row_check = (fields, padded, start.count(b"\n"))
+    return CsvLayout(options, list(header), names, text, trailing, tuple(values), row_check)
 
 
 def _lacks(required: Sequence[str], names: dict[str, str]) -> bool:
@@ -837,21 +848,64 @@ def _first_rows(start: bytes, options: dict[str, Any]) -> list[tuple[int, list[s
     return [(reader.line_num, r) for r in reader if r]
 
 
-def _longer_row(rows: list[tuple[int, list[str]]], separator: str, fields: int) -> None:
+def _longer_row(rows: list[tuple[int, list[str]]], separator: str, fields: int, padded: bool) -> None:
     """FileRejected when a row in the file's first MiB has more than ``fields`` fields: an
     unquoted separator in a value ('1,501'). polars says so only when it reads every column; the
     columns a use case reads would take the shifted values (units = 1) without a word. Empty
     fields past the header's end are no value ('a,b' then '1,2,,'), unless the header ends in
-    empty names itself ('a,b,,'): then it was padded to the rows, and a longer row is shifted."""
-    padded = bool(rows) and not rows[0][1][-1].strip()
+    empty names itself ('a,b,,', ``padded``): then it was padded to the rows, and a longer row is shifted."""
     for number, row in rows[1:]:
         if len(row) > fields and (padded or any(f.strip() for f in row[fields:])):
-            raise FileRejected(
-                f"a line has more fields than the header ({fields} columns, separator {separator!r}): "
-                f"an unquoted separator inside a value, or a wrong separator (line {number} of the table has "
-                f"{len(row)}: {separator.join(row)[:80]!r}); quote such values in the export, or set "
-                "'csv: {separator: ...}'"
-            )
+            raise _longer_row_rejected(separator, fields, f"line {number} of the table", len(row), separator.join(row))
+
+
+def _longer_row_rejected(separator: str, fields: int, where: str, found: int, line: str, more: int = 0) -> FileRejected:
+    others = f", and {more} more such line(s)" if more else ""
+    return FileRejected(
+        f"a line has more fields than the header ({fields} columns, separator {separator!r}): "
+        f"an unquoted separator inside a value, or a wrong separator ({where} has {found}: {line[:80]!r}{others}); "
+        "quote such values in the export, or set 'csv: {separator: ...}'"
+    )
+
+
+def _longer_line(source: bytes | str | os.PathLike, layout: CsvLayout) -> None:
+    """``_longer_row`` over the lines past the first MiB of a larger file, in one pass of polars
+    over its lines: a shifted row far down a large export is as silent as one near its top.
+    Quoted values are taken out of each line before its separators are counted; a line with an
+    odd number of quotes (part of a value that spans lines) is not judged."""
+    if layout.row_check is None:
+        return
+    fields, padded, first = layout.row_check
+    separator = layout.options["separator"]
+    line = pl.col("line").str.strip_chars_end("\r")
+    quotes = line.str.count_matches('"', literal=True)
+    bare = line.str.replace_all('"[^"]*"', "")
+    found = bare.str.count_matches(separator, literal=True) + 1
+    # empty fields past the header's end are no value, unless the header was padded to the rows
+    valued = (
+        found if padded else bare.str.strip_chars_end(f"{separator} \t").str.count_matches(separator, literal=True) + 1
+    )
+    shifted = valued > fields
+    try:
+        lines = pl.scan_csv(
+            source,
+            has_header=False,
+            separator="\x1f",  # no separator of a CSV: each line is one value
+            quote_char=None,
+            new_columns=["line"],
+            infer_schema=False,
+            encoding="utf8-lossy",
+            truncate_ragged_lines=True,
+        )
+        bad = lines.with_row_index().filter((pl.col("index") >= first) & (quotes % 2 == 0) & shifted)
+        got = bad.select(
+            pl.len(), pl.col("index").first(), line.first().alias("text"), found.first().alias("found")
+        ).collect(engine="streaming")
+    except pl.exceptions.ComputeError:  # lines this pass cannot split: polars' own read judges the file
+        return
+    n, index, text, count = got.row(0)
+    if n:
+        raise _longer_row_rejected(separator, fields, f"line {index + 1} of the file", count, text, n - 1)
 
 
 def _trailing_separator(rows: list[tuple[int, list[str]]], header: Sequence[str]) -> bool:
