@@ -470,11 +470,11 @@ def _print_summary(settings, spec, result, run_date) -> None:
         console.print(Text("step failed ", style="red") + Text(redact(err, settings.secrets())), soft_wrap=True)
 
 
-def _top_reasons(ingest: dict, shown: int = 3) -> str:
-    """The commonest reasons rows were dropped or merged at ingest, over the training files."""
+def _top_reasons(ingest: dict, shown: int = 3, source: str = "source") -> str:
+    """The commonest reasons rows were dropped or merged at ingest, over one source's files."""
     totals: dict[str, int] = {}
     for f in ingest.get("files") or []:
-        if f.get("source") == "source":
+        if f.get("source") == source:
             for reason, n in (f.get("drops") or {}).items():
                 totals[reason] = totals.get(reason, 0) + int(n or 0)
     ranked = sorted(((n, r) for r, n in totals.items() if n), reverse=True)
@@ -493,7 +493,7 @@ def _print_ingest(ingest: dict, counts: bool = True) -> None:
             f"merged {_int(ingest.get('rows_merged'))}"
         )
     if counts and ingest.get("scoring_rows") is not None:
-        console.print(f"  scoring rows landed {_scoring_rows(ingest)}")
+        console.print(f"  scoring rows landed {_scoring_rows(ingest)}", soft_wrap=True, markup=False, highlight=False)
     rejected = ingest.get("rejected") or []
     if rejected:
         console.print(f"  {len(rejected)} file(s) rejected (left where they are):")
@@ -540,13 +540,11 @@ def _print_ingest(ingest: dict, counts: bool = True) -> None:
 
 
 def _scoring_rows(ingest: dict) -> str:
-    """The scoring source's rows: landed, dropped (of keys no training row has: nothing scores
-    them), merged."""
-    orphans = ingest.get("scoring_rows_without_training") or 0
+    """The scoring source's rows: landed, dropped and merged, with the commonest reasons (rows of
+    keys no training row has among them: nothing scores them)."""
     return (
         f"{_int(ingest['scoring_rows'])}, dropped {_int(ingest.get('scoring_rows_dropped'))}"
-        + (f" ({_int(orphans)} of keys without training rows)" if orphans else "")
-        + f", merged {_int(ingest.get('scoring_rows_merged'))}"
+        + f", merged {_int(ingest.get('scoring_rows_merged'))}{_top_reasons(ingest, source='scoring_source')}"
     )
 
 

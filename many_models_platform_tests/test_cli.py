@@ -189,6 +189,12 @@ def test_files_left_for_the_next_run_are_listed_with_why():
             {"file": "landing/g/b.csv.gz", "status": "retry_later", "reason": "OSError: unexpected end of file"},
             {"file": "landing/g/c.csv", "status": "ingested"},
             {"file": "landing/g/d.csv", "status": "ingested", "lines_above_header": 3},
+            {
+                "file": "landing/g/future.csv",
+                "source": "scoring_source",
+                "status": "ingested",
+                "drops": {"scoring row of a key without training rows": 3, "row id longer than 256 characters": 1},
+            },
         ],
     }
     with cli.console.capture() as captured:
@@ -197,7 +203,10 @@ def test_files_left_for_the_next_run_are_listed_with_why():
     assert "1 file(s) rejected" in out and "1 file(s) not read, tried again on the next run" in out
     assert "landing/g/b.csv.gz: OSError: unexpected end of file" in out and "c.csv" not in out
     assert "1 file(s) with title lines above the header (3 line(s) skipped)" in out
-    assert "scoring rows landed 10, dropped 4 (3 of keys without training rows), merged 0" in out
+    assert (
+        "scoring rows landed 10, dropped 4, merged 0 (scoring row of a key without training rows 3, "
+        "row id longer than 256 characters 1)" in out
+    )
     assert "1 group(s) of keys differ only in case" in out and "store=Store A | store=STORE A" in out
     assert "1 group(s) of class labels differ only in case" in out and "GOLD | Gold | gold" in out
     assert "class labels that share none with each other's" in out and "landing/g/jan.csv: 0, 1" in out

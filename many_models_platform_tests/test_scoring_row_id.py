@@ -81,6 +81,44 @@ def test_regression_scoring_rows_are_published_with_their_own_ids(settings):
     assert got == {actual: (cid, encode_key([seg])) for actual, (cid, seg) in sent.items()}
 
 
+def test_customers_scored_on_one_day_in_two_batches_are_all_scored(settings):
+    """Two scoring files of one key and snapshot date but other customers are other rows: the
+    later file replaced the first batch (and 'last' kept one customer a day). A row dropped at
+    ingest (an id too long) is counted and named in the key's predictions reason."""
+    from many_models_platform.stages.base import read_state
+
+    landing = Path(settings.lake_url) / "landing"
+    (landing / "st/score").mkdir(parents=True)
+    days = pl.date_range(dt.date(2024, 1, 1), dt.date(2024, 5, 29), eager=True)
+    rng = np.random.default_rng(1)
+    pl.DataFrame(
+        {"segment": "a", "snapshot": days, "x1": rng.normal(size=days.len()), "x2": rng.normal(size=days.len())}
+    ).with_columns((pl.col("x1") * 2).alias("y")).write_csv(landing / "st/train.csv")
+    (landing / "st/score/batch_1.csv").write_text(
+        "customer_id,segment,snapshot,x1,x2\nA1,a,2024-06-01,0,0\nA2,a,2024-06-01,1,0\n"
+    )
+    (landing / "st/score/batch_2.csv").write_text(
+        f"customer_id,segment,snapshot,x1,x2\nB1,a,2024-06-01,2,0\n{'L' * 257},a,2024-06-01,3,0\n"
+    )
+    body = regression_body(
+        source={"path": "landing/st/*.csv"},
+        scoring_source={"path": "landing/st/score/*.csv", "row_id": "customer_id"},
+        time_column="snapshot",
+        duplicates="last",
+        candidates=[{"name": "linear", "estimator": "sklearn.linear_model.LinearRegression"}],
+    )
+    spec = make_spec(body, name="st")
+    outcomes = run_all(spec, settings, discover_keys(spec, Lake(settings.lake_url)))
+    assert outcomes["predictions"]["a"].ok, outcomes["predictions"]["a"].reason
+    rows = published(settings, spec)
+    assert sorted(rows["row_id"].to_list()) == ["A1", "A2", "B1"] and set(rows["kind"]) == {"scoring"}
+    reason = read_state(Lake(settings.lake_url), spec.name, "predictions", "a").reason
+    assert reason == (
+        "1 scoring_source row(s) of this key are not scored: removed or merged at ingest "
+        f"({core_ingest.ROW_ID_TOO_LONG}: 1)"
+    )
+
+
 def test_forecast_rows_carry_the_id_of_the_scoring_row_of_their_period(settings):
     """A forecast row's features come from the scoring row of its period: it publishes that
     row's id; the holdout rows have none."""
@@ -115,7 +153,29 @@ def test_the_row_id_fits_the_warehouse_column():
 
 
 def test_a_row_id_is_a_scoring_source_column_of_its_own():
+    from many_models_platform.core.spec import ConfigError, parse_config
+
     with pytest.raises(ValueError, match=r"'source\.row_id' is not read"):
         make_spec(regression_body(source={"path": "landing/x/*.csv", "row_id": "id"}))
-    with pytest.raises(ValueError, match=r"'scoring_source\.row_id' 'x1' is already a key, time, feature"):
+    taken = r"'scoring_source\.row_id' {} is the use case's column {} \(a key, time, time part, feature or target\)"
+    with pytest.raises(ValueError, match=taken.format("'x1'", "'x1'")):
         make_spec(regression_body(scoring_source={"path": "landing/s/*.csv", "row_id": "x1"}))
+    with pytest.raises(ValueError, match=taken.format("' SEGMENT'", "'segment'")):  # headers match up to case
+        make_spec(regression_body(scoring_source={"path": "landing/s/*.csv", "row_id": " SEGMENT"}))
+    parts = {"time_column": "t", "time_parts": {"year": "yr", "month": "mo"}}
+    with pytest.raises(ValueError, match=taken.format("'t'", "'t'")):  # a time made of parts
+        make_spec(regression_body(**parts, scoring_source={"path": "landing/s/*.csv", "row_id": "t"}))
+    with pytest.raises(ValueError, match="must name a column of the scoring files"):
+        make_spec(regression_body(scoring_source={"path": "landing/s/*.csv", "row_id": "  "}))
+    with pytest.raises(
+        ConfigError, match="field 'row_id': Extra inputs are not permitted: it belongs under 'scoring_source'"
+    ):
+        parse_config({"use_cases": {"u": regression_body(row_id="id")}})
+
+
+def test_float_ids_and_keys_read_as_the_integers_they_are():
+    """pandas writes an integer id column with gaps as floats: 12.0 is 12, and 1e16 is the
+    integer, not '1e+16'."""
+    frame = pl.DataFrame({"id": [12.0, 1e16, float("nan"), 2.5, -3.0]})
+    got = frame.select(core_ingest.key_values(["id"], frame.schema))["id"].to_list()
+    assert got == ["12", "10000000000000000", None, "2.5", "-3"]

@@ -712,6 +712,7 @@ def test_a_scoring_row_id_is_kept_as_written_and_a_file_without_it_is_rejected(s
     assert out[key].info["scoring_drops"] == {raw.core_ingest.ROW_ID_TOO_LONG: 1}
     (rejected,) = report.summary["rejected"]
     assert rejected["file"] == "landing/w_future/b.csv" and "missing required column(s) ['order']" in rejected["reason"]
+    assert "'order' is the scoring_source's row_id: every scoring file needs it" in rejected["reason"]
 
 
 def test_rows_folded_by_sum_have_no_row_id_and_last_keeps_the_kept_rows():

@@ -746,8 +746,11 @@ def key_values(
     out = []
     for k in keys:
         column = pl.col(k)
-        if schema is not None and schema[k].is_float():
-            column = column.fill_nan(None).cast(pl.Utf8).str.replace(r"^(-?\d+)\.0$", "${1}")
+        if schema is not None and schema[k].is_float():  # a whole float as the integer: 1e16 is 10000000000000000
+            number = column.fill_nan(None)
+            whole = (number == number.floor()) & (number.abs() < 2.0**63)
+            as_integer = number.cast(pl.Int64, strict=False).cast(pl.Utf8)
+            column = pl.when(whole).then(as_integer).otherwise(number.cast(pl.Utf8))
         text = column.cast(pl.Utf8).str.strip_chars().map_batches(_one_spelling, return_dtype=pl.Utf8)
         if k in float_text:
             text = text.str.replace(_FLOAT_INTEGER, "${1}")
@@ -961,6 +964,12 @@ def _number_hint(examples: Sequence[str], decimal_comma: bool) -> str:
 def number_columns(spec: UseCaseSpec) -> list[str]:
     """The columns that hold numbers: numeric features, and a forecast's or regression's target."""
     return [*spec.features, *([spec.target] if spec.task in ("forecast", "regression") and spec.target else [])]
+
+
+def utf16_length(text: pl.Expr) -> pl.Expr:
+    """The length of text in UTF-16 code units, as SQL Server's NVARCHAR counts it: a character
+    beyond the Basic Multilingual Plane (an emoji, four bytes in UTF-8) counts twice."""
+    return text.str.len_chars() + text.str.count_matches(r"[\x{10000}-\x{10FFFF}]")
 
 
 def _id_columns(spec: UseCaseSpec, scoring: bool) -> list[str]:
@@ -1215,8 +1224,8 @@ def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, 
     if rules.numbers:
         frame = frame.with_columns(to_number(pl.col(c), decimal_comma) for c in rules.numbers)
     reasons = pl.when(pl.any_horizontal([pl.col(k).is_null() for k in spec.keys])).then(pl.lit(NULL_KEY))
-    if spec.row_id in frame.columns:  # a scoring row: its id must fit the warehouse's column
-        reasons = reasons.when(pl.col(spec.row_id).str.len_chars() > ROW_ID_LENGTH).then(pl.lit(ROW_ID_TOO_LONG))
+    if scoring and spec.row_id in frame.columns:  # its id must fit the warehouse's column
+        reasons = reasons.when(utf16_length(pl.col(spec.row_id)) > ROW_ID_LENGTH).then(pl.lit(ROW_ID_TOO_LONG))
     if spec.time_column:
         frame = rules.time.apply(frame)
         reasons = reasons.when(pl.col(DROP).is_not_null()).then(pl.col(DROP))
@@ -1334,9 +1343,9 @@ def resolve(
         data = data.filter(pl.col(DROP).is_null())
     data = data.drop(DROP)
     failures: dict[tuple, str] = {}
-    ran = bool(time) and not data.is_empty() and _has_duplicates(data, [*keys, time])
+    group = same_row(spec, data.columns)
+    ran = bool(time) and not data.is_empty() and _has_duplicates(data, group)
     if ran:
-        group = [*keys, time]
         if data[FILE].n_unique() > 1:
             latest = pl.col(FILE) == pl.col(FILE).max().over(group)
             counts.append(count_rows(data.filter(~latest), keys, LATER_FILE, "merged"))
@@ -1344,6 +1353,16 @@ def resolve(
         data, more, failures = _apply_policy(data, spec, policy, file_names or {})
         counts += more
     return Resolved(data, null_rows, rows_in, pl.concat(counts), failures, ran)
+
+
+def same_row(spec: UseCaseSpec, columns: Sequence[str]) -> list[str]:
+    """The columns whose values make rows one row for the later-file rule and the duplicates
+    policy: key and time; with a scoring row id, the id too (two customers scored on one day are
+    two rows), except in a forecast, whose scoring rows are one row of features per period."""
+    group = [*spec.keys, spec.time_column]
+    if spec.row_id in columns and spec.task != "forecast":
+        group.append(spec.row_id)
+    return group
 
 
 def merged_types(data: pl.DataFrame, spec: UseCaseSpec, policy: str | None = None) -> pl.DataFrame:
@@ -1364,7 +1383,7 @@ def _apply_policy(
     data: pl.DataFrame, spec: UseCaseSpec, policy: str, file_names: Mapping[int, str]
 ) -> tuple[pl.DataFrame, list[pl.DataFrame], dict[tuple, str]]:
     keys, time = list(spec.keys), spec.time_column
-    group = [*keys, time]
+    group = same_row(spec, data.columns)
     if policy == "keep":
         return data, [], {}
     position = pl.int_range(pl.len()).over(group)
@@ -1401,7 +1420,7 @@ def _apply_policy(
     for row in per_key.iter_rows(named=True):
         where = file_names.get(row["file"], f"file #{row['file']}")
         failures[tuple(row[k] for k in keys)] = (
-            f"{row['n']} row(s) repeat a ({', '.join(keys)}, {time}) of an earlier row in the same landing file "
+            f"{row['n']} row(s) repeat a ({', '.join(group)}) of an earlier row in the same landing file "
             f"({where}), e.g. {time}={row['example']}; the duplicates policy is 'error': set 'duplicates' to one "
             f"of {', '.join(p for p in POLICIES if p != 'keep' or spec.task != 'forecast')}"
         )

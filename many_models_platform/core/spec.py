@@ -150,6 +150,13 @@ class SourceSpec(_Strict):
     # back to the rows the user sent
     row_id: str | None = None
 
+    @field_validator("row_id")
+    @classmethod
+    def _names_a_column(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must name a column of the scoring files (or be left out)")
+        return v
+
     @field_validator("path")
     @classmethod
     def _relative(cls, v: str) -> str:
@@ -813,9 +820,12 @@ class UseCaseSpec(_Strict):
                 "'source.row_id' is not read: a row id names the rows of 'scoring_source' (set it there), "
                 "whose predictions carry it"
             )
-        if self.row_id and self.row_id in self.landing_columns:
+        # header names match up to case and spaces, so 'STORE' would read the key column 'store'
+        taken = {c.strip().casefold(): c for c in [*self.input_columns, *self.landing_columns]}
+        if self.row_id and self.row_id.strip().casefold() in taken:
             raise ValueError(
-                f"'scoring_source.row_id' {self.row_id!r} is already a key, time, feature or target column: "
+                f"'scoring_source.row_id' {self.row_id!r} is the use case's column "
+                f"{taken[self.row_id.strip().casefold()]!r} (a key, time, time part, feature or target): "
                 "a row id is a column of its own, published as it is"
             )
 
@@ -901,10 +911,16 @@ def parse_config(raw: Any, source: str = "<config>") -> PlatformConfig:
     return PlatformConfig(use_cases=use_cases, run=run, source_file=source)
 
 
+# fields of a nested section written at the use case's level
+_BELONGS_UNDER = {"row_id": "scoring_source", "csv": "source", "unpivot": "source", "threshold": "promotion"}
+
+
 def _describe(source: str, where: str, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(whole entry)"
         msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden" and loc in _BELONGS_UNDER:
+            msg += f": it belongs under '{_BELONGS_UNDER[loc]}'"
         lines.append(f"{source}: {where}, field '{loc}': {msg}")
     return "\n".join(lines)

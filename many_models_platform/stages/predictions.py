@@ -78,11 +78,13 @@ def _score_one(
             counts |= {"rows_merged": 0, "drops": {UNUSED_SCORING: unused} if unused else {}}
             note = _carried_forward(spec, exog, forecast[t], counts)
             segments[-1] = (_with_row_ids(spec, forecast, exog), "forecast")
+            note = _joined(note, _removed_at_ingest(spec, lake, key))
     else:
         scoring_path = lake.key_path("bronze_scoring", spec.name, key, ".parquet")
         if spec.scoring_source and scoring_path.exists():
             rows = F.make_features(spec, lake.read_parquet(scoring_path), calendar=F.calendar_of(features))
             segments.append((rows, "scoring"))
+            note = _removed_at_ingest(spec, lake, key)
         else:
             holdout = _todays_holdout(spec, lake, key)
             if holdout is None:
@@ -142,6 +144,22 @@ def _carried_forward(spec: UseCaseSpec, exog: pl.DataFrame, times: pl.Series, co
     if values:
         said.append(f"{values} feature value(s) are missing in its scoring_source rows")
     return f"{' and '.join(said)}: the key's last observed values stand in for them" if said else ""
+
+
+def _removed_at_ingest(spec: UseCaseSpec, lake: Lake, key: str) -> str:
+    """The note on a key whose scoring rows ``raw`` removed some of (counted there, by reason):
+    the rows sent that have no prediction, said where its predictions are looked at."""
+    raw = read_state(lake, spec.name, "raw", key)
+    drops = (raw.info.model_dump().get("scoring_drops") or {}) if raw else {}
+    if not drops:
+        return ""
+    detail = "; ".join(f"{reason}: {n}" for reason, n in drops.items())
+    n = sum(drops.values())
+    return f"{n} scoring_source row(s) of this key are not scored: removed or merged at ingest ({detail})"
+
+
+def _joined(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
 
 
 def _without_scoring_rows(spec: UseCaseSpec, lake: Lake, key: str, instead: str) -> str:

@@ -109,6 +109,12 @@ class Spill:
         self.buckets: int | None = None
         self.narrow = [*spec.keys, *([spec.time_column] if spec.time_column else []), core_ingest.FILE]
         self.narrow.append(core_ingest.DROP)
+        if spec.row_id:  # a scoring row's id is part of what makes it one row (core.ingest.same_row)
+            self.narrow.append(spec.row_id)
+
+    def narrow_of(self, frame: pl.DataFrame) -> list[str]:
+        """The counting columns ``frame`` holds (a training file has no row id)."""
+        return [c for c in self.narrow if c in frame.columns]
 
     def bucket(self) -> pl.Expr:
         return (pl.struct(self.spec.keys).hash(seed=0) % (self.buckets or 1)).cast(pl.Int32)
@@ -139,7 +145,7 @@ class Spill:
             self._scatter(label, piece, "rows", frame)
             return
         self._scatter(label, piece, "rows", frame.filter(wanted))
-        self._scatter(label, piece, "counted", frame.filter(~wanted).select(self.narrow))
+        self._scatter(label, piece, "counted", frame.filter(~wanted).select(self.narrow_of(frame)))
 
     def discard(self, label: str, index: int) -> None:
         """Take back what one file added: it was rejected or changed part way through its batches."""
@@ -169,7 +175,7 @@ class Spill:
         if not paths:
             return None
         if part == "counted":
-            template = template.select(self.narrow)
+            template = template.select(self.narrow_of(template))
         columns = template.columns if set(template.columns) <= set(self.narrow) else None  # a narrow read
         return pl.concat([template, *(pl.read_ipc(p, columns=columns) for p in paths)], how="diagonal_relaxed")
 
@@ -492,7 +498,7 @@ def read_source(
             return
         except core_ingest.FileRejected as exc:
             spill.discard(label, index)
-            reject(lake, spec.name, entry, listed.signature, settings, str(exc))
+            reject(lake, spec.name, entry, listed.signature, settings, _with_row_id_hint(spec, scoring, str(exc)))
             return
         if file_id(listed.name) in records:
             lake.delete(records[file_id(listed.name)])  # it was fixed
@@ -535,6 +541,17 @@ def read_source(
     if templates:  # the column types the files' rows take together, as one concatenation would give
         read.template = pl.concat(templates, how="diagonal_relaxed")
     return read
+
+
+def _with_row_id_hint(spec: UseCaseSpec, scoring: bool, reason: str) -> str:
+    """A scoring file's rejection for lacking the row id column says that it is the row id."""
+    missing = re.match(r"missing required column\(s\) (\[[^\]]*\])", reason)
+    if scoring and spec.row_id and missing and repr(spec.row_id) in missing[1]:
+        return (
+            f"{reason}; {spec.row_id!r} is the scoring_source's row_id: every scoring file needs it, "
+            "named as the file's header names the column that identifies each row"
+        )
+    return reason
 
 
 def reject(
@@ -836,7 +853,7 @@ def _runs_policy(spec: UseCaseSpec, spill: Spill, read: SourceRead | None, label
     rows (run keys' or others') repeat a (key, time). Reads only the counting columns."""
     if read is None or read.template is None:
         return False
-    narrow = read.template.select(spill.narrow)
+    narrow = read.template.select(spill.narrow_of(read.template))
     for bucket in range(spill.buckets or 0):
         for part in ("rows", "counted"):
             frame = spill.read(label, bucket, part, narrow)
