@@ -504,7 +504,11 @@ def _print_ingest(ingest: dict, counts: bool = True) -> None:
             console.print(f"    ... and {len(rejected) - 20} more (Dagster: the raw asset's run report)")
     for field, what in (
         ("keys_differing_in_case", "keys differ only in case (kept apart, rows split between them)"),
-        ("keys_differing_in_leading_zeros", "keys differ only in leading zeros or a .0 (kept apart, rows split)"),
+        (
+            "keys_differing_in_leading_zeros",
+            "keys differ only in leading zeros or a .0 (kept apart, rows split; "
+            "key_leading_zeros: strip makes them one)",
+        ),
         ("labels_differing_in_case", "class labels differ only in case (separate classes)"),
     ):
         similar = ingest.get(field) or []

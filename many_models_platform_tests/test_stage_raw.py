@@ -715,6 +715,30 @@ def test_a_scoring_row_id_is_kept_as_written_and_a_file_without_it_is_rejected(s
     assert "'order' is the scoring_source's row_id: every scoring file needs it" in rejected["reason"]
 
 
+def test_key_leading_zeros_strip_makes_one_key_of_ids_written_with_and_without_zeros(settings):
+    """One export writes store 007, another 7 (Excel dropped the zeros): two keys, each with
+    half the rows, by default; with ``key_leading_zeros: strip`` one key '7' with all of them,
+    found alike by discovery and ingest. Values that are not digits only stay as written."""
+    land(
+        settings, "z/a.csv", weekly_csv([("007", "2024-01-01", 1), ("A007", "2024-01-01", 5), ("000", "2024-01-01", 6)])
+    )
+    land(settings, "z/b.csv", weekly_csv([("7", "2024-01-08", 2), ("07", "2024-01-15", 3)]))
+    body = forecast_body(source={"path": "landing/z/*.csv"}, lags=[])
+    kept = make_spec(body, name="z")
+    assert discover_keys(kept, Lake(settings.lake_url)) == sorted(
+        encode_key([s, "b"]) for s in ("007", "07", "7", "A007", "000")
+    )
+    strip = make_spec({**body, "key_leading_zeros": "strip"}, name="z")
+    keys = discover_keys(strip, Lake(settings.lake_url))
+    assert keys == sorted(encode_key([s, "b"]) for s in ("7", "A007", "0"))
+    report, out = run_raw(settings, strip, keys)
+    seven = encode_key(["7", "b"])
+    assert out[seven].ok and out[seven].info["rows"] == 3
+    assert bronze(settings, strip, seven)["store"].unique().to_list() == ["7"]
+    assert "keys_differing_in_leading_zeros" not in report.summary
+    assert raw.reading_settings(strip) != raw.reading_settings(kept)  # a rejected file is read again
+
+
 def test_rows_folded_by_sum_have_no_row_id_and_last_keeps_the_kept_rows():
     """A row id names one row: rows that ``sum`` folds into one have none (they are counted as
     merged), while ``last`` keeps the id of the row it keeps."""

@@ -732,11 +732,15 @@ _FLOAT_INTEGER = r"^(-?\d+)\.0+$"  # 12.0: an integer id as pandas writes a colu
 
 
 def key_values(
-    keys: Sequence[str], schema: pl.Schema | dict | None = None, float_text: Sequence[str] = ()
+    keys: Sequence[str],
+    schema: pl.Schema | dict | None = None,
+    float_text: Sequence[str] = (),
+    unpadded: Sequence[str] = (),
 ) -> list[pl.Expr]:
     """Key columns as key text: surrounding spaces stripped (``"a "`` is ``"a"``, as padded
     fixed-width exports write it), and an empty value is a missing one. Case and leading
-    zeros are kept: ``A``/``a`` and ``0012``/``12`` stay different keys. A float column
+    zeros are kept: ``A``/``a`` and ``0012``/``12`` stay different keys, except in the columns of
+    ``unpadded`` (``key_leading_zeros: strip``), where digits lose their leading zeros. A float column
     (pandas writes an integer id column with gaps as floats) gives ``12`` for ``12.0``, and
     NaN is missing, so the key matches the same id from an integer or text file; so does a
     text column of ``float_text`` (:func:`float_written_keys`: a CSV of such floats). Text
@@ -754,6 +758,8 @@ def key_values(
         text = column.cast(pl.Utf8).str.strip_chars().map_batches(_one_spelling, return_dtype=pl.Utf8)
         if k in float_text:
             text = text.str.replace(_FLOAT_INTEGER, "${1}")
+        if k in unpadded:  # '007' is '7', '000' is '0'; 'A007' and '-07' are not digits only
+            text = text.str.replace(r"^0+(\d+)$", "${1}")
         out.append(pl.when(text.str.len_bytes() > 0).then(text).alias(k))
     return out
 
@@ -1217,7 +1223,7 @@ def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, 
     ids = _id_columns(spec, scoring)
     frame = frame.select([c for c in dict.fromkeys([*spec.input_columns, *ids]) if c in frame.columns])
     frame = frame.with_columns(
-        *key_values(ids, frame.schema, rules.float_keys),
+        *key_values(ids, frame.schema, rules.float_keys, spec.unpadded_keys),
         *[_category_text(c) for c in spec.categorical_features if c in frame.columns],
     )
     decimal_comma = rules.decimal_comma

@@ -514,6 +514,9 @@ class UseCaseSpec(_Strict):
     source: SourceSpec
     scoring_source: SourceSpec | None = None
     keys: list[str] = Field(min_length=1)
+    # 'strip': a key value of digits only loses its leading zeros ('007' and '7' one key), for
+    # exports that write one id both ways; 'keep': zero-padded ids stay distinct (docs/use-cases.md#keys)
+    key_leading_zeros: Literal["keep", "strip"] = "keep"
     time_column: str | None = None
     # strftime format of a text (or integer) time column, e.g. "%y" for two-digit years;
     # without it ISO-8601 text, dates, datetimes and integer years are recognised.
@@ -804,6 +807,11 @@ class UseCaseSpec(_Strict):
             return self.input_columns
         parts = self.landing_time_columns
         return list(dict.fromkeys(p for c in self.input_columns for p in (parts if c == self.time_column else [c])))
+
+    @property
+    def unpadded_keys(self) -> list[str]:
+        """The key columns whose digit-only values lose their leading zeros."""
+        return list(self.keys) if self.key_leading_zeros == "strip" else []
 
     @property
     def row_id(self) -> str | None:

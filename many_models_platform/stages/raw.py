@@ -199,6 +199,7 @@ def reading_settings(spec: UseCaseSpec) -> str:
     """Everything that decides whether a file can be read; a change re-reads rejected files."""
     fields = spec.model_dump(
         include={"task", "source", "scoring_source", "keys", "time_column", "time_format", "time_parts", "frequency"}
+        | {"key_leading_zeros"}
         | {"target", "features", "categorical_features"}
     )
     blob = json.dumps({"spec": fields, "reader": READER_VERSION}, sort_keys=True, default=str)
@@ -639,7 +640,7 @@ def file_keys(
         except pl.exceptions.ComputeError as exc:  # a streamed file's bad row shows only now
             raise table.error(exc) if table is not None else exc from None
         float_keys = core_ingest.float_written_keys(found, spec.keys)
-        values = found.select(core_ingest.key_values(spec.keys, found.schema, float_keys)).unique()
+        values = found.select(core_ingest.key_values(spec.keys, found.schema, float_keys, spec.unpadded_keys)).unique()
     return sorted(encode_key(row) for row in values.drop_nulls().iter_rows())
 
 
