@@ -518,7 +518,10 @@ def _print_ingest(ingest: dict, counts: bool = True) -> None:
                 console.print(f"    {' | '.join(group)}", soft_wrap=True, markup=False, highlight=False)
     apart = ingest.get("label_sets_apart") or []
     if apart:  # 0/1 in one export, no/yes in another: four classes where two were meant
-        console.print("  files write class labels that share none with each other's (each label is its own class):")
+        console.print(
+            "  files write class labels that share none with each other's (each label is its own class; "
+            "target_labels maps the ways a class is written to one):"
+        )
         for item in apart:
             shown = f"    {item['file']}: {', '.join(item['labels'])}"
             console.print(shown, soft_wrap=True, markup=False, highlight=False)

@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest_core import forecast_body, make_spec, regression_body, write_config
 from lightgbm import LGBMRegressor
 from sklearn.linear_model import LinearRegression, Ridge
@@ -288,3 +289,16 @@ def test_a_wide_exports_unpivot_names_columns_the_use_case_uses():
         make_spec({**body, "source": {"path": "landing/m/*.csv", "unpivot": {**wide, "name": "client"}}})
     with pytest.raises(ValueError, match=r"'name' and 'value' must be two different columns"):
         make_spec({**body, "source": {"path": "landing/m/*.csv", "unpivot": {**wide, "name": "load"}}})
+
+
+def test_target_labels_are_text_each_spelling_of_one_class_and_quoted_where_yaml_would_read_booleans():
+    body = regression_body(task="classification", metric="accuracy")
+    spec = make_spec({**body, "target_labels": {1: ["Y", 1.0], "0": ["N"]}})
+    assert spec.target_labels == {"1": ["Y", "1"], "0": ["N"]}
+    with pytest.raises(ValueError, match="'y' is listed for both '1' and '0'"):
+        make_spec({**body, "target_labels": {"1": ["Y"], "0": ["y"]}})
+    with pytest.raises(ValueError, match="applies to a 'target' of task 'classification' or 'anomaly'"):
+        make_spec(regression_body(target_labels={"1": ["Y"]}))
+    unquoted = yaml.safe_load("target_labels: {'1': [yes, Y], '0': [no]}")  # yes and no read as booleans
+    with pytest.raises(ConfigError, match=r"True is YAML's reading of an unquoted yes, no, on, off"):
+        parse_config({"use_cases": {"u": {**body, **unquoted}}})

@@ -1211,6 +1211,28 @@ def test_files_whose_class_labels_share_none_are_shown(settings):
     ]
 
 
+def test_target_labels_make_one_class_of_each_way_it_is_written(settings):
+    """The same files with ``target_labels``: 'yes', ' YES' and 1 are the class '1', 'no' and 0.0
+    the class '0' (a float file), so two classes reach the model and no warning is left; a label
+    not listed stays as written."""
+    land(settings, "sets/a.csv", "segment,x1,x2,y\na,1,2,0\na,2,2,1\n")
+    land(settings, "sets/b.csv", "segment,x1,x2,y\na,3,2,no\na,4,2, YES\na,6,2,maybe\n")
+    land(settings, "sets/c.parquet", pl.DataFrame({"segment": ["a"], "x1": [5], "x2": [2], "y": [0.0]}))
+    body = regression_body(
+        source={"path": "landing/sets/*"},
+        task="classification",
+        metric="accuracy",
+        target_labels={"1": ["yes", 1], "0": ["no", "0"]},
+    )
+    spec = make_spec(body | {"source": {"path": "landing/sets/*.csv"}}, name="sets")
+    report, _ = run_raw(settings, spec)
+    assert sorted(bronze(settings, spec, "a")["y"].to_list()) == ["0", "0", "1", "1", "maybe"]
+    assert "label_sets_apart" not in report.summary
+    floats = make_spec(body | {"source": {"path": "landing/sets/*.parquet"}}, name="floats")
+    run_raw(settings, floats)
+    assert bronze(settings, floats, "a")["y"].to_list() == ["0"]
+
+
 def test_a_category_code_written_2_in_one_file_and_2_0_in_another_is_one_category(settings):
     """A store type exported as 2 by one tool and as 2.0 by pandas (a float column with a gap,
     or text '2.0'): one category '2', so the model does not split it, nor take 2.0 for unseen."""

@@ -1236,6 +1236,8 @@ def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, 
         frame = rules.time.apply(frame)
         reasons = reasons.when(pl.col(DROP).is_not_null()).then(pl.col(DROP))
     target = spec.target if spec.target in frame.columns else None
+    if target and spec.target_labels:  # the use case's class for each way an export writes it
+        frame = frame.with_columns(class_labels(target, frame.schema[target], spec.target_labels))
     if target:
         source = pl.col(target)
         if spec.task in ("forecast", "regression") and frame.schema[target] != pl.Float64:
@@ -1261,6 +1263,22 @@ def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, 
     if target and spec.task in ("classification", "anomaly") and frame.schema[target].is_float():
         frame = _whole_labels(frame, target)
     return frame.drop("__t_present", strict=False)
+
+
+def class_labels(column: str, dtype: pl.DataType, target_labels: Mapping[str, Sequence[str]]) -> pl.Expr:
+    """A label column as text (a whole float as its integer: 1.0 is '1'; NaN is none), each
+    spelling ``target_labels`` lists, up to case and surrounding spaces, as its class: 'Y',
+    ' yes' and 1 are one class '1' when the use case says so. Other labels stay as written."""
+    source = pl.col(column)
+    if dtype.is_float():
+        whole = source.cast(pl.Int64, strict=False).cast(pl.Utf8)
+        text = pl.when(source.is_nan()).then(None).when(source == source.floor()).then(whole)
+        text = text.otherwise(source.cast(pl.Utf8))
+    else:
+        text = source.cast(pl.Utf8)
+    lookup = {s.strip().lower(): label for label, spellings in target_labels.items() for s in spellings}
+    written = text.str.strip_chars().str.to_lowercase()
+    return written.replace_strict(list(lookup), list(lookup.values()), default=text, return_dtype=pl.Utf8).alias(column)
 
 
 def _whole_labels(frame: pl.DataFrame, target: str) -> pl.DataFrame:

@@ -507,6 +507,13 @@ class AutomationSpec(_Strict):
     interval_seconds: int = Field(default=30, ge=1, le=3600)
 
 
+def _label_text(value: Any) -> str:
+    """A class label from YAML as text: 1 and 1.0 are '1'."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 class UseCaseSpec(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     description: str = ""
@@ -527,6 +534,9 @@ class UseCaseSpec(_Strict):
     # Spacing of the time column; inferred per key when absent (docs/use-cases.md#time-columns).
     frequency: Frequency | None = None
     target: str | None = None
+    # Classification and anomaly: class -> the ways exports write it ({"1": ["Y", "yes"], "0": ["N", "no"]}),
+    # matched up to case and surrounding spaces; labels not listed stay as written
+    target_labels: dict[str, list[str]] | None = None
     # Keep predictions at or above zero (counts, demand); targets below zero are refused.
     non_negative_target: bool = False
     features: list[str] = Field(default_factory=list)
@@ -562,6 +572,32 @@ class UseCaseSpec(_Strict):
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     automation: AutomationSpec = Field(default_factory=AutomationSpec)
 
+    @field_validator("target_labels", mode="before")
+    @classmethod
+    def _label_spellings(cls, v: Any) -> Any:
+        """Labels as text, each spelling of one class only. YAML reads yes, no, y, n, on, off,
+        true and false unquoted as booleans, whose spelling is then lost: refused, saying so."""
+        if v is None:
+            return v
+        if not isinstance(v, dict) or not all(isinstance(s, list) for s in v.values()):
+            raise ValueError("must map each class to a list of the ways it is written, e.g. {'1': ['Y', 'yes']}")
+        out: dict[str, list[str]] = {}
+        seen: dict[str, str] = {}
+        for label, spellings in v.items():
+            for value in (label, *spellings):
+                if isinstance(value, bool):
+                    raise ValueError(
+                        f"{value!r} is YAML's reading of an unquoted yes, no, on, off, true or false: "
+                        "quote each label ('yes', 'N'), so that it stays as written"
+                    )
+            label = _label_text(label)
+            out[label] = [_label_text(s) for s in spellings]
+            for spelling in out[label]:
+                other = seen.setdefault(spelling.strip().casefold(), label)
+                if other != label:
+                    raise ValueError(f"{spelling!r} is listed for both {other!r} and {label!r}")
+        return out
+
     @model_validator(mode="after")
     def _consistent(self) -> UseCaseSpec:
         if self.metric not in TASK_METRICS[self.task]:
@@ -589,6 +625,8 @@ class UseCaseSpec(_Strict):
         if self.frequency and not self.time_column:
             raise ValueError("'frequency' needs a 'time_column'")
         self._check_row_id()
+        if self.target_labels is not None and (self.task not in ("classification", "anomaly") or not self.target):
+            raise ValueError("'target_labels' applies to a 'target' of task 'classification' or 'anomaly'")
         if self.time_parts is not None:
             self._check_time_parts()
         for src in (self.source, self.scoring_source):

@@ -199,7 +199,7 @@ def reading_settings(spec: UseCaseSpec) -> str:
     """Everything that decides whether a file can be read; a change re-reads rejected files."""
     fields = spec.model_dump(
         include={"task", "source", "scoring_source", "keys", "time_column", "time_format", "time_parts", "frequency"}
-        | {"key_leading_zeros"}
+        | {"key_leading_zeros", "target_labels"}
         | {"target", "features", "categorical_features"}
     )
     blob = json.dumps({"spec": fields, "reader": READER_VERSION}, sort_keys=True, default=str)
