@@ -1233,6 +1233,19 @@ def test_target_labels_make_one_class_of_each_way_it_is_written(settings):
     assert bronze(settings, floats, "a")["y"].to_list() == ["0"]
 
 
+def test_a_class_label_longer_than_the_warehouse_holds_is_a_counted_drop(settings):
+    """PostgreSQL refuses a label longer than predictions.predicted_label, which failed the
+    publish of every key: such a row is dropped at ingest, counted with its reason."""
+    from many_models_platform.storage import warehouse as W
+
+    assert raw.core_ingest.LABEL_LENGTH == W.LABEL_LENGTH == W.predictions.c.predicted_label.type.length
+    assert W.predictions.c.actual_label.type.length == W.LABEL_LENGTH
+    land(settings, "long/a.csv", f"segment,x1,x2,y\na,1,2,short\na,2,2,{'w' * 257}\na,3,2,{'😀' * 129}\n")
+    body = regression_body(source={"path": "landing/long/*.csv"}, task="classification", metric="accuracy")
+    _, out = run_raw(settings, make_spec(body, name="long"))
+    assert out["a"].info["rows"] == 1 and out["a"].info["drops"] == {raw.core_ingest.LABEL_TOO_LONG: 2}
+
+
 def test_a_category_code_written_2_in_one_file_and_2_0_in_another_is_one_category(settings):
     """A store type exported as 2 by one tool and as 2.0 by pandas (a float column with a gap,
     or text '2.0'): one category '2', so the model does not split it, nor take 2.0 for unseen."""

@@ -39,6 +39,8 @@ LATER_FILE = "replaced by a later file"
 NO_TRAINING_ROWS = "scoring row of a key without training rows"
 ROW_ID_LENGTH = 256  # the width of predictions.row_id in the warehouse
 ROW_ID_TOO_LONG = f"row id longer than {ROW_ID_LENGTH} characters"
+LABEL_LENGTH = 256  # the width of predictions.predicted_label and actual_label in the warehouse
+LABEL_TOO_LONG = f"class label longer than {LABEL_LENGTH} characters"
 
 YEARS = (1000, 9999)  # integers in this range are calendar years (unless frequency says otherwise)
 # Text time values without a time_format: ISO-8601 dates, then datetimes (a "T" or a space
@@ -1259,6 +1261,9 @@ def normalise_rows(frame: pl.DataFrame, spec: UseCaseSpec, rules: FileRules, *, 
             if frame.schema[target].is_float():
                 reasons = reasons.when(source.is_nan()).then(pl.lit(TARGET_NAN))
                 reasons = reasons.when(source.is_infinite()).then(pl.lit(TARGET_INF))
+    if target and spec.task == "classification" and frame.schema[target] == pl.Utf8:
+        # a class the warehouse cannot hold would fail the publish of every key on PostgreSQL
+        reasons = reasons.when(utf16_length(pl.col(target)) > LABEL_LENGTH).then(pl.lit(LABEL_TOO_LONG))
     frame = frame.with_columns(reasons.otherwise(pl.lit(None, dtype=pl.Utf8)).alias(DROP))
     if target and spec.task in ("classification", "anomaly") and frame.schema[target].is_float():
         frame = _whole_labels(frame, target)
