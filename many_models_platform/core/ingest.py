@@ -1388,7 +1388,7 @@ def same_row(spec: UseCaseSpec, columns: Sequence[str]) -> list[str]:
     """The columns whose values make rows one row for the later-file rule and the duplicates
     policy: key and time; with a scoring row id, the id too (two customers scored on one day are
     two rows), except in a forecast, whose scoring rows are one row of features per period."""
-    group = [*spec.keys, spec.time_column]
+    group = [*spec.keys, *([spec.time_column] if spec.time_column else [])]
     if spec.row_id in columns and spec.task != "forecast":
         group.append(spec.row_id)
     return group

@@ -29,6 +29,7 @@ from .base import (
     require_state,
     write_state,
 )
+from .records import StageRecord
 
 UNUSED_SCORING = "scoring row on no forecast period"  # its features reach no forecast: dated off the grid
 
@@ -42,8 +43,9 @@ def _score_one(
         why = (promo.info.reason if promo.ok else promo.reason) if promo else None
         raise SkipKey(f"no production model for this key ({why or 'never promoted'})")
     check_production_hashes(prod, sources.get(key))  # the candidate registry's hashes, not the tag alone
+    ingested = None  # the key's raw record, where scoring reads its bronze
     if spec.task == "forecast" or spec.scoring_source:
-        _require_fresh_bronze(lake, spec, key)
+        ingested = _require_fresh_bronze(lake, spec, key)
     model = load_model_from_source(prod["source"], prod["artifact_sha256"], trusted)
     features = prod["features"]
     segments = []  # (feature rows, kind)
@@ -70,7 +72,7 @@ def _score_one(
         forecast = F.future_frame(spec, bronze, exog, origin=origin, calendar=calendar)
         segments.append((forecast, "forecast"))
         if spec.scoring_source and spec.all_features and (exog is None or not exog.height):
-            note = _without_scoring_rows(spec, lake, key, "its future features are its last observed values")
+            note = _without_scoring_rows(ingested, "its future features are its last observed values")
         if exog is not None and exog.height:  # rows off the forecast periods give no feature: counted
             on_period = exog[t].cast(forecast.schema[t]).is_in(forecast[t].implode())
             unused = exog.height - int(on_period.sum())
@@ -78,13 +80,13 @@ def _score_one(
             counts |= {"rows_merged": 0, "drops": {UNUSED_SCORING: unused} if unused else {}}
             note = _carried_forward(spec, exog, forecast[t], counts)
             segments[-1] = (_with_row_ids(spec, forecast, exog), "forecast")
-            note = _joined(note, _removed_at_ingest(spec, lake, key))
+            note = _joined(note, _removed_at_ingest(ingested))
     else:
         scoring_path = lake.key_path("bronze_scoring", spec.name, key, ".parquet")
         if spec.scoring_source and scoring_path.exists():
             rows = F.make_features(spec, lake.read_parquet(scoring_path), calendar=F.calendar_of(features))
             segments.append((rows, "scoring"))
-            note = _removed_at_ingest(spec, lake, key)
+            note = _removed_at_ingest(ingested)
         else:
             holdout = _todays_holdout(spec, lake, key)
             if holdout is None:
@@ -93,7 +95,7 @@ def _score_one(
                 raise SkipKey(f"nothing to score: no scoring_source rows and training_set {why}")
             segments.append((F.add_calendar(holdout, spec.time_column, features), "holdout"))
             if spec.scoring_source:
-                note = _without_scoring_rows(spec, lake, key, "its holdout is scored instead")
+                note = _without_scoring_rows(ingested, "its holdout is scored instead")
     out = pl.concat(
         [
             _prediction_rows(spec, holdout_model if kind == "holdout" else model, features, rows, kind, prod)
@@ -146,10 +148,9 @@ def _carried_forward(spec: UseCaseSpec, exog: pl.DataFrame, times: pl.Series, co
     return f"{' and '.join(said)}: the key's last observed values stand in for them" if said else ""
 
 
-def _removed_at_ingest(spec: UseCaseSpec, lake: Lake, key: str) -> str:
+def _removed_at_ingest(raw: StageRecord | None) -> str:
     """The note on a key whose scoring rows ``raw`` removed some of (counted there, by reason):
     the rows sent that have no prediction, said where its predictions are looked at."""
-    raw = read_state(lake, spec.name, "raw", key)
     drops = (raw.info.model_dump().get("scoring_drops") or {}) if raw else {}
     if not drops:
         return ""
@@ -162,20 +163,19 @@ def _joined(*notes: str) -> str:
     return "; ".join(n for n in notes if n)
 
 
-def _without_scoring_rows(spec: UseCaseSpec, lake: Lake, key: str, instead: str) -> str:
+def _without_scoring_rows(raw: StageRecord | None, instead: str) -> str:
     """The note on a key of a use case with a scoring_source that has no scoring rows today:
-    what was scored instead and, from ``raw``, why: its scoring rows failed the duplicates
-    policy, or scoring files were rejected (its rows may be there)."""
-    raw = read_state(lake, spec.name, "raw", key)
+    what was scored instead and, from its ``raw`` record, why: its scoring rows failed the
+    duplicates policy, or scoring files were rejected (its rows may be there)."""
     why = raw.info.model_dump().get("scoring_note") if raw else None
     return f"no scoring_source rows for this key: {instead}" + (f"; {why}" if why else "")
 
 
-def _require_fresh_bronze(lake: Lake, spec: UseCaseSpec, key: str) -> None:
-    """SkipKey unless the key's latest ingest is ok: a key whose rows failed ``raw`` today keeps
-    yesterday's bronze, and a forecast from it would reach BI looking like today's."""
+def _require_fresh_bronze(lake: Lake, spec: UseCaseSpec, key: str) -> StageRecord:
+    """The key's raw record, or SkipKey unless its latest ingest is ok: a key whose rows failed
+    ``raw`` today keeps yesterday's bronze, and a forecast from it would reach BI looking like today's."""
     try:
-        require_state(lake, spec.name, "raw", key)
+        return require_state(lake, spec.name, "raw", key)
     except SkipKey as exc:
         raise SkipKey(f"nothing fresh to score: {exc}") from None
 
