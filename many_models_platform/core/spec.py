@@ -575,8 +575,8 @@ class UseCaseSpec(_Strict):
     @field_validator("target_labels", mode="before")
     @classmethod
     def _label_spellings(cls, v: Any) -> Any:
-        """Labels as text, each spelling of one class only. YAML reads yes, no, y, n, on, off,
-        true and false unquoted as booleans, whose spelling is then lost: refused, saying so."""
+        """Labels as text, each spelling of one class only. YAML reads yes, no, on, off, true and
+        false unquoted as booleans, whose spelling is then lost: refused, saying so."""
         if v is None:
             return v
         if not isinstance(v, dict) or not all(isinstance(s, list) for s in v.values()):
@@ -593,7 +593,7 @@ class UseCaseSpec(_Strict):
             label = _label_text(label)
             out[label] = [_label_text(s) for s in spellings]
             for spelling in out[label]:
-                other = seen.setdefault(spelling.strip().casefold(), label)
+                other = seen.setdefault(spelling.strip().lower(), label)  # as core.ingest.class_labels matches
                 if other != label:
                     raise ValueError(f"{spelling!r} is listed for both {other!r} and {label!r}")
         return out
