@@ -249,9 +249,12 @@ def test_mac_line_ends_and_a_separator_ending_every_row_read_and_an_extra_value_
     assert out["se"].ok and out["se"].info["rows"] == 2
     land(settings, "trail/a.csv", "country,year,x1,x2,y\nse,2020,1,2,3,\nse,2021,1,2,4,\n")
     land(settings, "trail/b.csv", "Sales report\ncountry;year;x1;x2;y\r\nfr;2020;1;2;5;\r\nfr;2021;1;2;6;\r\n")
+    # a blank line between the title and the header: the header, not the blank line, names the column
+    land(settings, "trail/c.csv", "Report: sales\n\ncountry,year,x1,x2,y\nde,2020,1,2,7,\nde,2021,1,2,8,\n")
     spec = yearly("landing/trail/*.csv", name="trail")
     report, out = run_raw(settings, spec)
-    assert [f["status"] for f in report.summary["files"]] == ["ingested", "ingested"]
+    assert [f["status"] for f in report.summary["files"]] == ["ingested", "ingested", "ingested"]
+    assert bronze(settings, spec, "de")["y"].to_list() == [7.0, 8.0]
     assert bronze(settings, spec, "se")["y"].to_list() == [3.0, 4.0]
     assert bronze(settings, spec, "fr")["y"].to_list() == [5.0, 6.0]
     land(settings, "shifted/a.csv", "country,year,x1,x2,y\nse,2020,1,2,3,\nse,2021,1,2,4,9\n")
@@ -267,30 +270,45 @@ def test_mac_line_ends_and_a_separator_ending_every_row_read_and_an_extra_value_
 
 
 def test_a_shifted_row_far_down_a_large_file_is_rejected_like_one_near_its_top(settings):
-    """The first MiB's rows are checked as parsed; past it, each line's fields are counted (its
-    quoted values taken out): '1,501' in a row 12,000 lines down was read as y = 1 without a
-    word. Quoted separators, empty fields past the header's end and a trailing separator on
-    every row are no shift there either."""
+    """The first MiB's rows are checked as parsed; past it, a row with more fields than the
+    header ('1,501' 12,000 lines down, read as y = 1 without a word) is found too, and named. A
+    quoted value over several lines with commas in it, a row of two such values, an unquoted
+    inch mark, empty fields past the header's end and a trailing separator on every row are no
+    shift there either; an inch mark beside an unquoted separator is one."""
     pad = "n" * 90  # an unread column, so the file passes the first MiB
     rows = [f"se,{2000 + i % 20},1,2,{i % 7},{pad}" for i in range(12_000)]
     header = "country,year,x1,x2,y,note\n"
-    fine = [*rows[:11000], 'se,2030,1,2,3,"a, quoted note"', "se,2031,1,2,3,note,, ,", *rows[11000:]]
+    fine = [
+        *rows[:11000],
+        'se,2030,1,2,3,"a, quoted note"',
+        "se,2031,1,2,3,note,, ,",
+        'se,2032,1,2,3,"Delivery notes:\nleft at door, rang bell, no answer, will retry\nend"',
+        'se,2033,1,2,3,TV 55" screen',
+        *rows[11000:],
+    ]
     land(settings, "big/fine.csv", header + "\n".join(fine) + "\n")
+    two = [f"se,{2000 + i % 20},1,2,{i % 7},a,{pad}" for i in range(12_000)]
+    two.insert(11_000, 'se,2034,1,2,3,"first line\ntail, with, commas","next, value\nmore"')
+    land(settings, "big/two.csv", "country,year,x1,x2,y,note,other\n" + "\n".join(two) + "\n")
     shifted = [*rows[:11000], "fr,2020,1,2,1,501,note", *rows[11000:]]
     land(settings, "big/shifted.csv", header + "\n".join(shifted) + "\n")
+    inch = [f"se,{2000 + i % 20},{pad},1,2,{i % 7}" for i in range(12_000)]
+    inch.insert(11_000, 'fr,2020,TV 55" screen, 40,1,2,3')
+    land(settings, "big/inch.csv", "country,year,note,x1,x2,y\n" + "\n".join(inch) + "\n")
     trailing = "".join(f"{r}," + "\n" for r in [*rows, "fr,2021,1,2,4,x,9"])
     land(settings, "big/trailing.csv", header + trailing)
-    sizes = [(Path(settings.lake_url) / "landing/big" / f).stat().st_size for f in ("fine.csv", "shifted.csv")]
+    sizes = [(Path(settings.lake_url) / "landing/big" / f).stat().st_size for f in ("fine.csv", "two.csv", "inch.csv")]
     assert min(sizes) > 2**20
     report, out = run_raw(settings, yearly("landing/big/*.csv", name="big"))
     reasons = {r["file"]: r["reason"] for r in report.summary["rejected"]}
-    assert sorted(reasons) == ["landing/big/shifted.csv", "landing/big/trailing.csv"]
+    assert sorted(reasons) == ["landing/big/inch.csv", "landing/big/shifted.csv", "landing/big/trailing.csv"]
     assert reasons["landing/big/shifted.csv"].startswith(
         "a line has more fields than the header (6 columns, separator ','): an unquoted separator inside a value, "
         "or a wrong separator (line 11002 of the file has 7: 'fr,2020,1,2,1,501,note')"
     )
+    assert "line 11002 of the file has 7: 'fr,2020,TV 55\" screen, 40,1,2,3'" in reasons["landing/big/inch.csv"]
     assert "line 12002 of the file has 8: 'fr,2021,1,2,4,x,9,'" in reasons["landing/big/trailing.csv"]
-    assert out["se"].ok and "fr" not in out
+    assert out["se"].ok and out["se"].info["rows_in"] == 12_004 + 12_001 and "fr" not in out  # both read whole
 
 
 def test_header_names_with_spaces_or_another_case_match_and_a_missing_column_shows_the_header(settings):

@@ -195,9 +195,9 @@ class CsvLayout:
     text: dict[str, Any]
     trailing_separator: bool = False  # rows end with a separator the header lacks (TRAILING_COLUMN)
     wide: tuple[str, ...] = ()  # a wide export's value columns, read as text and unpivoted
-    # the fields a row may hold, whether the header was padded with empty names, and the first
-    # line the first MiB's check did not see (``_longer_line``); None: nothing left to check
-    row_check: tuple[int, bool, int] | None = None
+    # the fields a row may hold and whether the header was padded with empty names, for the
+    # rows past the first MiB (``_every_row_fits``); None: the first MiB was the whole file
+    row_check: tuple[int, bool] | None = None
 
     @property
     def lines_above_header(self) -> int:
@@ -407,11 +407,16 @@ class Lake:
         layout = None
         try:
             layout = _csv_layout(data, csv, columns, text_columns, required, number_columns, unpivot)
-            _longer_line(data, layout)
+            original, codec = data, _text_codec(layout)
             if layout.trailing_separator:
                 data = _with_header_column(data, layout)
             if requote or _stray_quotes(data, layout):
                 data, layout = _requoted_bytes(data, layout), _requoted_layout(layout)
+            _every_row_fits(
+                data,
+                layout,
+                lambda: io.TextIOWrapper(io.BytesIO(original), encoding=codec[0], errors="replace", newline=""),
+            )
             if folders:
                 layout = dataclasses.replace(layout, names=_row_holder(layout.names, layout.header))
             frame = pl.read_csv(
@@ -484,12 +489,15 @@ class Lake:
                 layout = _csv_layout(
                     f.read(HEADER_BYTES), csv, columns, text_columns, required, number_columns, unpivot
                 )
-            _longer_line(local, layout)
+            original, (codec, _) = local, _text_codec(layout)
             if layout.trailing_separator:  # a copy whose header names the column the rows end with
                 local = _header_column_copy(local, layout, _scratch_file(scratch, copies))
             if requote or _stray_quoted_file(local, layout):
                 local = _requoted_copy(local, layout, _scratch_file(scratch, copies))  # a copy polars can follow
                 layout = _requoted_layout(layout)
+            _every_row_fits(
+                local, layout, functools.partial(open, original, encoding=codec, errors="replace", newline="")
+            )
             if folders:
                 layout = dataclasses.replace(layout, names=_row_holder(layout.names, layout.header))
             scan = pl.scan_csv(
@@ -625,7 +633,7 @@ def _csv_layout(
     text when the separator is not ',' (';', tab, '|': European exports among them) and the
     decimal mark is not declared: polars would read ``1.234`` as 1.234 where the file may mean
     1234, and ingest decides over the whole file. ``start`` may be the whole file: only its
-    first MiB is looked at (``_longer_line`` checks the rest's rows when the file is read)."""
+    first MiB is looked at (``_every_row_fits`` checks the rest's rows when the file is read)."""
     start = start[:HEADER_BYTES]
     options, header = _csv_options(start, csv, columns, unpivot=unpivot)
     if header is None:
@@ -660,7 +668,7 @@ def _csv_layout(
         fields, padded = len(header), bool(rows) and not rows[0][1][-1].strip()
         _longer_row(rows, options["separator"], fields, padded)
         if len(start) >= HEADER_BYTES:  # the rest of the file, when the file is read
-            row_check = (fields, padded, start.count(b"\n"))
+            row_check = (fields, padded)
     return CsvLayout(options, list(header), names, text, trailing, tuple(values), row_check)
 
 
@@ -859,53 +867,44 @@ def _longer_row(rows: list[tuple[int, list[str]]], separator: str, fields: int, 
             raise _longer_row_rejected(separator, fields, f"line {number} of the table", len(row), separator.join(row))
 
 
-def _longer_row_rejected(separator: str, fields: int, where: str, found: int, line: str, more: int = 0) -> FileRejected:
-    others = f", and {more} more such line(s)" if more else ""
+def _longer_row_rejected(separator: str, fields: int, where: str, found: int, line: str) -> FileRejected:
     return FileRejected(
         f"a line has more fields than the header ({fields} columns, separator {separator!r}): "
-        f"an unquoted separator inside a value, or a wrong separator ({where} has {found}: {line[:80]!r}{others}); "
+        f"an unquoted separator inside a value, or a wrong separator ({where} has {found}: {line[:80]!r}); "
         "quote such values in the export, or set 'csv: {separator: ...}'"
     )
 
 
-def _longer_line(source: bytes | str | os.PathLike, layout: CsvLayout) -> None:
-    """``_longer_row`` over the lines past the first MiB of a larger file, in one pass of polars
-    over its lines: a shifted row far down a large export is as silent as one near its top.
-    Quoted values are taken out of each line before its separators are counted; a line with an
-    odd number of quotes (part of a value that spans lines) is not judged."""
+def _every_row_fits(source: bytes | str | os.PathLike, layout: CsvLayout, text: Callable[[], IO[str]]) -> None:
+    """``_longer_row`` over every row of a file larger than its first MiB: a shifted row far down
+    a large export is as silent as one near its top. polars reads every column of ``source`` (as
+    the reader will read it: trailing column named, stray quotes requoted) as text in one
+    streaming pass, which fails on a row with more fields than the header; only then is the file
+    read again as ``text`` (its bytes as landed, decoded) by Python's csv module, which tells a
+    shifted row (rejected, naming its line) from empty fields past the header's end (kept)."""
     if layout.row_check is None:
         return
-    fields, padded, first = layout.row_check
-    separator = layout.options["separator"]
-    line = pl.col("line").str.strip_chars_end("\r")
-    quotes = line.str.count_matches('"', literal=True)
-    bare = line.str.replace_all('"[^"]*"', "")
-    found = bare.str.count_matches(separator, literal=True) + 1
-    # empty fields past the header's end are no value, unless the header was padded to the rows
-    valued = (
-        found if padded else bare.str.strip_chars_end(f"{separator} \t").str.count_matches(separator, literal=True) + 1
-    )
-    shifted = valued > fields
-    try:
-        lines = pl.scan_csv(
-            source,
-            has_header=False,
-            separator="\x1f",  # no separator of a CSV: each line is one value
-            quote_char=None,
-            new_columns=["line"],
-            infer_schema=False,
-            encoding="utf8-lossy",
-            truncate_ragged_lines=True,
-        )
-        bad = lines.with_row_index().filter((pl.col("index") >= first) & (quotes % 2 == 0) & shifted)
-        got = bad.select(
-            pl.len(), pl.col("index").first(), line.first().alias("text"), found.first().alias("found")
-        ).collect(engine="streaming")
-    except pl.exceptions.ComputeError:  # lines this pass cannot split: polars' own read judges the file
+    options = {k: v for k, v in layout.options.items() if k not in ("encoding", "decimal_comma")}
+    try:  # the field separators and quotes are ASCII: lossy decoding counts fields alike
+        scan = pl.scan_csv(source, infer_schema=False, encoding="utf8-lossy", glob=False, **options)
+        scan.select(pl.all().null_count()).collect(engine="streaming")
         return
-    n, index, text, count = got.row(0)
-    if n:
-        raise _longer_row_rejected(separator, fields, f"line {index + 1} of the file", count, text, n - 1)
+    except pl.exceptions.ComputeError as exc:
+        if "more fields" not in str(exc):  # the read itself says what else is wrong
+            return
+    import csv as csv_module
+
+    fields, padded = layout.row_check
+    separator, skip = layout.options["separator"], layout.lines_above_header
+    with text() as stream:
+        for _ in range(skip):
+            stream.readline()
+        reader = csv_module.reader(stream, delimiter=separator)
+        next((row for row in reader if row), None)  # the header: the first line that is not blank
+        for row in reader:
+            if len(row) > fields and (padded or any(f.strip() for f in row[fields:])):
+                where = f"line {skip + reader.line_num} of the file"
+                raise _longer_row_rejected(separator, fields, where, len(row), separator.join(row))
 
 
 def _trailing_separator(rows: list[tuple[int, list[str]]], header: Sequence[str]) -> bool:
@@ -922,13 +921,21 @@ def _trailing_separator(rows: list[tuple[int, list[str]]], header: Sequence[str]
 
 
 def _header_line_end(data: bytes, skip: int) -> int:
-    """The byte offset where the header line (after ``skip`` title lines) ends, before its line end."""
-    end = -1
-    for _ in range(skip + 1):
-        end = data.find(b"\n", end + 1)
+    """The byte offset where the header line ends, before its line end: the first line that is
+    not blank after ``skip`` lines, as polars' ``skip_lines`` finds it (a blank line under a
+    title is no header)."""
+    start = 0
+    for _ in range(skip):
+        start = data.find(b"\n", start) + 1
+        if start <= 0:
+            return len(data)
+    while True:
+        end = data.find(b"\n", start)
         if end < 0:
             return len(data)
-    return end - 1 if end > 0 and data[end - 1 : end] == b"\r" else end
+        if data[start:end].strip():
+            return end - 1 if end > 0 and data[end - 1 : end] == b"\r" else end
+        start = end + 1
 
 
 def _with_header_column(data: bytes, layout: CsvLayout) -> bytes:
