@@ -103,6 +103,13 @@ def publish_model_family(
     return frame
 
 
+def _as_read(spec: UseCaseSpec, values: list[str]) -> list[str]:
+    """Key values as ingest reads them: ``key_leading_zeros: strip`` makes 'store=007' the key 7."""
+    if spec.key_leading_zeros != "strip":
+        return values
+    return [re.sub(r"^0+(\d+)$", r"\1", v) for v in values]
+
+
 def resolve_key(spec: UseCaseSpec, text: str, known: Sequence[str] = ()) -> str:
     """A key given on the command line: an encoded partition key, ``col=value, col=value``
     as shown in reports, or the plain value of a single-column key."""
@@ -110,11 +117,11 @@ def resolve_key(spec: UseCaseSpec, text: str, known: Sequence[str] = ()) -> str:
         return text
     label = re.fullmatch(r",\s*".join(f"{re.escape(c)}=(.*)" for c in spec.keys), text, flags=re.S)  # ', ' or ',
     if label:
-        return encode_key(list(label.groups()))
+        return encode_key(_as_read(spec, list(label.groups())))
     if is_encoded_key(text) and len(decode_key(text)) == len(spec.keys):
-        return text
+        return encode_key(_as_read(spec, decode_key(text)))
     if len(spec.keys) == 1:
-        return encode_key([text])
+        return encode_key(_as_read(spec, [text]))
     raise RegistryError(f"cannot read key {text!r}: give it as '{', '.join(f'{c}=…' for c in spec.keys)}'")
 
 

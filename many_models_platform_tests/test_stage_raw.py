@@ -755,6 +755,10 @@ def test_key_leading_zeros_strip_makes_one_key_of_ids_written_with_and_without_z
     assert bronze(settings, strip, seven)["store"].unique().to_list() == ["7"]
     assert "keys_differing_in_leading_zeros" not in report.summary
     assert raw.reading_settings(strip) != raw.reading_settings(kept)  # a rejected file is read again
+    from many_models_platform.lifecycle import resolve_key  # a key typed as the export writes it
+
+    assert resolve_key(strip, "store=007, brand=b") == resolve_key(strip, "007.b") == seven
+    assert resolve_key(kept, "store=007, brand=b") == encode_key(["007", "b"])
 
 
 def test_rows_folded_by_sum_have_no_row_id_and_last_keeps_the_kept_rows():
