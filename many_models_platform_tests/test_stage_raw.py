@@ -214,9 +214,15 @@ def test_a_utf8_file_among_declared_cp1252_ones_and_an_undeclared_utf16_one_read
     (Path(settings.lake_url) / "landing" / "u16" / "a.txt").write_bytes(
         "country\tyear\tx1\tx2\ty\r\nse\t2020\t1\t2\t3\r\n".encode("utf-16")
     )
+    # Excel's 'Unicode Text' with a shifted row: its rows are checked as UTF-8's are (y was 501)
+    (Path(settings.lake_url) / "landing" / "u16" / "b.txt").write_bytes(
+        "country\tyear\tx1\tx2\ty\r\nfr\t2020\t1\t1\t501\t7\r\n".encode("utf-16")
+    )
     spec = yearly("landing/u16/*.txt", name="u16")
     report, out = run_raw(settings, spec)
-    assert report.summary["rejected"] == [] and out["se"].info["rows"] == 1
+    assert out["se"].info["rows"] == 1 and "fr" not in out
+    ((rejected),) = report.summary["rejected"]
+    assert rejected["file"] == "landing/u16/b.txt" and "line 2 of the table has 6" in rejected["reason"]
 
 
 def test_a_utf8_byte_order_mark_before_a_quoted_header_is_no_part_of_its_first_name(settings):
@@ -251,10 +257,13 @@ def test_mac_line_ends_and_a_separator_ending_every_row_read_and_an_extra_value_
     land(settings, "trail/b.csv", "Sales report\ncountry;year;x1;x2;y\r\nfr;2020;1;2;5;\r\nfr;2021;1;2;6;\r\n")
     # a blank line between the title and the header: the header, not the blank line, names the column
     land(settings, "trail/c.csv", "Report: sales\n\ncountry,year,x1,x2,y\nde,2020,1,2,7,\nde,2021,1,2,8,\n")
+    # empty fields past the header's end on some rows, in a file whose every column is read
+    land(settings, "trail/d.csv", "country,year,x1,x2,y\nnl,2020,1,2,9\nnl,2021,1,2,10,,\n")
     spec = yearly("landing/trail/*.csv", name="trail")
     report, out = run_raw(settings, spec)
-    assert [f["status"] for f in report.summary["files"]] == ["ingested", "ingested", "ingested"]
+    assert [f["status"] for f in report.summary["files"]] == ["ingested"] * 4
     assert bronze(settings, spec, "de")["y"].to_list() == [7.0, 8.0]
+    assert bronze(settings, spec, "nl")["y"].to_list() == [9.0, 10.0]
     assert bronze(settings, spec, "se")["y"].to_list() == [3.0, 4.0]
     assert bronze(settings, spec, "fr")["y"].to_list() == [5.0, 6.0]
     land(settings, "shifted/a.csv", "country,year,x1,x2,y\nse,2020,1,2,3,\nse,2021,1,2,4,9\n")
@@ -271,44 +280,61 @@ def test_mac_line_ends_and_a_separator_ending_every_row_read_and_an_extra_value_
 
 def test_a_shifted_row_far_down_a_large_file_is_rejected_like_one_near_its_top(settings):
     """The first MiB's rows are checked as parsed; past it, a row with more fields than the
-    header ('1,501' 12,000 lines down, read as y = 1 without a word) is found too, and named. A
+    header ('1,501' 1,100 lines down, past the first MiB, read as y = 1 without a word) is found too, and named. A
     quoted value over several lines with commas in it, a row of two such values, an unquoted
     inch mark, empty fields past the header's end and a trailing separator on every row are no
     shift there either; an inch mark beside an unquoted separator is one."""
-    pad = "n" * 90  # an unread column, so the file passes the first MiB
-    rows = [f"se,{2000 + i % 20},1,2,{i % 7},{pad}" for i in range(12_000)]
+    pad = "n" * 1000  # an unread column, so the file passes the first MiB
+    rows = [f"se,{2000 + i % 20},1,2,{i % 7},{pad}" for i in range(1_200)]
     header = "country,year,x1,x2,y,note\n"
     fine = [
-        *rows[:11000],
+        *rows[:1100],
         'se,2030,1,2,3,"a, quoted note"',
         "se,2031,1,2,3,note,, ,",
         'se,2032,1,2,3,"Delivery notes:\nleft at door, rang bell, no answer, will retry\nend"',
         'se,2033,1,2,3,TV 55" screen',
-        *rows[11000:],
+        *rows[1100:],
     ]
     land(settings, "big/fine.csv", header + "\n".join(fine) + "\n")
-    two = [f"se,{2000 + i % 20},1,2,{i % 7},a,{pad}" for i in range(12_000)]
-    two.insert(11_000, 'se,2034,1,2,3,"first line\ntail, with, commas","next, value\nmore"')
+    two = [f"se,{2000 + i % 20},1,2,{i % 7},a,{pad}" for i in range(1_200)]
+    two.insert(1_100, 'se,2034,1,2,3,"first line\ntail, with, commas","next, value\nmore"')
     land(settings, "big/two.csv", "country,year,x1,x2,y,note,other\n" + "\n".join(two) + "\n")
-    shifted = [*rows[:11000], "fr,2020,1,2,1,501,note", *rows[11000:]]
+    shifted = [*rows[:1100], "fr,2020,1,2,1,501,note", *rows[1100:]]
     land(settings, "big/shifted.csv", header + "\n".join(shifted) + "\n")
-    inch = [f"se,{2000 + i % 20},{pad},1,2,{i % 7}" for i in range(12_000)]
-    inch.insert(11_000, 'fr,2020,TV 55" screen, 40,1,2,3')
+    inch = [f"se,{2000 + i % 20},{pad},1,2,{i % 7}" for i in range(1_200)]
+    inch.insert(1_100, 'fr,2020,TV 55" screen, 40,1,2,3')
     land(settings, "big/inch.csv", "country,year,note,x1,x2,y\n" + "\n".join(inch) + "\n")
     trailing = "".join(f"{r}," + "\n" for r in [*rows, "fr,2021,1,2,4,x,9"])
     land(settings, "big/trailing.csv", header + trailing)
+    # every row ends in a separator, and one holds a value there: as many fields, one shifted
+    late = [f"{r}," for r in rows]
+    late.insert(1_100, "fr,2022,1,2,4,x,oops")
+    land(settings, "big/trailing_late.csv", header + "\n".join(late) + "\n")
+    # a shifted row with a value over two lines is named where it starts
+    multi = [*rows[:1100], 'fr,2023,1,2,1,501,"two\nlines"', *rows[1100:]]
+    land(settings, "big/multi.csv", header + "\n".join(multi) + "\n")
+    # a quoted value longer than Python's csv module takes by default (128 KiB), then a shift
+    long = [rows[0], f'se,2036,1,2,3,"{"z" * 200_000}"', *rows[1:1100], "fr,2024,1,2,1,501,note", *rows[1100:]]
+    land(settings, "big/long.csv", header + "\n".join(long) + "\n")
+    long_ok = [rows[0], f'se,2036,1,2,3,"{"z" * 200_000}"', *rows[1:1100], "se,2037,1,2,3,note,,", *rows[1100:]]
+    land(settings, "big/long_ok.csv", header + "\n".join(long_ok) + "\n")
     sizes = [(Path(settings.lake_url) / "landing/big" / f).stat().st_size for f in ("fine.csv", "two.csv", "inch.csv")]
     assert min(sizes) > 2**20
     report, out = run_raw(settings, yearly("landing/big/*.csv", name="big"))
     reasons = {r["file"]: r["reason"] for r in report.summary["rejected"]}
-    assert sorted(reasons) == ["landing/big/inch.csv", "landing/big/shifted.csv", "landing/big/trailing.csv"]
+    assert sorted(reasons) == [
+        f"landing/big/{f}.csv" for f in ("inch", "long", "multi", "shifted", "trailing", "trailing_late")
+    ]
     assert reasons["landing/big/shifted.csv"].startswith(
         "a line has more fields than the header (6 columns, separator ','): an unquoted separator inside a value, "
-        "or a wrong separator (line 11002 of the file has 7: 'fr,2020,1,2,1,501,note')"
+        "or a wrong separator (line 1102 of the file has 7: 'fr,2020,1,2,1,501,note')"
     )
-    assert "line 11002 of the file has 7: 'fr,2020,TV 55\" screen, 40,1,2,3'" in reasons["landing/big/inch.csv"]
-    assert "line 12002 of the file has 8: 'fr,2021,1,2,4,x,9,'" in reasons["landing/big/trailing.csv"]
-    assert out["se"].ok and out["se"].info["rows_in"] == 12_004 + 12_001 and "fr" not in out  # both read whole
+    assert "line 1102 of the file has 7: 'fr,2020,TV 55\" screen, 40,1,2,3'" in reasons["landing/big/inch.csv"]
+    assert "line 1202 of the file has 8: 'fr,2021,1,2,4,x,9,'" in reasons["landing/big/trailing.csv"]
+    assert "line 1102 of the file has 7: 'fr,2022,1,2,4,x,oops'" in reasons["landing/big/trailing_late.csv"]
+    assert "line 1102 of the file has 7: 'fr,2023,1,2,1,501,two\\nlines'" in reasons["landing/big/multi.csv"]
+    assert "line 1103 of the file has 7: 'fr,2024,1,2,1,501,note'" in reasons["landing/big/long.csv"]
+    assert out["se"].ok and out["se"].info["rows_in"] == 1_204 + 1_201 + 1_202 and "fr" not in out
 
 
 def test_header_names_with_spaces_or_another_case_match_and_a_missing_column_shows_the_header(settings):

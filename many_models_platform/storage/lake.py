@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import csv as csv_module
 import dataclasses
 import fnmatch
 import functools
@@ -110,6 +111,9 @@ def credential_values(options: dict[str, Any]) -> list[str]:
 # A remote Parquet object this small is fetched whole (one request); a larger one as its footer
 # and the chunks of the wanted columns (pyarrow asks for the footer in one 64 KiB read).
 SMALL_OBJECT = 256 * 1024
+# Python's csv module reads a CSV where polars cannot follow it (rows checked, stray quotes):
+# a long value is a value, not an error (its default limit is 128 KiB a field, process-wide)
+csv_module.field_size_limit(2**31 - 1)
 HEADER_BYTES = 2**20  # a CSV's header and dialect are read from its first MiB
 TITLE_LINES = 20  # a report's title, export date or filter lines above a CSV's header, at most
 
@@ -198,6 +202,7 @@ class CsvLayout:
     # the fields a row may hold and whether the header was padded with empty names, for the
     # rows past the first MiB (``_every_row_fits``); None: the first MiB was the whole file
     row_check: tuple[int, bool] | None = None
+    rows_checked: bool = False  # the first MiB's rows were checked (not for UTF-16 or UTF-32 text)
 
     @property
     def lines_above_header(self) -> int:
@@ -401,6 +406,8 @@ class Lake:
             with _gzip_rejects():
                 data = gzip.decompress(data)
         csv = file_encoding(csv, data[:HEADER_BYTES], lambda: _is_utf8(io.BytesIO(data)))
+        if csv is not None and _wide_encoding(csv.encoding):  # UTF-16 as UTF-8, whose rows can be checked
+            data, csv = _as_utf8(data, csv.encoding), csv.model_copy(update={"encoding": "utf8"})
         data = data.removeprefix(codecs.BOM_UTF8)  # polars reads '\ufeff"region"' before a quoted header
         if _cr_line_ends(data[:HEADER_BYTES]):
             data = data.replace(b"\r", b"\n")
@@ -412,7 +419,7 @@ class Lake:
                 data = _with_header_column(data, layout)
             if requote or _stray_quotes(data, layout):
                 data, layout = _requoted_bytes(data, layout), _requoted_layout(layout)
-            _every_row_fits(
+            checked = _every_row_fits(
                 data,
                 layout,
                 lambda: io.TextIOWrapper(io.BytesIO(original), encoding=codec[0], errors="replace", newline=""),
@@ -424,6 +431,7 @@ class Lake:
                 columns=list(layout.names) if columns is not None else None,
                 schema_overrides=layout.text,
                 infer_schema_length=10_000,
+                truncate_ragged_lines=checked,  # only empty fields are past the header's end
                 **layout.options,
             )
         except pl.exceptions.ComputeError as exc:
@@ -495,13 +503,18 @@ class Lake:
             if requote or _stray_quoted_file(local, layout):
                 local = _requoted_copy(local, layout, _scratch_file(scratch, copies))  # a copy polars can follow
                 layout = _requoted_layout(layout)
-            _every_row_fits(
+            checked = _every_row_fits(
                 local, layout, functools.partial(open, original, encoding=codec, errors="replace", newline="")
             )
             if folders:
                 layout = dataclasses.replace(layout, names=_row_holder(layout.names, layout.header))
             scan = pl.scan_csv(
-                local, schema_overrides=layout.text, infer_schema_length=10_000, glob=False, **layout.options
+                local,
+                schema_overrides=layout.text,
+                infer_schema_length=10_000,
+                glob=False,
+                truncate_ragged_lines=checked,  # only empty fields are past the header's end
+                **layout.options,
             )
             scan = _with_folders(scan.select(list(layout.names)).rename(layout.names), folders)
             yield LandingTable(_unpivoted(scan, layout.wide, unpivot), local, layout)
@@ -661,7 +674,8 @@ def _csv_layout(
     if values and (undecided or unpivot.value not in number_columns):  # else numbers, as polars reads them
         text |= {h: pl.Utf8 for h in values}
     trailing, row_check = False, None
-    if not (csv is not None and _wide_encoding(csv.encoding)):
+    checked = not (csv is not None and _wide_encoding(csv.encoding))
+    if checked:
         rows = _first_rows(start, options)  # parsed once for both checks
         trailing = _trailing_separator(rows, header)
         # a value past the header's columns is a shift: the empty field a trailing separator leaves is none
@@ -669,7 +683,7 @@ def _csv_layout(
         _longer_row(rows, options["separator"], fields, padded)
         if len(start) >= HEADER_BYTES:  # the rest of the file, when the file is read
             row_check = (fields, padded)
-    return CsvLayout(options, list(header), names, text, trailing, tuple(values), row_check)
+    return CsvLayout(options, list(header), names, text, trailing, tuple(values), row_check, checked)
 
 
 def _lacks(required: Sequence[str], names: dict[str, str]) -> bool:
@@ -846,8 +860,6 @@ TRAILING_COLUMN = "_after_trailing_separator"  # the empty column a separator at
 
 def _first_rows(start: bytes, options: dict[str, Any]) -> list[tuple[int, list[str]]]:
     """The header and the rows of a CSV's first bytes, as (line of the table it ends on, fields)."""
-    import csv as csv_module
-
     skip = options.get("skip_lines", 0)
     lines = start.decode("utf-8", errors="replace").splitlines()[skip:]
     if len(start) >= HEADER_BYTES:
@@ -875,25 +887,30 @@ def _longer_row_rejected(separator: str, fields: int, where: str, found: int, li
     )
 
 
-def _every_row_fits(source: bytes | str | os.PathLike, layout: CsvLayout, text: Callable[[], IO[str]]) -> None:
+def _every_row_fits(source: bytes | str | os.PathLike, layout: CsvLayout, text: Callable[[], IO[str]]) -> bool:
     """``_longer_row`` over every row of a file larger than its first MiB: a shifted row far down
     a large export is as silent as one near its top. polars reads every column of ``source`` (as
     the reader will read it: trailing column named, stray quotes requoted) as text in one
-    streaming pass, which fails on a row with more fields than the header; only then is the file
-    read again as ``text`` (its bytes as landed, decoded) by Python's csv module, which tells a
-    shifted row (rejected, naming its line) from empty fields past the header's end (kept)."""
+    streaming pass, which fails on a row with more fields than the header (or finds a value in
+    the column a trailing separator opens); only then is the file read again as ``text`` (its
+    bytes as landed, decoded) by Python's csv module, which tells a shifted row (rejected, naming
+    the line it starts on) from empty fields past the header's end (kept). Returns whether every
+    row was checked, so the read may drop those empty fields."""
     if layout.row_check is None:
-        return
+        return layout.rows_checked
     options = {k: v for k, v in layout.options.items() if k not in ("encoding", "decimal_comma")}
+    asks = [pl.all().null_count()]
+    if layout.trailing_separator:  # the column a trailing separator opens is empty, or a row is shifted
+        written = pl.col(TRAILING_COLUMN).str.strip_chars().str.len_bytes() > 0
+        asks.append(written.any().alias(f"{TRAILING_COLUMN} written"))
     try:  # the field separators and quotes are ASCII: lossy decoding counts fields alike
         scan = pl.scan_csv(source, infer_schema=False, encoding="utf8-lossy", glob=False, **options)
-        scan.select(pl.all().null_count()).collect(engine="streaming")
-        return
+        got = scan.select(asks).collect(engine="streaming")
+        if not (layout.trailing_separator and got[f"{TRAILING_COLUMN} written"].item()):
+            return True
     except pl.exceptions.ComputeError as exc:
         if "more fields" not in str(exc):  # the read itself says what else is wrong
-            return
-    import csv as csv_module
-
+            return False
     fields, padded = layout.row_check
     separator, skip = layout.options["separator"], layout.lines_above_header
     with text() as stream:
@@ -901,10 +918,13 @@ def _every_row_fits(source: bytes | str | os.PathLike, layout: CsvLayout, text: 
             stream.readline()
         reader = csv_module.reader(stream, delimiter=separator)
         next((row for row in reader if row), None)  # the header: the first line that is not blank
+        ended = reader.line_num  # the line the previous row ended on
         for row in reader:
             if len(row) > fields and (padded or any(f.strip() for f in row[fields:])):
-                where = f"line {skip + reader.line_num} of the file"
+                where = f"line {skip + ended + 1} of the file"
                 raise _longer_row_rejected(separator, fields, where, len(row), separator.join(row))
+            ended = reader.line_num
+    return True
 
 
 def _trailing_separator(rows: list[tuple[int, list[str]]], header: Sequence[str]) -> bool:
@@ -950,6 +970,14 @@ def _header_column_copy(source: str, layout: CsvLayout, target: str) -> str:
         out.write(_with_header_column(f.read(HEADER_BYTES), layout))
         shutil.copyfileobj(f, out, HEADER_BYTES)
     return target
+
+
+def _as_utf8(data: bytes, encoding: str) -> bytes:
+    """UTF-16 or UTF-32 text (Excel's 'Unicode Text') as UTF-8 bytes."""
+    try:
+        return data.decode(encoding).encode("utf-8")
+    except (UnicodeDecodeError, LookupError) as exc:
+        raise FileRejected(f"the file is not {encoding} text as its byte-order mark says: {exc}") from None
 
 
 def _wide_encoding(encoding: str) -> bool:
@@ -1000,9 +1028,6 @@ def _requote(source: IO[str], out: IO[str], layout: CsvLayout) -> None:
     is not quoted (``TV 55" screen``) as the character it is, quoting each value that needs it,
     so polars reads what Python read; raises FileRejected at a quoted value that never closes.
     Title lines above the header are copied as they are."""
-    import csv as csv_module
-
-    csv_module.field_size_limit(2**31 - 1)  # a long value is a value (the limit is 128 KiB)
     skip = layout.options.get("skip_lines", 0)
     for _ in range(skip):
         out.write(source.readline())
