@@ -304,6 +304,14 @@ def test_a_shifted_row_far_down_a_large_file_is_rejected_like_one_near_its_top(s
     inch = [f"se,{2000 + i % 20},{pad},1,2,{i % 7}" for i in range(1_200)]
     inch.insert(1_100, 'fr,2020,TV 55" screen, 40,1,2,3')
     land(settings, "big/inch.csv", "country,year,note,x1,x2,y\n" + "\n".join(inch) + "\n")
+    # a bare carriage return inside a value ends no row for polars, nor for the check
+    cr = [f"se,{2000 + i % 20},{pad},1,2,{i % 7}" for i in range(1_200)]
+    cr.insert(1_100, "fr,2020,abc\rdef, 40,1,2,3")
+    (
+        Path(land(settings, "big/cr.csv", "")).write_bytes(
+            ("country,year,note,x1,x2,y\n" + "\n".join(cr) + "\n").encode()
+        )
+    )
     trailing = "".join(f"{r}," + "\n" for r in [*rows, "fr,2021,1,2,4,x,9"])
     land(settings, "big/trailing.csv", header + trailing)
     # every row ends in a separator, and one holds a value there: as many fields, one shifted
@@ -323,7 +331,7 @@ def test_a_shifted_row_far_down_a_large_file_is_rejected_like_one_near_its_top(s
     report, out = run_raw(settings, yearly("landing/big/*.csv", name="big"))
     reasons = {r["file"]: r["reason"] for r in report.summary["rejected"]}
     assert sorted(reasons) == [
-        f"landing/big/{f}.csv" for f in ("inch", "long", "multi", "shifted", "trailing", "trailing_late")
+        f"landing/big/{f}.csv" for f in ("cr", "inch", "long", "multi", "shifted", "trailing", "trailing_late")
     ]
     assert reasons["landing/big/shifted.csv"].startswith(
         "a line has more fields than the header (6 columns, separator ','): an unquoted separator inside a value, "
@@ -332,6 +340,7 @@ def test_a_shifted_row_far_down_a_large_file_is_rejected_like_one_near_its_top(s
     assert "line 1102 of the file has 7: 'fr,2020,TV 55\" screen, 40,1,2,3'" in reasons["landing/big/inch.csv"]
     assert "line 1202 of the file has 8: 'fr,2021,1,2,4,x,9,'" in reasons["landing/big/trailing.csv"]
     assert "line 1102 of the file has 7: 'fr,2022,1,2,4,x,oops'" in reasons["landing/big/trailing_late.csv"]
+    assert "line 1102 of the file has 7: 'fr,2020,abc def, 40,1,2,3'" in reasons["landing/big/cr.csv"]
     assert "line 1102 of the file has 7: 'fr,2023,1,2,1,501,two\\nlines'" in reasons["landing/big/multi.csv"]
     assert "line 1103 of the file has 7: 'fr,2024,1,2,1,501,note'" in reasons["landing/big/long.csv"]
     assert out["se"].ok and out["se"].info["rows_in"] == 1_204 + 1_201 + 1_202 and "fr" not in out
@@ -360,6 +369,8 @@ def test_header_names_with_spaces_or_another_case_match_and_a_missing_column_sho
 def test_an_empty_file_and_a_ragged_line_are_rejected_saying_what_is_wrong(settings):
     land(settings, "bad/a.csv", "")
     land(settings, "bad/b.csv", "country,year,x1,x2,y\nse,2020,1,2,3\nse,2021,1,2,3,4\n")
+    # a form feed (or U+2028, a bare CR) inside a value, before a shift: no line end for polars
+    land(settings, "bad/d.csv", "country,year,note,x1,x2,y\nse,2023,a,1,2,3\nfr,2024,abc\x0cdef, 40,1,2,3\n")
     land(settings, "bad/c.csv", "country,year,x1,x2,y\nse,2022,1,2,3\n")
     land(settings, "bad/~$lock.csv", "\x00\x00\x00\x01Bud1\x00\x00\x10\x00,\x00\x08\n\x00\x00\x00\n")  # valid UTF-8
     report, out = run_raw(settings, yearly("landing/bad/*.csv", name="bad"))
@@ -367,6 +378,7 @@ def test_an_empty_file_and_a_ragged_line_are_rejected_saying_what_is_wrong(setti
     assert reasons["landing/bad/a.csv"].startswith("the file is empty (0 bytes)")
     assert reasons["landing/bad/~$lock.csv"].startswith("the file is not CSV text (its first line holds binary bytes)")
     assert reasons["landing/bad/b.csv"].startswith("a line has more fields than the header (5 columns, separator ',')")
+    assert "line 3 of the table has 7: 'fr,2024,abc def, 40,1,2,3'" in reasons["landing/bad/d.csv"]
     assert out["se"].ok and out["se"].info["rows"] == 1
 
 

@@ -30,7 +30,7 @@ import stat
 import urllib.parse
 import uuid
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -422,7 +422,7 @@ class Lake:
             checked = _every_row_fits(
                 data,
                 layout,
-                lambda: io.TextIOWrapper(io.BytesIO(original), encoding=codec[0], errors="replace", newline=""),
+                lambda: io.TextIOWrapper(io.BytesIO(original), encoding=codec[0], errors="replace", newline="\n"),
             )
             if folders:
                 layout = dataclasses.replace(layout, names=_row_holder(layout.names, layout.header))
@@ -504,7 +504,7 @@ class Lake:
                 local = _requoted_copy(local, layout, _scratch_file(scratch, copies))  # a copy polars can follow
                 layout = _requoted_layout(layout)
             checked = _every_row_fits(
-                local, layout, functools.partial(open, original, encoding=codec, errors="replace", newline="")
+                local, layout, functools.partial(open, original, encoding=codec, errors="replace", newline="\n")
             )
             if folders:
                 layout = dataclasses.replace(layout, names=_row_holder(layout.names, layout.header))
@@ -858,13 +858,30 @@ def _cr_line_ends(start: bytes) -> bool:
 TRAILING_COLUMN = "_after_trailing_separator"  # the empty column a separator at each row's end opens
 
 
+# Characters Python takes for line ends (str.splitlines, csv's bare '\r') that polars reads as
+# part of a value: a row ends at '\n' alone for polars, so for the checks that count its fields too
+_NOT_LINE_ENDS = str.maketrans(dict.fromkeys("\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029", " "))
+
+
+def _as_polars_lines(lines: Iterable[str]) -> Iterator[str]:
+    """Text lines split at '\n' only (``newline="\n"`` streams, ``split("\n")``), the other
+    line-end characters in them as spaces (a '\r' before the '\n' stays), for Python's csv module
+    to read the rows polars reads."""
+    for line in lines:
+        body = line.removesuffix("\n")
+        end = line[len(body) :]
+        if body.endswith("\r"):
+            body, end = body[:-1], "\r" + end
+        yield body.translate(_NOT_LINE_ENDS) + end
+
+
 def _first_rows(start: bytes, options: dict[str, Any]) -> list[tuple[int, list[str]]]:
     """The header and the rows of a CSV's first bytes, as (line of the table it ends on, fields)."""
     skip = options.get("skip_lines", 0)
-    lines = start.decode("utf-8", errors="replace").splitlines()[skip:]
+    lines = start.decode("utf-8", errors="replace").split("\n")[skip:]
     if len(start) >= HEADER_BYTES:
         lines = lines[:-1]  # the last line may be cut by the first MiB
-    reader = csv_module.reader(lines, delimiter=options["separator"])
+    reader = csv_module.reader(_as_polars_lines(lines), delimiter=options["separator"])
     return [(reader.line_num, r) for r in reader if r]
 
 
@@ -916,7 +933,7 @@ def _every_row_fits(source: bytes | str | os.PathLike, layout: CsvLayout, text: 
     with text() as stream:
         for _ in range(skip):
             stream.readline()
-        reader = csv_module.reader(stream, delimiter=separator)
+        reader = csv_module.reader(_as_polars_lines(stream), delimiter=separator)
         next((row for row in reader if row), None)  # the header: the first line that is not blank
         ended = reader.line_num  # the line the previous row ended on
         for row in reader:
