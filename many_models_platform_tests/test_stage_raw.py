@@ -307,6 +307,7 @@ def test_a_shifted_row_far_down_a_large_file_is_rejected_like_one_near_its_top(s
     # a bare carriage return inside a value ends no row for polars, nor for the check
     cr = [f"se,{2000 + i % 20},{pad},1,2,{i % 7}" for i in range(1_200)]
     cr.insert(1_100, "fr,2020,abc\rdef, 40,1,2,3")
+    cr.insert(10, 'se,2038,"two\nlines",1,2,3')  # a value over two lines: the file is requoted by Python
     (
         Path(land(settings, "big/cr.csv", "")).write_bytes(
             ("country,year,note,x1,x2,y\n" + "\n".join(cr) + "\n").encode()
@@ -340,7 +341,7 @@ def test_a_shifted_row_far_down_a_large_file_is_rejected_like_one_near_its_top(s
     assert "line 1102 of the file has 7: 'fr,2020,TV 55\" screen, 40,1,2,3'" in reasons["landing/big/inch.csv"]
     assert "line 1202 of the file has 8: 'fr,2021,1,2,4,x,9,'" in reasons["landing/big/trailing.csv"]
     assert "line 1102 of the file has 7: 'fr,2022,1,2,4,x,oops'" in reasons["landing/big/trailing_late.csv"]
-    assert "line 1102 of the file has 7: 'fr,2020,abc def, 40,1,2,3'" in reasons["landing/big/cr.csv"]
+    assert "line 1104 of the file has 7: 'fr,2020,abc def, 40,1,2,3'" in reasons["landing/big/cr.csv"]
     assert "line 1102 of the file has 7: 'fr,2023,1,2,1,501,two\\nlines'" in reasons["landing/big/multi.csv"]
     assert "line 1103 of the file has 7: 'fr,2024,1,2,1,501,note'" in reasons["landing/big/long.csv"]
     assert out["se"].ok and out["se"].info["rows_in"] == 1_204 + 1_201 + 1_202 and "fr" not in out
@@ -371,6 +372,13 @@ def test_an_empty_file_and_a_ragged_line_are_rejected_saying_what_is_wrong(setti
     land(settings, "bad/b.csv", "country,year,x1,x2,y\nse,2020,1,2,3\nse,2021,1,2,3,4\n")
     # a form feed (or U+2028, a bare CR) inside a value, before a shift: no line end for polars
     land(settings, "bad/d.csv", "country,year,note,x1,x2,y\nse,2023,a,1,2,3\nfr,2024,abc\x0cdef, 40,1,2,3\n")
+    # a bare CR inside a value of a file Python's csv module requotes (an inch mark, a value over
+    # two lines) is part of the value, as polars reads it: the row was split in two
+    (
+        Path(land(settings, "bad/e.csv", "")).write_bytes(
+            b'country,year,note,x1,x2,y\nat,2020,abc\rdef,1,2,3\nat,2021,"two\nlines",1,2,4\nat,2022,TV 55" x,1,2,5\n'
+        )
+    )
     land(settings, "bad/c.csv", "country,year,x1,x2,y\nse,2022,1,2,3\n")
     land(settings, "bad/~$lock.csv", "\x00\x00\x00\x01Bud1\x00\x00\x10\x00,\x00\x08\n\x00\x00\x00\n")  # valid UTF-8
     report, out = run_raw(settings, yearly("landing/bad/*.csv", name="bad"))
@@ -379,6 +387,7 @@ def test_an_empty_file_and_a_ragged_line_are_rejected_saying_what_is_wrong(setti
     assert reasons["landing/bad/~$lock.csv"].startswith("the file is not CSV text (its first line holds binary bytes)")
     assert reasons["landing/bad/b.csv"].startswith("a line has more fields than the header (5 columns, separator ',')")
     assert "line 3 of the table has 7: 'fr,2024,abc def, 40,1,2,3'" in reasons["landing/bad/d.csv"]
+    assert "landing/bad/e.csv" not in reasons and out["at"].info["rows"] == 3 and out["at"].info["drops"] == {}
     assert out["se"].ok and out["se"].info["rows"] == 1
 
 

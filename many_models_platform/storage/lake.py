@@ -1048,15 +1048,30 @@ def _requote(source: IO[str], out: IO[str], layout: CsvLayout) -> None:
     skip = layout.options.get("skip_lines", 0)
     for _ in range(skip):
         out.write(source.readline())
-    reader = csv_module.reader(source, delimiter=layout.options["separator"], strict=True)
+    reader = csv_module.reader(_bare_cr_kept(source), delimiter=layout.options["separator"], strict=True)
     writer = csv_module.writer(out, delimiter=layout.options["separator"], lineterminator="\n")
     done = 0  # lines read up to the last whole row
     try:
         for row in reader:
-            writer.writerow(row)
+            writer.writerow([value.replace(_BARE_CR, "\r") for value in row])
             done = reader.line_num
     except csv_module.Error as exc:
         raise FileRejected(f"{UNCLOSED_QUOTE} (the row from line {done + 1 + skip} on: {exc})") from None
+
+
+_BARE_CR = "\U0010fffd"  # a carriage return inside a value, while Python's csv module reads the row
+
+
+def _bare_cr_kept(lines: Iterable[str]) -> Iterator[str]:
+    """Lines split at '\n' only (a ``newline="\n"`` stream), a '\r' inside them held as
+    ``_BARE_CR``: Python's csv module ends a row at a bare '\r', polars does not, so a value
+    holding one (``abc\rdef``) stays one value, as polars reads it, when the file is requoted."""
+    for line in lines:
+        body = line.removesuffix("\n")
+        end = line[len(body) :]
+        if body.endswith("\r"):
+            body, end = body[:-1], "\r" + end
+        yield body.replace("\r", _BARE_CR) + end
 
 
 def _requoted_layout(layout: CsvLayout) -> CsvLayout:
@@ -1074,7 +1089,7 @@ def _requoted_bytes(data: bytes, layout: CsvLayout) -> bytes:
     codec, errors = _text_codec(layout)
     out = io.StringIO()
     try:
-        _requote(io.StringIO(data.decode(codec, errors), newline=""), out, layout)
+        _requote(io.StringIO(data.decode(codec, errors), newline="\n"), out, layout)
     except UnicodeDecodeError:
         raise FileRejected(_not_utf8(io.BytesIO(data))) from None
     return out.getvalue().encode()
@@ -1083,7 +1098,10 @@ def _requoted_bytes(data: bytes, layout: CsvLayout) -> bytes:
 def _requoted_copy(source: str, layout: CsvLayout, target: str) -> str:
     codec, errors = _text_codec(layout)
     try:
-        with open(source, encoding=codec, errors=errors, newline="") as f, open(target, "w", encoding="utf-8") as out:
+        with (
+            open(source, encoding=codec, errors=errors, newline="\n") as f,
+            open(target, "w", encoding="utf-8", newline="") as out,
+        ):
             _requote(f, out, layout)
     except UnicodeDecodeError:
         with open(source, "rb") as raw:
