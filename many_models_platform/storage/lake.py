@@ -863,15 +863,20 @@ TRAILING_COLUMN = "_after_trailing_separator"  # the empty column a separator at
 _NOT_LINE_ENDS = str.maketrans(dict.fromkeys("\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029", " "))
 
 
+def _line_end(line: str) -> tuple[str, str]:
+    """(text, line end) of a line split at '\n' only: its '\n' or '\r\n', if it has one."""
+    body = line.removesuffix("\n")
+    if body.endswith("\r"):
+        body = body[:-1]
+    return body, line[len(body) :]
+
+
 def _as_polars_lines(lines: Iterable[str]) -> Iterator[str]:
     """Text lines split at '\n' only (``newline="\n"`` streams, ``split("\n")``), the other
     line-end characters in them as spaces (a '\r' before the '\n' stays), for Python's csv module
     to read the rows polars reads."""
     for line in lines:
-        body = line.removesuffix("\n")
-        end = line[len(body) :]
-        if body.endswith("\r"):
-            body, end = body[:-1], "\r" + end
+        body, end = _line_end(line)
         yield body.translate(_NOT_LINE_ENDS) + end
 
 
@@ -1067,10 +1072,7 @@ def _bare_cr_kept(lines: Iterable[str]) -> Iterator[str]:
     ``_BARE_CR``: Python's csv module ends a row at a bare '\r', polars does not, so a value
     holding one (``abc\rdef``) stays one value, as polars reads it, when the file is requoted."""
     for line in lines:
-        body = line.removesuffix("\n")
-        end = line[len(body) :]
-        if body.endswith("\r"):
-            body, end = body[:-1], "\r" + end
+        body, end = _line_end(line)
         yield body.replace("\r", _BARE_CR) + end
 
 
