@@ -1064,7 +1064,7 @@ def _requote(source: IO[str], out: IO[str], layout: CsvLayout) -> None:
         raise FileRejected(f"{UNCLOSED_QUOTE} (the row from line {done + 1 + skip} on: {exc})") from None
 
 
-_BARE_CR = "\U0010fffd"  # a carriage return inside a value, while Python's csv module reads the row
+_BARE_CR = "\uffff"  # a CR inside a value while Python reads the row: a noncharacter, not for exchanged text
 
 
 def _bare_cr_kept(lines: Iterable[str]) -> Iterator[str]:
