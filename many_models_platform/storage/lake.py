@@ -202,7 +202,6 @@ class CsvLayout:
     # the fields a row may hold and whether the header was padded with empty names, for the
     # rows past the first MiB (``_every_row_fits``); None: the first MiB was the whole file
     row_check: tuple[int, bool] | None = None
-    rows_checked: bool = False  # the first MiB's rows were checked (not for UTF-16 or UTF-32 text)
 
     @property
     def lines_above_header(self) -> int:
@@ -673,17 +672,14 @@ def _csv_layout(
     names = names | {h: h for h in values}
     if values and (undecided or unpivot.value not in number_columns):  # else numbers, as polars reads them
         text |= {h: pl.Utf8 for h in values}
-    trailing, row_check = False, None
-    checked = not (csv is not None and _wide_encoding(csv.encoding))
-    if checked:
-        rows = _first_rows(start, options)  # parsed once for both checks
-        trailing = _trailing_separator(rows, header)
-        # a value past the header's columns is a shift: the empty field a trailing separator leaves is none
-        fields, padded = len(header), bool(rows) and not rows[0][1][-1].strip()
-        _longer_row(rows, options["separator"], fields, padded)
-        if len(start) >= HEADER_BYTES:  # the rest of the file, when the file is read
-            row_check = (fields, padded)
-    return CsvLayout(options, list(header), names, text, trailing, tuple(values), row_check, checked)
+    # the readers hand over UTF-8 or single-byte text (UTF-16 and UTF-32 are decoded first)
+    rows = _first_rows(start, options)  # parsed once for both checks
+    trailing = _trailing_separator(rows, header)
+    # a value past the header's columns is a shift: the empty field a trailing separator leaves is none
+    fields, padded = len(header), bool(rows) and not rows[0][1][-1].strip()
+    _longer_row(rows, options["separator"], fields, padded)
+    row_check = (fields, padded) if len(start) >= HEADER_BYTES else None  # the rest, when the file is read
+    return CsvLayout(options, list(header), names, text, trailing, tuple(values), row_check)
 
 
 def _lacks(required: Sequence[str], names: dict[str, str]) -> bool:
@@ -897,8 +893,14 @@ def _longer_row(rows: list[tuple[int, list[str]]], separator: str, fields: int, 
     fields past the header's end are no value ('a,b' then '1,2,,'), unless the header ends in
     empty names itself ('a,b,,', ``padded``): then it was padded to the rows, and a longer row is shifted."""
     for number, row in rows[1:]:
-        if len(row) > fields and (padded or any(f.strip() for f in row[fields:])):
+        if _shifted(row, fields, padded):
             raise _longer_row_rejected(separator, fields, f"line {number} of the table", len(row), separator.join(row))
+
+
+def _shifted(row: list[str], fields: int, padded: bool) -> bool:
+    """Whether a row holds more than ``fields`` fields with a value past them (any, under a
+    ``padded`` header): a value split by an unquoted separator, not empty trailing fields."""
+    return len(row) > fields and (padded or any(f.strip() for f in row[fields:]))
 
 
 def _longer_row_rejected(separator: str, fields: int, where: str, found: int, line: str) -> FileRejected:
@@ -918,8 +920,8 @@ def _every_row_fits(source: bytes | str | os.PathLike, layout: CsvLayout, text: 
     bytes as landed, decoded) by Python's csv module, which tells a shifted row (rejected, naming
     the line it starts on) from empty fields past the header's end (kept). Returns whether every
     row was checked, so the read may drop those empty fields."""
-    if layout.row_check is None:
-        return layout.rows_checked
+    if layout.row_check is None:  # the first MiB was the whole file
+        return True
     options = {k: v for k, v in layout.options.items() if k not in ("encoding", "decimal_comma")}
     asks = [pl.all().null_count()]
     if layout.trailing_separator:  # the column a trailing separator opens is empty, or a row is shifted
@@ -942,7 +944,7 @@ def _every_row_fits(source: bytes | str | os.PathLike, layout: CsvLayout, text: 
         next((row for row in reader if row), None)  # the header: the first line that is not blank
         ended = reader.line_num  # the line the previous row ended on
         for row in reader:
-            if len(row) > fields and (padded or any(f.strip() for f in row[fields:])):
+            if _shifted(row, fields, padded):
                 where = f"line {skip + ended + 1} of the file"
                 raise _longer_row_rejected(separator, fields, where, len(row), separator.join(row))
             ended = reader.line_num
@@ -1016,10 +1018,8 @@ def _stray_quotes(data: bytes | mmap.mmap, layout: CsvLayout) -> bool:
     ``12"``): one inside a value, neither opening nor closing one, or an odd number of quotes on
     a line (also a quoted value over several lines, which the csv module reads as polars does).
     polars joins the lines between two such quotes into one value, and a read of some of the
-    columns loses those rows without an error. Not told for UTF-16 and UTF-32 text, whose
-    characters are several bytes (polars' own checks remain)."""
-    if _wide_encoding(layout.options.get("encoding", "utf8")):
-        return False
+    columns loses those rows without an error. The readers hand over UTF-8 or single-byte text
+    (UTF-16 and UTF-32 are decoded first), whose quotes and line ends are single bytes."""
     if data.find(b'"') < 0:  # memchr: most exports hold no quote at all
         return False
     array = np.frombuffer(data, dtype=np.uint8)
