@@ -752,11 +752,8 @@ def key_values(
     out = []
     for k in keys:
         column = pl.col(k)
-        if schema is not None and schema[k].is_float():  # a whole float as the integer: 1e16 is 10000000000000000
-            number = column.fill_nan(None)
-            whole = (number == number.floor()) & (number.abs() < 2.0**63)
-            as_integer = number.cast(pl.Int64, strict=False).cast(pl.Utf8)
-            column = pl.when(whole).then(as_integer).otherwise(number.cast(pl.Utf8))
+        if schema is not None and schema[k].is_float():
+            column = float_id_text(column)
         text = column.cast(pl.Utf8).str.strip_chars().map_batches(_one_spelling, return_dtype=pl.Utf8)
         if k in float_text:
             text = text.str.replace(_FLOAT_INTEGER, "${1}")
@@ -764,6 +761,14 @@ def key_values(
             text = text.str.replace(r"^0+(\d+)$", "${1}")
         out.append(pl.when(text.str.len_bytes() > 0).then(text).alias(k))
     return out
+
+
+def float_id_text(number: pl.Expr) -> pl.Expr:
+    """Floats as the text of an id or a class: a whole one as its integer (pandas writes integers
+    with a gap as floats: 12.0 is '12', and 1e16 is '10000000000000000', not '1e+16'); NaN is none."""
+    number = number.fill_nan(None)
+    whole = (number == number.floor()) & (number.abs() < 2.0**63)
+    return pl.when(whole).then(number.cast(pl.Int64, strict=False).cast(pl.Utf8)).otherwise(number.cast(pl.Utf8))
 
 
 def _one_spelling(values: pl.Series) -> pl.Series:
@@ -1274,13 +1279,7 @@ def class_labels(column: str, dtype: pl.DataType, target_labels: Mapping[str, Se
     """A label column as text (a whole float as its integer: 1.0 is '1'; NaN is none), each
     spelling ``target_labels`` lists, up to case and surrounding spaces, as its class: 'Y',
     ' yes' and 1 are one class '1' when the use case says so. Other labels stay as written."""
-    source = pl.col(column)
-    if dtype.is_float():
-        whole = source.cast(pl.Int64, strict=False).cast(pl.Utf8)
-        text = pl.when(source.is_nan()).then(None).when(source == source.floor()).then(whole)
-        text = text.otherwise(source.cast(pl.Utf8))
-    else:
-        text = source.cast(pl.Utf8)
+    text = float_id_text(pl.col(column)) if dtype.is_float() else pl.col(column).cast(pl.Utf8)
     lookup = {s.strip().lower(): label for label, spellings in target_labels.items() for s in spellings}
     written = text.str.strip_chars().str.to_lowercase()
     return written.replace_strict(list(lookup), list(lookup.values()), default=text, return_dtype=pl.Utf8).alias(column)
