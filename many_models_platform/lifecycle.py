@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from .core.ingest import LEADING_ZEROS
 from .core.keys import decode_key, encode_key, is_encoded_key, key_label
 from .core.spec import UseCaseSpec
 from .storage.registry import (
@@ -107,7 +108,7 @@ def _as_read(spec: UseCaseSpec, values: list[str]) -> list[str]:
     """Key values as ingest reads them: ``key_leading_zeros: strip`` makes 'store=007' the key 7."""
     if spec.key_leading_zeros != "strip":
         return values
-    return [re.sub(r"^0+(\d+)$", r"\1", v) for v in values]
+    return [re.sub(LEADING_ZEROS, r"\1", v) for v in values]
 
 
 def resolve_key(spec: UseCaseSpec, text: str, known: Sequence[str] = ()) -> str:

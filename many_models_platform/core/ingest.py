@@ -730,6 +730,7 @@ def match_columns(wanted: Sequence[str], header: Sequence[str]) -> dict[str, str
     return names
 
 
+LEADING_ZEROS = r"^0+(\d+)$"  # digits only: key_leading_zeros 'strip' keeps the group ('007' -> '7')
 _FLOAT_INTEGER = r"^(-?\d+)\.0+$"  # 12.0: an integer id as pandas writes a column of them with gaps
 
 
@@ -758,7 +759,7 @@ def key_values(
         if k in float_text:
             text = text.str.replace(_FLOAT_INTEGER, "${1}")
         if k in unpadded:  # '007' is '7', '000' is '0'; 'A007' and '-07' are not digits only
-            text = text.str.replace(r"^0+(\d+)$", "${1}")
+            text = text.str.replace(LEADING_ZEROS, "${1}")
         out.append(pl.when(text.str.len_bytes() > 0).then(text).alias(k))
     return out
 
